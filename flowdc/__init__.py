@@ -1,0 +1,18 @@
+"""FLOW-DC: download ML image datasets from URL manifests, fast and politely."""
+
+from flowdc.config import ConfigError, DownloadConfig, PartitionConfig, SizeConfig
+from flowdc.download import download_async, run_download
+from flowdc.fetch import download_single
+from flowdc.manifest import Manifest, load_input_file
+
+__all__ = [
+    "ConfigError",
+    "DownloadConfig",
+    "Manifest",
+    "PartitionConfig",
+    "SizeConfig",
+    "download_async",
+    "download_single",
+    "load_input_file",
+    "run_download",
+]

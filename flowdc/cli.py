@@ -1,0 +1,159 @@
+"""`flowdc download|partition|size|report|demo`: parse, build a config, call; nothing else.
+
+Options are generated from the config dataclasses, so every config key is also a CLI option with
+the same name, and an option given on the command line overrides the JSON config.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from flowdc.config import ConfigError, DownloadConfig, PartitionConfig, SizeConfig, build_config
+
+EXIT_USAGE = 2
+
+DOWNLOAD_EPILOG = """examples:
+  flowdc download --input dataset.parquet --output images --url photo_url --label species
+  flowdc download --config my_config.json --concurrent_downloads 200 --output_format webdataset
+  rerun the same command to resume; --force starts over."""
+
+
+def add_config_options(parser: argparse.ArgumentParser, cls: type) -> None:
+    parser.add_argument("--config", help="JSON file with any of the options below (CLI options win).")
+    for f in dataclasses.fields(cls):
+        meta = f.metadata
+        names = [f"--{f.name}", *(f"--{a}" for a in meta.get("aliases", ()))]
+        kind = str(f.type)
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        help_text = f"{meta.get('help', '')} (default: {default})"
+        if kind.startswith("bool"):
+            group = parser.add_mutually_exclusive_group()
+            group.add_argument(*names, dest=f.name, action="store_const", const=True, default=None, help=help_text)
+            negatives = [f"--no_{f.name}"] + (["--disable_paarc"] if f.name == "enable_paarc" else [])
+            group.add_argument(*negatives, dest=f.name, action="store_const", const=False, help=argparse.SUPPRESS
+                               if f.name != "enable_paarc" else "Fixed per-host concurrency (C_init), no PAARC.")
+            continue
+        kwargs: dict[str, Any] = {"dest": f.name, "default": None, "help": help_text}
+        if meta.get("choices"):
+            kwargs["choices"] = meta["choices"]
+        if kind.startswith("dict"):
+            kwargs["type"] = _json_object
+            kwargs["metavar"] = "JSON"
+        elif kind.startswith("int"):
+            kwargs["type"] = int
+        elif kind.startswith("float"):
+            kwargs["type"] = float
+        parser.add_argument(*names, **kwargs)
+
+
+def _json_object(text: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"not JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("expected a JSON object")
+    return value
+
+
+def config_from_args(cls: type, args: argparse.Namespace) -> Any:
+    overrides = {f.name: getattr(args, f.name, None) for f in dataclasses.fields(cls)}
+    return build_config(cls, args.config, overrides)
+
+
+# -- commands -------------------------------------------------------------------------------------
+def cmd_download(args: argparse.Namespace) -> int:
+    from flowdc.download import run_download
+    from flowdc.overview import summary_text
+
+    cfg = config_from_args(DownloadConfig, args)
+    overview = run_download(cfg)
+    print(summary_text(overview, cfg.output))
+    return 130 if overview.get("interrupted") else 0
+
+
+def cmd_partition(args: argparse.Namespace) -> int:
+    from flowdc.partition import run_partition
+
+    cfg = config_from_args(PartitionConfig, args)
+    plan = run_partition(cfg, progress=not cfg.quiet)
+    parts = plan.get("partitions", [])
+    print(f"flowdc: {plan.get('total_rows', 0)} rows -> {len(parts)} partitions in {cfg.output_folder} "
+          f"(plan: {cfg.output_folder}/plan.json)")
+    return 0
+
+
+def cmd_size(args: argparse.Namespace) -> int:
+    from flowdc.size import run_size
+
+    cfg = config_from_args(SizeConfig, args)
+    report = run_size(cfg)
+    print(report["summary_text"])
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from flowdc.report import render_report
+
+    out = render_report(args.telemetry, args.out)
+    print(f"flowdc: report written to {out}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from flowdc.demo import run_demo
+
+    return run_demo(args.out, rows=args.rows, quiet=args.quiet, output_format=args.output_format)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="flowdc", description="Download ML image datasets from URL manifests, "
+                                     "fast and politely (per-host adaptive concurrency).")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    commands: list[tuple[str, str, type | None, Callable[[argparse.Namespace], int]]] = [
+        ("download", "Download every URL of a manifest into an imagefolder or webdataset shards.", DownloadConfig,
+         cmd_download),
+        ("partition", "Split a manifest into partitions (host / simple / greedy) with a plan.json.", PartitionConfig,
+         cmd_partition),
+        ("size", "Estimate a manifest's total download size from HEAD / Range requests.", SizeConfig, cmd_size),
+    ]
+    for name, help_text, cls, func in commands:
+        p = sub.add_parser(name, help=help_text, description=help_text,
+                           epilog=DOWNLOAD_EPILOG if name == "download" else None,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+        if cls is not None:
+            add_config_options(p, cls)
+        p.set_defaults(func=func)
+    report = sub.add_parser("report", help="Plot a telemetry JSONL file (limit, in-flight, latency per host).")
+    report.add_argument("telemetry", help="Telemetry file written with --telemetry.")
+    report.add_argument("--out", default=None, help="Output .png or .html (default: beside the telemetry file).")
+    report.set_defaults(func=cmd_report)
+    demo = sub.add_parser("demo", help="Start sample image hosts on loopback and download a sample manifest.")
+    demo.add_argument("--out", default="flowdc-demo", help="Folder for the demo manifest and output.")
+    demo.add_argument("--rows", type=int, default=2000, help="Rows in the demo manifest.")
+    demo.add_argument("--output_format", default="webdataset", choices=("imagefolder", "webdataset"))
+    demo.add_argument("--quiet", action="store_true", help="No progress bar.")
+    demo.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args))
+    except ConfigError as exc:
+        print(f"flowdc: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("flowdc: interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

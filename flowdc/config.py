@@ -1,0 +1,247 @@
+"""One dataclass per command, filled from a JSON file and then from CLI options.
+
+Field names are the seed's config keys, so old JSON configs keep working. Each field carries its
+help text and CLI aliases, and cli.py builds its argparse options from these fields, so an option
+is declared once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+
+class ConfigError(ValueError):
+    """A user error: printed as one line, exit code 2, never a traceback."""
+
+
+def opt(default: Any, help: str, *, aliases: tuple[str, ...] = (), choices: tuple[str, ...] = ()) -> Any:
+    meta = {"help": help, "aliases": aliases, "choices": choices}
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda d=default: type(d)(d), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass
+class PaarcOptions:
+    """Shared PAARC knobs; mixed into every command that sends requests."""
+
+    enable_paarc: bool = opt(True, "Adapt each host's concurrency with PAARC (use --disable_paarc for a fixed C_init).")
+    C_init: int = opt(8, "Initial (and, without PAARC, fixed) concurrency per host.")
+    C_min: int = opt(2, "Lowest concurrency PAARC may set for a host.")
+    C_max: int = opt(2000, "Highest concurrency PAARC may set for a host.")
+    mu: float = opt(1.0, "Utilisation factor: the operating point is mu x the discovered ceiling (0-1].")
+    beta: float = opt(0.7, "Multiplicative backoff on overload (429/503), in (0,1).")
+    theta_50: float = opt(1.5, "Latency inflation threshold: p50 TTFB above theta_50 x RTprop means the host is full.")
+    theta_95: float = opt(2.0, "Latency inflation threshold: p95 TTFB above theta_95 x RTprop means the host is full.")
+    probe_rtt_period: float = opt(30.0, "Seconds between PROBE_RTT phases that re-measure a host's base latency.")
+    alpha_ema: float = opt(0.3, "Smoothing factor of the latency moving averages, in (0,1].")
+
+    def check_paarc(self) -> None:
+        if not 1 <= self.C_min <= self.C_init <= self.C_max:
+            raise ConfigError(f"need 1 <= C_min <= C_init <= C_max, got {self.C_min}, {self.C_init}, {self.C_max}")
+        if not 0 < self.mu <= 1:
+            raise ConfigError(f"mu must be in (0, 1], got {self.mu}")
+        if not 0 < self.beta < 1:
+            raise ConfigError(f"beta must be in (0, 1), got {self.beta}")
+        if self.theta_50 <= 1 or self.theta_95 <= 1:
+            raise ConfigError("theta_50 and theta_95 must be > 1 (they multiply RTprop)")
+        if self.probe_rtt_period <= 0:
+            raise ConfigError("probe_rtt_period must be > 0")
+        if not 0 < self.alpha_ema <= 1:
+            raise ConfigError(f"alpha_ema must be in (0, 1], got {self.alpha_ema}")
+
+
+@dataclass
+class DownloadConfig(PaarcOptions):
+    input: str = opt("", "Manifest of URLs: parquet, csv, excel (.xlsx/.xls) or xml.")
+    output: str = opt("", "Output directory or fsspec URL (s3://bucket/prefix, gs://bucket/prefix).")
+    input_format: str = opt(
+        "auto", "Manifest format; auto picks by extension.", choices=("auto", "parquet", "csv", "excel", "xml")
+    )
+    url: str = opt("url", "Column holding the URLs.", aliases=("url_col",))
+    label: str | None = opt(None, "Column holding class labels (optional).", aliases=("label_col",))
+    output_format: str = opt("imagefolder", "Output layout.", choices=("imagefolder", "webdataset"))
+    naming_mode: str = opt(
+        "sequential",
+        "sequential: keys from manifest row numbers; url_based: keys hashed from the URL.",
+        choices=("sequential", "url_based"),
+    )
+    concurrent_downloads: int = opt(1000, "Global bound on requests in flight, over all hosts.")
+    timeout: float = opt(30.0, "Seconds allowed for one request (connect, headers and body).")
+    max_retry_attempts: int = opt(3, "Retries per URL after transient failures (429, 408, 5xx, timeouts, resets).")
+    retry_backoff_sec: float = opt(2.0, "Base delay before a retry; doubles each attempt, with jitter.")
+    samples_per_shard: int = opt(10000, "Samples per webdataset tar shard.")
+    max_body_bytes: int = opt(50 * 1024 * 1024, "Largest body accepted per URL, in bytes.")
+    content_types: list[str] = opt(
+        ["image/"], "Accepted Content-Type prefixes; an empty list accepts any type.", aliases=("content_type",)
+    )
+    max_redirects: int = opt(5, "Redirects followed per URL.")
+    create_tar: bool = opt(True, "Also pack the output into OUTPUT.tar.gz (imagefolder only; shards are tars).")
+    create_overview: bool = opt(True, "Write overview.json with totals, rates, errors and per-host figures.")
+    telemetry: str | None = opt(None, "Write per-host PAARC snapshots (JSON lines) to this file.")
+    storage_options: dict[str, Any] = opt({}, "fsspec storage options for a remote output (endpoint, profile, ...).")
+    force: bool = opt(False, "Start over: delete what an earlier run of this output wrote.")
+    quiet: bool = opt(False, "No progress bar; only the final summary.")
+    batch_rows: int = opt(8192, "Manifest rows read per batch (memory stays bounded by this).")
+
+    def check(self) -> None:
+        if not self.input:
+            raise ConfigError("no input manifest given (--input or \"input\" in the config)")
+        if not self.output:
+            raise ConfigError("no output given (--output or \"output\" in the config)")
+        for name in ("concurrent_downloads", "samples_per_shard", "max_body_bytes", "batch_rows"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.timeout <= 0:
+            raise ConfigError(f"timeout must be > 0, got {self.timeout}")
+        if self.max_retry_attempts < 0 or self.retry_backoff_sec < 0 or self.max_redirects < 0:
+            raise ConfigError("max_retry_attempts, retry_backoff_sec and max_redirects must be >= 0")
+        self.check_paarc()
+
+
+@dataclass
+class PartitionConfig:
+    input: str = opt("", "Manifest to split (parquet or csv).", aliases=("parquet",))
+    url_col: str = opt("url", "Column holding the URLs.", aliases=("url",))
+    groups: int = opt(0, "Number of partitions (or give --rows_per_partition).")
+    rows_per_partition: int = opt(0, "Rows per partition; sets the number of groups.")
+    output_folder: str = opt("", "Folder that receives the partitions and plan.json.", aliases=("output",))
+    method: str = opt("host", "host: pack whole hosts; simple: equal sizes; greedy: balance by a column.",
+                      choices=("host", "simple", "greedy"))
+    group_col: str | None = opt(None, "Column that greedy balances (e.g. the class label).", aliases=("label",))
+    seed: int | None = opt(None, "Shuffle seed for simple; fixes every random choice.")
+    format: str = opt("parquet", "Partition file format.", choices=("parquet", "csv"))
+    input_format: str = opt("auto", "Manifest format; auto picks by extension.",
+                            choices=("auto", "parquet", "csv", "excel", "xml"))
+    quiet: bool = opt(False, "No progress output.")
+
+    def check(self) -> None:
+        if not self.input:
+            raise ConfigError("no input manifest given (--input/--parquet)")
+        if not self.output_folder:
+            raise ConfigError("no output folder given (--output_folder)")
+        if (self.groups > 0) == (self.rows_per_partition > 0):
+            raise ConfigError("give exactly one of --groups and --rows_per_partition (a positive number)")
+        if self.method == "greedy" and not self.group_col:
+            raise ConfigError("method greedy needs --group_col (the column to balance)")
+
+
+@dataclass
+class SizeConfig(PaarcOptions):
+    input: str | None = opt(None, "One manifest to estimate.")
+    directory: str | None = opt(None, "A folder of manifests (e.g. partitions) to estimate together.")
+    url_column: str = opt("url", "Column holding the URLs.", aliases=("url_col", "url"))
+    input_format: str = opt("auto", "Manifest format; auto picks by extension.",
+                            choices=("auto", "parquet", "csv", "excel", "xml"))
+    sample: int = opt(0, "Ask only this many random URLs and extrapolate with a 95% CI (0 = all).")
+    seed: int = opt(0, "Seed for the sample.")
+    concurrent_requests: int = opt(200, "Global bound on requests in flight.")
+    timeout: float = opt(15.0, "Seconds allowed per request.")
+    rate_mb_s: float = opt(100.0, "Download rate used for the time estimate, in MB/s.")
+    report: str | None = opt(None, "Write the JSON report here (default: size_report.json beside the input).")
+    quiet: bool = opt(False, "No progress bar.")
+
+    def check(self) -> None:
+        if bool(self.input) == bool(self.directory):
+            raise ConfigError("give exactly one of --input and --directory")
+        if self.sample < 0:
+            raise ConfigError("--sample must be >= 0")
+        self.check_paarc()
+
+
+C = TypeVar("C")
+
+
+def cli_fields(cls: type) -> list[dataclasses.Field[Any]]:
+    return list(dataclasses.fields(cls))
+
+
+def _coerce(cls_name: str, f: dataclasses.Field[Any], value: Any) -> Any:
+    """Check a JSON value against the field's declared type; JSON gives us loose types."""
+    kind = str(f.type)
+    if value is None:
+        if "None" in kind:
+            return None
+        raise ConfigError(f"{f.name} may not be null")
+    try:
+        if kind.startswith("bool"):
+            if isinstance(value, bool):
+                return value
+            if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+                return value.lower() in ("true", "1", "yes")
+            raise TypeError
+        if kind.startswith("int"):
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise TypeError
+            return int(value)
+        if kind.startswith("float"):
+            if isinstance(value, bool):
+                raise TypeError
+            return float(value)
+        if kind.startswith("list"):
+            if isinstance(value, str):
+                return [v for v in value.split(",") if v]
+            if not isinstance(value, list):
+                raise TypeError
+            return [str(v) for v in value]
+        if kind.startswith("dict"):
+            if not isinstance(value, dict):
+                raise TypeError
+            return value
+        return str(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{f.name}: expected {kind.split(' ')[0]}, got {value!r}") from None
+
+
+def build_config(cls: type[C], config_file: str | None, overrides: dict[str, Any]) -> C:
+    """JSON file first, then CLI overrides (only the options actually given), then checks."""
+    values: dict[str, Any] = {}
+    if config_file:
+        values.update(read_json_config(config_file))
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    by_name: dict[str, dataclasses.Field[Any]] = {}
+    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+        by_name[f.name] = f
+        for alias in f.metadata.get("aliases", ()):
+            by_name.setdefault(alias, f)
+    kwargs: dict[str, Any] = {}
+    for key, value in values.items():
+        f = by_name.get(key)
+        if f is None:
+            known = ", ".join(sorted(x.name for x in dataclasses.fields(cls)))  # type: ignore[arg-type]
+            raise ConfigError(f"unknown option {key!r}; known: {known}")
+        value = _coerce(cls.__name__, f, value)
+        choices = f.metadata.get("choices")
+        if choices and value not in choices:
+            raise ConfigError(f"{f.name} must be one of {', '.join(choices)}; got {value!r}")
+        kwargs[f.name] = value
+    cfg = cls(**kwargs)
+    check = getattr(cfg, "check", None)
+    if check:
+        check()
+    return cfg
+
+
+def read_json_config(path: str) -> dict[str, Any]:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data = json.loads(p.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"config file {path} is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a JSON object")
+    return data
+
+
+def public_dict(cfg: Any) -> dict[str, Any]:
+    """The config as recorded in outputs: storage options are dropped, they may hold secrets."""
+    d = dataclasses.asdict(cfg)
+    if "storage_options" in d:
+        d["storage_options"] = sorted(d["storage_options"])  # keys only
+    return d

@@ -1,0 +1,242 @@
+"""The download job: manifest -> scheduler -> fetch -> writer -> ledger, with telemetry read off the side.
+
+Everything here is wiring; the decisions live in the modules it calls.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import signal
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import aiohttp
+import numpy as np
+import pyarrow as pa
+
+from flowdc.config import DownloadConfig
+from flowdc.fetch import FetchSettings, Outcome, fetch_one, make_session
+from flowdc.hostlimit import FixedLimit, HostLimit
+from flowdc.ledger import Ledger, Record, meta_json, url_hash
+from flowdc.manifest import ROW_COLUMN, Manifest
+from flowdc.overview import build_overview, write_overview
+from flowdc.progress import Progress
+from flowdc.scheduler import Job, Scheduler
+from flowdc.storage import Destination
+from flowdc.telemetry import Telemetry
+from flowdc.urls import host_key, scheme_error
+from flowdc.writers.base import SampleWriter, StoredSample, make_writer
+from flowdc.writers.naming import extension_for, make_key
+
+TICK_S = 0.1
+SNAPSHOT_S = 0.5
+
+
+def run_download(cfg: DownloadConfig, telemetry: Telemetry | None = None) -> dict[str, Any]:
+    """Run the whole job; returns the overview. Ctrl-C stops cleanly and keeps what is stored."""
+    return asyncio.run(download_async(cfg, telemetry))
+
+
+async def download_async(cfg: DownloadConfig, telemetry: Telemetry | None = None) -> dict[str, Any]:
+    job = DownloadJob(cfg, telemetry or Telemetry(cfg.telemetry))
+    return await job.run()
+
+
+class DownloadJob:
+    def __init__(self, cfg: DownloadConfig, telemetry: Telemetry):
+        self.cfg = cfg
+        self.telemetry = telemetry
+        self.manifest = Manifest(cfg.input, cfg.url, cfg.input_format, cfg.batch_rows)
+        if cfg.label:
+            self.manifest.require_column(cfg.label, "label")
+        self.dest = Destination(cfg.output, cfg.storage_options)
+        if cfg.force:
+            self.dest.clear()
+        self.dest.makedirs()
+        self.ledger = Ledger(self.dest)
+        self.writer: SampleWriter = make_writer(cfg.output_format, self.dest, self.ledger,
+                                                labelled=cfg.label is not None,
+                                                samples_per_shard=cfg.samples_per_shard)
+        self.settings = FetchSettings(cfg.timeout, cfg.max_body_bytes, tuple(cfg.content_types), cfg.max_redirects)
+        self.extra_columns = [c for c in self.manifest.columns if c not in {cfg.url, cfg.label, ROW_COLUMN}]
+        # One writer thread keeps a shard's members in order; files can be written in parallel.
+        threads = 1 if cfg.output_format == "webdataset" else 8
+        self.write_pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="flowdc-writer")
+        self.progress = Progress(self.manifest.num_rows_hint(), cfg.quiet)
+        self.host_snapshots: dict[str, dict[str, Any]] = {}
+        self.interrupted = False
+        self._seen_keys: set[str] = set()
+
+    async def run(self) -> dict[str, Any]:
+        started_wall = time.time()
+        recovery = await asyncio.to_thread(self.writer.recover)
+        done = await asyncio.to_thread(self.ledger.done_index)
+        # Read ahead well past the global bound so a slow host's backlog does not starve the others.
+        read_ahead = max(20 * self.cfg.concurrent_downloads, 50_000)
+        self.scheduler = Scheduler(policy_factory(self.cfg), max_pending=read_ahead)
+        loop = asyncio.get_running_loop()
+        tasks: list[asyncio.Task[Any]] = []
+        stop = asyncio.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, stop.set)
+        try:
+            async with make_session(self.cfg.concurrent_downloads) as session:
+                reader = asyncio.create_task(self._read_manifest(done))
+                workers = [asyncio.create_task(self._worker(session)) for _ in range(self.cfg.concurrent_downloads)]
+                ticker = asyncio.create_task(self._tick())
+                tasks = [reader, *workers, ticker]
+                all_work = asyncio.gather(reader, *workers)
+                stopper = asyncio.create_task(stop.wait())
+                finished, _ = await asyncio.wait({all_work, stopper}, return_when=asyncio.FIRST_COMPLETED)
+                if stopper in finished:
+                    self.interrupted = True
+                else:
+                    all_work.result()  # re-raise a reader/worker error
+                stopper.cancel()
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                with contextlib.suppress(NotImplementedError, RuntimeError):
+                    loop.remove_signal_handler(sig)
+            await loop.run_in_executor(self.write_pool, self.writer.close)
+            self.write_pool.shutdown(wait=True)
+            self.progress.close()
+            self.telemetry.close()
+        overview = await asyncio.to_thread(
+            build_overview, self.cfg, self.ledger, self.progress.counters, self.host_snapshots, started_wall,
+            recovery, self.interrupted,
+        )
+        if self.cfg.create_overview:
+            await asyncio.to_thread(write_overview, self.dest, overview)
+        if self.cfg.create_tar and self.cfg.output_format == "imagefolder" and not self.interrupted:
+            from flowdc.archive import create_archive
+
+            overview["archive"] = await asyncio.to_thread(create_archive, self.dest)
+        return overview
+
+    # -- reading the manifest -------------------------------------------------------------------
+    async def _read_manifest(self, done: Any) -> None:
+        batches = self.manifest.batches()
+        try:
+            while True:
+                batch = await asyncio.to_thread(_next_or_none, batches)
+                if batch is None:
+                    break
+                for job in self._jobs_of(batch, done):
+                    await self.scheduler.wait_for_room()
+                    self.scheduler.add(job)
+        finally:
+            self.scheduler.close()
+
+    def _jobs_of(self, batch: pa.RecordBatch, done: Any) -> Iterator[Job]:
+        urls = batch.column(self.cfg.url).cast(pa.string()).to_pylist()
+        rows = batch.column(ROW_COLUMN).to_numpy()
+        hashes = np.fromiter((url_hash(u or "") for u in urls), dtype=np.int64, count=len(urls))
+        finished = done.done_mask(rows, hashes, self.cfg.input)
+        self.progress.skip_done(int(finished.sum()))
+        labels = batch.column(self.cfg.label).cast(pa.string()).to_pylist() if self.cfg.label else None
+        extras = batch.select(self.extra_columns).to_pylist() if self.extra_columns else None
+        for i in np.flatnonzero(~finished):
+            row, url = int(rows[i]), (urls[i] or "").strip()
+            label = labels[i] if labels else None
+            meta = extras[i] if extras else {}
+            key = make_key(self.cfg.naming_mode, row, url)
+            problem = "no_url" if not url else scheme_error(url)
+            if problem is None and self.cfg.naming_mode == "url_based":
+                problem = "duplicate_url" if key in self._seen_keys else None
+                self._seen_keys.add(key)
+            if problem is not None:
+                status = "skipped" if problem in ("no_url", "duplicate_url") else "failed"
+                self._final(Record(row, key, url, status, label=label, reason=problem, meta=meta_json(meta),
+                                   url_hash=int(hashes[i])))
+                continue
+            yield Job(row, key, url, host_key(url), label, meta, url_hash=int(hashes[i]))
+
+    # -- fetching -------------------------------------------------------------------------------
+    async def _worker(self, session: aiohttp.ClientSession) -> None:
+        sched = self.scheduler
+        while (job := await sched.next_job()) is not None:
+            job.attempts += 1
+            outcome = await fetch_one(session, job.url, self.settings)
+            sched.finished(job, outcome.signal, outcome.ttfb, outcome.retry_after)
+            if outcome.ok:
+                await self._store(job, outcome)
+            elif outcome.retryable and job.attempts <= self.cfg.max_retry_attempts:
+                self.progress.counters.retries += 1
+                sched.retry_later(job, self._retry_delay(job, outcome))
+                continue
+            else:
+                self._final(self._record(job, outcome, "failed"))
+            sched.done(job)
+
+    def _retry_delay(self, job: Job, outcome: Outcome) -> float:
+        backoff = self.cfg.retry_backoff_sec * 2 ** (job.attempts - 1) * random.uniform(0.5, 1.5)
+        return max(backoff, outcome.retry_after or 0.0)
+
+    async def _store(self, job: Job, outcome: Outcome) -> None:
+        assert outcome.body is not None
+        rec = self._record(job, outcome, "ok")
+        sample = StoredSample(rec, outcome.body, extension_for(outcome.content_type, job.url), job.meta)
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.run_in_executor(self.write_pool, self.writer.write, sample)
+        except Exception as exc:  # a storage failure fails this row (transiently); the run goes on
+            rec.status, rec.reason, rec.retryable = "failed", f"store_error:{type(exc).__name__}", True
+            rec.path = rec.shard = None
+            self._final(rec)
+            return
+        self.progress.record("ok", len(outcome.body))
+
+    def _record(self, job: Job, outcome: Outcome, status: str) -> Record:
+        return Record(
+            job.row, job.key, job.url, status, label=job.label, reason=outcome.reason, retryable=outcome.retryable,
+            http_status=outcome.status, bytes=len(outcome.body) if outcome.body else None, sha256=outcome.sha256,
+            attempts=job.attempts, host=job.host,
+            ttfb_ms=None if outcome.ttfb is None else outcome.ttfb * 1000.0,
+            meta=meta_json(job.meta), url_hash=job.url_hash,
+        )
+
+    def _final(self, rec: Record) -> None:
+        """A row that ends without a stored sample: into the ledger and the counters."""
+        self.ledger.add(rec)
+        self.progress.record(rec.status, 0, rec.reason)
+
+    # -- the side loop --------------------------------------------------------------------------
+    async def _tick(self) -> None:
+        loop = asyncio.get_running_loop()
+        next_snapshot = loop.time()
+        while True:
+            await asyncio.sleep(TICK_S)
+            self.scheduler.tick()
+            now = loop.time()
+            if now >= next_snapshot:
+                next_snapshot = now + SNAPSHOT_S
+                snap = self.scheduler.snapshot()
+                self._keep_host_snapshots(snap)
+                self.telemetry.publish(time.time(), snap)
+                self.progress.refresh(len(snap))
+                await asyncio.to_thread(self.ledger.flush_if_due)
+
+    def _keep_host_snapshots(self, snap: dict[str, dict[str, Any]], cap: int = 10_000) -> None:
+        self.host_snapshots.update(snap)
+        while len(self.host_snapshots) > cap:
+            self.host_snapshots.pop(next(iter(self.host_snapshots)))
+
+
+def policy_factory(cfg: DownloadConfig) -> Callable[[float], HostLimit]:
+    try:
+        from flowdc.paarc import make_host_limit
+    except ImportError:  # TEMPORARY until paarc.py lands
+        return lambda _now: FixedLimit(cfg.C_init)
+    return lambda now: make_host_limit(cfg, now)
+
+
+def _next_or_none(it: Iterator[pa.RecordBatch]) -> pa.RecordBatch | None:
+    return next(it, None)

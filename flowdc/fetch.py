@@ -1,0 +1,212 @@
+"""One HTTP exchange -> an Outcome: status, reason, retryable, host signal, TTFB, body and sha256.
+
+TTFB is measured from the moment the request headers went out on a held connection to the moment
+the response headers arrived (aiohttp trace hooks), so neither the wait for a pooled connection nor
+the body transfer inflates it. A body is only returned when it arrived whole.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import hashlib
+import time
+from dataclasses import dataclass
+from types import SimpleNamespace
+from typing import Any
+
+import aiohttp
+
+from flowdc.signals import Signal
+
+# A host asking for longer than this is not waited on in one go: the row fails as transient and a
+# rerun picks it up. It keeps one odd header from parking a whole run for a day.
+MAX_RETRY_AFTER_S = 600.0
+FINAL_STATUSES = frozenset({400, 401, 403, 404, 405, 406, 410, 414, 451})
+OVERLOAD_STATUSES = frozenset({429, 503})
+CHUNK = 1 << 16
+
+
+@dataclass(frozen=True, slots=True)
+class FetchSettings:
+    timeout: float = 30.0
+    max_body_bytes: int = 50 * 1024 * 1024
+    content_types: tuple[str, ...] = ("image/",)
+    max_redirects: int = 5
+
+
+@dataclass(slots=True)
+class Outcome:
+    signal: Signal
+    status: int | None = None
+    reason: str | None = None  # None means success
+    retryable: bool = False
+    ttfb: float | None = None
+    retry_after: float | None = None
+    body: bytes | None = None
+    sha256: str | None = None
+    content_type: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.reason is None
+
+
+def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
+    """Seconds to wait from a Retry-After header in either form (delta-seconds or HTTP-date)."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return min(float(value), MAX_RETRY_AFTER_S)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        return None
+    wait = when.timestamp() - (time.time() if now is None else now)
+    return min(max(wait, 0.0), MAX_RETRY_AFTER_S)
+
+
+def ttfb_trace_config() -> aiohttp.TraceConfig:
+    """Stamps the request-sent and headers-received moments on the per-request context."""
+
+    async def headers_sent(_s: Any, ctx: SimpleNamespace, _p: Any) -> None:
+        if ctx.trace_request_ctx is not None:
+            ctx.trace_request_ctx.sent = time.perf_counter()
+
+    async def headers_received(_s: Any, ctx: SimpleNamespace, _p: Any) -> None:
+        stamp = ctx.trace_request_ctx
+        if stamp is not None and stamp.sent is not None:
+            stamp.ttfb = time.perf_counter() - stamp.sent
+
+    trace = aiohttp.TraceConfig()
+    trace.on_request_headers_sent.append(headers_sent)
+    trace.on_request_end.append(headers_received)
+    return trace
+
+
+def classify_status(status: int) -> tuple[Signal, bool]:
+    """(host signal, retryable) for a non-2xx status."""
+    if status in OVERLOAD_STATUSES:
+        return Signal.OVERLOAD, True
+    if status == 408:
+        return Signal.TIMEOUT, True
+    if status >= 500:
+        return Signal.SERVER_ERROR, True
+    return Signal.OBJECT_ERROR, False  # other 4xx: about this object, final
+
+
+def content_type_allowed(content_type: str | None, allowed: tuple[str, ...]) -> bool:
+    if not allowed:
+        return True
+    ctype = (content_type or "").lower()
+    return any(ctype.startswith(prefix.lower()) for prefix in allowed)
+
+
+async def fetch_one(session: aiohttp.ClientSession, url: str, settings: FetchSettings) -> Outcome:
+    stamp = SimpleNamespace(sent=None, ttfb=None)
+    try:
+        async with session.get(
+            url,
+            max_redirects=settings.max_redirects,
+            timeout=aiohttp.ClientTimeout(total=settings.timeout),
+            trace_request_ctx=stamp,
+        ) as resp:
+            return await _read_response(resp, settings, stamp.ttfb)
+    except aiohttp.TooManyRedirects:
+        return Outcome(Signal.OBJECT_ERROR, reason="too_many_redirects", ttfb=stamp.ttfb)
+    except (aiohttp.InvalidURL, aiohttp.NonHttpUrlRedirectClientError, aiohttp.InvalidUrlRedirectClientError):
+        return Outcome(Signal.OBJECT_ERROR, reason="invalid_url", ttfb=stamp.ttfb)
+    except TimeoutError:
+        # Headers arrived but the body did not: the object is slow or huge, not the host overloaded.
+        if stamp.ttfb is not None:
+            return Outcome(Signal.OBJECT_ERROR, reason="body_timeout", retryable=True, ttfb=stamp.ttfb)
+        return Outcome(Signal.TIMEOUT, reason="timeout", retryable=True)
+    except aiohttp.ClientPayloadError:
+        return Outcome(Signal.CONN_ERROR, reason="truncated", retryable=True, ttfb=stamp.ttfb)
+    except (aiohttp.ClientError, ConnectionError, OSError) as exc:
+        return Outcome(Signal.CONN_ERROR, reason=_conn_reason(exc), retryable=True, ttfb=stamp.ttfb)
+
+
+def _conn_reason(exc: BaseException) -> str:
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return "connect_failed"
+    if isinstance(exc, aiohttp.ServerDisconnectedError):
+        return "disconnected"
+    return "connection_error"
+
+
+async def _read_response(resp: aiohttp.ClientResponse, settings: FetchSettings, ttfb: float | None) -> Outcome:
+    status = resp.status
+    ctype = resp.headers.get("Content-Type")
+    if not 200 <= status < 300:
+        signal, retryable = classify_status(status)
+        retry_after = parse_retry_after(resp.headers.get("Retry-After")) if retryable else None
+        return Outcome(signal, status, f"http_{status}", retryable, ttfb, retry_after, content_type=ctype)
+    if not content_type_allowed(ctype, settings.content_types):
+        return Outcome(Signal.OBJECT_ERROR, status, f"content_type:{(ctype or 'none').split(';')[0]}", ttfb=ttfb)
+    declared = resp.content_length
+    if declared is not None and declared > settings.max_body_bytes:
+        return Outcome(Signal.OBJECT_ERROR, status, "too_large", ttfb=ttfb, content_type=ctype)
+    digest = hashlib.sha256()
+    parts: list[bytes] = []
+    size = 0
+    async for chunk in resp.content.iter_chunked(CHUNK):
+        size += len(chunk)
+        if size > settings.max_body_bytes:
+            return Outcome(Signal.OBJECT_ERROR, status, "too_large", ttfb=ttfb, content_type=ctype)
+        digest.update(chunk)
+        parts.append(chunk)
+    encoded = resp.headers.get("Content-Encoding", "identity") != "identity"
+    if declared is not None and size != declared and not encoded:
+        return Outcome(Signal.CONN_ERROR, status, "truncated", True, ttfb, content_type=ctype)
+    if size == 0:
+        return Outcome(Signal.OBJECT_ERROR, status, "empty_body", ttfb=ttfb, content_type=ctype)
+    return Outcome(Signal.OK, status, None, False, ttfb, body=b"".join(parts), sha256=digest.hexdigest(),
+                   content_type=ctype)
+
+
+def make_session(global_limit: int, user_agent: str = "flowdc/0.1 (+dataset downloader)") -> aiohttp.ClientSession:
+    """One session for the whole run; the scheduler bounds concurrency, so the pool never queues."""
+    connector = aiohttp.TCPConnector(limit=global_limit + 16, limit_per_host=0, ttl_dns_cache=300,
+                                     enable_cleanup_closed=True)
+    return aiohttp.ClientSession(
+        connector=connector,
+        trace_configs=[ttfb_trace_config()],
+        headers={"User-Agent": user_agent},
+        auto_decompress=True,
+    )
+
+
+async def download_single(
+    url: str,
+    key: str,
+    class_name: str | None,
+    output_folder: str,
+    output_format: str = "imagefolder",
+    session: aiohttp.ClientSession | None = None,
+    timeout: float = 30.0,
+) -> dict[str, Any]:
+    """The seed's single-URL API: fetch one URL and store it like a one-row imagefolder download."""
+    from flowdc.storage import Destination
+    from flowdc.writers.naming import extension_for, sample_path
+
+    own = session is None
+    session = session or make_session(4)
+    try:
+        outcome = await fetch_one(session, url, FetchSettings(timeout=timeout))
+    finally:
+        if own:
+            await session.close()
+    result: dict[str, Any] = {"key": key, "url": url, "class_name": class_name, "status": outcome.status,
+                              "ok": outcome.ok, "reason": outcome.reason, "ttfb": outcome.ttfb}
+    if outcome.ok and outcome.body is not None:
+        ext = extension_for(outcome.content_type, url)
+        dest = Destination(output_folder)
+        labelled = output_format == "imagefolder" and class_name is not None
+        rel = sample_path(key, class_name, ext, labelled=labelled)
+        await asyncio.to_thread(dest.write_bytes, rel, outcome.body)
+        result.update(path=dest.url(rel), sha256=outcome.sha256, bytes=len(outcome.body))
+    return result

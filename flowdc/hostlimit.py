@@ -1,0 +1,91 @@
+"""The seam between the scheduler and a host's concurrency policy.
+
+The scheduler asks a policy two things before each dispatch (how many requests may be in flight,
+and whether the host is on hold) and tells it about each finished request. A fixed limit lives
+here; the adaptive controller lives in paarc.py. Both are pure: the clock is passed in.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from flowdc.signals import Sample, Signal
+
+
+class HostLimit(Protocol):
+    def limit(self) -> int: ...
+
+    def hold_until(self) -> float: ...
+
+    def on_sample(self, now: float, sample: Sample) -> None: ...
+
+    def tick(self, now: float) -> None: ...
+
+    def snapshot(self) -> dict[str, float | int | str | None]: ...
+
+
+@dataclass(slots=True)
+class HostCounters:
+    """Cheap running totals per host, shared by every policy for telemetry and the overview."""
+
+    requests: int = 0
+    ok: int = 0
+    overload: int = 0  # 429/503
+    server_errors: int = 0
+    timeouts: int = 0
+    conn_errors: int = 0
+    object_errors: int = 0
+
+    def count(self, signal: Signal) -> None:
+        self.requests += 1
+        match signal:
+            case Signal.OK:
+                self.ok += 1
+            case Signal.OVERLOAD:
+                self.overload += 1
+            case Signal.SERVER_ERROR:
+                self.server_errors += 1
+            case Signal.TIMEOUT:
+                self.timeouts += 1
+            case Signal.CONN_ERROR:
+                self.conn_errors += 1
+            case Signal.OBJECT_ERROR:
+                self.object_errors += 1
+
+    def as_dict(self) -> dict[str, int]:
+        return {
+            "requests": self.requests,
+            "ok": self.ok,
+            "n_429_503": self.overload,
+            "n_5xx": self.server_errors,
+            "n_timeouts": self.timeouts,
+            "n_conn_errors": self.conn_errors,
+            "n_object_errors": self.object_errors,
+        }
+
+
+@dataclass(slots=True)
+class FixedLimit:
+    """A constant per-host limit (PAARC disabled). Retry-After still holds the host."""
+
+    concurrency: int
+    _hold_until: float = 0.0
+    counters: HostCounters = field(default_factory=HostCounters)
+
+    def limit(self) -> int:
+        return self.concurrency
+
+    def hold_until(self) -> float:
+        return self._hold_until
+
+    def on_sample(self, now: float, sample: Sample) -> None:
+        self.counters.count(sample.signal)
+        if sample.retry_after is not None:
+            self._hold_until = max(self._hold_until, now + sample.retry_after)
+
+    def tick(self, now: float) -> None:
+        return None
+
+    def snapshot(self) -> dict[str, float | int | str | None]:
+        return {"state": "FIXED", "limit": self.concurrency, **self.counters.as_dict()}

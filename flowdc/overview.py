@@ -1,0 +1,101 @@
+"""overview.json: what a run did and what the output now holds, for people and for scripts."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from flowdc.config import DownloadConfig, public_dict
+from flowdc.ledger import Ledger
+from flowdc.progress import RunCounters
+from flowdc.storage import Destination
+
+OVERVIEW_FILE = "overview.json"
+MAX_HOSTS_LISTED = 1000
+
+
+def build_overview(cfg: DownloadConfig, ledger: Ledger, run: RunCounters, host_snapshots: dict[str, dict[str, Any]],
+                   started_wall: float, recovery: dict[str, int], interrupted: bool) -> dict[str, Any]:
+    totals = ledger.summary()
+    elapsed = run.elapsed()
+    attempted = run.ok + run.failed + run.skipped
+    return {
+        "tool": "flowdc",
+        "output": cfg.output,
+        "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started_wall)),
+        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "interrupted": interrupted,
+        "config": public_dict(cfg),
+        "totals": {k: totals[k] for k in ("rows", "ok", "failed", "skipped")},
+        "success_rate": round(totals["ok"] / totals["rows"], 6) if totals["rows"] else 0.0,
+        "bytes": totals["bytes"],
+        "errors": totals["errors"],
+        "this_run": {
+            "finished_rows": attempted,
+            "ok": run.ok,
+            "failed": run.failed,
+            "skipped": run.skipped,
+            "already_done": run.already_done,
+            "retries": run.retries,
+            "bytes": run.bytes,
+            "errors": dict(run.errors.most_common()),
+            "recovered": recovery,
+        },
+        "elapsed_s": round(elapsed, 3),
+        "images_per_s": round(run.ok / elapsed, 2),
+        "mb_per_s": round(run.bytes / elapsed / 1e6, 3),
+        "hosts": per_host(ledger, host_snapshots),
+    }
+
+
+def per_host(ledger: Ledger, host_snapshots: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per-host figures from the ledger, with the controller's last snapshot where we have one."""
+    latest = ledger.latest(["row", "host", "status", "bytes", "ttfb_ms"])
+    latest = latest.filter(pc.is_valid(latest["host"])) if latest.num_rows else latest
+    if latest.num_rows == 0:
+        return {}
+    ok_col = pc.cast(pc.equal(latest["status"], "ok"), pa.int64())
+    table = latest.append_column("is_ok", ok_col)
+    grouped = table.group_by("host").aggregate(
+        [("row", "count"), ("is_ok", "sum"), ("bytes", "sum"), ("ttfb_ms", "approximate_median")]
+    ).sort_by([("row_count", "descending")])
+    hosts: dict[str, dict[str, Any]] = {}
+    for item in grouped.slice(0, MAX_HOSTS_LISTED).to_pylist():
+        name = item["host"]
+        figures = {"rows": item["row_count"], "ok": item["is_ok_sum"], "bytes": item["bytes_sum"] or 0,
+                   "ttfb_median_ms": _round(item["ttfb_ms_approximate_median"])}
+        snap = host_snapshots.get(name)
+        if snap:
+            figures["controller"] = snap
+        hosts[name] = figures
+    return hosts
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 2)
+
+
+def write_overview(dest: Destination, overview: dict[str, Any]) -> None:
+    dest.write_bytes(OVERVIEW_FILE, json.dumps(overview, indent=2, default=str).encode())
+
+
+def summary_text(overview: dict[str, Any], where: str) -> str:
+    t = overview["totals"]
+    run = overview["this_run"]
+    lines = [
+        f"flowdc: {t['ok']}/{t['rows']} rows stored ({overview['success_rate']:.1%}), "
+        f"{t['failed']} failed, {t['skipped']} skipped — output: {where}",
+        f"  this run: {run['ok']} ok, {run['failed']} failed, {run['skipped']} skipped, {run['already_done']} already "
+        f"done, {run['retries']} retries, {run['bytes'] / 1e6:.1f} MB in {overview['elapsed_s']:.1f}s "
+        f"({overview['images_per_s']:.0f} img/s, {overview['mb_per_s']:.1f} MB/s)",
+    ]
+    if overview["errors"]:
+        top = ", ".join(f"{reason} x{n}" for reason, n in list(overview["errors"].items())[:5])
+        lines.append(f"  not stored: {top}")
+    if overview.get("interrupted"):
+        lines.append("  interrupted: run the same command again to resume")
+    return "\n".join(lines)

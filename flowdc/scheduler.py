@@ -1,0 +1,213 @@
+"""Per-host queues and limits under one global bound.
+
+Workers ask for the next job; they get one from a host that has work, is under its limit and is
+not on hold, in round-robin order. A saturated or held host simply is not offered, so it never
+holds a worker that another host could use (no head-of-line blocking). Retries wait on a timer,
+not in a worker. A host's policy (fixed or PAARC) is created when the host is first seen and
+dropped once the host has been idle for a while, so a manifest with a million hosts stays cheap.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from flowdc.hostlimit import HostLimit
+from flowdc.signals import Sample, Signal
+
+IDLE_EVICT_S = 60.0
+
+
+@dataclass(slots=True)
+class Job:
+    row: int
+    key: str
+    url: str
+    host: str
+    label: str | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+    attempts: int = 0
+    url_hash: int = 0
+
+
+@dataclass(slots=True)
+class HostState:
+    name: str
+    policy: HostLimit
+    queue: collections.deque[Job] = field(default_factory=collections.deque)
+    inflight: int = 0
+    waiting_retries: int = 0
+    offered: bool = False  # already in the ready ring
+    wake_armed: bool = False  # a timer will re-offer it when its hold ends
+    idle_since: float | None = None
+
+    def busy(self) -> bool:
+        return bool(self.queue) or self.inflight > 0 or self.waiting_retries > 0
+
+
+class Scheduler:
+    def __init__(self, make_policy: Callable[[float], HostLimit], max_pending: int):
+        self._make_policy = make_policy
+        self.max_pending = max_pending
+        self.hosts: dict[str, HostState] = {}
+        self._ready: collections.deque[HostState] = collections.deque()
+        self._idle: collections.OrderedDict[str, HostState] = collections.OrderedDict()
+        self._active: dict[str, HostState] = {}  # hosts with work; ticks visit only these
+        self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+        self._room = asyncio.Event()
+        self._room.set()
+        self.pending = 0  # jobs queued, in flight or waiting to retry
+        self.closed = False  # no more jobs will be added
+        self.loop = asyncio.get_running_loop()
+
+    # -- the reader side ------------------------------------------------------------------------
+    async def wait_for_room(self) -> None:
+        while self.pending >= self.max_pending:
+            self._room.clear()
+            await self._room.wait()
+
+    def add(self, job: Job) -> None:
+        self.pending += 1
+        self._enqueue(self._host(job.host), job)
+
+    def close(self) -> None:
+        self.closed = True
+        self._maybe_finish()
+
+    # -- the worker side ------------------------------------------------------------------------
+    async def next_job(self) -> Job | None:
+        """The next job to fetch, or None when every job is finished."""
+        while True:
+            job = self._take()
+            if job is not None:
+                return job
+            if self.closed and self.pending == 0:
+                return None
+            fut = self.loop.create_future()
+            self._waiters.append(fut)
+            try:
+                await fut
+            except asyncio.CancelledError:
+                if not fut.done():
+                    fut.cancel()
+                raise
+
+    def finished(self, job: Job, signal: Signal, ttfb: float | None, retry_after: float | None) -> None:
+        """A request ended; the caller then either retries the job or records it as final."""
+        host = self.hosts[job.host]
+        sample = Sample(signal, ttfb, host.inflight, retry_after)
+        host.inflight -= 1
+        host.policy.on_sample(self.loop.time(), sample)
+        self._offer(host)
+
+    def retry_later(self, job: Job, delay: float) -> None:
+        host = self.hosts[job.host]
+        host.waiting_retries += 1
+        self.loop.call_later(max(delay, 0.0), self._requeue, job)
+
+    def done(self, job: Job) -> None:
+        """The job reached a final state (stored, failed or skipped)."""
+        self.pending -= 1
+        if self.pending < self.max_pending:
+            self._room.set()
+        host = self.hosts.get(job.host)
+        if host is not None and not host.busy():
+            self._mark_idle(host)
+        self._maybe_finish()
+
+    def tick(self) -> None:
+        """Let active hosts' policies update (a limit may have grown), and evict long-idle hosts."""
+        now = self.loop.time()
+        for host in self.active_hosts():
+            host.policy.tick(now)
+            self._offer(host)
+        while self._idle:
+            name, host = next(iter(self._idle.items()))
+            if host.idle_since is None or now - host.idle_since < IDLE_EVICT_S:
+                break
+            del self._idle[name]
+            if not host.busy():
+                del self.hosts[name]
+
+    def active_hosts(self) -> Iterable[HostState]:
+        return list(self._active.values())
+
+    def snapshot(self) -> dict[str, dict[str, Any]]:
+        return {h.name: {**h.policy.snapshot(), "inflight": h.inflight, "queued": len(h.queue)}
+                for h in self.active_hosts()}
+
+    # -- internals ------------------------------------------------------------------------------
+    def _host(self, name: str) -> HostState:
+        host = self.hosts.get(name)
+        if host is None:
+            host = self.hosts[name] = HostState(name, self._make_policy(self.loop.time()))
+        elif host.idle_since is not None:
+            host.idle_since = None
+            self._idle.pop(name, None)
+        return host
+
+    def _enqueue(self, host: HostState, job: Job) -> None:
+        host.queue.append(job)
+        self._active[host.name] = host
+        self._offer(host)
+
+    def _requeue(self, job: Job) -> None:
+        host = self._host(job.host)
+        host.waiting_retries -= 1
+        self._enqueue(host, job)
+
+    def _eligible(self, host: HostState) -> bool:
+        if not host.queue or host.inflight >= host.policy.limit():
+            return False
+        hold = host.policy.hold_until()
+        if hold > self.loop.time():
+            if not host.wake_armed:
+                host.wake_armed = True
+                self.loop.call_at(hold, self._wake, host)
+            return False
+        return True
+
+    def _wake(self, host: HostState) -> None:
+        host.wake_armed = False
+        self._offer(host)
+
+    def _offer(self, host: HostState) -> None:
+        if not host.offered and self._eligible(host):
+            host.offered = True
+            self._ready.append(host)
+            self._notify_one()
+
+    def _take(self) -> Job | None:
+        while self._ready:
+            host = self._ready.popleft()
+            host.offered = False
+            if not self._eligible(host):
+                continue
+            job = host.queue.popleft()
+            host.inflight += 1
+            self._offer(host)  # back of the ring if it can take more: round-robin between hosts
+            return job
+        return None
+
+    def _notify_one(self) -> None:
+        while self._waiters:
+            fut = self._waiters.popleft()
+            if not fut.done():
+                fut.set_result(None)
+                return
+
+    def _maybe_finish(self) -> None:
+        if self.closed and self.pending == 0:
+            while self._waiters:
+                fut = self._waiters.popleft()
+                if not fut.done():
+                    fut.set_result(None)
+
+    def _mark_idle(self, host: HostState) -> None:
+        self._active.pop(host.name, None)
+        host.idle_since = self.loop.time()
+        self._idle[host.name] = host
+        self._idle.move_to_end(host.name)

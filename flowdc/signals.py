@@ -1,0 +1,35 @@
+"""What one finished request tells a host's controller.
+
+Kept apart from fetch.py so the pure controller (paarc.py) can use it without any I/O import.
+Host signals (the host is overloaded) are kept apart from object signals (this one URL is bad or
+big), because only the former may lower a host's concurrency.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+
+
+class Signal(Enum):
+    OK = "ok"  # headers arrived and the body was read in full
+    OBJECT_ERROR = "object_error"  # 404/403/410, bad content type, too large: about the object, not the host
+    OVERLOAD = "overload"  # 429 or 503: the host says "slow down"
+    SERVER_ERROR = "server_error"  # other 5xx
+    TIMEOUT = "timeout"  # no headers (or body) within the timeout
+    CONN_ERROR = "conn_error"  # refused, reset, truncated body
+
+
+@dataclass(frozen=True, slots=True)
+class Sample:
+    """One completed request as the controller sees it.
+
+    ttfb is seconds from the request being sent on a held connection to the response headers,
+    or None when no headers arrived. retry_after is seconds to hold the host, already resolved
+    from either Retry-After form.
+    """
+
+    signal: Signal
+    ttfb: float | None
+    inflight: int
+    retry_after: float | None = None

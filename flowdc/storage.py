@@ -1,0 +1,123 @@
+"""Where outputs go: a local folder or an fsspec URL (s3://, gs://, memory://, ...).
+
+Every write is atomic as seen by readers: on a local disk a file is written under a hidden
+temporary name and renamed; object stores only show an object once its upload completes, so
+there the final name is written directly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import os
+import posixpath
+from collections.abc import Iterator
+from typing import IO, Any
+
+import fsspec
+from fsspec.core import url_to_fs
+
+TMP_MARK = ".tmp-"
+_counter = itertools.count()
+
+
+class Destination:
+    def __init__(self, url: str, storage_options: dict[str, Any] | None = None):
+        if "://" not in url:
+            url = os.path.abspath(url)
+        self.fs, root = url_to_fs(url, **(storage_options or {}))
+        self.root = root.rstrip("/") or "/"
+        self.local = isinstance(self.fs, fsspec.implementations.local.LocalFileSystem)
+        self.display = url if "://" in url else self.root
+
+    def parent(self) -> Destination:
+        """The folder that holds this destination (for siblings such as OUTPUT.tar.gz)."""
+        up = object.__new__(Destination)
+        up.fs, up.local = self.fs, self.local
+        up.root = posixpath.dirname(self.root) or "/"
+        up.display = up.root
+        return up
+
+    def path(self, rel: str) -> str:
+        return posixpath.join(self.root, rel) if rel else self.root
+
+    def url(self, rel: str = "") -> str:
+        full = self.path(rel)
+        if self.local:
+            return full
+        return self.fs.unstrip_protocol(full)
+
+    # -- writes ---------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def open_atomic(self, rel: str) -> Iterator[IO[bytes]]:
+        """A file that appears under `rel` only when the block exits without error."""
+        final = self.path(rel)
+        parent = posixpath.dirname(final)
+        if self.local:
+            os.makedirs(parent, exist_ok=True)
+            tmp = posixpath.join(parent, f".{posixpath.basename(final)}{TMP_MARK}{os.getpid()}-{next(_counter)}")
+            try:
+                with open(tmp, "wb") as fh:
+                    yield fh
+                os.replace(tmp, final)
+            except BaseException:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(tmp)
+                raise
+            return
+        fh = self.fs.open(final, "wb")
+        try:
+            yield fh
+        except BaseException:
+            # Abandon the upload: an object store shows nothing for an upload never completed.
+            discard = getattr(fh, "discard", None)
+            if discard:
+                discard()
+            raise
+        fh.close()
+
+    def write_bytes(self, rel: str, data: bytes) -> None:
+        with self.open_atomic(rel) as fh:
+            fh.write(data)
+
+    # -- reads and housekeeping -----------------------------------------------------------------
+    def exists(self, rel: str) -> bool:
+        return bool(self.fs.exists(self.path(rel)))
+
+    def read_bytes(self, rel: str) -> bytes:
+        return bytes(self.fs.cat_file(self.path(rel)))
+
+    def list(self, rel: str = "") -> list[str]:
+        """Names (not paths) directly under `rel`; empty when it does not exist."""
+        try:
+            entries = self.fs.ls(self.path(rel), detail=False)
+        except FileNotFoundError:
+            return []
+        return sorted(posixpath.basename(str(e).rstrip("/")) for e in entries)
+
+    def remove(self, rel: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self.fs.rm(self.path(rel), recursive=True)
+
+    def clear(self) -> None:
+        """Remove everything under the root (for --force)."""
+        if self.fs.exists(self.root):
+            self.fs.rm(self.root, recursive=True)
+        if self.local:
+            os.makedirs(self.root, exist_ok=True)
+
+    def remove_temporaries(self) -> int:
+        """Delete half-written files a killed run left behind (local disks only)."""
+        if not self.local or not os.path.isdir(self.root):
+            return 0
+        removed = 0
+        for dirpath, _dirs, files in os.walk(self.root):
+            for name in files:
+                if TMP_MARK in name and name.startswith("."):
+                    os.unlink(os.path.join(dirpath, name))
+                    removed += 1
+        return removed
+
+    def makedirs(self) -> None:
+        if self.local:
+            os.makedirs(self.root, exist_ok=True)

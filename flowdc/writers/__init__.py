@@ -1,0 +1,1 @@
+"""Sample writers: imagefolder files and webdataset tar shards, both through a Destination."""

@@ -1,0 +1,36 @@
+"""What the pipeline hands a writer, and the factory that picks one by output_format."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from flowdc.ledger import Ledger, Record
+from flowdc.storage import Destination
+
+
+@dataclass(slots=True)
+class StoredSample:
+    record: Record  # filled in by the pipeline; the writer sets path/shard and hands it to the ledger
+    body: bytes
+    ext: str
+    meta: dict[str, Any]
+
+
+class SampleWriter(Protocol):
+    def recover(self) -> dict[str, int]: ...
+
+    def write(self, sample: StoredSample) -> None: ...
+
+    def close(self) -> None: ...
+
+
+def make_writer(output_format: str, dest: Destination, ledger: Ledger, *, labelled: bool,
+                samples_per_shard: int) -> SampleWriter:
+    if output_format == "webdataset":
+        from flowdc.writers.webdataset import WebDatasetWriter
+
+        return WebDatasetWriter(dest, ledger, samples_per_shard)
+    from flowdc.writers.imagefolder import ImageFolderWriter
+
+    return ImageFolderWriter(dest, ledger, labelled=labelled)

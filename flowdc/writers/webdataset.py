@@ -1,0 +1,135 @@
+"""webdataset tar shards: NNNNNN.tar with KEY.EXT + KEY.json per sample, and NNNNNN.parquet beside it.
+
+A shard becomes part of the dataset in three steps: its tar is completed under its final name,
+its metadata parquet is written, and then its ledger part is committed. On restart, a tar or
+parquet without a ledger part is an orphan of a killed run and is removed; its samples were never
+recorded as ok, so they are fetched again: nothing is lost and nothing is stored twice.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import tarfile
+import time
+from contextlib import ExitStack, suppress
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from flowdc.ledger import Ledger, Record
+from flowdc.storage import Destination
+from flowdc.writers.base import StoredSample
+
+SHARD_FILE = re.compile(r"^(\d{6})\.(tar|parquet)$")
+
+
+def shard_name(shard: int, ext: str) -> str:
+    return f"{shard:06d}.{ext}"
+
+
+def sample_json(rec: Record, meta: dict[str, Any]) -> dict[str, Any]:
+    return {**meta, "key": rec.key, "url": rec.url, "label": rec.label, "sha256": rec.sha256,
+            "size": rec.bytes, "status": rec.http_status, "row": rec.row}
+
+
+class WebDatasetWriter:
+    def __init__(self, dest: Destination, ledger: Ledger, samples_per_shard: int):
+        self.dest = dest
+        self.ledger = ledger
+        self.samples_per_shard = samples_per_shard
+        self.next_shard = 0
+        self._shard: int | None = None
+        self._stack: ExitStack | None = None  # holds the open shard file until commit or abort
+        self._tar: tarfile.TarFile | None = None
+        self._records: list[Record] = []
+        self._metas: list[dict[str, Any]] = []
+
+    def recover(self) -> dict[str, int]:
+        committed = self.ledger.committed_shards()
+        removed = 0
+        seen = set(committed)
+        for name in self.dest.list():
+            m = SHARD_FILE.match(name)
+            if not m:
+                continue
+            shard = int(m.group(1))
+            seen.add(shard)
+            if shard not in committed:
+                self.dest.remove(name)
+                removed += 1
+        self.next_shard = max(seen) + 1 if seen else 0
+        return {"orphan_shard_files_removed": removed, "temporaries_removed": self.dest.remove_temporaries()}
+
+    def write(self, sample: StoredSample) -> None:
+        try:
+            self._append(sample)
+        except BaseException:
+            self.abort()
+            raise
+
+    def _append(self, sample: StoredSample) -> None:
+        if self._tar is None:
+            self._open_shard()
+        assert self._tar is not None and self._shard is not None
+        rec = sample.record
+        rec.shard = self._shard
+        rec.path = f"{shard_name(self._shard, 'tar')}:{rec.key}{sample.ext}"
+        meta_doc = sample_json(rec, sample.meta)
+        now = time.time()
+        _add_member(self._tar, f"{rec.key}{sample.ext}", sample.body, now)
+        _add_member(self._tar, f"{rec.key}.json", json.dumps(meta_doc, default=str).encode(), now)
+        self._records.append(rec)
+        self._metas.append(meta_doc)
+        if len(self._records) >= self.samples_per_shard:
+            self._commit_shard()
+
+    def close(self) -> None:
+        if self._tar is not None:
+            self._commit_shard()
+        self.ledger.flush()
+
+    def abort(self) -> None:
+        """Drop the open shard without committing it: its samples were never recorded as ok."""
+        stack, self._stack = self._stack, None
+        if stack is not None:
+            # The storage already failed; abandoning the upload is the point, so its errors are moot.
+            with suppress(Exception):
+                stack.__exit__(RuntimeError, RuntimeError("shard aborted"), None)
+        self._reset()
+
+    def _open_shard(self) -> None:
+        self._shard = self.next_shard
+        self.next_shard += 1
+        self._stack = ExitStack()
+        fileobj = self._stack.enter_context(self.dest.open_atomic(shard_name(self._shard, "tar")))
+        tar = tarfile.open(fileobj=fileobj, mode="w|", format=tarfile.PAX_FORMAT)  # noqa: SIM115 - the stack closes it
+        self._tar = self._stack.enter_context(tar)
+
+    def _commit_shard(self) -> None:
+        assert self._tar is not None and self._stack is not None and self._shard is not None
+        stack, self._stack = self._stack, None
+        stack.close()  # closes the tar (end blocks), then the file: now visible under its final name
+        table = pa.Table.from_pylist(self._metas)
+        buf = io.BytesIO()
+        pq.write_table(table, buf)
+        self.dest.write_bytes(shard_name(self._shard, "parquet"), buf.getvalue())
+        self.ledger.commit_shard(self._shard, self._records)
+        self._reset()
+
+    def _reset(self) -> None:
+        self._tar = None
+        self._stack = None
+        self._shard = None
+        self._records = []
+        self._metas = []
+
+
+def _add_member(tar: tarfile.TarFile, name: str, data: bytes, mtime: float) -> None:
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    info.mtime = int(mtime)
+    info.mode = 0o644
+    tar.addfile(info, io.BytesIO(data))
