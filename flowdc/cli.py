@@ -150,6 +150,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"flowdc: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except RuntimeError as exc:
+        from flowdc.download import DestinationError
+
+        if not isinstance(exc, DestinationError):
+            raise
+        print(f"flowdc: error: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("flowdc: interrupted; run the same command again to resume", file=sys.stderr)
         return 130

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import random
 import signal
 import time
@@ -29,9 +30,10 @@ from flowdc.scheduler import Job, Scheduler
 from flowdc.storage import Destination
 from flowdc.telemetry import Telemetry
 from flowdc.urls import host_key, scheme_error
-from flowdc.writers.base import SampleWriter, StoredSample, make_writer
+from flowdc.writers.base import SampleWriter, StoredSample, StoreError, make_writer
 from flowdc.writers.naming import extension_for, make_key
 
+MAX_STORE_TRIES = 5
 TICK_S = 0.1
 SNAPSHOT_S = 0.5
 
@@ -70,11 +72,15 @@ class DownloadJob:
         self.host_snapshots: dict[str, dict[str, Any]] = {}
         self.interrupted = False
         self._seen_keys: set[str] = set()
+        self._store_failures: dict[int, int] = {}
 
     async def run(self) -> dict[str, Any]:
         started_wall = time.time()
-        recovery = await asyncio.to_thread(self.writer.recover)
-        done = await asyncio.to_thread(self.ledger.done_index)
+        try:
+            recovery = await asyncio.to_thread(self.writer.recover)
+            done = await asyncio.to_thread(self.ledger.done_index)
+        except (OSError, ValueError) as exc:  # botocore/gcsfs errors derive from these too
+            raise DestinationError(f"cannot read {self.dest.display}: {type(exc).__name__}: {exc}") from None
         # Read ahead well past the global bound so a slow host's backlog does not starve the others.
         read_ahead = max(20 * self.cfg.concurrent_downloads, 50_000)
         self.scheduler = Scheduler(policy_factory(self.cfg), max_pending=read_ahead)
@@ -105,7 +111,12 @@ class DownloadJob:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 with contextlib.suppress(NotImplementedError, RuntimeError):
                     loop.remove_signal_handler(sig)
-            await loop.run_in_executor(self.write_pool, self.writer.close)
+            self.scheduler.closed_for_good = True
+            try:
+                await loop.run_in_executor(self.write_pool, self.writer.close)
+            except StoreError as err:
+                self._store_failed(err, current=None)
+                await asyncio.to_thread(self._final_flush)
             self.write_pool.shutdown(wait=True)
             self.progress.close()
             self.telemetry.close()
@@ -187,12 +198,25 @@ class DownloadJob:
         loop = asyncio.get_running_loop()
         try:
             await loop.run_in_executor(self.write_pool, self.writer.write, sample)
-        except Exception as exc:  # a storage failure fails this row (transiently); the run goes on
-            rec.status, rec.reason, rec.retryable = "failed", f"store_error:{type(exc).__name__}", True
-            rec.path = rec.shard = None
-            self._final(rec)
+        except StoreError as err:
+            self._store_failed(err, current=rec)
             return
         self.progress.record("ok", len(outcome.body))
+
+    def _store_failed(self, err: StoreError, current: Record | None) -> None:
+        """The destination lost these samples (an outage, a full disk): fetch them again later in
+        this run, or, after too many tries, leave them as transient failures for the next run."""
+        for rec in err.records:
+            if rec is not current:
+                self.progress.unrecord_ok(rec.bytes or 0)
+            tries = self._store_failures[rec.row] = self._store_failures.get(rec.row, 0) + 1
+            if tries <= MAX_STORE_TRIES and not self.scheduler.closed_for_good:
+                self.progress.counters.retries += 1
+                self.scheduler.add_later(job_of(rec), self.cfg.retry_backoff_sec * 2 ** (tries - 1) + 1.0)
+                continue
+            rec.status, rec.reason, rec.retryable = "failed", f"store_error:{type(err.cause).__name__}", True
+            rec.path = rec.shard = None
+            self._final(rec)
 
     def _record(self, job: Job, outcome: Outcome, status: str) -> Record:
         return Record(
@@ -202,6 +226,13 @@ class DownloadJob:
             ttfb_ms=None if outcome.ttfb is None else outcome.ttfb * 1000.0,
             meta=meta_json(job.meta), url_hash=job.url_hash,
         )
+
+    def _final_flush(self) -> None:
+        try:
+            self.ledger.flush()
+        except Exception as exc:
+            raise DestinationError(f"cannot write the ledger to {self.dest.display}: {type(exc).__name__}; "
+                                   "run the same command again when it is reachable") from None
 
     def _final(self, rec: Record) -> None:
         """A row that ends without a stored sample: into the ledger and the counters."""
@@ -230,12 +261,21 @@ class DownloadJob:
             self.host_snapshots.pop(next(iter(self.host_snapshots)))
 
 
+class DestinationError(RuntimeError):
+    """The output cannot be written at all; nothing stored so far is lost, a rerun resumes."""
+
+
 def policy_factory(cfg: DownloadConfig) -> Callable[[float], HostLimit]:
     try:
         from flowdc.paarc import make_host_limit
     except ImportError:  # TEMPORARY until paarc.py lands
         return lambda _now: FixedLimit(cfg.C_init)
     return lambda now: make_host_limit(cfg, now)
+
+
+def job_of(rec: Record) -> Job:
+    meta = json.loads(rec.meta) if rec.meta else {}
+    return Job(rec.row, rec.key, rec.url, rec.host or host_key(rec.url), rec.label, meta, url_hash=rec.url_hash)
 
 
 def _next_or_none(it: Iterator[pa.RecordBatch]) -> pa.RecordBatch | None:

@@ -130,21 +130,27 @@ class Ledger:
             self._pending.append(record)
             due = len(self._pending) >= self.flush_rows or time.monotonic() - self._last_flush > self.flush_seconds
         if due:
-            self.flush()
+            self.flush(final=False)
 
     def flush_if_due(self) -> None:
         if time.monotonic() - self._last_flush > self.flush_seconds:
-            self.flush()
+            self.flush(final=False)
 
-    def flush(self) -> None:
+    def flush(self, *, final: bool = True) -> None:
+        """Write pending records as a new part. If the destination is down the records stay
+        pending for the next flush; only a final flush reports the failure."""
         with self._lock:
             records, self._pending = self._pending, []
             self._last_flush = time.monotonic()
             if not records:
                 return
             self._seq += 1
-            name = f"{self._run}-{self._seq:06d}.parquet"
-            self._write_part(name, records)
+            try:
+                self._write_part(f"{self._run}-{self._seq:06d}.parquet", records)
+            except Exception:
+                self._pending = records + self._pending
+                if final:
+                    raise
 
     def commit_shard(self, shard: int, records: list[Record]) -> None:
         self._write_part(f"shard-{shard:06d}.parquet", records)

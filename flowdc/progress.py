@@ -49,6 +49,13 @@ class Progress:
         if self._bar is not None:
             self._bar.update(1)
 
+    def unrecord_ok(self, nbytes: int) -> None:
+        """A sample counted as stored was lost by the destination and will be fetched again."""
+        self.counters.ok -= 1
+        self.counters.bytes -= nbytes
+        if self._bar is not None:
+            self._bar.update(-1)
+
     def skip_done(self, n: int) -> None:
         """Rows a previous run already finished: they count toward the bar but are not fetched."""
         self.counters.already_done += n

@@ -60,7 +60,8 @@ class Scheduler:
         self._room = asyncio.Event()
         self._room.set()
         self.pending = 0  # jobs queued, in flight or waiting to retry
-        self.closed = False  # no more jobs will be added
+        self.closed = False  # the reader is done
+        self.closed_for_good = False  # the workers are gone; nothing can be added any more
         self.loop = asyncio.get_running_loop()
 
     # -- the reader side ------------------------------------------------------------------------
@@ -72,6 +73,14 @@ class Scheduler:
     def add(self, job: Job) -> None:
         self.pending += 1
         self._enqueue(self._host(job.host), job)
+
+    def add_later(self, job: Job, delay: float) -> None:
+        """Add a job again after `delay` (a sample the destination lost); counts as pending now."""
+        self.pending += 1
+        host = self._host(job.host)
+        host.waiting_retries += 1
+        self._active[host.name] = host
+        self.loop.call_later(max(delay, 0.0), self._requeue, job)
 
     def close(self) -> None:
         self.closed = True

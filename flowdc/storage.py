@@ -89,6 +89,7 @@ class Destination:
 
     def list(self, rel: str = "") -> list[str]:
         """Names (not paths) directly under `rel`; empty when it does not exist."""
+        self.fs.invalidate_cache(self.path(rel))  # object stores cache listings; we just wrote here
         try:
             entries = self.fs.ls(self.path(rel), detail=False)
         except FileNotFoundError:

@@ -9,6 +9,16 @@ from flowdc.ledger import Ledger, Record
 from flowdc.storage import Destination
 
 
+class StoreError(Exception):
+    """The destination refused a write. `records` are the samples that are now not stored
+    (for webdataset: the whole open shard), so the caller can fetch them again."""
+
+    def __init__(self, cause: BaseException, records: list[Record]):
+        super().__init__(f"{type(cause).__name__}: {cause}")
+        self.cause = cause
+        self.records = records
+
+
 @dataclass(slots=True)
 class StoredSample:
     record: Record  # filled in by the pipeline; the writer sets path/shard and hands it to the ledger
@@ -22,7 +32,9 @@ class SampleWriter(Protocol):
 
     def write(self, sample: StoredSample) -> None: ...
 
-    def close(self) -> None: ...
+    def close(self) -> None:
+        """Commit what is open and flush the ledger; raises StoreError for samples it could not keep."""
+        ...
 
 
 def make_writer(output_format: str, dest: Destination, ledger: Ledger, *, labelled: bool,

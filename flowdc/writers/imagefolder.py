@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flowdc.ledger import Ledger
 from flowdc.storage import Destination
-from flowdc.writers.base import StoredSample
+from flowdc.writers.base import StoredSample, StoreError
 from flowdc.writers.naming import sample_path
 
 
@@ -22,7 +22,10 @@ class ImageFolderWriter:
     def write(self, sample: StoredSample) -> None:
         rec = sample.record
         rel = sample_path(rec.key, rec.label, sample.ext, labelled=self.labelled)
-        self.dest.write_bytes(rel, sample.body)
+        try:
+            self.dest.write_bytes(rel, sample.body)
+        except Exception as exc:
+            raise StoreError(exc, [rec]) from exc
         rec.path = rel
         self.ledger.add(rec)
 

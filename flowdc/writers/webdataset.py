@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 
 from flowdc.ledger import Ledger, Record
 from flowdc.storage import Destination
-from flowdc.writers.base import StoredSample
+from flowdc.writers.base import StoredSample, StoreError
 
 SHARD_FILE = re.compile(r"^(\d{6})\.(tar|parquet)$")
 
@@ -66,9 +66,10 @@ class WebDatasetWriter:
     def write(self, sample: StoredSample) -> None:
         try:
             self._append(sample)
-        except BaseException:
+        except Exception as exc:
+            lost = [*self._records] if sample.record in self._records else [*self._records, sample.record]
             self.abort()
-            raise
+            raise StoreError(exc, lost) from exc
 
     def _append(self, sample: StoredSample) -> None:
         if self._tar is None:
@@ -88,7 +89,12 @@ class WebDatasetWriter:
 
     def close(self) -> None:
         if self._tar is not None:
-            self._commit_shard()
+            try:
+                self._commit_shard()
+            except Exception as exc:
+                lost = self._records
+                self.abort()
+                raise StoreError(exc, lost) from exc
         self.ledger.flush()
 
     def abort(self) -> None:
