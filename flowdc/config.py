@@ -84,6 +84,13 @@ class DownloadConfig(PaarcOptions):
     create_overview: bool = opt(True, "Write overview.json with totals, rates, errors and per-host figures.")
     telemetry: str | None = opt(None, "Write per-host PAARC snapshots (JSON lines) to this file.")
     storage_options: dict[str, Any] = opt({}, "fsspec storage options for a remote output (endpoint, profile, ...).")
+    cloud_tool: str | None = opt(
+        None, "Upload finished shards (webdataset) or the archive (imagefolder) with this tool, then delete the "
+        "local copy.", choices=("gocmd", "aws", "gsutil", "rclone", "scp", "custom"))
+    cloud_destination: str | None = opt(None, "Where cloud_tool uploads to (iRODS path, s3://..., remote:path, ...).")
+    cloud_command: list[str] = opt(
+        [], "For cloud_tool custom: the command as a list with {file} and {destination}, e.g. "
+        "[\"mc\",\"cp\",\"{file}\",\"{destination}/\"].")
     force: bool = opt(False, "Start over: delete what an earlier run of this output wrote.")
     quiet: bool = opt(False, "No progress bar; only the final summary.")
     batch_rows: int = opt(8192, "Manifest rows read per batch (memory stays bounded by this).")
@@ -100,6 +107,12 @@ class DownloadConfig(PaarcOptions):
             raise ConfigError(f"timeout must be > 0, got {self.timeout}")
         if self.max_retry_attempts < 0 or self.retry_backoff_sec < 0 or self.max_redirects < 0:
             raise ConfigError("max_retry_attempts, retry_backoff_sec and max_redirects must be >= 0")
+        if self.cloud_tool and "://" in self.output and not self.output.startswith("file://"):
+            raise ConfigError("cloud_tool uploads from a local output folder; give a local --output as staging")
+        if self.cloud_tool == "custom" and not self.cloud_command:
+            example = '["mc", "cp", "{file}", "{destination}/"]'
+            example = '["mc", "cp", "{file}", "{destination}/"]'
+            raise ConfigError(f"cloud_tool custom needs cloud_command, e.g. {example}")
         self.check_paarc()
 
 

@@ -27,6 +27,7 @@ from flowdc.manifest import ROW_COLUMN, Manifest
 from flowdc.overview import build_overview, write_overview
 from flowdc.progress import Progress
 from flowdc.scheduler import Job, Scheduler
+from flowdc.shipping import Shipper, uploader_for
 from flowdc.storage import Destination
 from flowdc.telemetry import Telemetry
 from flowdc.urls import host_key, scheme_error
@@ -60,9 +61,8 @@ class DownloadJob:
             self.dest.clear()
         self.dest.makedirs()
         self.ledger = Ledger(self.dest)
-        self.writer: SampleWriter = make_writer(cfg.output_format, self.dest, self.ledger,
-                                                labelled=cfg.label is not None,
-                                                samples_per_shard=cfg.samples_per_shard)
+        self.uploader = uploader_for(cfg)
+        self.shipper: Shipper | None = None
         self.settings = FetchSettings(cfg.timeout, cfg.max_body_bytes, tuple(cfg.content_types), cfg.max_redirects)
         self.extra_columns = [c for c in self.manifest.columns if c not in {cfg.url, cfg.label, ROW_COLUMN}]
         # One writer thread keeps a shard's members in order; files can be written in parallel.
@@ -76,11 +76,20 @@ class DownloadJob:
 
     async def run(self) -> dict[str, Any]:
         started_wall = time.time()
+        if self.uploader is not None:
+            self.shipper = Shipper(self.uploader, self.dest)
+        cfg = self.cfg
+        self.writer: SampleWriter = make_writer(
+            cfg.output_format, self.dest, self.ledger, labelled=cfg.label is not None,
+            samples_per_shard=cfg.samples_per_shard,
+            on_shard_commit=self.shipper.ship_shard if self.shipper else None)
         try:
             recovery = await asyncio.to_thread(self.writer.recover)
             done = await asyncio.to_thread(self.ledger.done_index)
         except (OSError, ValueError) as exc:  # botocore/gcsfs errors derive from these too
             raise DestinationError(f"cannot read {self.dest.display}: {type(exc).__name__}: {exc}") from None
+        if self.shipper is not None and cfg.output_format == "webdataset":
+            recovery["shards_left_to_ship"] = self.shipper.ship_leftovers(self.ledger.committed_shards())
         # Read ahead well past the global bound so a slow host's backlog does not starve the others.
         read_ahead = max(20 * self.cfg.concurrent_downloads, 50_000)
         self.scheduler = Scheduler(policy_factory(self.cfg), max_pending=read_ahead)
@@ -130,7 +139,28 @@ class DownloadJob:
             from flowdc.archive import create_archive
 
             overview["archive"] = await asyncio.to_thread(create_archive, self.dest)
+        if self.shipper is not None:
+            await self._ship_the_rest(overview)
         return overview
+
+    async def _ship_the_rest(self, overview: dict[str, Any]) -> None:
+        """Wait for shard uploads, then ship the archive (moved) and the overview (copied)."""
+        assert self.shipper is not None
+        await self.shipper.drain()
+        archive = overview.get("archive")
+        if archive:
+            up = self.dest.parent()
+            name = archive.rsplit("/", 1)[-1]
+            shipper = Shipper(self.shipper.uploader, up)
+            shipper.ship_file(name)
+            await shipper.drain()
+            self.shipper.shipped += shipper.shipped
+            self.shipper.failed += shipper.failed
+        if self.cfg.create_overview:
+            self.shipper.ship_file("overview.json", keep_local=True)
+        await self.shipper.drain()
+        overview["uploads"] = {"tool": self.cfg.cloud_tool, "shipped": len(self.shipper.shipped),
+                               "failed": self.shipper.failed}
 
     # -- reading the manifest -------------------------------------------------------------------
     async def _read_manifest(self, done: Any) -> None:

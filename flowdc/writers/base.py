@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -38,11 +39,11 @@ class SampleWriter(Protocol):
 
 
 def make_writer(output_format: str, dest: Destination, ledger: Ledger, *, labelled: bool,
-                samples_per_shard: int) -> SampleWriter:
+                samples_per_shard: int, on_shard_commit: Callable[[int], None] | None = None) -> SampleWriter:
     if output_format == "webdataset":
         from flowdc.writers.webdataset import WebDatasetWriter
 
-        return WebDatasetWriter(dest, ledger, samples_per_shard)
+        return WebDatasetWriter(dest, ledger, samples_per_shard, on_shard_commit)
     from flowdc.writers.imagefolder import ImageFolderWriter
 
     return ImageFolderWriter(dest, ledger, labelled=labelled)

@@ -13,6 +13,7 @@ import json
 import re
 import tarfile
 import time
+from collections.abc import Callable
 from contextlib import ExitStack, suppress
 from typing import Any
 
@@ -36,7 +37,9 @@ def sample_json(rec: Record, meta: dict[str, Any]) -> dict[str, Any]:
 
 
 class WebDatasetWriter:
-    def __init__(self, dest: Destination, ledger: Ledger, samples_per_shard: int):
+    def __init__(self, dest: Destination, ledger: Ledger, samples_per_shard: int,
+                 on_commit: Callable[[int], None] | None = None):
+        self.on_commit = on_commit  # e.g. ship the shard to a remote store
         self.dest = dest
         self.ledger = ledger
         self.samples_per_shard = samples_per_shard
@@ -123,7 +126,10 @@ class WebDatasetWriter:
         pq.write_table(table, buf)
         self.dest.write_bytes(shard_name(self._shard, "parquet"), buf.getvalue())
         self.ledger.commit_shard(self._shard, self._records)
+        shard = self._shard
         self._reset()
+        if self.on_commit is not None:
+            self.on_commit(shard)
 
     def _reset(self) -> None:
         self._tar = None
