@@ -195,8 +195,8 @@ class DownloadJob:
                 self._seen_keys.add(key)
             if problem is not None:
                 status = "skipped" if problem in ("no_url", "duplicate_url") else "failed"
-                self._final(Record(row, key, url, status, label=label, reason=problem, meta=meta_json(meta),
-                                   url_hash=int(hashes[i])))
+                # No metadata copy for rows never fetched: the manifest still has it.
+                self._final(Record(row, key, url, status, label=label, reason=problem, url_hash=int(hashes[i])))
                 continue
             yield Job(row, key, url, host_key(url), label, meta, url_hash=int(hashes[i]))
 

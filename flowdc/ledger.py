@@ -203,9 +203,12 @@ class Ledger:
         done = latest.filter(final)
         return DoneIndex(done["row"].to_numpy(), done["url_hash"].to_numpy())
 
-    def summary(self) -> dict[str, Any]:
-        """Cumulative totals over every run of this output."""
-        latest = self.latest(["row", "status", "reason", "bytes"])
+    SUMMARY_COLUMNS = ("row", "status", "reason", "bytes", "host", "ttfb_ms")
+
+    def summary(self, latest: pa.Table | None = None) -> dict[str, Any]:
+        """Cumulative totals over every run of this output (from `latest(SUMMARY_COLUMNS)` if given)."""
+        if latest is None:
+            latest = self.latest(list(self.SUMMARY_COLUMNS))
         counts = {s: 0 for s in ("ok", "failed", "skipped")}
         for item in pc.value_counts(latest["status"]).to_pylist() if latest.num_rows else []:
             counts[item["values"]] = item["counts"]

@@ -20,7 +20,8 @@ MAX_HOSTS_LISTED = 1000
 
 def build_overview(cfg: DownloadConfig, ledger: Ledger, run: RunCounters, host_snapshots: dict[str, dict[str, Any]],
                    started_wall: float, recovery: dict[str, int], interrupted: bool) -> dict[str, Any]:
-    totals = ledger.summary()
+    latest = ledger.latest(list(Ledger.SUMMARY_COLUMNS))  # read once, used twice
+    totals = ledger.summary(latest)
     elapsed = run.elapsed()
     attempted = run.ok + run.failed + run.skipped
     return {
@@ -48,13 +49,12 @@ def build_overview(cfg: DownloadConfig, ledger: Ledger, run: RunCounters, host_s
         "elapsed_s": round(elapsed, 3),
         "images_per_s": round(run.ok / elapsed, 2),
         "mb_per_s": round(run.bytes / elapsed / 1e6, 3),
-        "hosts": per_host(ledger, host_snapshots),
+        "hosts": per_host(latest, host_snapshots),
     }
 
 
-def per_host(ledger: Ledger, host_snapshots: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """Per-host figures from the ledger, with the controller's last snapshot where we have one."""
-    latest = ledger.latest(["row", "host", "status", "bytes", "ttfb_ms"])
+def per_host(latest: pa.Table, host_snapshots: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per-host figures from the ledger's latest states, with the controller's last snapshot if any."""
     latest = latest.filter(pc.is_valid(latest["host"])) if latest.num_rows else latest
     if latest.num_rows == 0:
         return {}

@@ -21,6 +21,14 @@ def host_key(url: str) -> str:
 
 def scheme_error(url: str) -> str | None:
     """Why a URL will not be fetched, or None when it may be."""
+    head = url[:8].lower()
+    if not head.startswith(("http://", "https://")):
+        # Cheap path for whole manifests of other schemes: no full parse needed to refuse them.
+        scheme, sep, _ = url.partition(":")
+        if not sep or not scheme.isascii() or not scheme.replace("+", "").replace("-", "").replace(".", "").isalnum():
+            return "unsupported_scheme:none"
+        scheme = scheme.lower()
+        return "invalid_url" if scheme in FETCHABLE_SCHEMES else f"unsupported_scheme:{scheme}"
     try:
         parts = urlsplit(url.strip())
     except ValueError:
