@@ -11,7 +11,7 @@ import dataclasses
 import json
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 from flowdc.config import ConfigError, DownloadConfig, PartitionConfig, SizeConfig, build_config
 
@@ -23,6 +23,13 @@ DOWNLOAD_EPILOG = """examples:
   rerun the same command to resume; --force starts over."""
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """Usage errors as one line and exit code 2, like every other user error (no usage dump)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def add_config_options(parser: argparse.ArgumentParser, cls: type) -> None:
     parser.add_argument("--config", help="JSON file with any of the options below (CLI options win).")
     for f in dataclasses.fields(cls):
@@ -30,7 +37,7 @@ def add_config_options(parser: argparse.ArgumentParser, cls: type) -> None:
         names = [f"--{f.name}", *(f"--{a}" for a in meta.get("aliases", ()))]
         kind = str(f.type)
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
-        help_text = f"{meta.get('help', '')} (default: {default})"
+        help_text = f"{meta.get('help', '')} (default: {default})".replace("%", "%%")  # argparse formats help
         if kind.startswith("bool"):
             group = parser.add_mutually_exclusive_group()
             group.add_argument(*names, dest=f.name, action="store_const", const=True, default=None, help=help_text)
@@ -112,8 +119,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="flowdc", description="Download ML image datasets from URL manifests, "
-                                     "fast and politely (per-host adaptive concurrency).")
+    parser = OneLineParser(prog="flowdc", description="Download ML image datasets from URL manifests, "
+                           "fast and politely (per-host adaptive concurrency).")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     commands: list[tuple[str, str, type | None, Callable[[argparse.Namespace], int]]] = [
         ("download", "Download every URL of a manifest into an imagefolder or webdataset shards.", DownloadConfig,

@@ -110,7 +110,9 @@ async def fetch_one(session: aiohttp.ClientSession, url: str, settings: FetchSet
     try:
         async with session.get(
             url,
-            max_redirects=settings.max_redirects,
+            # aiohttp raises on reaching its max_redirects (and treats 0 as unlimited); ours counts
+            # redirects followed, so N follows N and refuses the N+1th, and 0 follows none.
+            max_redirects=settings.max_redirects + 1,
             timeout=aiohttp.ClientTimeout(total=settings.timeout),
             trace_request_ctx=stamp,
         ) as resp:

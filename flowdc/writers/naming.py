@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 KEY_WIDTH = 8
 UNLABELED = "unlabeled"
 MAX_LABEL_CHARS = 120
+MAX_LABEL_BYTES = 200  # a file name holds at most 255 bytes; room is left for the hash suffix
 _UNSAFE = re.compile(r"[^\w\-. ,()+&']+", re.UNICODE)
 _EXT_BY_TYPE = {
     "image/jpeg": ".jpg",
@@ -52,8 +53,11 @@ def safe_label(label: object) -> str:
     text = _UNSAFE.sub("_", str(label)).strip(" .")
     if not text or set(text) <= {"_", "."}:
         return UNLABELED if not str(label).strip() else "_" + hashlib.sha1(str(label).encode()).hexdigest()[:10]
-    if len(text) > MAX_LABEL_CHARS:
-        text = text[:MAX_LABEL_CHARS] + "_" + hashlib.sha1(str(label).encode()).hexdigest()[:10]
+    if len(text) > MAX_LABEL_CHARS or len(text.encode()) > MAX_LABEL_BYTES:
+        cut = text[:MAX_LABEL_CHARS]
+        while len(cut.encode()) > MAX_LABEL_BYTES:  # multi-byte characters: bound the bytes too
+            cut = cut[:-1]
+        text = cut + "_" + hashlib.sha1(str(label).encode()).hexdigest()[:10]
     return text
 
 
