@@ -52,6 +52,7 @@ SCHEMA = pa.schema(
     ]
 )
 FIELDS = tuple(SCHEMA.names)
+LOW_CARDINALITY = frozenset({"status", "reason", "host"})
 
 
 def url_hash(url: str) -> int:
@@ -121,7 +122,11 @@ class Ledger:
         self._pending: list[Record] = []
         self._lock = threading.Lock()
         self._last_flush = time.monotonic()
-        self._run = f"{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{os.getpid()}"
+        # Random part too: two runs in one process within a second must not reuse part names.
+        self._run = f"{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{os.getpid()}-{os.urandom(4).hex()}"
+        # True once done_index() found no earlier records: then every row has exactly one record
+        # (this run writes a row once), and latest() can skip its sort, which copies the table.
+        self.fresh = False
         self._seq = 0
 
     # -- writing --------------------------------------------------------------------------------
@@ -172,30 +177,30 @@ class Ledger:
         tables = []
         for name in self.part_names():
             with self.dest.fs.open(self.dest.path(f"{LEDGER_DIR}/{name}"), "rb") as fh:
-                tables.append(pq.read_table(fh, columns=columns))
+                table = pq.read_table(fh, columns=columns)
+            # Status, reason and host repeat a lot: as dictionaries, millions of rows stay small.
+            for i, f in enumerate(table.schema):
+                if f.name in LOW_CARDINALITY and pa.types.is_string(f.type):
+                    as_dict = pc.cast(table.column(i), pa.dictionary(pa.int32(), pa.string()))
+                    table = table.set_column(i, f.name, as_dict)
+            tables.append(table)
         if not tables:
             schema = SCHEMA if columns is None else pa.schema([SCHEMA.field(c) for c in columns])
             return schema.empty_table()
-        return pa.concat_tables(tables)
+        return pa.concat_tables(tables, promote_options="permissive").unify_dictionaries()
 
     def latest(self, columns: list[str] | None = None) -> pa.Table:
         """Each row's current state: its latest record."""
         need = None if columns is None else sorted(set(columns) | {"row", "ts", "status"})
         table = self.read(need)
-        if table.num_rows == 0:
-            return table
-        # Sort by row then ts; an ok wins a tie since nothing is fetched again after an ok.
-        okness = pc.cast(pc.equal(table["status"], "ok"), pa.int8())
-        table = table.append_column("_ok", okness)
-        table = table.sort_by([("row", "ascending"), ("ts", "ascending"), ("_ok", "ascending")])
-        rows = table["row"].to_numpy()
-        last = np.ones(rows.size, dtype=bool)
-        last[:-1] = rows[1:] != rows[:-1]
-        latest = table.filter(pa.array(last)).drop_columns(["_ok"])
+        if table.num_rows == 0 or self.fresh:
+            return table if columns is None else table.select(columns)
+        latest = table.take(latest_positions(table))
         return latest if columns is None else latest.select(columns)
 
     def done_index(self) -> DoneIndex:
         latest = self.latest(["row", "url_hash", "status", "retryable"])
+        self.fresh = latest.num_rows == 0
         if latest.num_rows == 0:
             return DoneIndex(np.empty(0, np.int64), np.empty(0, np.int64))
         status = latest["status"]
@@ -220,6 +225,20 @@ class Ledger:
         total_bytes = pc.sum(latest["bytes"]).as_py() if latest.num_rows else 0
         return {"rows": latest.num_rows, **counts, "bytes": total_bytes or 0,
                 "errors": dict(sorted(reasons.items(), key=lambda kv: -kv[1]))}
+
+
+def latest_positions(table: pa.Table) -> np.ndarray:
+    """Positions of each row's latest record, in row order. Works on indices only (no table
+    copies), which keeps tens of millions of records in a few hundred MB."""
+    rows = table["row"].to_numpy()
+    ts = table["ts"].to_numpy()
+    is_ok = pc.equal(table["status"], "ok").to_numpy(zero_copy_only=False)
+    order = np.lexsort((is_ok, ts, rows))  # an ok wins a tie: nothing is fetched after an ok
+    del ts, is_ok
+    sorted_rows = rows[order]
+    last = np.ones(sorted_rows.size, dtype=bool)
+    last[:-1] = sorted_rows[1:] != sorted_rows[:-1]
+    return order[last]
 
 
 def meta_json(extra: dict[str, Any]) -> str | None:
