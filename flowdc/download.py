@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import random
 import signal
 import time
@@ -19,7 +20,7 @@ import aiohttp
 import numpy as np
 import pyarrow as pa
 
-from flowdc.config import DownloadConfig
+from flowdc.config import ConfigError, DownloadConfig
 from flowdc.fetch import FetchSettings, Outcome, fetch_one, make_session
 from flowdc.hostlimit import FixedLimit, HostLimit
 from flowdc.ledger import Ledger, Record, meta_json, url_hash
@@ -32,7 +33,7 @@ from flowdc.storage import Destination
 from flowdc.telemetry import Telemetry
 from flowdc.urls import host_key, scheme_error
 from flowdc.writers.base import SampleWriter, StoredSample, StoreError, make_writer
-from flowdc.writers.naming import extension_for, make_key
+from flowdc.writers.naming import extension_for, make_key, url_key
 
 MAX_STORE_TRIES = 5
 TICK_S = 0.1
@@ -58,6 +59,8 @@ class DownloadJob:
             self.manifest.require_column(cfg.label, "label")
         self.dest = Destination(cfg.output, cfg.storage_options)
         if cfg.force:
+            if self.dest.local and os.path.realpath(cfg.input).startswith(os.path.realpath(self.dest.root) + os.sep):
+                raise ConfigError(f"--force would delete the input manifest {cfg.input}: it is inside the output")
             self.dest.clear()
         self.dest.makedirs()
         self.ledger = Ledger(self.dest)
@@ -182,6 +185,9 @@ class DownloadJob:
         hashes = np.fromiter((url_hash(u or "") for u in urls), dtype=np.int64, count=len(urls))
         finished = done.done_mask(rows, hashes, self.cfg.input)
         self.progress.skip_done(int(finished.sum()))
+        if self.cfg.naming_mode == "url_based":
+            # URLs an earlier run already holds keep their keys: a repeat of one is still a duplicate.
+            self._seen_keys.update(url_key((urls[i] or "").strip()) for i in np.flatnonzero(finished))
         labels = batch.column(self.cfg.label).cast(pa.string()).to_pylist() if self.cfg.label else None
         extras = batch.select(self.extra_columns).to_pylist() if self.extra_columns else None
         for i in np.flatnonzero(~finished):

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
 import threading
 from collections.abc import Callable
 from typing import IO, Any
+
+from flowdc.config import ConfigError
 
 Snapshot = dict[str, dict[str, Any]]  # host -> flat figures
 Subscriber = Callable[[float, Snapshot], None]
@@ -15,7 +18,13 @@ class Telemetry:
     def __init__(self, path: str | None = None):
         self._subscribers: list[Subscriber] = []
         self._lock = threading.Lock()
-        self._file: IO[str] | None = open(path, "a", encoding="utf-8") if path else None  # noqa: SIM115
+        self._file: IO[str] | None = None
+        if path:
+            try:
+                os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+                self._file = open(path, "a", encoding="utf-8")  # noqa: SIM115
+            except OSError as exc:  # a user error (bad --telemetry path), not a crash
+                raise ConfigError(f"cannot write the telemetry file {path}: {exc.strerror or exc}") from None
 
     def subscribe(self, callback: Subscriber) -> Callable[[], None]:
         with self._lock:

@@ -1,0 +1,408 @@
+"""Benchmark runner: FLOW-DC against a bare aiohttp loop on the same fake hosts.
+
+    python bench/run.py SCENARIO [--rows N] [--out DIR] [--concurrency N]
+                                 [--only flowdc,flowdc_nopaarc,bare] [--timeout S] [--keep]
+
+Starts the scenario's fake hosts in a thread of this process, writes the manifest, then runs
+each contender as a subprocess, one after another, with the farm's counters reset in between:
+flowdc, flowdc --disable_paarc (scenarios that ask for it), and bench/bare_loop.py. Each run is
+killed after its timeout. Wall time and peak RSS (the process and its children) are measured
+here; flowdc's own figures come from OUTPUT/overview.json. A table goes to stdout and a markdown
+section is appended to bench/results/latest.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import psutil
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))  # usable from a checkout that was not pip-installed
+
+from scenarios import (  # noqa: E402
+    SCENARIOS,
+    ManifestInfo,
+    Scenario,
+    write_scenario_manifest,
+    write_synthetic_manifest,
+)
+
+from flowdc.fakehosts import FakeHostFarm, run_farm_in_thread  # noqa: E402
+
+RESULTS_MD = ROOT / "bench" / "results" / "latest.md"
+CONTENDERS = ("flowdc", "flowdc_nopaarc", "bare")
+SAMPLE_S = 0.1  # RSS sampling period
+
+
+@dataclass
+class RunResult:
+    name: str
+    ok: int = 0
+    failed: int = 0
+    skipped: int = 0
+    wall_s: float = 0.0
+    tool_elapsed_s: float | None = None
+    tool_images_per_s: float | None = None
+    peak_rss_mb: float = 0.0
+    requests: int = 0
+    n_429: int = 0
+    max_in_system: int = 0
+    farm_cpu_pct: float | None = None  # this process's CPU while the contender ran: near 100 = server-bound
+    load_before: float | None = None  # 1-min load average at the start: other work skews the figures
+    returncode: int | None = None
+    note: str = ""
+    errors: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def wall_images_per_s(self) -> float:
+        return self.ok / self.wall_s if self.wall_s > 0 else 0.0
+
+    @property
+    def frac_429(self) -> float:
+        return self.n_429 / self.requests if self.requests else 0.0
+
+
+# -- running one contender ----------------------------------------------------------------------
+
+
+@dataclass
+class Measured:
+    returncode: int | None  # None: killed at the timeout
+    wall_s: float
+    peak_rss_mb: float
+    stdout: str
+    stderr: str
+
+
+def _tree_rss(proc: psutil.Process) -> int:
+    total = 0
+    for p in [proc, *proc.children(recursive=True)]:
+        with contextlib.suppress(psutil.Error):
+            total += p.memory_info().rss
+    return total
+
+
+def _kill_tree(proc: psutil.Process) -> None:
+    """Stop the contender we started and whatever it started, by pid."""
+    with contextlib.suppress(psutil.Error):
+        procs = [*proc.children(recursive=True), proc]
+        for p in procs:
+            with contextlib.suppress(psutil.Error):
+                p.terminate()
+        _, alive = psutil.wait_procs(procs, timeout=5)
+        for p in alive:
+            with contextlib.suppress(psutil.Error):
+                p.kill()
+
+
+def measure(cmd: list[str], timeout_s: float, log_dir: Path) -> Measured:
+    log_dir.mkdir(parents=True, exist_ok=True)
+    out_path, err_path = log_dir / "stdout.txt", log_dir / "stderr.txt"
+    pythonpath = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    env = dict(os.environ, PYTHONPATH=pythonpath)
+    peak = 0
+    with out_path.open("wb") as out, err_path.open("wb") as err:
+        start = time.monotonic()
+        popen = subprocess.Popen(cmd, stdout=out, stderr=err, stdin=subprocess.DEVNULL, env=env, cwd=ROOT)
+        proc = psutil.Process(popen.pid)
+        returncode: int | None = None
+        while True:
+            with contextlib.suppress(psutil.Error):
+                peak = max(peak, _tree_rss(proc))
+            try:
+                returncode = popen.wait(SAMPLE_S)
+                break
+            except subprocess.TimeoutExpired:
+                if time.monotonic() - start > timeout_s:
+                    _kill_tree(proc)
+                    popen.wait(10)
+                    break
+        wall = time.monotonic() - start
+    return Measured(
+        returncode,
+        wall,
+        peak / 2**20,
+        out_path.read_text(errors="replace"),
+        err_path.read_text(errors="replace"),
+    )
+
+
+def _tail(text: str, lines: int = 3) -> str:
+    return " | ".join(text.strip().splitlines()[-lines:])[:300]
+
+
+def flowdc_available() -> bool:
+    return importlib.util.find_spec("flowdc.__main__") is not None
+
+
+def run_flowdc(
+    scenario: Scenario, manifest: Path, out: Path, concurrency: int, timeout_s: float, *, paarc: bool
+) -> RunResult:
+    name = "flowdc" if paarc else "flowdc_nopaarc"
+    result = RunResult(name)
+    if not flowdc_available():
+        result.note = "skipped: flowdc CLI not available yet (no flowdc/__main__.py)"
+        return result
+    cmd = [
+        sys.executable, "-m", "flowdc", "download",
+        "--input", str(manifest), "--output", str(out), "--url", "url",
+        "--output_format", "webdataset", "--quiet", "--no_create_tar",
+        "--concurrent_downloads", str(concurrency),
+        *scenario.flowdc_args,
+    ]  # fmt: skip
+    if not paarc:
+        cmd.append("--disable_paarc")
+    m = measure(cmd, timeout_s, out.parent / f"{name}.logs")
+    _fill_measured(result, m, timeout_s)
+    overview_path = out / "overview.json"
+    if not overview_path.is_file():
+        result.note = result.note or f"no overview.json; stderr: {_tail(m.stderr)}"
+        return result
+    ov = json.loads(overview_path.read_text())
+    totals = ov.get("totals", {})
+    result.ok, result.failed, result.skipped = (int(totals.get(k, 0)) for k in ("ok", "failed", "skipped"))
+    result.tool_elapsed_s = ov.get("elapsed_s")
+    result.tool_images_per_s = ov.get("images_per_s")
+    result.errors = dict(ov.get("errors", {}))
+    return result
+
+
+def run_bare(scenario: Scenario, manifest: Path, out: Path, concurrency: int, timeout_s: float) -> RunResult:
+    result = RunResult("bare")
+    cmd = [
+        sys.executable, str(ROOT / "bench" / "bare_loop.py"),
+        "--input", str(manifest), "--output", str(out), "--url", "url",
+        "--concurrency", str(concurrency),
+        *scenario.bare_args,
+    ]  # fmt: skip
+    m = measure(cmd, timeout_s, out.parent / "bare.logs")
+    _fill_measured(result, m, timeout_s)
+    lines = m.stdout.strip().splitlines()
+    if not lines:
+        result.note = result.note or f"no output; stderr: {_tail(m.stderr)}"
+        return result
+    data = json.loads(lines[-1])
+    result.ok, result.failed = int(data["ok"]), int(data["failed"])
+    result.tool_elapsed_s = data.get("elapsed_s")
+    result.tool_images_per_s = data.get("images_per_s")
+    result.errors = dict(data.get("errors", {}))
+    return result
+
+
+def _fill_measured(result: RunResult, m: Measured, timeout_s: float) -> None:
+    result.wall_s = round(m.wall_s, 3)
+    result.peak_rss_mb = round(m.peak_rss_mb, 1)
+    result.returncode = m.returncode
+    if m.returncode is None:
+        result.note = f"killed after the {timeout_s:.0f} s timeout"
+    elif m.returncode != 0:
+        result.note = f"exit {m.returncode}: {_tail(m.stderr)}"
+
+
+# -- the whole benchmark ------------------------------------------------------------------------
+
+
+def _cpu_seconds() -> float:
+    t = psutil.Process().cpu_times()
+    return t.user + t.system
+
+
+@contextlib.contextmanager
+def farm_for(scenario: Scenario) -> Iterator[FakeHostFarm | None]:
+    if scenario.synthetic:
+        yield None
+        return
+    with run_farm_in_thread(scenario.hosts) as farm:
+        yield farm
+
+
+def prepare_manifest(scenario: Scenario, farm: FakeHostFarm | None, path: Path, rows: int) -> ManifestInfo:
+    if farm is None:
+        return write_synthetic_manifest(path, rows)
+    return write_scenario_manifest(scenario, [h.base_url for h in farm.hosts], path, rows)
+
+
+def run_benchmark(args: argparse.Namespace) -> tuple[Scenario, ManifestInfo, list[RunResult]]:
+    scenario = SCENARIOS[args.scenario]
+    rows = args.rows or scenario.rows
+    concurrency = args.concurrency or scenario.concurrency
+    timeout_s = args.timeout or scenario.timeout_s
+    wanted = set(args.only.split(",")) if args.only else set(CONTENDERS)
+    work = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix=f"flowdc-bench-{scenario.name}-"))
+    work.mkdir(parents=True, exist_ok=True)
+    results: list[RunResult] = []
+    with farm_for(scenario) as farm:
+        t0 = time.monotonic()
+        info = prepare_manifest(scenario, farm, work / "manifest.parquet", rows)
+        print(f"[bench] {scenario.name}: {rows} rows written in {time.monotonic() - t0:.1f} s to {info.path}")
+        plan: list[str] = ["flowdc"]
+        if scenario.compare_no_paarc:
+            plan.append("flowdc_nopaarc")
+        if scenario.run_bare:
+            plan.append("bare")
+        for name in [p for p in plan if p in wanted]:
+            out = work / f"out-{name}"
+            shutil.rmtree(out, ignore_errors=True)
+            if farm is not None:
+                farm.reset_stats()
+            print(f"[bench] running {name} ...", flush=True)
+            cpu0 = _cpu_seconds()
+            load = os.getloadavg()[0]
+            if name == "bare":
+                result = run_bare(scenario, info.path, out, concurrency, timeout_s)
+            else:
+                result = run_flowdc(scenario, info.path, out, concurrency, timeout_s, paarc=name == "flowdc")
+            result.load_before = round(load, 2)
+            if farm is not None and result.wall_s > 0:
+                result.farm_cpu_pct = round(100 * (_cpu_seconds() - cpu0) / result.wall_s, 1)
+            if farm is not None:
+                totals = farm.totals()
+                result.requests, result.n_429 = totals.get("requests", 0), totals.get("n_429", 0)
+                result.max_in_system = totals.get("max_in_system", 0)
+            results.append(result)
+            if not args.keep:
+                shutil.rmtree(out, ignore_errors=True)
+    (work / "results.json").write_text(json.dumps([asdict(r) for r in results], indent=1))
+    if not args.out and not args.keep:
+        shutil.rmtree(work, ignore_errors=True)
+    return scenario, info, results
+
+
+# -- reporting ----------------------------------------------------------------------------------
+
+COLUMNS = (
+    "run", "ok", "failed", "wall s", "img/s wall", "img/s tool", "peak RSS MB",
+    "requests", "429s", "429 frac", "wall/ideal", "farm CPU%", "load", "note",
+)  # fmt: skip
+
+
+def _row(r: RunResult, info: ManifestInfo) -> list[str]:
+    def num(x: float | None, fmt: str) -> str:
+        return "-" if x is None else format(x, fmt)
+
+    ideal = info.ideal_makespan_s
+    ran = r.returncode is not None or r.wall_s > 0
+    return [
+        r.name,
+        str(r.ok) if ran else "-",
+        str(r.failed) if ran else "-",
+        num(r.wall_s if ran else None, ".1f"),
+        num(r.wall_images_per_s if ran else None, ".0f"),
+        num(r.tool_images_per_s, ".0f"),
+        num(r.peak_rss_mb if ran else None, ".0f"),
+        str(r.requests) if r.requests else "-",
+        str(r.n_429) if r.requests else "-",
+        num(r.frac_429 if r.requests else None, ".3f"),
+        num(r.wall_s / ideal if ideal and ran else None, ".2f"),
+        num(r.farm_cpu_pct, ".0f"),
+        num(r.load_before, ".1f"),
+        r.note,
+    ]
+
+
+def ratio_lines(results: list[RunResult]) -> list[str]:
+    by = {r.name: r for r in results if r.wall_s > 0 and r.ok}
+    lines = []
+    for r in results:
+        done = r.ok + r.failed + r.skipped
+        if r.wall_s > 0 and done and not r.ok:  # nothing fetched (manifest10m): per-row overhead
+            lines.append(f"{r.name}: {done / r.wall_s:,.0f} rows/s, peak RSS {r.peak_rss_mb:.0f} MB")
+    bare = by.get("bare")
+    for name in ("flowdc", "flowdc_nopaarc"):
+        r = by.get(name)
+        if r and bare:
+            wall_ratio = r.wall_images_per_s / bare.wall_images_per_s
+            lines.append(f"{name} / bare, images/s (wall clock): {wall_ratio:.2f}x")
+            if r.tool_images_per_s and bare.tool_images_per_s:
+                tool_ratio = r.tool_images_per_s / bare.tool_images_per_s
+                lines.append(f"{name} / bare, images/s (as reported): {tool_ratio:.2f}x")
+    return lines
+
+
+def header_lines(scenario: Scenario, info: ManifestInfo, concurrency: int) -> list[str]:
+    lines = [
+        f"rows {info.rows}, hosts {len(scenario.hosts)}, concurrency {concurrency}, cores {os.cpu_count()}",
+    ]
+    if info.rows_per_host:
+        lines.append(f"rows per host: {list(info.rows_per_host)}")
+    if info.ideal_makespan_s is not None:
+        lines.append(f"ideal makespan: {info.ideal_makespan_s:.2f} s")
+    if not scenario.synthetic:
+        lines.append(f"rows that can succeed: {info.expected_ok}")
+    return lines
+
+
+def text_table(rows: list[list[str]]) -> str:
+    widths = [max(len(r[i]) for r in [list(COLUMNS), *rows]) for i in range(len(COLUMNS))]
+    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
+    return "\n".join(fmt.format(*r).rstrip() for r in [list(COLUMNS), *rows])
+
+
+def markdown(scenario: Scenario, info: ManifestInfo, results: list[RunResult], concurrency: int) -> str:
+    stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    rows = [_row(r, info) for r in results]
+    out = [f"## {scenario.name} ({stamp})", "", scenario.about, ""]
+    out += [f"- {line}" for line in header_lines(scenario, info, concurrency) + ratio_lines(results)]
+    out += ["", "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    out += ["| " + " | ".join(c.replace("|", "/") for c in r) + " |" for r in rows]
+    errors = {r.name: r.errors for r in results if r.errors}
+    if errors:
+        out += ["", "Errors by reason: " + json.dumps(errors, sort_keys=True)]
+    return "\n".join(out) + "\n\n"
+
+
+def report(scenario: Scenario, info: ManifestInfo, results: list[RunResult], concurrency: int) -> None:
+    print()
+    print(f"== {scenario.name}: " + "; ".join(header_lines(scenario, info, concurrency)))
+    print(text_table([_row(r, info) for r in results]))
+    for line in ratio_lines(results):
+        print(line)
+    for r in results:
+        if r.errors:
+            print(f"{r.name} errors: {json.dumps(r.errors, sort_keys=True)}")
+    RESULTS_MD.parent.mkdir(parents=True, exist_ok=True)
+    with RESULTS_MD.open("a", encoding="utf-8") as f:
+        f.write(markdown(scenario, info, results, concurrency))
+    print(f"(appended to {RESULTS_MD.relative_to(ROOT)})")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description="FLOW-DC benchmark against a bare aiohttp loop on fake hosts.")
+    p.add_argument("scenario", choices=sorted(SCENARIOS))
+    p.add_argument("--rows", type=int, default=0, help="Manifest rows (default: the scenario's).")
+    p.add_argument("--out", default="", help="Work directory (default: a temporary one, removed after).")
+    p.add_argument("--concurrency", type=int, default=0, help="Requests in flight, every contender.")
+    p.add_argument("--only", default="", help=f"Comma list of contenders to run: {','.join(CONTENDERS)}.")
+    p.add_argument("--timeout", type=float, default=0.0, help="Seconds before a contender run is killed.")
+    p.add_argument("--keep", action="store_true", help="Keep downloaded outputs.")
+    args = p.parse_args(argv)
+    unknown = set(filter(None, args.only.split(","))) - set(CONTENDERS)
+    if unknown:
+        p.error(f"unknown contender(s): {', '.join(sorted(unknown))}")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    scenario, info, results = run_benchmark(args)
+    report(scenario, info, results, args.concurrency or scenario.concurrency)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,237 @@
+"""Benchmark scenarios as data, and the manifests they produce.
+
+A scenario names its fake hosts, how its rows spread over them, which scripted faults some rows
+carry, and the options each contender runs with. Rows are spread over hosts in a seeded shuffle,
+so the manifest interleaves hosts the way a real dataset does (a sorted one would hide
+head-of-line blocking).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from flowdc.fakehosts import HostSpec, parse_fault, write_manifest
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    about: str
+    rows: int
+    hosts: tuple[HostSpec, ...] = ()
+    balance: str = "even"  # "even" rows per host, or "rate": rows proportional to host throughput
+    faults: tuple[tuple[str, float], ...] = ()  # (query string, share of rows that carry it)
+    flowdc_args: tuple[str, ...] = ()
+    bare_args: tuple[str, ...] = ()
+    concurrency: int = 256
+    compare_no_paarc: bool = False  # also run flowdc with --disable_paarc
+    run_bare: bool = True
+    timeout_s: float = 600.0  # per contender run
+    synthetic: bool = False  # rows need no network (manifest10m): no farm is started
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class ManifestInfo:
+    path: Path
+    rows: int
+    rows_per_host: tuple[int, ...]
+    ideal_makespan_s: float | None  # None when some host has no limit
+    expected_ok: int
+
+
+# -- host arithmetic ----------------------------------------------------------------------------
+
+
+def service_time(spec: HostSpec) -> float:
+    return spec.latency_s + spec.jitter_s / 2  # jitter is uniform [0, jitter_s)
+
+
+def host_rate(spec: HostSpec) -> float | None:
+    """Requests per second the host sustains without a 429; None when it has no limit."""
+    slots = min(x for x in (spec.capacity, spec.hard_cap, math.inf) if x is not None)
+    rates = [spec.rate_per_s or math.inf]
+    if service_time(spec) > 0:
+        rates.append(slots / service_time(spec))
+    rate = min(rates)
+    return None if math.isinf(rate) else rate
+
+
+def host_makespan(spec: HostSpec, rows: int) -> float | None:
+    """Least time to serve `rows` requests when the client keeps the host exactly full."""
+    rate = host_rate(spec)
+    if rate is None:
+        return None
+    free = min(rows, spec.burst) if spec.rate_per_s else 0  # a full bucket serves a burst at once
+    return (rows - free) / rate + service_time(spec)
+
+
+def split_rows(scenario: Scenario, rows: int) -> list[int]:
+    """Rows per host, summing to `rows`."""
+    if scenario.balance == "rate":
+        weights = [host_rate(h) or 0.0 for h in scenario.hosts]
+        if not all(weights):
+            raise ValueError(f"{scenario.name}: balance='rate' needs a rate limit on every host")
+    else:
+        weights = [1.0] * len(scenario.hosts)
+    total = sum(weights)
+    counts = [int(rows * w / total) for w in weights]
+    for i in range(rows - sum(counts)):  # hand out the rounding remainder
+        counts[i % len(counts)] += 1
+    return counts
+
+
+def ideal_makespan(scenario: Scenario, counts: list[int]) -> float | None:
+    spans = [host_makespan(h, n) for h, n in zip(scenario.hosts, counts, strict=True) if n]
+    if not spans or any(s is None for s in spans):
+        return None
+    return max(s for s in spans if s is not None)
+
+
+def fails_for_good(query: str) -> bool:
+    """True when the scripted fault never clears (no xN count), so the row cannot succeed."""
+    for part in query.split("&"):
+        key, _, value = part.partition("=")
+        if key == "fail":
+            fault = parse_fault(value)
+            return fault is not None and fault.times is None
+    return False
+
+
+# -- manifests ----------------------------------------------------------------------------------
+
+
+def build_urls(scenario: Scenario, base_urls: list[str], rows: int) -> tuple[list[str], list[int], int]:
+    """(urls, rows per host, rows that can succeed)."""
+    rng = random.Random(scenario.seed)
+    counts = split_rows(scenario, rows)
+    hosts = [i for i, n in enumerate(counts) for _ in range(n)]
+    rng.shuffle(hosts)
+    queries = [""] * rows
+    order = list(range(rows))
+    rng.shuffle(order)
+    cursor = 0
+    for query, share in scenario.faults:
+        n = round(rows * share)
+        for row in order[cursor : cursor + n]:
+            queries[row] = query
+        cursor += n
+    urls = [
+        f"{base_urls[h]}/img/{i:08d}.png" + (f"?{q}" if q else "")
+        for i, (h, q) in enumerate(zip(hosts, queries, strict=True))
+    ]
+    expected_ok = sum(1 for q in queries if not fails_for_good(q))
+    return urls, counts, expected_ok
+
+
+def write_scenario_manifest(scenario: Scenario, base_urls: list[str], path: Path, rows: int) -> ManifestInfo:
+    urls, counts, expected_ok = build_urls(scenario, base_urls, rows)
+    labels = [f"class_{i % 10}" for i in range(rows)]
+    write_manifest(path, urls, labels=labels)
+    return ManifestInfo(path, rows, tuple(counts), ideal_makespan(scenario, counts), expected_ok)
+
+
+def write_synthetic_manifest(path: Path, rows: int, batch_rows: int = 1_000_000) -> ManifestInfo:
+    """Rows that need no network: ftp:// URLs on 1000 never-resolving hosts, written in batches.
+
+    The downloader rejects the scheme per row, so this measures manifest streaming, per-row
+    bookkeeping and memory, not fetching.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    schema = pa.schema([("url", pa.string()), ("label", pa.string())])
+    with pq.ParquetWriter(path, schema) as writer:
+        for start in range(0, rows, batch_rows):
+            idx = pa.array(range(start, min(rows, start + batch_rows)), pa.int64())
+            host = pc.cast(pc.bit_wise_and(idx, 1023), pa.string())
+            url = pc.binary_join_element_wise(
+                "ftp://mirror", host, ".invalid/img/", pc.cast(idx, pa.string()), ".jpg", ""
+            )
+            label = pc.binary_join_element_wise("class_", pc.cast(pc.bit_wise_and(idx, 15), pa.string()), "")
+            writer.write_table(pa.table({"url": url, "label": label}, schema=schema))
+    return ManifestInfo(path, rows, (), None, 0)
+
+
+# -- the scenarios ------------------------------------------------------------------------------
+
+
+def _ips(n: int) -> list[str]:
+    return [f"127.0.0.{i + 2}" for i in range(n)]
+
+
+UNTHROTTLED = Scenario(
+    name="unthrottled",
+    about="20k small images over 4 hosts with no limits: raw throughput on this machine.",
+    rows=20_000,
+    hosts=tuple(HostSpec(ip, image_bytes=2048, name=f"open{i}") for i, ip in enumerate(_ips(4))),
+    flowdc_args=("--timeout", "30"),
+    bare_args=("--timeout", "30"),
+    concurrency=256,
+)
+
+FAULTS = Scenario(
+    name="faults",
+    about="Scripted per-URL faults on 4 hosts; every row except the 404s can succeed.",
+    rows=2_000,
+    hosts=tuple(HostSpec(ip, stall_s=30.0, name=f"faulty{i}") for i, ip in enumerate(_ips(4))),
+    faults=(
+        ("fail=503x2", 0.05),
+        ("fail=500x1", 0.02),
+        ("fail=truncatex1", 0.03),
+        ("fail=resetx2", 0.03),  # x2: aiohttp silently resends once after a reset
+        ("fail=404", 0.02),
+        ("fail=stallx1", 0.01),
+        ("fail=429x1&retry_after=2", 0.03),
+        ("fail=429x1&retry_after=1&retry_after_date=1", 0.01),
+        ("redirect=2", 0.02),
+        ("nolength=1", 0.02),
+    ),
+    flowdc_args=("--timeout", "3", "--max_retry_attempts", "3", "--retry_backoff_sec", "0.5"),
+    bare_args=("--timeout", "3", "--retries", "3", "--backoff", "0.5"),
+    concurrency=128,
+    timeout_s=300.0,
+)
+
+_POLITE_HOSTS = (
+    HostSpec("127.0.0.2", name="queue8", capacity=8, latency_s=0.05),
+    HostSpec("127.0.0.3", name="queue16-slow", capacity=16, latency_s=0.1, jitter_s=0.02, seed=3),
+    HostSpec("127.0.0.4", name="cap12", hard_cap=12, latency_s=0.04, retry_after_s=1.0),
+    HostSpec("127.0.0.5", name="queue8-cap24", capacity=8, hard_cap=24, latency_s=0.03, retry_after_s=2.0),
+    HostSpec("127.0.0.6", name="bucket100", rate_per_s=100.0, burst=10, latency_s=0.01),
+    HostSpec("127.0.0.7", name="queue32", capacity=32, latency_s=0.1),
+)
+
+POLITE = Scenario(
+    name="polite",
+    about=(
+        "6 hosts that push back: FIFO queues (latency inflates), hard caps answering 429 with "
+        "Retry-After, a 100/s token bucket. Rows are spread in proportion to each host's throughput, "
+        "so the ideal makespan needs every host kept exactly full at once."
+    ),
+    rows=12_000,
+    hosts=_POLITE_HOSTS,
+    balance="rate",
+    flowdc_args=("--timeout", "30"),
+    bare_args=("--timeout", "30", "--retries", "5", "--backoff", "1.0"),
+    concurrency=256,
+    compare_no_paarc=True,
+)
+
+MANIFEST10M = Scenario(
+    name="manifest10m",
+    about="10M rows with ftp:// URLs (rejected per row, no network): memory and per-row overhead.",
+    rows=10_000_000,
+    synthetic=True,
+    run_bare=False,
+    flowdc_args=("--max_retry_attempts", "0"),
+    concurrency=256,
+    timeout_s=1800.0,
+)
+
+SCENARIOS: dict[str, Scenario] = {s.name: s for s in (UNTHROTTLED, FAULTS, POLITE, MANIFEST10M)}

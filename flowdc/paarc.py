@@ -1,0 +1,543 @@
+"""PAARC: per-host adaptive concurrency, as a pure state machine.
+
+One `PaarcController` per host. The scheduler asks it for `limit()` and `hold_until()` before each
+dispatch, feeds it one `Sample` per finished request, and calls `tick()` now and then. Nothing here
+does I/O or reads a clock: `now` is always passed in, so the simulator in tests/paarc_sim.py can
+drive it on virtual time.
+
+The controller works on *intervals* of samples. An interval closes once it spans
+max(INTERVAL_RTPROPS x RTprop, MIN_INTERVAL_S) and holds at least MIN_SAMPLES samples. From it:
+  - RTprop    = windowed minimum of the intervals' p10 TTFB (OK responses only);
+  - base_lat  = windowed minimum of the intervals' mean TTFB (OK responses only);
+  - rate      = served responses per second (OK and object errors: both took a server slot);
+  - estimate  = rate x base_lat: Little's law, the number of requests the host serves in parallel.
+The limit sits at mu x ceiling, where the ceiling is that estimate, refreshed by short up-probes.
+Only host signals lower it: 429/503, bursts of timeouts/5xx/resets, and latency inflation.
+See docs/paarc.md for the algorithm in plain words.
+"""
+
+from __future__ import annotations
+
+import math
+from array import array
+from dataclasses import dataclass, fields
+from functools import lru_cache
+from typing import Any
+
+from flowdc.hostlimit import FixedLimit, HostCounters, HostLimit
+from flowdc.signals import Sample, Signal
+
+# States (exposed in snapshot()["state"]) and the phases of PROBE_BW.
+INIT = "INIT"
+STARTUP = "STARTUP"
+PROBE_BW = "PROBE_BW"
+PROBE_RTT = "PROBE_RTT"
+BACKOFF = "BACKOFF"
+CRUISE = "cruise"
+PROBE_UP = "probe_up"
+DRAIN = "drain"
+
+# Tuning constants. They are not user options: they set measurement quality, not politeness.
+INTERVAL_RTPROPS = 4.0  # a limit change needs a few round trips to show in latency and rate
+MIN_INTERVAL_S = 0.1  # floor for very fast hosts, and the interval length before RTprop is known
+MIN_SAMPLES = 8  # fewer samples make percentiles too noisy to act on
+MIN_LATENCIES = 4  # OK latencies an interval needs before its percentiles are trusted
+LAT_BUF_CAP = 32  # latencies kept per interval (systematic subsample): bounds memory per host
+STARTUP_GAIN = 2.0  # grow fast while the host shows no queue: 8 -> 1000 in 7 intervals
+PROBE_GAIN = 1.25  # an up-probe offers 25% more than the ceiling (at least one more request)
+PROBE_EVERY = 8  # cruise intervals between up-probes: probing costs a little queueing each time
+STARTUP_CONFIRM = 2  # cruise intervals before the first probe after STARTUP
+PROBE_RTT_GAIN = 0.5  # PROBE_RTT halves the load so any standing queue drains
+QUEUE_TOL = 0.1  # mean latency this far above base_lat means our own requests are queueing
+SEVERE = 1.2  # inflation this far past theta_50/theta_95 acts at once; milder must repeat
+QUEUE_TOL_SE = 5.0  # ... or this many standard errors: noise here, plus the low bias of a windowed minimum
+CUT_EFFECT = 0.05  # after a latency cut, mean latency must fall this much, or the slowness isn't ours
+COOLDOWN_RTPROPS = 5.0  # after a cut, wait this many round trips for in-flight replies to drain
+UNKNOWN_RTPROP_S = 0.2  # stands in for RTprop before the first interval has measured it
+FAIL_FRACTION = 0.2  # share of an interval's samples that are timeouts/5xx/resets to mean "host failing"
+FAIL_MIN = 3  # ... and at least this many, so one slow object never counts as overload
+_HOST_FAILURES = frozenset((Signal.TIMEOUT, Signal.SERVER_ERROR, Signal.CONN_ERROR))
+_SERVED = frozenset((Signal.OK, Signal.OBJECT_ERROR))
+
+
+@dataclass(frozen=True, slots=True)
+class PaarcParams:
+    """The user-facing knobs, with the seed's names and README defaults."""
+
+    C_init: int = 8
+    C_min: int = 2
+    C_max: int = 2000
+    mu: float = 1.0
+    beta: float = 0.7
+    theta_50: float = 1.5
+    theta_95: float = 2.0
+    probe_rtt_period: float = 30.0
+    alpha_ema: float = 0.3
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.C_min <= self.C_init <= self.C_max:
+            raise ValueError(f"need 1 <= C_min <= C_init <= C_max, got {self.C_min}, {self.C_init}, {self.C_max}")
+        if not (0 < self.mu <= 1 and 0 < self.beta < 1 and 0 < self.alpha_ema <= 1):
+            raise ValueError("need 0 < mu <= 1, 0 < beta < 1 and 0 < alpha_ema <= 1")
+        if self.theta_50 <= 1 or self.theta_95 <= 1 or self.probe_rtt_period <= 0:
+            raise ValueError("need theta_50 > 1, theta_95 > 1 and probe_rtt_period > 0")
+
+    @classmethod
+    def from_options(cls, opts: object) -> PaarcParams:
+        """Copy the knobs from any object with the same attribute names (e.g. config.PaarcOptions)."""
+        return _interned(*(getattr(opts, name) for name in _PARAM_NAMES))
+
+
+_PARAM_NAMES = tuple(f.name for f in fields(PaarcParams))
+
+
+@lru_cache(maxsize=64)
+def _interned(*values: Any) -> PaarcParams:
+    # Every host of a run shares one params object instead of carrying its own copy.
+    return PaarcParams(*values)
+
+
+@dataclass(slots=True)
+class _Summary:
+    """What one closed interval measured."""
+
+    duration: float
+    n: int
+    ok_rate: float  # OK completions per second (goodput)
+    served_rate: float  # responses with headers per second (the host did the work)
+    mean: float | None  # mean TTFB of OK responses (a 404 may be much faster: keep the mix out)
+    p10: float | None  # percentiles of OK TTFB
+    p50: float | None
+    p95: float | None
+    rel_se: float  # standard error of the mean TTFB, relative to the mean
+    failing: bool  # timeouts/5xx/resets are a substantial share
+    pipe_full: bool  # the limit was actually used (not short of work)
+
+
+class _Window:
+    """Running counts for the current interval, plus a bounded subsample of OK latencies.
+
+    Replies that arrive in the interval's first RTprop were mostly sent under the previous limit,
+    so they count for goodput and failures but not for rate or latency ("settling").
+    """
+
+    __slots__ = ("fails", "first", "lat", "max_inflight", "n", "ok", "seen", "served", "settle", "start",
+                 "stride", "ttfb_sum")
+
+    def __init__(self, now: float) -> None:
+        self.reset(now, None)
+
+    def reset(self, now: float, rtprop: float | None) -> None:
+        self.start = now
+        self.settle = rtprop or 0.0  # the same float object as the controller's RTprop: no new allocation
+        self.n = self.ok = self.served = self.fails = self.max_inflight = self.seen = 0
+        self.ttfb_sum = 0.0
+        self.first = 0.0  # arrival of the first settled reply: the rate is measured from there
+        self.stride = 1
+        self.lat: array[float] | None = None  # allocated on first use: idle hosts stay tiny
+
+    def add(self, now: float, s: Sample) -> None:
+        if self.n == 0 and s.ttfb is not None and now - s.ttfb > self.start:
+            # The host sat idle before this request was sent: start the interval at the send, so
+            # an idle gap does not dilute the rate.
+            self.start = now - s.ttfb
+        self.n += 1
+        if s.inflight > self.max_inflight:
+            self.max_inflight = s.inflight
+        if s.signal in _HOST_FAILURES:
+            self.fails += 1
+        if s.signal is Signal.OK:
+            self.ok += 1
+        if now < self.start + self.settle or s.ttfb is None or s.signal not in _SERVED:
+            return
+        if not self.served:
+            self.first = now
+        self.served += 1
+        if s.signal is Signal.OK:
+            self._keep_latency(s.ttfb)
+
+    def _keep_latency(self, ttfb: float) -> None:
+        # Keep every stride-th latency; when the buffer fills, drop every other one and double
+        # the stride. The buffer stays a systematic sample of the whole interval in LAT_BUF_CAP slots.
+        self.seen += 1
+        self.ttfb_sum += ttfb
+        if (self.seen - 1) % self.stride:
+            return
+        if self.lat is None:
+            self.lat = array("f")
+        self.lat.append(ttfb)
+        if len(self.lat) >= LAT_BUF_CAP:
+            del self.lat[1::2]
+            self.stride *= 2
+
+    def due(self, now: float, rtprop: float | None) -> bool:
+        span = MIN_INTERVAL_S if rtprop is None else max(MIN_INTERVAL_S, INTERVAL_RTPROPS * rtprop)
+        return self.n >= MIN_SAMPLES and now - self.start >= span
+
+    def _rate(self, now: float) -> float:
+        """Replies per second between the first settled reply and now.
+
+        Counting from the first reply, not from a clock edge, keeps the rate honest when replies
+        come in waves (synchronised servers): n replies span n - 1 gaps.
+        """
+        if self.served < 2 or now <= self.first:
+            return 0.0
+        return (self.served - 1) / (now - self.first)
+
+    def summarize(self, now: float, limit: int) -> _Summary:
+        dur = max(now - self.start, 1e-9)
+        mean = self.ttfb_sum / self.seen if self.seen else None
+        lat = sorted(self.lat) if self.lat is not None and len(self.lat) >= MIN_LATENCIES else None
+        return _Summary(
+            duration=dur,
+            n=self.n,
+            ok_rate=self.ok / dur,
+            served_rate=self._rate(now),
+            mean=mean,
+            p10=_pct(lat, 0.10),
+            p50=_pct(lat, 0.50),
+            p95=_pct(lat, 0.95),
+            rel_se=_rel_se(lat, self.seen),
+            failing=self.fails >= FAIL_MIN and self.fails >= FAIL_FRACTION * self.n,
+            pipe_full=self.max_inflight + 1 >= limit,  # +1: callers may count before or after this reply
+        )
+
+
+def _pct(values: list[float] | None, q: float) -> float | None:
+    """Percentile of sorted values, interpolated between ranks.
+
+    Nearest rank would make p10 the minimum and p95 the maximum of a small interval, and the
+    windowed minimum of interval minima drifts far below the host's true p10.
+    """
+    if not values:
+        return None
+    pos = q * (len(values) - 1)
+    lo = int(pos)
+    hi = min(lo + 1, len(values) - 1)
+    return values[lo] + (values[hi] - values[lo]) * (pos - lo)
+
+
+def _rel_se(values: list[float] | None, n: int) -> float:
+    if not values or len(values) < 2 or n < 2:
+        return 0.0
+    m = sum(values) / len(values)
+    var = sum((v - m) ** 2 for v in values) / (len(values) - 1)
+    return math.sqrt(var / n) / m if m > 0 else 0.0
+
+
+class PaarcController:
+    """Adaptive per-host concurrency limit; satisfies flowdc.hostlimit.HostLimit."""
+
+    __slots__ = (
+        "_hold",
+        "_limit",
+        "base_lat",
+        "ceiling",
+        "cooldown_until",
+        "counters",
+        "cut_at",
+        "cut_mean",
+        "goodput",
+        "intervals",
+        "last_inflight",
+        "p",
+        "p50_ema",
+        "p95_ema",
+        "phase",
+        "probe_countdown",
+        "strike",
+        "rtprop",
+        "rtprop_stamp",
+        "state",
+        "win",
+    )
+
+    def __init__(self, params: PaarcParams | None = None, now: float = 0.0) -> None:
+        self.p = params or _interned(*(f.default for f in fields(PaarcParams)))
+        self.counters = HostCounters()
+        self.state = INIT
+        self.phase = CRUISE
+        self._limit = self.p.C_init
+        self.ceiling: float = self.p.C_init  # an int until first changed: shares the cached small int
+        self._hold = 0.0
+        self.cooldown_until = 0.0
+        self.cut_at = 0.0
+        self.cut_mean: float | None = None  # mean latency when latency last made us cut
+        self.rtprop: float | None = None
+        self.rtprop_stamp = now
+        self.base_lat: float | None = None
+        self.p50_ema: float | None = None
+        self.p95_ema: float | None = None
+        self.goodput = 0.0
+        self.last_inflight = 0
+        self.intervals = 0
+        self.probe_countdown = PROBE_EVERY
+        self.strike = False  # the last judged cruise interval showed marginal congestion
+        self.win = _Window(now)
+
+    # -- the HostLimit protocol -----------------------------------------------------------------
+    def limit(self) -> int:
+        return self._limit
+
+    def hold_until(self) -> float:
+        return self._hold
+
+    def on_sample(self, now: float, sample: Sample) -> None:
+        self.counters.count(sample.signal)
+        self.last_inflight = sample.inflight
+        if sample.retry_after is not None:
+            # The host named a time: no new requests to it before then, whatever the state.
+            self._hold = max(self._hold, now + sample.retry_after)
+        if sample.signal is Signal.OVERLOAD:
+            sent = None if sample.ttfb is None else now - sample.ttfb
+            self._overload(now, sent, sample.retry_after)
+            return
+        if self.state == BACKOFF:
+            self.tick(now)
+        else:
+            self.win.add(now, sample)
+            if self.win.due(now, self.rtprop):
+                self._close_interval(now)
+
+    def tick(self, now: float) -> None:
+        if self.state == BACKOFF:
+            if now >= self.cooldown_until:
+                self._enter_cruise(now)
+            return
+        if self.win.due(now, self.rtprop):
+            self._close_interval(now)
+
+    def snapshot(self) -> dict[str, float | int | str | None]:
+        return {
+            "state": self.state,
+            "phase": self.phase if self.state == PROBE_BW else None,
+            "limit": self._limit,
+            "ceiling": round(self.ceiling, 2),
+            "inflight": self.last_inflight,
+            "rtprop_ms": _ms(self.rtprop),
+            "base_lat_ms": _ms(self.base_lat),
+            "p50_ms": _ms(self.p50_ema),
+            "p95_ms": _ms(self.p95_ema),
+            "goodput": round(self.goodput, 3),
+            "hold_until": self._hold,
+            "intervals": self.intervals,
+            **self.counters.as_dict(),
+        }
+
+    # -- overload ---------------------------------------------------------------------------------
+    def _overload(self, now: float, sent: float | None, retry_after: float | None) -> None:
+        """429/503 or a failing interval: cut once per burst, then let the replies on the way arrive.
+
+        During the cooldown only a reply to a request sent *after* the cut is news (the cut was not
+        deep enough); the rest of the burst was sent before it and must not cut again.
+        """
+        if self.state == BACKOFF:
+            self.cooldown_until = max(self.cooldown_until, now + (retry_after or 0.0))
+            if sent is None or sent < self.cut_at - 1e-6:
+                return
+        # Floor: a cut must lower even a small limit (round(3 x 0.7) would not).
+        self.ceiling = max(self.p.C_min, math.floor(self.p.beta * min(self.ceiling, self._limit)))
+        self._set_limit(self.ceiling)
+        rtt = self.rtprop if self.rtprop is not None else UNKNOWN_RTPROP_S
+        self.cut_at = now
+        self.cooldown_until = max(self.cooldown_until, now + max(COOLDOWN_RTPROPS * rtt, retry_after or 0.0))
+        self.state = BACKOFF
+
+    # -- one interval -----------------------------------------------------------------------------
+    def _close_interval(self, now: float) -> None:
+        s = self.win.summarize(now, self._limit)
+        self.intervals += 1
+        self.goodput = s.ok_rate
+        if s.failing:
+            self.win.reset(now, self.rtprop)
+            self._overload(now, None, None)
+            return
+        self._measure(s, now)
+        self.win.reset(now, self.rtprop)
+        if self.state == INIT:
+            self._step_init(s)
+        elif self.state == STARTUP:
+            self._step_startup(s)
+        elif self.state == PROBE_RTT:
+            self._end_probe_rtt(s, now)
+        elif self.phase == PROBE_UP:
+            self._step_probe_up(s)
+        else:
+            self._step_cruise(s, now)
+
+    def _measure(self, s: _Summary, now: float) -> None:
+        """Update the windowed minima (BBR style) and the smoothed percentiles for telemetry."""
+        if s.p10 is not None and (self.rtprop is None or s.p10 <= self.rtprop):
+            self.rtprop, self.rtprop_stamp = s.p10, now
+        if s.mean is not None and (self.base_lat is None or s.mean <= self.base_lat):
+            self.base_lat = s.mean
+        a = self.p.alpha_ema
+        if s.p50 is not None and s.p95 is not None:
+            self.p50_ema = s.p50 if self.p50_ema is None else a * s.p50 + (1 - a) * self.p50_ema
+            self.p95_ema = s.p95 if self.p95_ema is None else a * s.p95 + (1 - a) * self.p95_ema
+
+    def _inflated(self, s: _Summary, factor: float = 1.0) -> bool:
+        """The seed's test: the host is full when p50 or p95 TTFB rise well above RTprop."""
+        if self.rtprop is None or s.p50 is None or s.p95 is None:
+            return False
+        return s.p50 > factor * self.p.theta_50 * self.rtprop or s.p95 > factor * self.p.theta_95 * self.rtprop
+
+    def _queued(self, s: _Summary) -> bool:
+        """Milder: mean latency above the unloaded mean means our extra requests only wait."""
+        if s.mean is None or self.base_lat is None:
+            return False
+        tol = max(QUEUE_TOL, QUEUE_TOL_SE * s.rel_se)
+        return s.mean > (1 + tol) * self.base_lat
+
+    def _congested(self, s: _Summary) -> bool:
+        """Any sign of a queue: used right after we raised the load on purpose."""
+        return self._inflated(s) or self._queued(s)
+
+    def _congested_in_cruise(self, s: _Summary) -> bool:
+        """At a steady limit, one marginal interval is more often noise than a queue (a small
+        interval's p50 wanders by several percent): act at once only on severe inflation, and on
+        marginal signs only when two intervals running agree."""
+        if self._inflated(s, SEVERE):
+            self.strike = False
+            return True
+        if not self._congested(s):
+            self.strike = False
+            return False
+        self.strike = not self.strike
+        return not self.strike
+
+    def _estimate(self, s: _Summary) -> float | None:
+        """Little's law / BBR: served/s x RTprop ~ requests the host serves in parallel.
+
+        RTprop is a low percentile, so the estimate sits below the knee by about the host's own
+        latency spread (p10/mean): the operating point keeps a little headroom for free.
+        """
+        if self.rtprop is None or s.served_rate <= 0:
+            return None
+        return s.served_rate * self.rtprop
+
+    def _cut_to_estimate(self, s: _Summary) -> None:
+        """Latency says we're past the knee: jump to the capacity estimate, not a blind cut.
+
+        If the estimate is not below the current limit (the unloaded latency was itself measured
+        under a queue, e.g. C_init above capacity), fall back to a multiplicative cut.
+        """
+        est = self._estimate(s)
+        if est is None or est >= self._limit:
+            est = self._limit * self.p.beta
+        self.ceiling = max(float(self.p.C_min), est)
+        self._set_limit(self.p.mu * self.ceiling)
+        self.cut_mean = s.mean
+
+    def _not_our_queue(self, s: _Summary) -> bool:
+        """Still slow after our cut had time to drain: the host itself got slower, not queued by us."""
+        return self.cut_mean is not None and s.mean is not None and s.mean >= (1 - CUT_EFFECT) * self.cut_mean
+
+    def _rebaseline(self, s: _Summary, now: float) -> None:
+        """Take this interval's latencies as the new unloaded ones (what PROBE_RTT does on a timer)."""
+        if s.p10 is not None:
+            self.rtprop = s.p10
+        if s.mean is not None:
+            self.base_lat = s.mean
+        self.rtprop_stamp = now
+
+    # -- per state --------------------------------------------------------------------------------
+    def _step_init(self, s: _Summary) -> None:
+        """The first interval only yields RTprop: its rate includes filling the pipe from empty."""
+        self.state = STARTUP
+        if s.pipe_full and not self._inflated(s):
+            self._grow()
+
+    def _step_startup(self, s: _Summary) -> None:
+        if self._congested(s):
+            self._cut_to_estimate(s)
+            # Rates measured during a ramp are rough: confirm the estimate with an early probe.
+            self._enter_probe_bw(DRAIN, STARTUP_CONFIRM)
+        elif s.pipe_full:
+            self._grow()
+
+    def _grow(self) -> None:
+        self.ceiling = min(float(self.p.C_max), self._limit * STARTUP_GAIN)
+        self._set_limit(self.ceiling)
+        if self._limit >= self.p.C_max:
+            self._enter_probe_bw(CRUISE)
+
+    def _step_cruise(self, s: _Summary, now: float) -> None:
+        if self.phase == DRAIN:
+            # This interval still holds the queue our probe or cut left behind: don't judge it.
+            self.phase = CRUISE
+        elif self._congested_in_cruise(s):
+            if self._not_our_queue(s):
+                # Cutting again would spiral down to C_min for nothing: hold, and judge from here on.
+                self._rebaseline(s, now)
+            else:
+                self._cut_to_estimate(s)
+                self._enter_probe_bw(DRAIN)
+        elif self.strike:
+            pass  # one marginally slow interval: wait for the next before acting
+        elif now - self.rtprop_stamp > self.p.probe_rtt_period:
+            self.state = PROBE_RTT
+            self._set_limit(self.ceiling * PROBE_RTT_GAIN)
+        else:
+            self.cut_mean = None
+            if s.pipe_full:
+                self._count_down_to_probe()
+
+    def _count_down_to_probe(self) -> None:
+        self.probe_countdown -= 1
+        if self.probe_countdown <= 0:
+            self._start_probe()
+
+    def _start_probe(self) -> None:
+        self.phase = PROBE_UP
+        self._set_limit(max(self.ceiling + 1, self.ceiling * PROBE_GAIN))
+
+    def _step_probe_up(self, s: _Summary) -> None:
+        if self._congested(s):
+            # The probe found the knee: the ceiling is what the host actually served in parallel.
+            est = self._estimate(s)
+            if est is not None and est < self._limit:
+                self.ceiling = max(float(self.p.C_min), min(float(self.p.C_max), est))
+            self._enter_probe_bw(DRAIN)
+        elif s.pipe_full:
+            # The host took the extra load without queueing: keep it and probe again right away.
+            self.ceiling = float(self._limit)
+            if self._limit < self.p.C_max:
+                self._start_probe()
+            else:
+                self._enter_probe_bw(CRUISE)
+        else:
+            self._enter_probe_bw(CRUISE)
+
+    def _end_probe_rtt(self, s: _Summary, now: float) -> None:
+        # Accept this interval's latencies as the new base even if higher: the host may have slowed.
+        self._rebaseline(s, now)
+        self.cut_mean = None
+        self._enter_probe_bw(CRUISE)
+
+    # -- helpers ----------------------------------------------------------------------------------
+    def _enter_probe_bw(self, phase: str, probe_in: int = PROBE_EVERY) -> None:
+        self.state = PROBE_BW
+        self.phase = phase
+        self.probe_countdown = probe_in
+        self._set_limit(self.p.mu * self.ceiling)
+
+    def _enter_cruise(self, now: float) -> None:
+        self.win.reset(now, self.rtprop)  # replies from before the cut are stale
+        self._enter_probe_bw(CRUISE)
+
+    def _set_limit(self, value: float) -> None:
+        # Round, not floor: the estimate is already conservative (p10 RTprop), and flooring it
+        # costs a small host (capacity 5, estimate 4.5) a fifth of its throughput.
+        self._limit = max(self.p.C_min, min(self.p.C_max, round(value)))
+
+
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds * 1000.0, 3)
+
+
+def make_host_limit(opts: Any, now: float) -> HostLimit:
+    """The policy for a newly seen host: PAARC, or a fixed C_init when PAARC is disabled."""
+    if opts.enable_paarc:
+        return PaarcController(PaarcParams.from_options(opts), now)
+    return FixedLimit(opts.C_init)

@@ -1,0 +1,207 @@
+"""Shared helpers and fixtures for the `flowdc download` integration tests.
+
+Every server is a fake host (flowdc.fakehosts) or the small status host below, bound to
+127.0.0.x; nothing leaves loopback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import os
+import random
+import socket
+import subprocess
+import sys
+import tarfile
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+
+from flowdc.config import DownloadConfig
+from flowdc.download import run_download
+from flowdc.fakehosts import FakeHostFarm, HostSpec, make_png, run_farm_in_thread, write_manifest
+from flowdc.ledger import Ledger
+from flowdc.storage import TMP_MARK, Destination
+
+REPO = Path(__file__).resolve().parents[2]
+# Defaults that keep a test run short: quick retries, no archive, no progress bar.
+FAST: dict[str, Any] = {"timeout": 5.0, "retry_backoff_sec": 0.05, "quiet": True, "create_tar": False}
+DEFAULT_IMAGE_BYTES = 4096
+
+
+def free_port(ip: str, low: int = 20000, high: int = 29999) -> int:
+    """A port in [low, high] that is free on `ip` right now, for farms that must keep their URLs."""
+    ports = list(range(low, high + 1))
+    random.shuffle(ports)
+    for port in ports[:500]:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind((ip, port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port on {ip} in {low}-{high}")
+
+
+def expected_png(url_path: str, size: int = DEFAULT_IMAGE_BYTES) -> bytes:
+    """The exact body a fake host serves for `url_path` (without the query) at `size` bytes."""
+    return make_png(url_path, size)
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def latest(out: str | Path) -> list[dict[str, Any]]:
+    """Each manifest row's final ledger record, sorted by row."""
+    return sorted(Ledger(Destination(str(out))).latest().to_pylist(), key=lambda r: r["row"])
+
+
+def by_url(out: str | Path) -> dict[str, dict[str, Any]]:
+    return {r["url"]: r for r in latest(out)}
+
+
+def download(manifest: str | Path, out: str | Path, **options: Any) -> dict[str, Any]:
+    """Run a download in-process with the FAST defaults; returns the overview."""
+    cfg = DownloadConfig(input=str(manifest), output=str(out), **{**FAST, **options})
+    cfg.check()
+    return run_download(cfg)
+
+
+def run_flowdc(*args: str, timeout: float = 120.0, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """`python -m flowdc ARGS` as a real subprocess (exit codes, stderr, signals)."""
+    return subprocess.run([sys.executable, "-m", "flowdc", *args], capture_output=True, text=True,
+                          timeout=timeout, cwd=cwd or REPO, env=subprocess_env())
+
+
+def subprocess_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    env.pop("COLUMNS", None)
+    return env
+
+
+def visible_files(root: Path) -> list[Path]:
+    """Every file under root (recursive), including hidden ones."""
+    return sorted(p for p in root.rglob("*") if p.is_file())
+
+
+def temporaries(root: Path) -> list[Path]:
+    return [p for p in visible_files(root) if TMP_MARK in p.name]
+
+
+def snapshot_tree(root: Path) -> dict[str, str]:
+    """relative path -> sha256 of every file under root."""
+    return {str(p.relative_to(root)): sha256(p.read_bytes()) for p in visible_files(root)}
+
+
+def requested_urls(farm: FakeHostFarm) -> dict[str, int]:
+    """Full URL -> number of requests the farm served for it (any status)."""
+    counts: dict[str, int] = {}
+    for host in farm.hosts:
+        for path_qs, n in host.stats["attempts"].items():
+            counts[host.base_url + path_qs] = n
+    return counts
+
+
+def tar_samples(out: Path) -> dict[str, dict[str, bytes]]:
+    """Every sample of every NNNNNN.tar shard, read with tarfile: key -> {ext: bytes}.
+
+    Fails if any member (key + extension) appears twice, within a shard or across shards.
+    """
+    samples: dict[str, dict[str, bytes]] = {}
+    for shard in sorted(out.glob("*.tar")):
+        with tarfile.open(shard) as tar:
+            for member in tar.getmembers():
+                key, _, ext = member.name.partition(".")
+                fh = tar.extractfile(member)
+                assert fh is not None, member.name
+                parts = samples.setdefault(key, {})
+                assert ext not in parts, f"duplicate member {member.name} (in {shard.name})"
+                parts[ext] = fh.read()
+    return samples
+
+
+@pytest.fixture
+def farm_factory() -> Iterator[Callable[[Sequence[HostSpec]], FakeHostFarm]]:
+    """Start farms of fake hosts in background threads; all are stopped at teardown."""
+    with contextlib.ExitStack() as stack:
+
+        def start(specs: Sequence[HostSpec]) -> FakeHostFarm:
+            return stack.enter_context(run_farm_in_thread(specs))
+
+        yield start
+
+
+@pytest.fixture
+def two_hosts(farm_factory: Callable[[Sequence[HostSpec]], FakeHostFarm]) -> FakeHostFarm:
+    """Two plain, fast fake hosts with small images; stalls held 3 s at most."""
+    return farm_factory([HostSpec("127.0.0.2", stall_s=3.0, keep_events=500),
+                         HostSpec("127.0.0.3", stall_s=3.0, keep_events=500)])
+
+
+# -- a host answering any status code -----------------------------------------------------------
+class StatusHost:
+    """A tiny server for statuses the fake hosts do not script (403, 408, 410, ...).
+
+    GET /s/CODE/TIMES/NAME answers CODE for the first TIMES requests of that path (TIMES 0 means
+    always), then a PNG. Request counts per path are in `attempts`.
+    """
+
+    def __init__(self, ip: str) -> None:
+        self.ip = ip
+        self.port = 0
+        self.attempts: dict[str, int] = {}
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="status-host", daemon=True)
+        self._runner: web.AppRunner | None = None
+
+    def url(self, code: int, times: int, name: str) -> str:
+        return f"http://{self.ip}:{self.port}/s/{code}/{times}/{name}.png"
+
+    async def _handle(self, request: web.Request) -> web.Response:
+        path = request.path
+        n = self.attempts[path] = self.attempts.get(path, 0) + 1
+        code, times = int(request.match_info["code"]), int(request.match_info["times"])
+        if times == 0 or n <= times:
+            return web.Response(status=code, text=f"status {code}")
+        return web.Response(body=expected_png(path), content_type="image/png")
+
+    async def _start(self) -> None:
+        app = web.Application()
+        app.router.add_get("/s/{code}/{times}/{name}", self._handle)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.ip, 0)
+        await site.start()
+        self.port = self._runner.addresses[0][1]
+
+    def start(self) -> None:
+        self._thread.start()
+        asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(10)
+
+    def stop(self) -> None:
+        if self._runner is not None:
+            asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+
+
+@pytest.fixture
+def status_host() -> Iterator[StatusHost]:
+    host = StatusHost("127.0.0.9")
+    host.start()
+    try:
+        yield host
+    finally:
+        host.stop()
+
+
+__all__ = ["FAST", "StatusHost", "by_url", "download", "expected_png", "free_port", "latest", "requested_urls",
+           "run_flowdc", "sha256", "snapshot_tree", "tar_samples", "temporaries", "visible_files", "write_manifest"]

@@ -1,0 +1,220 @@
+"""Helpers for the storage-sink tests (tests/integration/test_sinks.py).
+
+- TcpProxy: a loopback TCP proxy in front of moto that a test can cut (the endpoint goes away:
+  new connections are refused, open ones are reset) and restore on the same port.
+- Readers that check what a bucket (or folder) holds: objects, shards read back member by member,
+  the ledger, and leftovers of unfinished uploads.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import socket
+import tarfile
+import threading
+from collections import Counter
+from collections.abc import Iterator
+from typing import Any
+
+import pyarrow.parquet as pq
+
+from flowdc.ledger import LEDGER_DIR, Ledger
+from flowdc.storage import TMP_MARK, Destination
+from tests.cloud_servers import S3_ACCESS_KEY, S3_REGION, S3_SECRET_KEY
+
+LOOPBACK = "127.0.0.1"
+
+
+def s3_options(endpoint: str, secret: str = S3_SECRET_KEY, **config_kwargs: Any) -> dict[str, Any]:
+    """fsspec storage_options for moto at `endpoint` (what --storage_options carries)."""
+    options: dict[str, Any] = {"key": S3_ACCESS_KEY, "secret": secret,
+                               "client_kwargs": {"endpoint_url": endpoint, "region_name": S3_REGION}}
+    if config_kwargs:
+        options["config_kwargs"] = config_kwargs
+    return options
+
+
+def gcs_options(endpoint: str) -> dict[str, Any]:
+    """fsspec storage_options for the GCS emulator at `endpoint`."""
+    return {"endpoint_url": endpoint, "token": "anon"}
+
+
+# -- a proxy that can be cut ---------------------------------------------------------------------
+class TcpProxy:
+    """Forwards 127.0.0.1:port to `upstream`. cut() makes the endpoint go away (refused and reset
+    connections), restore() brings it back on the same port."""
+
+    def __init__(self, upstream: tuple[str, int]) -> None:
+        self.upstream = upstream
+        self.port = 0
+        self.connections_accepted = 0
+        self._listener: socket.socket | None = None
+        self._open: set[socket.socket] = set()
+        self._lock = threading.Lock()
+        self._threads: list[threading.Thread] = []
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://{LOOPBACK}:{self.port}"
+
+    def start(self) -> TcpProxy:
+        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind((LOOPBACK, self.port))
+        listener.listen(128)
+        self.port = listener.getsockname()[1]
+        self._listener = listener
+        self._spawn(self._accept_loop, listener)
+        return self
+
+    def cut(self) -> None:
+        """Stop listening and reset every open connection."""
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            with contextlib.suppress(OSError):
+                listener.shutdown(socket.SHUT_RDWR)
+            listener.close()
+        with self._lock:
+            conns, self._open = self._open, set()
+        for conn in conns:
+            _reset(conn)
+
+    def restore(self) -> None:
+        self.start()
+
+    def stop(self) -> None:
+        self.cut()
+        for thread in self._threads:
+            thread.join(5)
+
+    def _spawn(self, target: Any, *args: Any) -> None:
+        thread = threading.Thread(target=target, args=args, daemon=True, name="tcp-proxy")
+        thread.start()
+        self._threads = [t for t in self._threads if t.is_alive()] + [thread]
+
+    def _accept_loop(self, listener: socket.socket) -> None:
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return  # cut
+            try:
+                server = socket.create_connection(self.upstream, timeout=5)
+            except OSError:
+                _reset(client)
+                continue
+            server.settimeout(None)
+            with self._lock:
+                if self._listener is not listener:  # cut while connecting
+                    _reset(client)
+                    _reset(server)
+                    return
+                self._open |= {client, server}
+                self.connections_accepted += 1
+            self._spawn(self._pump, client, server)
+            self._spawn(self._pump, server, client)
+
+    def _pump(self, src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+            dst.shutdown(socket.SHUT_WR)
+        except OSError:
+            _reset(src)
+            _reset(dst)
+
+
+def _reset(sock: socket.socket) -> None:
+    """Close with RST (linger 0), as a dead endpoint or a dropped route looks to the client."""
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+    with contextlib.suppress(OSError):
+        sock.close()
+
+
+# -- what an output holds -----------------------------------------------------------------------
+def all_files(dest: Destination) -> list[str]:
+    """Every object (or file) under the destination, relative to its root."""
+    dest.fs.invalidate_cache()
+    root = dest.root.rstrip("/") + "/"
+    return sorted(str(p)[len(root):] for p in dest.fs.find(dest.root))
+
+
+def partial_names(files: list[str]) -> list[str]:
+    """Names that only an unfinished write leaves: flowdc temporaries and the stand-ins' parts."""
+    return [f for f in files if TMP_MARK in f or f.endswith((".part", ".partial", ".standin-part"))]
+
+
+def open_multipart_uploads(fs: Any, bucket: str) -> list[dict[str, Any]]:
+    """S3 multipart uploads begun and never completed or aborted in `bucket` (s3fs)."""
+    answer = fs.call_s3("list_multipart_uploads", Bucket=bucket)
+    return list(answer.get("Uploads", []))
+
+
+def ledger_latest(dest: Destination) -> list[dict[str, Any]]:
+    """Each row's current ledger record, sorted by row."""
+    return sorted(Ledger(dest).latest().to_pylist(), key=lambda r: r["row"])
+
+
+def ledger_records(dest: Destination) -> list[dict[str, Any]]:
+    """Every ledger record ever written (all parts, all runs)."""
+    return Ledger(dest).read().to_pylist()
+
+
+def shard_members(dest: Destination) -> dict[str, list[tuple[str, bytes]]]:
+    """shard tar name -> its members (name, bytes), each tar read whole with the tarfile module."""
+    out: dict[str, list[tuple[str, bytes]]] = {}
+    for name in all_files(dest):
+        if "/" in name or not name.endswith(".tar"):
+            continue
+        data = dest.read_bytes(name)
+        with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tar:
+            members = []
+            for info in tar:
+                fh = tar.extractfile(info)
+                assert fh is not None, f"{name}: {info.name} is not a file"
+                members.append((info.name, fh.read()))
+        out[name] = members
+    return out
+
+
+def samples_in_shards(dest: Destination) -> Counter[str]:
+    """Sample key -> how many times its image appears over all shards (1 each when nothing is doubled)."""
+    counts: Counter[str] = Counter()
+    for members in shard_members(dest).values():
+        for member, _data in members:
+            key, _, ext = member.rpartition(".")
+            if ext != "json":
+                counts[key] += 1
+    return counts
+
+
+def committed_shard_files(dest: Destination) -> list[str]:
+    """The shard files (tar and parquet) whose ledger part exists."""
+    parts = [n for n in dest.list(LEDGER_DIR) if n.startswith("shard-")]
+    return sorted(f"{p[6:12]}.{ext}" for p in parts for ext in ("tar", "parquet"))
+
+
+def shard_metadata_rows(dest: Destination) -> int:
+    """Rows over every shard's metadata parquet."""
+    total = 0
+    for name in all_files(dest):
+        if "/" not in name and name.endswith(".parquet"):
+            with dest.fs.open(dest.path(name), "rb") as fh:
+                total += pq.read_metadata(fh).num_rows
+    return total
+
+
+def overview(dest: Destination) -> dict[str, Any]:
+    return json.loads(dest.read_bytes("overview.json"))
+
+
+def iter_bytes_of(dest: Destination, extra_files: list[str] = ()) -> Iterator[tuple[str, bytes]]:  # type: ignore[assignment]
+    """(name, content) of every object under the destination, then of each extra local file."""
+    for name in all_files(dest):
+        yield dest.url(name), dest.read_bytes(name)
+    for path in extra_files:
+        with open(path, "rb") as fh:
+            yield path, fh.read()

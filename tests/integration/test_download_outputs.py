@@ -1,0 +1,234 @@
+"""Outputs of `flowdc download`: imagefolder (safe class folders), webdataset shards with metadata,
+key naming, the archive, overview.json and secrets.
+
+Images come from fake hosts (flowdc.fakehosts) on 127.0.0.x; S3 is the in-process moto server.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tarfile
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import webdataset as wds
+
+from flowdc.fakehosts import FakeHostFarm
+from flowdc.writers.naming import safe_label, url_key
+from tests.integration.conftest import (
+    by_url,
+    download,
+    expected_png,
+    latest,
+    sha256,
+    tar_samples,
+    visible_files,
+    write_manifest,
+)
+
+HOSTILE_LABELS = ["cat", "../../x", "/etc", "..", ".", "猫 🐱", "a/b", "", "dog", "..\\..\\win", "~root", "x" * 300]
+
+
+def image_files(out: Path) -> list[Path]:
+    return [p for p in visible_files(out) if "_flowdc" not in p.parts and p.name != "overview.json"]
+
+
+def tar_names(shard: Path) -> list[str]:
+    with tarfile.open(shard) as tar:
+        return tar.getnames()
+
+
+def test_imagefolder_labels_cannot_escape(tmp_path: Path, two_hosts: FakeHostFarm) -> None:
+    """Hostile, unicode, empty, null and over-long labels each get one class folder inside the
+    output; nothing is written anywhere else, and each file's path matches its ledger record."""
+    labels: list[str | None] = [*HOSTILE_LABELS, None]
+    urls = [two_hosts.url(i % 2, f"/lab/{i}.png?size=500") for i in range(len(labels))]
+    manifest = tmp_path / "m.parquet"
+    pq.write_table(pa.table({"url": urls, "label": pa.array(labels, pa.string())}), manifest)
+    out = tmp_path / "ds" / "out"
+    overview = download(manifest, out, label="label", create_tar=True)
+    assert overview["totals"]["ok"] == len(labels)
+
+    assert sorted(os.listdir(tmp_path)) == ["ds", "m.parquet"]
+    assert sorted(os.listdir(tmp_path / "ds")) == ["out", "out.tar.gz"]
+    root = out.resolve()
+    for path in visible_files(tmp_path):
+        assert path.resolve().is_relative_to(tmp_path.resolve())
+    folders = {p.name for p in out.iterdir() if p.is_dir() and p.name != "_flowdc"}
+    assert folders == {safe_label(label) for label in labels}
+    assert all(name not in (".", "..", "") and "/" not in name for name in folders)
+    for rec in latest(out):
+        file = out / rec["path"]
+        assert file.resolve().parent.parent == root
+        assert file.parent.name == safe_label(rec["label"]) and file.name == f"{rec['key']}.png"
+        assert sha256(file.read_bytes()) == rec["sha256"]
+    assert len(image_files(out)) == len(labels)
+
+
+def test_imagefolder_without_labels_writes_at_the_root(tmp_path: Path, two_hosts: FakeHostFarm) -> None:
+    """Without --label every sample is a KEY.EXT file directly in the output folder."""
+    urls = [two_hosts.url(0, f"/nolab/{i}.png?size=400") for i in range(3)]
+    out = tmp_path / "out"
+    download(write_manifest(tmp_path / "m.parquet", urls), out)
+    assert sorted(p.name for p in image_files(out)) == ["00000001.png", "00000002.png", "00000003.png"]
+
+
+def test_webdataset_shards_and_metadata(tmp_path: Path, two_hosts: FakeHostFarm) -> None:
+    """Shards are NNNNNN.tar with samples_per_shard samples each; every sample has its image and a
+    .json (key, url, label, sha256 of the image, size, status, carried columns); they read back with
+    webdataset.WebDataset; each shard has a metadata parquet; the ledger keeps the carried columns."""
+    n = 23
+    urls = [two_hosts.url(i % 2, f"/wds/{i}.png?size={600 + i}") for i in range(n)]
+    urls[7] = two_hosts.url(1, "/wds/missing.png?fail=404")
+    extras: dict[str, list[Any]] = {"license": [f"CC-{i % 3}" for i in range(n)], "photo_id": list(range(100, 100 + n)),
+                                    "score": [i / 4 for i in range(n)]}
+    manifest = write_manifest(tmp_path / "m.parquet", urls, labels=[f"c{i % 4}" for i in range(n)],
+                              extra_columns=extras)
+    out = tmp_path / "out"
+    overview = download(manifest, out, label="label", output_format="webdataset", samples_per_shard=5)
+    assert overview["totals"] == {"rows": n, "ok": n - 1, "failed": 1, "skipped": 0}
+
+    assert sorted(p.name for p in out.glob("*.tar")) == [f"{i:06d}.tar" for i in range(5)]
+    samples = tar_samples(out)
+    assert len(samples) == n - 1
+    per_shard = sorted(len(tar_names(p)) // 2 for p in out.glob("*.tar"))
+    assert per_shard == [2, 5, 5, 5, 5]
+    records = {r["key"]: r for r in latest(out) if r["status"] == "ok"}
+    assert set(samples) == set(records)
+    for key, parts in samples.items():
+        assert set(parts) == {"png", "json"}
+        meta = json.loads(parts["json"])
+        row = records[key]["row"]
+        assert meta["key"] == key == f"{row + 1:08d}"
+        assert meta["url"] == urls[row] and meta["label"] == f"c{row % 4}"
+        assert meta["sha256"] == hashlib.sha256(parts["png"]).hexdigest() == records[key]["sha256"]
+        assert meta["size"] == len(parts["png"]) == 600 + row and meta["status"] == 200
+        assert (meta["license"], meta["photo_id"], meta["score"]) == (f"CC-{row % 3}", 100 + row, row / 4)
+        assert parts["png"] == expected_png(f"/wds/{row}.png", 600 + row)
+        assert json.loads(records[key]["meta"]) == {"license": f"CC-{row % 3}", "photo_id": 100 + row,
+                                                    "score": row / 4}
+
+    shards = [str(p) for p in sorted(out.glob("*.tar"))]
+    read_back = list(wds.WebDataset(shards, shardshuffle=False, empty_check=False))
+    assert len(read_back) == n - 1 and len({s["__key__"] for s in read_back}) == n - 1
+    assert all(hashlib.sha256(s["png"]).hexdigest() == json.loads(s["json"])["sha256"] for s in read_back)
+
+    for shard in sorted(out.glob("*.tar")):
+        table = pq.read_table(shard.with_suffix(".parquet"))
+        assert set(table.column("key").to_pylist()) == {n.split(".")[0] for n in tar_names(shard)}
+        assert {"license", "photo_id", "score", "url", "sha256", "label"} <= set(table.column_names)
+
+
+def test_sequential_keys_are_row_numbers_stable_across_runs_and_retries(tmp_path: Path,
+                                                                        two_hosts: FakeHostFarm) -> None:
+    """Sequential keys are manifest row + 1, zero-padded to 8, whatever the dispatch order, the
+    concurrency or the retries; url_based keys are the URL's hash, whatever the row."""
+    urls = [two_hosts.url(i % 2, f"/seq/{i}.png?size=300") for i in range(30)]
+    urls[0] = two_hosts.url(0, "/seq/first.png?fail=503x2&size=300")  # row 0 needs retries
+    manifest = write_manifest(tmp_path / "m.parquet", urls)
+    mappings = []
+    for name, workers, fmt in (("a", 1, "imagefolder"), ("b", 50, "webdataset")):
+        download(manifest, tmp_path / name, concurrent_downloads=workers, output_format=fmt, samples_per_shard=7)
+        mappings.append({r["key"]: r["url"] for r in latest(tmp_path / name)})
+    assert mappings[0] == mappings[1] == {f"{i + 1:08d}": u for i, u in enumerate(urls)}
+    assert (tmp_path / "a" / "00000001.png").is_file()
+    assert "00000001" in tar_samples(tmp_path / "b")
+
+    download(manifest, tmp_path / "u", naming_mode="url_based")
+    assert {r["key"]: r["url"] for r in latest(tmp_path / "u")} == {url_key(u): u for u in urls}
+
+
+def test_url_based_keys_are_collision_safe_and_skip_duplicates(tmp_path: Path, two_hosts: FakeHostFarm) -> None:
+    """Same basename on other paths or hosts gets another key; a repeated URL row is skipped as
+    duplicate_url, also when the repeat arrives in a later refresh of the manifest."""
+    same_name = [two_hosts.url(0, "/a/img.png"), two_hosts.url(0, "/b/img.png"), two_hosts.url(1, "/a/img.png")]
+    urls = [*same_name, same_name[0]]
+    out = tmp_path / "out"
+    download(write_manifest(tmp_path / "m.parquet", urls), out, naming_mode="url_based", output_format="webdataset",
+             samples_per_shard=2)
+    rows = latest(out)
+    assert [r["status"] for r in rows] == ["ok", "ok", "ok", "skipped"]
+    assert rows[3]["reason"] == "duplicate_url"
+    assert len({r["key"] for r in rows[:3]}) == 3
+    assert sorted(tar_samples(out)) == sorted(r["key"] for r in rows[:3])
+
+    refreshed = write_manifest(tmp_path / "m2.parquet", [*urls, two_hosts.url(1, "/c/new.png"), same_name[1]])
+    download(refreshed, out, naming_mode="url_based", output_format="webdataset", samples_per_shard=2)
+    rows = latest(out)
+    assert [r["status"] for r in rows] == ["ok", "ok", "ok", "skipped", "ok", "skipped"]
+    assert rows[5]["reason"] == "duplicate_url"
+    assert sorted(tar_samples(out)) == sorted(r["key"] for r in rows if r["status"] == "ok")
+
+
+def test_create_tar_packs_the_images_beside_the_output(tmp_path: Path, two_hosts: FakeHostFarm) -> None:
+    """create_tar writes OUTPUT.tar.gz next to the output, holding every image (not the ledger)."""
+    urls = [two_hosts.url(i % 2, f"/tgz/{i}.png?size=800") for i in range(9)]
+    out = tmp_path / "images"
+    overview = download(write_manifest(tmp_path / "m.parquet", urls, labels=["p", "q", "r"] * 3), out,
+                        label="label", create_tar=True)
+    archive = tmp_path / "images.tar.gz"
+    assert overview["archive"] == str(archive)
+    with tarfile.open(archive, "r:gz") as tar:
+        members = {m.name: tar.extractfile(m).read() for m in tar.getmembers() if m.isfile()}  # type: ignore[union-attr]
+    images = {k: v for k, v in members.items() if k.endswith(".png")}
+    assert set(images) == {f"images/{p.relative_to(out)}" for p in image_files(out)}
+    assert len(images) == 9 and not any("_flowdc" in k or ".tmp-" in k for k in members)
+    for name, data in images.items():
+        assert data == (tmp_path / name).read_bytes()
+
+
+def test_overview_figures_and_no_secrets(tmp_path: Path, two_hosts: FakeHostFarm) -> None:
+    """overview.json holds the config, totals, success_rate, bytes, elapsed_s, rates, errors and
+    per-host figures; storage option values (secrets) appear nowhere in the output."""
+    urls = [two_hosts.url(i % 2, f"/ov/{i}.png?size=1000") for i in range(10)]
+    urls += [two_hosts.url(0, "/ov/gone.png?fail=404"), "ftp://127.0.0.2/x.png"]
+    out = tmp_path / "out"
+    secrets = {"key": "AKIA-FLOWDC-TEST-KEY", "secret": "very-secret-value-42"}
+    download(write_manifest(tmp_path / "m.parquet", urls), out, storage_options=secrets,
+             telemetry=str(tmp_path / "out" / "telemetry.jsonl"))
+    doc = json.loads((out / "overview.json").read_text())
+    assert {"config", "totals", "success_rate", "bytes", "elapsed_s", "images_per_s", "mb_per_s", "errors",
+            "hosts"} <= set(doc)
+    assert doc["totals"] == {"rows": 12, "ok": 10, "failed": 2, "skipped": 0}
+    assert doc["success_rate"] == round(10 / 12, 6) and doc["bytes"] == 10_000
+    assert doc["errors"] == {"http_404": 1, "unsupported_scheme:ftp": 1}
+    assert doc["elapsed_s"] > 0 and doc["images_per_s"] > 0 and doc["mb_per_s"] >= 0
+    assert doc["config"]["input"] == str(tmp_path / "m.parquet")
+    hosts = doc["hosts"]
+    assert set(hosts) == {h.netloc for h in two_hosts.hosts}
+    first = hosts[two_hosts.hosts[0].netloc]
+    assert (first["rows"], first["ok"], first["bytes"]) == (6, 5, 5000) and first["ttfb_median_ms"] is not None
+    for path in visible_files(tmp_path):
+        data = path.read_bytes()
+        assert b"very-secret-value-42" not in data and b"AKIA-FLOWDC-TEST-KEY" not in data, path
+
+
+def test_no_overview_when_disabled(tmp_path: Path, two_hosts: FakeHostFarm) -> None:
+    """--no_create_overview (create_overview false) writes no overview.json."""
+    out = tmp_path / "out"
+    download(write_manifest(tmp_path / "m.parquet", [two_hosts.url(0, "/nov/1.png")]), out, create_overview=False)
+    assert not (out / "overview.json").exists() and by_url(out)[two_hosts.url(0, "/nov/1.png")]["status"] == "ok"
+
+
+def test_webdataset_to_s3_keeps_secrets_out(tmp_path: Path, two_hosts: FakeHostFarm, s3_endpoint: str) -> None:
+    """A webdataset written to S3 (moto) holds whole shards, a ledger and an overview without the keys."""
+    from tests.cloud_servers import S3_ACCESS_KEY, S3_REGION, S3_SECRET_KEY, s3_filesystem
+
+    fs = s3_filesystem(s3_endpoint)
+    fs.mkdir("flowdc-out-test")
+    urls = [two_hosts.url(i % 2, f"/s3/{i}.png?size=500") for i in range(7)]
+    options = {"key": S3_ACCESS_KEY, "secret": S3_SECRET_KEY,
+               "client_kwargs": {"endpoint_url": s3_endpoint, "region_name": S3_REGION}}
+    overview = download(write_manifest(tmp_path / "m.parquet", urls), "s3://flowdc-out-test/run1",
+                        output_format="webdataset", samples_per_shard=3, storage_options=options)
+    assert overview["totals"]["ok"] == 7
+    names = sorted(p.rsplit("/", 1)[1] for p in fs.find("flowdc-out-test/run1"))
+    assert [n for n in names if n.endswith(".tar")] == ["000000.tar", "000001.tar", "000002.tar"]
+    text = fs.cat("flowdc-out-test/run1/overview.json")
+    assert S3_SECRET_KEY.encode() not in text and S3_ACCESS_KEY.encode() not in text
+    for path in fs.find("flowdc-out-test/run1"):
+        assert S3_SECRET_KEY.encode() not in fs.cat(path), path

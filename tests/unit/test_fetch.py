@@ -1,0 +1,148 @@
+"""One HTTP exchange -> an Outcome: status classes, Retry-After forms, and body checks.
+
+The exchange tests talk to fake hosts on 127.0.0.x started here (flowdc.fakehosts).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+from collections.abc import Iterator
+from email.utils import formatdate
+
+import pytest
+
+from flowdc.fakehosts import FakeHostFarm, HostSpec, make_png, run_farm_in_thread
+from flowdc.fetch import (
+    MAX_RETRY_AFTER_S,
+    FetchSettings,
+    Outcome,
+    classify_status,
+    content_type_allowed,
+    fetch_one,
+    make_session,
+    parse_retry_after,
+)
+from flowdc.signals import Signal
+
+
+def test_retry_after_seconds_and_http_date() -> None:
+    """Both Retry-After forms give seconds to wait; nonsense gives None; huge values are capped."""
+    now = 1_700_000_000.0
+    assert parse_retry_after("7") == 7.0
+    assert parse_retry_after(" 0 ") == 0.0
+    assert parse_retry_after(formatdate(now + 30, usegmt=True), now=now) == pytest.approx(30.0, abs=1.0)
+    assert parse_retry_after(formatdate(now - 30, usegmt=True), now=now) == 0.0  # a past date: go now
+    assert parse_retry_after("999999") == MAX_RETRY_AFTER_S
+    assert parse_retry_after(formatdate(now + 10**6, usegmt=True), now=now) == MAX_RETRY_AFTER_S
+    for junk in (None, "", "soon", "-5", "1.5e3"):
+        assert parse_retry_after(junk) is None
+
+
+@pytest.mark.parametrize(
+    ("status", "signal", "retryable"),
+    [
+        (429, Signal.OVERLOAD, True),
+        (503, Signal.OVERLOAD, True),
+        (408, Signal.TIMEOUT, True),
+        (500, Signal.SERVER_ERROR, True),
+        (502, Signal.SERVER_ERROR, True),
+        (404, Signal.OBJECT_ERROR, False),
+        (403, Signal.OBJECT_ERROR, False),
+        (410, Signal.OBJECT_ERROR, False),
+    ],
+)
+def test_status_classes(status: int, signal: Signal, retryable: bool) -> None:
+    """Overload and server errors are retried and blamed on the host; 4xx are final and per-object."""
+    assert classify_status(status) == (signal, retryable)
+
+
+def test_content_type_prefixes() -> None:
+    """image/ accepts any image type; an empty list accepts everything, even no header."""
+    assert content_type_allowed("image/png", ("image/",))
+    assert content_type_allowed("IMAGE/JPEG; q=1", ("image/",))
+    assert not content_type_allowed("text/html", ("image/",))
+    assert not content_type_allowed(None, ("image/",))
+    assert content_type_allowed(None, ())
+    assert content_type_allowed("text/html", ())
+
+
+@pytest.fixture(scope="module")
+def farm() -> Iterator[FakeHostFarm]:
+    with run_farm_in_thread([HostSpec("127.0.0.2", stall_s=3.0)]) as f:
+        yield f
+
+
+def fetch(url: str, **settings: object) -> Outcome:
+    async def go() -> Outcome:
+        async with make_session(4) as session:
+            return await fetch_one(session, url, FetchSettings(**settings))  # type: ignore[arg-type]
+
+    return asyncio.run(go())
+
+
+def test_whole_body_with_sha256_and_header_ttfb(farm: FakeHostFarm) -> None:
+    """A good exchange returns the exact body, its sha256 and a TTFB shorter than the body transfer."""
+    out = fetch(farm.url(0, "/u/a.png?size=20000&slowbody=0.4"))
+    body = make_png("/u/a.png", 20000)
+    assert out.ok and out.signal is Signal.OK and out.status == 200
+    assert out.body == body and out.sha256 == hashlib.sha256(body).hexdigest()
+    assert out.ttfb is not None and out.ttfb < 0.3  # headers came at once; the body took ~0.4 s
+
+
+def test_no_content_length_body_is_read_whole(farm: FakeHostFarm) -> None:
+    """Chunked bodies without Content-Length are accepted and complete."""
+    out = fetch(farm.url(0, "/u/chunked.png?nolength=1&size=70000"))
+    assert out.ok and out.body == make_png("/u/chunked.png", 70000)
+
+
+@pytest.mark.parametrize("query", ["size=20000", "size=20000&nolength=1"])
+def test_body_limit_with_and_without_length(farm: FakeHostFarm, query: str) -> None:
+    """Bodies over max_body_bytes fail 'too_large', whether declared or discovered while reading."""
+    out = fetch(farm.url(0, f"/u/big-{len(query)}.png?{query}"), max_body_bytes=5000)
+    assert out.reason == "too_large" and not out.retryable and out.body is None
+
+
+def test_truncated_body_is_never_ok(farm: FakeHostFarm) -> None:
+    """A connection dropped mid-body is a retryable 'truncated' failure with no body."""
+    out = fetch(farm.url(0, "/u/trunc.png?fail=truncate&size=30000"))
+    assert out.reason == "truncated" and out.retryable and out.body is None and out.signal is Signal.CONN_ERROR
+
+
+def test_stalled_headers_time_out_as_host_timeout(farm: FakeHostFarm) -> None:
+    """No headers within the timeout is a retryable host-level timeout, after about `timeout` s."""
+    t0 = time.monotonic()
+    out = fetch(farm.url(0, "/u/stall.png?fail=stall"), timeout=0.5)
+    assert out.reason == "timeout" and out.retryable and out.signal is Signal.TIMEOUT
+    assert 0.4 < time.monotonic() - t0 < 2.5
+
+
+def test_slow_body_after_headers_is_an_object_timeout(farm: FakeHostFarm) -> None:
+    """Headers on time but a body too slow: 'body_timeout', blamed on the object, not the host."""
+    out = fetch(farm.url(0, "/u/slowbody.png?slowbody=3&size=20000"), timeout=0.5)
+    assert out.reason == "body_timeout" and out.retryable and out.signal is Signal.OBJECT_ERROR
+
+
+def test_retry_after_header_is_parsed_from_the_response(farm: FakeHostFarm) -> None:
+    """A 429 with Retry-After in seconds or as an HTTP-date yields retry_after in seconds."""
+    secs = fetch(farm.url(0, "/u/ra.png?fail=429&retry_after=3"))
+    assert secs.reason == "http_429" and secs.retryable and secs.retry_after == 3.0
+    date = fetch(farm.url(0, "/u/rad.png?fail=503&retry_after=3&retry_after_date=1"))
+    assert date.reason == "http_503" and date.retry_after is not None and 1.9 <= date.retry_after <= 4.0
+
+
+@pytest.mark.parametrize(("hops", "limit", "ok"), [(2, 2, True), (3, 2, False), (1, 0, False), (0, 0, True)])
+def test_redirect_limit_counts_redirects_followed(farm: FakeHostFarm, hops: int, limit: int, ok: bool) -> None:
+    """max_redirects=N follows N redirects and refuses the N+1th; 0 follows none."""
+    out = fetch(farm.url(0, f"/u/redir-{hops}-{limit}.png?redirect={hops}"), max_redirects=limit)
+    assert out.ok is ok
+    if not ok:
+        assert out.reason == "too_many_redirects" and not out.retryable
+
+
+def test_content_type_is_checked(farm: FakeHostFarm) -> None:
+    """text/html fails 'content_type:text/html' by default and passes with an empty allow-list."""
+    url = farm.url(0, "/u/page.png?ctype=text/html;%20charset=utf-8")
+    assert fetch(url).reason == "content_type:text/html"
+    assert fetch(url, content_types=()).ok

@@ -1,0 +1,123 @@
+"""The ledger: atomic parquet parts, each row's latest state, what a rerun must skip, summaries."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from flowdc.config import ConfigError
+from flowdc.ledger import LEDGER_DIR, Ledger, Record, url_hash
+from flowdc.storage import TMP_MARK, Destination
+
+
+def make_ledger(tmp_path: Path) -> Ledger:
+    return Ledger(Destination(str(tmp_path / "out")), flush_rows=1000, flush_seconds=3600)
+
+
+def test_latest_is_each_rows_newest_record(tmp_path: Path) -> None:
+    """A row's state is its newest record; every other row keeps its own."""
+    led = make_ledger(tmp_path)
+    led.add(Record(0, "00000001", "http://a/0", "failed", reason="http_503", retryable=True, ts=1.0))
+    led.add(Record(1, "00000002", "http://a/1", "ok", sha256="ab", bytes=10, ts=1.0))
+    led.flush()
+    led.add(Record(0, "00000001", "http://a/0", "ok", sha256="cd", bytes=20, ts=2.0))
+    led.add(Record(2, "00000003", "ftp://a/2", "failed", reason="unsupported_scheme:ftp", ts=2.0))
+    led.flush()
+    rows = {r["row"]: r for r in Ledger(led.dest).latest().to_pylist()}
+    assert {k: v["status"] for k, v in rows.items()} == {0: "ok", 1: "ok", 2: "failed"}
+    assert rows[0]["sha256"] == "cd" and rows[2]["reason"] == "unsupported_scheme:ftp"
+
+
+def test_ok_wins_a_timestamp_tie(tmp_path: Path) -> None:
+    """Nothing is fetched after an ok, so on equal timestamps the ok record is the state."""
+    led = make_ledger(tmp_path)
+    led.add(Record(0, "k", "http://a/0", "ok", ts=5.0))
+    led.add(Record(0, "k", "http://a/0", "failed", reason="http_503", retryable=True, ts=5.0))
+    led.flush()
+    assert led.latest()["status"].to_pylist() == ["ok"]
+
+
+def test_done_index_leaves_out_only_transient_failures(tmp_path: Path) -> None:
+    """ok, skipped and final failures are done; retryable failures are fetched again."""
+    led = make_ledger(tmp_path)
+    urls = [f"http://a/{i}" for i in range(4)]
+    led.add(Record(0, "1", urls[0], "ok"))
+    led.add(Record(1, "2", urls[1], "failed", reason="http_404", retryable=False))
+    led.add(Record(2, "3", urls[2], "failed", reason="timeout", retryable=True))
+    led.add(Record(3, "4", urls[3], "skipped", reason="duplicate_url"))
+    led.flush()
+    done = led.done_index()
+    rows = np.arange(5, dtype=np.int64)
+    hashes = np.array([url_hash(u) for u in [*urls, "http://a/new"]], dtype=np.int64)
+    assert done.done_mask(rows, hashes, "m.parquet").tolist() == [True, True, False, True, False]
+
+
+def test_a_changed_url_under_a_resumed_row_is_a_user_error(tmp_path: Path) -> None:
+    """Resuming with a manifest whose row now holds another URL stops with a ConfigError."""
+    led = make_ledger(tmp_path)
+    led.add(Record(0, "1", "http://a/0", "ok"))
+    led.flush()
+    done = led.done_index()
+    with pytest.raises(ConfigError, match="different URL"):
+        done.done_mask(np.array([0]), np.array([url_hash("http://a/other")]), "m.parquet")
+
+
+def test_parts_appear_whole_and_temporaries_are_ignored(tmp_path: Path) -> None:
+    """Parts are written under a hidden temporary name and renamed; stray temporaries are not read."""
+    led = make_ledger(tmp_path)
+    led.add(Record(0, "1", "http://a/0", "ok"))
+    led.flush()
+    folder = Path(led.dest.path(LEDGER_DIR))
+    (folder / f".leftover.parquet{TMP_MARK}123-0").write_bytes(b"half a parquet")
+    names = os.listdir(folder)
+    assert len([n for n in names if n.endswith(".parquet")]) == 1
+    assert led.latest().num_rows == 1
+    assert led.dest.remove_temporaries() == 1
+
+
+def test_flush_only_when_due(tmp_path: Path) -> None:
+    """Records are buffered until flush_rows is reached (or flush() is called)."""
+    led = Ledger(Destination(str(tmp_path / "out")), flush_rows=3, flush_seconds=3600)
+    led.add(Record(0, "1", "http://a/0", "ok"))
+    led.add(Record(1, "2", "http://a/1", "ok"))
+    assert led.part_names() == []
+    led.add(Record(2, "3", "http://a/2", "ok"))
+    assert len(led.part_names()) == 1
+    assert led.latest().num_rows == 3
+
+
+def test_shard_commits_and_summary(tmp_path: Path) -> None:
+    """Shard parts are found by number; summary counts rows, bytes and reasons of the latest states."""
+    led = make_ledger(tmp_path)
+    led.commit_shard(0, [Record(0, "1", "http://a/0", "ok", bytes=100, shard=0)])
+    led.commit_shard(7, [Record(1, "2", "http://a/1", "ok", bytes=50, shard=7)])
+    led.add(Record(2, "3", "http://a/2", "failed", reason="http_404"))
+    led.add(Record(3, "4", "", "skipped", reason="no_url"))
+    led.flush()
+    assert led.committed_shards() == {0, 7}
+    summary = led.summary()
+    assert summary == {"rows": 4, "ok": 2, "failed": 1, "skipped": 1, "bytes": 150,
+                       "errors": {"http_404": 1, "no_url": 1}}
+
+
+def test_empty_ledger_reads_empty(tmp_path: Path) -> None:
+    """A fresh output has an empty ledger, an empty done index and zero totals."""
+    led = make_ledger(tmp_path)
+    assert led.latest().num_rows == 0
+    assert led.done_index().rows.size == 0
+    assert led.summary()["rows"] == 0
+
+
+def test_two_ledgers_in_one_process_never_overwrite_each_other(tmp_path: Path) -> None:
+    """Two runs on one output from the same process within one second keep both runs' records."""
+    dest = Destination(str(tmp_path / "out"))
+    first, second = Ledger(dest), Ledger(dest)
+    first.add(Record(0, "1", "http://a/0", "skipped", reason="duplicate_url"))
+    first.flush()
+    second.add(Record(1, "2", "http://a/1", "ok"))
+    second.flush()
+    assert len(Ledger(dest).part_names()) == 2
+    assert sorted(Ledger(dest).latest()["row"].to_pylist()) == [0, 1]

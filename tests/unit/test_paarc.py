@@ -1,0 +1,309 @@
+"""The PAARC controller on hand-made sample streams: signals, bounds, params, snapshot, memory.
+
+The host-like behaviour (convergence, capacity changes, Retry-After seen from the host) is in
+test_paarc_sim.py. Here samples are fed directly, so each test isolates one rule.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import tracemalloc
+from collections.abc import Callable
+from dataclasses import dataclass
+from types import SimpleNamespace
+
+import psutil
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from flowdc.config import PaarcOptions
+from flowdc.hostlimit import FixedLimit, HostLimit
+from flowdc.paarc import BACKOFF, PROBE_BW, PaarcController, PaarcParams, make_host_limit
+from flowdc.signals import Sample, Signal
+
+TTFB = 0.05  # a host with constant latency never looks inflated, so STARTUP climbs to C_max
+SMALL = PaarcParams(C_init=8, C_max=64)
+SPAN = 0.25  # one feeder interval; the controller's own intervals are 4 x RTprop = 0.2 s here
+
+Pattern = Callable[[int], Signal]  # index of the reply within a feeder interval -> its signal
+
+
+def ok(_: int) -> Signal:
+    return Signal.OK
+
+
+def every(n: int, signal: Signal) -> Pattern:
+    return lambda i: signal if i % n == 0 else Signal.OK
+
+
+@dataclass
+class Feeder:
+    """A closed-loop host with a fixed latency: `limit` requests in flight, each taking `ttfb`.
+
+    So replies arrive at limit / ttfb per second (Little's law), evenly spaced, for SPAN seconds.
+    """
+
+    ctl: PaarcController
+    now: float = 0.0
+
+    def interval(self, pattern: Pattern = ok, ttfb: float = TTFB) -> None:
+        n = max(8, round(self.ctl.limit() * SPAN / ttfb))
+        for i in range(n):
+            self.now += SPAN / n
+            sig = pattern(i)
+            self.ctl.on_sample(self.now, Sample(sig, None if sig is Signal.TIMEOUT else ttfb, self.ctl.limit()))
+        self.ctl.tick(self.now)
+
+    def intervals(self, n: int, pattern: Pattern = ok, ttfb: float = TTFB) -> list[int]:
+        limits = []
+        for _ in range(n):
+            self.interval(pattern, ttfb)
+            limits.append(self.ctl.limit())
+        return limits
+
+
+def steady(params: PaarcParams = SMALL) -> Feeder:
+    """A controller that has climbed to C_max on a healthy host and cruises there."""
+    f = Feeder(PaarcController(params, 0.0))
+    f.intervals(12)
+    assert f.ctl.limit() == params.C_max
+    assert f.ctl.snapshot()["state"] == PROBE_BW
+    return f
+
+
+# -- params and factory -----------------------------------------------------------------------------
+def test_params_defaults_match_readme() -> None:
+    p = PaarcParams()
+    assert (p.C_init, p.C_min, p.C_max, p.mu, p.beta) == (8, 2, 2000, 1.0, 0.7)
+    assert (p.theta_50, p.theta_95, p.probe_rtt_period, p.alpha_ema) == (1.5, 2.0, 30.0, 0.3)
+    assert PaarcParams.from_options(PaarcOptions()) == p
+
+
+def test_params_from_any_object_with_the_names() -> None:
+    opts = SimpleNamespace(C_init=4, C_min=1, C_max=50, mu=0.9, beta=0.5, theta_50=1.4,
+                           theta_95=1.8, probe_rtt_period=10.0, alpha_ema=0.5)
+    p = PaarcParams.from_options(opts)
+    assert (p.C_init, p.C_max, p.mu, p.probe_rtt_period) == (4, 50, 0.9, 10.0)
+    assert PaarcParams.from_options(opts) is p  # interned: a million hosts share one params object
+
+
+def test_make_host_limit_picks_the_policy() -> None:
+    on = make_host_limit(PaarcOptions(), 5.0)
+    off = make_host_limit(PaarcOptions(enable_paarc=False, C_init=12), 5.0)
+    assert isinstance(on, PaarcController) and on.limit() == 8
+    assert isinstance(off, FixedLimit) and off.limit() == 12
+    policy: HostLimit = on  # the protocol is satisfied statically too
+    assert policy.hold_until() <= 5.0
+
+
+# -- host signals ---------------------------------------------------------------------------------------
+def test_startup_climbs_to_c_max_on_a_host_that_never_slows() -> None:
+    f = Feeder(PaarcController(SMALL, 0.0))
+    limits = f.intervals(12)
+    assert limits[:4] == [16, 32, 64, 64]  # INIT measures, then x2 per interval
+    assert max(limits) == SMALL.C_max
+
+
+def test_a_burst_of_429s_cuts_once() -> None:
+    f = steady()
+    sent = f.now + 0.01
+    for i in range(100):  # one burst: all sent before the first reply came back
+        f.ctl.on_sample(sent + 0.002 + i * 1e-4, Sample(Signal.OVERLOAD, 0.002 + i * 1e-4, 64))
+    assert f.ctl.limit() == int(64 * 0.7)
+    assert f.ctl.snapshot()["state"] == BACKOFF
+    assert f.ctl.snapshot()["n_429_503"] == 100
+
+
+def test_a_429_to_a_request_sent_after_the_cut_cuts_again() -> None:
+    f = steady()
+    t = f.now + 0.01
+    f.ctl.on_sample(t, Sample(Signal.OVERLOAD, 0.002, 64))
+    f.ctl.on_sample(t + 0.01, Sample(Signal.OVERLOAD, 0.005, 44))  # sent at t + 0.005, after the cut
+    assert f.ctl.limit() == int(int(64 * 0.7) * 0.7)
+
+
+def test_backoff_ends_after_the_cooldown_and_growth_resumes() -> None:
+    f = steady()
+    f.ctl.on_sample(f.now + 0.01, Sample(Signal.OVERLOAD, 0.002, 64))
+    f.now += 0.5  # cooldown is 5 x RTprop = 0.25 s here
+    f.ctl.tick(f.now)
+    assert f.ctl.snapshot()["state"] == PROBE_BW
+    limits = f.intervals(40)
+    assert limits[-1] == SMALL.C_max  # up-probes find the room again
+
+
+def test_retry_after_holds_the_host_to_the_second() -> None:
+    ctl = PaarcController(SMALL, 0.0)
+    ctl.on_sample(10.0, Sample(Signal.OVERLOAD, 0.01, 8, retry_after=3.0))
+    assert ctl.hold_until() == 13.0
+    ctl.on_sample(10.5, Sample(Signal.OVERLOAD, 0.01, 8, retry_after=1.0))
+    assert ctl.hold_until() == 13.0  # a shorter, later Retry-After never shortens the hold
+    ctl.tick(12.9)
+    assert ctl.snapshot()["state"] == BACKOFF  # the cooldown lasts at least the Retry-After
+
+
+def test_object_errors_at_half_the_replies_never_lower_the_limit() -> None:
+    f = Feeder(PaarcController(SMALL, 0.0))
+    limits = f.intervals(30, every(2, Signal.OBJECT_ERROR))
+    assert limits == sorted(limits)
+    assert limits[-1] == SMALL.C_max
+    assert f.ctl.counters.object_errors >= f.ctl.counters.requests // 2
+
+
+def test_fast_404s_do_not_look_like_inflation() -> None:
+    """404s answered 10x faster than images must not pull RTprop down nor flag the images as slow."""
+    ctl = PaarcController(SMALL, 0.0)
+    now, limits = 0.0, []
+    for i in range(3000):
+        now += TTFB / ctl.limit()
+        sig, ttfb = (Signal.OBJECT_ERROR, TTFB / 10) if i % 2 else (Signal.OK, TTFB)
+        ctl.on_sample(now, Sample(sig, ttfb, ctl.limit()))
+        limits.append(ctl.limit())
+    assert limits == sorted(limits) and limits[-1] == SMALL.C_max
+
+
+def test_one_timeout_per_interval_is_not_overload() -> None:
+    f = steady()
+    # The first reply of each 0.25 s times out: at most one per controller interval (0.2 s).
+    limits = f.intervals(20, lambda i: Signal.TIMEOUT if i == 0 else Signal.OK)
+    assert min(limits) == SMALL.C_max
+    assert f.ctl.counters.timeouts == 20
+
+
+def test_sustained_timeouts_back_off() -> None:
+    f = steady()
+    f.intervals(2, every(3, Signal.TIMEOUT))  # a third of the replies time out, for a whole interval
+    assert f.ctl.limit() == int(64 * 0.7)
+    assert f.ctl.counters.timeouts > 0
+    limits = f.intervals(20, lambda i: Signal.TIMEOUT)  # the host went dark: keep backing off
+    assert limits[-1] == SMALL.C_min
+
+
+def test_server_error_bursts_back_off_but_a_stray_500_does_not() -> None:
+    f = steady()
+    f.intervals(5, lambda i: Signal.SERVER_ERROR if i == 0 else Signal.OK)
+    assert f.ctl.limit() == SMALL.C_max
+    f.intervals(2, every(4, Signal.SERVER_ERROR))
+    assert f.ctl.limit() == int(64 * 0.7)
+
+
+def test_latency_inflation_cuts_once_then_holds_when_the_host_itself_slowed() -> None:
+    """Latency triples whatever our load: cut once (toward rate x RTprop), then stop cutting.
+
+    A cut that does not bring latency down shows the slowness is not our queue, so the controller
+    takes the new latency as its base instead of spiralling down to C_min. When the host speeds up
+    again, up-probes climb back.
+    """
+    f = steady()
+    slow = f.intervals(8, ttfb=3 * TTFB)
+    assert 15 <= slow[-1] < int(64 * 0.7) + 1
+    assert len(set(slow[2:])) == 1  # held, not spiralling
+    assert f.ctl.snapshot()["rtprop_ms"] == 150.0
+    assert f.intervals(30)[-1] == SMALL.C_max
+
+
+def test_app_limited_host_does_not_grow() -> None:
+    """A host with only a few URLs queued never fills its limit: no evidence, no growth."""
+    ctl = PaarcController(SMALL, 0.0)
+    now = 0.0
+    for _ in range(400):
+        now += 0.0125
+        ctl.on_sample(now, Sample(Signal.OK, TTFB, 2))
+    assert ctl.limit() == SMALL.C_init
+
+
+# -- bounds, snapshot, memory ----------------------------------------------------------------------
+SIGNALS = st.sampled_from(list(Signal))
+SAMPLES = st.tuples(
+    st.floats(0.0, 2.0),  # time since the previous event
+    SIGNALS,
+    st.one_of(st.none(), st.floats(1e-4, 10.0)),  # ttfb
+    st.integers(0, 3000),  # inflight
+    st.one_of(st.none(), st.floats(0.0, 120.0)),  # retry_after
+    st.booleans(),  # also tick
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.lists(SAMPLES, max_size=400),
+    st.integers(1, 5),
+    st.integers(0, 20),
+    st.integers(0, 300),
+)
+def test_limit_stays_within_bounds_under_any_stream(
+    stream: list[tuple[float, Signal, float | None, int, float | None, bool]],
+    c_min: int, init_extra: int, max_extra: int,
+) -> None:
+    p = PaarcParams(C_min=c_min, C_init=c_min + init_extra, C_max=c_min + init_extra + max_extra)
+    ctl = PaarcController(p, 0.0)
+    now = 0.0
+    for dt, sig, ttfb, inflight, retry_after, tick in stream:
+        now += dt
+        ctl.on_sample(now, Sample(sig, ttfb, inflight, retry_after))
+        if retry_after is not None:
+            assert ctl.hold_until() >= now + retry_after
+        if tick:
+            ctl.tick(now + dt / 2)
+        assert p.C_min <= ctl.limit() <= p.C_max
+    json.dumps(ctl.snapshot(), allow_nan=False)
+
+
+def test_snapshot_is_flat_json_with_the_telemetry_keys() -> None:
+    f = steady()
+    snap = f.ctl.snapshot()
+    need = {"state", "limit", "inflight", "rtprop_ms", "p50_ms", "p95_ms", "goodput"}
+    need |= set(f.ctl.counters.as_dict())
+    assert need <= set(snap)
+    assert all(v is None or isinstance(v, (int, float, str)) for v in snap.values())
+    json.dumps(snap, allow_nan=False)
+    assert snap["rtprop_ms"] == 50.0 and snap["limit"] == 64 and snap["inflight"] == 64
+    assert float(snap["goodput"] or 0) == 64 / TTFB  # 64 in flight, 50 ms each
+
+
+def test_fresh_snapshot_has_nulls_not_nans() -> None:
+    snap = PaarcController().snapshot()
+    assert snap["state"] == "INIT" and snap["rtprop_ms"] is None
+    json.dumps(snap, allow_nan=False)
+
+
+def _grow_hosts(n: int) -> list[HostLimit]:
+    opts = PaarcOptions()
+    replies = [Sample(Signal.OK, 0.05 + 0.001 * k, 3) for k in range(3)]
+    hosts = []
+    for i in range(n):
+        ctl = make_host_limit(opts, float(i))
+        for k, reply in enumerate(replies):
+            ctl.on_sample(i + 0.01 * k, reply)
+        hosts.append(ctl)
+    return hosts
+
+
+def test_controllers_are_small() -> None:
+    """100k hosts fed a few replies each: under 2 KB a host (measured here: ~0.6 KB).
+
+    RSS for the 100k (fast, includes allocator slack); tracemalloc for an exact 10k.
+    """
+    proc = psutil.Process()
+    gc.collect()
+    before = proc.memory_info().rss
+    hosts = _grow_hosts(100_000)
+    assert (proc.memory_info().rss - before) / len(hosts) < 2048
+    del hosts
+    gc.collect()
+    tracemalloc.start()
+    try:
+        start = tracemalloc.get_traced_memory()[0]
+        hosts = _grow_hosts(10_000)
+        per_host = (tracemalloc.get_traced_memory()[0] - start) / len(hosts)
+    finally:
+        tracemalloc.stop()
+    assert per_host < 2048, per_host
+
+
+def test_a_busy_controller_keeps_a_bounded_sample_buffer() -> None:
+    ctl = PaarcController(PaarcParams(C_init=500, C_max=2000), 0.0)
+    for k in range(50_000):  # 50k replies inside one interval (50 ms never spans 4 RTprops)
+        ctl.on_sample(k * 1e-6, Sample(Signal.OK, 0.05, 500))
+    assert ctl.win.lat is not None and len(ctl.win.lat) < 32
