@@ -122,9 +122,12 @@ class Codebook:
     Pass one keeps only these codes (4 bytes a row), so pass two needs no string work or joins.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, expected_rows: int | None = None) -> None:
         self.table: pl.DataFrame | None = None  # value, code (code == row index)
         self._chunks: list[np.ndarray] = []
+        # Known row count (parquet): fill one array, so the codes never exist twice.
+        self._out = np.empty(expected_rows, dtype=np.int32) if expected_rows else None
+        self._filled = 0
 
     def add(self, values: pl.Series) -> None:
         values = values.rename("value")
@@ -137,7 +140,17 @@ class Codebook:
             codes = codes.scatter(missing, self._lookup(values.gather(missing)))
         if codes.len() != values.len() or codes.null_count():
             raise ConfigError(f"cannot group the values of column {values.name!r} (unsupported type?)")
-        self._chunks.append(codes.to_numpy())
+        self._store(codes.to_numpy())
+
+    def _store(self, codes: np.ndarray) -> None:
+        end = self._filled + codes.size
+        if self._out is not None and end <= self._out.size:
+            self._out[self._filled : end] = codes
+        else:
+            if self._out is not None:  # more rows than announced: fall back to chunks
+                self._chunks, self._out = [self._out[: self._filled]], None
+            self._chunks.append(codes)
+        self._filled = end
 
     def _lookup(self, values: pl.Series) -> pl.Series:
         assert self.table is not None
@@ -153,9 +166,9 @@ class Codebook:
         self.table = pl.concat([self.table, pl.DataFrame({"value": new, "code": codes})])
 
     def codes(self) -> np.ndarray:
-        out = np.concatenate(self._chunks) if self._chunks else np.zeros(0, dtype=np.int32)
-        self._chunks = []
-        return out
+        if self._out is not None:
+            return self._out[: self._filled]
+        return np.concatenate(self._chunks) if self._chunks else np.zeros(0, dtype=np.int32)
 
     @property
     def values(self) -> pl.Series:
@@ -197,7 +210,10 @@ class Source:
                 yield batch.select(names) if names else batch
             return
         try:
-            yield from pq.ParquetFile(self.path).iter_batches(batch_size=BATCH_ROWS, columns=names)
+            # pre_buffer keeps every row group read so far cached until the reader closes:
+            # memory would grow with the file (about 0.5 GB per 40M rows here).
+            reader = pq.ParquetFile(self.path, pre_buffer=False)
+            yield from reader.iter_batches(batch_size=BATCH_ROWS, columns=names)
         except (pa.ArrowInvalid, OSError) as exc:
             raise ConfigError(f"cannot read {self.path} as parquet: {exc}") from None
 
@@ -284,22 +300,30 @@ class Scan:
 
 
 def _scan(cfg: PartitionConfig, source: Source, tick: Progress) -> Scan:
-    greedy = cfg.method == "greedy" and cfg.group_col is not None
-    columns = [cfg.url_col] + ([cfg.group_col] if greedy and cfg.group_col != cfg.url_col else [])
-    keys, groups = Codebook(), Codebook()
-    total = 0
+    group_col = cfg.group_col if cfg.method == "greedy" else None
+    columns = list(dict.fromkeys([cfg.url_col, *([group_col] if group_col else [])]))
+    keys = Codebook(source.num_rows)
+    groups = Codebook(source.num_rows) if group_col else None
     for batch in source.columns_only(columns):
         keys.add(url_keys(_to_polars(batch.column(cfg.url_col))))
-        if greedy:
-            groups.add(_to_polars(batch.column(cfg.group_col)).rename(str(cfg.group_col)))
-        total += batch.num_rows
+        if groups is not None:
+            groups.add(_to_polars(batch.column(group_col)).rename(str(group_col)))
         tick(batch.num_rows)
     hosts = Codebook()
     hosts.add(hosts_of_keys(keys.values))
-    scan = Scan(total, hosts.values, hosts.codes()[keys.codes()])  # key code -> host code
-    if greedy:
+    codes = keys.codes()
+    _recode(codes, hosts.codes())  # per-row key codes become per-row host codes
+    scan = Scan(codes.size, hosts.values, codes)
+    if groups is not None:
         scan.group_values, scan.group_codes = groups.values, groups.codes()
     return scan
+
+
+def _recode(codes: np.ndarray, mapping: np.ndarray) -> None:
+    """codes = mapping[codes] in place, a slice at a time: no second array as long as the manifest."""
+    step = 1 << 20
+    for start in range(0, codes.size, step):
+        codes[start : start + step] = mapping[codes[start : start + step]]
 
 
 def _to_polars(column: pa.Array | pa.ChunkedArray) -> pl.Series:
@@ -372,7 +396,7 @@ class SimpleAssigner:
         self.deck: np.ndarray | None = None
         if seed is not None:
             dtype = np.uint16 if n <= np.iinfo(np.uint16).max else np.int32
-            self.deck = (np.arange(total, dtype=np.int64) % n).astype(dtype)
+            self.deck = np.resize(np.arange(n, dtype=dtype), total)  # 0..n-1 repeated, 2 bytes a row
             np.random.default_rng(seed).shuffle(self.deck)
         sizes = [total // n + (1 if p < total % n else 0) for p in range(n)]
         self.ends = np.cumsum(sizes, dtype=np.int64)

@@ -50,15 +50,12 @@ class TraceRow:
     state: str
     phase: str | None
     inflight: int  # client's requests in flight at the end of the period
+    throughput: float  # OK replies per second over the period
     ok: int  # replies in the period, by kind
     n429: int
     requests: int  # requests sent in the period
-    intervals: int  # controller intervals closed so far
+    intervals: int  # controller intervals closed so far (-1 for a policy that has none)
     capacity: int
-
-    @property
-    def throughput(self) -> float:
-        return float(self.ok)
 
 
 @dataclass(slots=True)
@@ -145,7 +142,7 @@ class Simulation:
     def _fill(self) -> None:
         hold = self.ctl.hold_until()
         if self.now < hold:
-            if self._wake_at is None or self._wake_at > hold or self._wake_at < self.now:
+            if self._wake_at is None:  # one pending wake-up; if the hold grew, it re-arms itself
                 self._wake_at = hold
                 self._push(hold, _WAKE)
             return
@@ -199,8 +196,9 @@ class Simulation:
         self.result.rows.append(TraceRow(
             t=self.now, limit=self.ctl.limit(), limit_min=self._lim_lo, limit_max=self._lim_hi,
             state=str(snap["state"]), phase=None if phase is None else str(phase),
-            inflight=self.inflight, ok=self._period[0], n429=self._period[1], requests=self._period[2],
-            intervals=int(snap.get("intervals") or 0), capacity=self.host.capacity,
+            inflight=self.inflight, throughput=self._period[0] / self.tick_s, ok=self._period[0],
+            n429=self._period[1], requests=self._period[2], intervals=int(snap.get("intervals", -1) or 0),
+            capacity=self.host.capacity,
         ))
         self._period = [0, 0, 0]
         self._lim_lo = self._lim_hi = self.ctl.limit()
@@ -222,7 +220,8 @@ class Simulation:
             elif kind == _TICK:
                 self._tick()
             elif kind == _CAPACITY:
-                self._set_capacity(int(payload))
+                assert isinstance(payload, int)
+                self._set_capacity(payload)
             else:
                 self._wake_at = None
                 self._fill()

@@ -12,6 +12,7 @@ import contextlib
 import io
 import json
 import socket
+import struct
 import tarfile
 import threading
 from collections import Counter
@@ -127,9 +128,12 @@ class TcpProxy:
 
 
 def _reset(sock: socket.socket) -> None:
-    """Close with RST (linger 0), as a dead endpoint or a dropped route looks to the client."""
+    """Drop a connection at once: shutdown wakes the pump blocked on it (close alone would not),
+    and linger 0 makes the close a reset."""
     with contextlib.suppress(OSError):
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_RDWR)
     with contextlib.suppress(OSError):
         sock.close()
 

@@ -14,7 +14,6 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
-import xlwt
 
 from flowdc import load_input_file
 from flowdc.config import ConfigError
@@ -48,6 +47,8 @@ def write_xlsx(path: Path, rows: list[dict[str, Any]]) -> None:
 
 
 def write_xls(path: Path, rows: list[dict[str, Any]]) -> None:
+    import xlwt  # a dev dependency: only these tests write .xls files
+
     book = xlwt.Workbook()
     sheet = book.add_sheet("manifest")
     for c, name in enumerate(rows[0]):

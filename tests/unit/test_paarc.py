@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from types import SimpleNamespace
 
 import psutil
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -86,6 +87,13 @@ def test_params_from_any_object_with_the_names() -> None:
     p = PaarcParams.from_options(opts)
     assert (p.C_init, p.C_max, p.mu, p.probe_rtt_period) == (4, 50, 0.9, 10.0)
     assert PaarcParams.from_options(opts) is p  # interned: a million hosts share one params object
+
+
+@pytest.mark.parametrize("bad", [dict(C_min=10, C_init=8), dict(C_max=4), dict(mu=0.0), dict(beta=1.0),
+                                 dict(theta_50=1.0), dict(probe_rtt_period=0.0), dict(alpha_ema=0.0)])
+def test_params_reject_nonsense(bad: dict[str, float]) -> None:
+    with pytest.raises(ValueError):
+        PaarcParams(**bad)  # type: ignore[arg-type]
 
 
 def test_make_host_limit_picks_the_policy() -> None:

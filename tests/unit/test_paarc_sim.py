@@ -1,0 +1,157 @@
+"""PAARC against simulated hosts (tests/paarc_sim.py): virtual time, deterministic, a few seconds.
+
+Every host here is a queue with c parallel servers, 50 ms +/- 10% service time and a hard cap
+beyond which it answers 429. The controller uses the README defaults (C_init 8, C_min 2,
+C_max 2000, mu 1.0, beta 0.7, theta 1.5/2.0, PROBE_RTT every 30 s).
+
+"Stays in band" is checked on the limit in cruise (PROBE_BW between probes). The limit also
+leaves the band on purpose, briefly and boundedly: an up-probe offers 25% more than the ceiling
+(twice running when the first found no queue), and PROBE_RTT halves it. A capacity rise can only
+be found by offering more than the current capacity, so no controller that finds a doubling can
+keep its limit under capacity at every instant.
+"""
+
+from __future__ import annotations
+
+import bisect
+
+import pytest
+
+from flowdc.hostlimit import FixedLimit
+from flowdc.paarc import PROBE_RTT, PaarcController, PaarcParams
+from tests.paarc_sim import HostSpec, SimResult, TraceRow, simulate
+
+CONVERGE_INTERVALS = 16  # controller intervals (each ~4 RTprop = 0.2 s here) to reach the band
+CONVERGE_S = 5.0  # ... and virtual seconds (a BACKOFF cooldown closes no interval)
+HALVING_INTERVALS = 3  # a halving shows as severe inflation: cut to rate x RTprop at once (measured: 2)
+DOUBLING_INTERVALS = 16  # next up-probe within 8 cruise intervals, then 1.25x per interval (measured: 8)
+BAND = (0.8, 1.0)
+
+
+def cruising(row: TraceRow) -> bool:
+    return row.state == "PROBE_BW" and row.phase == "cruise"
+
+
+def in_band(limit: int, capacity: int) -> bool:
+    return BAND[0] * capacity <= limit <= BAND[1] * capacity
+
+
+def converged_at(res: SimResult, capacity: int, after: float = 0.0) -> int:
+    """Index of the first cruise row from which every cruise row is in band (-1 if none)."""
+    rows = res.rows
+    last_bad = max((i for i, r in enumerate(rows) if r.t >= after and cruising(r)
+                    and not in_band(r.limit, capacity)), default=-1)
+    start = max(last_bad + 1, next((i for i, r in enumerate(rows) if r.t >= after), len(rows)))
+    return next((i for i in range(start, len(rows)) if cruising(rows[i])), -1)
+
+
+# -- the simulator itself ---------------------------------------------------------------------
+def test_sim_serves_capacity_per_service_time() -> None:
+    res = simulate(FixedLimit(20), HostSpec(capacity=10), 10.0)
+    per_s = res.ok / 10.0
+    assert 190 <= per_s <= 210  # 10 servers x 1 / 50 ms; the other 10 requests wait in FIFO
+    assert res.n429 == 0
+
+
+def test_sim_answers_429_above_the_hard_cap() -> None:
+    res = simulate(FixedLimit(30), HostSpec(capacity=10, hard_cap_ratio=2.0), 2.0)
+    assert res.n429 > 0 and 190 <= res.ok / 2.0 <= 210
+
+
+def test_sim_is_deterministic() -> None:
+    a = simulate(PaarcController(), HostSpec(capacity=50, seed=7), 5.0)
+    b = simulate(PaarcController(), HostSpec(capacity=50, seed=7), 5.0)
+    assert a.rows == b.rows and a.requests == b.requests
+
+
+# -- convergence --------------------------------------------------------------------------------
+CASES = [(c, 1.5) for c in (2, 5, 10, 50, 100, 300, 1000)] + [(1000, 2.0)]
+
+
+def run_length(capacity: int) -> float:
+    # Small hosts make few requests: run them longer so the unavoidable 429s of the first burst
+    # (C_init = 8 is above a hard cap of 3) are weighed against a fair number of requests.
+    return 30.0 if capacity <= 10 else 20.0 if capacity <= 300 else 12.0
+
+
+@pytest.mark.parametrize(("capacity", "hard_cap_ratio"), CASES)
+def test_limit_converges_into_band_and_stays(capacity: int, hard_cap_ratio: float) -> None:
+    res = simulate(PaarcController(), HostSpec(capacity=capacity, hard_cap_ratio=hard_cap_ratio),
+                   run_length(capacity))
+    start = converged_at(res, capacity)
+    assert start >= 0
+    tail = res.rows[start:]
+    assert res.rows[start].intervals <= CONVERGE_INTERVALS and res.rows[start].t <= CONVERGE_S
+    assert all(in_band(r.limit, capacity) for r in tail if cruising(r))
+    # Excursions: probes (<= 1.25^2 x ceiling, rounded) and PROBE_RTT, a small share of the time.
+    assert max(r.limit_max for r in tail) <= 1.6 * capacity + 1
+    assert sum(not in_band(r.limit, capacity) for r in tail) <= 0.15 * len(tail)
+    assert res.frac_429 < 0.01
+    assert len(tail) >= 0.8 * len(res.rows)
+
+
+def test_c_max_is_never_exceeded() -> None:
+    res = simulate(PaarcController(PaarcParams(C_max=20)), HostSpec(capacity=1000), 3.0)
+    assert max(r.limit_max for r in res.rows) == 20
+    assert res.rows[-1].limit == 20
+
+
+# -- capacity changes -------------------------------------------------------------------------------
+def intervals_until(res: SimResult, t0: float, ok: list[bool]) -> int:
+    """Controller intervals from t0 to the first row where ok holds from then on."""
+    rows = res.rows
+    first = next(i for i, r in enumerate(rows) if r.t >= t0)
+    last_bad = max((i for i in range(first, len(rows)) if not ok[i]), default=first - 1)
+    return rows[last_bad + 1].intervals - rows[first].intervals
+
+
+def test_capacity_halving_is_followed_within_a_few_intervals() -> None:
+    res = simulate(PaarcController(), HostSpec(capacity=100, capacity_changes=((10.0, 50),)), 16.0)
+    # Back under the new capacity: outside up-probes, the limit is <= 50 from then on.
+    under = [r.t < 10.0 or r.phase == "probe_up" or r.limit <= 50 for r in res.rows]
+    assert intervals_until(res, 10.0, under) <= HALVING_INTERVALS
+    assert all(in_band(r.limit, 50) for r in res.rows if r.t > 11.0 and cruising(r))
+
+
+def test_capacity_doubling_is_found_by_probing() -> None:
+    res = simulate(PaarcController(), HostSpec(capacity=100, capacity_changes=((10.0, 200),)), 18.0)
+    at_change = next(r for r in res.rows if r.t >= 10.0)
+    start = converged_at(res, 200, after=10.0)
+    assert start >= 0
+    assert res.rows[start].intervals - at_change.intervals <= DOUBLING_INTERVALS
+    assert res.frac_429 < 0.01
+
+
+# -- Retry-After, 404s, PROBE_RTT --------------------------------------------------------------------
+def test_retry_after_holds_every_request_for_three_seconds() -> None:
+    spec = HostSpec(capacity=10, hard_cap_ratio=1.2, retry_after=3.0)
+    res = simulate(PaarcController(), spec, 30.0, record_times=True)
+    assert res.n429 >= 2
+    for t in res.reject_times:
+        nxt = bisect.bisect_right(res.send_times, t)
+        assert nxt == len(res.send_times) or res.send_times[nxt] >= t + 3.0
+    # and the host is asked again right when the hold ends, not later
+    first = res.reject_times[0]
+    resumed = res.send_times[bisect.bisect_right(res.send_times, first)]
+    assert resumed == pytest.approx(first + 3.0, abs=1e-9)
+
+
+def test_half_the_replies_404_does_not_lower_the_limit() -> None:
+    clean = simulate(PaarcController(), HostSpec(capacity=100), 12.0)
+    mixed = simulate(PaarcController(), HostSpec(capacity=100, object_error_rate=0.5), 12.0)
+    assert mixed.object_errors > 0.45 * mixed.requests
+    start = converged_at(mixed, 100)
+    assert start >= 0 and mixed.rows[start].intervals <= CONVERGE_INTERVALS
+    lows = [min(r.limit for r in res.rows if r.t > 3 and cruising(r)) for res in (clean, mixed)]
+    assert lows[1] >= 0.8 * 100 and abs(lows[0] - lows[1]) <= 5
+
+
+def test_probe_rtt_runs_periodically_and_briefly() -> None:
+    res = simulate(PaarcController(), HostSpec(capacity=50), 70.0)
+    probe_rtt = [r for r in res.rows if r.state == PROBE_RTT]
+    starts = [r.t for prev, r in zip(res.rows, res.rows[1:], strict=False)
+              if r.state == PROBE_RTT and prev.state != PROBE_RTT]
+    assert len(starts) == 2 and 30.0 <= starts[0] <= 31.0 and 30.0 <= starts[1] - starts[0] <= 31.0
+    assert len(probe_rtt) <= 0.02 * len(res.rows)
+    assert all(r.limit <= 0.6 * 50 for r in probe_rtt)
+    assert all(in_band(r.limit, 50) for r in res.rows if r.t > 5 and cruising(r))
