@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
@@ -100,7 +101,8 @@ class Manifest:
             raise ConfigError(f"cannot read {self.path} as {self.format}: {_first_line(exc)}") from None
 
     def _parquet(self) -> Iterator[pa.RecordBatch]:
-        yield from pq.ParquetFile(self.path).iter_batches(batch_size=self.batch_rows)
+        # pre_buffer would keep every row group read so far alive until the end of the file.
+        yield from pq.ParquetFile(self.path, pre_buffer=False).iter_batches(batch_size=self.batch_rows)
 
     def _csv(self) -> Iterator[pa.RecordBatch]:
         with _open_csv(self.path, max(1 << 20, self.batch_rows * 256)) as reader:
@@ -150,7 +152,7 @@ def _with_row_numbers(batch: pa.RecordBatch, start: int) -> pa.RecordBatch:
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
             raise ConfigError(f"column {ROW_COLUMN!r} is reserved for row numbers and must hold integers") from None
         return batch.set_column(idx, ROW_COLUMN, rows)
-    return batch.append_column(ROW_COLUMN, pa.array(range(start, start + batch.num_rows), type=pa.int64()))
+    return batch.append_column(ROW_COLUMN, pa.array(np.arange(start, start + batch.num_rows, dtype=np.int64)))
 
 
 def _rows_to_batches(rows: Iterator[dict[str, Any]], size: int) -> Iterator[pa.RecordBatch]:

@@ -6,14 +6,15 @@ does I/O or reads a clock: `now` is always passed in, so the simulator in tests/
 drive it on virtual time.
 
 The controller works on *intervals* of samples. An interval closes once it spans
-max(INTERVAL_RTPROPS x RTprop, MIN_INTERVAL_S) and holds at least MIN_SAMPLES samples. From it:
-  - RTprop    = windowed minimum of the intervals' p10 TTFB (OK responses only);
-  - base_lat  = windowed minimum of the intervals' mean TTFB (OK responses only);
-  - rate      = served responses per second (OK and object errors: both took a server slot);
-  - estimate  = rate x base_lat: Little's law, the number of requests the host serves in parallel.
-The limit sits at mu x ceiling, where the ceiling is that estimate, refreshed by short up-probes.
-Only host signals lower it: 429/503, bursts of timeouts/5xx/resets, and latency inflation.
-See docs/paarc.md for the algorithm in plain words.
+max(INTERVAL_RTPROPS x RTprop, MIN_INTERVAL_S) and holds at least MIN_SAMPLES replies. From it:
+  - RTprop    = minimum of the intervals' p10 TTFB (OK replies) since the last PROBE_RTT;
+  - base_lat  = minimum of the intervals' mean TTFB (OK replies), same window;
+  - rate      = served replies per second (OK and object errors: both took a server slot);
+  - estimate  = rate x RTprop: Little's law / BBR, the requests the host serves in parallel.
+The limit sits at mu x ceiling; the ceiling is that estimate, taken where a queue first shows
+(STARTUP's end, an up-probe, a cut) and raised by up-probes that find no queue. Only host signals
+lower it: 429/503, bursts of timeouts/5xx/resets, and latency inflation (p50/p95 against RTprop,
+or mean against base_lat). See docs/paarc.md for the algorithm in plain words.
 """
 
 from __future__ import annotations
@@ -101,8 +102,6 @@ def _interned(*values: Any) -> PaarcParams:
 class _Summary:
     """What one closed interval measured."""
 
-    duration: float
-    n: int
     ok_rate: float  # OK completions per second (goodput)
     served_rate: float  # responses with headers per second (the host did the work)
     mean: float | None  # mean TTFB of OK responses (a 404 may be much faster: keep the mix out)
@@ -189,8 +188,6 @@ class _Window:
         mean = self.ttfb_sum / self.seen if self.seen else None
         lat = sorted(self.lat) if self.lat is not None and len(self.lat) >= MIN_LATENCIES else None
         return _Summary(
-            duration=dur,
-            n=self.n,
             ok_rate=self.ok / dur,
             served_rate=self._rate(now),
             mean=mean,
@@ -245,10 +242,10 @@ class PaarcController:
         "p95_ema",
         "phase",
         "probe_countdown",
-        "strike",
         "rtprop",
-        "rtprop_stamp",
+        "rtprop_since",
         "state",
+        "strike",
         "win",
     )
 
@@ -264,7 +261,7 @@ class PaarcController:
         self.cut_at = 0.0
         self.cut_mean: float | None = None  # mean latency when latency last made us cut
         self.rtprop: float | None = None
-        self.rtprop_stamp = now
+        self.rtprop_since = now
         self.base_lat: float | None = None
         self.p50_ema: float | None = None
         self.p95_ema: float | None = None
@@ -352,7 +349,7 @@ class PaarcController:
             self.win.reset(now, self.rtprop)
             self._overload(now, None, None)
             return
-        self._measure(s, now)
+        self._measure(s)
         self.win.reset(now, self.rtprop)
         if self.state == INIT:
             self._step_init(s)
@@ -365,10 +362,13 @@ class PaarcController:
         else:
             self._step_cruise(s, now)
 
-    def _measure(self, s: _Summary, now: float) -> None:
-        """Update the windowed minima (BBR style) and the smoothed percentiles for telemetry."""
+    def _measure(self, s: _Summary) -> None:
+        """Update the minima, and the percentiles smoothed with alpha_ema for telemetry.
+
+        The minima's window restarts at each PROBE_RTT (every probe_rtt_period), which resets them.
+        """
         if s.p10 is not None and (self.rtprop is None or s.p10 <= self.rtprop):
-            self.rtprop, self.rtprop_stamp = s.p10, now
+            self.rtprop = s.p10
         if s.mean is not None and (self.base_lat is None or s.mean <= self.base_lat):
             self.base_lat = s.mean
         a = self.p.alpha_ema
@@ -403,8 +403,11 @@ class PaarcController:
         if not self._congested(s):
             self.strike = False
             return False
-        self.strike = not self.strike
-        return not self.strike
+        if self.strike:
+            self.strike = False
+            return True
+        self.strike = True
+        return False
 
     def _estimate(self, s: _Summary) -> float | None:
         """Little's law / BBR: served/s x RTprop ~ requests the host serves in parallel.
@@ -439,7 +442,7 @@ class PaarcController:
             self.rtprop = s.p10
         if s.mean is not None:
             self.base_lat = s.mean
-        self.rtprop_stamp = now
+        self.rtprop_since = now
 
     # -- per state --------------------------------------------------------------------------------
     def _step_init(self, s: _Summary) -> None:
@@ -475,7 +478,7 @@ class PaarcController:
                 self._enter_probe_bw(DRAIN)
         elif self.strike:
             pass  # one marginally slow interval: wait for the next before acting
-        elif now - self.rtprop_stamp > self.p.probe_rtt_period:
+        elif now - self.rtprop_since > self.p.probe_rtt_period:
             self.state = PROBE_RTT
             self._set_limit(self.ceiling * PROBE_RTT_GAIN)
         else:

@@ -11,8 +11,10 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import shlex
 import socket
 import struct
+import sys
 import tarfile
 import threading
 from collections import Counter
@@ -209,6 +211,26 @@ def shard_metadata_rows(dest: Destination) -> int:
             with dest.fs.open(dest.path(name), "rb") as fh:
                 total += pq.read_metadata(fh).num_rows
     return total
+
+
+def webdataset_samples(urls: list[str]) -> list[dict[str, Any]]:
+    """Every sample webdataset.WebDataset yields from `urls`, in shard order."""
+    import webdataset as wds
+
+    return list(wds.WebDataset(urls, shardshuffle=False, empty_check=False))
+
+
+# The reader a `pipe:` URL runs: stream one object from moto to stdout with s3fs.
+_S3CAT = ("import shutil, sys, s3fs; "
+          "fs = s3fs.S3FileSystem(key=sys.argv[1], secret=sys.argv[2], "
+          "client_kwargs={'endpoint_url': sys.argv[3], 'region_name': sys.argv[4]}); "
+          "shutil.copyfileobj(fs.open(sys.argv[5], 'rb'), sys.stdout.buffer, 1 << 20)")
+
+
+def s3_pipe_url(endpoint: str, path: str) -> str:
+    """A webdataset `pipe:` URL that streams s3://`path` from moto through s3fs."""
+    argv = [sys.executable, "-c", _S3CAT, S3_ACCESS_KEY, S3_SECRET_KEY, endpoint, S3_REGION, path]
+    return "pipe:" + shlex.join(argv)
 
 
 def overview(dest: Destination) -> dict[str, Any]:
