@@ -1,0 +1,512 @@
+"""Storage sinks end to end: S3 (moto) and GCS (gcp-storage-emulator) as --output, and the
+cloud_tool uploaders (real rclone, the gocmd stand-in, a custom command) shipping shards.
+
+Every server is on loopback: moto and the GCS emulator from tests/cloud_servers.py, fake image
+hosts from flowdc.fakehosts, and a TcpProxy (sinks_helpers) when S3 has to go away and come back.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import stat
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+import webdataset as wds
+
+from flowdc.config import DownloadConfig
+from flowdc.download import run_download
+from flowdc.fakehosts import FakeHostFarm, HostSpec, write_manifest
+from flowdc.ledger import LEDGER_DIR
+from flowdc.storage import Destination
+from tests.cloud_servers import S3_ACCESS_KEY, gcs_filesystem, s3_filesystem
+from tests.integration.sinks_helpers import (
+    TcpProxy,
+    all_files,
+    committed_shard_files,
+    gcs_options,
+    iter_bytes_of,
+    ledger_latest,
+    ledger_records,
+    open_multipart_uploads,
+    overview,
+    partial_names,
+    s3_options,
+    s3_pipe_url,
+    samples_in_shards,
+    shard_members,
+    shard_metadata_rows,
+    webdataset_samples,
+)
+
+REPO = Path(__file__).resolve().parents[2]
+STAND_INS = REPO / "tests" / "stand_ins"
+# Short timeouts and retries, no archive, no progress bar: the runs here are small.
+FAST: dict[str, Any] = {"timeout": 5.0, "retry_backoff_sec": 0.05, "quiet": True, "create_tar": False,
+                        "max_retry_attempts": 1}
+FarmFactory = Callable[[Sequence[HostSpec]], FakeHostFarm]
+
+
+# -- helpers ------------------------------------------------------------------------------------
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def make_manifest(path: Path, farm: FakeHostFarm, tag: str, n: int, *, missing: int = 0) -> list[str]:
+    """n image URLs spread over the farm's hosts (labels a/b/c), then `missing` URLs that 404."""
+    urls = [farm.url(i % len(farm.hosts), f"{tag}/img{i}.png") for i in range(n)]
+    urls += [farm.url(0, f"{tag}/gone{i}.png?fail=404") for i in range(missing)]
+    write_manifest(path, urls, labels=["abc"[i % 3] for i in range(len(urls))])
+    return urls
+
+
+def download(manifest: Path, output: str, **options: Any) -> dict[str, Any]:
+    cfg = DownloadConfig(input=str(manifest), output=output, **{**FAST, **options})
+    cfg.check()
+    return run_download(cfg)
+
+
+def flowdc_argv(*args: str) -> list[str]:
+    return [sys.executable, "-m", "flowdc", "download", *args]
+
+
+def child_env(**changes: str | None) -> dict[str, str]:
+    """os.environ for a flowdc subprocess, with `changes` applied (None removes a variable)."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    for key, value in changes.items():
+        if value is None:
+            env.pop(key, None)
+        else:
+            env[key] = value
+    return env
+
+
+def run_cli(args: Sequence[str], env: dict[str, str] | None = None,
+            timeout: float = 90) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(flowdc_argv(*args), capture_output=True, text=True, timeout=timeout, cwd=REPO,
+                          env=env or child_env())
+
+
+def requested(farm: FakeHostFarm) -> Counter[str]:
+    """Full URL (path and query) -> requests the farm answered for it."""
+    counts: Counter[str] = Counter()
+    for host in farm.hosts:
+        for path_qs, n in host.stats["attempts"].items():
+            counts[host.base_url + path_qs] = n
+    return counts
+
+
+def check_complete_output(dest: Destination, output_format: str, *, rows: int, ok: int) -> list[dict[str, Any]]:
+    """The output holds exactly what the ledger says: overview and ledger present, every ok sample
+    stored once with the bytes the ledger hashed, nothing else and nothing half-written."""
+    files = all_files(dest)
+    assert "overview.json" in files
+    assert any(f.startswith(LEDGER_DIR + "/") for f in files)
+    assert partial_names(files) == []
+    summary = overview(dest)
+    assert summary["totals"] == {"rows": rows, "ok": ok, "failed": rows - ok, "skipped": 0}
+    latest = ledger_latest(dest)
+    assert [r["row"] for r in latest] == list(range(rows))
+    good = [r for r in latest if r["status"] == "ok"]
+    assert len(good) == ok
+    data_files = {f for f in files if not f.startswith("_flowdc/") and f != "overview.json"}
+    if output_format == "imagefolder":
+        assert data_files == {r["path"] for r in good}
+        for rec in good:
+            assert sha256(dest.read_bytes(rec["path"])) == rec["sha256"]
+        return good
+    assert data_files == set(committed_shard_files(dest)), "shard files without a commit (or the reverse)"
+    stored: dict[str, bytes] = {}
+    for members in shard_members(dest).values():
+        for name, data in members:
+            if not name.endswith(".json"):
+                assert name not in stored, f"{name} stored twice"
+                stored[name] = data
+    assert {name.rsplit(".", 1)[0] for name in stored} == {r["key"] for r in good}
+    by_key = {r["key"]: r for r in good}
+    for name, data in stored.items():
+        assert sha256(data) == by_key[name.rsplit(".", 1)[0]]["sha256"]
+    assert shard_metadata_rows(dest) == ok
+    return good
+
+
+def check_no_loss_no_duplicates(dest: Destination, urls: list[str]) -> None:
+    """Every row is ok exactly once: one ok record per row over the committed shards, each sample
+    in exactly one tar, and no tar or parquet without its commit."""
+    latest = ledger_latest(dest)
+    assert len(latest) == len(urls) and all(r["status"] == "ok" for r in latest)
+    ok_records = Counter(r["row"] for r in ledger_records(dest) if r["status"] == "ok")
+    assert set(ok_records) == set(range(len(urls)))
+    assert max(ok_records.values()) == 1, f"rows committed twice: {[r for r, n in ok_records.items() if n > 1]}"
+    copies = samples_in_shards(dest)
+    assert set(copies) == {r["key"] for r in latest}
+    assert max(copies.values()) == 1, f"samples stored twice: {[k for k, n in copies.items() if n > 1]}"
+    data_files = {f for f in all_files(dest) if "/" not in f and f.endswith((".tar", ".parquet"))}
+    assert data_files == set(committed_shard_files(dest))
+    assert partial_names(all_files(dest)) == []
+
+
+@pytest.fixture
+def farm(farm_factory: FarmFactory) -> FakeHostFarm:
+    """Two fake hosts; the second serves ~300 KB images, so S3 shards use multipart uploads."""
+    return farm_factory([HostSpec("127.0.0.2", image_bytes=4096), HostSpec("127.0.0.3", image_bytes=300_000)])
+
+
+@pytest.fixture
+def slow_farm(farm_factory: FarmFactory) -> FakeHostFarm:
+    """Two fake hosts answering after 40 ms, so a run lasts long enough to be hit mid-way."""
+    return farm_factory([HostSpec("127.0.0.2", latency_s=0.04), HostSpec("127.0.0.3", latency_s=0.04)])
+
+
+# -- 1 + 3. full downloads to S3 and GCS, read back with webdataset ------------------------------
+@pytest.mark.parametrize("output_format", ["imagefolder", "webdataset"])
+def test_full_download_to_s3(s3_endpoint: str, farm: FakeHostFarm, tmp_path: Path, output_format: str) -> None:
+    """A download to s3:// stores every ok sample once with the right bytes, plus overview.json and
+    the ledger, leaves no temporary names and no unfinished multipart uploads (shards of ~6 MB
+    go up in parts); webdataset.WebDataset streaming the shards from the bucket through a pipe:
+    URL (s3fs) yields exactly the ok rows."""
+    bucket = f"full-s3-{output_format}"
+    s3_filesystem(s3_endpoint).mkdir(bucket)
+    urls = make_manifest(tmp_path / "m.parquet", farm, bucket, 40, missing=2)
+    output = f"s3://{bucket}/run 1"
+    result = download(tmp_path / "m.parquet", output, output_format=output_format, label="label",
+                      samples_per_shard=20, storage_options=s3_options(s3_endpoint))
+    assert result["totals"]["ok"] == 40
+    dest = Destination(output, s3_options(s3_endpoint))
+    good = check_complete_output(dest, output_format, rows=len(urls), ok=40)
+    assert open_multipart_uploads(dest.fs, bucket) == []
+    if output_format == "webdataset":
+        tars = sorted(f for f in all_files(dest) if f.endswith(".tar"))
+        samples = webdataset_samples([s3_pipe_url(s3_endpoint, dest.path(t)) for t in tars])
+        assert len(samples) == len(good)
+        assert sorted(s["__key__"] for s in samples) == sorted(r["key"] for r in good)
+        by_key = {r["key"]: r for r in good}
+        for sample in samples:
+            assert sha256(sample["png"]) == by_key[sample["__key__"]]["sha256"]
+            assert json.loads(sample["json"])["url"] == by_key[sample["__key__"]]["url"]
+
+
+@pytest.mark.parametrize("output_format", ["imagefolder", "webdataset"])
+def test_full_download_to_gcs(gcs_endpoint: str, farm: FakeHostFarm, tmp_path: Path, output_format: str,
+                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same on gs:// (storage_options endpoint_url + token "anon"); webdataset reads the
+    shards from the bucket through fsspec streams (a gs:// gopen handler backed by gcsfs)."""
+    bucket = f"full-gcs-{output_format}"
+    gcs_filesystem(gcs_endpoint).mkdir(bucket)
+    urls = make_manifest(tmp_path / "m.parquet", farm, bucket, 30, missing=1)
+    output = f"gs://{bucket}/prefix"
+    download(tmp_path / "m.parquet", output, output_format=output_format, label="label", samples_per_shard=8,
+             storage_options=gcs_options(gcs_endpoint))
+    dest = Destination(output, gcs_options(gcs_endpoint))
+    good = check_complete_output(dest, output_format, rows=len(urls), ok=30)
+    if output_format == "webdataset":
+        fs = gcs_filesystem(gcs_endpoint)
+        monkeypatch.setitem(wds.gopen_schemes, "gs", lambda url, mode="rb", bufsize=8192, **kw: fs.open(url, mode))
+        tars = sorted(f for f in all_files(dest) if f.endswith(".tar"))
+        samples = webdataset_samples([dest.url(t) for t in tars])
+        assert len(tars) == 4
+        assert sorted(s["__key__"] for s in samples) == sorted(r["key"] for r in good)
+
+
+# -- 2. SIGKILL mid-run, then resume ------------------------------------------------------------
+def test_resume_after_sigkill_on_s3(s3_endpoint: str, slow_farm: FakeHostFarm, tmp_path: Path) -> None:
+    """`python -m flowdc download --output s3://...` killed with SIGKILL after some shards are
+    committed, then run again: every row ends ok once (no sample lost, none stored twice, the
+    killed run's uncommitted tar is gone) and the rerun fetched no URL the ledger held as ok.
+    The farm stays up across both runs, so every URL is unchanged."""
+    bucket = "resume-kill"
+    s3_filesystem(s3_endpoint).mkdir(bucket)
+    urls = make_manifest(tmp_path / "m.parquet", slow_farm, bucket, 240)
+    output = f"s3://{bucket}/ds"
+    args = ["--input", str(tmp_path / "m.parquet"), "--output", output, "--output_format", "webdataset",
+            "--samples_per_shard", "10", "--storage_options", json.dumps(s3_options(s3_endpoint)), "--quiet",
+            "--no_create_tar", "--timeout", "5", "--retry_backoff_sec", "0.05", "--disable_paarc",
+            "--C_init", "2", "--concurrent_downloads", "4"]
+    dest = Destination(output, s3_options(s3_endpoint))
+    proc = subprocess.Popen(flowdc_argv(*args), cwd=REPO, env=child_env(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 30
+        while len(committed_shard_files(dest)) < 6 and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait(10)
+    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    held_ok = {r["url"] for r in ledger_latest(dest) if r["status"] == "ok"}
+    assert 30 <= len(held_ok) < len(urls)
+    before = requested(slow_farm)
+
+    rerun = run_cli(args)
+    assert rerun.returncode == 0, rerun.stderr
+    after = requested(slow_farm)
+    assert {u for u in held_ok if after[u] != before[u]} == set(), "the rerun fetched URLs already ok"
+    assert {u for u in urls if after[u] == 0} == set()
+    check_no_loss_no_duplicates(dest, urls)
+    summary = overview(dest)
+    assert summary["this_run"]["already_done"] == len(held_ok)
+    assert summary["totals"]["ok"] == len(urls)
+
+
+# -- 4. the S3 endpoint goes away and comes back ------------------------------------------------
+# Short botocore timeouts and no botocore retries, so an outage reaches the product (s3fs still
+# retries a few times), which must fetch the lost shard's samples again later in the run.
+SHORT_S3 = {"connect_timeout": 1, "read_timeout": 3, "retries": {"max_attempts": 1}}
+
+
+def test_s3_outage_mid_run_is_ridden_out(s3_endpoint: str, slow_farm: FakeHostFarm, tmp_path: Path) -> None:
+    """S3 (behind a TCP proxy) refuses and resets every connection for 4 s in the middle of a
+    webdataset run, then comes back: the run completes with every row ok exactly once, the
+    shards lost in the outage were fetched again (retries > 0), and no uncommitted shard stays."""
+    import threading
+
+    bucket = "outage-once"
+    s3_filesystem(s3_endpoint).mkdir(bucket)
+    urls = make_manifest(tmp_path / "m.parquet", slow_farm, bucket, 200)
+    host, port = urlsplit(s3_endpoint).hostname, urlsplit(s3_endpoint).port
+    assert host and port
+    proxy = TcpProxy((host, port)).start()
+    output = f"s3://{bucket}/ds"
+    dest = Destination(output, s3_options(s3_endpoint))  # straight to moto, to watch the run
+    result: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            result["overview"] = download(tmp_path / "m.parquet", output, output_format="webdataset",
+                                          samples_per_shard=10, enable_paarc=False, C_init=2, concurrent_downloads=4,
+                                          storage_options=s3_options(proxy.endpoint, **SHORT_S3))
+        except Exception as exc:  # reported below
+            result["error"] = exc
+
+    worker = threading.Thread(target=run)
+    try:
+        worker.start()
+        deadline = time.monotonic() + 30
+        while len(committed_shard_files(dest)) < 4 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        proxy.cut()
+        time.sleep(4)
+        proxy.restore()
+        worker.join(90)
+    finally:
+        proxy.stop()
+    assert not worker.is_alive()
+    assert "error" not in result, result.get("error")
+    this_run = result["overview"]["this_run"]
+    assert result["overview"]["totals"]["ok"] == len(urls)
+    assert this_run["retries"] > 0, "the outage never reached the product"
+    check_no_loss_no_duplicates(dest, urls)
+    assert open_multipart_uploads(dest.fs, bucket) == []
+
+
+def test_s3_flapping_endpoint_then_rerun(s3_endpoint: str, slow_farm: FakeHostFarm, tmp_path: Path) -> None:
+    """S3 goes away and comes back over and over (cuts of 0.1-0.5 s, reset connections mid-request)
+    for the whole CLI run. The run either completes or stops with one clear error line (no
+    traceback); the rerun with S3 up completes, and then every row is ok exactly once: a shard
+    whose commit failed (even one whose ledger part reached S3 before the reset) is removed
+    before its samples are stored again."""
+    import random
+    import threading
+
+    bucket = "outage-flap"
+    s3_filesystem(s3_endpoint).mkdir(bucket)
+    urls = make_manifest(tmp_path / "m.parquet", slow_farm, bucket, 200)
+    host, port = urlsplit(s3_endpoint).hostname, urlsplit(s3_endpoint).port
+    assert host and port
+    proxy = TcpProxy((host, port)).start()
+    output = f"s3://{bucket}/ds"
+    common = ["--input", str(tmp_path / "m.parquet"), "--output", output, "--output_format", "webdataset",
+              "--samples_per_shard", "5", "--quiet", "--no_create_tar", "--timeout", "5",
+              "--retry_backoff_sec", "0.05", "--disable_paarc", "--C_init", "4", "--concurrent_downloads", "8"]
+    flapping = threading.Event()
+    rng = random.Random(7)
+
+    def flap() -> None:
+        while not flapping.wait(rng.uniform(0.1, 0.4)):
+            proxy.cut()
+            time.sleep(rng.uniform(0.1, 0.5))
+            proxy.restore()
+
+    flapper = threading.Thread(target=flap)
+    try:
+        flapper.start()
+        first = run_cli([*common, "--storage_options", json.dumps(s3_options(proxy.endpoint, **SHORT_S3))],
+                        timeout=120)
+    finally:
+        flapping.set()
+        flapper.join(5)
+        proxy.stop()
+    assert "Traceback" not in first.stderr, first.stderr[-3000:]
+    assert first.returncode in (0, 1), first.stderr[-3000:]
+    if first.returncode == 1:
+        assert first.stderr.startswith("flowdc: error: ") and first.stderr.count("\n") == 1, first.stderr
+    second = run_cli([*common, "--storage_options", json.dumps(s3_options(s3_endpoint))])
+    assert second.returncode == 0, second.stderr
+    dest = Destination(output, s3_options(s3_endpoint))
+    check_no_loss_no_duplicates(dest, urls)
+
+
+# -- 5. rclone ships finished shards ------------------------------------------------------------
+def rclone_s3_env(endpoint: str, name: str = "MYS3") -> dict[str, str]:
+    return {f"RCLONE_CONFIG_{name}_TYPE": "s3", f"RCLONE_CONFIG_{name}_PROVIDER": "Other",
+            f"RCLONE_CONFIG_{name}_ENDPOINT": endpoint, f"RCLONE_CONFIG_{name}_ACCESS_KEY_ID": S3_ACCESS_KEY,
+            f"RCLONE_CONFIG_{name}_SECRET_ACCESS_KEY": s3_options(endpoint)["secret"]}
+
+
+def staged_shards(staging: Path) -> list[str]:
+    return sorted(p.name for p in staging.iterdir() if p.suffix in (".tar", ".parquet"))
+
+
+@pytest.mark.parametrize("remote", ["local folder", "s3"])
+def test_rclone_ships_shards(s3_endpoint: str, farm: FakeHostFarm, tmp_path: Path, remote: str,
+                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """cloud_tool rclone (the real Debian rclone) uploads each committed shard to a local folder or
+    to S3 on moto (RCLONE_CONFIG_MYS3_* env; AWS_CA_BUNDLE stays set here and the uploader drops
+    it for rclone), removes the local staging copies only after the upload, copies overview.json,
+    and the shipped shards read back whole."""
+    make_manifest(tmp_path / "m.parquet", farm, f"rclone-{remote[:2]}", 24)
+    staging = tmp_path / "staging"
+    if remote == "s3":
+        s3_filesystem(s3_endpoint).mkdir("rclone-ship")
+        for key, value in rclone_s3_env(s3_endpoint).items():
+            monkeypatch.setenv(key, value)
+        monkeypatch.setenv("AWS_CA_BUNDLE", os.environ.get("AWS_CA_BUNDLE", "/etc/ssl/certs/ca-certificates.crt"))
+        destination, shipped = "mys3:rclone-ship/run 1", Destination("s3://rclone-ship/run 1", s3_options(s3_endpoint))
+    else:
+        destination, shipped = str(tmp_path / "remote side"), Destination(str(tmp_path / "remote side"))
+    result = download(tmp_path / "m.parquet", str(staging), output_format="webdataset", samples_per_shard=10,
+                      cloud_tool="rclone", cloud_destination=destination)
+    assert result["uploads"]["failed"] == []
+    names = ["000000.tar", "000000.parquet", "000001.tar", "000001.parquet", "000002.tar", "000002.parquet"]
+    assert sorted(all_files(shipped)) == sorted([*names, "overview.json"])
+    assert staged_shards(staging) == []  # removed after the confirmed upload
+    assert (staging / "overview.json").is_file() and (staging / LEDGER_DIR).is_dir()
+    copies = samples_in_shards(shipped)
+    assert len(copies) == 24 and max(copies.values()) == 1
+    assert partial_names(all_files(shipped)) == []
+
+
+def test_rclone_failed_upload_keeps_shards_for_next_run(farm: FakeHostFarm, tmp_path: Path) -> None:
+    """While the rclone destination cannot be written (a file blocks its folder), every upload
+    fails after the uploader's retries and the shards stay in staging; the next run, with the
+    destination fixed, ships exactly those leftovers (ship_leftovers) and fetches nothing again."""
+    make_manifest(tmp_path / "m.parquet", farm, "rclone-fail", 16)
+    staging, remote = tmp_path / "staging", tmp_path / "remote"
+    remote.write_text("a file where the remote folder should be")
+    options = {"output_format": "webdataset", "samples_per_shard": 8, "cloud_tool": "rclone",
+               "cloud_destination": str(remote / "shards")}
+    first = download(tmp_path / "m.parquet", str(staging), **options)
+    assert first["totals"]["ok"] == 16
+    assert sorted(first["uploads"]["failed"]) == sorted(
+        ["000000.tar", "000000.parquet", "000001.tar", "000001.parquet", "overview.json"])
+    kept = staged_shards(staging)
+    assert kept == ["000000.parquet", "000000.tar", "000001.parquet", "000001.tar"]
+    before = requested(farm)
+
+    remote.unlink()
+    second = download(tmp_path / "m.parquet", str(staging), **options)
+    assert second["this_run"]["recovered"]["shards_left_to_ship"] == 2
+    assert second["uploads"]["failed"] == []
+    assert staged_shards(staging) == []
+    assert sorted(p.name for p in (remote / "shards").iterdir()) == [*kept, "overview.json"]
+    assert requested(farm) == before  # nothing fetched again
+    assert sum(samples_in_shards(Destination(str(remote / "shards"))).values()) == 16
+
+
+# -- 6. gocmd (stand-in) and a custom command ---------------------------------------------------
+def test_gocmd_standin_ships_shards(farm: FakeHostFarm, tmp_path: Path) -> None:
+    """cloud_tool gocmd through the CLI, against tests/stand_ins/gocmd: a STAND-IN, not CyVerse's
+    gocmd. No iRODS server and no gocmd can be installed on this machine, so the stand-in checks
+    the argv (`gocmd put -f LOCAL /zone/path/NAME`) and copies the file to $GOCMD_STANDIN_ROOT +
+    the iRODS path. Every shard lands there whole and leaves staging."""
+    make_manifest(tmp_path / "m.parquet", farm, "gocmd", 20)
+    irods, staging = tmp_path / "irods", tmp_path / "staging"
+    irods.mkdir()
+    env = child_env(PATH=f"{STAND_INS}{os.pathsep}{os.environ['PATH']}", GOCMD_STANDIN_ROOT=str(irods),
+                    GOCMD_STANDIN_LOG=str(tmp_path / "argv.jsonl"), GOCMD_STANDIN_FAIL_FIRST=None)
+    done = run_cli(["--input", str(tmp_path / "m.parquet"), "--output", str(staging), "--output_format", "webdataset",
+                    "--samples_per_shard", "10", "--quiet", "--no_create_tar", "--cloud_tool", "gocmd",
+                    "--cloud_destination", "/iplant/home/alice/flow dc"], env=env)
+    assert done.returncode == 0, done.stderr
+    landed = irods / "iplant/home/alice/flow dc"
+    assert sorted(p.name for p in landed.iterdir()) == [
+        "000000.parquet", "000000.tar", "000001.parquet", "000001.tar", "overview.json"]
+    assert staged_shards(staging) == []
+    calls = [json.loads(line) for line in (tmp_path / "argv.jsonl").read_text().splitlines()]
+    assert ["put", "-f", str(staging / "000000.tar"), "/iplant/home/alice/flow dc/000000.tar"] in calls
+    assert sum(samples_in_shards(Destination(str(landed))).values()) == 20
+
+
+def test_custom_cloud_command_with_spaces(farm: FakeHostFarm, tmp_path: Path) -> None:
+    """cloud_tool custom from a JSON config: the uploader program lives in a folder with spaces and
+    copies to a destination with spaces; argv is passed without a shell, so both arrive intact."""
+    make_manifest(tmp_path / "m.parquet", farm, "custom", 12)
+    tools = tmp_path / "my tools"
+    tools.mkdir()
+    script = tools / "up load.sh"
+    script.write_text('#!/bin/sh\nset -e\nmkdir -p "$2"\ncp "$1" "$2/$3.part"\nmv "$2/$3.part" "$2/$3"\n')
+    script.chmod(script.stat().st_mode | stat.S_IXUSR)
+    remote, staging = tmp_path / "remote store", tmp_path / "staging area"
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({
+        "input": str(tmp_path / "m.parquet"), "output": str(staging), "output_format": "webdataset",
+        "samples_per_shard": 5, "quiet": True, "create_tar": False, "cloud_tool": "custom",
+        "cloud_destination": str(remote / "data set"),
+        "cloud_command": [str(script), "{file}", "{destination}", "{name}"],
+    }))
+    done = run_cli(["--config", str(config)])
+    assert done.returncode == 0, done.stderr
+    landed = remote / "data set"
+    shards = [f"{i:06d}.{ext}" for i in range(3) for ext in ("parquet", "tar")]
+    assert sorted(p.name for p in landed.iterdir()) == sorted([*shards, "overview.json"])
+    assert staged_shards(staging) == []
+    assert sum(samples_in_shards(Destination(str(landed))).values()) == 12
+
+
+# -- 7. secrets never reach an output or a log --------------------------------------------------
+ENV_SECRET = "EnvSecret-QRS-789"
+OPTION_SECRET = "SuperSecret-XYZ-123"
+
+
+def test_no_secret_in_outputs_or_logs(s3_endpoint: str, farm: FakeHostFarm, tmp_path: Path) -> None:
+    """With AWS_SECRET_ACCESS_KEY in the environment and `secret` in --storage_options, neither
+    value appears in any object of the bucket (overview.json, ledger parquet bytes, shards), in
+    the --telemetry file, or in stdout/stderr: of a good run, and of a run whose bucket is missing."""
+    bucket = "no-secrets"
+    s3_filesystem(s3_endpoint).mkdir(bucket)
+    make_manifest(tmp_path / "m.parquet", farm, bucket, 12, missing=2)
+    env = child_env(AWS_SECRET_ACCESS_KEY=ENV_SECRET, AWS_ACCESS_KEY_ID="flowdc-env-key")
+    options = json.dumps(s3_options(s3_endpoint, secret=OPTION_SECRET))
+    telemetry = tmp_path / "telemetry.jsonl"
+    outputs = []
+    for fmt in ("webdataset", "imagefolder"):
+        done = run_cli(["--input", str(tmp_path / "m.parquet"), "--output", f"s3://{bucket}/{fmt}", "--output_format",
+                        fmt, "--storage_options", options, "--telemetry", str(telemetry), "--no_create_tar",
+                        "--max_retry_attempts", "0"], env=env)
+        assert done.returncode == 0, done.stderr
+        outputs += [done.stdout, done.stderr]
+    missing = run_cli(["--input", str(tmp_path / "m.parquet"), "--output", "s3://no-such-bucket/x",
+                       "--storage_options", options, "--quiet"], env=env)
+    assert missing.returncode != 0 and "Traceback" not in missing.stderr, missing.stderr
+    outputs += [missing.stdout, missing.stderr]
+    dest = Destination(f"s3://{bucket}", s3_options(s3_endpoint))
+    scanned = list(iter_bytes_of(dest, [str(telemetry)]))
+    assert any(name.endswith(".tar") for name, _ in scanned) and any("ledger" in name for name, _ in scanned)
+    assert telemetry.stat().st_size > 0
+    for secret in (ENV_SECRET, OPTION_SECRET):
+        needle = secret.encode()
+        assert [name for name, data in scanned if needle in data] == []
+        assert [text for text in outputs if secret in text] == []
+    assert "secret" in overview(Destination(f"s3://{bucket}/webdataset", s3_options(s3_endpoint)))["config"][
+        "storage_options"]  # the option's name is recorded, its value is not
