@@ -89,7 +89,9 @@ class DownloadJob:
         try:
             recovery = await asyncio.to_thread(self.writer.recover)
             done = await asyncio.to_thread(self.ledger.done_index)
-        except (OSError, ValueError) as exc:  # botocore/gcsfs errors derive from these too
+        except Exception as exc:
+            if not is_destination_error(exc):
+                raise
             raise DestinationError(f"cannot read {self.dest.display}: {type(exc).__name__}: {exc}") from None
         if self.shipper is not None and cfg.output_format == "webdataset":
             recovery["shards_left_to_ship"] = self.shipper.ship_leftovers(self.ledger.committed_shards())
@@ -129,15 +131,28 @@ class DownloadJob:
             except StoreError as err:
                 self._store_failed(err, current=None)
                 await asyncio.to_thread(self._final_flush)
+            except Exception as exc:
+                if not is_destination_error(exc):
+                    raise
+                with contextlib.suppress(DestinationError):
+                    await asyncio.to_thread(self._final_flush)  # keep the records that can still be kept
+                raise DestinationError(f"cannot finish writing to {self.dest.display}: {type(exc).__name__}; "
+                                       "run the same command again when it is reachable") from None
             self.write_pool.shutdown(wait=True)
             self.progress.close()
             self.telemetry.close()
-        overview = await asyncio.to_thread(
-            build_overview, self.cfg, self.ledger, self.progress.counters, self.host_snapshots, started_wall,
-            recovery, self.interrupted,
-        )
-        if self.cfg.create_overview:
-            await asyncio.to_thread(write_overview, self.dest, overview)
+        try:
+            overview = await asyncio.to_thread(
+                build_overview, self.cfg, self.ledger, self.progress.counters, self.host_snapshots, started_wall,
+                recovery, self.interrupted,
+            )
+            if self.cfg.create_overview:
+                await asyncio.to_thread(write_overview, self.dest, overview)
+        except Exception as exc:
+            if not is_destination_error(exc):
+                raise
+            raise DestinationError(f"cannot write the overview to {self.dest.display}: {type(exc).__name__}; the "
+                                   "samples are stored, run the same command again when it is reachable") from None
         if self.cfg.create_tar and self.cfg.output_format == "imagefolder" and not self.interrupted:
             from flowdc.archive import create_archive
 
@@ -299,6 +314,14 @@ class DownloadJob:
 
 class DestinationError(RuntimeError):
     """The output cannot be written at all; nothing stored so far is lost, a rerun resumes."""
+
+
+def is_destination_error(exc: BaseException) -> bool:
+    """Whether a storage call failed because of the destination: fsspec backends turn most errors
+    into OSError, but connection errors of botocore (s3fs) and gcsfs come through as their own."""
+    if isinstance(exc, (OSError, ValueError, aiohttp.ClientError, asyncio.TimeoutError)):
+        return True
+    return any(cls.__module__.split(".")[0] in ("botocore", "aiobotocore", "gcsfs") for cls in type(exc).__mro__)
 
 
 def policy_factory(cfg: DownloadConfig) -> Callable[[float], HostLimit]:

@@ -70,9 +70,14 @@ class Destination:
             yield fh
         except BaseException:
             # Abandon the upload: an object store shows nothing for an upload never completed.
-            discard = getattr(fh, "discard", None)
-            if discard:
-                discard()
+            try:
+                discard = getattr(fh, "discard", None)
+                if discard:
+                    discard()
+            finally:
+                # s3fs's discard leaves the file open, and its __del__ then tries to close (upload) it.
+                with contextlib.suppress(AttributeError):
+                    fh.closed = True
             raise
         fh.close()
 

@@ -4,6 +4,8 @@ A shard becomes part of the dataset in three steps: its tar is completed under i
 its metadata parquet is written, and then its ledger part is committed. On restart, a tar or
 parquet without a ledger part is an orphan of a killed run and is removed; its samples were never
 recorded as ok, so they are fetched again: nothing is lost and nothing is stored twice.
+When a commit fails, any of the three may still have reached the store (a connection can break
+after the store took a write), so the shard is removed again before any later shard commits.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from flowdc.ledger import Ledger, Record
+from flowdc.ledger import LEDGER_DIR, Ledger, Record
 from flowdc.storage import Destination
 from flowdc.writers.base import StoredSample, StoreError
 
@@ -49,6 +51,7 @@ class WebDatasetWriter:
         self._tar: tarfile.TarFile | None = None
         self._records: list[Record] = []
         self._metas: list[dict[str, Any]] = []
+        self._doubtful: set[int] = set()  # shards whose commit failed: maybe partly or wholly stored
 
     def recover(self) -> dict[str, int]:
         committed = self.ledger.committed_shards()
@@ -97,7 +100,10 @@ class WebDatasetWriter:
             except Exception as exc:
                 lost = self._records
                 self.abort()
+                if self._doubtful:
+                    raise  # not a StoreError: a shard may be half in place, so record nothing more
                 raise StoreError(exc, lost) from exc
+        self._remove_doubtful()
         self.ledger.flush()
 
     def abort(self) -> None:
@@ -119,17 +125,35 @@ class WebDatasetWriter:
 
     def _commit_shard(self) -> None:
         assert self._tar is not None and self._stack is not None and self._shard is not None
+        # The samples of a failed commit are fetched again: its shard must be gone before they
+        # can be committed a second time. Raises (so this shard is lost too) while the store is down.
+        self._remove_doubtful()
         stack, self._stack = self._stack, None
-        stack.close()  # closes the tar (end blocks), then the file: now visible under its final name
-        table = pa.Table.from_pylist(self._metas)
-        buf = io.BytesIO()
-        pq.write_table(table, buf)
-        self.dest.write_bytes(shard_name(self._shard, "parquet"), buf.getvalue())
-        self.ledger.commit_shard(self._shard, self._records)
         shard = self._shard
+        try:
+            stack.close()  # closes the tar (end blocks), then the file: now visible under its final name
+            table = pa.Table.from_pylist(self._metas)
+            buf = io.BytesIO()
+            pq.write_table(table, buf)
+            self.dest.write_bytes(shard_name(shard, "parquet"), buf.getvalue())
+            self.ledger.commit_shard(shard, self._records)
+        except Exception:
+            self._doubtful.add(shard)
+            with suppress(Exception):  # the store is failing; the next commit or close() tries again
+                self._remove_doubtful()
+            raise
         self._reset()
         if self.on_commit is not None:
             self.on_commit(shard)
+
+    def _remove_doubtful(self) -> None:
+        """Remove every file of the shards whose commit failed, the ledger part first, so that a
+        shard is never committed without its files; raises if the store still fails."""
+        for shard in sorted(self._doubtful):
+            for rel in (f"{LEDGER_DIR}/shard-{shard:06d}.parquet", shard_name(shard, "parquet"),
+                        shard_name(shard, "tar")):
+                self.dest.remove(rel)
+            self._doubtful.discard(shard)
 
     def _reset(self) -> None:
         self._tar = None

@@ -47,12 +47,15 @@ def gcs_options(endpoint: str) -> dict[str, Any]:
 # -- a proxy that can be cut ---------------------------------------------------------------------
 class TcpProxy:
     """Forwards 127.0.0.1:port to `upstream`. cut() makes the endpoint go away (refused and reset
-    connections), restore() brings it back on the same port."""
+    connections), restore() brings it back on the same port, and break_requests() breaks the
+    connection of chosen requests only."""
 
     def __init__(self, upstream: tuple[str, int]) -> None:
         self.upstream = upstream
         self.port = 0
         self.connections_accepted = 0
+        self.broken_requests = 0
+        self._trap: tuple[bytes, bool] | None = None
         self._listener: socket.socket | None = None
         self._open: set[socket.socket] = set()
         self._lock = threading.Lock()
@@ -87,6 +90,12 @@ class TcpProxy:
     def restore(self) -> None:
         self.start()
 
+    def break_requests(self, request_line: bytes, *, after_server: bool) -> None:
+        """From now on, reset the connection of every request whose request line starts with
+        `request_line` (e.g. b"PUT /bucket/key"): before the server sees it, or after the server
+        handled it (its response is dropped, so the client cannot tell the write happened)."""
+        self._trap = (request_line, after_server)
+
     def stop(self) -> None:
         self.cut()
         for thread in self._threads:
@@ -116,12 +125,21 @@ class TcpProxy:
                     return
                 self._open |= {client, server}
                 self.connections_accepted += 1
-            self._spawn(self._pump, client, server)
-            self._spawn(self._pump, server, client)
+            state = {"drop_response": False}
+            self._spawn(self._pump, client, server, state, True)
+            self._spawn(self._pump, server, client, state, False)
 
-    def _pump(self, src: socket.socket, dst: socket.socket) -> None:
+    def _pump(self, src: socket.socket, dst: socket.socket, state: dict[str, bool], upstream: bool) -> None:
         try:
             while data := src.recv(65536):
+                trap = self._trap
+                if upstream and trap is not None and trap[0] in data:
+                    self.broken_requests += 1
+                    if not trap[1]:
+                        raise OSError("request broken before the server")
+                    state["drop_response"] = True
+                elif not upstream and state["drop_response"]:
+                    raise OSError("response dropped after the server")
                 dst.sendall(data)
             dst.shutdown(socket.SHUT_WR)
         except OSError:

@@ -260,9 +260,10 @@ def test_resume_after_sigkill_on_s3(s3_endpoint: str, slow_farm: FakeHostFarm, t
 
 
 # -- 4. the S3 endpoint goes away and comes back ------------------------------------------------
-# Short botocore timeouts and no botocore retries, so an outage reaches the product (s3fs still
-# retries a few times), which must fetch the lost shard's samples again later in the run.
-SHORT_S3 = {"connect_timeout": 1, "read_timeout": 3, "retries": {"max_attempts": 1}}
+# Short botocore timeouts and one botocore attempt per call, so an outage reaches the product
+# within ~2 s (s3fs still retries 5 times, aiohttp resends an idempotent request once), which
+# must then fetch the lost shard's samples again later in the run.
+SHORT_S3 = {"connect_timeout": 1, "read_timeout": 3, "retries": {"total_max_attempts": 1}}
 
 
 def test_s3_outage_mid_run_is_ridden_out(s3_endpoint: str, slow_farm: FakeHostFarm, tmp_path: Path) -> None:
@@ -308,6 +309,34 @@ def test_s3_outage_mid_run_is_ridden_out(s3_endpoint: str, slow_farm: FakeHostFa
     assert this_run["retries"] > 0, "the outage never reached the product"
     check_no_loss_no_duplicates(dest, urls)
     assert open_multipart_uploads(dest.fs, bucket) == []
+
+
+@pytest.mark.parametrize("when", ["before", "after"])
+def test_s3_shard_commit_broken(s3_endpoint: str, slow_farm: FakeHostFarm, tmp_path: Path, when: str) -> None:
+    """Every PUT of one shard's ledger part loses its connection, either before S3 sees it (the
+    tar and parquet are in place, the commit is not) or after S3 stored it (committed, but the
+    writer sees an error). Either way the run completes with every row ok exactly once and no
+    shard file without its commit: the writer removes the shard and fetches its samples again."""
+    bucket = f"commit-broken-{when}"
+    s3_filesystem(s3_endpoint).mkdir(bucket)
+    urls = make_manifest(tmp_path / "m.parquet", slow_farm, bucket, 60)
+    host, port = urlsplit(s3_endpoint).hostname, urlsplit(s3_endpoint).port
+    assert host and port
+    proxy = TcpProxy((host, port)).start()
+    proxy.break_requests(f"PUT /{bucket}/ds/{LEDGER_DIR}/shard-000002.parquet".encode(), after_server=when == "after")
+    output = f"s3://{bucket}/ds"
+    try:
+        result = download(tmp_path / "m.parquet", output, output_format="webdataset", samples_per_shard=10,
+                          enable_paarc=False, C_init=2, concurrent_downloads=4,
+                          storage_options=s3_options(proxy.endpoint, **SHORT_S3))
+    finally:
+        proxy.stop()
+    assert proxy.broken_requests >= 1
+    assert result["totals"]["ok"] == len(urls)
+    assert result["this_run"]["retries"] >= 10  # shard 2's samples, fetched again
+    dest = Destination(output, s3_options(s3_endpoint))
+    assert not dest.exists(f"{LEDGER_DIR}/shard-000002.parquet") and not dest.exists("000002.tar")
+    check_no_loss_no_duplicates(dest, urls)
 
 
 def test_s3_flapping_endpoint_then_rerun(s3_endpoint: str, slow_farm: FakeHostFarm, tmp_path: Path) -> None:
@@ -404,12 +433,12 @@ def test_rclone_failed_upload_keeps_shards_for_next_run(farm: FakeHostFarm, tmp_
     make_manifest(tmp_path / "m.parquet", farm, "rclone-fail", 16)
     staging, remote = tmp_path / "staging", tmp_path / "remote"
     remote.write_text("a file where the remote folder should be")
+    # No overview.json: shipping it would fail too, and add another round of upload retries (7 s).
     options = {"output_format": "webdataset", "samples_per_shard": 8, "cloud_tool": "rclone",
-               "cloud_destination": str(remote / "shards")}
+               "cloud_destination": str(remote / "shards"), "create_overview": False}
     first = download(tmp_path / "m.parquet", str(staging), **options)
     assert first["totals"]["ok"] == 16
-    assert sorted(first["uploads"]["failed"]) == sorted(
-        ["000000.tar", "000000.parquet", "000001.tar", "000001.parquet", "overview.json"])
+    assert sorted(first["uploads"]["failed"]) == ["000000.parquet", "000000.tar", "000001.parquet", "000001.tar"]
     kept = staged_shards(staging)
     assert kept == ["000000.parquet", "000000.tar", "000001.parquet", "000001.tar"]
     before = requested(farm)
@@ -419,7 +448,7 @@ def test_rclone_failed_upload_keeps_shards_for_next_run(farm: FakeHostFarm, tmp_
     assert second["this_run"]["recovered"]["shards_left_to_ship"] == 2
     assert second["uploads"]["failed"] == []
     assert staged_shards(staging) == []
-    assert sorted(p.name for p in (remote / "shards").iterdir()) == [*kept, "overview.json"]
+    assert sorted(p.name for p in (remote / "shards").iterdir()) == kept
     assert requested(farm) == before  # nothing fetched again
     assert sum(samples_in_shards(Destination(str(remote / "shards"))).values()) == 16
 
@@ -479,13 +508,16 @@ ENV_SECRET = "EnvSecret-QRS-789"
 OPTION_SECRET = "SuperSecret-XYZ-123"
 
 
-def test_no_secret_in_outputs_or_logs(s3_endpoint: str, farm: FakeHostFarm, tmp_path: Path) -> None:
+def test_no_secret_in_outputs_or_logs(s3_endpoint: str, farm_factory: FarmFactory, tmp_path: Path) -> None:
     """With AWS_SECRET_ACCESS_KEY in the environment and `secret` in --storage_options, neither
     value appears in any object of the bucket (overview.json, ledger parquet bytes, shards), in
-    the --telemetry file, or in stdout/stderr: of a good run, and of a run whose bucket is missing."""
+    the --telemetry file, or in stdout/stderr: of good runs in both formats, and of runs whose
+    bucket is missing (which end with one error line)."""
     bucket = "no-secrets"
     s3_filesystem(s3_endpoint).mkdir(bucket)
-    make_manifest(tmp_path / "m.parquet", farm, bucket, 12, missing=2)
+    # Slow enough (100 ms a request, 2 at a time) for the telemetry snapshots to be written.
+    farm = farm_factory([HostSpec("127.0.0.2", latency_s=0.1), HostSpec("127.0.0.3", latency_s=0.1)])
+    make_manifest(tmp_path / "m.parquet", farm, bucket, 14, missing=2)
     env = child_env(AWS_SECRET_ACCESS_KEY=ENV_SECRET, AWS_ACCESS_KEY_ID="flowdc-env-key")
     options = json.dumps(s3_options(s3_endpoint, secret=OPTION_SECRET))
     telemetry = tmp_path / "telemetry.jsonl"
@@ -493,13 +525,17 @@ def test_no_secret_in_outputs_or_logs(s3_endpoint: str, farm: FakeHostFarm, tmp_
     for fmt in ("webdataset", "imagefolder"):
         done = run_cli(["--input", str(tmp_path / "m.parquet"), "--output", f"s3://{bucket}/{fmt}", "--output_format",
                         fmt, "--storage_options", options, "--telemetry", str(telemetry), "--no_create_tar",
-                        "--max_retry_attempts", "0"], env=env)
+                        "--max_retry_attempts", "0", "--retry_backoff_sec", "0.01", "--disable_paarc", "--C_init", "2",
+                        "--concurrent_downloads", "2"], env=env)
         assert done.returncode == 0, done.stderr
         outputs += [done.stdout, done.stderr]
-    missing = run_cli(["--input", str(tmp_path / "m.parquet"), "--output", "s3://no-such-bucket/x",
-                       "--storage_options", options, "--quiet"], env=env)
-    assert missing.returncode != 0 and "Traceback" not in missing.stderr, missing.stderr
-    outputs += [missing.stdout, missing.stderr]
+    for fmt in ("webdataset", "imagefolder"):
+        missing = run_cli(["--input", str(tmp_path / "m.parquet"), "--output", "s3://no-such-bucket/x",
+                           "--output_format", fmt, "--storage_options", options, "--quiet",
+                           "--retry_backoff_sec", "0.01"], env=env)
+        assert missing.returncode == 1, missing.stderr
+        assert missing.stderr.startswith("flowdc: error: ") and missing.stderr.count("\n") == 1, missing.stderr
+        outputs += [missing.stdout, missing.stderr]
     dest = Destination(f"s3://{bucket}", s3_options(s3_endpoint))
     scanned = list(iter_bytes_of(dest, [str(telemetry)]))
     assert any(name.endswith(".tar") for name, _ in scanned) and any("ledger" in name for name, _ in scanned)
