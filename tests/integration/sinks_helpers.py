@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import random
 import shlex
 import socket
 import struct
@@ -18,7 +19,7 @@ import sys
 import tarfile
 import threading
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import pyarrow.parquet as pq
@@ -53,7 +54,6 @@ class TcpProxy:
     def __init__(self, upstream: tuple[str, int]) -> None:
         self.upstream = upstream
         self.port = 0
-        self.connections_accepted = 0
         self.broken_requests = 0
         self._trap: tuple[bytes, bool] | None = None
         self._listener: socket.socket | None = None
@@ -66,9 +66,14 @@ class TcpProxy:
         return f"http://{LOOPBACK}:{self.port}"
 
     def start(self) -> TcpProxy:
+        """Listen (again) on the same port; the first start takes a free port below the ephemeral
+        range, so that no outgoing connection takes it while the proxy is cut."""
         listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        listener.bind((LOOPBACK, self.port))
+        if self.port:
+            listener.bind((LOOPBACK, self.port))
+        else:
+            _bind_free_port(listener, 20000, 29999)
         listener.listen(128)
         self.port = listener.getsockname()[1]
         self._listener = listener
@@ -124,7 +129,6 @@ class TcpProxy:
                     _reset(server)
                     return
                 self._open |= {client, server}
-                self.connections_accepted += 1
             state = {"drop_response": False}
             self._spawn(self._pump, client, server, state, True)
             self._spawn(self._pump, server, client, state, False)
@@ -145,6 +149,16 @@ class TcpProxy:
         except OSError:
             _reset(src)
             _reset(dst)
+
+
+def _bind_free_port(sock: socket.socket, low: int, high: int) -> None:
+    for port in random.sample(range(low, high + 1), 200):
+        try:
+            sock.bind((LOOPBACK, port))
+            return
+        except OSError:
+            continue
+    raise RuntimeError(f"no free port on {LOOPBACK} in {low}-{high}")
 
 
 def _reset(sock: socket.socket) -> None:
@@ -252,13 +266,20 @@ def s3_pipe_url(endpoint: str, path: str) -> str:
 
 
 def overview(dest: Destination) -> dict[str, Any]:
+    """The output's overview.json."""
     return json.loads(dest.read_bytes("overview.json"))
 
 
-def iter_bytes_of(dest: Destination, extra_files: list[str] = ()) -> Iterator[tuple[str, bytes]]:  # type: ignore[assignment]
-    """(name, content) of every object under the destination, then of each extra local file."""
+def iter_bytes_of(dest: Destination, extra_files: Sequence[str] = ()) -> Iterator[tuple[str, bytes]]:
+    """(name, content) of every object under the destination, then of each extra local file.
+    A parquet file comes twice: as stored, and decoded to JSON text, since its pages are
+    compressed and a string inside them need not appear in the raw bytes."""
     for name in all_files(dest):
-        yield dest.url(name), dest.read_bytes(name)
+        data = dest.read_bytes(name)
+        yield dest.url(name), data
+        if name.endswith(".parquet"):
+            rows = pq.read_table(io.BytesIO(data)).to_pylist()
+            yield dest.url(name) + " (decoded)", json.dumps(rows, default=str).encode()
     for path in extra_files:
         with open(path, "rb") as fh:
             yield path, fh.read()

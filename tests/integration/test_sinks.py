@@ -10,10 +10,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import random
 import signal
 import stat
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -159,8 +161,8 @@ def check_no_loss_no_duplicates(dest: Destination, urls: list[str]) -> None:
 
 @pytest.fixture
 def farm(farm_factory: FarmFactory) -> FakeHostFarm:
-    """Two fake hosts; the second serves ~300 KB images, so S3 shards use multipart uploads."""
-    return farm_factory([HostSpec("127.0.0.2", image_bytes=4096), HostSpec("127.0.0.3", image_bytes=300_000)])
+    """Two fake hosts; the second serves 600 KB images, so 20-sample shards exceed 5 MB."""
+    return farm_factory([HostSpec("127.0.0.2", image_bytes=4096), HostSpec("127.0.0.3", image_bytes=600_000)])
 
 
 @pytest.fixture
@@ -173,15 +175,16 @@ def slow_farm(farm_factory: FarmFactory) -> FakeHostFarm:
 @pytest.mark.parametrize("output_format", ["imagefolder", "webdataset"])
 def test_full_download_to_s3(s3_endpoint: str, farm: FakeHostFarm, tmp_path: Path, output_format: str) -> None:
     """A download to s3:// stores every ok sample once with the right bytes, plus overview.json and
-    the ledger, leaves no temporary names and no unfinished multipart uploads (shards of ~6 MB
-    go up in parts); webdataset.WebDataset streaming the shards from the bucket through a pipe:
-    URL (s3fs) yields exactly the ok rows."""
+    the ledger, leaves no temporary names and no unfinished multipart uploads (a 5 MB block size
+    sends the ~6 MB shards up in parts); webdataset.WebDataset streaming the shards from the
+    bucket through a pipe: URL (s3fs) yields exactly the ok rows."""
     bucket = f"full-s3-{output_format}"
     s3_filesystem(s3_endpoint).mkdir(bucket)
     urls = make_manifest(tmp_path / "m.parquet", farm, bucket, 40, missing=2)
     output = f"s3://{bucket}/run 1"
+    options = {**s3_options(s3_endpoint), "default_block_size": 5 * 2**20}
     result = download(tmp_path / "m.parquet", output, output_format=output_format, label="label",
-                      samples_per_shard=20, storage_options=s3_options(s3_endpoint))
+                      samples_per_shard=20, storage_options=options)
     assert result["totals"]["ok"] == 40
     dest = Destination(output, s3_options(s3_endpoint))
     good = check_complete_output(dest, output_format, rows=len(urls), ok=40)
@@ -222,8 +225,8 @@ def test_full_download_to_gcs(gcs_endpoint: str, farm: FakeHostFarm, tmp_path: P
 # -- 2. SIGKILL mid-run, then resume ------------------------------------------------------------
 def test_resume_after_sigkill_on_s3(s3_endpoint: str, slow_farm: FakeHostFarm, tmp_path: Path) -> None:
     """`python -m flowdc download --output s3://...` killed with SIGKILL after some shards are
-    committed, then run again: every row ends ok once (no sample lost, none stored twice, the
-    killed run's uncommitted tar is gone) and the rerun fetched no URL the ledger held as ok.
+    committed, then run again: every row ends ok once (no sample lost, none stored twice, no
+    shard file without its commit) and the rerun fetched no URL the ledger held as ok.
     The farm stays up across both runs, so every URL is unchanged."""
     bucket = "resume-kill"
     s3_filesystem(s3_endpoint).mkdir(bucket)
@@ -270,8 +273,6 @@ def test_s3_outage_mid_run_is_ridden_out(s3_endpoint: str, slow_farm: FakeHostFa
     """S3 (behind a TCP proxy) refuses and resets every connection for 4 s in the middle of a
     webdataset run, then comes back: the run completes with every row ok exactly once, the
     shards lost in the outage were fetched again (retries > 0), and no uncommitted shard stays."""
-    import threading
-
     bucket = "outage-once"
     s3_filesystem(s3_endpoint).mkdir(bucket)
     urls = make_manifest(tmp_path / "m.parquet", slow_farm, bucket, 200)
@@ -345,9 +346,6 @@ def test_s3_flapping_endpoint_then_rerun(s3_endpoint: str, slow_farm: FakeHostFa
     traceback); the rerun with S3 up completes, and then every row is ok exactly once: a shard
     whose commit failed (even one whose ledger part reached S3 before the reset) is removed
     before its samples are stored again."""
-    import random
-    import threading
-
     bucket = "outage-flap"
     s3_filesystem(s3_endpoint).mkdir(bucket)
     urls = make_manifest(tmp_path / "m.parquet", slow_farm, bucket, 200)
@@ -538,7 +536,8 @@ def test_no_secret_in_outputs_or_logs(s3_endpoint: str, farm_factory: FarmFactor
         outputs += [missing.stdout, missing.stderr]
     dest = Destination(f"s3://{bucket}", s3_options(s3_endpoint))
     scanned = list(iter_bytes_of(dest, [str(telemetry)]))
-    assert any(name.endswith(".tar") for name, _ in scanned) and any("ledger" in name for name, _ in scanned)
+    assert any(name.endswith(".tar") for name, _ in scanned)
+    assert any("/_flowdc/ledger/" in name and name.endswith("(decoded)") for name, _ in scanned)
     assert telemetry.stat().st_size > 0
     for secret in (ENV_SECRET, OPTION_SECRET):
         needle = secret.encode()
