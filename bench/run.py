@@ -163,6 +163,7 @@ def run_flowdc(
         "--input", str(manifest), "--output", str(out), "--url", "url",
         "--output_format", "webdataset", "--quiet", "--no_create_tar",
         "--concurrent_downloads", str(concurrency),
+        "--telemetry", str(out.parent / f"{name}.telemetry.jsonl"),
         *scenario.flowdc_args,
     ]  # fmt: skip
     if not paarc:

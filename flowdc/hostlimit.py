@@ -18,6 +18,8 @@ class HostLimit(Protocol):
 
     def hold_until(self) -> float: ...
 
+    def min_gap(self) -> float: ...
+
     def on_sample(self, now: float, sample: Sample) -> None: ...
 
     def tick(self, now: float) -> None: ...
@@ -78,6 +80,9 @@ class FixedLimit:
 
     def hold_until(self) -> float:
         return self._hold_until
+
+    def min_gap(self) -> float:
+        return 0.0
 
     def on_sample(self, now: float, sample: Sample) -> None:
         self.counters.count(sample.signal)

@@ -57,6 +57,18 @@ COOLDOWN_RTPROPS = 5.0  # after a cut, wait this many round trips for in-flight 
 UNKNOWN_RTPROP_S = 0.2  # stands in for RTprop before the first interval has measured it
 FAIL_FRACTION = 0.2  # share of an interval's samples that are timeouts/5xx/resets to mean "host failing"
 FAIL_MIN = 3  # ... and at least this many, so one slow object never counts as overload
+PACE_MARGIN = 0.9  # a rate-limited host is paced this far under the rate it accepted
+PACE_CUT = 0.5  # without a measured rate (refusals within a burst), halve: few steps, each a hold
+PACE_FLOOR = 0.5  # never pace under this share of the best rate the host accepted: refusals that
+#                   do not depend on our rate would otherwise ratchet the pace down to nothing
+PACE_GAIN = 1.03  # paced hosts are offered this much more per quiet interval...
+PACE_CAP_MARGIN = 0.95  # ... but, while remembered, not past this share of the rate that drew 429s
+METER_MIN_S = 1.0  # an accepted rate needs this much unheld time behind it (a refilled burst fades)
+METER_SPAN_S = 2.0  # the accepted-rate meter forgets older replies past this span
+PUSHBACK_MIN_REPLIES = 20  # one refusal among fewer replies is noise (the first from a host still counts)
+PUSHBACK_SHARE = 0.15  # 429/503s must be this share of recent replies to teach a cap or a pace:
+#                        a host we overrun refuses much of the excess, while per-URL refusals
+#                        stay a small share whatever the load, and must not ratchet anything down
 _HOST_FAILURES = frozenset((Signal.TIMEOUT, Signal.SERVER_ERROR, Signal.CONN_ERROR))
 _SERVED = frozenset((Signal.OK, Signal.OBJECT_ERROR))
 
@@ -222,6 +234,57 @@ def _rel_se(values: list[float] | None, n: int) -> float:
     return math.sqrt(var / n) / m if m > 0 else 0.0
 
 
+class _Pushback:
+    """What a host's 429/503s taught us, kept for probe_rtt_period: the in-flight level that drew
+    them (probes stay below it: each overshoot costs a Retry-After hold), and, for a host that
+    limits by rate rather than by parallel requests, a send pace. Only hosts that pushed back
+    carry one, so the common controller stays small."""
+
+    __slots__ = ("acted_at", "best_rate", "cap", "meter_ok", "meter_start", "pace", "rate_cap", "refused", "replies",
+                 "until")
+
+    def __init__(self) -> None:
+        self.cap = 0  # in-flight count at the 429 (that request included)
+        self.until = 0.0
+        self.pace = 0.0  # requests per second; 0 = not paced
+        self.rate_cap = 0.0  # accepted rate when the pace last drew a 429
+        self.meter_start = 0.0
+        self.meter_ok = 0
+        self.replies = 0  # recent replies with headers, and the refusals among them
+        self.refused = 0
+        self.acted_at = -1.0  # when a cap or pace was last set: older requests' replies are stale
+        self.best_rate = 0.0  # highest accepted rate measured: the pace's floor is a share of it
+
+    def refused_share(self) -> float:
+        return self.refused / self.replies if self.replies else 1.0
+
+    def accepted_rate(self, now: float) -> float | None:
+        age = now - self.meter_start
+        if age < METER_MIN_S or self.meter_ok < MIN_LATENCIES:
+            return None
+        rate = self.meter_ok / age
+        self.best_rate = max(self.best_rate, rate)
+        return rate
+
+    def count_ok(self, now: float) -> None:
+        self.meter_ok += 1
+        age = now - self.meter_start
+        if age > METER_SPAN_S:  # halve the counts: a rolling window without keeping timestamps
+            self.meter_ok //= 2
+            self.replies //= 2
+            self.refused //= 2
+            self.meter_start = now - age / 2
+
+    def pause_meter(self, until: float) -> None:
+        """The host is held: time on hold says nothing about the rate it accepts."""
+        self.meter_start = max(self.meter_start, until)
+        self.meter_ok = 0
+
+    def restart_meter(self, at: float) -> None:
+        self.meter_start = at
+        self.meter_ok = 0
+
+
 class PaarcController:
     """Adaptive per-host concurrency limit; satisfies flowdc.hostlimit.HostLimit."""
 
@@ -237,11 +300,13 @@ class PaarcController:
         "goodput",
         "intervals",
         "last_inflight",
+        "now",
         "p",
         "p50_ema",
         "p95_ema",
         "phase",
         "probe_countdown",
+        "push",
         "rtprop",
         "rtprop_since",
         "state",
@@ -271,6 +336,8 @@ class PaarcController:
         self.probe_countdown = PROBE_EVERY
         self.strike = False  # the last judged cruise interval showed marginal congestion
         self.win = _Window(now)
+        self.now = now
+        self.push: _Pushback | None = None
 
     # -- the HostLimit protocol -----------------------------------------------------------------
     def limit(self) -> int:
@@ -279,16 +346,28 @@ class PaarcController:
     def hold_until(self) -> float:
         return self._hold
 
+    def min_gap(self) -> float:
+        """Seconds between two sends to this host (0: no pacing)."""
+        return 1.0 / self.push.pace if self.push is not None and self.push.pace > 0 else 0.0
+
     def on_sample(self, now: float, sample: Sample) -> None:
+        self.now = now
         self.counters.count(sample.signal)
         self.last_inflight = sample.inflight
-        if sample.retry_after is not None:
-            # The host named a time: no new requests to it before then, whatever the state.
-            self._hold = max(self._hold, now + sample.retry_after)
         if sample.signal is Signal.OVERLOAD:
-            sent = None if sample.ttfb is None else now - sample.ttfb
-            self._overload(now, sent, sample.retry_after)
+            if self._refusal_is_about_host():
+                sent = None if sample.ttfb is None else now - sample.ttfb
+                self._remember_pushback(now, sent, sample.inflight)  # reads the rate before the hold
+                self._hold_for(now, sample.retry_after)
+                self._overload(now, sent, sample.retry_after)
+            # else: a stray refusal while the host accepts nearly everything else is about that
+            # URL; the caller retries that URL after its Retry-After, the host goes on.
             return
+        self._hold_for(now, sample.retry_after)
+        if self.push is not None and sample.ttfb is not None:
+            self.push.replies += 1
+            if sample.signal is Signal.OK and now >= self._hold:
+                self.push.count_ok(now)
         if self.state == BACKOFF:
             self.tick(now)
         else:
@@ -297,6 +376,7 @@ class PaarcController:
                 self._close_interval(now)
 
     def tick(self, now: float) -> None:
+        self.now = now
         if self.state == BACKOFF:
             if now >= self.cooldown_until:
                 self._enter_cruise(now)
@@ -318,10 +398,88 @@ class PaarcController:
             "goodput": round(self.goodput, 3),
             "hold_until": self._hold,
             "intervals": self.intervals,
+            "pace_per_s": round(self.push.pace, 2) if self.push is not None and self.push.pace else None,
+            "cap_seen": self.push.cap if self._cap_remembered() else None,
             **self.counters.as_dict(),
         }
 
     # -- overload ---------------------------------------------------------------------------------
+    def _hold_for(self, now: float, retry_after: float | None) -> None:
+        if retry_after is None:
+            return
+        # The host named a time: no new requests to it before then, whatever the state.
+        self._hold = max(self._hold, now + retry_after)
+        if self.push is not None:
+            self.push.pause_meter(self._hold)
+
+    def _refusal_is_about_host(self) -> bool:
+        """Count a 429/503 and tell whether it speaks for the host: the first one from a host we
+        know nothing about always does (be polite first); later ones do once they are a real share
+        of the recent replies. A host we overrun refuses much of the excess; a handful of URLs
+        refused while everything else is served is about those URLs, not about our load."""
+        push = self.push
+        if push is None:
+            self.push = _Pushback()
+            self.push.replies = self.push.refused = 1
+            return True
+        push.replies += 1
+        push.refused += 1
+        evidence = push.replies >= PUSHBACK_MIN_REPLIES or push.refused >= 2
+        return evidence and push.refused_share() >= PUSHBACK_SHARE
+
+    def _remember_pushback(self, now: float, sent: float | None, inflight: int) -> None:
+        """Learn from a 429/503 what a cut alone would forget.
+
+        A reply to a request sent before our last cut is part of the same burst and teaches nothing
+        new. A fresh one at or below the in-flight level that drew the last one means fewer
+        parallel requests did not help: the host limits by rate, so pace the sends.
+        """
+        push = self.push
+        assert push is not None  # _refusal_is_about_host made it
+        remembered = now < push.until and push.cap > 0
+        if self.state == BACKOFF and (sent is None or sent < self.cut_at - 1e-6):
+            if remembered and push.cap > self.p.C_min:
+                push.cap -= 1  # one more of the same burst refused: the host took one fewer
+            return
+        if sent is not None and sent < push.acted_at:
+            return  # sent before the last cap or pace took effect: it cannot judge them
+        by_rate = remembered and inflight <= push.cap
+        push.cap = min(push.cap, inflight) if remembered else inflight
+        push.until = now + self.p.probe_rtt_period
+        if by_rate:
+            accepted = push.accepted_rate(now)
+            if accepted is not None:
+                push.rate_cap = accepted
+                new_pace = PACE_MARGIN * accepted
+            else:
+                new_pace = PACE_CUT * (push.pace or self._send_rate(ttfb_hint=None if sent is None else now - sent))
+            new_pace = max(new_pace, PACE_FLOOR * push.best_rate)
+            push.pace = new_pace if push.pace <= 0 else min(push.pace, new_pace)
+        push.acted_at = now
+        push.restart_meter(max(now, self._hold))
+
+    def _cap_remembered(self) -> bool:
+        return self.push is not None and self.now < self.push.until and self.push.cap > 1
+
+    def _send_rate(self, ttfb_hint: float | None = None) -> float:
+        """Requests per second the concurrency limit allows at the unloaded latency."""
+        latency = self.base_lat or self.rtprop or ttfb_hint or UNKNOWN_RTPROP_S
+        return self._limit / latency
+
+    def _adjust_pace(self, now: float) -> None:
+        """A quiet interval: offer a paced host a little more, up to the rate it accepted; once the
+        memory has expired and the pace no longer binds, drop the pushback record altogether."""
+        push = self.push
+        if push is None:
+            return
+        if push.pace > 0:
+            ceiling = PACE_CAP_MARGIN * push.rate_cap if now < push.until and push.rate_cap > 0 else float("inf")
+            push.pace = min(push.pace * PACE_GAIN, max(push.pace, ceiling))
+            if now >= push.until and push.pace > 1.5 * self._send_rate():
+                push.pace = 0.0
+        if push.pace <= 0 and now >= push.until:
+            self.push = None
+
     def _overload(self, now: float, sent: float | None, retry_after: float | None) -> None:
         """429/503 or a failing interval: cut once per burst, then let the replies on the way arrive.
 
@@ -350,6 +508,7 @@ class PaarcController:
             self._overload(now, None, None)
             return
         self._measure(s)
+        self._adjust_pace(now)
         self.win.reset(now, self.rtprop)
         if self.state == INIT:
             self._step_init(s)
@@ -532,6 +691,9 @@ class PaarcController:
     def _set_limit(self, value: float) -> None:
         # Round, not floor: the estimate is already conservative (p10 RTprop), and flooring it
         # costs a small host (capacity 5, estimate 4.5) a fifth of its throughput.
+        if self._cap_remembered():
+            assert self.push is not None
+            value = min(value, self.push.cap - 1)  # stay under the level that drew a 429
         self._limit = max(self.p.C_min, min(self.p.C_max, round(value)))
 
 

@@ -43,6 +43,7 @@ class HostState:
     offered: bool = False  # already in the ready ring
     wake_armed: bool = False  # a timer will re-offer it when its hold ends
     idle_since: float | None = None
+    next_send: float = 0.0  # pacing: the policy's min_gap after the last send
 
     def busy(self) -> bool:
         return bool(self.queue) or self.inflight > 0 or self.waiting_retries > 0
@@ -171,7 +172,7 @@ class Scheduler:
     def _eligible(self, host: HostState) -> bool:
         if not host.queue or host.inflight >= host.policy.limit():
             return False
-        hold = host.policy.hold_until()
+        hold = max(host.policy.hold_until(), host.next_send)
         if hold > self.loop.time():
             if not host.wake_armed:
                 host.wake_armed = True
@@ -197,6 +198,9 @@ class Scheduler:
                 continue
             job = host.queue.popleft()
             host.inflight += 1
+            gap = host.policy.min_gap()
+            if gap > 0:
+                host.next_send = self.loop.time() + gap
             self._offer(host)  # back of the ring if it can take more: round-robin between hosts
             return job
         return None

@@ -138,7 +138,46 @@ def test_backoff_ends_after_the_cooldown_and_growth_resumes() -> None:
     f.ctl.tick(f.now)
     assert f.ctl.snapshot()["state"] == PROBE_BW
     limits = f.intervals(40)
-    assert limits[-1] == SMALL.C_max  # up-probes find the room again
+    # Up-probes find the room again, but stay under the level that drew the 429 while it is
+    # remembered (probe_rtt_period): each overshoot would cost the host a hold.
+    assert limits[-1] == 63
+    assert max(limits) <= 63
+    f.now += SMALL.probe_rtt_period
+    assert f.intervals(40)[-1] == SMALL.C_max  # forgotten: the host may be probed past it again
+
+
+def test_a_host_limiting_by_rate_gets_paced() -> None:
+    """A host that counts requests per second (a 100/s token bucket, 1 ms replies) refuses the
+    excess whatever the concurrency: the controller paces sends under the rate it accepted, and
+    the refusals stop. The client here honours limit(), hold_until() and min_gap()."""
+    ctl = PaarcController(PaarcParams(C_init=4, C_min=2, C_max=64), 0.0)
+    rate, tokens, stamp, now = 100.0, 5.0, 0.0, 0.0
+    late: list[bool] = []
+    while now < 20.0:
+        now = max(now + 1.0 / (ctl.limit() / 0.001), now + ctl.min_gap(), ctl.hold_until())
+        tokens = min(5.0, tokens + (now - stamp) * rate)
+        stamp = now
+        accepted = tokens >= 1.0
+        tokens -= 1.0 if accepted else 0.0
+        signal = Signal.OK if accepted else Signal.OVERLOAD
+        ctl.on_sample(now + 0.001, Sample(signal, 0.001, ctl.limit(), None if accepted else 1.0))
+        ctl.tick(now + 0.001)
+        if now > 10.0:
+            late.append(accepted)
+    gap = ctl.min_gap()
+    assert gap > 0, "a rate-limited host must be paced"
+    assert 60 <= 1 / gap <= 100, 1 / gap  # under the accepted rate, not far under it
+    assert late.count(False) / len(late) < 0.01  # refusals have stopped
+    assert len(late) / 10.0 > 60  # and the host is still used at most of its rate
+    assert ctl.snapshot()["pace_per_s"] == round(1 / gap, 2)
+
+
+def test_a_host_with_room_is_not_paced() -> None:
+    f = steady()
+    f.ctl.on_sample(f.now + 0.01, Sample(Signal.OVERLOAD, 0.002, 64))
+    f.now += 0.5
+    f.intervals(20)
+    assert f.ctl.min_gap() == 0.0
 
 
 def test_retry_after_holds_the_host_to_the_second() -> None:
