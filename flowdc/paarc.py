@@ -45,6 +45,10 @@ MIN_SAMPLES = 8  # fewer samples make percentiles too noisy to act on
 MIN_LATENCIES = 4  # OK latencies an interval needs before its percentiles are trusted
 LAT_BUF_CAP = 32  # latencies kept per interval (systematic subsample): bounds memory per host
 STARTUP_GAIN = 2.0  # grow fast while the host shows no queue: 8 -> 1000 in 7 intervals
+LATENCY_NOISE_FLOOR_S = 0.005  # under this RTprop an asyncio client's own scheduling jitter is as large
+#                                as any host queue: for such hosts (loopback, LAN) rate decides, not latency
+STARTUP_RATE_GAIN = 1.3  # a doubling that raised the served rate this much was worth its latency
+PROBE_RATE_GAIN = 1.1  # likewise for an up-probe (1.25x the load, so at most 1.25x the rate)
 PROBE_GAIN = 1.25  # an up-probe offers 25% more than the ceiling (at least one more request)
 PROBE_EVERY = 8  # cruise intervals between up-probes: probing costs a little queueing each time
 STARTUP_CONFIRM = 2  # cruise intervals before the first probe after STARTUP
@@ -309,6 +313,7 @@ class PaarcController:
         "push",
         "rtprop",
         "rtprop_since",
+        "served_before",
         "state",
         "strike",
         "win",
@@ -338,6 +343,7 @@ class PaarcController:
         self.win = _Window(now)
         self.now = now
         self.push: _Pushback | None = None
+        self.served_before = 0.0  # served rate of the interval before the last raise
 
     # -- the HostLimit protocol -----------------------------------------------------------------
     def limit(self) -> int:
@@ -520,6 +526,7 @@ class PaarcController:
             self._step_probe_up(s)
         else:
             self._step_cruise(s, now)
+        self.served_before = s.served_rate  # what the next raise, if any, has to beat
 
     def _measure(self, s: _Summary) -> None:
         """Update the minima, and the percentiles smoothed with alpha_ema for telemetry.
@@ -607,10 +614,30 @@ class PaarcController:
     def _step_init(self, s: _Summary) -> None:
         """The first interval only yields RTprop: its rate includes filling the pipe from empty."""
         self.state = STARTUP
+        if self.near:
+            self._grow()
+            return
         if s.pipe_full and not self._inflated(s):
             self._grow()
 
+    @property
+    def near(self) -> bool:
+        """RTprop (a windowed minimum) under the noise floor: judged by rate, not latency."""
+        return self.rtprop is not None and self.rtprop < LATENCY_NOISE_FLOOR_S
+
+    def _paid_off(self, s: _Summary, gain: float) -> bool:
+        """More load raised the served rate substantially: BBR's rule, used for near hosts."""
+        return self.served_before <= 0 or s.served_rate >= gain * self.served_before
+
     def _step_startup(self, s: _Summary) -> None:
+        if self.near:
+            # Latency says nothing here: grow while doubling the load still pays in rate.
+            if s.pipe_full and self._paid_off(s, STARTUP_RATE_GAIN):
+                self._grow()
+            elif s.pipe_full:
+                self.ceiling = float(self._limit)
+                self._enter_probe_bw(CRUISE)
+            return
         if self._congested(s):
             self._cut_to_estimate(s)
             # Rates measured during a ramp are rough: confirm the estimate with an early probe.
@@ -628,7 +655,7 @@ class PaarcController:
         if self.phase == DRAIN:
             # This interval still holds the queue our probe or cut left behind: don't judge it.
             self.phase = CRUISE
-        elif self._congested_in_cruise(s):
+        elif not self.near and self._congested_in_cruise(s):
             if self._not_our_queue(s):
                 # Cutting again would spiral down to C_min for nothing: hold, and judge from here on.
                 self._rebaseline(s, now)
@@ -655,6 +682,14 @@ class PaarcController:
         self._set_limit(max(self.ceiling + 1, self.ceiling * PROBE_GAIN))
 
     def _step_probe_up(self, s: _Summary) -> None:
+        if self.near:
+            if s.pipe_full and self._paid_off(s, PROBE_RATE_GAIN):
+                self.ceiling = float(self._limit)  # the extra load paid: keep it, probe again
+                if self._limit < self.p.C_max:
+                    self._start_probe()
+                    return
+            self._enter_probe_bw(DRAIN)  # back to the ceiling
+            return
         if self._congested(s):
             # The probe found the knee: the ceiling is what the host actually served in parallel.
             est = self._estimate(s)
