@@ -69,7 +69,7 @@ PACE_GAIN = 1.03  # paced hosts are offered this much more per quiet interval...
 PACE_CAP_MARGIN = 0.95  # ... but, while remembered, not past this share of the rate that drew 429s
 METER_MIN_S = 1.0  # an accepted rate needs this much unheld time behind it (a refilled burst fades)
 METER_SPAN_S = 2.0  # the accepted-rate meter forgets older replies past this span
-PUSHBACK_MIN_REPLIES = 20  # one refusal among fewer replies is noise (the first from a host still counts)
+PUSHBACK_MIN_REPLIES = 20  # a share over fewer replies is noise (the first refusal from a host still counts)
 PUSHBACK_SHARE = 0.15  # 429/503s must be this share of recent replies to teach a cap or a pace:
 #                        a host we overrun refuses much of the excess, while per-URL refusals
 #                        stay a small share whatever the load, and must not ratchet anything down
@@ -361,8 +361,8 @@ class PaarcController:
         self.counters.count(sample.signal)
         self.last_inflight = sample.inflight
         if sample.signal is Signal.OVERLOAD:
-            if self._refusal_is_about_host():
-                sent = None if sample.ttfb is None else now - sample.ttfb
+            sent = None if sample.ttfb is None else now - sample.ttfb
+            if self._refusal_is_about_host(sent):
                 self._remember_pushback(now, sent, sample.inflight)  # reads the rate before the hold
                 self._hold_for(now, sample.retry_after)
                 self._overload(now, sent, sample.retry_after)
@@ -418,7 +418,7 @@ class PaarcController:
         if self.push is not None:
             self.push.pause_meter(self._hold)
 
-    def _refusal_is_about_host(self) -> bool:
+    def _refusal_is_about_host(self, sent: float | None) -> bool:
         """Count a 429/503 and tell whether it speaks for the host: the first one from a host we
         know nothing about always does (be polite first); later ones do once they are a real share
         of the recent replies. A host we overrun refuses much of the excess; a handful of URLs
@@ -430,8 +430,11 @@ class PaarcController:
             return True
         push.replies += 1
         push.refused += 1
-        evidence = push.replies >= PUSHBACK_MIN_REPLIES or push.refused >= 2
-        return evidence and push.refused_share() >= PUSHBACK_SHARE
+        if self.state == BACKOFF:
+            # The rest of the burst that made us back off (it lowers the remembered cap), or a
+            # refusal although sent after our cut (the cut was not deep enough).
+            return True
+        return push.replies >= PUSHBACK_MIN_REPLIES and push.refused_share() >= PUSHBACK_SHARE
 
     def _remember_pushback(self, now: float, sent: float | None, inflight: int) -> None:
         """Learn from a 429/503 what a cut alone would forget.

@@ -286,11 +286,15 @@ def test_limit_stays_within_bounds_under_any_stream(
     p = PaarcParams(C_min=c_min, C_init=c_min + init_extra, C_max=c_min + init_extra + max_extra)
     ctl = PaarcController(p, 0.0)
     now = 0.0
+    refused_before = False
     for dt, sig, ttfb, inflight, retry_after, tick in stream:
         now += dt
         ctl.on_sample(now, Sample(sig, ttfb, inflight, retry_after))
-        if retry_after is not None:
+        # Retry-After holds the host when the reply speaks for it: any non-refusal that carries
+        # one, and always a host's first refusal. Later stray refusals hold only their URL.
+        if retry_after is not None and (sig is not Signal.OVERLOAD or not refused_before):
             assert ctl.hold_until() >= now + retry_after
+        refused_before = refused_before or sig is Signal.OVERLOAD
         if tick:
             ctl.tick(now + dt / 2)
         assert p.C_min <= ctl.limit() <= p.C_max
