@@ -256,32 +256,55 @@ def run_benchmark(args: argparse.Namespace) -> tuple[Scenario, ManifestInfo, lis
             plan.append("flowdc_nopaarc")
         if scenario.run_bare:
             plan.append("bare")
-        for name in [p for p in plan if p in wanted]:
-            out = work / f"out-{name}"
-            shutil.rmtree(out, ignore_errors=True)
-            if farm is not None:
-                farm.reset_stats()
-            print(f"[bench] running {name} ...", flush=True)
-            cpu0 = _cpu_seconds()
-            load = os.getloadavg()[0]
-            if name == "bare":
-                result = run_bare(scenario, info.path, out, concurrency, timeout_s)
-            else:
-                result = run_flowdc(scenario, info.path, out, concurrency, timeout_s, paarc=name == "flowdc")
-            result.load_before = round(load, 2)
-            if farm is not None and result.wall_s > 0:
-                result.farm_cpu_pct = round(100 * (_cpu_seconds() - cpu0) / result.wall_s, 1)
-            if farm is not None:
-                totals = farm.totals()
-                result.requests, result.n_429 = totals.get("requests", 0), totals.get("n_429", 0)
-                result.max_in_system = totals.get("max_in_system", 0)
-            results.append(result)
-            if not args.keep:
-                shutil.rmtree(out, ignore_errors=True)
+        runs: list[RunResult] = []
+        # Rounds alternate the contenders, so a burst of load on this shared machine hits each one
+        # alike; each contender's best round is reported.
+        for _ in range(args.rounds):
+            for name in [p for p in plan if p in wanted]:
+                runs.append(run_contender(name, scenario, info, farm, work, concurrency, timeout_s, args.keep))
+        results = best_rounds(runs, args.rounds)
     (work / "results.json").write_text(json.dumps([asdict(r) for r in results], indent=1))
     if not args.out and not args.keep:
         shutil.rmtree(work, ignore_errors=True)
     return scenario, info, results
+
+
+def best_rounds(runs: list[RunResult], rounds: int) -> list[RunResult]:
+    """Per contender, in first-run order, the round with the most ok rows in the least time."""
+    best: dict[str, RunResult] = {}
+    for r in runs:
+        kept = best.get(r.name)
+        if kept is None or (r.ok, -r.wall_s) > (kept.ok, -kept.wall_s):
+            best[r.name] = r
+    if rounds > 1:
+        for r in best.values():
+            r.note = (r.note + "; " if r.note else "") + f"best of {rounds}"
+    return list(best.values())
+
+
+def run_contender(name: str, scenario: Scenario, info: ManifestInfo, farm: FakeHostFarm | None, work: Path,
+                  concurrency: int, timeout_s: float, keep: bool) -> RunResult:
+    out = work / f"out-{name}"
+    shutil.rmtree(out, ignore_errors=True)
+    if farm is not None:
+        farm.reset_stats()
+    print(f"[bench] running {name} ...", flush=True)
+    cpu0 = _cpu_seconds()
+    load = os.getloadavg()[0]
+    if name == "bare":
+        result = run_bare(scenario, info.path, out, concurrency, timeout_s)
+    else:
+        result = run_flowdc(scenario, info.path, out, concurrency, timeout_s, paarc=name == "flowdc")
+    result.load_before = round(load, 2)
+    if farm is not None and result.wall_s > 0:
+        result.farm_cpu_pct = round(100 * (_cpu_seconds() - cpu0) / result.wall_s, 1)
+    if farm is not None:
+        totals = farm.totals()
+        result.requests, result.n_429 = totals.get("requests", 0), totals.get("n_429", 0)
+        result.max_in_system = totals.get("max_in_system", 0)
+    if not keep:
+        shutil.rmtree(out, ignore_errors=True)
+    return result
 
 
 # -- reporting ----------------------------------------------------------------------------------
@@ -391,6 +414,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--only", default="", help=f"Comma list of contenders to run: {','.join(CONTENDERS)}.")
     p.add_argument("--timeout", type=float, default=0.0, help="Seconds before a contender run is killed.")
     p.add_argument("--keep", action="store_true", help="Keep downloaded outputs.")
+    p.add_argument("--rounds", type=int, default=1,
+                   help="Alternate the contenders this many times; report each one's best.")
     args = p.parse_args(argv)
     unknown = set(filter(None, args.only.split(","))) - set(CONTENDERS)
     if unknown:
