@@ -143,12 +143,17 @@ def build_env(spec: UploadSpec, base: Mapping[str, str] | None = None) -> dict[s
     """The child's environment: `base` (os.environ), then the tool's defaults, then the spec's."""
     env = dict(os.environ if base is None else base)
     for changes in (TOOL_ENV.get(spec.tool, {}), spec.env):
-        for key, value in changes.items():
-            if value is None:
-                env.pop(key, None)
-            else:
-                env[key] = value
+        apply_env_changes(env, changes)
     return env
+
+
+def apply_env_changes(env: dict[str, str], changes: Mapping[str, str | None]) -> None:
+    """Set each variable in `changes`; a None value removes it."""
+    for key, value in changes.items():
+        if value is None:
+            env.pop(key, None)
+        else:
+            env[key] = value
 
 
 # --------------------------------------------------------------------------- redaction

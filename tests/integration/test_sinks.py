@@ -31,6 +31,7 @@ from flowdc.download import run_download
 from flowdc.fakehosts import FakeHostFarm, HostSpec, write_manifest
 from flowdc.ledger import LEDGER_DIR
 from flowdc.storage import Destination
+from flowdc.uploaders import apply_env_changes
 from tests.cloud_servers import S3_ACCESS_KEY, gcs_filesystem, s3_filesystem
 from tests.integration.sinks_helpers import (
     TcpProxy,
@@ -86,11 +87,7 @@ def child_env(**changes: str | None) -> dict[str, str]:
     """os.environ for a flowdc subprocess, with `changes` applied (None removes a variable)."""
     env = dict(os.environ)
     env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
-    for key, value in changes.items():
-        if value is None:
-            env.pop(key, None)
-        else:
-            env[key] = value
+    apply_env_changes(env, changes)
     return env
 
 
@@ -269,17 +266,22 @@ def test_resume_after_sigkill_on_s3(s3_endpoint: str, slow_farm: FakeHostFarm, t
 SHORT_S3 = {"connect_timeout": 1, "read_timeout": 3, "retries": {"total_max_attempts": 1}}
 
 
+def bucket_behind_proxy(s3_endpoint: str, farm: FakeHostFarm, tmp_path: Path, bucket: str) -> tuple[
+        list[str], TcpProxy, str]:
+    """A fresh bucket, a 200-row manifest for it, and a TCP proxy to moto that a test can cut."""
+    s3_filesystem(s3_endpoint).mkdir(bucket)
+    urls = make_manifest(tmp_path / "m.parquet", farm, bucket, 200)
+    host, port = urlsplit(s3_endpoint).hostname, urlsplit(s3_endpoint).port
+    assert host and port
+    return urls, TcpProxy((host, port)).start(), f"s3://{bucket}/ds"
+
+
 def test_s3_outage_mid_run_is_ridden_out(s3_endpoint: str, slow_farm: FakeHostFarm, tmp_path: Path) -> None:
     """S3 (behind a TCP proxy) refuses and resets every connection for 4 s in the middle of a
     webdataset run, then comes back: the run completes with every row ok exactly once, the
     shards lost in the outage were fetched again (retries > 0), and no uncommitted shard stays."""
     bucket = "outage-once"
-    s3_filesystem(s3_endpoint).mkdir(bucket)
-    urls = make_manifest(tmp_path / "m.parquet", slow_farm, bucket, 200)
-    host, port = urlsplit(s3_endpoint).hostname, urlsplit(s3_endpoint).port
-    assert host and port
-    proxy = TcpProxy((host, port)).start()
-    output = f"s3://{bucket}/ds"
+    urls, proxy, output = bucket_behind_proxy(s3_endpoint, slow_farm, tmp_path, bucket)
     dest = Destination(output, s3_options(s3_endpoint))  # straight to moto, to watch the run
     result: dict[str, Any] = {}
 
@@ -346,13 +348,7 @@ def test_s3_flapping_endpoint_then_rerun(s3_endpoint: str, slow_farm: FakeHostFa
     traceback); the rerun with S3 up completes, and then every row is ok exactly once: a shard
     whose commit failed (even one whose ledger part reached S3 before the reset) is removed
     before its samples are stored again."""
-    bucket = "outage-flap"
-    s3_filesystem(s3_endpoint).mkdir(bucket)
-    urls = make_manifest(tmp_path / "m.parquet", slow_farm, bucket, 200)
-    host, port = urlsplit(s3_endpoint).hostname, urlsplit(s3_endpoint).port
-    assert host and port
-    proxy = TcpProxy((host, port)).start()
-    output = f"s3://{bucket}/ds"
+    urls, proxy, output = bucket_behind_proxy(s3_endpoint, slow_farm, tmp_path, "outage-flap")
     common = ["--input", str(tmp_path / "m.parquet"), "--output", output, "--output_format", "webdataset",
               "--samples_per_shard", "5", "--quiet", "--no_create_tar", "--timeout", "5",
               "--retry_backoff_sec", "0.05", "--disable_paarc", "--C_init", "4", "--concurrent_downloads", "8"]
