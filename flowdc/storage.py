@@ -7,8 +7,10 @@ there the final name is written directly.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import itertools
+import logging
 import os
 import posixpath
 from collections.abc import Iterator
@@ -18,7 +20,25 @@ import fsspec
 from fsspec.core import url_to_fs
 
 TMP_MARK = ".tmp-"
+log = logging.getLogger(__name__)
 _counter = itertools.count()
+
+
+def quiet_orphaned_connection_errors() -> None:
+    """During a store outage, s3fs/gcsfs abandon in-flight writes; asyncio then prints each
+    orphaned task's connection error with a traceback on stderr. The failure itself reaches us
+    through the call that failed, so those reports only go to the debug log."""
+    from fsspec.asyn import get_loop
+
+    loop = get_loop()
+
+    def handler(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        if isinstance(context.get("exception"), OSError):
+            log.debug("store connection error in an abandoned task: %s", context.get("exception"))
+            return
+        loop.default_exception_handler(context)
+
+    loop.call_soon_threadsafe(loop.set_exception_handler, handler)
 
 
 class Destination:
@@ -28,6 +48,8 @@ class Destination:
         self.fs, root = url_to_fs(url, **(storage_options or {}))
         self.root = root.rstrip("/") or "/"
         self.local = isinstance(self.fs, fsspec.implementations.local.LocalFileSystem)
+        if getattr(self.fs, "async_impl", False):
+            quiet_orphaned_connection_errors()
         self.display = url if "://" in url else self.root
 
     def parent(self) -> Destination:
