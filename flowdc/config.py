@@ -41,18 +41,12 @@ class PaarcOptions:
     alpha_ema: float = opt(0.3, "Smoothing factor of the latency moving averages, in (0,1].")
 
     def check_paarc(self) -> None:
-        if not 1 <= self.C_min <= self.C_init <= self.C_max:
-            raise ConfigError(f"need 1 <= C_min <= C_init <= C_max, got {self.C_min}, {self.C_init}, {self.C_max}")
-        if not 0 < self.mu <= 1:
-            raise ConfigError(f"mu must be in (0, 1], got {self.mu}")
-        if not 0 < self.beta < 1:
-            raise ConfigError(f"beta must be in (0, 1), got {self.beta}")
-        if self.theta_50 <= 1 or self.theta_95 <= 1:
-            raise ConfigError("theta_50 and theta_95 must be > 1 (they multiply RTprop)")
-        if self.probe_rtt_period <= 0:
-            raise ConfigError("probe_rtt_period must be > 0")
-        if not 0 < self.alpha_ema <= 1:
-            raise ConfigError(f"alpha_ema must be in (0, 1], got {self.alpha_ema}")
+        from flowdc.paarc import PaarcParams  # the controller owns the rules for its knobs
+
+        try:
+            PaarcParams.from_options(self)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
 
 
 @dataclass

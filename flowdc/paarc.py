@@ -92,12 +92,19 @@ class PaarcParams:
     alpha_ema: float = 0.3
 
     def __post_init__(self) -> None:
+        # The one place these rules live: config.py reports them as user errors.
         if not 1 <= self.C_min <= self.C_init <= self.C_max:
             raise ValueError(f"need 1 <= C_min <= C_init <= C_max, got {self.C_min}, {self.C_init}, {self.C_max}")
-        if not (0 < self.mu <= 1 and 0 < self.beta < 1 and 0 < self.alpha_ema <= 1):
-            raise ValueError("need 0 < mu <= 1, 0 < beta < 1 and 0 < alpha_ema <= 1")
-        if self.theta_50 <= 1 or self.theta_95 <= 1 or self.probe_rtt_period <= 0:
-            raise ValueError("need theta_50 > 1, theta_95 > 1 and probe_rtt_period > 0")
+        if not 0 < self.mu <= 1:
+            raise ValueError(f"mu must be in (0, 1], got {self.mu}")
+        if not 0 < self.beta < 1:
+            raise ValueError(f"beta must be in (0, 1), got {self.beta}")
+        if self.theta_50 <= 1 or self.theta_95 <= 1:
+            raise ValueError("theta_50 and theta_95 must be > 1 (they multiply RTprop)")
+        if self.probe_rtt_period <= 0:
+            raise ValueError("probe_rtt_period must be > 0")
+        if not 0 < self.alpha_ema <= 1:
+            raise ValueError(f"alpha_ema must be in (0, 1], got {self.alpha_ema}")
 
     @classmethod
     def from_options(cls, opts: object) -> PaarcParams:
