@@ -12,8 +12,9 @@ import os
 import random
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from typing import Any
 
 import aiohttp
@@ -22,10 +23,10 @@ import pyarrow as pa
 
 from flowdc.config import ConfigError, DownloadConfig
 from flowdc.fetch import FetchSettings, Outcome, fetch_one, make_session
-from flowdc.hostlimit import FixedLimit, HostLimit
 from flowdc.ledger import Ledger, Record, meta_json, url_hash
 from flowdc.manifest import ROW_COLUMN, Manifest
 from flowdc.overview import build_overview, write_overview
+from flowdc.paarc import make_host_limit
 from flowdc.progress import Progress
 from flowdc.scheduler import Job, Scheduler
 from flowdc.shipping import Shipper, uploader_for
@@ -97,7 +98,7 @@ class DownloadJob:
             recovery["shards_left_to_ship"] = self.shipper.ship_leftovers(self.ledger.committed_shards())
         # Read ahead well past the global bound so a slow host's backlog does not starve the others.
         read_ahead = max(20 * self.cfg.concurrent_downloads, 50_000)
-        self.scheduler = Scheduler(policy_factory(self.cfg), max_pending=read_ahead)
+        self.scheduler = Scheduler(partial(make_host_limit, self.cfg), max_pending=read_ahead)
         loop = asyncio.get_running_loop()
         tasks: list[asyncio.Task[Any]] = []
         stop = asyncio.Event()
@@ -322,14 +323,6 @@ def is_destination_error(exc: BaseException) -> bool:
     if isinstance(exc, (OSError, ValueError, aiohttp.ClientError, asyncio.TimeoutError)):
         return True
     return any(cls.__module__.split(".")[0] in ("botocore", "aiobotocore", "gcsfs") for cls in type(exc).__mro__)
-
-
-def policy_factory(cfg: DownloadConfig) -> Callable[[float], HostLimit]:
-    try:
-        from flowdc.paarc import make_host_limit
-    except ImportError:  # TEMPORARY until paarc.py lands
-        return lambda _now: FixedLimit(cfg.C_init)
-    return lambda now: make_host_limit(cfg, now)
 
 
 def job_of(rec: Record) -> Job:

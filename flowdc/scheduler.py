@@ -78,10 +78,7 @@ class Scheduler:
     def add_later(self, job: Job, delay: float) -> None:
         """Add a job again after `delay` (a sample the destination lost); counts as pending now."""
         self.pending += 1
-        host = self._host(job.host)
-        host.waiting_retries += 1
-        self._active[host.name] = host
-        self.loop.call_later(max(delay, 0.0), self._requeue, job)
+        self.retry_later(job, delay)
 
     def close(self) -> None:
         self.closed = True
@@ -114,8 +111,9 @@ class Scheduler:
         self._offer(host)
 
     def retry_later(self, job: Job, delay: float) -> None:
-        host = self.hosts[job.host]
+        host = self._host(job.host)  # it may have been evicted if the job was done with
         host.waiting_retries += 1
+        self._active[host.name] = host
         self.loop.call_later(max(delay, 0.0), self._requeue, job)
 
     def done(self, job: Job) -> None:

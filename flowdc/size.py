@@ -26,6 +26,7 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -36,9 +37,9 @@ import pyarrow as pa
 from tqdm import tqdm
 
 from flowdc.config import ConfigError, SizeConfig, public_dict
-from flowdc.download import policy_factory
 from flowdc.fetch import classify_status, make_session, parse_retry_after
 from flowdc.manifest import FORMATS_BY_SUFFIX, Manifest
+from flowdc.paarc import make_host_limit
 from flowdc.scheduler import Job, Scheduler
 from flowdc.signals import Signal
 from flowdc.urls import host_key, scheme_error
@@ -394,8 +395,7 @@ class SizeJob:
         started = time.monotonic()
         sample = await asyncio.to_thread(self._draw_sample) if self.cfg.sample else None
         read_ahead = max(20 * self.cfg.concurrent_requests, 50_000)
-        # policy_factory is typed for DownloadConfig but reads only the PAARC options SizeConfig shares.
-        self.scheduler = Scheduler(policy_factory(self.cfg), max_pending=read_ahead)  # type: ignore[arg-type]
+        self.scheduler = Scheduler(partial(make_host_limit, self.cfg), max_pending=read_ahead)
         total = len(sample) if sample is not None else self._rows_hint()
         self.bar = tqdm(total=total, desc="size", unit="url", file=sys.stderr, disable=self.cfg.quiet,
                         mininterval=0.5, dynamic_ncols=True)
