@@ -128,20 +128,11 @@ class DownloadJob:
                     loop.remove_signal_handler(sig)
             self.scheduler.closed_for_good = True
             try:
-                await loop.run_in_executor(self.write_pool, self.writer.close)
-            except StoreError as err:
-                self._store_failed(err, current=None)
-                await asyncio.to_thread(self._final_flush)
-            except Exception as exc:
-                if not is_destination_error(exc):
-                    raise
-                with contextlib.suppress(DestinationError):
-                    await asyncio.to_thread(self._final_flush)  # keep the records that can still be kept
-                raise DestinationError(f"cannot finish writing to {self.dest.display}: {type(exc).__name__}; "
-                                       "run the same command again when it is reachable") from None
-            self.write_pool.shutdown(wait=True)
-            self.progress.close()
-            self.telemetry.close()
+                await self._close_writer(loop)
+            finally:  # even when the destination failed for good
+                self.write_pool.shutdown(wait=True)
+                self.progress.close()
+                self.telemetry.close()
         try:
             overview = await asyncio.to_thread(
                 build_overview, self.cfg, self.ledger, self.progress.counters, self.host_snapshots, started_wall,
@@ -161,6 +152,21 @@ class DownloadJob:
         if self.shipper is not None:
             await self._ship_the_rest(overview)
         return overview
+
+    async def _close_writer(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Commit the open shard and flush the ledger; samples the store lost become transient failures."""
+        try:
+            await loop.run_in_executor(self.write_pool, self.writer.close)
+        except StoreError as err:
+            self._store_failed(err, current=None)
+            await asyncio.to_thread(self._final_flush)
+        except Exception as exc:
+            if not is_destination_error(exc):
+                raise
+            with contextlib.suppress(DestinationError):
+                await asyncio.to_thread(self._final_flush)  # keep the records that can still be kept
+            raise DestinationError(f"cannot finish writing to {self.dest.display}: {type(exc).__name__}; "
+                                   "run the same command again when it is reachable") from None
 
     async def _ship_the_rest(self, overview: dict[str, Any]) -> None:
         """Wait for shard uploads, then ship the archive (moved) and the overview (copied)."""
