@@ -33,6 +33,7 @@ from flowdc.shipping import Shipper, uploader_for
 from flowdc.storage import Destination
 from flowdc.telemetry import Telemetry
 from flowdc.urls import host_key, scheme_error
+from flowdc.write_queue import WriteQueue
 from flowdc.writers.base import SampleWriter, StoredSample, StoreError, make_writer
 from flowdc.writers.naming import extension_for, make_key, url_key
 
@@ -70,8 +71,8 @@ class DownloadJob:
         self.settings = FetchSettings(cfg.timeout, cfg.max_body_bytes, tuple(cfg.content_types), cfg.max_redirects)
         self.extra_columns = [c for c in self.manifest.columns if c not in {cfg.url, cfg.label, ROW_COLUMN}]
         # One writer thread keeps a shard's members in order; files can be written in parallel.
-        threads = 1 if cfg.output_format == "webdataset" else 8
-        self.write_pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="flowdc-writer")
+        self.write_lanes = 1 if cfg.output_format == "webdataset" else 8
+        self.write_pool = ThreadPoolExecutor(max_workers=self.write_lanes, thread_name_prefix="flowdc-writer")
         self.progress = Progress(self.manifest.num_rows_hint(), cfg.quiet)
         self.host_snapshots: dict[str, dict[str, Any]] = {}
         self.interrupted = False
@@ -87,6 +88,8 @@ class DownloadJob:
             cfg.output_format, self.dest, self.ledger, labelled=cfg.label is not None,
             samples_per_shard=cfg.samples_per_shard,
             on_shard_commit=self.shipper.ship_shard if self.shipper else None)
+        self.write_queue = WriteQueue(self.writer.write, self.write_pool, lanes=self.write_lanes,
+                                      on_error=self._store_failed)
         try:
             recovery = await asyncio.to_thread(self.writer.recover)
             done = await asyncio.to_thread(self.ledger.done_index)
@@ -154,11 +157,13 @@ class DownloadJob:
         return overview
 
     async def _close_writer(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Commit the open shard and flush the ledger; samples the store lost become transient failures."""
+        """Write what is queued, commit the open shard and flush the ledger; samples the store lost
+        become transient failures."""
         try:
+            await self.write_queue.drain()
             await loop.run_in_executor(self.write_pool, self.writer.close)
         except StoreError as err:
-            self._store_failed(err, current=None)
+            self._store_failed(err)
             await asyncio.to_thread(self._final_flush)
         except Exception as exc:
             if not is_destination_error(exc):
@@ -236,13 +241,13 @@ class DownloadJob:
             outcome = await fetch_one(session, job.url, self.settings)
             sched.finished(job, outcome.signal, outcome.ttfb, outcome.retry_after)
             if outcome.ok:
-                await self._store(job, outcome)
-            elif outcome.retryable and job.attempts <= self.cfg.max_retry_attempts:
+                await self._store(job, outcome)  # the job is done once a writer has the sample
+                continue
+            if outcome.retryable and job.attempts <= self.cfg.max_retry_attempts:
                 self.progress.counters.retries += 1
                 sched.retry_later(job, self._retry_delay(job, outcome))
                 continue
-            else:
-                self._final(self._record(job, outcome, "failed"))
+            self._final(self._record(job, outcome, "failed"))
             sched.done(job)
 
     def _retry_delay(self, job: Job, outcome: Outcome) -> float:
@@ -250,23 +255,18 @@ class DownloadJob:
         return max(backoff, outcome.retry_after or 0.0)
 
     async def _store(self, job: Job, outcome: Outcome) -> None:
+        # Counted as ok now; a sample the destination loses is taken back by _store_failed.
         assert outcome.body is not None
         rec = self._record(job, outcome, "ok")
         sample = StoredSample(rec, outcome.body, extension_for(outcome.content_type, job.url), job.meta)
-        loop = asyncio.get_running_loop()
-        try:
-            await loop.run_in_executor(self.write_pool, self.writer.write, sample)
-        except StoreError as err:
-            self._store_failed(err, current=rec)
-            return
+        await self.write_queue.put(sample, partial(self.scheduler.done, job))
         self.progress.record("ok", len(outcome.body))
 
-    def _store_failed(self, err: StoreError, current: Record | None) -> None:
+    def _store_failed(self, err: StoreError) -> None:
         """The destination lost these samples (an outage, a full disk): fetch them again later in
         this run, or, after too many tries, leave them as transient failures for the next run."""
         for rec in err.records:
-            if rec is not current:
-                self.progress.unrecord_ok(rec.bytes or 0)
+            self.progress.unrecord_ok(rec.bytes or 0)
             tries = self._store_failures[rec.row] = self._store_failures.get(rec.row, 0) + 1
             if tries <= MAX_STORE_TRIES and not self.scheduler.closed_for_good:
                 self.progress.counters.retries += 1

@@ -152,21 +152,24 @@ async def _read_response(resp: aiohttp.ClientResponse, settings: FetchSettings, 
     declared = resp.content_length
     if declared is not None and declared > settings.max_body_bytes:
         return Outcome(Signal.OBJECT_ERROR, status, "too_large", ttfb=ttfb, content_type=ctype)
-    digest = hashlib.sha256()
-    parts: list[bytes] = []
-    size = 0
-    async for chunk in resp.content.iter_chunked(CHUNK):
-        size += len(chunk)
-        if size > settings.max_body_bytes:
-            return Outcome(Signal.OBJECT_ERROR, status, "too_large", ttfb=ttfb, content_type=ctype)
-        digest.update(chunk)
-        parts.append(chunk)
     encoded = resp.headers.get("Content-Encoding", "identity") != "identity"
-    if declared is not None and size != declared and not encoded:
+    if declared is not None and not encoded:
+        body = await resp.read()  # the common case: one call, no per-chunk await
+    else:
+        # No trustworthy length: read in chunks so a huge body is refused before it is all in memory.
+        parts: list[bytes] = []
+        size = 0
+        async for chunk in resp.content.iter_chunked(CHUNK):
+            size += len(chunk)
+            if size > settings.max_body_bytes:
+                return Outcome(Signal.OBJECT_ERROR, status, "too_large", ttfb=ttfb, content_type=ctype)
+            parts.append(chunk)
+        body = b"".join(parts)
+    if declared is not None and len(body) != declared and not encoded:
         return Outcome(Signal.CONN_ERROR, status, "truncated", True, ttfb, content_type=ctype)
-    if size == 0:
+    if not body:
         return Outcome(Signal.OBJECT_ERROR, status, "empty_body", ttfb=ttfb, content_type=ctype)
-    return Outcome(Signal.OK, status, None, False, ttfb, body=b"".join(parts), sha256=digest.hexdigest(),
+    return Outcome(Signal.OK, status, None, False, ttfb, body=body, sha256=hashlib.sha256(body).hexdigest(),
                    content_type=ctype)
 
 

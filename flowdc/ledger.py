@@ -241,5 +241,8 @@ def latest_positions(table: pa.Table) -> np.ndarray:
     return order[last]
 
 
+_META_ENCODER = json.JSONEncoder(default=str, ensure_ascii=False)  # built once: it is per sample
+
+
 def meta_json(extra: dict[str, Any]) -> str | None:
-    return json.dumps(extra, default=str, ensure_ascii=False) if extra else None
+    return _META_ENCODER.encode(extra) if extra else None

@@ -13,11 +13,10 @@ from __future__ import annotations
 import io
 import json
 import re
-import tarfile
 import time
 from collections.abc import Callable
 from contextlib import ExitStack, suppress
-from typing import Any
+from typing import IO, Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -25,7 +24,10 @@ import pyarrow.parquet as pq
 from flowdc.ledger import LEDGER_DIR, Ledger, Record
 from flowdc.storage import Destination
 from flowdc.writers.base import StoredSample, StoreError
+from flowdc.writers.tarstream import end_of_archive, member_header, padding
 
+WRITE_BYTES = 1 << 20
+_SAMPLE_ENCODER = json.JSONEncoder(default=str)  # built once: it is per sample
 SHARD_FILE = re.compile(r"^(\d{6})\.(tar|parquet)$")
 
 
@@ -48,7 +50,11 @@ class WebDatasetWriter:
         self.next_shard = 0
         self._shard: int | None = None
         self._stack: ExitStack | None = None  # holds the open shard file until commit or abort
-        self._tar: tarfile.TarFile | None = None
+        self._file: IO[bytes] | None = None  # the open shard's tar stream
+        self._offset = 0  # bytes of the shard so far, buffered ones included
+        # Members gather here and reach the file in large writes: each write is a system call
+        # that hands the GIL to the event loop and back, and thousands a second slow the loop.
+        self._buffer = bytearray()
         self._records: list[Record] = []
         self._metas: list[dict[str, Any]] = []
         self._doubtful: set[int] = set()  # shards whose commit failed: maybe partly or wholly stored
@@ -78,23 +84,38 @@ class WebDatasetWriter:
             raise StoreError(exc, lost) from exc
 
     def _append(self, sample: StoredSample) -> None:
-        if self._tar is None:
+        if self._file is None:
             self._open_shard()
-        assert self._tar is not None and self._shard is not None
+        assert self._shard is not None
         rec = sample.record
         rec.shard = self._shard
         rec.path = f"{shard_name(self._shard, 'tar')}:{rec.key}{sample.ext}"
         meta_doc = sample_json(rec, sample.meta)
-        now = time.time()
-        _add_member(self._tar, f"{rec.key}{sample.ext}", sample.body, now)
-        _add_member(self._tar, f"{rec.key}.json", json.dumps(meta_doc, default=str).encode(), now)
+        now = int(time.time())
+        self._add_member(f"{rec.key}{sample.ext}", sample.body, now)
+        self._add_member(f"{rec.key}.json", _SAMPLE_ENCODER.encode(meta_doc).encode(), now)
         self._records.append(rec)
         self._metas.append(meta_doc)
         if len(self._records) >= self.samples_per_shard:
             self._commit_shard()
 
+    def _add_member(self, name: str, data: bytes, mtime: int) -> None:
+        assert self._file is not None
+        start = len(self._buffer)
+        self._buffer += member_header(name, len(data), mtime)
+        self._buffer += data
+        self._buffer += padding(len(data))
+        self._offset += len(self._buffer) - start
+        if len(self._buffer) >= WRITE_BYTES:
+            self._flush()
+
+    def _flush(self) -> None:
+        assert self._file is not None
+        self._file.write(self._buffer)
+        self._buffer.clear()
+
     def close(self) -> None:
-        if self._tar is not None:
+        if self._file is not None:
             try:
                 self._commit_shard()
             except Exception as exc:
@@ -119,19 +140,20 @@ class WebDatasetWriter:
         self._shard = self.next_shard
         self.next_shard += 1
         self._stack = ExitStack()
-        fileobj = self._stack.enter_context(self.dest.open_atomic(shard_name(self._shard, "tar")))
-        tar = tarfile.open(fileobj=fileobj, mode="w|", format=tarfile.PAX_FORMAT)  # noqa: SIM115 - the stack closes it
-        self._tar = self._stack.enter_context(tar)
+        self._file = self._stack.enter_context(self.dest.open_atomic(shard_name(self._shard, "tar")))
+        self._offset = 0
 
     def _commit_shard(self) -> None:
-        assert self._tar is not None and self._stack is not None and self._shard is not None
+        assert self._file is not None and self._stack is not None and self._shard is not None
         # The samples of a failed commit are fetched again: its shard must be gone before they
         # can be committed a second time. Raises (so this shard is lost too) while the store is down.
         self._remove_doubtful()
         stack, self._stack = self._stack, None
         shard = self._shard
         try:
-            stack.close()  # closes the tar (end blocks), then the file: now visible under its final name
+            self._buffer += end_of_archive(self._offset)
+            self._flush()
+            stack.close()  # closes the file: now visible under its final name
             table = pa.Table.from_pylist(self._metas)
             buf = io.BytesIO()
             pq.write_table(table, buf)
@@ -156,16 +178,10 @@ class WebDatasetWriter:
             self._doubtful.discard(shard)
 
     def _reset(self) -> None:
-        self._tar = None
+        self._file = None
+        self._offset = 0
+        self._buffer = bytearray()
         self._stack = None
         self._shard = None
         self._records = []
         self._metas = []
-
-
-def _add_member(tar: tarfile.TarFile, name: str, data: bytes, mtime: float) -> None:
-    info = tarfile.TarInfo(name)
-    info.size = len(data)
-    info.mtime = int(mtime)
-    info.mode = 0o644
-    tar.addfile(info, io.BytesIO(data))
