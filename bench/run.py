@@ -38,9 +38,11 @@ from scenarios import (  # noqa: E402
     SCENARIOS,
     ManifestInfo,
     Scenario,
+    slowest_retry_chain,
     write_scenario_manifest,
     write_synthetic_manifest,
 )
+from verify import verify_webdataset  # noqa: E402
 
 from flowdc.fakehosts import FakeHostFarm, run_farm_in_thread  # noqa: E402
 
@@ -62,6 +64,7 @@ class RunResult:
     requests: int = 0
     n_429: int = 0
     max_in_system: int = 0
+    corrupt: int | None = None  # images in the output that differ from what the host served
     farm_cpu_pct: float | None = None  # this process's CPU while the contender ran: near 100 = server-bound
     load_before: float | None = None  # 1-min load average at the start: other work skews the figures
     returncode: int | None = None
@@ -318,6 +321,9 @@ def run_contender(name: str, scenario: Scenario, info: ManifestInfo, farm: FakeH
         totals = farm.totals()
         result.requests, result.n_429 = totals.get("requests", 0), totals.get("n_429", 0)
         result.max_in_system = totals.get("max_in_system", 0)
+        if name != "bare" and (out / "overview.json").is_file():
+            verified = verify_webdataset(out, farm)
+            result.corrupt = verified.corrupt + max(0, result.ok - verified.images)  # missing ones too
     if not keep:
         shutil.rmtree(out, ignore_errors=True)
     return result
@@ -327,7 +333,7 @@ def run_contender(name: str, scenario: Scenario, info: ManifestInfo, farm: FakeH
 
 COLUMNS = (
     "run", "ok", "failed", "wall s", "img/s wall", "img/s tool", "peak RSS MB",
-    "requests", "429s", "429 frac", "wall/ideal", "farm CPU%", "load", "note",
+    "requests", "429s", "429 frac", "wall/ideal", "corrupt", "farm CPU%", "load", "note",
 )  # fmt: skip
 
 
@@ -349,15 +355,20 @@ def _row(r: RunResult, info: ManifestInfo) -> list[str]:
         str(r.n_429) if r.requests else "-",
         num(r.frac_429 if r.requests else None, ".3f"),
         num(r.wall_s / ideal if ideal and ran else None, ".2f"),
+        "-" if r.corrupt is None else str(r.corrupt),
         num(r.farm_cpu_pct, ".0f"),
         num(r.load_before, ".1f"),
         r.note,
     ]
 
 
-def ratio_lines(results: list[RunResult]) -> list[str]:
+def ratio_lines(scenario: Scenario, results: list[RunResult]) -> list[str]:
     by = {r.name: r for r in results if r.wall_s > 0 and r.ok}
     lines = []
+    chain = slowest_retry_chain(scenario)
+    for r in results:
+        if chain is not None and r.wall_s > 0:
+            lines.append(f"{r.name} wall / slowest retry chain: {r.wall_s / sum(chain):.2f}x")
     for r in results:
         done = r.ok + r.failed + r.skipped
         if r.wall_s > 0 and done and not r.ok:  # nothing fetched (manifest10m): per-row overhead
@@ -385,6 +396,11 @@ def header_lines(scenario: Scenario, info: ManifestInfo, concurrency: int) -> li
         lines.append(f"ideal makespan: {info.ideal_makespan_s:.2f} s")
     if not scenario.synthetic:
         lines.append(f"rows that can succeed: {info.expected_ok}")
+    chain = slowest_retry_chain(scenario)
+    if chain is not None:
+        hold, per_url = chain
+        lines.append(f"slowest necessary retry chain: {hold + per_url:.2f} s "
+                     f"(host hold {hold:.1f} s + per-URL chain {per_url:.2f} s)")
     return lines
 
 
@@ -398,7 +414,7 @@ def markdown(scenario: Scenario, info: ManifestInfo, results: list[RunResult], c
     stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     rows = [_row(r, info) for r in results]
     out = [f"## {scenario.name} ({stamp})", "", scenario.about, ""]
-    out += [f"- {line}" for line in header_lines(scenario, info, concurrency) + ratio_lines(results)]
+    out += [f"- {line}" for line in header_lines(scenario, info, concurrency) + ratio_lines(scenario, results)]
     out += ["", "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     out += ["| " + " | ".join(c.replace("|", "/") for c in r) + " |" for r in rows]
     errors = {r.name: r.errors for r in results if r.errors}
@@ -411,7 +427,7 @@ def report(scenario: Scenario, info: ManifestInfo, results: list[RunResult], con
     print()
     print(f"== {scenario.name}: " + "; ".join(header_lines(scenario, info, concurrency)))
     print(text_table([_row(r, info) for r in results]))
-    for line in ratio_lines(results):
+    for line in ratio_lines(scenario, results):
         print(line)
     for r in results:
         if r.errors:

@@ -105,6 +105,38 @@ def fails_for_good(query: str) -> bool:
     return False
 
 
+def _flowdc_option(scenario: Scenario, name: str, default: float) -> float:
+    args = list(scenario.flowdc_args)
+    return float(args[args.index(name) + 1]) if name in args else default
+
+
+def slowest_retry_chain(scenario: Scenario) -> tuple[float, float] | None:
+    """(host hold, per-URL chain) in seconds, for the slowest row that can still succeed.
+
+    A row's chain is its failed attempts (a stall costs the request timeout) and the longest
+    backoffs flowdc may draw between them (retry_backoff_sec x 2^k x 1.5), or the Retry-After
+    when longer. The host hold is the longest Retry-After a scripted 429 carries: flowdc holds the
+    host on a host's first refusal, so a row queued behind it starts that much later.
+    """
+    timeout = _flowdc_option(scenario, "--timeout", 30.0)
+    backoff = _flowdc_option(scenario, "--retry_backoff_sec", 1.0)
+    hold = chain = 0.0
+    for query, _share in scenario.faults:
+        params = dict(part.partition("=")[::2] for part in query.split("&"))
+        fault = parse_fault(params.get("fail", ""))
+        if fault is None or fault.times is None:
+            continue
+        retry_after = float(params.get("retry_after", 0) or 0)
+        if fault.kind == "429":
+            hold = max(hold, retry_after)
+        spent = 0.0
+        for k in range(fault.times):
+            attempt = timeout if fault.kind == "stall" else 0.0
+            spent += attempt + max(backoff * 2**k * 1.5, retry_after)
+        chain = max(chain, spent)
+    return (hold, chain) if chain else None
+
+
 # -- manifests ----------------------------------------------------------------------------------
 
 

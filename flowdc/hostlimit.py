@@ -7,6 +7,7 @@ here; the adaptive controller lives in paarc.py. Both are pure: the clock is pas
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -19,6 +20,10 @@ class HostLimit(Protocol):
     def hold_until(self) -> float: ...
 
     def min_gap(self) -> float: ...
+
+    def stall_after(self) -> float:
+        """Seconds after which a request still unanswered stops counting toward limit() (inf: never)."""
+        ...
 
     def on_sample(self, now: float, sample: Sample) -> None: ...
 
@@ -83,6 +88,9 @@ class FixedLimit:
 
     def min_gap(self) -> float:
         return 0.0
+
+    def stall_after(self) -> float:
+        return math.inf  # a fixed limit means exactly that many connections, stalled or not
 
     def on_sample(self, now: float, sample: Sample) -> None:
         self.counters.count(sample.signal)

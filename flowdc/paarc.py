@@ -66,13 +66,18 @@ PACE_CUT = 0.5  # without a measured rate (refusals within a burst), halve: few 
 PACE_FLOOR = 0.5  # never pace under this share of the best rate the host accepted: refusals that
 #                   do not depend on our rate would otherwise ratchet the pace down to nothing
 PACE_GAIN = 1.03  # paced hosts are offered this much more per quiet interval...
+PACE_SEEK_GAIN = 1.06  # ... or this much while no refusal has yet shown the rate the host accepts
 PACE_CAP_MARGIN = 0.95  # ... but, while remembered, not past this share of the rate that drew 429s
-METER_MIN_S = 1.0  # an accepted rate needs this much unheld time behind it (a refilled burst fades)
-METER_SPAN_S = 2.0  # the accepted-rate meter forgets older replies past this span
+METER_MIN_S = 0.5  # an accepted rate needs this much unheld time behind it (a refilled burst fades)
+METER_SPAN_S = 1.0  # the accepted-rate meter forgets older replies past this span
 PUSHBACK_MIN_REPLIES = 20  # a share over fewer replies is noise (the first refusal from a host still counts)
 PUSHBACK_SHARE = 0.15  # 429/503s must be this share of recent replies to teach a cap or a pace:
 #                        a host we overrun refuses much of the excess, while per-URL refusals
 #                        stay a small share whatever the load, and must not ratchet anything down
+STALL_LATENCIES = 10.0  # unanswered this many p95 latencies, a request no longer takes a slot...
+STALL_MIN_S = 1.0  # ... and never sooner than this
+SHARE_MEMORY = 40  # replies the refused share is averaged over: a storm of fast 429s shows within ~10
+SHARE_Z = 1.64  # ... as a one-sided 95% lower bound, so chance runs of per-URL refusals do not count
 _HOST_FAILURES = frozenset((Signal.TIMEOUT, Signal.SERVER_ERROR, Signal.CONN_ERROR))
 _SERVED = frozenset((Signal.OK, Signal.OBJECT_ERROR))
 
@@ -251,8 +256,8 @@ class _Pushback:
     limits by rate rather than by parallel requests, a send pace. Only hosts that pushed back
     carry one, so the common controller stays small."""
 
-    __slots__ = ("acted_at", "best_rate", "cap", "meter_ok", "meter_start", "pace", "rate_cap", "refused", "replies",
-                 "until")
+    __slots__ = ("acted_at", "best_rate", "cap", "meter_ok", "meter_start", "ok_level", "pace", "rate_cap", "replies",
+                 "share", "until")
 
     def __init__(self) -> None:
         self.cap = 0  # in-flight count at the 429 (that request included)
@@ -261,13 +266,20 @@ class _Pushback:
         self.rate_cap = 0.0  # accepted rate when the pace last drew a 429
         self.meter_start = 0.0
         self.meter_ok = 0
-        self.replies = 0  # recent replies with headers, and the refusals among them
-        self.refused = 0
+        self.replies = 0  # replies with headers since the record was made
+        self.share = 0.0  # refused share of the last ~SHARE_MEMORY replies (moving average)
+        self.ok_level = 0  # most requests in flight when an OK came back: a load the host takes
         self.acted_at = -1.0  # when a cap or pace was last set: older requests' replies are stale
         self.best_rate = 0.0  # highest accepted rate measured: the pace's floor is a share of it
 
-    def refused_share(self) -> float:
-        return self.refused / self.replies if self.replies else 1.0
+    def reply(self, refused: bool) -> None:
+        self.replies += 1
+        self.share += (float(refused) - self.share) / SHARE_MEMORY
+
+    def refused_share_low(self) -> float:
+        """A one-sided 95% lower bound of the recent refused share (normal approximation)."""
+        p, n = self.share, min(self.replies, SHARE_MEMORY)
+        return p - SHARE_Z * math.sqrt(p * (1.0 - p) / n)
 
     def accepted_rate(self, now: float) -> float | None:
         age = now - self.meter_start
@@ -277,13 +289,18 @@ class _Pushback:
         self.best_rate = max(self.best_rate, rate)
         return rate
 
+    def recent_rate(self, now: float) -> float | None:
+        """OK replies per second since the meter started, however short the span: right after a
+        hold a refilled burst inflates it, so it is an upper bound of the accepted rate."""
+        if self.meter_ok < MIN_LATENCIES:
+            return None
+        return self.meter_ok / max(now - self.meter_start, MIN_INTERVAL_S)
+
     def count_ok(self, now: float) -> None:
         self.meter_ok += 1
         age = now - self.meter_start
         if age > METER_SPAN_S:  # halve the counts: a rolling window without keeping timestamps
             self.meter_ok //= 2
-            self.replies //= 2
-            self.refused //= 2
             self.meter_start = now - age / 2
 
     def pause_meter(self, until: float) -> None:
@@ -363,6 +380,13 @@ class PaarcController:
         """Seconds between two sends to this host (0: no pacing)."""
         return 1.0 / self.push.pace if self.push is not None and self.push.pace > 0 else 0.0
 
+    def stall_after(self) -> float:
+        """A request unanswered for many times the host's usual latency is stuck on its object (a
+        stalled body, a slow backend for that URL): it waits for its timeout without a slot, so a
+        few stuck URLs cannot block a host that answers everything else in milliseconds."""
+        typical = self.p95_ema or self.base_lat or self.rtprop
+        return math.inf if typical is None else max(STALL_MIN_S, STALL_LATENCIES * typical)
+
     def on_sample(self, now: float, sample: Sample) -> None:
         self.now = now
         self.counters.count(sample.signal)
@@ -378,9 +402,11 @@ class PaarcController:
             return
         self._hold_for(now, sample.retry_after)
         if self.push is not None and sample.ttfb is not None:
-            self.push.replies += 1
-            if sample.signal is Signal.OK and now >= self._hold:
-                self.push.count_ok(now)
+            self.push.reply(refused=False)
+            if sample.signal is Signal.OK:
+                self.push.ok_level = max(self.push.ok_level, sample.inflight)
+                if now >= self._hold:
+                    self.push.count_ok(now)
         if self.state == BACKOFF:
             self.tick(now)
         else:
@@ -433,15 +459,18 @@ class PaarcController:
         push = self.push
         if push is None:
             self.push = _Pushback()
-            self.push.replies = self.push.refused = 1
+            self.push.reply(refused=True)
             return True
-        push.replies += 1
-        push.refused += 1
-        if self.state == BACKOFF:
-            # The rest of the burst that made us back off (it lowers the remembered cap), or a
-            # refusal although sent after our cut (the cut was not deep enough).
+        push.reply(refused=True)
+        if self.state == BACKOFF and (sent is None or sent < self.cut_at - 1e-6):
+            return True  # the rest of the burst that made us back off: it lowers the remembered cap
+        if push.pace > 0 and push.rate_cap <= 0 and sent is not None and sent >= push.acted_at:
+            # A host that limits by rate, paced while its rate is still unknown, refused a request
+            # sent at our pace: the pace is too fast (once a rate is known, the share rule judges).
             return True
-        return push.replies >= PUSHBACK_MIN_REPLIES and push.refused_share() >= PUSHBACK_SHARE
+        # Per-URL refusals that come back on every retry keep a steady share whatever our load,
+        # and a share over a few dozen replies wanders: only a share clearly above the bar counts.
+        return push.replies >= PUSHBACK_MIN_REPLIES and push.refused_share_low() >= PUSHBACK_SHARE
 
     def _remember_pushback(self, now: float, sent: float | None, inflight: int) -> None:
         """Learn from a 429/503 what a cut alone would forget.
@@ -456,10 +485,13 @@ class PaarcController:
         if self.state == BACKOFF and (sent is None or sent < self.cut_at - 1e-6):
             if remembered and push.cap > self.p.C_min:
                 push.cap -= 1  # one more of the same burst refused: the host took one fewer
+                self._set_limit(self._limit)  # and stay under it from now on
             return
         if sent is not None and sent < push.acted_at:
             return  # sent before the last cap or pace took effect: it cannot judge them
-        by_rate = remembered and inflight <= push.cap
+        # Refused under a load the host has lately served, or with no fewer requests left to try:
+        # its limit is on requests per second, not on requests at once.
+        by_rate = remembered and (inflight < push.ok_level or self._limit <= self.p.C_min)
         push.cap = min(push.cap, inflight) if remembered else inflight
         push.until = now + self.p.probe_rtt_period
         if by_rate:
@@ -468,7 +500,12 @@ class PaarcController:
                 push.rate_cap = accepted
                 new_pace = PACE_MARGIN * accepted
             else:
-                new_pace = PACE_CUT * (push.pace or self._send_rate(ttfb_hint=None if sent is None else now - sent))
+                # Cut from what the host just took, not from what the limit would allow: a fast
+                # 429 makes the latter huge, and each halving from there costs a Retry-After.
+                recent = push.recent_rate(now)
+                if recent is None:
+                    recent = self._send_rate(ttfb_hint=None if sent is None else now - sent)
+                new_pace = PACE_CUT * min(push.pace or math.inf, recent)
             new_pace = max(new_pace, PACE_FLOOR * push.best_rate)
             push.pace = new_pace if push.pace <= 0 else min(push.pace, new_pace)
         push.acted_at = now
@@ -490,7 +527,8 @@ class PaarcController:
             return
         if push.pace > 0:
             ceiling = PACE_CAP_MARGIN * push.rate_cap if now < push.until and push.rate_cap > 0 else float("inf")
-            push.pace = min(push.pace * PACE_GAIN, max(push.pace, ceiling))
+            gain = PACE_GAIN if push.rate_cap > 0 else PACE_SEEK_GAIN
+            push.pace = min(push.pace * gain, max(push.pace, ceiling))
             if now >= push.until and push.pace > 1.5 * self._send_rate():
                 push.pace = 0.0
         if push.pace <= 0 and now >= push.until:
@@ -524,6 +562,8 @@ class PaarcController:
             self._overload(now, None, None)
             return
         self._measure(s)
+        if self.push is not None:
+            self.push.best_rate = max(self.push.best_rate, s.ok_rate)  # the pace's floor follows it
         self._adjust_pace(now)
         self.win.reset(now, self.rtprop)
         if self.state == INIT:

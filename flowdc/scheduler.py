@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,6 +20,7 @@ from flowdc.hostlimit import HostLimit
 from flowdc.signals import Sample, Signal
 
 IDLE_EVICT_S = 60.0
+MIN_STALLED_ROOM = 8  # stalled requests a host may have beside its limit: the limit, or this if more
 
 
 @dataclass(slots=True)
@@ -31,6 +33,8 @@ class Job:
     meta: dict[str, Any] = field(default_factory=dict)
     attempts: int = 0
     url_hash: int = 0
+    sent_at: float = 0.0
+    stalled: bool = False  # unanswered for so long that it no longer counts toward the host's limit
 
 
 @dataclass(slots=True)
@@ -38,7 +42,8 @@ class HostState:
     name: str
     policy: HostLimit
     queue: collections.deque[Job] = field(default_factory=collections.deque)
-    inflight: int = 0
+    inflight: int = 0  # requests that count toward the limit
+    sent: dict[int, Job] = field(default_factory=dict)  # every request out, stalled ones included
     waiting_retries: int = 0
     offered: bool = False  # already in the ready ring
     wake_armed: bool = False  # a timer will re-offer it when its hold ends
@@ -46,7 +51,10 @@ class HostState:
     next_send: float = 0.0  # pacing: the policy's min_gap after the last send
 
     def busy(self) -> bool:
-        return bool(self.queue) or self.inflight > 0 or self.waiting_retries > 0
+        return bool(self.queue) or bool(self.sent) or self.waiting_retries > 0
+
+    def stalled(self) -> int:
+        return len(self.sent) - self.inflight
 
 
 class Scheduler:
@@ -106,7 +114,11 @@ class Scheduler:
         """A request ended; the caller then either retries the job or records it as final."""
         host = self.hosts[job.host]
         sample = Sample(signal, ttfb, host.inflight, retry_after)
-        host.inflight -= 1
+        del host.sent[id(job)]
+        if job.stalled:
+            job.stalled = False
+        else:
+            host.inflight -= 1
         host.policy.on_sample(self.loop.time(), sample)
         self._offer(host)
 
@@ -131,6 +143,7 @@ class Scheduler:
         now = self.loop.time()
         for host in self.active_hosts():
             host.policy.tick(now)
+            self._release_stalled(host, now)
             self._offer(host)
         while self._idle:
             name, host = next(iter(self._idle.items()))
@@ -144,7 +157,8 @@ class Scheduler:
         return list(self._active.values())
 
     def snapshot(self) -> dict[str, dict[str, Any]]:
-        return {h.name: {**h.policy.snapshot(), "inflight": h.inflight, "queued": len(h.queue)}
+        return {h.name: {**h.policy.snapshot(), "inflight": h.inflight, "stalled": h.stalled(),
+                         "queued": len(h.queue)}
                 for h in self.active_hosts()}
 
     # -- internals ------------------------------------------------------------------------------
@@ -196,12 +210,32 @@ class Scheduler:
                 continue
             job = host.queue.popleft()
             host.inflight += 1
+            job.sent_at = self.loop.time()
+            host.sent[id(job)] = job
             gap = host.policy.min_gap()
             if gap > 0:
-                host.next_send = self.loop.time() + gap
+                # From the slot this send was due in, not from now: timer and wake-up delays
+                # would otherwise add up to a pace well under the one asked for. At most one
+                # gap of lateness is made up, so an idle host gets no burst.
+                host.next_send = max(host.next_send, self.loop.time() - gap) + gap
             self._offer(host)  # back of the ring if it can take more: round-robin between hosts
             return job
         return None
+
+    def _release_stalled(self, host: HostState, now: float) -> None:
+        """Stop counting requests stuck far past the host's usual latency toward its limit, up to
+        a bound: a host where everything stalls still gets a bounded number of connections."""
+        stall_s = host.policy.stall_after()
+        if host.inflight == 0 or stall_s == math.inf:
+            return
+        room = max(host.policy.limit(), MIN_STALLED_ROOM) - host.stalled()
+        for job in host.sent.values():
+            if room <= 0:
+                break
+            if not job.stalled and now - job.sent_at > stall_s:
+                job.stalled = True
+                host.inflight -= 1
+                room -= 1
 
     def _notify_one(self) -> None:
         while self._waiters:

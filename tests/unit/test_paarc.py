@@ -113,22 +113,28 @@ def test_startup_climbs_to_c_max_on_a_host_that_never_slows() -> None:
     assert max(limits) == SMALL.C_max
 
 
-def test_a_burst_of_429s_cuts_once() -> None:
+def test_a_burst_of_429s_cuts_once_and_stays_under_what_the_host_took() -> None:
     f = steady()
     sent = f.now + 0.01
-    for i in range(100):  # one burst: all sent before the first reply came back
+    for i in range(30):  # one burst: 30 of the 64 in flight refused, all sent before the first reply
         f.ctl.on_sample(sent + 0.002 + i * 1e-4, Sample(Signal.OVERLOAD, 0.002 + i * 1e-4, 64))
-    assert f.ctl.limit() == int(64 * 0.7)
+    assert f.ctl.limit() == min(int(64 * 0.7), 64 - 30)
     assert f.ctl.snapshot()["state"] == BACKOFF
-    assert f.ctl.snapshot()["n_429_503"] == 100
+    assert f.ctl.snapshot()["n_429_503"] == 30
 
 
-def test_a_429_to_a_request_sent_after_the_cut_cuts_again() -> None:
+def test_refusals_after_the_cut_cut_again_only_as_a_real_share() -> None:
     f = steady()
-    t = f.now + 0.01
-    f.ctl.on_sample(t, Sample(Signal.OVERLOAD, 0.002, 64))
-    f.ctl.on_sample(t + 0.01, Sample(Signal.OVERLOAD, 0.005, 44))  # sent at t + 0.005, after the cut
-    assert f.ctl.limit() == int(int(64 * 0.7) * 0.7)
+    f.ctl.on_sample(f.now + 0.01, Sample(Signal.OVERLOAD, 0.002, 64))  # a host's first refusal counts
+    cut = f.ctl.limit()
+    assert cut == int(64 * 0.7)
+    # Then one reply in ten refused, sent after the cut: per-URL refusals, not our load.
+    limits = f.intervals(30, every(10, Signal.OVERLOAD))
+    assert min(limits) >= cut
+    assert f.ctl.min_gap() == 0
+    # Half refused is the host telling us to slow down.
+    f.intervals(2, every(2, Signal.OVERLOAD))
+    assert f.ctl.limit() < cut
 
 
 def test_backoff_ends_after_the_cooldown_and_growth_resumes() -> None:

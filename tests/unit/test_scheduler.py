@@ -1,0 +1,72 @@
+"""Scheduler rules that need no network: stalled requests and the host's limit."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+
+from flowdc.hostlimit import FixedLimit
+from flowdc.scheduler import MIN_STALLED_ROOM, Job, Scheduler
+from flowdc.signals import Signal
+
+
+class StallingLimit(FixedLimit):
+    """A fixed limit that lets go of requests unanswered for `after` seconds."""
+
+    def __init__(self, concurrency: int, after: float) -> None:
+        super().__init__(concurrency)
+        self.after = after
+
+    def stall_after(self) -> float:
+        return self.after
+
+
+def jobs(n: int, host: str = "h") -> list[Job]:
+    return [Job(i, str(i), f"http://{host}/{i}", host) for i in range(n)]
+
+
+def take_all(sched: Scheduler) -> list[Job]:
+    taken = []
+    while (job := sched._take()) is not None:
+        taken.append(job)
+    return taken
+
+
+def test_stalled_requests_free_their_slots_up_to_a_bound() -> None:
+    async def main() -> None:
+        sched = Scheduler(lambda now: StallingLimit(2, after=0.02), max_pending=100)
+        for job in jobs(30):
+            sched.add(job)
+        taken = take_all(sched)
+        assert len(taken) == 2  # the limit
+        host = sched.hosts["h"]
+        for _ in range(MIN_STALLED_ROOM):
+            await asyncio.sleep(0.04)
+            sched.tick()  # the stuck ones stop counting, so two more go out...
+            taken += take_all(sched)
+        # ... until MIN_STALLED_ROOM requests stall beside the limit
+        assert (host.inflight, host.stalled(), len(taken)) == (2, MIN_STALLED_ROOM, MIN_STALLED_ROOM + 2)
+        sched.finished(taken[0], Signal.TIMEOUT, None, None)  # a stalled one ends...
+        assert (host.inflight, host.stalled()) == (2, MIN_STALLED_ROOM - 1)
+        sched.tick()  # ... so one more may stall, and its slot goes to the queue
+        assert (host.inflight, host.stalled()) == (1, MIN_STALLED_ROOM)
+        assert len(take_all(sched)) == 1
+        snap = sched.snapshot()["h"]
+        assert (snap["inflight"], snap["stalled"]) == (2, MIN_STALLED_ROOM)
+
+    asyncio.run(main())
+
+
+def test_a_fixed_limit_never_lets_go_of_a_request() -> None:
+    async def main() -> None:
+        sched = Scheduler(lambda now: FixedLimit(2), max_pending=100)
+        assert FixedLimit(2).stall_after() == math.inf
+        for job in jobs(5):
+            sched.add(job)
+        assert len(take_all(sched)) == 2
+        await asyncio.sleep(0.05)
+        sched.tick()
+        assert take_all(sched) == []
+        assert sched.hosts["h"].inflight == 2
+
+    asyncio.run(main())
