@@ -161,12 +161,14 @@ def run_flowdc(
     if not flowdc_available():
         result.note = "skipped: flowdc CLI not available yet (no flowdc/__main__.py)"
         return result
+    telemetry = out.parent / f"{name}.telemetry.jsonl"
+    telemetry.unlink(missing_ok=True)  # one run per file (with --rounds: the last round's)
     cmd = [
         sys.executable, "-m", "flowdc", "download",
         "--input", str(manifest), "--output", str(out), "--url", "url",
         "--output_format", "webdataset", "--quiet", "--no_create_tar",
         "--concurrent_downloads", str(concurrency),
-        "--telemetry", str(out.parent / f"{name}.telemetry.jsonl"),
+        "--telemetry", str(telemetry),
         *scenario.flowdc_args,
     ]  # fmt: skip
     if not paarc:

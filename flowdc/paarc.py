@@ -67,6 +67,7 @@ PACE_FLOOR = 0.5  # never pace under this share of the best rate the host accept
 #                   do not depend on our rate would otherwise ratchet the pace down to nothing
 PACE_GAIN = 1.03  # paced hosts are offered this much more per quiet interval...
 PACE_SEEK_GAIN = 1.06  # ... or this much while no refusal has yet shown the rate the host accepts
+PACE_STEP_S = 0.1  # ... and at least this often while quiet, whatever the intervals do
 PACE_CAP_MARGIN = 0.95  # ... but, while remembered, not past this share of the rate that drew 429s
 METER_MIN_S = 0.5  # an accepted rate needs this much unheld time behind it (a refilled burst fades)
 METER_SPAN_S = 1.0  # the accepted-rate meter forgets older replies past this span
@@ -256,8 +257,8 @@ class _Pushback:
     limits by rate rather than by parallel requests, a send pace. Only hosts that pushed back
     carry one, so the common controller stays small."""
 
-    __slots__ = ("acted_at", "best_rate", "cap", "meter_ok", "meter_start", "ok_level", "pace", "rate_cap", "replies",
-                 "share", "until")
+    __slots__ = ("acted_at", "best_rate", "cap", "grown_at", "meter_ok", "meter_start", "ok_level", "pace",
+                 "rate_cap", "replies", "seeking", "share", "until")
 
     def __init__(self) -> None:
         self.cap = 0  # in-flight count at the 429 (that request included)
@@ -271,6 +272,8 @@ class _Pushback:
         self.ok_level = 0  # most requests in flight when an OK came back: a load the host takes
         self.acted_at = -1.0  # when a cap or pace was last set: older requests' replies are stale
         self.best_rate = 0.0  # highest accepted rate measured: the pace's floor is a share of it
+        self.grown_at = 0.0  # when the pace last grew (or was judged)
+        self.seeking = False  # paced, the rate unknown: a refusal at our pace says it is too fast
 
     def reply(self, refused: bool) -> None:
         self.replies += 1
@@ -320,6 +323,7 @@ class PaarcController:
         "_hold",
         "_limit",
         "base_lat",
+        "born",
         "ceiling",
         "cooldown_until",
         "counters",
@@ -328,6 +332,7 @@ class PaarcController:
         "goodput",
         "intervals",
         "last_inflight",
+        "last_ok_ttfb",
         "now",
         "p",
         "p50_ema",
@@ -335,6 +340,7 @@ class PaarcController:
         "phase",
         "probe_countdown",
         "push",
+        "refused_before",
         "rtprop",
         "rtprop_since",
         "served_before",
@@ -346,6 +352,7 @@ class PaarcController:
     def __init__(self, params: PaarcParams | None = None, now: float = 0.0) -> None:
         self.p = params or _interned(*(f.default for f in fields(PaarcParams)))
         self.counters = HostCounters()
+        self.born = now
         self.state = INIT
         self.phase = CRUISE
         self._limit = self.p.C_init
@@ -361,12 +368,14 @@ class PaarcController:
         self.p95_ema: float | None = None
         self.goodput = 0.0
         self.last_inflight = 0
+        self.last_ok_ttfb: float | None = None  # stands in for the percentiles until an interval closes
         self.intervals = 0
         self.probe_countdown = PROBE_EVERY
         self.strike = False  # the last judged cruise interval showed marginal congestion
         self.win = _Window(now)
         self.now = now
         self.push: _Pushback | None = None
+        self.refused_before = False
         self.served_before = 0.0  # served rate of the interval before the last raise
 
     # -- the HostLimit protocol -----------------------------------------------------------------
@@ -384,7 +393,7 @@ class PaarcController:
         """A request unanswered for many times the host's usual latency is stuck on its object (a
         stalled body, a slow backend for that URL): it waits for its timeout without a slot, so a
         few stuck URLs cannot block a host that answers everything else in milliseconds."""
-        typical = self.p95_ema or self.base_lat or self.rtprop
+        typical = self.p95_ema or self.base_lat or self.rtprop or self.last_ok_ttfb
         return math.inf if typical is None else max(STALL_MIN_S, STALL_LATENCIES * typical)
 
     def on_sample(self, now: float, sample: Sample) -> None:
@@ -401,6 +410,8 @@ class PaarcController:
             # URL; the caller retries that URL after its Retry-After, the host goes on.
             return
         self._hold_for(now, sample.retry_after)
+        if sample.signal is Signal.OK and sample.ttfb is not None:
+            self.last_ok_ttfb = sample.ttfb
         if self.push is not None and sample.ttfb is not None:
             self.push.reply(refused=False)
             if sample.signal is Signal.OK:
@@ -422,6 +433,10 @@ class PaarcController:
             return
         if self.win.due(now, self.rtprop):
             self._close_interval(now)
+        elif self.push is not None and now - self.push.grown_at >= PACE_STEP_S:
+            # A slow pace yields few replies, so intervals close rarely: the pace grows on the
+            # clock too, or one low estimate would stick.
+            self._adjust_pace(now)
 
     def snapshot(self) -> dict[str, float | int | str | None]:
         return {
@@ -459,12 +474,16 @@ class PaarcController:
         push = self.push
         if push is None:
             self.push = _Pushback()
+            self.push.best_rate = self.goodput  # a record made afresh keeps the pace's floor
             self.push.reply(refused=True)
-            return True
+            # Only a host's very first refusal counts unseen: once its record has expired, a
+            # refusal at whatever load we happen to run must show a share like any other.
+            first, self.refused_before = not self.refused_before, True
+            return first
         push.reply(refused=True)
         if self.state == BACKOFF and (sent is None or sent < self.cut_at - 1e-6):
             return True  # the rest of the burst that made us back off: it lowers the remembered cap
-        if push.pace > 0 and push.rate_cap <= 0 and sent is not None and sent >= push.acted_at:
+        if push.seeking and sent is not None and sent >= push.acted_at:
             # A host that limits by rate, paced while its rate is still unknown, refused a request
             # sent at our pace: the pace is too fast (once a rate is known, the share rule judges).
             return True
@@ -506,7 +525,13 @@ class PaarcController:
                 if recent is None:
                     recent = self._send_rate(ttfb_hint=None if sent is None else now - sent)
                 new_pace = PACE_CUT * min(push.pace or math.inf, recent)
-            new_pace = max(new_pace, PACE_FLOOR * push.best_rate)
+            # Refusals that do not depend on our rate must not ratchet the pace down: never under
+            # a share of the best rate the host delivered, or of its average since first seen.
+            lifetime = self.counters.ok / max(now - self.born, METER_MIN_S * 2)
+            new_pace = max(new_pace, PACE_FLOOR * max(push.best_rate, lifetime))
+            # A first pace, set without a measured rate, is a guess: one refusal at it may cut
+            # it again. After that, only a clear share of refusals does.
+            push.seeking = push.pace <= 0 and accepted is None
             push.pace = new_pace if push.pace <= 0 else min(push.pace, new_pace)
         push.acted_at = now
         push.restart_meter(max(now, self._hold))
@@ -525,7 +550,8 @@ class PaarcController:
         push = self.push
         if push is None:
             return
-        if push.pace > 0:
+        push.grown_at = now
+        if push.pace > 0 and now >= self._hold:
             ceiling = PACE_CAP_MARGIN * push.rate_cap if now < push.until and push.rate_cap > 0 else float("inf")
             gain = PACE_GAIN if push.rate_cap > 0 else PACE_SEEK_GAIN
             push.pace = min(push.pace * gain, max(push.pace, ceiling))

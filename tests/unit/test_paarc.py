@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gc
 import json
+import random
 import tracemalloc
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -176,6 +177,26 @@ def test_a_host_limiting_by_rate_gets_paced() -> None:
     assert late.count(False) / len(late) < 0.01  # refusals have stopped
     assert len(late) / 10.0 > 60  # and the host is still used at most of its rate
     assert ctl.snapshot()["pace_per_s"] == round(1 / gap, 2)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_refusals_of_some_urls_whatever_the_load_do_not_hold_the_host_down(seed: int) -> None:
+    """A host that serves everything in 10 ms but refuses one request in twelve, at whatever rate
+    and concurrency we send (429, some with Retry-After: 1, like the faults bench): those refusals
+    are about URLs. After its first refusal the host must run near full speed again, neither paced
+    down nor held at a cap, also after the pushback memory (probe_rtt_period) expired."""
+    rng = random.Random(seed)
+    ctl = PaarcController(PaarcParams(C_init=8, C_min=2, C_max=64), 0.0)
+    now, late_ok = 0.0, 0
+    while now < 40.0:
+        now = max(now + 1.0 / (ctl.limit() / 0.01), now + ctl.min_gap(), ctl.hold_until())
+        refused = rng.random() < 0.08
+        retry_after = 1.0 if refused and rng.random() < 0.4 else None
+        signal = Signal.OVERLOAD if refused else Signal.OK
+        ctl.on_sample(now + 0.01, Sample(signal, 0.01, rng.randint(1, ctl.limit()), retry_after))
+        ctl.tick(now + 0.01)
+        late_ok += now > 35.0 and not refused
+    assert late_ok / 5.0 > 8 / 0.01, f"{late_ok / 5.0:.0f} OK/s late in the run, limit {ctl.limit()}"
 
 
 def test_a_host_with_room_is_not_paced() -> None:
