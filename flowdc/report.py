@@ -417,7 +417,8 @@ def _bins(s: HostSeries, ax_t: _Axis) -> _Bins:
 def _plot_latency(ax: Axes, s: HostSeries, bins: _Bins) -> None:
     p50, p95, rtprop = (bins.mean(s.values[k]) for k in ("p50_ms", "p95_ms", "rtprop_ms"))
     if np.isnan(p50).all() and np.isnan(p95).all():
-        _note(ax, "no latency figures\n(PAARC disabled: fixed limit)")
+        fixed = bool(s.states) and all(state == "FIXED" for _, _, state in s.states)
+        _note(ax, "no latency figures\n" + ("(PAARC disabled: fixed limit)" if fixed else "(no interval measured yet)"))
         ax.set_yticks([])
         return
     x = bins.centre
