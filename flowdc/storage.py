@@ -135,8 +135,11 @@ class Destination:
             os.makedirs(self.root, exist_ok=True)
 
     def remove_temporaries(self) -> int:
-        """Delete half-written files a killed run left behind (local disks only)."""
-        if not self.local or not os.path.isdir(self.root):
+        """Delete what a killed run left half-written: temporary files on a local disk, unfinished
+        multipart uploads on S3 (invisible, but kept and billed until aborted)."""
+        if not self.local:
+            return self._abort_unfinished_uploads()
+        if not os.path.isdir(self.root):
             return 0
         removed = 0
         for dirpath, _dirs, files in os.walk(self.root):
@@ -145,6 +148,28 @@ class Destination:
                     os.unlink(os.path.join(dirpath, name))
                     removed += 1
         return removed
+
+    def _abort_unfinished_uploads(self) -> int:
+        call_s3 = getattr(self.fs, "call_s3", None)
+        if call_s3 is None:
+            return 0  # not S3: GCS resumable uploads expire by themselves
+        bucket, _, key = self.root.partition("/")
+        query: dict[str, Any] = {"Bucket": bucket, "Prefix": key.rstrip("/") + "/" if key else ""}
+        aborted = 0
+        try:
+            while True:
+                answer = call_s3("list_multipart_uploads", **query)
+                for upload in answer.get("Uploads", []):
+                    call_s3("abort_multipart_upload", Bucket=bucket, Key=upload["Key"], UploadId=upload["UploadId"])
+                    aborted += 1
+                if not answer.get("IsTruncated"):
+                    return aborted
+                query.update(KeyMarker=answer["NextKeyMarker"], UploadIdMarker=answer["NextUploadIdMarker"])
+        except FileNotFoundError:
+            return aborted  # no bucket yet: nothing to abort (writing will say what is wrong)
+        except Exception as exc:  # e.g. no ListMultipartUploads permission: not worth failing the run
+            log.warning("could not abort unfinished uploads under %s: %s: %s", self.display, type(exc).__name__, exc)
+            return aborted
 
     def makedirs(self) -> None:
         if self.local:

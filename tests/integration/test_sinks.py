@@ -259,6 +259,26 @@ def test_resume_after_sigkill_on_s3(s3_endpoint: str, slow_farm: FakeHostFarm, t
     assert summary["totals"]["ok"] == len(urls)
 
 
+def test_unfinished_multipart_uploads_of_a_killed_run_are_aborted(s3_endpoint: str, slow_farm: FakeHostFarm,
+                                                                 tmp_path: Path) -> None:
+    """A run killed while a big shard was uploading leaves an S3 multipart upload open: invisible,
+    but kept and billed. The next run into the same output aborts the ones under its prefix, and
+    only those (another output in the bucket may be writing)."""
+    bucket = "unfinished-uploads"
+    fs = s3_filesystem(s3_endpoint)
+    fs.mkdir(bucket)
+    mine = fs.call_s3("create_multipart_upload", Bucket=bucket, Key="ds/000007.tar")
+    fs.call_s3("upload_part", Bucket=bucket, Key="ds/000007.tar", UploadId=mine["UploadId"], PartNumber=1,
+               Body=b"x" * 1024)
+    fs.call_s3("create_multipart_upload", Bucket=bucket, Key="ds-other/000000.tar")
+    urls = make_manifest(tmp_path / "m.parquet", slow_farm, bucket, 12)
+    result = download(tmp_path / "m.parquet", f"s3://{bucket}/ds", output_format="webdataset",
+                      storage_options=s3_options(s3_endpoint))
+    assert result["totals"]["ok"] == len(urls)
+    assert result["this_run"]["recovered"]["temporaries_removed"] == 1
+    assert [u["Key"] for u in open_multipart_uploads(fs, bucket)] == ["ds-other/000000.tar"]
+
+
 # -- 4. the S3 endpoint goes away and comes back ------------------------------------------------
 # Short botocore timeouts and one botocore attempt per call, so an outage reaches the product
 # within ~2 s (s3fs still retries 5 times, aiohttp resends an idempotent request once), which
