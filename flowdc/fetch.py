@@ -19,8 +19,8 @@ import aiohttp
 
 from flowdc.signals import Signal
 
-# A host asking for longer than this is not waited on in one go: the row fails as transient and a
-# rerun picks it up. It keeps one odd header from parking a whole run for a day.
+# A longer Retry-After is waited on for this long per attempt; once the row's attempts are spent it
+# fails as transient and a rerun picks it up. It keeps one odd header from parking a run for a day.
 MAX_RETRY_AFTER_S = 600.0
 FINAL_STATUSES = frozenset({400, 401, 403, 404, 405, 406, 410, 414, 451})
 OVERLOAD_STATUSES = frozenset({429, 503})
