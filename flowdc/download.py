@@ -29,6 +29,7 @@ from flowdc.overview import build_overview, write_overview
 from flowdc.paarc import make_host_limit
 from flowdc.progress import Progress
 from flowdc.scheduler import Job, Scheduler
+from flowdc.seen import SeenKeys
 from flowdc.shipping import Shipper, uploader_for
 from flowdc.storage import Destination
 from flowdc.telemetry import Telemetry
@@ -76,7 +77,7 @@ class DownloadJob:
         self.progress = Progress(self.manifest.num_rows_hint(), cfg.quiet)
         self.host_snapshots: dict[str, dict[str, Any]] = {}
         self.interrupted = False
-        self._seen_keys: set[str] = set()
+        self._seen_keys = SeenKeys()  # url_based mode: keys already taken, to catch duplicate URLs
         self._store_failures: dict[int, int] = {}
 
     async def run(self) -> dict[str, Any]:
@@ -214,7 +215,8 @@ class DownloadJob:
         self.progress.skip_done(int(finished.sum()))
         if self.cfg.naming_mode == "url_based":
             # URLs an earlier run already holds keep their keys: a repeat of one is still a duplicate.
-            self._seen_keys.update(url_key((urls[i] or "").strip()) for i in np.flatnonzero(finished))
+            for i in np.flatnonzero(finished):
+                self._seen_keys.add(url_key((urls[i] or "").strip()))
         labels = batch.column(self.cfg.label).cast(pa.string()).to_pylist() if self.cfg.label else None
         extras = batch.select(self.extra_columns).to_pylist() if self.extra_columns else None
         for i in np.flatnonzero(~finished):
@@ -224,8 +226,7 @@ class DownloadJob:
             key = make_key(self.cfg.naming_mode, row, url)
             problem = "no_url" if not url else scheme_error(url)
             if problem is None and self.cfg.naming_mode == "url_based":
-                problem = "duplicate_url" if key in self._seen_keys else None
-                self._seen_keys.add(key)
+                problem = None if self._seen_keys.add(key) else "duplicate_url"
             if problem is not None:
                 status = "skipped" if problem in ("no_url", "duplicate_url") else "failed"
                 # No metadata copy for rows never fetched: the manifest still has it.
