@@ -158,7 +158,11 @@ class Ledger:
                     raise
 
     def commit_shard(self, shard: int, records: list[Record]) -> None:
-        self._write_part(f"shard-{shard:06d}.parquet", records)
+        self._write_part(_shard_part(shard), records)
+
+    def uncommit_shard(self, shard: int) -> None:
+        """Remove a shard's commit (its ledger part), if it was written."""
+        self.dest.remove(f"{LEDGER_DIR}/{_shard_part(shard)}")
 
     def _write_part(self, name: str, records: list[Record]) -> None:
         table = records_table(records)
@@ -225,6 +229,10 @@ class Ledger:
         total_bytes = pc.sum(latest["bytes"]).as_py() if latest.num_rows else 0
         return {"rows": latest.num_rows, **counts, "bytes": total_bytes or 0,
                 "errors": dict(sorted(reasons.items(), key=lambda kv: -kv[1]))}
+
+
+def _shard_part(shard: int) -> str:
+    return f"shard-{shard:06d}.parquet"  # committed_shards() reads the number back from [6:12]
 
 
 def latest_positions(table: pa.Table) -> np.ndarray:

@@ -21,7 +21,7 @@ from typing import IO, Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from flowdc.ledger import LEDGER_DIR, Ledger, Record
+from flowdc.ledger import Ledger, Record
 from flowdc.storage import Destination
 from flowdc.writers.base import StoredSample, StoreError
 from flowdc.writers.tarstream import end_of_archive, member_header, padding
@@ -172,9 +172,9 @@ class WebDatasetWriter:
         """Remove every file of the shards whose commit failed, the ledger part first, so that a
         shard is never committed without its files; raises if the store still fails."""
         for shard in sorted(self._doubtful):
-            for rel in (f"{LEDGER_DIR}/shard-{shard:06d}.parquet", shard_name(shard, "parquet"),
-                        shard_name(shard, "tar")):
-                self.dest.remove(rel)
+            self.ledger.uncommit_shard(shard)
+            self.dest.remove(shard_name(shard, "parquet"))
+            self.dest.remove(shard_name(shard, "tar"))
             self._doubtful.discard(shard)
 
     def _reset(self) -> None:
