@@ -229,10 +229,10 @@ class Scheduler:
         if host.inflight == 0 or stall_s == math.inf:
             return
         room = max(host.policy.limit(), MIN_STALLED_ROOM) - host.stalled()
-        for job in host.sent.values():
-            if room <= 0:
+        for job in host.sent.values():  # in send order: oldest first
+            if room <= 0 or now - job.sent_at <= stall_s:
                 break
-            if not job.stalled and now - job.sent_at > stall_s:
+            if not job.stalled:
                 job.stalled = True
                 host.inflight -= 1
                 room -= 1
