@@ -13,6 +13,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from flowdc.paarc import PaarcParams
+
+_PAARC = PaarcParams()  # the controller's defaults are the options' defaults
+
 
 class ConfigError(ValueError):
     """A user error: printed as one line, exit code 2, never a traceback."""
@@ -30,20 +34,24 @@ class PaarcOptions:
     """Shared PAARC knobs; mixed into every command that sends requests."""
 
     enable_paarc: bool = opt(True, "Adapt each host's concurrency with PAARC (use --disable_paarc for a fixed C_init).")
-    C_init: int = opt(8, "Initial (and, without PAARC, fixed) concurrency per host.")
-    C_min: int = opt(2, "Lowest concurrency PAARC may set for a host.")
-    C_max: int = opt(2000, "Highest concurrency PAARC may set for a host.")
-    mu: float = opt(1.0, "Utilisation factor: the operating point is mu x the discovered ceiling (0-1].")
-    beta: float = opt(0.7, "Multiplicative backoff on overload (429/503), in (0,1).")
-    theta_50: float = opt(1.5, "Latency inflation threshold: p50 TTFB above theta_50 x RTprop means the host is full.")
-    theta_95: float = opt(2.0, "Latency inflation threshold: p95 TTFB above theta_95 x RTprop means the host is full.")
-    probe_rtt_period: float = opt(30.0, "Seconds between PROBE_RTT phases that re-measure a host's base latency.")
-    alpha_ema: float = opt(0.3, "Smoothing factor of the latency moving averages, in (0,1].")
+    C_init: int = opt(_PAARC.C_init, "Initial (and, without PAARC, fixed) concurrency per host.")
+    C_min: int = opt(_PAARC.C_min, "Lowest concurrency PAARC may set for a host.")
+    C_max: int = opt(_PAARC.C_max, "Highest concurrency PAARC may set for a host.")
+    mu: float = opt(_PAARC.mu, "Utilisation factor: the operating point is mu x the discovered ceiling (0-1].")
+    beta: float = opt(_PAARC.beta, "Multiplicative backoff on overload (429/503), in (0,1).")
+    theta_50: float = opt(
+        _PAARC.theta_50, "Latency inflation threshold: p50 TTFB above theta_50 x RTprop means the host is full."
+    )
+    theta_95: float = opt(
+        _PAARC.theta_95, "Latency inflation threshold: p95 TTFB above theta_95 x RTprop means the host is full."
+    )
+    probe_rtt_period: float = opt(
+        _PAARC.probe_rtt_period, "Seconds between PROBE_RTT phases that re-measure a host's base latency."
+    )
+    alpha_ema: float = opt(_PAARC.alpha_ema, "Smoothing factor of the latency moving averages, in (0,1].")
 
     def check_paarc(self) -> None:
-        from flowdc.paarc import PaarcParams  # the controller owns the rules for its knobs
-
-        try:
+        try:  # the controller owns the rules for its knobs
             PaarcParams.from_options(self)
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
