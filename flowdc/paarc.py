@@ -545,8 +545,8 @@ class PaarcController:
         return self._limit / latency
 
     def _adjust_pace(self, now: float) -> None:
-        """A quiet interval: offer a paced host a little more, up to the rate it accepted; once the
-        memory has expired and the pace no longer binds, drop the pushback record altogether."""
+        """A quiet interval, or a quiet PACE_STEP_S: offer a paced host a little more, up to the rate
+        it accepted; once the memory has expired and the pace no longer binds, drop the record."""
         push = self.push
         if push is None:
             return
