@@ -252,8 +252,11 @@ class DownloadJob:
             sched.done(job)
 
     def _retry_delay(self, job: Job, outcome: Outcome) -> float:
-        backoff = self.cfg.retry_backoff_sec * 2 ** (job.attempts - 1) * random.uniform(0.5, 1.5)
-        return max(backoff, outcome.retry_after or 0.0)
+        if outcome.retry_after is not None:
+            # The server named the time. Growing it per attempt on top would only add a tail:
+            # the host's own pushback is paced and held by PAARC, not by per-URL delays.
+            return outcome.retry_after
+        return self.cfg.retry_backoff_sec * 2 ** (job.attempts - 1) * random.uniform(0.5, 1.5)
 
     async def _store(self, job: Job, outcome: Outcome) -> None:
         # Counted as ok now; a sample the destination loses is taken back by _store_failed.

@@ -69,6 +69,9 @@ PACE_GAIN = 1.03  # paced hosts are offered this much more per quiet interval...
 PACE_SEEK_GAIN = 1.06  # ... or this much while no refusal has yet shown the rate the host accepts
 PACE_STEP_S = 0.1  # ... and at least this often while quiet, whatever the intervals do
 PACE_CAP_MARGIN = 0.95  # ... but, while remembered, not past this share of the rate that drew 429s
+CREEP_QUIET_S = 2.0  # a paced host quiet this long at its ceiling lets the ceiling creep up...
+CREEP_STEP = 1.002  # ... by this much per pace step (2%/s)...
+CREEP_GIVEBACK = 1.01  # ... and each refusal takes back 1% of the creep (never below the measured rate)
 METER_MIN_S = 0.5  # an accepted rate needs this much unheld time behind it (a refilled burst fades)
 METER_SPAN_S = 1.0  # the accepted-rate meter forgets older replies past this span
 PUSHBACK_MIN_REPLIES = 20  # a share over fewer replies is noise (the first refusal from a host still counts)
@@ -79,6 +82,9 @@ STALL_LATENCIES = 10.0  # unanswered this many p95 latencies, a request no longe
 STALL_MIN_S = 1.0  # ... and never sooner than this
 SHARE_MEMORY = 40  # replies the refused share is averaged over: a storm of fast 429s shows within ~10
 SHARE_Z = 1.64  # ... as a one-sided 95% lower bound, so chance runs of per-URL refusals do not count
+RATE_EVIDENCE = 0.8  # refused under this share of a load lately served: the host limits by rate
+RECALL_SLACK = 1.25  # refused again within this factor of what a forgotten lesson said: the limit stands
+MEMORY_MAX_PERIODS = 8  # a lesson confirmed again and again is kept up to this many probe_rtt_periods
 _HOST_FAILURES = frozenset((Signal.TIMEOUT, Signal.SERVER_ERROR, Signal.CONN_ERROR))
 _SERVED = frozenset((Signal.OK, Signal.OBJECT_ERROR))
 
@@ -257,14 +263,16 @@ class _Pushback:
     limits by rate rather than by parallel requests, a send pace. Only hosts that pushed back
     carry one, so the common controller stays small."""
 
-    __slots__ = ("acted_at", "best_rate", "cap", "grown_at", "meter_ok", "meter_start", "ok_level", "pace",
-                 "rate_cap", "replies", "seeking", "share", "until")
+    __slots__ = ("acted_at", "best_rate", "cap", "creep", "grown_at", "meter_ok", "meter_start", "ok_level",
+                 "pace", "rate_cap", "refused_at", "replies", "seeking", "share", "until")
 
     def __init__(self) -> None:
         self.cap = 0  # in-flight count at the 429 (that request included)
         self.until = 0.0
         self.pace = 0.0  # requests per second; 0 = not paced
         self.rate_cap = 0.0  # accepted rate when the pace last drew a 429
+        self.creep = 1.0  # how far quiet time has raised the pace's ceiling above rate_cap
+        self.refused_at = -math.inf  # the latest 429/503, counted or not
         self.meter_start = 0.0
         self.meter_ok = 0
         self.replies = 0  # replies with headers since the record was made
@@ -278,6 +286,11 @@ class _Pushback:
     def reply(self, refused: bool) -> None:
         self.replies += 1
         self.share += (float(refused) - self.share) / SHARE_MEMORY
+
+    def refused(self, now: float) -> None:
+        self.reply(refused=True)
+        self.refused_at = now
+        self.creep = max(1.0, self.creep / CREEP_GIVEBACK)  # crept past the rate: give some back
 
     def refused_share_low(self) -> float:
         """A one-sided 95% lower bound of the recent refused share (normal approximation)."""
@@ -332,7 +345,9 @@ class PaarcController:
         "goodput",
         "intervals",
         "last_inflight",
+        "last_ok_inflight",
         "last_ok_ttfb",
+        "memory_s",
         "now",
         "p",
         "p50_ema",
@@ -344,6 +359,7 @@ class PaarcController:
         "rtprop",
         "rtprop_since",
         "served_before",
+        "stale_cap",
         "state",
         "strike",
         "win",
@@ -369,6 +385,7 @@ class PaarcController:
         self.goodput = 0.0
         self.last_inflight = 0
         self.last_ok_ttfb: float | None = None  # stands in for the percentiles until an interval closes
+        self.last_ok_inflight = 0  # requests in flight at the latest OK: a load the host just took
         self.intervals = 0
         self.probe_countdown = PROBE_EVERY
         self.strike = False  # the last judged cruise interval showed marginal congestion
@@ -377,6 +394,8 @@ class PaarcController:
         self.push: _Pushback | None = None
         self.refused_before = False
         self.served_before = 0.0  # served rate of the interval before the last raise
+        self.memory_s = self.p.probe_rtt_period  # how long the next pushback lesson is kept
+        self.stale_cap = 0  # the cap of a lesson that expired (0: none)
 
     # -- the HostLimit protocol -----------------------------------------------------------------
     def limit(self) -> int:
@@ -403,15 +422,16 @@ class PaarcController:
         if sample.signal is Signal.OVERLOAD:
             sent = None if sample.ttfb is None else now - sample.ttfb
             if self._refusal_is_about_host(sent):
-                self._remember_pushback(now, sent, sample.inflight)  # reads the rate before the hold
+                known = self._remember_pushback(now, sent, sample.inflight)  # reads the rate before the hold
                 self._hold_for(now, sample.retry_after)
-                self._overload(now, sent, sample.retry_after)
+                self._overload(now, sent, sample.retry_after, known)
             # else: a stray refusal while the host accepts nearly everything else is about that
             # URL; the caller retries that URL after its Retry-After, the host goes on.
             return
         self._hold_for(now, sample.retry_after)
         if sample.signal is Signal.OK and sample.ttfb is not None:
             self.last_ok_ttfb = sample.ttfb
+            self.last_ok_inflight = sample.inflight
         if self.push is not None and sample.ttfb is not None:
             self.push.reply(refused=False)
             if sample.signal is Signal.OK:
@@ -475,13 +495,14 @@ class PaarcController:
         if push is None:
             self.push = _Pushback()
             self.push.best_rate = self.goodput  # a record made afresh keeps the pace's floor
-            self.push.reply(refused=True)
+            self.push.ok_level = self.last_ok_inflight  # so a refusal under it next says "by rate"
+            self.push.refused(self.now)
             # Only a host's very first refusal counts unseen: once its record has expired, a
             # refusal at whatever load we happen to run must show a share like any other.
             first, self.refused_before = not self.refused_before, True
             return first
-        push.reply(refused=True)
-        if self.state == BACKOFF and (sent is None or sent < self.cut_at - 1e-6):
+        push.refused(self.now)
+        if self.state == BACKOFF and self._before_cut(sent):
             return True  # the rest of the burst that made us back off: it lowers the remembered cap
         if push.seeking and sent is not None and sent >= push.acted_at:
             # A host that limits by rate, paced while its rate is still unknown, refused a request
@@ -491,32 +512,44 @@ class PaarcController:
         # and a share over a few dozen replies wanders: only a share clearly above the bar counts.
         return push.replies >= PUSHBACK_MIN_REPLIES and push.refused_share_low() >= PUSHBACK_SHARE
 
-    def _remember_pushback(self, now: float, sent: float | None, inflight: int) -> None:
+    def _remember_pushback(self, now: float, sent: float | None, inflight: int) -> float | None:
         """Learn from a 429/503 what a cut alone would forget.
 
         A reply to a request sent before our last cut is part of the same burst and teaches nothing
         new. A fresh one at or below the in-flight level that drew the last one means fewer
         parallel requests did not help: the host limits by rate, so pace the sends.
+
+        Returns the limit a probe past a forgotten cap should fall back to when it found that cap
+        where it was (None otherwise): the host is known to serve just under it.
         """
         push = self.push
         assert push is not None  # _refusal_is_about_host made it
         remembered = now < push.until and push.cap > 0
-        if self.state == BACKOFF and (sent is None or sent < self.cut_at - 1e-6):
+        if self.state == BACKOFF and self._before_cut(sent):
             if remembered and push.cap > self.p.C_min:
                 push.cap -= 1  # one more of the same burst refused: the host took one fewer
                 self._set_limit(self._limit)  # and stay under it from now on
-            return
+            return None
         if sent is not None and sent < push.acted_at:
-            return  # sent before the last cap or pace took effect: it cannot judge them
-        # Refused under a load the host has lately served, or with no fewer requests left to try:
-        # its limit is on requests per second, not on requests at once.
-        by_rate = remembered and (inflight < push.ok_level or self._limit <= self.p.C_min)
+            return None  # sent before the last cap or pace took effect: it cannot judge them
+        # Refused well under a load the host has lately served, or with no fewer requests left to
+        # try: its limit is on requests per second, not on requests at once. ("Well" under: a host
+        # counts a request until its reply is fully out, so a hard cap may refuse one or two under
+        # the level we last saw served.)
+        paced = push.pace > 0  # a paced host keeps its record past the memory: the pace is still its lesson
+        by_rate = (remembered or paced) and (inflight < RATE_EVIDENCE * push.ok_level or self._limit <= self.p.C_min)
+        accepted = push.accepted_rate(now) if by_rate else None
+        known: float | None = None
+        if not remembered:
+            prior_cap = push.cap or self.stale_cap
+            self.memory_s = self._memory_after_reprobe(prior_cap, push, inflight, accepted)
+            if self.memory_s > self.p.probe_rtt_period and not by_rate:
+                known = float(min(prior_cap, inflight) - 1)
         push.cap = min(push.cap, inflight) if remembered else inflight
-        push.until = now + self.p.probe_rtt_period
+        push.until = now + self.memory_s
         if by_rate:
-            accepted = push.accepted_rate(now)
             if accepted is not None:
-                push.rate_cap = accepted
+                push.rate_cap, push.creep = accepted, 1.0
                 new_pace = PACE_MARGIN * accepted
             else:
                 # Cut from what the host just took, not from what the limit would allow: a fast
@@ -535,6 +568,22 @@ class PaarcController:
             push.pace = new_pace if push.pace <= 0 else min(push.pace, new_pace)
         push.acted_at = now
         push.restart_meter(max(now, self._hold))
+        return known
+
+    def _memory_after_reprobe(self, prior_cap: int, push: _Pushback, inflight: int, accepted: float | None) -> float:
+        """How long to keep a lesson learned afresh. Probing past a forgotten limit costs a hold and
+        a few refusals each time: a host that refuses again where it did before keeps its limit,
+        so the lesson is kept twice as long; one that took clearly more is re-probed on schedule."""
+        same_cap = prior_cap > 0 and inflight <= RECALL_SLACK * prior_cap
+        same_rate = accepted is None or push.rate_cap <= 0 or accepted <= RECALL_SLACK * push.rate_cap
+        if same_cap and same_rate:
+            return min(2.0 * self.memory_s, MEMORY_MAX_PERIODS * self.p.probe_rtt_period)
+        return self.p.probe_rtt_period
+
+    def _before_cut(self, sent: float | None) -> bool:
+        """Sent under the limit the last cut replaced (a send in the very instant of the cut too:
+        its slot was freed by an earlier reply of that instant)."""
+        return sent is None or sent <= self.cut_at + 1e-9
 
     def _cap_remembered(self) -> bool:
         return self.push is not None and self.now < self.push.until and self.push.cap > 1
@@ -552,15 +601,27 @@ class PaarcController:
             return
         push.grown_at = now
         if push.pace > 0 and now >= self._hold:
-            ceiling = PACE_CAP_MARGIN * push.rate_cap if now < push.until and push.rate_cap > 0 else float("inf")
+            ceiling = float("inf")
+            if now < push.until and push.rate_cap > 0:
+                ceiling = PACE_CAP_MARGIN * push.rate_cap * push.creep
+                if push.pace >= ceiling and now - push.refused_at >= CREEP_QUIET_S:
+                    # Quiet at the ceiling: the meter that set it reads a little low (holds,
+                    # timer slack), so let it creep up until the host refuses again.
+                    push.creep *= CREEP_STEP
+                    ceiling *= CREEP_STEP
             gain = PACE_GAIN if push.rate_cap > 0 else PACE_SEEK_GAIN
-            push.pace = min(push.pace * gain, max(push.pace, ceiling))
+            # The measured ceiling only stops growth; a crept one binds both ways, so refusals
+            # that took the creep back also slow the pace.
+            keep = push.pace if push.creep <= 1.0 else 0.0
+            push.pace = min(push.pace * gain, max(keep, ceiling))
             if now >= push.until and push.pace > 1.5 * self._send_rate():
                 push.pace = 0.0
         if push.pace <= 0 and now >= push.until:
+            self.stale_cap = push.cap or self.stale_cap  # a record a stray refusal made has none
             self.push = None
 
-    def _overload(self, now: float, sent: float | None, retry_after: float | None) -> None:
+    def _overload(self, now: float, sent: float | None, retry_after: float | None,
+                  known: float | None = None) -> None:
         """429/503 or a failing interval: cut once per burst, then let the replies on the way arrive.
 
         During the cooldown only a reply to a request sent *after* the cut is news (the cut was not
@@ -568,10 +629,14 @@ class PaarcController:
         """
         if self.state == BACKOFF:
             self.cooldown_until = max(self.cooldown_until, now + (retry_after or 0.0))
-            if sent is None or sent < self.cut_at - 1e-6:
+            if self._before_cut(sent):
                 return
-        # Floor: a cut must lower even a small limit (round(3 x 0.7) would not).
-        self.ceiling = max(self.p.C_min, math.floor(self.p.beta * min(self.ceiling, self._limit)))
+        if known is not None:
+            # A probe found a known cap where it was: back to just under it, not a blind cut.
+            self.ceiling = max(self.p.C_min, min(self.ceiling, known))
+        else:
+            # Floor: a cut must lower even a small limit (round(3 x 0.7) would not).
+            self.ceiling = max(self.p.C_min, math.floor(self.p.beta * min(self.ceiling, self._limit)))
         self._set_limit(self.ceiling)
         rtt = self.rtprop if self.rtprop is not None else UNKNOWN_RTPROP_S
         self.cut_at = now
@@ -751,11 +816,19 @@ class PaarcController:
     def _count_down_to_probe(self) -> None:
         self.probe_countdown -= 1
         if self.probe_countdown <= 0:
-            self._start_probe()
+            if self._pinned():
+                self.probe_countdown = PROBE_EVERY  # nothing to probe until the cap is forgotten
+            else:
+                self._start_probe()
 
     def _start_probe(self) -> None:
         self.phase = PROBE_UP
+        self.probe_countdown = PROBE_EVERY  # strict looks left while pinned under a cap
         self._set_limit(max(self.ceiling + 1, self.ceiling * PROBE_GAIN))
+
+    def _pinned(self) -> bool:
+        """At the most a remembered cap allows: a probe could not raise the limit."""
+        return self._cap_remembered() and self.push is not None and self._limit >= self.push.cap - 1
 
     def _step_probe_up(self, s: _Summary) -> None:
         if self.near:
@@ -775,7 +848,13 @@ class PaarcController:
         elif s.pipe_full:
             # The host took the extra load without queueing: keep it and probe again right away.
             self.ceiling = float(self._limit)
-            if self._limit < self.p.C_max:
+            if self._pinned():
+                # Judged strictly (any sign of a queue cuts) a few times at the cap, then as a
+                # cruise: each strict look at an unchanged limit is one more chance to cut on noise.
+                self.probe_countdown -= 1
+                if self.probe_countdown <= 0:
+                    self._enter_probe_bw(CRUISE)
+            elif self._limit < self.p.C_max:
                 self._start_probe()
             else:
                 self._enter_probe_bw(CRUISE)

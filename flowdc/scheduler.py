@@ -171,15 +171,20 @@ class Scheduler:
             self._idle.pop(name, None)
         return host
 
-    def _enqueue(self, host: HostState, job: Job) -> None:
-        host.queue.append(job)
+    def _enqueue(self, host: HostState, job: Job, first: bool = False) -> None:
+        if first:
+            host.queue.appendleft(job)
+        else:
+            host.queue.append(job)
         self._active[host.name] = host
         self._offer(host)
 
     def _requeue(self, job: Job) -> None:
+        # A retry goes first: it is older than anything queued, and sent last it would be the
+        # run's tail (one unlucky row retried behind a host's whole queue, then backed off again).
         host = self._host(job.host)
         host.waiting_retries -= 1
-        self._enqueue(host, job)
+        self._enqueue(host, job, first=True)
 
     def _eligible(self, host: HostState) -> bool:
         if not host.queue or host.inflight >= host.policy.limit():

@@ -107,6 +107,17 @@ def test_retries_stop_at_max_retry_attempts(tmp_path: Path, two_hosts: FakeHostF
     assert two_hosts.hosts[0].stats["attempts"]["/r/always503.png?fail=503"] == 3
 
 
+def test_a_retry_after_replaces_the_backoff(tmp_path: Path, farm_factory: FarmFactory) -> None:
+    """When the server names a time, that is when the URL is asked again: not the longer
+    exponential backoff, which would only stretch the run's tail."""
+    farm = farm_factory([HostSpec("127.0.0.2", keep_events=10)])
+    path_qs = "/ra/once.png?fail=429x1&retry_after=1"
+    records = run(tmp_path, [farm.url(0, path_qs)], retry_backoff_sec=10.0)
+    assert all(r["status"] == "ok" for r in records.values())
+    first, second = events_for(farm, 0, path_qs)
+    assert 0.9 <= second[0] - first[1] <= 3.0, f"retried after {second[0] - first[1]:.2f}s"
+
+
 def test_retry_after_holds_the_host(tmp_path: Path, farm_factory: FarmFactory) -> None:
     """Retry-After, in seconds or as an HTTP-date, holds that host: no request reaches it before the
     time the header named, while another host keeps working."""

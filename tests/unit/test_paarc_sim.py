@@ -155,3 +155,19 @@ def test_probe_rtt_runs_periodically_and_briefly() -> None:
     assert len(probe_rtt) <= 0.02 * len(res.rows)
     assert all(r.limit <= 0.6 * 50 for r in probe_rtt)
     assert all(in_band(r.limit, 50) for r in res.rows if r.t > 5 and cruising(r))
+
+
+def test_a_hard_cap_found_again_is_probed_ever_less_often() -> None:
+    """Past the pushback memory (probe_rtt_period) the host is probed past its cap again, since it
+    may have grown; each probe costs a Retry-After hold and a few 429s. A cap found where it was
+    keeps its lesson twice as long each time: probes at 30, 90 and 210 s, not every 30 s."""
+    spec = HostSpec(capacity=12, hard_cap_ratio=1.0, retry_after=1.0)
+    res = simulate(PaarcController(), spec, 250.0, record_times=True)
+    episodes: list[float] = []
+    for i, t in enumerate(res.reject_times):
+        if i == 0 or t - res.reject_times[i - 1] > 2.0:
+            episodes.append(t)
+    assert len(episodes) == 4, episodes  # the first refusal, then three probes
+    gaps = [b - a for a, b in zip(episodes[1:], episodes[2:], strict=False)]
+    assert gaps == [pytest.approx(60.0, abs=2.0), pytest.approx(120.0, abs=2.0)], episodes
+    assert res.frac_429 < 0.01

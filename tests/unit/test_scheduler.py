@@ -70,3 +70,21 @@ def test_a_fixed_limit_never_lets_go_of_a_request() -> None:
         assert sched.hosts["h"].inflight == 2
 
     asyncio.run(main())
+
+
+def test_a_retry_goes_ahead_of_its_hosts_queue() -> None:
+    """A retried job is the oldest of its host's work: sent last, it would make the run's tail."""
+    async def main() -> None:
+        sched = Scheduler(lambda now: FixedLimit(1), max_pending=100)
+        for job in jobs(5):
+            sched.add(job)
+        first = sched._take()
+        assert first is not None and first.row == 0
+        sched.finished(first, Signal.OVERLOAD, 0.001, None)
+        sched.retry_later(first, 0.01)
+        await asyncio.sleep(0.05)
+        assert [job.row for job in take_all(sched)] == [0]
+        sched.finished(first, Signal.OK, 0.001, None)
+        assert sched._take().row == 1
+
+    asyncio.run(main())
