@@ -240,7 +240,7 @@ class DownloadJob:
         while (job := await sched.next_job()) is not None:
             job.attempts += 1
             outcome = await fetch_one(session, job.url, self.settings)
-            sched.finished(job, outcome.signal, outcome.ttfb, outcome.retry_after)
+            sched.finished(job, outcome.signal, outcome.ttfb, outcome.retry_after, outcome.fresh_connection)
             if outcome.ok:
                 await self._store(job, outcome)  # the job is done once a writer has the sample
                 continue

@@ -170,7 +170,7 @@ class _Window:
         self.stride = 1
         self.lat: array[float] | None = None  # allocated on first use: idle hosts stay tiny
 
-    def add(self, now: float, s: Sample) -> None:
+    def add(self, now: float, s: Sample, timed: bool = True) -> None:
         if self.n == 0 and s.ttfb is not None and now - s.ttfb > self.start:
             # The host sat idle before this request was sent: start the interval at the send, so
             # an idle gap does not dilute the rate.
@@ -187,7 +187,7 @@ class _Window:
         if not self.served:
             self.first = now
         self.served += 1
-        if s.signal is Signal.OK:
+        if s.signal is Signal.OK and timed:
             self._keep_latency(s.ttfb)
 
     def _keep_latency(self, ttfb: float) -> None:
@@ -353,6 +353,7 @@ class PaarcController:
         "p50_ema",
         "p95_ema",
         "phase",
+        "pooled",
         "probe_countdown",
         "push",
         "refused_before",
@@ -386,6 +387,7 @@ class PaarcController:
         self.last_inflight = 0
         self.last_ok_ttfb: float | None = None  # stands in for the percentiles until an interval closes
         self.last_ok_inflight = 0  # requests in flight at the latest OK: a load the host just took
+        self.pooled = False  # a reply came on a pooled connection
         self.intervals = 0
         self.probe_countdown = PROBE_EVERY
         self.strike = False  # the last judged cruise interval showed marginal congestion
@@ -429,8 +431,15 @@ class PaarcController:
             # URL; the caller retries that URL after its Retry-After, the host goes on.
             return
         self._hold_for(now, sample.retry_after)
-        if sample.signal is Signal.OK and sample.ttfb is not None:
+        # A reply on a connection opened for it took a connect (and TLS handshake) longer: once the
+        # host has answered on a pooled connection, only those time it. (A host that closes every
+        # connection never does, and is timed with its connects.)
+        if not sample.fresh:
+            self.pooled = True
+        timed = not (sample.fresh and self.pooled)
+        if sample.signal is Signal.OK and sample.ttfb is not None and timed:
             self.last_ok_ttfb = sample.ttfb
+        if sample.signal is Signal.OK:
             self.last_ok_inflight = sample.inflight
         if self.push is not None and sample.ttfb is not None:
             self.push.reply(refused=False)
@@ -441,7 +450,7 @@ class PaarcController:
         if self.state == BACKOFF:
             self.tick(now)
         else:
-            self.win.add(now, sample)
+            self.win.add(now, sample, timed)
             if self.win.due(now, self.rtprop):
                 self._close_interval(now)
 

@@ -110,10 +110,11 @@ class Scheduler:
                     fut.cancel()
                 raise
 
-    def finished(self, job: Job, signal: Signal, ttfb: float | None, retry_after: float | None) -> None:
+    def finished(self, job: Job, signal: Signal, ttfb: float | None, retry_after: float | None,
+                 fresh_connection: bool = False) -> None:
         """A request ended; the caller then either retries the job or records it as final."""
         host = self.hosts[job.host]
-        sample = Sample(signal, ttfb, host.inflight, retry_after)
+        sample = Sample(signal, ttfb, host.inflight, retry_after, fresh_connection)
         del host.sent[id(job)]
         if job.stalled:
             job.stalled = False

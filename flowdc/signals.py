@@ -24,12 +24,14 @@ class Signal(Enum):
 class Sample:
     """One completed request as the controller sees it.
 
-    ttfb is seconds from the request being sent on a held connection to the response headers,
-    or None when no headers arrived. retry_after is seconds to hold the host, already resolved
-    from either Retry-After form.
+    ttfb is seconds from the request's start to the response headers, or None when no headers
+    arrived. On a pooled connection that is the host's time to first byte; `fresh` marks a request
+    that opened its connection, whose ttfb also holds the connect and TLS handshake. retry_after
+    is seconds to hold the host, already resolved from either Retry-After form.
     """
 
     signal: Signal
     ttfb: float | None
     inflight: int
     retry_after: float | None = None
+    fresh: bool = False

@@ -28,7 +28,6 @@ from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import aiohttp
@@ -37,7 +36,7 @@ import pyarrow as pa
 from tqdm import tqdm
 
 from flowdc.config import ConfigError, SizeConfig, public_dict
-from flowdc.fetch import classify_status, make_session, parse_retry_after
+from flowdc.fetch import classify_status, make_session, opened_for, parse_retry_after
 from flowdc.manifest import FORMATS_BY_SUFFIX, Manifest
 from flowdc.paarc import make_host_limit
 from flowdc.scheduler import Job, Scheduler
@@ -76,6 +75,7 @@ class Probe:
     requests: int = 1
     fallback: bool = False  # HEAD was refused or gave no length: ask with a Range GET
     head_refused: bool = False  # a retry may skip the HEAD
+    fresh_connection: bool = False  # see fetch.Outcome
 
     @property
     def resolved(self) -> bool:
@@ -102,20 +102,25 @@ async def _exchange(
     read: Callable[[aiohttp.ClientResponse], Awaitable[Probe]],
     headers: dict[str, str] | None = None,
 ) -> Probe:
-    stamp = SimpleNamespace(sent=None, ttfb=None)  # filled by fetch.ttfb_trace_config
+    ttfb: float | None = None  # as in fetch.fetch_one: start to headers
+    fresh = False
     # identity: Content-Length must be the stored object's size, not a compressed transfer's.
     all_headers = {"Accept-Encoding": "identity", **(headers or {})}
+    start = time.perf_counter()
     try:
         # aiohttp raises on the max_redirects-th redirect itself, so +1 follows MAX_REDIRECTS hops.
         async with session.request(
             method, url, headers=all_headers, allow_redirects=True, max_redirects=MAX_REDIRECTS + 1,
-            timeout=aiohttp.ClientTimeout(total=timeout), trace_request_ctx=stamp,
+            timeout=aiohttp.ClientTimeout(total=timeout),
         ) as resp:
+            ttfb = time.perf_counter() - start
+            fresh = opened_for(resp)
             probe = await read(resp)
     except Exception as exc:  # every client failure becomes a reason; nothing escapes a worker
-        probe = _error_probe(exc, stamp.ttfb)
+        probe = _error_probe(exc, ttfb)
     if probe.ttfb is None:
-        probe.ttfb = stamp.ttfb
+        probe.ttfb = ttfb
+    probe.fresh_connection = fresh
     return probe
 
 
@@ -469,7 +474,7 @@ class SizeJob:
         while (job := await sched.next_job()) is not None:
             job.attempts += 1
             probe = await probe_size(session, job.url, self.cfg.timeout, skip_head=job.meta.get("skip_head", False))
-            sched.finished(job, probe.signal, probe.ttfb, probe.retry_after)
+            sched.finished(job, probe.signal, probe.ttfb, probe.retry_after, probe.fresh_connection)
             if probe.retryable and job.attempts < MAX_ATTEMPTS:
                 # A host that refused HEAD will refuse it again: the retry goes straight to Range.
                 job.meta["skip_head"] = probe.head_refused

@@ -91,6 +91,17 @@ def test_whole_body_with_sha256_and_header_ttfb(farm: FakeHostFarm) -> None:
     assert out.ttfb is not None and out.ttfb < 0.3  # headers came at once; the body took ~0.4 s
 
 
+def test_a_request_that_opened_its_connection_is_flagged(farm: FakeHostFarm) -> None:
+    """Its time to headers holds the connect too; the next request reuses the pooled connection."""
+    async def go() -> list[Outcome]:
+        async with make_session(4) as session:
+            return [await fetch_one(session, farm.url(0, f"/u/pool{i}.png"), FetchSettings()) for i in range(3)]
+
+    outcomes = asyncio.run(go())
+    assert all(o.ok for o in outcomes)
+    assert [o.fresh_connection for o in outcomes] == [True, False, False]
+
+
 def test_no_content_length_body_is_read_whole(farm: FakeHostFarm) -> None:
     """Chunked bodies without Content-Length are accepted and complete."""
     out = fetch(farm.url(0, "/u/chunked.png?nolength=1&size=70000"))

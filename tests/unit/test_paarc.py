@@ -244,6 +244,26 @@ def test_retry_after_holds_the_host_to_the_second() -> None:
     assert ctl.snapshot()["state"] == BACKOFF  # the cooldown lasts at least the Retry-After
 
 
+@pytest.mark.parametrize("pooled", [True, False])
+def test_connects_time_the_host_only_when_it_never_pools(pooled: bool) -> None:
+    """Replies on fresh connections took a connect (and TLS handshake) longer. Once the host has
+    answered on a pooled connection they are counted but not timed, so a burst of new connections
+    does not read as a queue; a host that closes every connection is timed with its connects."""
+    ctl = PaarcController(SMALL, 0.0)
+    now = 0.0
+    for i in range(2000):
+        now += 0.002
+        fresh = not pooled or i % 2 == 0
+        ctl.on_sample(now, Sample(Signal.OK, 3 * TTFB if fresh else TTFB, ctl.limit(), fresh=fresh))
+        ctl.tick(now)
+    p50 = ctl.snapshot()["p50_ms"]
+    assert p50 is not None
+    if pooled:
+        assert p50 == pytest.approx(TTFB * 1000)
+    else:
+        assert p50 == pytest.approx(3 * TTFB * 1000)  # the host's time includes its connects
+
+
 def test_object_errors_at_half_the_replies_never_lower_the_limit() -> None:
     f = Feeder(PaarcController(SMALL, 0.0))
     limits = f.intervals(30, every(2, Signal.OBJECT_ERROR))

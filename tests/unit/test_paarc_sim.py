@@ -14,6 +14,7 @@ keep its limit under capacity at every instant.
 from __future__ import annotations
 
 import bisect
+import itertools
 
 import pytest
 
@@ -168,6 +169,6 @@ def test_a_hard_cap_found_again_is_probed_ever_less_often() -> None:
         if i == 0 or t - res.reject_times[i - 1] > 2.0:
             episodes.append(t)
     assert len(episodes) == 4, episodes  # the first refusal, then three probes
-    gaps = [b - a for a, b in zip(episodes[1:], episodes[2:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(episodes[1:])]
     assert gaps == [pytest.approx(60.0, abs=2.0), pytest.approx(120.0, abs=2.0)], episodes
     assert res.frac_429 < 0.01
