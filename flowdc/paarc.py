@@ -70,8 +70,9 @@ PACE_SEEK_GAIN = 1.06  # ... or this much while no refusal has yet shown the rat
 PACE_STEP_S = 0.1  # ... and at least this often while quiet, whatever the intervals do
 PACE_CAP_MARGIN = 0.95  # ... but, while remembered, not past this share of the rate that drew 429s
 CREEP_QUIET_S = 2.0  # a paced host quiet this long at its ceiling lets the ceiling creep up...
-CREEP_STEP = 1.002  # ... by this much per pace step (2%/s)...
-CREEP_GIVEBACK = 1.01  # ... and each refusal takes back 1% of the creep (never below the measured rate)
+CREEP_STEP = 1.002  # ... by this much per pace step (2%/s) at first...
+CREEP_GIVEBACK = 1.02  # ... and each refusal takes 2% back (never below the measured rate)
+CREEP_MAX_DOUBLINGS = 3  # the creep doubles its speed per quiet CREEP_QUIET_S, up to 16%/s
 METER_MIN_S = 0.5  # an accepted rate needs this much unheld time behind it (a refilled burst fades)
 METER_SPAN_S = 1.0  # the accepted-rate meter forgets older replies past this span
 PUSHBACK_MIN_REPLIES = 20  # a share over fewer replies is noise (the first refusal from a host still counts)
@@ -290,7 +291,10 @@ class _Pushback:
     def refused(self, now: float) -> None:
         self.reply(refused=True)
         self.refused_at = now
-        self.creep = max(1.0, self.creep / CREEP_GIVEBACK)  # crept past the rate: give some back
+        if self.creep > 1.0:
+            # Crept past the rate: give a little back, and start the next climb slowly.
+            self.creep = max(1.0, self.creep / CREEP_GIVEBACK)
+            self.pace = min(self.pace, PACE_CAP_MARGIN * self.rate_cap * self.creep)
 
     def refused_share_low(self) -> float:
         """A one-sided 95% lower bound of the recent refused share (normal approximation)."""
@@ -611,18 +615,21 @@ class PaarcController:
         push.grown_at = now
         if push.pace > 0 and now >= self._hold:
             ceiling = float("inf")
-            if now < push.until and push.rate_cap > 0:
+            if push.rate_cap > 0:
+                # A measured rate is never forgotten, only crept past: re-probing it at the
+                # expiry would cost a hold and a burst of 429s each time.
                 ceiling = PACE_CAP_MARGIN * push.rate_cap * push.creep
-                if push.pace >= ceiling and now - push.refused_at >= CREEP_QUIET_S:
+                quiet = now - push.refused_at
+                if push.pace >= ceiling and quiet >= CREEP_QUIET_S:
                     # Quiet at the ceiling: the meter that set it reads a little low (holds,
-                    # timer slack), so let it creep up until the host refuses again.
-                    push.creep *= CREEP_STEP
-                    ceiling *= CREEP_STEP
+                    # timer slack), or the host now allows more. Creep up, faster the longer the
+                    # host stays quiet (doubling every CREEP_QUIET_S), until it refuses again.
+                    doublings = min(int(quiet / CREEP_QUIET_S) - 1, CREEP_MAX_DOUBLINGS)
+                    step = min(CREEP_STEP ** (2**doublings), PACE_GAIN)
+                    push.creep *= step
+                    ceiling *= step
             gain = PACE_GAIN if push.rate_cap > 0 else PACE_SEEK_GAIN
-            # The measured ceiling only stops growth; a crept one binds both ways, so refusals
-            # that took the creep back also slow the pace.
-            keep = push.pace if push.creep <= 1.0 else 0.0
-            push.pace = min(push.pace * gain, max(keep, ceiling))
+            push.pace = min(push.pace * gain, max(push.pace, ceiling))  # the ceiling stops growth
             if now >= push.until and push.pace > 1.5 * self._send_rate():
                 push.pace = 0.0
         if push.pace <= 0 and now >= push.until:

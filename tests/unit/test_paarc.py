@@ -180,6 +180,46 @@ def test_a_host_limiting_by_rate_gets_paced() -> None:
     assert ctl.snapshot()["pace_per_s"] == round(1 / gap, 2)
 
 
+def run_token_bucket(ctl: PaarcController, rate_at: Callable[[float], float], until: float,
+                     on_send: Callable[[float, bool], None]) -> None:
+    """A host counting requests per second (a token bucket of 5, 1 ms replies, Retry-After: 1);
+    the client honours limit(), hold_until() and min_gap()."""
+    tokens, stamp, now = 5.0, 0.0, 0.0
+    while now < until:
+        now = max(now + 1.0 / (ctl.limit() / 0.001), now + ctl.min_gap(), ctl.hold_until())
+        tokens = min(5.0, tokens + (now - stamp) * rate_at(now))
+        stamp = now
+        accepted = tokens >= 1.0
+        tokens -= 1.0 if accepted else 0.0
+        signal = Signal.OK if accepted else Signal.OVERLOAD
+        ctl.on_sample(now + 0.001, Sample(signal, 0.001, ctl.limit(), None if accepted else 1.0))
+        ctl.tick(now + 0.001)
+        on_send(now, accepted)
+
+
+def test_a_learned_rate_is_not_probed_again_with_a_burst() -> None:
+    """Past the pushback memory a paced host is not re-probed by lifting its ceiling (each burst
+    past a token bucket costs a hold and a dozen 429s): the ceiling only creeps."""
+    ctl = PaarcController(PaarcParams(C_init=4, C_min=2, C_max=64), 0.0)
+    holds: list[float] = []
+
+    def note(now: float, accepted: bool) -> None:
+        if ctl.hold_until() > now and (not holds or holds[-1] != ctl.hold_until()):
+            holds.append(ctl.hold_until())
+
+    run_token_bucket(ctl, lambda now: 100.0, 100.0, note)
+    assert holds and max(holds) < 15.0, holds  # the learning at the start, then none
+
+
+def test_a_rate_limit_that_is_lifted_is_followed_up() -> None:
+    """A host that allowed 100/s and then 400/s: the quiet ceiling creeps up ever faster."""
+    ctl = PaarcController(PaarcParams(C_init=4, C_min=2, C_max=64), 0.0)
+    late: list[bool] = []
+    run_token_bucket(ctl, lambda now: 100.0 if now < 20.0 else 400.0, 45.0,
+                     lambda now, ok: late.append(ok) if now > 40.0 else None)
+    assert late.count(True) / 5.0 > 250, f"{late.count(True) / 5.0:.0f}/s"
+
+
 @pytest.mark.parametrize(("refused_at", "paced"), [(11, False), (12, False), (5, True)])
 def test_only_refusals_well_under_a_served_load_mean_a_rate_limit(refused_at: int, paced: bool) -> None:
     """A hard cap of 12 counts a request until its reply is fully out, so it may refuse while we
