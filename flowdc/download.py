@@ -23,6 +23,7 @@ import pyarrow as pa
 
 from flowdc.config import ConfigError, DownloadConfig
 from flowdc.fetch import FetchSettings, Outcome, fetch_one, make_session
+from flowdc.hostlimit import ClientLoad
 from flowdc.ledger import Ledger, Record, meta_json, url_hash
 from flowdc.manifest import ROW_COLUMN, Manifest
 from flowdc.overview import build_overview, write_overview
@@ -102,7 +103,8 @@ class DownloadJob:
             recovery["shards_left_to_ship"] = self.shipper.ship_leftovers(self.ledger.committed_shards())
         # Read ahead well past the global bound so a slow host's backlog does not starve the others.
         read_ahead = max(20 * self.cfg.concurrent_downloads, 50_000)
-        self.scheduler = Scheduler(partial(make_host_limit, self.cfg), max_pending=read_ahead)
+        self.client_load = ClientLoad()
+        self.scheduler = Scheduler(partial(make_host_limit, self.cfg, client=self.client_load), max_pending=read_ahead)
         loop = asyncio.get_running_loop()
         tasks: list[asyncio.Task[Any]] = []
         stop = asyncio.Event()
@@ -306,7 +308,9 @@ class DownloadJob:
         loop = asyncio.get_running_loop()
         next_snapshot = loop.time()
         while True:
+            due = loop.time() + TICK_S
             await asyncio.sleep(TICK_S)
+            self.client_load.observe(loop.time() - due)
             self.scheduler.tick()
             now = loop.time()
             if now >= next_snapshot:

@@ -72,6 +72,32 @@ class HostCounters:
         }
 
 
+LOOP_LAG_ALPHA = 0.3  # smoothing of the event loop's lag over ticks
+LOOP_BUSY_LAG_S = 0.008  # a 0.1 s timer firing this late (smoothed): the loop is saturated
+
+
+class ClientLoad:
+    """How late the downloader's own event loop runs, from how late its periodic timer fires.
+
+    Shared by every host's policy. When the loop is saturated, the client is the bottleneck: the
+    latency every host shows includes our own queue, and more requests in flight only lengthen
+    it (measured on loopback: 4 requests per host fetched 20k images faster than 30-80 did).
+    """
+
+    __slots__ = ("lag_s",)
+
+    def __init__(self) -> None:
+        self.lag_s = 0.0
+
+    def observe(self, lag_s: float) -> None:
+        """One tick came `lag_s` seconds after it was due."""
+        self.lag_s += LOOP_LAG_ALPHA * (max(lag_s, 0.0) - self.lag_s)
+
+    @property
+    def busy(self) -> bool:
+        return self.lag_s > LOOP_BUSY_LAG_S
+
+
 @dataclass(slots=True)
 class FixedLimit:
     """A constant per-host limit (PAARC disabled). Retry-After still holds the host."""

@@ -25,7 +25,7 @@ from dataclasses import dataclass, fields
 from functools import lru_cache
 from typing import Any
 
-from flowdc.hostlimit import FixedLimit, HostCounters, HostLimit
+from flowdc.hostlimit import ClientLoad, FixedLimit, HostCounters, HostLimit
 from flowdc.signals import Sample, Signal
 
 # States (exposed in snapshot()["state"]) and the phases of PROBE_BW.
@@ -342,6 +342,7 @@ class PaarcController:
         "base_lat",
         "born",
         "ceiling",
+        "client",
         "cooldown_until",
         "counters",
         "cut_at",
@@ -370,8 +371,9 @@ class PaarcController:
         "win",
     )
 
-    def __init__(self, params: PaarcParams | None = None, now: float = 0.0) -> None:
+    def __init__(self, params: PaarcParams | None = None, now: float = 0.0, client: ClientLoad | None = None) -> None:
         self.p = params or _interned(*(f.default for f in fields(PaarcParams)))
+        self.client = client  # the downloader's own load: no growth while it is the bottleneck
         self.counters = HostCounters()
         self.born = now
         self.state = INIT
@@ -802,7 +804,15 @@ class PaarcController:
         elif s.pipe_full:
             self._grow()
 
+    def _client_busy(self) -> bool:
+        return self.client is not None and self.client.busy
+
     def _grow(self) -> None:
+        if self._client_busy():
+            # Our own event loop is saturated: the host may take more, but we could not use it.
+            self.ceiling = float(self._limit)
+            self._enter_probe_bw(CRUISE)
+            return
         self.ceiling = min(float(self.p.C_max), self._limit * STARTUP_GAIN)
         self._set_limit(self.ceiling)
         if self._limit >= self.p.C_max:
@@ -838,6 +848,9 @@ class PaarcController:
                 self._start_probe()
 
     def _start_probe(self) -> None:
+        if self._client_busy():
+            self._enter_probe_bw(CRUISE)  # as in _grow: more load would only queue in our loop
+            return
         self.phase = PROBE_UP
         self.probe_countdown = PROBE_EVERY  # strict looks left while pinned under a cap
         self._set_limit(max(self.ceiling + 1, self.ceiling * PROBE_GAIN))
@@ -907,8 +920,8 @@ def _ms(seconds: float | None) -> float | None:
     return None if seconds is None else round(seconds * 1000.0, 3)
 
 
-def make_host_limit(opts: Any, now: float) -> HostLimit:
+def make_host_limit(opts: Any, now: float, client: ClientLoad | None = None) -> HostLimit:
     """The policy for a newly seen host: PAARC, or a fixed C_init when PAARC is disabled."""
     if opts.enable_paarc:
-        return PaarcController(PaarcParams.from_options(opts), now)
+        return PaarcController(PaarcParams.from_options(opts), now, client)
     return FixedLimit(opts.C_init)

@@ -37,6 +37,7 @@ from tqdm import tqdm
 
 from flowdc.config import ConfigError, SizeConfig, public_dict
 from flowdc.fetch import classify_status, make_session, opened_for, parse_retry_after
+from flowdc.hostlimit import ClientLoad
 from flowdc.manifest import FORMATS_BY_SUFFIX, Manifest
 from flowdc.paarc import make_host_limit
 from flowdc.scheduler import Job, Scheduler
@@ -400,7 +401,8 @@ class SizeJob:
         started = time.monotonic()
         sample = await asyncio.to_thread(self._draw_sample) if self.cfg.sample else None
         read_ahead = max(20 * self.cfg.concurrent_requests, 50_000)
-        self.scheduler = Scheduler(partial(make_host_limit, self.cfg), max_pending=read_ahead)
+        self.client_load = ClientLoad()
+        self.scheduler = Scheduler(partial(make_host_limit, self.cfg, client=self.client_load), max_pending=read_ahead)
         total = len(sample) if sample is not None else self._rows_hint()
         self.bar = tqdm(total=total, desc="size", unit="url", file=sys.stderr, disable=self.cfg.quiet,
                         mininterval=0.5, dynamic_ncols=True)
@@ -491,8 +493,11 @@ class SizeJob:
             self.bar.update(1)
 
     async def _tick(self) -> None:
+        loop = asyncio.get_running_loop()
         while True:
+            due = loop.time() + TICK_S
             await asyncio.sleep(TICK_S)
+            self.client_load.observe(loop.time() - due)
             self.scheduler.tick()
             if self.bar is not None and not self.cfg.quiet:
                 t = self.tally

@@ -20,7 +20,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from flowdc.config import PaarcOptions
-from flowdc.hostlimit import FixedLimit, HostLimit
+from flowdc.hostlimit import ClientLoad, FixedLimit, HostLimit
 from flowdc.paarc import BACKOFF, PROBE_BW, PaarcController, PaarcParams, make_host_limit
 from flowdc.signals import Sample, Signal
 
@@ -302,6 +302,21 @@ def test_connects_time_the_host_only_when_it_never_pools(pooled: bool) -> None:
         assert p50 == pytest.approx(TTFB * 1000)
     else:
         assert p50 == pytest.approx(3 * TTFB * 1000)  # the host's time includes its connects
+
+
+def test_no_growth_while_the_downloaders_own_loop_is_saturated() -> None:
+    """When the event loop's timer runs late, the client is the bottleneck: STARTUP stops doubling
+    and cruise does not probe, until the loop keeps up again."""
+    client = ClientLoad()
+    for _ in range(10):
+        client.observe(0.030)  # each 0.1 s tick fired 30 ms late
+    assert client.busy
+    f = Feeder(PaarcController(SMALL, 0.0, client))
+    assert max(f.intervals(20)) == SMALL.C_init
+    for _ in range(10):
+        client.observe(0.001)
+    assert not client.busy
+    assert f.intervals(40)[-1] == SMALL.C_max  # probes find the room once the loop keeps up
 
 
 def test_object_errors_at_half_the_replies_never_lower_the_limit() -> None:
