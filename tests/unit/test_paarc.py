@@ -153,33 +153,6 @@ def test_backoff_ends_after_the_cooldown_and_growth_resumes() -> None:
     assert f.intervals(40)[-1] == SMALL.C_max  # forgotten: the host may be probed past it again
 
 
-def test_a_host_limiting_by_rate_gets_paced() -> None:
-    """A host that counts requests per second (a 100/s token bucket, 1 ms replies) refuses the
-    excess whatever the concurrency: the controller paces sends under the rate it accepted, and
-    the refusals stop. The client here honours limit(), hold_until() and min_gap()."""
-    ctl = PaarcController(PaarcParams(C_init=4, C_min=2, C_max=64), 0.0)
-    rate, tokens, stamp, now = 100.0, 5.0, 0.0, 0.0
-    late: list[bool] = []
-    while now < 20.0:
-        now = max(now + 1.0 / (ctl.limit() / 0.001), now + ctl.min_gap(), ctl.hold_until())
-        tokens = min(5.0, tokens + (now - stamp) * rate)
-        stamp = now
-        accepted = tokens >= 1.0
-        tokens -= 1.0 if accepted else 0.0
-        signal = Signal.OK if accepted else Signal.OVERLOAD
-        ctl.on_sample(now + 0.001, Sample(signal, 0.001, ctl.limit(), None if accepted else 1.0))
-        ctl.tick(now + 0.001)
-        if now > 10.0:
-            late.append(accepted)
-    gap = ctl.min_gap()
-    assert gap > 0, "a rate-limited host must be paced"
-    # Near the rate: a quiet ceiling creeps up until refusals push it back, a few percent at most.
-    assert 85 <= 1 / gap <= 103, 1 / gap
-    assert late.count(False) / len(late) < 0.01  # refusals all but stopped
-    assert late.count(True) / 10.0 > 90  # and the host delivers nearly its whole rate
-    assert ctl.snapshot()["pace_per_s"] == round(1 / gap, 2)
-
-
 def run_token_bucket(ctl: PaarcController, rate_at: Callable[[float], float], until: float,
                      on_send: Callable[[float, bool], None]) -> None:
     """A host counting requests per second (a token bucket of 5, 1 ms replies, Retry-After: 1);
@@ -195,6 +168,21 @@ def run_token_bucket(ctl: PaarcController, rate_at: Callable[[float], float], un
         ctl.on_sample(now + 0.001, Sample(signal, 0.001, ctl.limit(), None if accepted else 1.0))
         ctl.tick(now + 0.001)
         on_send(now, accepted)
+
+
+def test_a_host_limiting_by_rate_gets_paced() -> None:
+    """A host that counts requests per second (a 100/s token bucket) refuses the excess whatever
+    the concurrency: the controller paces sends under the rate it accepted, and the refusals stop."""
+    ctl = PaarcController(PaarcParams(C_init=4, C_min=2, C_max=64), 0.0)
+    late: list[bool] = []
+    run_token_bucket(ctl, lambda now: 100.0, 20.0, lambda now, ok: late.append(ok) if now > 10.0 else None)
+    gap = ctl.min_gap()
+    assert gap > 0, "a rate-limited host must be paced"
+    # Near the rate: a quiet ceiling creeps up until refusals push it back, a few percent at most.
+    assert 85 <= 1 / gap <= 103, 1 / gap
+    assert late.count(False) / len(late) < 0.01  # refusals all but stopped
+    assert late.count(True) / 10.0 > 90  # and the host delivers nearly its whole rate
+    assert ctl.snapshot()["pace_per_s"] == round(1 / gap, 2)
 
 
 def test_a_learned_rate_is_not_probed_again_with_a_burst() -> None:
