@@ -68,7 +68,7 @@ PACE_FLOOR = 0.5  # never pace under this share of the best rate the host accept
 PACE_GAIN = 1.03  # paced hosts are offered this much more per quiet interval...
 PACE_SEEK_GAIN = 1.06  # ... or this much while no refusal has yet shown the rate the host accepts
 PACE_STEP_S = 0.1  # ... and at least this often while quiet, whatever the intervals do
-PACE_CAP_MARGIN = 0.95  # ... but, while remembered, not past this share of the rate that drew 429s
+PACE_CAP_MARGIN = 0.95  # ... but not past this share of the rate that drew 429s (the ceiling; it creeps)
 CREEP_QUIET_S = 2.0  # a paced host quiet this long at its ceiling lets the ceiling creep up...
 CREEP_STEP = 1.002  # ... by this much per pace step (2%/s) at first...
 CREEP_GIVEBACK = 1.02  # ... and each refusal takes 2% back (never below the measured rate)
@@ -531,8 +531,8 @@ class PaarcController:
         """Learn from a 429/503 what a cut alone would forget.
 
         A reply to a request sent before our last cut is part of the same burst and teaches nothing
-        new. A fresh one at or below the in-flight level that drew the last one means fewer
-        parallel requests did not help: the host limits by rate, so pace the sends.
+        new. A fresh one well under a load the host lately served means fewer parallel requests
+        did not help: the host limits by rate, so pace the sends.
 
         Returns the limit a probe past a forgotten cap should fall back to when it found that cap
         where it was (None otherwise): the host is known to serve just under it.
@@ -551,8 +551,9 @@ class PaarcController:
         # try: its limit is on requests per second, not on requests at once. ("Well" under: a host
         # counts a request until its reply is fully out, so a hard cap may refuse one or two under
         # the level we last saw served.)
-        paced = push.pace > 0  # a paced host keeps its record past the memory: the pace is still its lesson
-        by_rate = (remembered or paced) and (inflight < RATE_EVIDENCE * push.ok_level or self._limit <= self.p.C_min)
+        paced = push.pace > 0  # a paced host's record outlives the memory: the pace is its lesson
+        under_served = inflight < RATE_EVIDENCE * push.ok_level or self._limit <= self.p.C_min
+        by_rate = (remembered or paced) and under_served
         accepted = push.accepted_rate(now) if by_rate else None
         known: float | None = None
         if not remembered:
