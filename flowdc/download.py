@@ -139,6 +139,7 @@ class DownloadJob:
                 self.write_pool.shutdown(wait=True)
                 self.progress.close()
                 self.telemetry.close()
+        self.progress.counters.client_busy_share = self.client_load.busy_share
         try:
             overview = await asyncio.to_thread(
                 build_overview, self.cfg, self.ledger, self.progress.counters, self.host_snapshots, started_wall,

@@ -84,18 +84,26 @@ class ClientLoad:
     it (measured on loopback: 4 requests per host fetched 20k images faster than 30-80 did).
     """
 
-    __slots__ = ("lag_s",)
+    __slots__ = ("busy_ticks", "lag_s", "ticks")
 
     def __init__(self) -> None:
         self.lag_s = 0.0
+        self.ticks = self.busy_ticks = 0
 
     def observe(self, lag_s: float) -> None:
         """One tick came `lag_s` seconds after it was due."""
         self.lag_s += LOOP_LAG_ALPHA * (max(lag_s, 0.0) - self.lag_s)
+        self.ticks += 1
+        self.busy_ticks += self.busy
 
     @property
     def busy(self) -> bool:
         return self.lag_s > LOOP_BUSY_LAG_S
+
+    @property
+    def busy_share(self) -> float:
+        """Share of the run so far in which the client was the bottleneck."""
+        return self.busy_ticks / self.ticks if self.ticks else 0.0
 
 
 @dataclass(slots=True)

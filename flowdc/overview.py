@@ -16,6 +16,7 @@ from flowdc.storage import Destination
 
 OVERVIEW_FILE = "overview.json"
 MAX_HOSTS_LISTED = 1000
+CLIENT_BOUND_SHARE = 0.5  # the summary says the client was the bottleneck past this share of the run
 
 
 def build_overview(cfg: DownloadConfig, ledger: Ledger, run: RunCounters, host_snapshots: dict[str, dict[str, Any]],
@@ -45,6 +46,8 @@ def build_overview(cfg: DownloadConfig, ledger: Ledger, run: RunCounters, host_s
             "bytes": run.bytes,
             "errors": dict(run.errors.most_common()),
             "recovered": recovery,
+            # Ticks of the run in which our own event loop lagged: the client, not the hosts, set the pace.
+            "client_busy_share": round(run.client_busy_share, 3),
         },
         "elapsed_s": round(elapsed, 3),
         "images_per_s": round(run.ok / elapsed, 2),
@@ -96,6 +99,9 @@ def summary_text(overview: dict[str, Any], where: str) -> str:
     if overview["errors"]:
         top = ", ".join(f"{reason} x{n}" for reason, n in list(overview["errors"].items())[:5])
         lines.append(f"  not stored: {top}")
+    if run.get("client_busy_share", 0.0) >= CLIENT_BOUND_SHARE:
+        lines.append(f"  this machine set the pace for {run['client_busy_share']:.0%} of the run, not the hosts: "
+                     "split the manifest (flowdc partition) over more machines to go faster")
     if overview.get("interrupted"):
         lines.append("  interrupted: run the same command again to resume")
     return "\n".join(lines)

@@ -20,6 +20,7 @@ class RunCounters:
     retries: int = 0
     bytes: int = 0
     errors: Counter[str] = field(default_factory=Counter)
+    client_busy_share: float = 0.0  # share of the run the downloader's own event loop lagged
 
     @property
     def finished(self) -> int:

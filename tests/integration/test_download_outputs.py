@@ -197,6 +197,7 @@ def test_overview_figures_and_no_secrets(tmp_path: Path, two_hosts: FakeHostFarm
     assert doc["success_rate"] == round(10 / 12, 6) and doc["bytes"] == 10_000
     assert doc["errors"] == {"http_404": 1, "unsupported_scheme:ftp": 1}
     assert doc["elapsed_s"] > 0 and doc["images_per_s"] > 0 and doc["mb_per_s"] >= 0
+    assert 0.0 <= doc["this_run"]["client_busy_share"] <= 1.0
     assert doc["config"]["input"] == str(tmp_path / "m.parquet")
     hosts = doc["hosts"]
     assert set(hosts) == {h.netloc for h in two_hosts.hosts}

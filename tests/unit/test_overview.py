@@ -1,0 +1,15 @@
+"""The run summary printed at the end of a download."""
+
+from __future__ import annotations
+
+from flowdc.overview import summary_text
+
+
+def test_the_summary_says_when_the_client_set_the_pace() -> None:
+    overview = {"totals": {"ok": 9, "rows": 10, "failed": 1, "skipped": 0}, "success_rate": 0.9, "errors": {},
+                "elapsed_s": 2.0, "images_per_s": 4.5, "mb_per_s": 0.1,
+                "this_run": {"ok": 9, "failed": 1, "skipped": 0, "already_done": 0, "retries": 0, "bytes": 9000,
+                             "client_busy_share": 0.8}}
+    assert "this machine set the pace for 80% of the run" in summary_text(overview, "out")
+    overview["this_run"]["client_busy_share"] = 0.1
+    assert "set the pace" not in summary_text(overview, "out")
