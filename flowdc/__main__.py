@@ -4,4 +4,5 @@ import sys
 
 from flowdc.cli import main
 
-sys.exit(main())
+if __name__ == "__main__":  # a process started with multiprocessing's spawn imports this module again
+    sys.exit(main())
