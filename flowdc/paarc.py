@@ -811,8 +811,7 @@ class PaarcController:
     def _grow(self) -> None:
         if self._client_busy():
             # Our own event loop is saturated: the host may take more, but we could not use it.
-            self.ceiling = float(self._limit)
-            self._enter_probe_bw(CRUISE)
+            # Stay in STARTUP, so a passing lag (reading the manifest, a GC) only delays a doubling.
             return
         self.ceiling = min(float(self.p.C_max), self._limit * STARTUP_GAIN)
         self._set_limit(self.ceiling)
