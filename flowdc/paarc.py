@@ -294,7 +294,11 @@ class _Pushback:
         if self.creep > 1.0:
             # Crept past the rate: give a little back, and start the next climb slowly.
             self.creep = max(1.0, self.creep / CREEP_GIVEBACK)
-            self.pace = min(self.pace, PACE_CAP_MARGIN * self.rate_cap * self.creep)
+            self.pace = min(self.pace, self.ceiling())
+
+    def ceiling(self) -> float:
+        """The most the pace may grow to: a share of the measured rate, crept up while quiet."""
+        return PACE_CAP_MARGIN * self.rate_cap * self.creep
 
     def refused_share_low(self) -> float:
         """A one-sided 95% lower bound of the recent refused share (normal approximation)."""
@@ -621,7 +625,7 @@ class PaarcController:
             if push.rate_cap > 0:
                 # A measured rate is never forgotten, only crept past: re-probing it at the
                 # expiry would cost a hold and a burst of 429s each time.
-                ceiling = PACE_CAP_MARGIN * push.rate_cap * push.creep
+                ceiling = push.ceiling()
                 quiet = now - push.refused_at
                 if push.pace >= ceiling and quiet >= CREEP_QUIET_S:
                     # Quiet at the ceiling: the meter that set it reads a little low (holds,
