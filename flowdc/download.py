@@ -29,7 +29,7 @@ from flowdc.manifest import ROW_COLUMN, Manifest
 from flowdc.overview import build_overview, write_overview
 from flowdc.paarc import make_host_limit
 from flowdc.progress import Progress
-from flowdc.scheduler import Job, Scheduler
+from flowdc.scheduler import Job, Scheduler, sleep_noting_lag
 from flowdc.seen import SeenKeys
 from flowdc.shipping import Shipper, uploader_for
 from flowdc.storage import Destination
@@ -309,9 +309,7 @@ class DownloadJob:
         loop = asyncio.get_running_loop()
         next_snapshot = loop.time()
         while True:
-            due = loop.time() + TICK_S
-            await asyncio.sleep(TICK_S)
-            self.client_load.observe(loop.time() - due)
+            await sleep_noting_lag(TICK_S, self.client_load)
             self.scheduler.tick()
             now = loop.time()
             if now >= next_snapshot:

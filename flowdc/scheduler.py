@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from flowdc.hostlimit import HostLimit
+from flowdc.hostlimit import ClientLoad, HostLimit
 from flowdc.signals import Sample, Signal
 
 IDLE_EVICT_S = 60.0
@@ -262,3 +262,11 @@ class Scheduler:
         host.idle_since = self.loop.time()
         self._idle[host.name] = host
         self._idle.move_to_end(host.name)
+
+
+async def sleep_noting_lag(seconds: float, load: ClientLoad) -> None:
+    """Sleep, then note in `load` how late the event loop woke us: its lag."""
+    loop = asyncio.get_running_loop()
+    due = loop.time() + seconds
+    await asyncio.sleep(seconds)
+    load.observe(loop.time() - due)

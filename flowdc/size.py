@@ -40,7 +40,7 @@ from flowdc.fetch import classify_status, make_session, opened_for, parse_retry_
 from flowdc.hostlimit import ClientLoad
 from flowdc.manifest import FORMATS_BY_SUFFIX, Manifest
 from flowdc.paarc import make_host_limit
-from flowdc.scheduler import Job, Scheduler
+from flowdc.scheduler import Job, Scheduler, sleep_noting_lag
 from flowdc.signals import Signal
 from flowdc.urls import host_key, scheme_error
 
@@ -493,11 +493,8 @@ class SizeJob:
             self.bar.update(1)
 
     async def _tick(self) -> None:
-        loop = asyncio.get_running_loop()
         while True:
-            due = loop.time() + TICK_S
-            await asyncio.sleep(TICK_S)
-            self.client_load.observe(loop.time() - due)
+            await sleep_noting_lag(TICK_S, self.client_load)
             self.scheduler.tick()
             if self.bar is not None and not self.cfg.quiet:
                 t = self.tally

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import math
+import time
 
-from flowdc.hostlimit import FixedLimit
-from flowdc.scheduler import MIN_STALLED_ROOM, Job, Scheduler
+from flowdc.hostlimit import ClientLoad, FixedLimit
+from flowdc.scheduler import MIN_STALLED_ROOM, Job, Scheduler, sleep_noting_lag
 from flowdc.signals import Signal
 
 
@@ -86,5 +87,18 @@ def test_a_retry_goes_ahead_of_its_hosts_queue() -> None:
         assert [job.row for job in take_all(sched)] == [0]
         sched.finished(first, Signal.OK, 0.001, None)
         assert sched._take().row == 1
+
+    asyncio.run(main())
+
+
+def test_a_blocked_loop_shows_as_lag() -> None:
+    """The tick's sleep notes how late the loop woke it: work that blocks the loop is lag."""
+    async def main() -> None:
+        load = ClientLoad()
+        await sleep_noting_lag(0.01, load)
+        quiet = load.lag_s
+        asyncio.get_running_loop().call_soon(time.sleep, 0.05)  # the loop is busy for 50 ms
+        await sleep_noting_lag(0.01, load)
+        assert load.lag_s - quiet > 0.3 * 0.035 and load.ticks == 2  # smoothed with alpha 0.3
 
     asyncio.run(main())
