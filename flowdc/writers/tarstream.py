@@ -9,6 +9,7 @@ here directly; any other name goes through tarfile's own PAX encoding.
 from __future__ import annotations
 
 import tarfile
+from typing import IO
 
 BLOCK = 512
 RECORD = 20 * BLOCK  # tar readers expect the archive padded to whole records
@@ -61,3 +62,47 @@ def end_of_archive(offset: int) -> bytes:
     """Two zero blocks, then zeros up to a whole record, for a stream `offset` bytes long so far."""
     end = offset + 2 * BLOCK
     return b"\0" * (2 * BLOCK + (-end % RECORD))
+
+
+class TarStream:
+    """A tar archive written front to back into a binary file.
+
+    Small pieces (headers, JSON, small images) are gathered into large writes: each write is a
+    system call that hands the GIL to the event loop and back. A piece that would not fit goes
+    straight to the file, because copying large bodies through the buffer costs more than the
+    call saves. The buffer is allocated once: growing and freeing one per write meant fresh pages,
+    and their faults cost more than the copies.
+    """
+
+    def __init__(self, file: IO[bytes], write_bytes: int = 1 << 20):
+        self._file = file
+        self._buffer = memoryview(bytearray(write_bytes))
+        self._used = 0
+        self.offset = 0  # bytes of the archive so far, buffered ones included
+
+    def add(self, name: str, data: bytes, mtime: int) -> None:
+        self._put(member_header(name, len(data), mtime))
+        self._put(data)
+        self._put(padding(len(data)))
+
+    def finish(self) -> None:
+        """End the archive and write out everything; the caller closes the file."""
+        self._put(end_of_archive(self.offset))
+        self._flush()
+
+    def _put(self, data: bytes) -> None:
+        size = len(data)
+        self.offset += size
+        if self._used + size > len(self._buffer):
+            self._flush()
+            if size > len(self._buffer) // 2:
+                self._file.write(data)
+                return
+        self._buffer[self._used : self._used + size] = data
+        self._used += size
+
+    def _flush(self) -> None:
+        if self._used:
+            # The file may not keep the view: a write is done with its argument when it returns.
+            self._file.write(self._buffer[: self._used])
+            self._used = 0

@@ -16,7 +16,7 @@ import re
 import time
 from collections.abc import Callable
 from contextlib import ExitStack, suppress
-from typing import IO, Any
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -24,9 +24,8 @@ import pyarrow.parquet as pq
 from flowdc.ledger import Ledger, Record
 from flowdc.storage import Destination
 from flowdc.writers.base import StoredSample, StoreError
-from flowdc.writers.tarstream import end_of_archive, member_header, padding
+from flowdc.writers.tarstream import TarStream
 
-WRITE_BYTES = 1 << 20
 _SAMPLE_ENCODER = json.JSONEncoder(default=str)  # built once: it is per sample
 SHARD_FILE = re.compile(r"^(\d{6})\.(tar|parquet)$")
 
@@ -50,11 +49,8 @@ class WebDatasetWriter:
         self.next_shard = 0
         self._shard: int | None = None
         self._stack: ExitStack | None = None  # holds the open shard file until commit or abort
-        self._file: IO[bytes] | None = None  # the open shard's tar stream
-        self._offset = 0  # bytes of the shard so far, buffered ones included
-        # Members gather here and reach the file in large writes: each write is a system call
-        # that hands the GIL to the event loop and back, and thousands a second slow the loop.
-        self._buffer = bytearray()
+        self._tar: TarStream | None = None  # the open shard's archive
+        self._tar_name = ""
         self._records: list[Record] = []
         self._metas: list[dict[str, Any]] = []
         self._doubtful: set[int] = set()  # shards whose commit failed: maybe partly or wholly stored
@@ -84,38 +80,24 @@ class WebDatasetWriter:
             raise StoreError(exc, lost) from exc
 
     def _append(self, sample: StoredSample) -> None:
-        if self._file is None:
+        if self._tar is None:
             self._open_shard()
-        assert self._shard is not None
+        assert self._tar is not None and self._shard is not None
         rec = sample.record
         rec.shard = self._shard
-        rec.path = f"{shard_name(self._shard, 'tar')}:{rec.key}{sample.ext}"
+        media = rec.key + sample.ext
+        rec.path = f"{self._tar_name}:{media}"
         meta_doc = sample_json(rec, sample.meta)
         now = int(time.time())
-        self._add_member(f"{rec.key}{sample.ext}", sample.body, now)
-        self._add_member(f"{rec.key}.json", _SAMPLE_ENCODER.encode(meta_doc).encode(), now)
+        self._tar.add(media, sample.body, now)
+        self._tar.add(rec.key + ".json", _SAMPLE_ENCODER.encode(meta_doc).encode(), now)
         self._records.append(rec)
         self._metas.append(meta_doc)
         if len(self._records) >= self.samples_per_shard:
             self._commit_shard()
 
-    def _add_member(self, name: str, data: bytes, mtime: int) -> None:
-        assert self._file is not None
-        start = len(self._buffer)
-        self._buffer += member_header(name, len(data), mtime)
-        self._buffer += data
-        self._buffer += padding(len(data))
-        self._offset += len(self._buffer) - start
-        if len(self._buffer) >= WRITE_BYTES:
-            self._flush()
-
-    def _flush(self) -> None:
-        assert self._file is not None
-        self._file.write(self._buffer)
-        self._buffer.clear()
-
     def close(self) -> None:
-        if self._file is not None:
+        if self._tar is not None:
             try:
                 self._commit_shard()
             except Exception as exc:
@@ -140,19 +122,18 @@ class WebDatasetWriter:
         self._shard = self.next_shard
         self.next_shard += 1
         self._stack = ExitStack()
-        self._file = self._stack.enter_context(self.dest.open_atomic(shard_name(self._shard, "tar")))
-        self._offset = 0
+        self._tar_name = shard_name(self._shard, "tar")
+        self._tar = TarStream(self._stack.enter_context(self.dest.open_atomic(self._tar_name)))
 
     def _commit_shard(self) -> None:
-        assert self._file is not None and self._stack is not None and self._shard is not None
+        assert self._tar is not None and self._stack is not None and self._shard is not None
         # The samples of a failed commit are fetched again: its shard must be gone before they
         # can be committed a second time. Raises (so this shard is lost too) while the store is down.
         self._remove_doubtful()
         stack, self._stack = self._stack, None
         shard = self._shard
         try:
-            self._buffer += end_of_archive(self._offset)
-            self._flush()
+            self._tar.finish()
             stack.close()  # closes the file: now visible under its final name
             table = pa.Table.from_pylist(self._metas)
             buf = io.BytesIO()
@@ -178,9 +159,7 @@ class WebDatasetWriter:
             self._doubtful.discard(shard)
 
     def _reset(self) -> None:
-        self._file = None
-        self._offset = 0
-        self._buffer = bytearray()
+        self._tar = None
         self._stack = None
         self._shard = None
         self._records = []
