@@ -35,6 +35,9 @@ class Scenario:
     run_bare: bool = True
     timeout_s: float = 600.0  # per contender run
     synthetic: bool = False  # rows need no network (manifest10m): no farm is started
+    # When set, rows cycle over this many image paths (each URL stays distinct by its query), so
+    # the hosts generate few large images and serve them from memory.
+    distinct_images: int = 0
     seed: int = 0
 
 
@@ -155,8 +158,10 @@ def build_urls(scenario: Scenario, base_urls: list[str], rows: int) -> tuple[lis
         for row in order[cursor : cursor + n]:
             queries[row] = query
         cursor += n
+    if scenario.distinct_images:
+        queries = [f"row={i}" + (f"&{q}" if q else "") for i, q in enumerate(queries)]
     urls = [
-        f"{base_urls[h]}/img/{i:08d}.png" + (f"?{q}" if q else "")
+        f"{base_urls[h]}/img/{i % (scenario.distinct_images or rows):08d}.png" + (f"?{q}" if q else "")
         for i, (h, q) in enumerate(zip(hosts, queries, strict=True))
     ]
     expected_ok = sum(1 for q in queries if not fails_for_good(q))
@@ -205,6 +210,17 @@ UNTHROTTLED = Scenario(
     flowdc_args=("--timeout", "30"),
     bare_args=("--timeout", "30"),
     concurrency=256,
+)
+
+LARGE = Scenario(
+    name="large",
+    about="3,000 images of 256 KiB over 4 hosts with no limits (750 MiB): MB/s at real image sizes.",
+    rows=3_000,
+    hosts=tuple(HostSpec(ip, image_bytes=256 * 1024, name=f"open{i}") for i, ip in enumerate(_ips(4))),
+    distinct_images=64,
+    flowdc_args=("--timeout", "30"),
+    bare_args=("--timeout", "30"),
+    concurrency=64,
 )
 
 FAULTS = Scenario(
@@ -278,4 +294,4 @@ MANIFEST10M = Scenario(
     timeout_s=1800.0,
 )
 
-SCENARIOS: dict[str, Scenario] = {s.name: s for s in (UNTHROTTLED, FAULTS, POLITE, POLITE_LONG, MANIFEST10M)}
+SCENARIOS: dict[str, Scenario] = {s.name: s for s in (UNTHROTTLED, LARGE, FAULTS, POLITE, POLITE_LONG, MANIFEST10M)}

@@ -22,7 +22,7 @@ import numpy as np
 import pyarrow as pa
 
 from flowdc.config import ConfigError, DownloadConfig
-from flowdc.fetch import FetchSettings, Outcome, fetch_one, make_session
+from flowdc.fetch import FetchSettings, Outcome, digest, fetch_one, make_session
 from flowdc.hostlimit import ClientLoad
 from flowdc.ledger import Ledger, Record, meta_json, url_hash
 from flowdc.manifest import ROW_COLUMN, Manifest
@@ -75,6 +75,7 @@ class DownloadJob:
         # One writer thread keeps a shard's members in order; files can be written in parallel.
         self.write_lanes = 1 if cfg.output_format == "webdataset" else 8
         self.write_pool = ThreadPoolExecutor(max_workers=self.write_lanes, thread_name_prefix="flowdc-writer")
+        self.hash_pool = ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1), thread_name_prefix="flowdc-hash")
         self.progress = Progress(self.manifest.num_rows_hint(), cfg.quiet)
         self.host_snapshots: dict[str, dict[str, Any]] = {}
         self.interrupted = False
@@ -91,7 +92,7 @@ class DownloadJob:
             samples_per_shard=cfg.samples_per_shard,
             on_shard_commit=self.shipper.ship_shard if self.shipper else None)
         self.write_queue = WriteQueue(self.writer.write, self.write_pool, lanes=self.write_lanes,
-                                      on_error=self._store_failed)
+                                      on_error=self._store_failed, more_coming=self._fetches_left)
         try:
             recovery = await asyncio.to_thread(self.writer.recover)
             done = await asyncio.to_thread(self.ledger.done_index)
@@ -137,6 +138,7 @@ class DownloadJob:
                 await self._close_writer(loop)
             finally:  # even when the destination failed for good
                 self.write_pool.shutdown(wait=True)
+                self.hash_pool.shutdown(wait=True)
                 self.progress.close()
                 self.telemetry.close()
         self.progress.counters.client_busy_share = self.client_load.busy_share
@@ -265,9 +267,17 @@ class DownloadJob:
         # Counted as ok now; a sample the destination loses is taken back by _store_failed.
         assert outcome.body is not None
         rec = self._record(job, outcome, "ok")
+        if rec.sha256 is None:
+            # Too large to hash on the event loop. Not in the writer either: its lane is serial,
+            # and hashing beside it (hashlib releases the GIL) keeps it from becoming the bottleneck.
+            rec.sha256 = await asyncio.get_running_loop().run_in_executor(self.hash_pool, digest, outcome.body)
         sample = StoredSample(rec, outcome.body, extension_for(outcome.content_type, job.url), job.meta)
         await self.write_queue.put(sample, partial(self.scheduler.done, job))
         self.progress.record("ok", len(outcome.body))
+
+    def _fetches_left(self) -> bool:
+        """Whether any job may still bring a sample: not every unfinished job sits in the write queue."""
+        return not self.scheduler.closed or self.scheduler.pending > self.write_queue.queued
 
     def _store_failed(self, err: StoreError) -> None:
         """The destination lost these samples (an outage, a full disk): fetch them again later in

@@ -28,6 +28,10 @@ MAX_RETRY_AFTER_S = 600.0
 FINAL_STATUSES = frozenset({400, 401, 403, 404, 405, 406, 410, 414, 451})
 OVERLOAD_STATUSES = frozenset({429, 503})
 CHUNK = 1 << 16
+# Bodies up to this size are hashed here, on the event loop, in microseconds. A larger one would
+# stall the loop for up to milliseconds, so its digest is left to a writer thread (`digest`), where
+# hashlib releases the GIL. Small ones stay here: handing the GIL over costs more than they do.
+INLINE_DIGEST_MAX = 64 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,7 +51,7 @@ class Outcome:
     ttfb: float | None = None
     retry_after: float | None = None
     body: bytes | None = None
-    sha256: str | None = None
+    sha256: str | None = None  # None for a body over INLINE_DIGEST_MAX: see digest()
     content_type: str | None = None
     fresh_connection: bool = False  # the request opened its connection: ttfb includes the connect
 
@@ -173,8 +177,12 @@ async def _read_response(resp: aiohttp.ClientResponse, settings: FetchSettings, 
         return Outcome(Signal.CONN_ERROR, status, "truncated", True, ttfb, content_type=ctype)
     if not body:
         return Outcome(Signal.OBJECT_ERROR, status, "empty_body", ttfb=ttfb, content_type=ctype)
-    return Outcome(Signal.OK, status, None, False, ttfb, body=body, sha256=hashlib.sha256(body).hexdigest(),
-                   content_type=ctype)
+    sha256 = digest(body) if len(body) <= INLINE_DIGEST_MAX else None
+    return Outcome(Signal.OK, status, None, False, ttfb, body=body, sha256=sha256, content_type=ctype)
+
+
+def digest(body: bytes) -> str:
+    return hashlib.sha256(body).hexdigest()
 
 
 def make_session(global_limit: int, user_agent: str = "flowdc/0.1 (+dataset downloader)") -> aiohttp.ClientSession:
@@ -216,5 +224,5 @@ async def download_single(
         labelled = output_format == "imagefolder" and class_name is not None
         rel = sample_path(key, class_name, ext, labelled=labelled)
         await asyncio.to_thread(dest.write_bytes, rel, outcome.body)
-        result.update(path=dest.url(rel), sha256=outcome.sha256, bytes=len(outcome.body))
+        result.update(path=dest.url(rel), sha256=outcome.sha256 or digest(outcome.body), bytes=len(outcome.body))
     return result

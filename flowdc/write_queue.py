@@ -31,7 +31,9 @@ class WriteQueue:
         *,
         lanes: int,
         on_error: Callable[[StoreError], None],
+        more_coming: Callable[[], bool] = lambda: True,
         max_queued: int = 2048,
+        max_queued_bytes: int = 256 << 20,
         max_batch: int = 256,
         min_batch: int = 64,
         linger_s: float = 0.05,
@@ -40,13 +42,16 @@ class WriteQueue:
         self._pool = pool
         self._lanes = lanes  # batches written at once; 1 keeps the samples in order
         self._on_error = on_error
+        self._more_coming = more_coming  # whether samples not yet queued may still arrive
         self._max_queued = max_queued
+        self._max_queued_bytes = max_queued_bytes  # a sample count alone lets large images pile up
         self._max_batch = max_batch
         self._min_batch = min_batch  # a smaller batch waits up to linger_s for company
         self._linger_s = linger_s
         self._timer: asyncio.TimerHandle | None = None
         self._pending: list[Queued] = []
         self._queued = 0  # pending plus in the threads' hands
+        self._queued_bytes = 0
         self._busy = 0
         self._changed = asyncio.Event()
         self._failure: BaseException | None = None
@@ -56,13 +61,16 @@ class WriteQueue:
         return self._queued
 
     async def put(self, sample: StoredSample, on_done: Callable[[], None]) -> None:
-        """Queue a sample; waits while the writers are `max_queued` samples behind."""
-        while self._queued >= self._max_queued and self._failure is None:
+        """Queue a sample; waits while the writers are `max_queued` samples or `max_queued_bytes`
+        behind (a sample larger than that goes through once the queue is empty)."""
+        while self._failure is None and (self._queued >= self._max_queued
+                                         or self._queued_bytes >= self._max_queued_bytes):
             self._changed.clear()
             await self._changed.wait()
         self._raise_failure()
         self._pending.append(Queued(sample, on_done))
         self._queued += 1
+        self._queued_bytes += len(sample.body)
         self._schedule()
 
     async def drain(self) -> None:
@@ -79,7 +87,8 @@ class WriteQueue:
             raise self._failure
 
     def _schedule(self) -> None:
-        if len(self._pending) >= self._min_batch:
+        # Lingering for company that cannot come would only delay the run's last samples.
+        if len(self._pending) >= self._min_batch or (self._pending and not self._more_coming()):
             self._dispatch()
         elif self._pending and self._timer is None:
             self._timer = asyncio.get_running_loop().call_later(self._linger_s, self._dispatch)
@@ -101,6 +110,7 @@ class WriteQueue:
     def _batch_done(self, batch: list[Queued], future: asyncio.Future[list[StoreError]]) -> None:
         self._busy -= 1
         self._queued -= len(batch)
+        self._queued_bytes -= sum(len(q.sample.body) for q in batch)
         self._changed.set()
         if future.cancelled():
             self._failure = self._failure or asyncio.CancelledError()

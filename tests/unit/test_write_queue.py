@@ -14,8 +14,8 @@ from flowdc.write_queue import WriteQueue
 from flowdc.writers.base import StoredSample, StoreError
 
 
-def sample(i: int) -> StoredSample:
-    return StoredSample(Record(i, f"{i:09d}", f"http://h/{i}", "ok"), b"x", ".png", {})
+def sample(i: int, size: int = 1) -> StoredSample:
+    return StoredSample(Record(i, f"{i:09d}", f"http://h/{i}", "ok"), b"x" * size, ".png", {})
 
 
 class Recorder:
@@ -118,7 +118,9 @@ def test_a_writer_bug_surfaces_from_drain_and_put() -> None:
     run(main())
 
 
-def test_put_waits_while_the_writers_are_far_behind() -> None:
+@pytest.mark.parametrize(("max_queued", "max_queued_bytes", "size"), [(8, 1 << 20, 1), (1000, 800, 100)],
+                         ids=["samples", "bytes"])
+def test_put_waits_while_the_writers_are_far_behind(max_queued: int, max_queued_bytes: int, size: int) -> None:
     gate = threading.Event()
     rec = Recorder()
 
@@ -128,10 +130,11 @@ def test_put_waits_while_the_writers_are_far_behind() -> None:
 
     async def main() -> None:
         with ThreadPoolExecutor(1) as pool:
-            q = WriteQueue(slow_write, pool, lanes=1, on_error=lambda e: None, max_queued=8, min_batch=1)
+            q = WriteQueue(slow_write, pool, lanes=1, on_error=lambda e: None, max_queued=max_queued,
+                           max_queued_bytes=max_queued_bytes, min_batch=1)
             for i in range(8):
-                await q.put(sample(i), lambda: None)
-            blocked = asyncio.create_task(q.put(sample(8), lambda: None))
+                await q.put(sample(i, size), lambda: None)
+            blocked = asyncio.create_task(q.put(sample(8, size), lambda: None))
             await asyncio.sleep(0.2)
             assert not blocked.done() and q.queued == 8
             gate.set()
@@ -140,6 +143,20 @@ def test_put_waits_while_the_writers_are_far_behind() -> None:
 
     run(main())
     assert rec.rows == list(range(9))
+
+
+def test_a_sample_larger_than_the_byte_bound_still_goes_through() -> None:
+    rec = Recorder()
+
+    async def main() -> None:
+        with ThreadPoolExecutor(1) as pool:
+            q = WriteQueue(rec.write, pool, lanes=1, on_error=lambda e: None, max_queued_bytes=10, min_batch=1)
+            for i in range(3):
+                await asyncio.wait_for(q.put(sample(i, 50), lambda: None), 5)
+            await q.drain()
+
+    run(main())
+    assert rec.rows == [0, 1, 2]
 
 
 def test_lanes_write_batches_side_by_side() -> None:
@@ -155,3 +172,29 @@ def test_lanes_write_batches_side_by_side() -> None:
     run(main())
     assert sorted(rec.rows) == list(range(64))
     assert rec.max_active > 1
+
+
+def test_a_small_batch_lingers_only_while_more_samples_can_come() -> None:
+    rec = Recorder()
+    coming = [True]
+
+    async def main() -> tuple[float, float]:
+        with ThreadPoolExecutor(1) as pool:
+            q = WriteQueue(rec.write, pool, lanes=1, on_error=lambda e: None, linger_s=0.5,
+                           more_coming=lambda: coming[0])
+            done = asyncio.Event()
+            t0 = time.monotonic()
+            await q.put(sample(0), done.set)
+            await done.wait()
+            lingered = time.monotonic() - t0
+            coming[0] = False  # the run's last sample: nothing can keep it company
+            done.clear()
+            t0 = time.monotonic()
+            await q.put(sample(1), done.set)
+            await done.wait()
+            return lingered, time.monotonic() - t0
+
+    lingered, last = run(main())
+    assert lingered >= 0.45
+    assert last < 0.25
+    assert rec.rows == [0, 1]
