@@ -41,6 +41,10 @@ class FetchSettings:
     content_types: tuple[str, ...] = ("image/",)
     max_redirects: int = 5
 
+    def __post_init__(self) -> None:
+        # Lower-cased once here, not per response.
+        object.__setattr__(self, "content_types", tuple(p.lower() for p in self.content_types))
+
 
 @dataclass(slots=True)
 class Outcome:
@@ -105,8 +109,7 @@ def classify_status(status: int) -> tuple[Signal, bool]:
 def content_type_allowed(content_type: str | None, allowed: tuple[str, ...]) -> bool:
     if not allowed:
         return True
-    ctype = (content_type or "").lower()
-    return any(ctype.startswith(prefix.lower()) for prefix in allowed)
+    return (content_type or "").lower().startswith(allowed)  # `allowed` is lower-case: see FetchSettings
 
 
 async def fetch_one(session: aiohttp.ClientSession, url: str, settings: FetchSettings) -> Outcome:

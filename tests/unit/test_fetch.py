@@ -66,6 +66,8 @@ def test_content_type_prefixes() -> None:
     assert not content_type_allowed(None, ("image/",))
     assert content_type_allowed(None, ())
     assert content_type_allowed("text/html", ())
+    # Settings compare case-insensitively: they are lower-cased once.
+    assert content_type_allowed("image/png", FetchSettings(content_types=("Image/", "text/csv")).content_types)
 
 
 @pytest.fixture(scope="module")
