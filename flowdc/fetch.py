@@ -29,8 +29,8 @@ FINAL_STATUSES = frozenset({400, 401, 403, 404, 405, 406, 410, 414, 451})
 OVERLOAD_STATUSES = frozenset({429, 503})
 CHUNK = 1 << 16
 # Bodies up to this size are hashed here, on the event loop, in microseconds. A larger one would
-# stall the loop for up to milliseconds, so its digest is left to a writer thread (`digest`), where
-# hashlib releases the GIL. Small ones stay here: handing the GIL over costs more than they do.
+# stall the loop for up to milliseconds, so its digest (`digest`) is left to the caller, which takes
+# it in a thread where hashlib releases the GIL. Small ones stay: a hand-over costs more than they do.
 INLINE_DIGEST_MAX = 64 * 1024
 
 

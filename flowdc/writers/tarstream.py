@@ -68,10 +68,10 @@ class TarStream:
     """A tar archive written front to back into a binary file.
 
     Small pieces (headers, JSON, small images) are gathered into large writes: each write is a
-    system call that hands the GIL to the event loop and back. A piece that would not fit goes
-    straight to the file, because copying large bodies through the buffer costs more than the
-    call saves. The buffer is allocated once: growing and freeing one per write meant fresh pages,
-    and their faults cost more than the copies.
+    system call that hands the GIL to the event loop and back. A piece too large for what is left
+    of the buffer, and over half its size, goes straight to the file: copying a large body through
+    the buffer costs more than the call saves. The buffer is allocated once per archive: growing
+    and freeing one per write meant fresh pages, and their faults cost more than the copies.
     """
 
     def __init__(self, file: IO[bytes], write_bytes: int = 1 << 20):
