@@ -265,10 +265,11 @@ class _Pushback:
     carry one, so the common controller stays small."""
 
     __slots__ = ("acted_at", "best_rate", "cap", "creep", "grown_at", "meter_ok", "meter_start", "ok_level",
-                 "pace", "rate_cap", "refused_at", "replies", "seeking", "share", "until")
+                 "pace", "rate_cap", "recalled", "refused_at", "replies", "seeking", "share", "until")
 
     def __init__(self) -> None:
         self.cap = 0  # in-flight count at the 429 (that request included)
+        self.recalled = False  # the cap was found again where it was: the rest of that burst adds nothing
         self.until = 0.0
         self.pace = 0.0  # requests per second; 0 = not paced
         self.rate_cap = 0.0  # accepted rate when the pace last drew a 429
@@ -545,7 +546,7 @@ class PaarcController:
         assert push is not None  # _refusal_is_about_host made it
         remembered = now < push.until and push.cap > 0
         if self.state == BACKOFF and self._before_cut(sent):
-            if remembered and push.cap > self.p.C_min:
+            if remembered and push.cap > self.p.C_min and not push.recalled:
                 push.cap -= 1  # one more of the same burst refused: the host took one fewer
                 self._set_limit(self._limit)  # and stay under it from now on
             return None
@@ -565,7 +566,15 @@ class PaarcController:
             self.memory_s = self._memory_after_reprobe(prior_cap, push, inflight, accepted)
             if self.memory_s > self.p.probe_rtt_period and not by_rate:
                 known = float(min(prior_cap, inflight) - 1)
-        push.cap = min(push.cap, inflight) if remembered else inflight
+        if remembered:
+            push.cap = min(push.cap, inflight)
+        elif known is not None:
+            # Found where it was. The probe may be a few past it by the time the refusals' share
+            # counted: keep the earlier finding, or the limit would not be pinned under it.
+            push.cap = int(known) + 1
+        else:
+            push.cap = inflight
+        push.recalled = known is not None
         push.until = now + self.memory_s
         if by_rate:
             if accepted is not None:

@@ -477,3 +477,37 @@ def test_a_busy_controller_keeps_a_bounded_sample_buffer() -> None:
         ctl.on_sample(k * 1e-6, Sample(Signal.OK, 0.05, 500))
     assert ctl.win.lat is not None and len(ctl.win.lat) < 32
 
+
+def test_a_cap_found_again_keeps_the_lower_cap() -> None:
+    """A re-probe's refusals count only once their share speaks for the host, and by then the
+    probe may be a few requests past the cap. The record keeps the cap found before (the lower),
+    so the limit stays just under it. Keeping the probe's level instead let the next probe go past
+    the cap within seconds: another hold, and a cut by beta (on the polite_long bench the cap-12
+    host then ran at 8 for two seconds)."""
+    ctl = PaarcController(PaarcParams(), 0.0)
+    now = 0.0
+    refusals = 0
+
+    def serve(until: float) -> None:
+        """A host that serves 12 at once: a request past that is refused at once, Retry-After 1."""
+        nonlocal now, refusals
+        while now < until:
+            now += 0.004
+            if now >= ctl.hold_until():
+                ctl.on_sample(now, Sample(Signal.OK, 0.04, min(ctl.limit(), 12)))
+                for _ in range(max(0, ctl.limit() - 12) * 8):  # fast 429s come back many times over
+                    if ctl.snapshot()["state"] == BACKOFF:
+                        break
+                    now += 0.0005
+                    ctl.on_sample(now, Sample(Signal.OVERLOAD, 0.0005, ctl.limit(), 1.0))
+                    refusals += 1
+            ctl.tick(now)
+
+    serve(20.0)
+    assert ctl.snapshot()["cap_seen"] == 13 and ctl.limit() == 12
+    serve(40.0)  # the memory (30 s) expires, and a probe finds the cap where it was
+    assert ctl.snapshot()["cap_seen"] == 13 and ctl.limit() == 12
+    found_again = refusals
+    serve(80.0)  # the lesson is now kept 60 s: no probe past the cap before then
+    assert refusals == found_again
+    assert ctl.limit() == 12
