@@ -560,21 +560,19 @@ class PaarcController:
         under_served = inflight < RATE_EVIDENCE * push.ok_level or self._limit <= self.p.C_min
         by_rate = (remembered or paced) and under_served
         accepted = push.accepted_rate(now) if by_rate else None
-        known: float | None = None
+        found_again: int | None = None  # a forgotten cap, found where it was
         if not remembered:
             prior_cap = push.cap or self.stale_cap
             self.memory_s = self._memory_after_reprobe(prior_cap, push, inflight, accepted)
             if self.memory_s > self.p.probe_rtt_period and not by_rate:
-                known = float(min(prior_cap, inflight) - 1)
+                # The probe may be a few past the cap by the time the refusals' share counted:
+                # keep the earlier finding, or the limit would not be pinned under it.
+                found_again = min(prior_cap, inflight)
         if remembered:
             push.cap = min(push.cap, inflight)
-        elif known is not None:
-            # Found where it was. The probe may be a few past it by the time the refusals' share
-            # counted: keep the earlier finding, or the limit would not be pinned under it.
-            push.cap = int(known) + 1
         else:
-            push.cap = inflight
-        push.recalled = known is not None
+            push.cap = inflight if found_again is None else found_again
+        push.recalled = found_again is not None
         push.until = now + self.memory_s
         if by_rate:
             if accepted is not None:
@@ -597,7 +595,7 @@ class PaarcController:
             push.pace = new_pace if push.pace <= 0 else min(push.pace, new_pace)
         push.acted_at = now
         push.restart_meter(max(now, self._hold))
-        return known
+        return None if found_again is None else float(found_again - 1)
 
     def _memory_after_reprobe(self, prior_cap: int, push: _Pushback, inflight: int, accepted: float | None) -> float:
         """How long to keep a lesson learned afresh. Probing past a forgotten limit costs a hold and
