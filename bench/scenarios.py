@@ -283,6 +283,25 @@ POLITE_LONG = replace(
     timeout_s=900.0,
 )
 
+SPREAD = Scenario(
+    name="spread",
+    about=(
+        "4 queue hosts whose latency spreads widely (uniform, p95 4-7x p10), as a cache that misses "
+        "or a busy origin shows: the spread alone must not read as a queue. Rows spread by throughput."
+    ),
+    rows=10_000,
+    hosts=(
+        HostSpec("127.0.0.2", name="queue6-wide", capacity=6, latency_s=0.005, jitter_s=0.06, seed=1),
+        HostSpec("127.0.0.3", name="queue16-wide", capacity=16, latency_s=0.01, jitter_s=0.14, seed=2),
+        HostSpec("127.0.0.4", name="queue48-wide", capacity=48, latency_s=0.02, jitter_s=0.2, seed=3),
+        HostSpec("127.0.0.5", name="queue100-wide", capacity=100, latency_s=0.05, jitter_s=0.3, seed=4),
+    ),
+    balance="rate",
+    flowdc_args=("--timeout", "30"),
+    bare_args=("--timeout", "30"),
+    concurrency=256,
+)
+
 MANIFEST10M = Scenario(
     name="manifest10m",
     about="10M rows with ftp:// URLs (rejected per row, no network): memory and per-row overhead.",
@@ -294,4 +313,6 @@ MANIFEST10M = Scenario(
     timeout_s=1800.0,
 )
 
-SCENARIOS: dict[str, Scenario] = {s.name: s for s in (UNTHROTTLED, LARGE, FAULTS, POLITE, POLITE_LONG, MANIFEST10M)}
+SCENARIOS: dict[str, Scenario] = {
+    s.name: s for s in (UNTHROTTLED, LARGE, FAULTS, POLITE, POLITE_LONG, SPREAD, MANIFEST10M)
+}

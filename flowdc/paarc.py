@@ -6,15 +6,17 @@ does I/O or reads a clock: `now` is always passed in, so the simulator in tests/
 drive it on virtual time.
 
 The controller works on *intervals* of samples. An interval closes once it spans
-max(INTERVAL_RTPROPS x RTprop, MIN_INTERVAL_S) and holds at least MIN_SAMPLES replies. From it:
+max(INTERVAL_RTPROPS x RTprop, MIN_INTERVAL_S) and holds at least MIN_SAMPLES replies; a host whose
+latency spreads widely gets longer intervals, until its mean is known to TARGET_REL_SE. From it:
   - RTprop    = minimum of the intervals' p10 TTFB (OK replies) since the last PROBE_RTT;
   - base_lat  = minimum of the intervals' mean TTFB (OK replies), same window;
+  - base_p50, base_p95 = minima of the intervals' p50 and p95, same window: the host's own spread;
   - rate      = served replies per second (OK and object errors: both took a server slot);
-  - estimate  = rate x RTprop: Little's law / BBR, the requests the host serves in parallel.
+  - estimate  = rate x base_lat: Little's law, the requests the host serves in parallel.
 The limit sits at mu x ceiling; the ceiling is that estimate, taken where a queue first shows
 (STARTUP's end, an up-probe, a cut) and raised by up-probes that find no queue. Only host signals
 lower it: 429/503, bursts of timeouts/5xx/resets, and latency inflation (p50/p95 against RTprop,
-or mean against base_lat). See docs/paarc.md for the algorithm in plain words.
+against their own unloaded values, or mean against base_lat). See docs/paarc.md for the algorithm in plain words.
 """
 
 from __future__ import annotations
@@ -42,10 +44,14 @@ DRAIN = "drain"
 INTERVAL_RTPROPS = 4.0  # a limit change needs a few round trips to show in latency and rate
 MIN_INTERVAL_S = 0.1  # floor for very fast hosts, and the interval length before RTprop is known
 MIN_SAMPLES = 8  # fewer samples make percentiles too noisy to act on
+TARGET_REL_SE = 0.05  # an interval stays open until its mean TTFB is this precise (relative SE)...
+STARTUP_REL_SE = 0.1  # ... (a doubling is judged coarser)
+PRECISION_WAIT = 8.0  # ... or this many times its usual span has passed: a noisy host still gets judged
+CLEAR_Z = 4.0  # ... or its mean is this many standard errors above the unloaded mean: the verdict is in
 MIN_LATENCIES = 4  # OK latencies an interval needs before its percentiles are trusted
-LAT_BUF_CAP = 32  # latencies kept per interval (systematic subsample): bounds memory per host
+LAT_BUF_CAP = 128  # latencies kept per interval (systematic subsample): bounds memory per host
 STARTUP_GAIN = 2.0  # grow fast while the host shows no queue: 8 -> 1000 in 7 intervals
-LATENCY_NOISE_FLOOR_S = 0.005  # under this RTprop an asyncio client's own scheduling jitter is as large
+LATENCY_NOISE_FLOOR_S = 0.005  # under this unloaded mean an asyncio client's own scheduling jitter is as large
 #                                as any host queue: for such hosts (loopback, LAN) rate decides, not latency
 STARTUP_RATE_GAIN = 1.3  # a doubling that raised the served rate this much was worth its latency
 PROBE_RATE_GAIN = 1.1  # likewise for an up-probe (1.25x the load, so at most 1.25x the rate)
@@ -55,8 +61,12 @@ STARTUP_CONFIRM = 2  # cruise intervals before the first probe after STARTUP
 PROBE_RTT_GAIN = 0.5  # PROBE_RTT halves the load so any standing queue drains
 QUEUE_TOL = 0.1  # mean latency this far above base_lat means our own requests are queueing
 SEVERE = 1.2  # inflation this far past theta_50/theta_95 acts at once; milder must repeat
-QUEUE_TOL_SE = 5.0  # ... or this many standard errors: noise here, plus the low bias of a windowed minimum
+QUEUE_TOL_SE = 4.0  # ... or this many standard errors of the difference (this interval's and the baseline's)
 CUT_EFFECT = 0.05  # after a latency cut, mean latency must fall this much, or the slowness isn't ours
+STALE_SHARE = 0.1  # a drain lasts while more of an interval's replies than this were sent before the cut
+JUMP = 1.3  # a raise by more than this (a probe is 1.25x) leaves the next interval's queue half grown
+KNEE_MARGIN = 0.98  # the interval that finds a queue ends before the queue is full grown: its mean
+#                    latency reads a little low, and the estimate 1-2% high
 COOLDOWN_RTPROPS = 5.0  # after a cut, wait this many round trips for in-flight replies to drain
 UNKNOWN_RTPROP_S = 0.2  # stands in for RTprop before the first interval has measured it
 FAIL_FRACTION = 0.2  # share of an interval's samples that are timeouts/5xx/resets to mean "host failing"
@@ -147,6 +157,7 @@ class _Summary:
     rel_se: float  # standard error of the mean TTFB, relative to the mean
     failing: bool  # timeouts/5xx/resets are a substantial share
     pipe_full: bool  # the limit was actually used (not short of work)
+    stale: bool  # many replies were to requests sent before the limit was last lowered
 
 
 class _Window:
@@ -156,8 +167,8 @@ class _Window:
     so they count for goodput and failures but not for rate or latency ("settling").
     """
 
-    __slots__ = ("fails", "first", "lat", "max_inflight", "n", "ok", "seen", "served", "settle", "start",
-                 "stride", "ttfb_sum")
+    __slots__ = ("fails", "first", "lat", "max_inflight", "n", "ok", "seen", "served", "settle", "stale",
+                 "start", "stride", "ttfb_sq", "ttfb_sum")
 
     def __init__(self, now: float) -> None:
         self.reset(now, None)
@@ -165,8 +176,8 @@ class _Window:
     def reset(self, now: float, rtprop: float | None) -> None:
         self.start = now
         self.settle = rtprop or 0.0  # the same float object as the controller's RTprop: no new allocation
-        self.n = self.ok = self.served = self.fails = self.max_inflight = self.seen = 0
-        self.ttfb_sum = 0.0
+        self.n = self.ok = self.served = self.fails = self.max_inflight = self.seen = self.stale = 0
+        self.ttfb_sum = self.ttfb_sq = 0.0
         self.first = 0.0  # arrival of the first settled reply: the rate is measured from there
         self.stride = 1
         self.lat: array[float] | None = None  # allocated on first use: idle hosts stay tiny
@@ -196,6 +207,7 @@ class _Window:
         # the stride. The buffer stays a systematic sample of the whole interval in LAT_BUF_CAP slots.
         self.seen += 1
         self.ttfb_sum += ttfb
+        self.ttfb_sq += ttfb * ttfb
         if (self.seen - 1) % self.stride:
             return
         if self.lat is None:
@@ -205,9 +217,29 @@ class _Window:
             del self.lat[1::2]
             self.stride *= 2
 
-    def due(self, now: float, rtprop: float | None) -> bool:
+    def due(self, now: float, rtprop: float | None, base_lat: float | None, target: float = TARGET_REL_SE) -> bool:
+        """Closed once it spans its usual length and holds MIN_SAMPLES replies, and its mean is
+        known to `target` (relative SE) or is clearly above `base_lat` (None: no shortcut)."""
         span = MIN_INTERVAL_S if rtprop is None else max(MIN_INTERVAL_S, INTERVAL_RTPROPS * rtprop)
-        return self.n >= MIN_SAMPLES and now - self.start >= span
+        age = now - self.start
+        if self.n < MIN_SAMPLES or age < span:
+            return False
+        if age >= PRECISION_WAIT * span:
+            return True
+        rel_se = self.rel_se()
+        if rel_se <= target:
+            return True
+        # Imprecise, but already clearly slower than unloaded (a queue we made): no need to wait.
+        return base_lat is not None and self.ttfb_sum > (1 + CLEAR_Z * rel_se) * base_lat * self.seen
+
+    def rel_se(self) -> float:
+        """Standard error of the mean TTFB, relative to the mean (0 with fewer than 2 latencies)."""
+        n = self.seen
+        if n < 2 or self.ttfb_sum <= 0:
+            return 0.0
+        mean = self.ttfb_sum / n
+        var = max(0.0, (self.ttfb_sq - n * mean * mean) / (n - 1))
+        return math.sqrt(var / n) / mean
 
     def _rate(self, now: float) -> float:
         """Replies per second between the first settled reply and now.
@@ -230,9 +262,10 @@ class _Window:
             p10=_pct(lat, 0.10),
             p50=_pct(lat, 0.50),
             p95=_pct(lat, 0.95),
-            rel_se=_rel_se(lat, self.seen),
+            rel_se=self.rel_se(),
             failing=self.fails >= FAIL_MIN and self.fails >= FAIL_FRACTION * self.n,
             pipe_full=self.max_inflight + 1 >= limit,  # +1: callers may count before or after this reply
+            stale=self.stale > STALE_SHARE * self.n,
         )
 
 
@@ -248,14 +281,6 @@ def _pct(values: list[float] | None, q: float) -> float | None:
     lo = int(pos)
     hi = min(lo + 1, len(values) - 1)
     return values[lo] + (values[hi] - values[lo]) * (pos - lo)
-
-
-def _rel_se(values: list[float] | None, n: int) -> float:
-    if not values or len(values) < 2 or n < 2:
-        return 0.0
-    m = sum(values) / len(values)
-    var = sum((v - m) ** 2 for v in values) / (len(values) - 1)
-    return math.sqrt(var / n) / m if m > 0 else 0.0
 
 
 class _Pushback:
@@ -345,6 +370,10 @@ class PaarcController:
         "_hold",
         "_limit",
         "base_lat",
+        "base_lat_se",
+        "base_load",
+        "base_p50",
+        "base_p95",
         "born",
         "ceiling",
         "client",
@@ -357,6 +386,9 @@ class PaarcController:
         "last_inflight",
         "last_ok_inflight",
         "last_ok_ttfb",
+        "lowered_at",
+        "mean_ema",
+        "mean_ema_var",
         "memory_s",
         "now",
         "p",
@@ -366,6 +398,7 @@ class PaarcController:
         "pooled",
         "probe_countdown",
         "push",
+        "raised_by",
         "refused_before",
         "rtprop",
         "rtprop_since",
@@ -388,10 +421,18 @@ class PaarcController:
         self._hold = 0.0
         self.cooldown_until = 0.0
         self.cut_at = 0.0
+        self.lowered_at = 0.0  # when the limit last went down: replies to older requests are stale
+        self.raised_by = 1.0  # the factor of the last change of the limit if it rose, else 1
         self.cut_mean: float | None = None  # mean latency when latency last made us cut
         self.rtprop: float | None = None
         self.rtprop_since = now
         self.base_lat: float | None = None
+        self.base_lat_se = 0.0  # relative standard error of base_lat when it was measured
+        self.base_load = 0  # the lightest limit an interval of the baseline window ran at (0: none yet)
+        self.base_p50: float | None = None
+        self.base_p95: float | None = None
+        self.mean_ema: float | None = None
+        self.mean_ema_var = 0.0  # its relative variance: intervals' noise, smoothed like the mean
         self.p50_ema: float | None = None
         self.p95_ema: float | None = None
         self.goodput = 0.0
@@ -461,8 +502,10 @@ class PaarcController:
         if self.state == BACKOFF:
             self.tick(now)
         else:
+            if sample.ttfb is not None and now - sample.ttfb < self.lowered_at:
+                self.win.stale += 1
             self.win.add(now, sample, timed)
-            if self.win.due(now, self.rtprop):
+            if self._interval_due(now):
                 self._close_interval(now)
 
     def tick(self, now: float) -> None:
@@ -471,12 +514,21 @@ class PaarcController:
             if now >= self.cooldown_until:
                 self._enter_cruise(now)
             return
-        if self.win.due(now, self.rtprop):
+        if self._interval_due(now):
             self._close_interval(now)
         elif self.push is not None and now - self.push.grown_at >= PACE_STEP_S:
             # A slow pace yields few replies, so intervals close rarely: the pace grows on the
             # clock too, or one low estimate would stick.
             self._adjust_pace(now)
+
+    def _interval_due(self, now: float) -> bool:
+        # STARTUP doubles the load: the queue a doubling makes shows through more noise, and waiting
+        # for a precise mean would slow the ramp of a host with a wide spread to a crawl. A drain
+        # interval is not judged: no shortcut, so it lasts long enough for the queue it holds to go.
+        if self.state == STARTUP:
+            return self.win.due(now, self.rtprop, self.base_lat, STARTUP_REL_SE)
+        drain = self.state == PROBE_BW and self.phase == DRAIN
+        return self.win.due(now, self.rtprop, None if drain else self.base_lat)
 
     def snapshot(self) -> dict[str, float | int | str | None]:
         return {
@@ -700,31 +752,53 @@ class PaarcController:
         self.served_before = s.served_rate  # what the next raise, if any, has to beat
 
     def _measure(self, s: _Summary) -> None:
-        """Update the minima, and the percentiles smoothed with alpha_ema for telemetry.
+        """Smooth the interval's latencies with alpha_ema, and update the minima.
 
+        The unloaded baselines are minima of the smoothed series: the minimum of raw intervals
+        (a few dozen replies each) sits far under the host's true values once its latency spreads,
+        and every test and estimate measured against it would then ratchet the limit down.
+        RTprop stays the raw minimum of p10: it only times intervals and cooldowns.
         The minima's window restarts at each PROBE_RTT (every probe_rtt_period), which resets them.
         """
         if s.p10 is not None and (self.rtprop is None or s.p10 <= self.rtprop):
             self.rtprop = s.p10
-        if s.mean is not None and (self.base_lat is None or s.mean <= self.base_lat):
-            self.base_lat = s.mean
         a = self.p.alpha_ema
+        if s.mean is not None:
+            var = s.rel_se * s.rel_se
+            first = self.mean_ema is None
+            self.mean_ema = _ema(self.mean_ema, s.mean, a)
+            self.mean_ema_var = var if first else a * a * var + (1 - a) ** 2 * self.mean_ema_var
+            if self.base_lat is None or self.mean_ema < self.base_lat:
+                self.base_lat, self.base_lat_se = self.mean_ema, math.sqrt(self.mean_ema_var)
+            self.base_load = min(self.base_load or self._limit, self._limit)
         if s.p50 is not None and s.p95 is not None:
-            self.p50_ema = s.p50 if self.p50_ema is None else a * s.p50 + (1 - a) * self.p50_ema
-            self.p95_ema = s.p95 if self.p95_ema is None else a * s.p95 + (1 - a) * self.p95_ema
+            self.p50_ema = _ema(self.p50_ema, s.p50, a)
+            self.p95_ema = _ema(self.p95_ema, s.p95, a)
+            self.base_p50 = _lower(self.base_p50, self.p50_ema)
+            self.base_p95 = _lower(self.base_p95, self.p95_ema)
 
     def _inflated(self, s: _Summary, factor: float = 1.0) -> bool:
-        """The seed's test: the host is full when p50 or p95 TTFB rise well above RTprop."""
-        if self.rtprop is None or s.p50 is None or s.p95 is None:
+        """The seed's test, against the host's own spread: the host is full when p50 or p95 TTFB
+        rise well above their unloaded values. (Against RTprop, as the seed had it, a host whose
+        p95 is naturally twice its p10, as with any cache that misses, would read as always full.)"""
+        if self.base_p50 is None or self.base_p95 is None or s.p50 is None or s.p95 is None:
             return False
-        return s.p50 > factor * self.p.theta_50 * self.rtprop or s.p95 > factor * self.p.theta_95 * self.rtprop
+        if not (s.p50 > factor * self.p.theta_50 * self.base_p50 or s.p95 > factor * self.p.theta_95 * self.base_p95):
+            return False
+        # A queue delays every reply, so the mean rises with the percentiles; a percentile that
+        # rose alone is a chance clutch of slow objects in a host with a long tail.
+        return self._mean_rose(s, QUEUE_TOL_SE)
 
     def _queued(self, s: _Summary) -> bool:
         """Milder: mean latency above the unloaded mean means our extra requests only wait."""
+        return self._mean_rose(s, QUEUE_TOL_SE, QUEUE_TOL)
+
+    def _mean_rose(self, s: _Summary, z: float, floor: float = 0.0) -> bool:
+        """Mean TTFB above the unloaded mean by z standard errors of the difference (and by floor)."""
         if s.mean is None or self.base_lat is None:
             return False
-        tol = max(QUEUE_TOL, QUEUE_TOL_SE * s.rel_se)
-        return s.mean > (1 + tol) * self.base_lat
+        noise = math.sqrt(s.rel_se * s.rel_se + self.base_lat_se * self.base_lat_se)
+        return s.mean > (1 + max(floor, z * noise)) * self.base_lat
 
     def _congested(self, s: _Summary) -> bool:
         """Any sign of a queue: used right after we raised the load on purpose."""
@@ -747,14 +821,27 @@ class PaarcController:
         return False
 
     def _estimate(self, s: _Summary) -> float | None:
-        """Little's law / BBR: served/s x RTprop ~ requests the host serves in parallel.
+        """Requests the host serves in parallel, by Little's law twice: in flight = rate x mean
+        latency, and in service = rate x unloaded mean latency (base_lat).
 
-        RTprop is a low percentile, so the estimate sits below the knee by about the host's own
-        latency spread (p10/mean): the operating point keeps a little headroom for free.
+        With the pipe full, requests in flight are the limit, known exactly, so the estimate is
+        limit x base_lat / mean: a ratio of two means over hundreds of replies. A rate counted over
+        one short interval wanders by several percent (more on a host whose latency spreads). The
+        unloaded mean, not RTprop: a low percentile would put the estimate under the knee by the
+        host's own spread (p10/mean), which for a host with a long tail is half its capacity or less.
+
+        After a jump in the limit (STARTUP's doubling, the return from PROBE_RTT) the queue is far
+        from grown by the interval's end, its mean reads low, and the ratio reads high (1076 for a
+        capacity of 1000): then the rate, if lower, is the better guess.
         """
-        if self.rtprop is None or s.served_rate <= 0:
+        if self.base_lat is None:
             return None
-        return s.served_rate * self.rtprop
+        by_rate = s.served_rate * self.base_lat if s.served_rate > 0 else None
+        if s.mean is None or not s.pipe_full:
+            return by_rate
+        by_latency = KNEE_MARGIN * self._limit * self.base_lat / s.mean
+        jumped = self.raised_by > JUMP
+        return by_latency if by_rate is None or not jumped else min(by_latency, by_rate)
 
     def _cut_to_estimate(self, s: _Summary) -> None:
         """Latency says we're past the knee: jump to the capacity estimate, not a blind cut.
@@ -778,7 +865,9 @@ class PaarcController:
         if s.p10 is not None:
             self.rtprop = s.p10
         if s.mean is not None:
-            self.base_lat = s.mean
+            self.base_lat, self.base_lat_se, self.base_load = s.mean, s.rel_se, self._limit
+        if s.p50 is not None and s.p95 is not None:
+            self.base_p50, self.base_p95 = s.p50, s.p95
         self.rtprop_since = now
 
     # -- per state --------------------------------------------------------------------------------
@@ -793,8 +882,9 @@ class PaarcController:
 
     @property
     def near(self) -> bool:
-        """RTprop (a windowed minimum) under the noise floor: judged by rate, not latency."""
-        return self.rtprop is not None and self.rtprop < LATENCY_NOISE_FLOOR_S
+        """The unloaded mean latency under the noise floor: judged by rate, not latency. (Not RTprop:
+        a host whose cache answers hits in 3 ms and misses in 100 ms has a queue that shows.)"""
+        return self.base_lat is not None and self.base_lat < LATENCY_NOISE_FLOOR_S
 
     def _paid_off(self, s: _Summary, gain: float) -> bool:
         """More load raised the served rate substantially: BBR's rule, used for near hosts."""
@@ -831,8 +921,10 @@ class PaarcController:
 
     def _step_cruise(self, s: _Summary, now: float) -> None:
         if self.phase == DRAIN:
-            # This interval still holds the queue our probe or cut left behind: don't judge it.
-            self.phase = CRUISE
+            # This interval still holds the queue our probe or cut left behind: don't judge it, nor
+            # the next while replies to requests sent before the cut keep coming (a deep queue).
+            if not s.stale:
+                self.phase = CRUISE
         elif not self.near and self._congested_in_cruise(s):
             if self._not_our_queue(s):
                 # Cutting again would spiral down to C_min for nothing: hold, and judge from here on.
@@ -845,10 +937,20 @@ class PaarcController:
         elif now - self.rtprop_since > self.p.probe_rtt_period:
             self.state = PROBE_RTT
             self._set_limit(self.ceiling * PROBE_RTT_GAIN)
+        elif self._unloaded_unseen():
+            self.state = PROBE_RTT
+            self._set_limit(self.p.C_min)  # at most C_init: the lightest load there is costs little
         else:
             self.cut_mean = None
             if s.pipe_full:
                 self._count_down_to_probe()
+
+    def _unloaded_unseen(self) -> bool:
+        """The unloaded latency was measured at the load we run now or a higher one (C_init above
+        the host's capacity, or a cut by 429s that never went under it): it may hold our own queue,
+        and no test against it could see that queue. PROBE_RTT measures it at C_min. (STARTUP
+        measured it at C_init, so this happens only to hosts that run at C_init or under.)"""
+        return self.base_load >= self._limit > self.p.C_min and self._limit <= self.p.C_init
 
     def _count_down_to_probe(self) -> None:
         self.probe_countdown -= 1
@@ -924,7 +1026,20 @@ class PaarcController:
         if self._cap_remembered():
             assert self.push is not None
             value = min(value, self.push.cap - 1)  # stay under the level that drew a 429
-        self._limit = max(self.p.C_min, min(self.p.C_max, round(value)))
+        limit = max(self.p.C_min, min(self.p.C_max, round(value)))
+        if limit < self._limit:
+            self.lowered_at = self.now
+        if limit != self._limit:
+            self.raised_by = max(1.0, limit / self._limit)
+        self._limit = limit
+
+
+def _ema(old: float | None, new: float, alpha: float) -> float:
+    return new if old is None else alpha * new + (1.0 - alpha) * old
+
+
+def _lower(old: float | None, new: float) -> float:
+    return new if old is None or new < old else old
 
 
 def _ms(seconds: float | None) -> float | None:

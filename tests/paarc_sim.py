@@ -1,10 +1,11 @@
 """A deterministic discrete-event host simulator for PAARC tests.
 
 Virtual clock and an event heap: no I/O, no asyncio, no sleeping. The simulated host is a service
-queue: `capacity` parallel servers, each request takes `service_time` (times 1 +/- `jitter`, drawn
-from a seeded random.Random), requests beyond the servers wait in FIFO order, and a request that
-would push the number in the system (in service + waiting) above the hard cap is answered at once
-with 429 (optionally carrying a Retry-After).
+queue: `capacity` parallel servers, each request takes `service_time` (times 1 +/- `jitter`, or a
+lognormal factor with mean 1 when `tail_sigma` is set, drawn from a seeded random.Random),
+requests beyond the servers wait in FIFO order, and a request that would push the number in the
+system (in service + waiting) above the hard cap is answered at once with 429 (optionally
+carrying a Retry-After).
 
 A closed-loop client keeps `controller.limit()` requests in flight, never sends while the
 controller's hold is on, feeds every reply to `on_sample` (ttfb = send to reply: bodies are tiny),
@@ -30,6 +31,7 @@ class HostSpec:
     capacity: int
     service_time: float = 0.05
     jitter: float = 0.1  # service time is uniform in service_time * [1 - jitter, 1 + jitter]
+    tail_sigma: float = 0.0  # > 0: service time is lognormal instead (mean service_time, this sigma)
     hard_cap_ratio: float = 2.0  # in-system requests allowed, as a multiple of the current capacity
     retry_after: float | None = None  # sent with every 429
     reject_time: float = 0.001  # a 429 is answered this fast
@@ -89,6 +91,9 @@ class _Host:
         return self.busy + len(self.waiting)
 
     def service(self) -> float:
+        if self.spec.tail_sigma > 0:  # a long right tail, as real hosts have (cache misses, slow disks)
+            sigma = self.spec.tail_sigma
+            return self.spec.service_time * self.rng.lognormvariate(-sigma * sigma / 2, sigma)
         j = self.spec.jitter
         return self.spec.service_time * (1.0 + j * (2.0 * self.rng.random() - 1.0))
 

@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 
 from flowdc.config import PaarcOptions
 from flowdc.hostlimit import ClientLoad, FixedLimit, HostLimit
-from flowdc.paarc import BACKOFF, PROBE_BW, PaarcController, PaarcParams, make_host_limit
+from flowdc.paarc import BACKOFF, LAT_BUF_CAP, PROBE_BW, PaarcController, PaarcParams, make_host_limit
 from flowdc.signals import Sample, Signal
 
 TTFB = 0.05  # a host with constant latency never looks inflated, so STARTUP climbs to C_max
@@ -475,7 +475,7 @@ def test_a_busy_controller_keeps_a_bounded_sample_buffer() -> None:
     ctl = PaarcController(PaarcParams(C_init=500, C_max=2000), 0.0)
     for k in range(50_000):  # 50k replies inside one interval (50 ms never spans 4 RTprops)
         ctl.on_sample(k * 1e-6, Sample(Signal.OK, 0.05, 500))
-    assert ctl.win.lat is not None and len(ctl.win.lat) < 32
+    assert ctl.win.lat is not None and len(ctl.win.lat) < LAT_BUF_CAP
 
 
 def test_a_cap_found_again_keeps_the_lower_cap() -> None:

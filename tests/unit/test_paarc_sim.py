@@ -172,3 +172,44 @@ def test_a_hard_cap_found_again_is_probed_ever_less_often() -> None:
     gaps = [b - a for a, b in itertools.pairwise(episodes[1:])]
     assert gaps == [pytest.approx(60.0, abs=2.0), pytest.approx(120.0, abs=2.0)], episodes
     assert res.frac_429 < 0.01
+
+
+# -- hosts whose latency spreads widely ------------------------------------------------------------
+SPREADS = [
+    {"jitter": 0.5},  # 25-75 ms: p95 is 2.4x p10
+    {"jitter": 0.9},  # 5-95 ms
+    {"tail_sigma": 0.3},  # lognormal: p95 2.4x p10
+    {"tail_sigma": 0.6},  # p95 5.8x p10, a cache that often misses
+]
+
+
+@pytest.mark.parametrize("capacity", [10, 50, 300])
+@pytest.mark.parametrize("spread", SPREADS, ids=lambda d: "-".join(f"{k}{v}" for k, v in d.items()))
+def test_a_host_with_a_wide_latency_spread_is_kept_near_capacity(capacity: int, spread: dict[str, float]) -> None:
+    """The spread alone must not read as a queue. Measured against p10 (the seed's RTprop), a host
+    whose p95 is twice its p10 looked full at any load, and the limit fell to C_min."""
+    res = simulate(PaarcController(), HostSpec(capacity=capacity, hard_cap_ratio=100.0, **spread), 30.0)
+    tail = [r for r in res.rows if r.t > 10.0]
+    served = sum(r.throughput for r in tail) / len(tail)
+    assert served >= 0.75 * capacity / 0.05  # 50 ms mean service time (the seed's controller: 0.04-0.2)
+    assert max(r.limit for r in tail if cruising(r)) <= 1.5 * capacity  # noise hides a small queue: 1.4x seen
+
+
+def test_a_long_tail_lowers_throughput_but_never_collapses_it() -> None:
+    """sigma 1.0: p95 is 14x p10, past what an interval's few dozen replies can judge well. Throughput
+    ends between about 0.55 and 0.95 of capacity depending on the draw (intervals lengthen until the
+    mean is known to 5%, and the first interval anchors the baselines low): a guard against a
+    collapse to C_min (0.04-0.2 of capacity), not a measure of quality."""
+    for capacity in (10, 50, 300):
+        res = simulate(PaarcController(), HostSpec(capacity=capacity, hard_cap_ratio=100.0, tail_sigma=1.0), 30.0)
+        tail = [r for r in res.rows if r.t > 10.0]
+        assert sum(r.throughput for r in tail) / len(tail) >= 0.45 * capacity / 0.05, capacity
+
+
+def test_c_init_above_capacity_is_found_without_a_refusal() -> None:
+    """C_init (8) queues a 2-server host from the first request, so no interval has seen it unloaded:
+    an early PROBE_RTT measures it at half the load, and the limit then drops to capacity."""
+    res = simulate(PaarcController(), HostSpec(capacity=3, hard_cap_ratio=100.0), 10.0)
+    assert res.n429 == 0
+    assert any(r.state == PROBE_RTT for r in res.rows if r.t < 3.0)
+    assert all(r.limit <= 3 for r in res.rows if r.t > 4.0 and cruising(r))
