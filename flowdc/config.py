@@ -40,15 +40,19 @@ class PaarcOptions:
     mu: float = opt(_PAARC.mu, "Utilisation factor: the operating point is mu x the discovered ceiling (0-1].")
     beta: float = opt(_PAARC.beta, "Multiplicative backoff on overload (429/503), in (0,1).")
     theta_50: float = opt(
-        _PAARC.theta_50, "Latency inflation threshold: p50 TTFB above theta_50 x RTprop means the host is full."
+        _PAARC.theta_50,
+        "Latency inflation threshold: p50 TTFB above theta_50 x its unloaded value means the host is full.",
     )
     theta_95: float = opt(
-        _PAARC.theta_95, "Latency inflation threshold: p95 TTFB above theta_95 x RTprop means the host is full."
+        _PAARC.theta_95,
+        "Latency inflation threshold: p95 TTFB above theta_95 x its unloaded value means the host is full.",
     )
     probe_rtt_period: float = opt(
         _PAARC.probe_rtt_period, "Seconds between PROBE_RTT phases that re-measure a host's base latency."
     )
-    alpha_ema: float = opt(_PAARC.alpha_ema, "Smoothing factor of the latency moving averages, in (0,1].")
+    alpha_ema: float = opt(
+        _PAARC.alpha_ema, "Smoothing factor of the per-interval latencies (baselines, telemetry), in (0,1]."
+    )
 
     def check_paarc(self) -> None:
         try:  # the controller owns the rules for its knobs

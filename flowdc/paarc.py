@@ -8,15 +8,17 @@ drive it on virtual time.
 The controller works on *intervals* of samples. An interval closes once it spans
 max(INTERVAL_RTPROPS x RTprop, MIN_INTERVAL_S) and holds at least MIN_SAMPLES replies; a host whose
 latency spreads widely gets longer intervals, until its mean is known to TARGET_REL_SE. From it:
-  - RTprop    = minimum of the intervals' p10 TTFB (OK replies) since the last PROBE_RTT;
-  - base_lat  = minimum of the intervals' mean TTFB (OK replies), same window;
-  - base_p50, base_p95 = minima of the intervals' p50 and p95, same window: the host's own spread;
+  - RTprop    = minimum of the intervals' p10 TTFB (OK replies) since the last PROBE_RTT: it only
+                times intervals and cooldowns;
+  - base_lat, base_p50, base_p95 = minima of the intervals' mean, p50 and p95 TTFB, smoothed with
+                alpha_ema, same window: the host's unloaded latency and its own spread;
   - rate      = served replies per second (OK and object errors: both took a server slot);
-  - estimate  = rate x base_lat: Little's law, the requests the host serves in parallel.
+  - estimate  = limit x base_lat / mean (Little's law twice): the requests the host serves in parallel.
 The limit sits at mu x ceiling; the ceiling is that estimate, taken where a queue first shows
 (STARTUP's end, an up-probe, a cut) and raised by up-probes that find no queue. Only host signals
-lower it: 429/503, bursts of timeouts/5xx/resets, and latency inflation (p50/p95 against RTprop,
-against their own unloaded values, or mean against base_lat). See docs/paarc.md for the algorithm in plain words.
+lower it: 429/503, bursts of timeouts/5xx/resets, and latency that rose with our load (mean against
+base_lat, or p50/p95 against base_p50/base_p95 with the mean up too). See docs/paarc.md for the
+algorithm in plain words.
 """
 
 from __future__ import annotations
@@ -123,7 +125,7 @@ class PaarcParams:
         if not 0 < self.beta < 1:
             raise ValueError(f"beta must be in (0, 1), got {self.beta}")
         if self.theta_50 <= 1 or self.theta_95 <= 1:
-            raise ValueError("theta_50 and theta_95 must be > 1 (they multiply RTprop)")
+            raise ValueError("theta_50 and theta_95 must be > 1 (they multiply unloaded latencies)")
         if self.probe_rtt_period <= 0:
             raise ValueError("probe_rtt_period must be > 0")
         if not 0 < self.alpha_ema <= 1:

@@ -6,7 +6,8 @@ host (`summarize`), which picks the busiest hosts; a second pass keeps the time 
 those hosts. Memory is then bounded by the plotted hosts, not by how many hosts the crawl touched.
 
 Each plotted host gets one row of three panels: concurrency (limit, in-flight, PAARC state),
-latency (p50/p95 TTFB, RTprop) and outcome (ok/s, plus 429/503, 5xx and timeouts per time bin).
+latency (p50/p95 TTFB, and the unloaded mean PAARC judges against) and outcome (ok/s, plus
+429/503, 5xx and timeouts per time bin).
 """
 
 from __future__ import annotations
@@ -37,12 +38,12 @@ from flowdc.config import ConfigError
 MAX_HOSTS = 12  # rows in the figure: more makes a PNG nobody scrolls through
 MAX_TABLE_HOSTS = 500  # rows in the HTML table: a crawl can touch tens of thousands of hosts
 COUNTERS = ("requests", "ok", "n_429_503", "n_5xx", "n_timeouts")
-SERIES = ("limit", "inflight", "p50_ms", "p95_ms", "rtprop_ms", "goodput")
+SERIES = ("limit", "inflight", "p50_ms", "p95_ms", "base_lat_ms", "goodput")
 TARGET_BINS = 150  # error bars per row: enough to locate a burst, few enough to see each bar
 
 # Colours chosen so that related series share a hue and errors are the only warm colours.
 C_LIMIT, C_INFLIGHT = "#1f3b73", "#5fa8d3"
-C_P50, C_P95, C_RTPROP = "#2a6f97", "#8e7cc3", "#222222"
+C_P50, C_P95, C_BASE = "#2a6f97", "#8e7cc3", "#222222"
 C_OK, C_GOODPUT = "#2e8b57", "#7a7a7a"
 C_429, C_5XX, C_TIMEOUT = "#f28e2b", "#d62728", "#9c27b0"
 STATE_COLOURS = {
@@ -415,7 +416,7 @@ def _bins(s: HostSeries, ax_t: _Axis) -> _Bins:
 
 
 def _plot_latency(ax: Axes, s: HostSeries, bins: _Bins) -> None:
-    p50, p95, rtprop = (bins.mean(s.values[k]) for k in ("p50_ms", "p95_ms", "rtprop_ms"))
+    p50, p95, base = (bins.mean(s.values[k]) for k in ("p50_ms", "p95_ms", "base_lat_ms"))
     if np.isnan(p50).all() and np.isnan(p95).all():
         fixed = bool(s.states) and all(state == "FIXED" for _, _, state in s.states)
         _note(ax, "no latency figures\n" + ("(PAARC disabled: fixed limit)" if fixed else "(no interval measured yet)"))
@@ -425,8 +426,8 @@ def _plot_latency(ax: Axes, s: HostSeries, bins: _Bins) -> None:
     ax.fill_between(x, p50, p95, color=C_P95, alpha=0.18, lw=0, zorder=1)
     ax.plot(x, p95, color=C_P95, lw=1.2, zorder=2)
     ax.plot(x, p50, color=C_P50, lw=1.6, zorder=3)
-    ax.plot(x, rtprop, color=C_RTPROP, lw=1.2, ls="--", zorder=4)
-    ax.set_ylim(bottom=0, top=_latency_top(p95, p50, rtprop))
+    ax.plot(x, base, color=C_BASE, lw=1.2, ls="--", zorder=4)
+    ax.set_ylim(bottom=0, top=_latency_top(p95, p50, base))
     ax.set_ylabel("TTFB (ms)")
 
 
@@ -517,7 +518,7 @@ def _legend_handles(series: list[HostSeries], states: list[tuple[str, str]]) -> 
         (has("inflight"), Patch(color=C_INFLIGHT, alpha=0.55, label="in-flight")),
         (has("p50_ms"), Line2D([], [], color=C_P50, lw=1.6, label="p50 TTFB")),
         (has("p95_ms"), Line2D([], [], color=C_P95, lw=1.2, label="p95 TTFB")),
-        (has("rtprop_ms"), Line2D([], [], color=C_RTPROP, lw=1.2, ls="--", label="RTprop (base latency)")),
+        (has("base_lat_ms"), Line2D([], [], color=C_BASE, lw=1.2, ls="--", label="base latency (unloaded mean)")),
         (True, Line2D([], [], color=C_OK, lw=1.8, label="ok/s (from counters)")),
         (has("goodput"), Line2D([], [], color=C_GOODPUT, lw=1.0, ls=":", label="PAARC goodput estimate")),
         (counted("n_429_503"), Patch(color=C_429, label="429/503")),
@@ -626,7 +627,7 @@ def _plot_row(fig: Figure, renderer: RendererBase, fig_h: float, row: int, host:
     _plot_latency(axes[1], s, bins)
     outcome_title = _plot_outcome(axes[2], s, bins, ax_t)
     _shade_states(axes, s, ax_t, extra_states)
-    titles = ("Concurrency: limit and in-flight requests", "Latency: TTFB p50–p95 band, RTprop", outcome_title)
+    titles = ("Concurrency: limit and in-flight requests", "Latency: TTFB p50–p95 band, base latency", outcome_title)
     for ax, title in zip(axes, titles, strict=True):
         ax.set_title(title, loc="left", fontsize=9.5, color="#555555", pad=4)
         ax.grid(True, color="#dddddd", lw=0.6)

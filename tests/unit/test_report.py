@@ -43,7 +43,7 @@ class _Host:
         goodput = (self.counts["ok"] - self.last_ok) / STEP  # what PAARC measures, roughly
         self.last_ok = self.counts["ok"]
         return {"t": round(t, 3), "host": self.name, "state": state, "phase": None, "limit": limit,
-                "inflight": inflight, "rtprop_ms": 20.0 if p50 else None, "p50_ms": p50,
+                "inflight": inflight, "base_lat_ms": 20.0 if p50 else None, "p50_ms": p50,
                 "p95_ms": p50 * 1.8 if p50 else None, "goodput": goodput, **self.counts, "queued": 100}
 
     def fixed(self, t: float) -> dict[str, Any]:
