@@ -213,3 +213,11 @@ def test_c_init_above_capacity_is_found_without_a_refusal() -> None:
     assert res.n429 == 0
     assert any(r.state == PROBE_RTT for r in res.rows if r.t < 3.0)
     assert all(r.limit <= 3 for r in res.rows if r.t > 4.0 and cruising(r))
+
+
+def test_fast_hits_beside_slow_misses_do_not_make_a_near_host() -> None:
+    """sigma 1.5: p10 is 2.4 ms, the mean 50 ms. Told apart by p10, this host was judged by rate like
+    a loopback one, and with rate still paying while the host queued, the limit ran to 5-20x its
+    capacity. By its unloaded mean it is judged by latency and stays near its slot count."""
+    res = simulate(PaarcController(), HostSpec(capacity=20, hard_cap_ratio=100.0, tail_sigma=1.5), 30.0)
+    assert max(r.limit for r in res.rows if r.t > 10.0 and cruising(r)) <= 1.5 * 20
