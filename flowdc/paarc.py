@@ -160,6 +160,7 @@ class _Summary:
     failing: bool  # timeouts/5xx/resets are a substantial share
     pipe_full: bool  # the limit was actually used (not short of work)
     stale: bool  # many replies were to requests sent before the limit was last lowered
+    spans: int  # usual interval lengths this one lasted (more when it waited for a precise mean)
 
 
 class _Window:
@@ -222,7 +223,7 @@ class _Window:
     def due(self, now: float, rtprop: float | None, base_lat: float | None, target: float = TARGET_REL_SE) -> bool:
         """Closed once it spans its usual length and holds MIN_SAMPLES replies, and its mean is
         known to `target` (relative SE) or is clearly above `base_lat` (None: no shortcut)."""
-        span = MIN_INTERVAL_S if rtprop is None else max(MIN_INTERVAL_S, INTERVAL_RTPROPS * rtprop)
+        span = _span(rtprop)
         age = now - self.start
         if self.n < MIN_SAMPLES or age < span:
             return False
@@ -268,7 +269,13 @@ class _Window:
             failing=self.fails >= FAIL_MIN and self.fails >= FAIL_FRACTION * self.n,
             pipe_full=self.max_inflight + 1 >= limit,  # +1: callers may count before or after this reply
             stale=self.stale > STALE_SHARE * self.n,
+            spans=max(1, int(dur / _span(self.settle or None))),
         )
+
+
+def _span(rtprop: float | None) -> float:
+    """An interval's usual length: a limit change needs a few round trips to show."""
+    return MIN_INTERVAL_S if rtprop is None else max(MIN_INTERVAL_S, INTERVAL_RTPROPS * rtprop)
 
 
 def _pct(values: list[float] | None, q: float) -> float | None:
@@ -925,6 +932,9 @@ class PaarcController:
         if self.phase == DRAIN:
             # This interval still holds the queue our probe or cut left behind: don't judge it, nor
             # the next while replies to requests sent before the cut keep coming (a deep queue).
+            # Latency may still climb while that queue drains: the cut must beat the worst of it.
+            if self.cut_mean is not None and s.mean is not None:
+                self.cut_mean = max(self.cut_mean, s.mean)
             if not s.stale:
                 self.phase = CRUISE
         elif not self.near and self._congested_in_cruise(s):
@@ -945,7 +955,7 @@ class PaarcController:
         else:
             self.cut_mean = None
             if s.pipe_full:
-                self._count_down_to_probe()
+                self._count_down_to_probe(s.spans)
 
     def _unloaded_unseen(self) -> bool:
         """The unloaded latency was measured at the load we run now or a higher one (C_init above
@@ -954,8 +964,10 @@ class PaarcController:
         measured it at C_init, so this happens only to hosts that run at C_init or under.)"""
         return self.base_load >= self._limit > self.p.C_min and self._limit <= self.p.C_init
 
-    def _count_down_to_probe(self) -> None:
-        self.probe_countdown -= 1
+    def _count_down_to_probe(self, spans: int) -> None:
+        # Counted in usual interval lengths, not intervals: a host whose intervals wait for a
+        # precise mean (a wide spread, few replies) would otherwise be probed ever more rarely.
+        self.probe_countdown -= spans
         if self.probe_countdown <= 0:
             if self._pinned():
                 self.probe_countdown = PROBE_EVERY  # nothing to probe until the cap is forgotten

@@ -221,3 +221,19 @@ def test_fast_hits_beside_slow_misses_do_not_make_a_near_host() -> None:
     capacity. By its unloaded mean it is judged by latency and stays near its slot count."""
     res = simulate(PaarcController(), HostSpec(capacity=20, hard_cap_ratio=100.0, tail_sigma=1.5), 30.0)
     assert max(r.limit for r in res.rows if r.t > 10.0 and cruising(r)) <= 1.5 * 20
+
+
+def test_a_tenfold_drop_and_recovery_on_a_long_tailed_host() -> None:
+    """200 ms lognormal service (sigma 0.6), 100 slots, 10 from t=10 s, 100 again from t=20 s.
+
+    The cut after the drop comes while the queue is still growing; the drain that follows shows
+    latency still climbing, and a cut must beat the worst of it, or the queue left standing reads
+    as a host that got slower (the limit sat at 36 for the whole drop). Intervals here wait long
+    for a precise mean, so probes are counted in usual interval lengths, not intervals: recovery
+    took 19.6 s counted per interval."""
+    spec = HostSpec(capacity=100, service_time=0.2, hard_cap_ratio=100.0, tail_sigma=0.6,
+                    capacity_changes=((10.0, 10), (20.0, 100)))
+    res = simulate(PaarcController(), spec, 40.0)
+    assert all(r.limit <= 15 for r in res.rows if 16.0 < r.t < 20.0 and cruising(r))
+    back = next(r.t for r in res.rows if r.t > 20.0 and cruising(r) and r.limit >= 80)
+    assert back <= 35.0
