@@ -191,15 +191,15 @@ def test_a_host_with_a_wide_latency_spread_is_kept_near_capacity(capacity: int, 
     res = simulate(PaarcController(), HostSpec(capacity=capacity, hard_cap_ratio=100.0, **spread), 30.0)
     tail = [r for r in res.rows if r.t > 10.0]
     served = sum(r.throughput for r in tail) / len(tail)
-    assert served >= 0.75 * capacity / 0.05  # 50 ms mean service time (the seed's controller: 0.04-0.2)
+    assert served >= 0.75 * capacity / 0.05  # 50 ms mean service time (the seed's rule: 0.007-0.2)
     assert max(r.limit for r in tail if cruising(r)) <= 1.5 * capacity  # noise hides a small queue: 1.4x seen
 
 
 def test_a_long_tail_lowers_throughput_but_never_collapses_it() -> None:
-    """sigma 1.0: p95 is 14x p10, past what an interval's few dozen replies can judge well. Throughput
-    ends between about 0.55 and 0.95 of capacity depending on the draw (intervals lengthen until the
-    mean is known to 5%, and the first interval anchors the baselines low): a guard against a
-    collapse to C_min (0.04-0.2 of capacity), not a measure of quality."""
+    """sigma 1.0: p95 is 14x p10, past what an interval's replies can judge well. Throughput ends
+    between about 0.5 and 0.99 of capacity depending on the draw (the first interval anchors the
+    baselines low, and percentiles wander): a guard against a collapse to C_min, not a measure of
+    quality."""
     for capacity in (10, 50, 300):
         res = simulate(PaarcController(), HostSpec(capacity=capacity, hard_cap_ratio=100.0, tail_sigma=1.0), 30.0)
         tail = [r for r in res.rows if r.t > 10.0]
@@ -207,8 +207,8 @@ def test_a_long_tail_lowers_throughput_but_never_collapses_it() -> None:
 
 
 def test_c_init_above_capacity_is_found_without_a_refusal() -> None:
-    """C_init (8) queues a 2-server host from the first request, so no interval has seen it unloaded:
-    an early PROBE_RTT measures it at half the load, and the limit then drops to capacity."""
+    """C_init (8) queues a 3-server host from the first request, so no interval has seen it unloaded:
+    an early PROBE_RTT measures it at C_min, and the limit then drops to capacity."""
     res = simulate(PaarcController(), HostSpec(capacity=3, hard_cap_ratio=100.0), 10.0)
     assert res.n429 == 0
     assert any(r.state == PROBE_RTT for r in res.rows if r.t < 3.0)
