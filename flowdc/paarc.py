@@ -227,8 +227,8 @@ class _Window:
         age = now - self.start
         if self.n < MIN_SAMPLES or age < span:
             return False
-        if age >= PRECISION_WAIT * span:
-            return True
+        if age >= PRECISION_WAIT * span or self.ttfb_sum < LATENCY_NOISE_FLOOR_S * self.seen:
+            return True  # waited long enough, or a near host's latency: judged by rate, no precision needed
         rel_se = self.rel_se()
         if rel_se <= target:
             return True
@@ -961,8 +961,9 @@ class PaarcController:
         """The unloaded latency was measured at the load we run now or a higher one (C_init above
         the host's capacity, or a cut by 429s that never went under it): it may hold our own queue,
         and no test against it could see that queue. PROBE_RTT measures it at C_min. (STARTUP
-        measured it at C_init, so this happens only to hosts that run at C_init or under.)"""
-        return self.base_load >= self._limit > self.p.C_min and self._limit <= self.p.C_init
+        measured it at C_init, so this happens only to hosts that run at C_init or under. A near
+        host is judged by rate: its latency needs no such check.)"""
+        return not self.near and self.base_load >= self._limit > self.p.C_min and self._limit <= self.p.C_init
 
     def _count_down_to_probe(self, spans: int) -> None:
         # Counted in usual interval lengths, not intervals: a host whose intervals wait for a
