@@ -870,13 +870,18 @@ class PaarcController:
         return self.cut_mean is not None and s.mean is not None and s.mean >= (1 - CUT_EFFECT) * self.cut_mean
 
     def _rebaseline(self, s: _Summary, now: float) -> None:
-        """Take this interval's latencies as the new unloaded ones (what PROBE_RTT does on a timer)."""
+        """Take this interval's latencies as the new unloaded ones (what PROBE_RTT does on a timer).
+
+        The smoothed series restart here too: their history would pull the next minima back toward
+        the latencies this replaces (a host that got slower kept a baseline ~7% under its new mean)."""
         if s.p10 is not None:
             self.rtprop = s.p10
         if s.mean is not None:
-            self.base_lat, self.base_lat_se, self.base_load = s.mean, s.rel_se, self._limit
+            self.base_lat = self.mean_ema = s.mean
+            self.base_lat_se, self.mean_ema_var, self.base_load = s.rel_se, s.rel_se * s.rel_se, self._limit
         if s.p50 is not None and s.p95 is not None:
-            self.base_p50, self.base_p95 = s.p50, s.p95
+            self.base_p50 = self.p50_ema = s.p50
+            self.base_p95 = self.p95_ema = s.p95
         self.rtprop_since = now
 
     # -- per state --------------------------------------------------------------------------------

@@ -365,6 +365,9 @@ def test_latency_inflation_cuts_once_then_holds_when_the_host_itself_slowed() ->
     assert 15 <= slow[-1] < int(64 * 0.7) + 1
     assert len(set(slow[2:])) == 1  # held, not spiralling
     assert f.ctl.snapshot()["rtprop_ms"] == 150.0
+    f.intervals(20, ttfb=3 * TTFB)
+    # The smoothed history of the faster host must not drag the new base back under it.
+    assert f.ctl.snapshot()["base_lat_ms"] == pytest.approx(150.0, rel=0.01)
     assert f.intervals(30)[-1] == SMALL.C_max
 
 
