@@ -276,11 +276,11 @@ POLITE_LONG = replace(
     name="polite_long",
     about=(
         "The polite hosts with 5x the rows (ideal makespan ~47 s): long enough that learning each "
-        "host (the Retry-After holds it costs) weighs little against the steady state."
+        "host (the Retry-After holds it costs) weighs little against the steady state. PAARC's "
+        "acceptance (1.15x the ideal, <= 1% 429s) is measured here."
     ),
     rows=60_000,
-    compare_no_paarc=False,  # at ~10x the ideal, a fixed limit would take most of an hour
-    timeout_s=900.0,
+    timeout_s=900.0,  # --disable_paarc takes about 9x the ideal (7 min)
 )
 
 SPREAD = Scenario(
