@@ -221,6 +221,7 @@ class HostSeries:
     t: np.ndarray
     values: dict[str, np.ndarray]  # SERIES keys, NaN where missing
     deltas: dict[str, np.ndarray]  # COUNTERS keys
+    covered: np.ndarray  # seconds each snapshot's increases span (since the one before)
     states: list[tuple[float, float, str]]  # (start, end, state) runs
 
 
@@ -246,7 +247,15 @@ def _to_series(cols: dict[str, array[float]], states: list[str | None]) -> HostS
     t = t[order]
     values = {k: np.frombuffer(cols[k], dtype=float)[order] for k in SERIES}
     cumulative = {k: np.frombuffer(cols[k], dtype=float)[order] for k in COUNTERS}
-    return HostSeries(t, values, _increases(cumulative), _state_runs(t, [states[i] for i in order]))
+    return HostSeries(t, values, _increases(cumulative), _covered(t), _state_runs(t, [states[i] for i in order]))
+
+
+def _covered(t: np.ndarray) -> np.ndarray:
+    """Seconds since the previous snapshot; the first one, and the first after a gap (the host was
+    absent), count one usual step: their increases are what the host did since it came back."""
+    step = _typical_step(t)
+    gaps = np.diff(t, prepend=t[0] - step) if len(t) else np.zeros(0)
+    return np.where(gaps > _gap_threshold(t), step, gaps)
 
 
 def _increases(cumulative: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -400,6 +409,14 @@ class _Bins:
     def total(self, values: np.ndarray) -> np.ndarray:
         return np.bincount(self.idx, weights=values, minlength=len(self.present))
 
+    def rate(self, counts: np.ndarray, covered: np.ndarray) -> np.ndarray:
+        """Per second over the time the bin's snapshots span, not the bin's width: the ~0.5 s
+        snapshot clock drifts against the bins, so now and then a bin holds one snapshot fewer,
+        and divided by its width that read as a dip no host had."""
+        span = self.total(covered)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(self.present & (span > 0), self.total(counts) / span, math.nan)
+
     def mean(self, values: np.ndarray) -> np.ndarray:
         known = ~np.isnan(values)
         n = np.bincount(self.idx[known], minlength=len(self.present))
@@ -443,8 +460,7 @@ def _latency_top(*ys: np.ndarray) -> float:
 def _plot_outcome(ax: Axes, s: HostSeries, bins: _Bins, ax_t: _Axis) -> str:
     """Plot ok/s and errors; returns the panel title, which says so when there were no errors."""
     per_bin = {k: bins.total(s.deltas[k]) for k in COUNTERS}
-    ok_rate = np.where(bins.present, per_bin["ok"] / ax_t.bin_s, math.nan)
-    ax.plot(bins.centre, ok_rate, color=C_OK, lw=1.8, zorder=3, drawstyle="steps-mid")
+    ax.plot(bins.centre, bins.rate(s.deltas["ok"], s.covered), color=C_OK, lw=1.8, zorder=3, drawstyle="steps-mid")
     goodput = bins.mean(s.values["goodput"])
     if not np.isnan(goodput).all():
         ax.plot(bins.centre, goodput, color=C_GOODPUT, lw=1.0, ls=":", zorder=2)

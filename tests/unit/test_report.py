@@ -10,12 +10,13 @@ import re
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from PIL import Image
 
 from flowdc.cli import main
 from flowdc.config import ConfigError
-from flowdc.report import MAX_HOSTS, render_report, summarize
+from flowdc.report import MAX_HOSTS, _bins, _load_series, _time_axis, render_report, summarize
 
 T0 = 1_790_000_000.0
 STEP = 0.5
@@ -156,6 +157,28 @@ def test_counters_restarting_in_an_appended_run_still_add_up(tmp_path: Path) -> 
         for key in COUNTERS:
             assert twice[host][key] == 2 * once[host][key]
     render_report(tmp_path / "twice.jsonl")  # a one-hour gap between the runs plots fine
+
+
+def test_ok_rate_has_no_dips_where_the_snapshot_clock_drifts_against_the_bins(tmp_path: Path) -> None:
+    """Telemetry ticks every ~0.507 s, not 0.5: every ~35 s a 2-s bin holds three snapshots, not
+    four. Divided by the bin's width, a steady 300 ok/s then read as 225, a dip no host had."""
+    step, rate = 0.507, 300.0
+    host = _Host(FAST, random.Random(1))
+    lines = []
+    for i in range(1, int(80 / step)):
+        host.serve(30, ok=round(rate * step))
+        lines.append(json.dumps(host.paarc(T0 + i * step, "PROBE_BW", 30, 40.0)))
+    # The host leaves for a minute and comes back: its first snapshot back spans one step, not the gap.
+    for i in range(1, 40):
+        host.serve(30, ok=round(rate * step))
+        lines.append(json.dumps(host.paarc(T0 + 140 + i * step, "PROBE_BW", 30, 40.0)))
+    path = write_telemetry(tmp_path / "drift.jsonl", lines)
+    series = _load_series(path, {FAST})
+    bins = _bins(series[FAST], _time_axis(summarize(path), [FAST], series))
+    rates = bins.rate(series[FAST].deltas["ok"], series[FAST].covered)
+    shown = rates[~np.isnan(rates)]
+    assert len(shown) > 40
+    assert shown.min() == pytest.approx(rate, rel=0.01) and shown.max() == pytest.approx(rate, rel=0.01)
 
 
 # -- damaged, missing and wrong input -------------------------------------------------------------
