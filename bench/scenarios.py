@@ -302,6 +302,34 @@ SPREAD = Scenario(
     concurrency=256,
 )
 
+def _many_hosts() -> tuple[HostSpec, ...]:
+    """A long tail of small hosts: most are slow queues, some refuse past a cap, some count by rate."""
+    hosts = []
+    for i, ip in enumerate(_ips(100)):
+        if i % 5 < 3:
+            hosts.append(HostSpec(ip, name=f"queue4-{i}", capacity=4, latency_s=0.15, jitter_s=0.1, seed=i))
+        elif i % 5 == 3:
+            hosts.append(HostSpec(ip, name=f"cap3-{i}", hard_cap=3, latency_s=0.1, retry_after_s=1.0))
+        else:
+            hosts.append(HostSpec(ip, name=f"bucket10-{i}", rate_per_s=10.0, burst=2, latency_s=0.02))
+    return tuple(hosts)
+
+
+MANY_HOSTS = Scenario(
+    name="many_hosts",
+    about=(
+        "100 small hosts: 60 slow 4-slot queues, 20 hard caps at 3 (429, Retry-After 1), 20 token "
+        "buckets of 10/s. Rows spread by throughput: every host must be learned at once."
+    ),
+    rows=40_000,
+    hosts=_many_hosts(),
+    balance="rate",
+    flowdc_args=("--timeout", "30"),
+    bare_args=("--timeout", "30", "--retries", "5", "--backoff", "1.0"),
+    concurrency=512,
+    timeout_s=900.0,
+)
+
 MANIFEST10M = Scenario(
     name="manifest10m",
     about="10M rows with ftp:// URLs (rejected per row, no network): memory and per-row overhead.",
@@ -314,5 +342,5 @@ MANIFEST10M = Scenario(
 )
 
 SCENARIOS: dict[str, Scenario] = {
-    s.name: s for s in (UNTHROTTLED, LARGE, FAULTS, POLITE, POLITE_LONG, SPREAD, MANIFEST10M)
+    s.name: s for s in (UNTHROTTLED, LARGE, FAULTS, POLITE, POLITE_LONG, SPREAD, MANY_HOSTS, MANIFEST10M)
 }

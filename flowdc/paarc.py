@@ -82,6 +82,7 @@ PACE_SEEK_GAIN = 1.06  # ... or this much while no refusal has yet shown the rat
 PACE_STEP_S = 0.1  # ... and at least this often while quiet, whatever the intervals do
 PACE_CAP_MARGIN = 0.95  # ... but not past this share of the rate that drew 429s (the ceiling; it creeps)
 CREEP_QUIET_S = 2.0  # a paced host quiet this long at its ceiling lets the ceiling creep up...
+CREEP_QUIET_REPLIES = 50  # ... and this many replies long (a 2/s host would be refused every few s)
 CREEP_STEP = 1.002  # ... by this much per pace step (2%/s) at first...
 CREEP_GIVEBACK = 1.02  # ... and each refusal takes 2% back (never below the measured rate)
 CREEP_MAX_DOUBLINGS = 3  # the creep doubles its speed per quiet CREEP_QUIET_S, up to 16%/s
@@ -93,6 +94,7 @@ PUSHBACK_SHARE = 0.15  # 429/503s must be this share of recent replies to teach 
 #                        stay a small share whatever the load, and must not ratchet anything down
 STALL_LATENCIES = 10.0  # unanswered this many p95 latencies, a request no longer takes a slot...
 STALL_MIN_S = 1.0  # ... and never sooner than this
+PUSHBACK_STREAK = 4  # ... or, before then, this many refusals in a row (per-URL ones, 1 in 12: 1 in 1,700)
 SHARE_MEMORY = 40  # replies the refused share is averaged over: a storm of fast 429s shows within ~10
 SHARE_Z = 1.64  # ... as a one-sided 95% lower bound, so chance runs of per-URL refusals do not count
 RATE_EVIDENCE = 0.8  # refused under this share of a load lately served: the host limits by rate
@@ -299,7 +301,8 @@ class _Pushback:
     carry one, so the common controller stays small."""
 
     __slots__ = ("acted_at", "best_rate", "cap", "creep", "grown_at", "meter_ok", "meter_start", "ok_level",
-                 "pace", "rate_cap", "recalled", "refused_at", "replies", "seeking", "share", "until")
+                 "pace", "rate_cap", "recalled", "refused_at", "replies", "seeking", "served_since", "share", "streak",
+                 "until")
 
     def __init__(self) -> None:
         self.cap = 0  # in-flight count at the 429 (that request included)
@@ -313,6 +316,8 @@ class _Pushback:
         self.meter_ok = 0
         self.replies = 0  # replies with headers since the record was made
         self.share = 0.0  # refused share of the last ~SHARE_MEMORY replies (moving average)
+        self.streak = 0  # refusals since the last reply that was not one
+        self.served_since = 0  # replies since the last refusal
         self.ok_level = 0  # most requests in flight when an OK came back: a load the host takes
         self.acted_at = -1.0  # when a cap or pace was last set: older requests' replies are stale
         self.best_rate = 0.0  # highest accepted rate measured: the pace's floor is a share of it
@@ -322,6 +327,8 @@ class _Pushback:
     def reply(self, refused: bool) -> None:
         self.replies += 1
         self.share += (float(refused) - self.share) / SHARE_MEMORY
+        self.streak = self.streak + 1 if refused else 0
+        self.served_since = 0 if refused else self.served_since + 1
 
     def refused(self, now: float) -> None:
         self.reply(refused=True)
@@ -358,7 +365,9 @@ class _Pushback:
     def count_ok(self, now: float) -> None:
         self.meter_ok += 1
         age = now - self.meter_start
-        if age > METER_SPAN_S:  # halve the counts: a rolling window without keeping timestamps
+        # Halve the counts: a rolling window without keeping timestamps. (Not while they are few:
+        # a host that allows 5/s would never hold enough replies to give a rate.)
+        if age > METER_SPAN_S and self.meter_ok >= 2 * MIN_LATENCIES:
             self.meter_ok //= 2
             self.meter_start = now - age / 2
 
@@ -589,6 +598,11 @@ class PaarcController:
             # A host that limits by rate, paced while its rate is still unknown, refused a request
             # sent at our pace: the pace is too fast (once a rate is known, the share rule judges).
             return True
+        fresh = sent is None or sent >= push.acted_at
+        if push.replies < PUSHBACK_MIN_REPLIES and push.streak >= PUSHBACK_STREAK and fresh:
+            # Too few replies for a share, but refused again and again with nothing served between,
+            # as a host does that still limits us right after its first hold (a dozen fast 429s).
+            return True
         # Per-URL refusals that come back on every retry keep a steady share whatever our load,
         # and a share over a few dozen replies wanders: only a share clearly above the bar counts.
         return push.replies >= PUSHBACK_MIN_REPLIES and push.refused_share_low() >= PUSHBACK_SHARE
@@ -636,6 +650,7 @@ class PaarcController:
         push.recalled = found_again is not None
         push.until = now + self.memory_s
         if by_rate:
+            lifetime = self.counters.ok / max(now - self.born, METER_MIN_S * 2)
             if accepted is not None:
                 push.rate_cap, push.creep = accepted, 1.0
                 new_pace = PACE_MARGIN * accepted
@@ -644,11 +659,16 @@ class PaarcController:
                 # 429 makes the latter huge, and each halving from there costs a Retry-After.
                 recent = push.recent_rate(now)
                 if recent is None:
-                    recent = self._send_rate(ttfb_hint=None if sent is None else now - sent)
-                new_pace = PACE_CUT * min(push.pace or math.inf, recent)
+                    recent = self._send_rate(ttfb_hint=self.last_ok_ttfb or (None if sent is None else now - sent))
+                upper = min(push.pace or math.inf, recent)
+                new_pace = PACE_CUT * upper
+                # Between what the host refused and what it has delivered, the geometric middle:
+                # a slow host (10/s) is found in two or three holds, not a halving per hold.
+                delivered = max(push.best_rate, lifetime)
+                if 0 < delivered < new_pace:
+                    new_pace = min(new_pace, math.sqrt(upper * delivered))
             # Refusals that do not depend on our rate must not ratchet the pace down: never under
             # a share of the best rate the host delivered, or of its average since first seen.
-            lifetime = self.counters.ok / max(now - self.born, METER_MIN_S * 2)
             new_pace = max(new_pace, PACE_FLOOR * max(push.best_rate, lifetime))
             # A first pace, set without a measured rate, is a guess: one refusal at it may cut
             # it again. After that, only a clear share of refusals does.
@@ -695,7 +715,7 @@ class PaarcController:
                 # expiry would cost a hold and a burst of 429s each time.
                 ceiling = push.ceiling()
                 quiet = now - push.refused_at
-                if push.pace >= ceiling and quiet >= CREEP_QUIET_S:
+                if push.pace >= ceiling and quiet >= CREEP_QUIET_S and push.served_since >= CREEP_QUIET_REPLIES:
                     # Quiet at the ceiling: the meter that set it reads a little low (holds,
                     # timer slack), or the host now allows more. Creep up, faster the longer the
                     # host stays quiet (doubling every CREEP_QUIET_S), until it refuses again.

@@ -57,6 +57,18 @@ class HostState:
         return len(self.sent) - self.inflight
 
 
+def next_paced_send(due: float, now: float, gap: float) -> float:
+    """When a paced host may send again, after a send at `now` that was due at `due`.
+
+    Within a stream of sends, up to half a gap of timer and wake-up lateness is made up, or the
+    delays would add up to a pace well under the one asked for. After an idle spell (a hold, an
+    empty queue) nothing is: a host that counts requests strictly (nginx's limit_req without a
+    burst, a token bucket of one) refuses two sends that come closer than its interval.
+    """
+    late = now - due
+    return now + gap - (min(late, gap / 2) if 0 <= late < gap else 0.0)
+
+
 class Scheduler:
     def __init__(self, make_policy: Callable[[float], HostLimit], max_pending: int):
         self._make_policy = make_policy
@@ -220,10 +232,7 @@ class Scheduler:
             host.sent[id(job)] = job
             gap = host.policy.min_gap()
             if gap > 0:
-                # From the slot this send was due in, not from now: timer and wake-up delays
-                # would otherwise add up to a pace well under the one asked for. At most one
-                # gap of lateness is made up, so an idle host gets no burst.
-                host.next_send = max(host.next_send, self.loop.time() - gap) + gap
+                host.next_send = next_paced_send(host.next_send, self.loop.time(), gap)
             self._offer(host)  # back of the ring if it can take more: round-robin between hosts
             return job
         return None

@@ -5,11 +5,13 @@ queue: `capacity` parallel servers, each request takes `service_time` (times 1 +
 lognormal factor with mean 1 when `tail_sigma` is set, drawn from a seeded random.Random),
 requests beyond the servers wait in FIFO order, and a request that would push the number in the
 system (in service + waiting) above the hard cap is answered at once with 429 (optionally
-carrying a Retry-After).
+carrying a Retry-After). A host may also count requests per second (`rate_per_s`): a token
+bucket of `burst` tokens, and a request that finds it empty is answered at once with 429.
 
 A closed-loop client keeps `controller.limit()` requests in flight, never sends while the
-controller's hold is on, feeds every reply to `on_sample` (ttfb = send to reply: bodies are tiny),
-and calls `tick` every `tick_s` virtual seconds, when it also records one trace row.
+controller's hold is on, spaces its sends by `min_gap()` as the scheduler does, feeds every reply
+to `on_sample` (ttfb = send to reply: bodies are tiny), and calls `tick` every `tick_s` virtual
+seconds, when it also records one trace row.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from flowdc.hostlimit import HostLimit
+from flowdc.scheduler import next_paced_send
 from flowdc.signals import Sample, Signal
 
 _DONE, _TICK, _CAPACITY, _WAKE = 0, 1, 2, 3
@@ -37,6 +40,8 @@ class HostSpec:
     reject_time: float = 0.001  # a 429 is answered this fast
     object_error_rate: float = 0.0  # share of served replies that are 404s (same service time)
     capacity_changes: tuple[tuple[float, int], ...] = ()  # (virtual time, new capacity)
+    rate_per_s: float = 0.0  # > 0: a token bucket that refills this fast...
+    burst: int = 1  # ... and holds this many tokens (1: no two requests closer than 1 / rate)
     seed: int = 1
 
     def hard_cap(self, capacity: int) -> int:
@@ -78,7 +83,7 @@ class SimResult:
 class _Host:
     """The service queue: c servers, FIFO wait, hard cap answered with 429."""
 
-    __slots__ = ("busy", "capacity", "rng", "spec", "waiting")
+    __slots__ = ("busy", "capacity", "rng", "spec", "stamp", "tokens", "waiting")
 
     def __init__(self, spec: HostSpec) -> None:
         self.spec = spec
@@ -86,6 +91,18 @@ class _Host:
         self.busy = 0
         self.waiting: deque[float] = deque()  # send times of queued requests
         self.rng = random.Random(spec.seed)
+        self.tokens, self.stamp = float(spec.burst), 0.0
+
+    def take_token(self, now: float) -> bool:
+        """True when the rate limit (if any) lets this request in."""
+        if self.spec.rate_per_s <= 0:
+            return True
+        self.tokens = min(float(self.spec.burst), self.tokens + (now - self.stamp) * self.spec.rate_per_s)
+        self.stamp = now
+        if self.tokens < 1.0:
+            return False
+        self.tokens -= 1.0
+        return True
 
     def in_system(self) -> int:
         return self.busy + len(self.waiting)
@@ -116,6 +133,7 @@ class Simulation:
         self.events: list[tuple[float, int, int, float, Signal | int]] = []
         self._seq = 0
         self._wake_at: float | None = None
+        self._next_send = 0.0  # pacing: when min_gap() lets the next request go
         self.result = SimResult()
         self._period = [0, 0, 0]  # ok, 429, requests in the current tick period
         self._lim_lo = self._lim_hi = controller.limit()
@@ -127,7 +145,7 @@ class Simulation:
     # -- the host side ----------------------------------------------------------------------------
     def _arrive(self, sent: float) -> None:
         host = self.host
-        if host.in_system() + 1 > self.spec.hard_cap(host.capacity):
+        if not host.take_token(self.now) or host.in_system() + 1 > self.spec.hard_cap(host.capacity):
             self._push(self.now + self.spec.reject_time, _DONE, sent, Signal.OVERLOAD)
         elif host.busy < host.capacity:
             self._start(sent)
@@ -145,13 +163,16 @@ class Simulation:
 
     # -- the client side --------------------------------------------------------------------------
     def _fill(self) -> None:
-        hold = self.ctl.hold_until()
-        if self.now < hold:
-            if self._wake_at is None:  # one pending wake-up; if the hold grew, it re-arms itself
-                self._wake_at = hold
-                self._push(hold, _WAKE)
-            return
         while self.inflight < self.ctl.limit():
+            hold = max(self.ctl.hold_until(), self._next_send)
+            if self.now < hold:
+                if self._wake_at is None:  # one pending wake-up; if the hold grew, it re-arms itself
+                    self._wake_at = hold
+                    self._push(hold, _WAKE)
+                return
+            gap = self.ctl.min_gap()
+            if gap > 0:
+                self._next_send = next_paced_send(self._next_send, self.now, gap)
             self.inflight += 1
             self.result.requests += 1
             self._period[2] += 1

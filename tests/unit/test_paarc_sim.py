@@ -20,6 +20,7 @@ import pytest
 
 from flowdc.hostlimit import FixedLimit
 from flowdc.paarc import PROBE_RTT, PaarcController, PaarcParams
+from flowdc.signals import Sample
 from tests.paarc_sim import HostSpec, SimResult, TraceRow, simulate
 
 CONVERGE_INTERVALS = 16  # controller intervals (each ~4 RTprop = 0.2 s here) to reach the band
@@ -251,3 +252,43 @@ def test_a_hard_cap_with_a_wide_latency_spread(spread: dict[str, float]) -> None
     res = simulate(PaarcController(), spec, 60.0)
     assert served_after(res, 10.0) >= 0.9 * 12 / 0.05
     assert res.frac_429 < 0.01
+
+
+# -- hosts that count requests per second -------------------------------------------------------
+class HoldCounter(PaarcController):
+    """The controller, counting the times a reply made it hold the host (or hold it longer)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.holds = 0
+
+    def on_sample(self, now: float, sample: Sample) -> None:
+        before = self.hold_until()
+        super().on_sample(now, sample)
+        self.holds += self.hold_until() > before
+
+
+@pytest.mark.parametrize(("rate", "burst", "service"), [(2, 1, 0.1), (10, 1, 0.2), (10, 2, 0.02)],
+                         ids=["2/s", "10/s-strict", "10/s-burst2"])
+def test_a_slow_rate_limit_is_found_in_a_few_holds(rate: float, burst: int, service: float) -> None:
+    """APIs often allow a few requests per second, some strictly (nginx's limit_req without a
+    burst: no two requests closer than 1/rate). Each refusal says `Retry-After: 1`. The pace used
+    to be halved once per hold from a guess of thousands per second (the rate of the 429s
+    themselves), and a host allowing 2/s took 32 holds in a minute and delivered under half."""
+    ctl = HoldCounter()
+    spec = HostSpec(capacity=100, hard_cap_ratio=100.0, service_time=service, rate_per_s=rate, burst=burst,
+                    retry_after=1.0)
+    res = simulate(ctl, spec, 60.0)
+    assert ctl.holds <= 6, ctl.holds
+    assert res.ok >= 0.8 * rate * 60.0
+    assert served_after(res, 20.0) >= 0.85 * rate
+
+
+def test_a_host_that_still_refuses_after_its_hold_is_held_again_at_once() -> None:
+    """Right after the first hold there are too few replies for a refused share, and 429s come
+    back in a millisecond: a dozen went out in a row before the share counted them."""
+    res = simulate(PaarcController(), HostSpec(capacity=100, hard_cap_ratio=100.0, service_time=0.02, rate_per_s=10.0,
+                                               retry_after=1.0), 5.0, record_times=True)
+    first_hold_end = res.reject_times[0] + 1.0
+    burst_after = [t for t in res.reject_times if first_hold_end <= t < first_hold_end + 0.1]
+    assert 1 <= len(burst_after) <= 4, burst_after

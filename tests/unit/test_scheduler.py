@@ -6,8 +6,10 @@ import asyncio
 import math
 import time
 
+import pytest
+
 from flowdc.hostlimit import ClientLoad, FixedLimit
-from flowdc.scheduler import MIN_STALLED_ROOM, Job, Scheduler, sleep_noting_lag
+from flowdc.scheduler import MIN_STALLED_ROOM, Job, Scheduler, next_paced_send, sleep_noting_lag
 from flowdc.signals import Signal
 
 
@@ -102,3 +104,13 @@ def test_a_blocked_loop_shows_as_lag() -> None:
         assert load.lag_s - quiet > 0.3 * 0.035 and load.ticks == 2  # smoothed with alpha 0.3
 
     asyncio.run(main())
+
+
+def test_pacing_makes_up_a_little_lateness_but_never_bursts_after_idle() -> None:
+    gap = 0.1
+    assert next_paced_send(10.0, 10.0, gap) == pytest.approx(10.1)  # on time
+    assert next_paced_send(10.0, 10.03, gap) == pytest.approx(10.1)  # 30 ms late: made up, the pace holds
+    assert next_paced_send(10.0, 10.08, gap) == pytest.approx(10.13)  # at most half a gap is made up
+    # After a hold (or an empty queue) the next send waits a whole gap: a host that counts
+    # requests strictly refuses a second one that comes sooner.
+    assert next_paced_send(10.0, 12.0, gap) == pytest.approx(12.1)
