@@ -84,7 +84,8 @@ PACE_CAP_MARGIN = 0.95  # ... but not past this share of the rate that drew 429s
 CREEP_QUIET_S = 2.0  # a paced host quiet this long at its ceiling lets the ceiling creep up...
 CREEP_QUIET_REPLIES = 50  # ... and this many replies long (a 2/s host would be refused every few s)
 CREEP_STEP = 1.002  # ... by this much per pace step (2%/s) at first...
-CREEP_GIVEBACK = 1.02  # ... and each refusal takes 2% back (never below the measured rate)
+CREEP_GIVEBACK = 1.02  # ... and each refusal takes 2% back...
+CREEP_MIN = 0.85  # ... down to this share of the measured rate at most
 CREEP_MAX_DOUBLINGS = 3  # the creep doubles its speed per quiet CREEP_QUIET_S, up to 16%/s
 METER_MIN_S = 0.5  # an accepted rate needs this much unheld time behind it (a refilled burst fades)
 METER_SPAN_S = 1.0  # the accepted-rate meter forgets older replies past this span
@@ -333,9 +334,11 @@ class _Pushback:
     def refused(self, now: float) -> None:
         self.reply(refused=True)
         self.refused_at = now
-        if self.creep > 1.0:
-            # Crept past the rate: give a little back, and start the next climb slowly.
-            self.creep = max(1.0, self.creep / CREEP_GIVEBACK)
+        if self.rate_cap > 0 and self.creep > CREEP_MIN:
+            # Crept past the rate, or the rate was measured high (a refilled burst counts in it):
+            # give a little back, and start the next climb slowly. Never far under the measured
+            # rate: per-URL refusals must not ratchet a paced host down.
+            self.creep = max(CREEP_MIN, self.creep / CREEP_GIVEBACK)
             self.pace = min(self.pace, self.ceiling())
 
     def ceiling(self) -> float:
