@@ -84,8 +84,7 @@ PACE_CAP_MARGIN = 0.95  # ... but not past this share of the rate that drew 429s
 CREEP_QUIET_S = 2.0  # a paced host quiet this long at its ceiling lets the ceiling creep up...
 CREEP_QUIET_REPLIES = 50  # ... and this many replies long (a 2/s host would be refused every few s)
 CREEP_STEP = 1.002  # ... by this much per pace step (2%/s) at first...
-CREEP_GIVEBACK = 1.02  # ... and each refusal takes 2% back...
-CREEP_MIN = 0.85  # ... down to this share of the measured rate at most
+CREEP_GIVEBACK = 1.02  # ... and each refusal takes 2% back (never below the measured rate)
 CREEP_MAX_DOUBLINGS = 3  # the creep doubles its speed per quiet CREEP_QUIET_S, up to 16%/s
 METER_MIN_S = 0.5  # an accepted rate needs this much unheld time behind it (a refilled burst fades)
 METER_SPAN_S = 1.0  # the accepted-rate meter forgets older replies past this span
@@ -325,20 +324,21 @@ class _Pushback:
         self.grown_at = 0.0  # when the pace last grew (or was judged)
         self.seeking = False  # paced, the rate unknown: a refusal at our pace says it is too fast
 
-    def reply(self, refused: bool) -> None:
+    def reply(self, refused: bool, retried: bool = False) -> None:
         self.replies += 1
         self.share += (float(refused) - self.share) / SHARE_MEMORY
-        self.streak = self.streak + 1 if refused else 0
+        # A refused retry neither makes nor breaks a streak: retries wait out the hold together and
+        # go first after it, and a URL that failed may well fail again.
+        if not (refused and retried):
+            self.streak = self.streak + 1 if refused else 0
         self.served_since = 0 if refused else self.served_since + 1
 
-    def refused(self, now: float) -> None:
-        self.reply(refused=True)
+    def refused(self, now: float, retried: bool = False) -> None:
+        self.reply(refused=True, retried=retried)
         self.refused_at = now
-        if self.rate_cap > 0 and self.creep > CREEP_MIN:
-            # Crept past the rate, or the rate was measured high (a refilled burst counts in it):
-            # give a little back, and start the next climb slowly. Never far under the measured
-            # rate: per-URL refusals must not ratchet a paced host down.
-            self.creep = max(CREEP_MIN, self.creep / CREEP_GIVEBACK)
+        if self.creep > 1.0:
+            # Crept past the rate: give a little back, and start the next climb slowly.
+            self.creep = max(1.0, self.creep / CREEP_GIVEBACK)
             self.pace = min(self.pace, self.ceiling())
 
     def ceiling(self) -> float:
@@ -369,7 +369,7 @@ class _Pushback:
         self.meter_ok += 1
         age = now - self.meter_start
         # Halve the counts: a rolling window without keeping timestamps. (Not while they are few:
-        # a host that allows 5/s would never hold enough replies to give a rate.)
+        # a host that allows 2/s would never hold enough replies to give a rate.)
         if age > METER_SPAN_S and self.meter_ok >= 2 * MIN_LATENCIES:
             self.meter_ok //= 2
             self.meter_start = now - age / 2
@@ -496,7 +496,7 @@ class PaarcController:
         self.last_inflight = sample.inflight
         if sample.signal is Signal.OVERLOAD:
             sent = None if sample.ttfb is None else now - sample.ttfb
-            if self._refusal_is_about_host(sent):
+            if self._refusal_is_about_host(sent, sample.retried):
                 known = self._remember_pushback(now, sent, sample.inflight)  # reads the rate before the hold
                 self._hold_for(now, sample.retry_after)
                 self._overload(now, sent, sample.retry_after, known)
@@ -579,7 +579,7 @@ class PaarcController:
         if self.push is not None:
             self.push.pause_meter(self._hold)
 
-    def _refusal_is_about_host(self, sent: float | None) -> bool:
+    def _refusal_is_about_host(self, sent: float | None, retried: bool = False) -> bool:
         """Count a 429/503 and tell whether it speaks for the host: the first one from a host we
         know nothing about always does (be polite first); later ones do once they are a real share
         of the recent replies. A host we overrun refuses much of the excess; a handful of URLs
@@ -589,12 +589,12 @@ class PaarcController:
             self.push = _Pushback()
             self.push.best_rate = self.goodput  # a record made afresh keeps the pace's floor
             self.push.ok_level = self.last_ok_inflight  # so a refusal under it next says "by rate"
-            self.push.refused(self.now)
+            self.push.refused(self.now, retried)
             # Only a host's very first refusal counts unseen: once its record has expired, a
             # refusal at whatever load we happen to run must show a share like any other.
             first, self.refused_before = not self.refused_before, True
             return first
-        push.refused(self.now)
+        push.refused(self.now, retried)
         if self.state == BACKOFF and self._before_cut(sent):
             return True  # the rest of the burst that made us back off: it lowers the remembered cap
         if push.seeking and sent is not None and sent >= push.acted_at:

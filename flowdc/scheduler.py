@@ -126,7 +126,7 @@ class Scheduler:
                  fresh_connection: bool = False) -> None:
         """A request ended; the caller then either retries the job or records it as final."""
         host = self.hosts[job.host]
-        sample = Sample(signal, ttfb, host.inflight, retry_after, fresh_connection)
+        sample = Sample(signal, ttfb, host.inflight, retry_after, fresh_connection, retried=job.attempts > 1)
         del host.sent[id(job)]
         if job.stalled:
             job.stalled = False

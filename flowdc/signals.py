@@ -27,7 +27,8 @@ class Sample:
     ttfb is seconds from the request's start to the response headers, or None when no headers
     arrived. On a pooled connection that is the host's time to first byte; `fresh` marks a request
     that opened its connection, whose ttfb also holds the connect and TLS handshake. retry_after
-    is seconds to hold the host, already resolved from either Retry-After form.
+    is seconds to hold the host, already resolved from either Retry-After form. `retried` marks a
+    request that repeats one that failed.
     """
 
     signal: Signal
@@ -35,3 +36,4 @@ class Sample:
     inflight: int
     retry_after: float | None = None
     fresh: bool = False
+    retried: bool = False
