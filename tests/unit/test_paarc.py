@@ -514,3 +514,25 @@ def test_a_cap_found_again_keeps_the_lower_cap() -> None:
     serve(80.0)  # the lesson is now kept 60 s: no probe past the cap before then
     assert refusals == found_again
     assert ctl.limit() == 12
+
+
+@pytest.mark.parametrize(("retried", "held_again"), [(False, True), (True, False)])
+def test_only_fresh_refusals_in_a_row_hold_a_host_again(retried: bool, held_again: bool) -> None:
+    """Right after its first hold a host has too few replies for a refused share, so four 429s in a
+    row hold it again. Refused retries do not count: retries wait out the hold together and go
+    first after it, and a URL that failed (503 twice, say) may well fail again."""
+    ctl = PaarcController(PaarcParams(), 0.0)
+    now = 0.0
+    for _ in range(50):
+        now += 0.01
+        ctl.on_sample(now, Sample(Signal.OK, 0.01, 4))
+        ctl.tick(now)
+    ctl.on_sample(now, Sample(Signal.OVERLOAD, 0.001, 4, 1.0))  # the first refusal: held 1 s
+    first_hold = ctl.hold_until()
+    now = first_hold + 0.01
+    ctl.tick(now)
+    ctl.on_sample(now, Sample(Signal.OK, 0.01, 2))
+    for _ in range(4):
+        now += 0.001
+        ctl.on_sample(now, Sample(Signal.OVERLOAD, 0.001, 2, 1.0, retried=retried))
+    assert (ctl.hold_until() > first_hold) is held_again
