@@ -84,7 +84,8 @@ PACE_CAP_MARGIN = 0.95  # ... but not past this share of the rate that drew 429s
 CREEP_QUIET_S = 2.0  # a paced host quiet this long at its ceiling lets the ceiling creep up...
 CREEP_QUIET_REPLIES = 50  # ... and this many replies long (a 2/s host would be refused every few s)
 CREEP_STEP = 1.002  # ... by this much per pace step (2%/s) at first...
-CREEP_GIVEBACK = 1.02  # ... and each refusal takes 2% back (never below the measured rate)
+CREEP_GIVEBACK = 1.02  # ... and each refusal takes 2% back...
+CREEP_MIN = 0.85  # ... down to this share of the measured rate (a burst in the meter reads high)
 CREEP_MAX_DOUBLINGS = 3  # the creep doubles its speed per quiet CREEP_QUIET_S, up to 16%/s
 METER_MIN_S = 0.5  # an accepted rate needs this much unheld time behind it (a refilled burst fades)
 METER_SPAN_S = 1.0  # the accepted-rate meter forgets older replies past this span
@@ -300,7 +301,7 @@ class _Pushback:
     limits by rate rather than by parallel requests, a send pace. Only hosts that pushed back
     carry one, so the common controller stays small."""
 
-    __slots__ = ("acted_at", "best_rate", "cap", "creep", "grown_at", "meter_ok", "meter_start", "ok_level",
+    __slots__ = ("acted_at", "best_rate", "cap", "creep", "floor", "grown_at", "meter_ok", "meter_start", "ok_level",
                  "pace", "rate_cap", "recalled", "refused_at", "replies", "seeking", "served_since", "share", "streak",
                  "until")
 
@@ -321,6 +322,7 @@ class _Pushback:
         self.ok_level = 0  # most requests in flight when an OK came back: a load the host takes
         self.acted_at = -1.0  # when a cap or pace was last set: older requests' replies are stale
         self.best_rate = 0.0  # highest accepted rate measured: the pace's floor is a share of it
+        self.floor = 0.0  # the pace's floor when it was last set
         self.grown_at = 0.0  # when the pace last grew (or was judged)
         self.seeking = False  # paced, the rate unknown: a refusal at our pace says it is too fast
 
@@ -336,10 +338,12 @@ class _Pushback:
     def refused(self, now: float, retried: bool = False) -> None:
         self.reply(refused=True, retried=retried)
         self.refused_at = now
-        if self.creep > 1.0:
-            # Crept past the rate: give a little back, and start the next climb slowly.
-            self.creep = max(1.0, self.creep / CREEP_GIVEBACK)
-            self.pace = min(self.pace, self.ceiling())
+        if self.rate_cap > 0 and self.creep > CREEP_MIN:
+            # Crept past the rate, or the rate was measured high (a refilled burst counts in it):
+            # give a little back, and start the next climb slowly. Never under the pace's floor:
+            # a rate measured while we barely sent can be far under what the host serves.
+            self.creep = max(CREEP_MIN, self.creep / CREEP_GIVEBACK)
+            self.pace = min(self.pace, max(self.ceiling(), self.floor))
 
     def ceiling(self) -> float:
         """The most the pace may grow to: a share of the measured rate, crept up while quiet."""
@@ -672,7 +676,8 @@ class PaarcController:
                     new_pace = min(new_pace, math.sqrt(upper * delivered))
             # Refusals that do not depend on our rate must not ratchet the pace down: never under
             # a share of the best rate the host delivered, or of its average since first seen.
-            new_pace = max(new_pace, PACE_FLOOR * max(push.best_rate, lifetime))
+            push.floor = PACE_FLOOR * max(push.best_rate, lifetime)
+            new_pace = max(new_pace, push.floor)
             # A first pace, set without a measured rate, is a guess: one refusal at it may cut
             # it again. After that, only a clear share of refusals does.
             push.seeking = push.pace <= 0 and accepted is None

@@ -21,7 +21,15 @@ from hypothesis import strategies as st
 
 from flowdc.config import PaarcOptions
 from flowdc.hostlimit import ClientLoad, FixedLimit, HostLimit
-from flowdc.paarc import BACKOFF, LAT_BUF_CAP, PROBE_BW, PaarcController, PaarcParams, make_host_limit
+from flowdc.paarc import (
+    BACKOFF,
+    LAT_BUF_CAP,
+    PROBE_BW,
+    PaarcController,
+    PaarcParams,
+    _Pushback,
+    make_host_limit,
+)
 from flowdc.signals import Sample, Signal
 
 TTFB = 0.05  # a host with constant latency never looks inflated, so STARTUP climbs to C_max
@@ -536,3 +544,21 @@ def test_only_fresh_refusals_in_a_row_hold_a_host_again(retried: bool, held_agai
         now += 0.001
         ctl.on_sample(now, Sample(Signal.OVERLOAD, 0.001, 2, 1.0, retried=retried))
     assert (ctl.hold_until() > first_hold) is held_again
+
+
+def test_refusals_trim_a_pace_measured_high_but_never_under_its_floor() -> None:
+    """A rate measured right after a hold counts the host's refilled burst (12/s for a 10/s
+    bucket of 2): paced at 0.9x that, the host refused one request in a dozen for good, each too
+    few to count. Each refusal now takes 2% off the ceiling, down to 85% of the measured rate. But
+    a rate measured while we barely sent (a fast host in its cooldown read 7/s) must not pace
+    a host that served 800/s: the pace's floor holds."""
+    high = _Pushback()
+    high.rate_cap, high.pace, high.floor = 12.0, 10.8, 6.0
+    for _ in range(10):
+        high.refused(0.0)
+    assert high.pace == pytest.approx(0.85 * 0.95 * 12.0)  # under the rate; no further
+    bogus = _Pushback()
+    bogus.rate_cap, bogus.pace, bogus.floor = 7.0, 398.0, 398.0
+    for _ in range(10):
+        bogus.refused(0.0)
+    assert bogus.pace == 398.0
