@@ -93,9 +93,10 @@ PUSHBACK_MIN_REPLIES = 20  # a share over fewer replies is noise (the first refu
 PUSHBACK_SHARE = 0.15  # 429/503s must be this share of recent replies to teach a cap or a pace:
 #                        a host we overrun refuses much of the excess, while per-URL refusals
 #                        stay a small share whatever the load, and must not ratchet anything down
+PUSHBACK_STREAK = 4  # before PUSHBACK_MIN_REPLIES, this many refusals in a row count (per-URL ones, 1 in 12:
+#                     once in 1,700)
 STALL_LATENCIES = 10.0  # unanswered this many p95 latencies, a request no longer takes a slot...
 STALL_MIN_S = 1.0  # ... and never sooner than this
-PUSHBACK_STREAK = 4  # ... or, before then, this many refusals in a row (per-URL ones, 1 in 12: 1 in 1,700)
 SHARE_MEMORY = 40  # replies the refused share is averaged over: a storm of fast 429s shows within ~10
 SHARE_Z = 1.64  # ... as a one-sided 95% lower bound, so chance runs of per-URL refusals do not count
 RATE_EVIDENCE = 0.8  # refused under this share of a load lately served: the host limits by rate
@@ -586,8 +587,9 @@ class PaarcController:
     def _refusal_is_about_host(self, sent: float | None, retried: bool = False) -> bool:
         """Count a 429/503 and tell whether it speaks for the host: the first one from a host we
         know nothing about always does (be polite first); later ones do once they are a real share
-        of the recent replies. A host we overrun refuses much of the excess; a handful of URLs
-        refused while everything else is served is about those URLs, not about our load."""
+        of the recent replies, or a run of fresh ones before a share can be told. A host we overrun
+        refuses much of the excess; a handful of URLs refused while everything else is served is
+        about those URLs, not about our load."""
         push = self.push
         if push is None:
             self.push = _Pushback()
