@@ -302,6 +302,7 @@ SPREAD = Scenario(
     concurrency=256,
 )
 
+
 def _many_hosts() -> tuple[HostSpec, ...]:
     """A long tail of small hosts: most are slow queues, some refuse past a cap, some count by rate."""
     hosts = []

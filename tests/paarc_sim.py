@@ -81,7 +81,8 @@ class SimResult:
 
 
 class _Host:
-    """The service queue: c servers, FIFO wait, hard cap answered with 429."""
+    """The service queue: c servers, FIFO wait, hard cap answered with 429, and a token bucket
+    (when rate_per_s is set) whose refusals are answered with 429 too."""
 
     __slots__ = ("busy", "capacity", "rng", "spec", "stamp", "tokens", "waiting")
 
