@@ -44,7 +44,7 @@ from scenarios import (  # noqa: E402
 )
 from verify import verify_webdataset  # noqa: E402
 
-from flowdc.fakehosts import FakeHostFarm, run_farm_in_thread  # noqa: E402
+from flowdc.testing.fakehosts import FakeHostFarm, run_farm_in_thread  # noqa: E402
 
 RESULTS_MD = ROOT / "bench" / "results" / "latest.md"
 CONTENDERS = ("flowdc", "flowdc_nopaarc", "bare")

@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from flowdc.fakehosts import HostSpec, parse_fault, write_manifest
+from flowdc.testing.fakehosts import HostSpec, parse_fault, write_manifest
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """Checks a finished webdataset output against what the fake hosts served: nothing corrupt.
 
 Every image member must be byte for byte the image its URL's host generates, and its .json's
-sha256 must match it. The hosts' images are deterministic (flowdc.fakehosts.make_png of the
+sha256 must match it. The hosts' images are deterministic (flowdc.testing.fakehosts.make_png of the
 path and size), so no copy of what was served needs keeping.
 """
 
@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
-from flowdc.fakehosts import MAX_BODY, FakeHostFarm, make_png
+from flowdc.testing.fakehosts import MAX_BODY, FakeHostFarm, make_png
 
 
 @dataclass

@@ -1,16 +1,19 @@
 """FLOW-DC: download ML image datasets from URL manifests, fast and politely."""
 
-from flowdc.config import ConfigError, DownloadConfig, PartitionConfig, SizeConfig
+from flowdc.config import DownloadConfig, PartitionConfig, SizeConfig
 from flowdc.download import download_async, run_download
+from flowdc.errors import ConfigError, DestinationError, UserError
 from flowdc.fetch import download_single
 from flowdc.manifest import Manifest, load_input_file
 
 __all__ = [
     "ConfigError",
+    "DestinationError",
     "DownloadConfig",
     "Manifest",
     "PartitionConfig",
     "SizeConfig",
+    "UserError",
     "download_async",
     "download_single",
     "load_input_file",

@@ -13,9 +13,8 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
-from flowdc.config import ConfigError, DownloadConfig, PartitionConfig, SizeConfig, build_config
-
-EXIT_USAGE = 2
+from flowdc.config import DownloadConfig, PartitionConfig, SizeConfig, build_config
+from flowdc.errors import EXIT_INTERRUPTED, EXIT_USAGE, FlowdcError
 
 DOWNLOAD_EPILOG = """examples:
   flowdc download --input dataset.parquet --output images --url photo_url --label species
@@ -81,7 +80,7 @@ def cmd_download(args: argparse.Namespace) -> int:
     cfg = config_from_args(DownloadConfig, args)
     overview = run_download(cfg)
     print(summary_text(overview, cfg.output))
-    return 130 if overview.get("interrupted") else 0
+    return EXIT_INTERRUPTED if overview.get("interrupted") else 0
 
 
 def cmd_partition(args: argparse.Namespace) -> int:
@@ -154,19 +153,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.func(args))
-    except ConfigError as exc:
+    except FlowdcError as exc:
         print(f"flowdc: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    except RuntimeError as exc:
-        from flowdc.download import DestinationError
-
-        if not isinstance(exc, DestinationError):
-            raise
-        print(f"flowdc: error: {exc}", file=sys.stderr)
-        return 1
+        return exc.exit_code
     except KeyboardInterrupt:
         print("flowdc: interrupted; run the same command again to resume", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

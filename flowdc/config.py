@@ -13,13 +13,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from flowdc.errors import ConfigError
 from flowdc.paarc import PaarcParams
 
 _PAARC = PaarcParams()  # the controller's defaults are the options' defaults
-
-
-class ConfigError(ValueError):
-    """A user error: printed as one line, exit code 2, never a traceback."""
 
 
 def opt(default: Any, help: str, *, aliases: tuple[str, ...] = (), choices: tuple[str, ...] = ()) -> Any:
@@ -116,7 +113,6 @@ class DownloadConfig(PaarcOptions):
         if self.cloud_tool and "://" in self.output and not self.output.startswith("file://"):
             raise ConfigError("cloud_tool uploads from a local output folder; give a local --output as staging")
         if self.cloud_tool == "custom" and not self.cloud_command:
-            example = '["mc", "cp", "{file}", "{destination}/"]'
             example = '["mc", "cp", "{file}", "{destination}/"]'
             raise ConfigError(f"cloud_tool custom needs cloud_command, e.g. {example}")
         self.check_paarc()

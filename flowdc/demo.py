@@ -9,8 +9,9 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
-from flowdc.config import ConfigError, DownloadConfig
-from flowdc.fakehosts import HostSpec, run_farm_in_thread, write_manifest
+from flowdc.config import DownloadConfig
+from flowdc.errors import ConfigError
+from flowdc.testing.fakehosts import HostSpec, run_farm_in_thread, write_manifest
 
 DEMO_PORT = 18765
 SPECIES = ("Apis mellifera", "Bombus terrestris", "Danaus plexippus", "Vanessa cardui", "Papilio machaon")

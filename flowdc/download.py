@@ -22,7 +22,8 @@ import aiohttp
 import numpy as np
 import pyarrow as pa
 
-from flowdc.config import ConfigError, DownloadConfig
+from flowdc.config import DownloadConfig
+from flowdc.errors import ConfigError, DestinationError
 from flowdc.fetch import FetchSettings, Outcome, digest, fetch_one, make_session
 from flowdc.hostlimit import ClientLoad
 from flowdc.ledger import Ledger, Record, meta_json, url_hash
@@ -37,7 +38,8 @@ from flowdc.storage import Destination
 from flowdc.telemetry import Telemetry
 from flowdc.urls import host_key, scheme_error
 from flowdc.write_queue import WriteQueue
-from flowdc.writers.base import SampleWriter, StoredSample, StoreError, make_writer
+from flowdc.writers.base import SampleWriter, StoredSample, StoreError
+from flowdc.writers.factory import make_writer
 from flowdc.writers.naming import extension_for, make_key, url_key
 
 MAX_STORE_TRIES = 5
@@ -354,10 +356,6 @@ class DownloadJob:
         self.host_snapshots.update(snap)
         while len(self.host_snapshots) > cap:
             self.host_snapshots.pop(next(iter(self.host_snapshots)))
-
-
-class DestinationError(RuntimeError):
-    """The output cannot be written at all; nothing stored so far is lost, a rerun resumes."""
 
 
 def is_destination_error(exc: BaseException) -> bool:

@@ -25,7 +25,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from flowdc.config import ConfigError
+from flowdc.errors import ConfigError
 from flowdc.storage import Destination
 
 LEDGER_DIR = "_flowdc/ledger"

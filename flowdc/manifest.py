@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from flowdc.config import ConfigError
+from flowdc.errors import ConfigError
 
 ROW_COLUMN = "row"
 FORMATS_BY_SUFFIX = {

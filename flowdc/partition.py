@@ -37,7 +37,8 @@ import pyarrow as pa
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
-from flowdc.config import ConfigError, PartitionConfig
+from flowdc.config import PartitionConfig
+from flowdc.errors import ConfigError
 from flowdc.manifest import Manifest
 from flowdc.urls import host_key
 

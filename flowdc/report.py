@@ -33,7 +33,7 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch, Rectangle
 from matplotlib.ticker import MaxNLocator
 
-from flowdc.config import ConfigError
+from flowdc.errors import ConfigError
 
 MAX_HOSTS = 12  # rows in the figure: more makes a PNG nobody scrolls through
 MAX_TABLE_HOSTS = 500  # rows in the HTML table: a crawl can touch tens of thousands of hosts

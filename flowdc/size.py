@@ -35,7 +35,8 @@ import numpy as np
 import pyarrow as pa
 from tqdm import tqdm
 
-from flowdc.config import ConfigError, SizeConfig, public_dict
+from flowdc.config import SizeConfig, public_dict
+from flowdc.errors import ConfigError
 from flowdc.fetch import classify_status, make_session, opened_for, parse_retry_after
 from flowdc.hostlimit import ClientLoad
 from flowdc.manifest import FORMATS_BY_SUFFIX, Manifest

@@ -8,7 +8,7 @@ import threading
 from collections.abc import Callable
 from typing import IO, Any
 
-from flowdc.config import ConfigError
+from flowdc.errors import ConfigError
 
 Snapshot = dict[str, dict[str, Any]]  # host -> flat figures
 Subscriber = Callable[[float, Snapshot], None]

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
-from flowdc.config import ConfigError
+from flowdc.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

@@ -1,13 +1,11 @@
-"""What the pipeline hands a writer, and the factory that picks one by output_format."""
+"""What the pipeline hands a writer, and what a writer promises."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from flowdc.ledger import Ledger, Record
-from flowdc.storage import Destination
+from flowdc.ledger import Record
 
 
 class StoreError(Exception):
@@ -36,14 +34,3 @@ class SampleWriter(Protocol):
     def close(self) -> None:
         """Commit what is open and flush the ledger; raises StoreError for samples it could not keep."""
         ...
-
-
-def make_writer(output_format: str, dest: Destination, ledger: Ledger, *, labelled: bool,
-                samples_per_shard: int, on_shard_commit: Callable[[int], None] | None = None) -> SampleWriter:
-    if output_format == "webdataset":
-        from flowdc.writers.webdataset import WebDatasetWriter
-
-        return WebDatasetWriter(dest, ledger, samples_per_shard, on_shard_commit)
-    from flowdc.writers.imagefolder import ImageFolderWriter
-
-    return ImageFolderWriter(dest, ledger, labelled=labelled)

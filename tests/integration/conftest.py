@@ -1,6 +1,6 @@
 """Shared helpers and fixtures for the `flowdc download` integration tests.
 
-Every server is a fake host (flowdc.fakehosts) or the small status host below, bound to
+Every server is a fake host (flowdc.testing.fakehosts) or the small status host below, bound to
 127.0.0.x; nothing leaves loopback.
 """
 
@@ -25,9 +25,9 @@ from aiohttp import web
 
 from flowdc.config import DownloadConfig
 from flowdc.download import run_download
-from flowdc.fakehosts import FakeHostFarm, HostSpec, make_png, run_farm_in_thread, write_manifest
 from flowdc.ledger import Ledger
 from flowdc.storage import TMP_MARK, Destination
+from flowdc.testing.fakehosts import FakeHostFarm, HostSpec, make_png, run_farm_in_thread, write_manifest
 
 REPO = Path(__file__).resolve().parents[2]
 # Defaults that keep a test run short: quick retries, no archive, no progress bar.

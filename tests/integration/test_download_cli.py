@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from flowdc.cli import main
-from flowdc.fakehosts import FakeHostFarm
+from flowdc.testing.fakehosts import FakeHostFarm
 from tests.integration.conftest import (
     by_url,
     download,

@@ -1,7 +1,7 @@
 """Fetching inside `flowdc download`: per-host limits, no head-of-line blocking, retries and
 Retry-After, final statuses, body and type checks, redirects, schemes, truncation.
 
-Servers: fake hosts (flowdc.fakehosts) and a status host (conftest) on 127.0.0.x.
+Servers: fake hosts (flowdc.testing.fakehosts) and a status host (conftest) on 127.0.0.x.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from flowdc.fakehosts import FakeHostFarm, HostSpec
+from flowdc.testing.fakehosts import FakeHostFarm, HostSpec
 from tests.integration.conftest import (
     StatusHost,
     by_url,

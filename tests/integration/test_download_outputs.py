@@ -1,7 +1,7 @@
 """Outputs of `flowdc download`: imagefolder (safe class folders), webdataset shards with metadata,
 key naming, the archive, overview.json and secrets.
 
-Images come from fake hosts (flowdc.fakehosts) on 127.0.0.x; S3 is the in-process moto server.
+Images come from fake hosts (flowdc.testing.fakehosts) on 127.0.0.x; S3 is the in-process moto server.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import webdataset as wds
 
-from flowdc.fakehosts import FakeHostFarm
 from flowdc.fetch import INLINE_DIGEST_MAX
+from flowdc.testing.fakehosts import FakeHostFarm
 from flowdc.writers.naming import safe_label, url_key
 from tests.integration.conftest import (
     by_url,

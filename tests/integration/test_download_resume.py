@@ -21,8 +21,8 @@ from urllib.parse import urlsplit
 import pytest
 import webdataset as wds
 
-from flowdc.fakehosts import FakeHostFarm, HostSpec, run_farm_in_thread
 from flowdc.ledger import LEDGER_DIR
+from flowdc.testing.fakehosts import FakeHostFarm, HostSpec, run_farm_in_thread
 from tests.integration.conftest import (
     REPO,
     download,

@@ -2,7 +2,7 @@
 cloud_tool uploaders (real rclone, the gocmd stand-in, a custom command) shipping shards.
 
 Every server is on loopback: moto and the GCS emulator from tests/cloud_servers.py, fake image
-hosts from flowdc.fakehosts, and a TcpProxy (sinks_helpers) when S3 has to go away and come back.
+hosts from flowdc.testing.fakehosts, and a TcpProxy (sinks_helpers) when S3 has to go away and come back.
 """
 
 from __future__ import annotations
@@ -28,9 +28,9 @@ import webdataset as wds
 
 from flowdc.config import DownloadConfig
 from flowdc.download import run_download
-from flowdc.fakehosts import FakeHostFarm, HostSpec, write_manifest
 from flowdc.ledger import LEDGER_DIR
 from flowdc.storage import Destination
+from flowdc.testing.fakehosts import FakeHostFarm, HostSpec, write_manifest
 from flowdc.uploaders import apply_env_changes
 from tests.cloud_servers import S3_ACCESS_KEY, gcs_filesystem, s3_filesystem
 from tests.integration.sinks_helpers import (

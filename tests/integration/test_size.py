@@ -1,6 +1,6 @@
 """`flowdc size` against real servers on loopback.
 
-Fake hosts (flowdc.fakehosts) serve HEAD, Range GETs, redirects and scripted faults. A few
+Fake hosts (flowdc.testing.fakehosts) serve HEAD, Range GETs, redirects and scripted faults. A few
 behaviours they do not have (a HEAD without Content-Length, a host that ignores Range, a
 Content-Range without a total) come from the raw HTTP host below, also on 127.0.0.x.
 """
@@ -25,8 +25,8 @@ import pytest
 import flowdc.size as size_mod
 from flowdc.cli import main
 from flowdc.config import ConfigError, SizeConfig
-from flowdc.fakehosts import FakeHostFarm, HostSpec, run_farm_in_thread, write_manifest
 from flowdc.size import Reservoir, estimate_total, run_size
+from flowdc.testing.fakehosts import FakeHostFarm, HostSpec, run_farm_in_thread, write_manifest
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from flowdc.fakehosts import FakeHostFarm, HostSpec, make_png, parse_fault, run_farm_in_thread, write_manifest
+from flowdc.testing.fakehosts import FakeHostFarm, HostSpec, make_png, parse_fault, run_farm_in_thread, write_manifest
 
 PLAIN, QUEUED, CAPPED, BUCKET, RANDOM = range(5)
 

@@ -1,6 +1,6 @@
 """One HTTP exchange -> an Outcome: status classes, Retry-After forms, and body checks.
 
-The exchange tests talk to fake hosts on 127.0.0.x started here (flowdc.fakehosts).
+The exchange tests talk to fake hosts on 127.0.0.x started here (flowdc.testing.fakehosts).
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ from email.utils import formatdate
 
 import pytest
 
-from flowdc.fakehosts import FakeHostFarm, HostSpec, make_png, run_farm_in_thread
 from flowdc.fetch import (
     MAX_RETRY_AFTER_S,
     FetchSettings,
@@ -25,6 +24,7 @@ from flowdc.fetch import (
     parse_retry_after,
 )
 from flowdc.signals import Signal
+from flowdc.testing.fakehosts import FakeHostFarm, HostSpec, make_png, run_farm_in_thread
 
 
 def test_retry_after_seconds_and_http_date() -> None:

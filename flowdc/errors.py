@@ -1,0 +1,44 @@
+"""The errors a user sees, each with its exit code, declared once for every layer.
+
+The CLI prints any `FlowdcError` as one line (`flowdc: error: ...`) and exits with its code; no
+traceback. Lower layers raise these instead of importing the CLI or the config module.
+"""
+
+from __future__ import annotations
+
+EXIT_OK = 0
+EXIT_FAILURE = 1  # the destination (or another service) cannot be reached; a rerun resumes
+EXIT_USAGE = 2  # the user's input is wrong: config, options, manifest, output folder
+EXIT_INTERRUPTED = 130  # Ctrl-C / SIGTERM: what is stored stays stored, a rerun resumes
+
+
+class FlowdcError(Exception):
+    """Base of the errors meant for users; `exit_code` is what the CLI returns for it."""
+
+    exit_code = EXIT_FAILURE
+
+
+class UserError(FlowdcError, ValueError):
+    """Bad config, options or input: one line, exit code 2, never a traceback."""
+
+    exit_code = EXIT_USAGE
+
+
+class ConfigError(UserError):
+    """An option or config value (the name kept from the first releases)."""
+
+
+class DestinationError(FlowdcError, RuntimeError):
+    """The output cannot be written at all; nothing stored so far is lost, a rerun resumes."""
+
+    exit_code = EXIT_FAILURE
+
+
+class OutputInUseError(UserError):
+    """Another live run holds this output (lock or lease); the message names the holder."""
+
+
+class InterruptedRun(FlowdcError):
+    """The run was stopped by a signal after keeping what it had stored."""
+
+    exit_code = EXIT_INTERRUPTED

@@ -1,0 +1,20 @@
+"""Picks the writer for an output_format (kept apart from base.py, which every writer imports)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from flowdc.ledger import Ledger
+from flowdc.storage import Destination
+from flowdc.writers.base import SampleWriter
+
+
+def make_writer(output_format: str, dest: Destination, ledger: Ledger, *, labelled: bool,
+                samples_per_shard: int, on_shard_commit: Callable[[int], None] | None = None) -> SampleWriter:
+    if output_format == "webdataset":
+        from flowdc.writers.webdataset import WebDatasetWriter
+
+        return WebDatasetWriter(dest, ledger, samples_per_shard, on_shard_commit)
+    from flowdc.writers.imagefolder import ImageFolderWriter
+
+    return ImageFolderWriter(dest, ledger, labelled=labelled)
