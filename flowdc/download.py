@@ -13,7 +13,8 @@ import os
 import random
 import signal
 import time
-from collections.abc import Iterator
+import uuid
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from typing import Any
@@ -25,12 +26,12 @@ import pyarrow as pa
 from flowdc.config import DownloadConfig
 from flowdc.errors import ConfigError, DestinationError
 from flowdc.fetch import FetchSettings, Outcome, digest, fetch_one, make_session
-from flowdc.hostlimit import ClientLoad
+from flowdc.hostlimit import ClientLoad, HostLimit
 from flowdc.ledger import Ledger, Record, meta_json, url_hash
 from flowdc.manifest import ROW_COLUMN, Manifest
 from flowdc.overview import build_overview, write_overview
 from flowdc.paarc import make_host_limit
-from flowdc.progress import Progress
+from flowdc.progress import ProgressBar, RunCounters
 from flowdc.scheduler import Job, Scheduler, sleep_noting_lag
 from flowdc.seen import SeenKeys
 from flowdc.shipping import Shipper, uploader_for
@@ -48,7 +49,11 @@ SNAPSHOT_S = 0.5
 
 
 def run_download(cfg: DownloadConfig, telemetry: Telemetry | None = None) -> dict[str, Any]:
-    """Run the whole job; returns the overview. Ctrl-C stops cleanly and keeps what is stored."""
+    """The CLI's whole job; returns the overview. Ctrl-C stops cleanly and keeps what is stored.
+
+    The process lifecycle lives here, not in DownloadJob: garbage-collector pacing, signal handlers
+    and the progress bar are the process's to set, so the library call (flowdc.api) leaves them alone.
+    """
     with fewer_collections():
         return asyncio.run(download_async(cfg, telemetry))
 
@@ -72,14 +77,80 @@ def fewer_collections() -> Iterator[None]:
 
 
 async def download_async(cfg: DownloadConfig, telemetry: Telemetry | None = None) -> dict[str, Any]:
-    job = DownloadJob(cfg, telemetry or Telemetry(cfg.telemetry))
-    return await job.run()
+    """One download as a process runs it: SIGINT/SIGTERM stop it cleanly, a progress bar unless quiet."""
+    return await run_in_process(DownloadJob(cfg, telemetry), show_progress=not cfg.quiet)
+
+
+async def run_in_process(job: DownloadJob, show_progress: bool) -> dict[str, Any]:
+    loop = asyncio.get_running_loop()
+    installed: list[signal.Signals] = []
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):  # not the main thread
+            loop.add_signal_handler(sig, job.stop)
+            installed.append(sig)
+    bar = ProgressBar() if show_progress else None
+    painter = asyncio.create_task(_paint(job, bar)) if bar is not None else None
+    try:
+        return await job.run()
+    finally:
+        if painter is not None:
+            painter.cancel()
+            await asyncio.gather(painter, return_exceptions=True)
+        if bar is not None:
+            bar.show(job.counters, job.rows_total, job.hosts_active)
+            bar.close()
+        for sig in installed:
+            loop.remove_signal_handler(sig)
+
+
+async def _paint(job: DownloadJob, bar: ProgressBar) -> None:
+    while True:
+        await asyncio.sleep(SNAPSHOT_S)
+        bar.show(job.counters, job.rows_total, job.hosts_active)
 
 
 class DownloadJob:
-    def __init__(self, cfg: DownloadConfig, telemetry: Telemetry):
+    """The wiring of one download: manifest -> scheduler -> fetch -> writer -> ledger.
+
+    It touches nothing process-wide (no signal handlers, no GC settings, no output on the terminal),
+    so two jobs can run at once in one process, each on its own event loop. The constructor does
+    no I/O: opening the manifest and the destination (and --force) happen in run().
+    """
+
+    def __init__(self, cfg: DownloadConfig, telemetry: Telemetry | None = None, *,
+                 host_budget: Mapping[str, float] | None = None, run_id: str | None = None,
+                 partition_id: str | None = None):
         self.cfg = cfg
         self.telemetry = telemetry
+        self._own_telemetry = telemetry is None  # made from cfg.telemetry in run(), closed there too
+        self.host_budget = check_host_budget(host_budget if host_budget is not None
+                                             else getattr(cfg, "host_budget", None) or {})
+        self.run_id = run_id or uuid.uuid4().hex[:12]
+        self.partition_id = partition_id
+        self.settings = FetchSettings(cfg.timeout, cfg.max_body_bytes, tuple(cfg.content_types), cfg.max_redirects)
+        # One writer thread keeps a shard's members in order; files can be written in parallel.
+        self.write_lanes = 1 if cfg.output_format == "webdataset" else 8
+        self.counters = RunCounters()
+        self.rows_total: int | None = None  # known once the manifest is open (parquet metadata)
+        self.hosts_active = 0
+        self.host_snapshots: dict[str, dict[str, Any]] = {}
+        self.interrupted = False
+        self._stop_requested = False
+        self._stop_event: asyncio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._seen_keys = SeenKeys()  # url_based mode: keys already taken, to catch duplicate URLs
+        self._store_failures: dict[int, int] = {}
+
+    def stop(self) -> None:
+        """Ask the run to stop, from any thread: what is stored is kept, the rest waits for a rerun."""
+        self._stop_requested = True
+        loop, event = self._loop, self._stop_event
+        if loop is not None and event is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(event.set)
+
+    def _open(self) -> None:
+        """Open the manifest and the destination; --force clears the destination first."""
+        cfg = self.cfg
         self.manifest = Manifest(cfg.input, cfg.url, cfg.input_format, cfg.batch_rows)
         if cfg.label:
             self.manifest.require_column(cfg.label, "label")
@@ -91,23 +162,31 @@ class DownloadJob:
         self.dest.makedirs()
         self.ledger = Ledger(self.dest)
         self.uploader = uploader_for(cfg)
-        self.shipper: Shipper | None = None
-        self.settings = FetchSettings(cfg.timeout, cfg.max_body_bytes, tuple(cfg.content_types), cfg.max_redirects)
         self.extra_columns = [c for c in self.manifest.columns if c not in {cfg.url, cfg.label, ROW_COLUMN}]
-        # One writer thread keeps a shard's members in order; files can be written in parallel.
-        self.write_lanes = 1 if cfg.output_format == "webdataset" else 8
-        self.write_pool = ThreadPoolExecutor(max_workers=self.write_lanes, thread_name_prefix="flowdc-writer")
-        self.hash_pool = ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1), thread_name_prefix="flowdc-hash")
-        self.progress = Progress(self.manifest.num_rows_hint(), cfg.quiet)
-        self.host_snapshots: dict[str, dict[str, Any]] = {}
-        self.interrupted = False
-        self._seen_keys = SeenKeys()  # url_based mode: keys already taken, to catch duplicate URLs
-        self._store_failures: dict[int, int] = {}
+        self.rows_total = self.manifest.num_rows_hint()
+        if self.telemetry is None:
+            self.telemetry = Telemetry(cfg.telemetry)
 
     async def run(self) -> dict[str, Any]:
         started_wall = time.time()
-        if self.uploader is not None:
-            self.shipper = Shipper(self.uploader, self.dest)
+        self.counters = RunCounters()
+        self._loop = asyncio.get_running_loop()
+        self._stop_event = stop = asyncio.Event()
+        if self._stop_requested:
+            stop.set()
+        self._open()
+        self.write_pool = ThreadPoolExecutor(max_workers=self.write_lanes, thread_name_prefix="flowdc-writer")
+        self.hash_pool = ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1), thread_name_prefix="flowdc-hash")
+        try:
+            return await self._run(started_wall, stop)
+        finally:
+            self.write_pool.shutdown(wait=True)
+            self.hash_pool.shutdown(wait=True)
+            if self._own_telemetry and self.telemetry is not None:
+                self.telemetry.close()
+
+    async def _run(self, started_wall: float, stop: asyncio.Event) -> dict[str, Any]:
+        self.shipper: Shipper | None = Shipper(self.uploader, self.dest) if self.uploader is not None else None
         cfg = self.cfg
         self.writer: SampleWriter = make_writer(
             cfg.output_format, self.dest, self.ledger, labelled=cfg.label is not None,
@@ -127,13 +206,9 @@ class DownloadJob:
         # Read ahead well past the global bound so a slow host's backlog does not starve the others.
         read_ahead = max(20 * self.cfg.concurrent_downloads, 50_000)
         self.client_load = ClientLoad()
-        self.scheduler = Scheduler(partial(make_host_limit, self.cfg, client=self.client_load), max_pending=read_ahead)
+        self.scheduler = Scheduler(self._policy_factory(), max_pending=read_ahead)
         loop = asyncio.get_running_loop()
         tasks: list[asyncio.Task[Any]] = []
-        stop = asyncio.Event()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            with contextlib.suppress(NotImplementedError, RuntimeError):
-                loop.add_signal_handler(sig, stop.set)
         try:
             async with make_session(self.cfg.concurrent_downloads) as session:
                 reader = asyncio.create_task(self._read_manifest(done))
@@ -152,21 +227,12 @@ class DownloadJob:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                with contextlib.suppress(NotImplementedError, RuntimeError):
-                    loop.remove_signal_handler(sig)
             self.scheduler.closed_for_good = True
-            try:
-                await self._close_writer(loop)
-            finally:  # even when the destination failed for good
-                self.write_pool.shutdown(wait=True)
-                self.hash_pool.shutdown(wait=True)
-                self.progress.close()
-                self.telemetry.close()
-        self.progress.counters.client_busy_share = self.client_load.busy_share
+            await self._close_writer(loop)
+        self.counters.client_busy_share = self.client_load.busy_share
         try:
             overview = await asyncio.to_thread(
-                build_overview, self.cfg, self.ledger, self.progress.counters, self.host_snapshots, started_wall,
+                build_overview, self.cfg, self.ledger, self.counters, self.host_snapshots, started_wall,
                 recovery, self.interrupted,
             )
             if self.cfg.create_overview:
@@ -183,6 +249,15 @@ class DownloadJob:
         if self.shipper is not None:
             await self._ship_the_rest(overview)
         return overview
+
+    def _policy_factory(self) -> Callable[[str, float], HostLimit]:
+        """The scheduler's make_policy(host, now): a host with a budget share gets that share of the limits."""
+        cfg, budget, client = self.cfg, self.host_budget, self.client_load
+
+        def make_policy(host: str, now: float) -> HostLimit:
+            return make_host_limit(cfg, host, now, share=budget.get(host, 1.0), client=client)
+
+        return make_policy
 
     async def _close_writer(self, loop: asyncio.AbstractEventLoop) -> None:
         """Write what is queued, commit the open shard and flush the ledger; samples the store lost
@@ -239,7 +314,7 @@ class DownloadJob:
         rows = batch.column(ROW_COLUMN).to_numpy()
         hashes = np.fromiter((url_hash(u or "") for u in urls), dtype=np.int64, count=len(urls))
         finished = done.done_mask(rows, hashes, self.cfg.input)
-        self.progress.skip_done(int(finished.sum()))
+        self.counters.skip_done(int(finished.sum()))
         if self.cfg.naming_mode == "url_based":
             # URLs an earlier run already holds keep their keys: a repeat of one is still a duplicate.
             for i in np.flatnonzero(finished):
@@ -272,7 +347,7 @@ class DownloadJob:
                 await self._store(job, outcome)  # the job is done once a writer has the sample
                 continue
             if outcome.retryable and job.attempts <= self.cfg.max_retry_attempts:
-                self.progress.counters.retries += 1
+                self.counters.retries += 1
                 sched.retry_later(job, self._retry_delay(job, outcome))
                 continue
             self._final(self._record(job, outcome, "failed"))
@@ -295,7 +370,7 @@ class DownloadJob:
             rec.sha256 = await asyncio.get_running_loop().run_in_executor(self.hash_pool, digest, outcome.body)
         sample = StoredSample(rec, outcome.body, extension_for(outcome.content_type, job.url), job.meta)
         await self.write_queue.put(sample, partial(self.scheduler.done, job))
-        self.progress.record("ok", len(outcome.body))
+        self.counters.record("ok", len(outcome.body))
 
     def _fetches_left(self) -> bool:
         """Whether any job may still bring a sample: not every unfinished job sits in the write queue."""
@@ -305,10 +380,10 @@ class DownloadJob:
         """The destination lost these samples (an outage, a full disk): fetch them again later in
         this run, or, after too many tries, leave them as transient failures for the next run."""
         for rec in err.records:
-            self.progress.unrecord_ok(rec.bytes or 0)
+            self.counters.unrecord_ok(rec.bytes or 0)
             tries = self._store_failures[rec.row] = self._store_failures.get(rec.row, 0) + 1
             if tries <= MAX_STORE_TRIES and not self.scheduler.closed_for_good:
-                self.progress.counters.retries += 1
+                self.counters.retries += 1
                 self.scheduler.add_later(job_of(rec), self.cfg.retry_backoff_sec * 2 ** (tries - 1) + 1.0)
                 continue
             rec.status, rec.reason, rec.retryable = "failed", f"store_error:{type(err.cause).__name__}", True
@@ -334,7 +409,7 @@ class DownloadJob:
     def _final(self, rec: Record) -> None:
         """A row that ends without a stored sample: into the ledger and the counters."""
         self.ledger.add(rec)
-        self.progress.record(rec.status, 0, rec.reason)
+        self.counters.record(rec.status, 0, rec.reason)
 
     # -- the side loop --------------------------------------------------------------------------
     async def _tick(self) -> None:
@@ -348,14 +423,25 @@ class DownloadJob:
                 next_snapshot = now + SNAPSHOT_S
                 snap = self.scheduler.snapshot()
                 self._keep_host_snapshots(snap)
+                self.hosts_active = len(snap)
+                assert self.telemetry is not None
                 self.telemetry.publish(time.time(), snap)
-                self.progress.refresh(len(snap))
                 await asyncio.to_thread(self.ledger.flush_if_due)
 
     def _keep_host_snapshots(self, snap: dict[str, dict[str, Any]], cap: int = 10_000) -> None:
         self.host_snapshots.update(snap)
         while len(self.host_snapshots) > cap:
             self.host_snapshots.pop(next(iter(self.host_snapshots)))
+
+
+def check_host_budget(budget: Mapping[str, float]) -> dict[str, float]:
+    """{host netloc: share in (0, 1]} as given (plan.json's budget_share), or a ConfigError."""
+    checked: dict[str, float] = {}
+    for host, share in budget.items():
+        if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0 < share <= 1:
+            raise ConfigError(f"host_budget: the share of {host!r} must be a number in (0, 1], got {share!r}")
+        checked[str(host).lower()] = float(share)
+    return checked
 
 
 def is_destination_error(exc: BaseException) -> bool:

@@ -1096,8 +1096,23 @@ def _ms(seconds: float | None) -> float | None:
     return None if seconds is None else round(seconds * 1000.0, 3)
 
 
-def make_host_limit(opts: Any, now: float, client: ClientLoad | None = None) -> HostLimit:
-    """The policy for a newly seen host: PAARC, or a fixed C_init when PAARC is disabled."""
+def make_host_limit(opts: Any, host: str, now: float, *, share: float = 1.0,
+                    client: ClientLoad | None = None) -> HostLimit:
+    """The policy for a newly seen host: PAARC, or a fixed C_init when PAARC is disabled.
+
+    `share` is the part of the host this download may use (a host split over partitions that run
+    at once): C_init and C_max are scaled by it, never under C_min.
+    """
+    params = PaarcParams.from_options(opts)
+    if share < 1.0:
+        params = _shared(params, share)
     if opts.enable_paarc:
-        return PaarcController(PaarcParams.from_options(opts), now, client)
-    return FixedLimit(opts.C_init)
+        return PaarcController(params, now, client)
+    return FixedLimit(params.C_init)
+
+
+def _shared(p: PaarcParams, share: float) -> PaarcParams:
+    c_max = max(p.C_min, round(p.C_max * share))
+    c_init = min(max(p.C_min, round(p.C_init * share)), c_max)
+    values = {**{name: getattr(p, name) for name in _PARAM_NAMES}, "C_init": c_init, "C_max": c_max}
+    return _interned(*values.values())

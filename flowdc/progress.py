@@ -1,4 +1,8 @@
-"""Run counters and the progress bar (done / failed / rate / MB/s); silent with --quiet."""
+"""Run counters (what a download did so far) and the CLI's progress bar that shows them.
+
+The counters belong to the download; the bar belongs to the process that shows it (the CLI), and
+only reads the counters now and then, so a library call never draws anything.
+"""
 
 from __future__ import annotations
 
@@ -29,48 +33,41 @@ class RunCounters:
     def elapsed(self) -> float:
         return max(time.monotonic() - self.started, 1e-9)
 
-
-class Progress:
-    def __init__(self, total: int | None, quiet: bool, desc: str = "download"):
-        self.counters = RunCounters()
-        self._bar = None if quiet else tqdm(total=total, desc=desc, unit="img", file=sys.stderr,
-                                            mininterval=0.5, dynamic_ncols=True, smoothing=0.1)
-
     def record(self, status: str, nbytes: int = 0, reason: str | None = None) -> None:
-        c = self.counters
         if status == "ok":
-            c.ok += 1
-            c.bytes += nbytes
+            self.ok += 1
+            self.bytes += nbytes
         elif status == "failed":
-            c.failed += 1
+            self.failed += 1
         else:
-            c.skipped += 1
+            self.skipped += 1
         if reason and status != "ok":
-            c.errors[reason] += 1
-        if self._bar is not None:
-            self._bar.update(1)
+            self.errors[reason] += 1
 
     def unrecord_ok(self, nbytes: int) -> None:
         """A sample counted as stored was lost by the destination and will be fetched again."""
-        self.counters.ok -= 1
-        self.counters.bytes -= nbytes
-        if self._bar is not None:
-            self._bar.update(-1)
+        self.ok -= 1
+        self.bytes -= nbytes
 
     def skip_done(self, n: int) -> None:
-        """Rows a previous run already finished: they count toward the bar but are not fetched."""
-        self.counters.already_done += n
-        if self._bar is not None and n:
-            self._bar.update(n)
+        """Rows a previous run already finished: they count toward the total but are not fetched."""
+        self.already_done += n
 
-    def refresh(self, hosts_active: int) -> None:
-        if self._bar is None:
-            return
-        c = self.counters
+
+class ProgressBar:
+    """done / failed / rate / MB/s on stderr, redrawn from the counters (at most every 0.5 s)."""
+
+    def __init__(self, desc: str = "download"):
+        self._bar = tqdm(total=None, desc=desc, unit="img", file=sys.stderr, mininterval=0.5,
+                         dynamic_ncols=True, smoothing=0.1)
+
+    def show(self, c: RunCounters, total: int | None, hosts_active: int) -> None:
+        if total is not None and self._bar.total != total:
+            self._bar.total = total
+        self._bar.update(c.finished + c.already_done - self._bar.n)
         mb_s = c.bytes / c.elapsed() / 1e6
         text = f"ok={c.ok} failed={c.failed} retries={c.retries} {mb_s:.1f}MB/s hosts={hosts_active}"
         self._bar.set_postfix_str(text, refresh=False)
 
     def close(self) -> None:
-        if self._bar is not None:
-            self._bar.close()
+        self._bar.close()

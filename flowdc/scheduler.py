@@ -70,7 +70,8 @@ def next_paced_send(due: float, now: float, gap: float) -> float:
 
 
 class Scheduler:
-    def __init__(self, make_policy: Callable[[float], HostLimit], max_pending: int):
+    def __init__(self, make_policy: Callable[[str, float], HostLimit], max_pending: int):
+        # make_policy(host, now): the policy for a newly seen host (it may get a share of that host)
         self._make_policy = make_policy
         self.max_pending = max_pending
         self.hosts: dict[str, HostState] = {}
@@ -178,7 +179,7 @@ class Scheduler:
     def _host(self, name: str) -> HostState:
         host = self.hosts.get(name)
         if host is None:
-            host = self.hosts[name] = HostState(name, self._make_policy(self.loop.time()))
+            host = self.hosts[name] = HostState(name, self._make_policy(name, self.loop.time()))
         elif host.idle_since is not None:
             host.idle_since = None
             self._idle.pop(name, None)

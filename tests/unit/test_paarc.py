@@ -106,8 +106,8 @@ def test_params_reject_nonsense(bad: dict[str, float]) -> None:
 
 
 def test_make_host_limit_picks_the_policy() -> None:
-    on = make_host_limit(PaarcOptions(), 5.0)
-    off = make_host_limit(PaarcOptions(enable_paarc=False, C_init=12), 5.0)
+    on = make_host_limit(PaarcOptions(), "h", 5.0)
+    off = make_host_limit(PaarcOptions(enable_paarc=False, C_init=12), "h", 5.0)
     assert isinstance(on, PaarcController) and on.limit() == 8
     assert isinstance(off, FixedLimit) and off.limit() == 12
     policy: HostLimit = on  # the protocol is satisfied statically too
@@ -453,7 +453,7 @@ def _grow_hosts(n: int) -> list[HostLimit]:
     replies = [Sample(Signal.OK, 0.05 + 0.001 * k, 3) for k in range(3)]
     hosts = []
     for i in range(n):
-        ctl = make_host_limit(opts, float(i))
+        ctl = make_host_limit(opts, f"h{i}", float(i))
         for k, reply in enumerate(replies):
             ctl.on_sample(i + 0.01 * k, reply)
         hosts.append(ctl)

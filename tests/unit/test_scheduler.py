@@ -37,7 +37,7 @@ def take_all(sched: Scheduler) -> list[Job]:
 
 def test_stalled_requests_free_their_slots_up_to_a_bound() -> None:
     async def main() -> None:
-        sched = Scheduler(lambda now: StallingLimit(2, after=0.02), max_pending=100)
+        sched = Scheduler(lambda host, now: StallingLimit(2, after=0.02), max_pending=100)
         for job in jobs(30):
             sched.add(job)
         taken = take_all(sched)
@@ -62,7 +62,7 @@ def test_stalled_requests_free_their_slots_up_to_a_bound() -> None:
 
 def test_a_fixed_limit_never_lets_go_of_a_request() -> None:
     async def main() -> None:
-        sched = Scheduler(lambda now: FixedLimit(2), max_pending=100)
+        sched = Scheduler(lambda host, now: FixedLimit(2), max_pending=100)
         assert FixedLimit(2).stall_after() == math.inf
         for job in jobs(5):
             sched.add(job)
@@ -78,7 +78,7 @@ def test_a_fixed_limit_never_lets_go_of_a_request() -> None:
 def test_a_retry_goes_ahead_of_its_hosts_queue() -> None:
     """A retried job is the oldest of its host's work: sent last, it would make the run's tail."""
     async def main() -> None:
-        sched = Scheduler(lambda now: FixedLimit(1), max_pending=100)
+        sched = Scheduler(lambda host, now: FixedLimit(1), max_pending=100)
         for job in jobs(5):
             sched.add(job)
         first = sched._take()
