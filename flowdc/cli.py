@@ -111,6 +111,17 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_consolidate(args: argparse.Namespace) -> int:
+    from flowdc.consolidate import DATASET_FILE, INDEX_FILE, consolidate
+
+    overview = consolidate(args.output, args.storage_options)
+    t = overview["totals"]
+    print(f"flowdc: {t['ok']}/{t['rows']} rows stored ({overview['success_rate']:.1%}) in "
+          f"{len(overview['partitions'])} outputs, {t['removed']} removed from the manifest\n"
+          f"  index:   {args.output}/{INDEX_FILE}\n  dataset: {args.output}/{DATASET_FILE}")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from flowdc.demo import run_demo
 
@@ -139,6 +150,11 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("telemetry", help="Telemetry file written with --telemetry.")
     report.add_argument("--out", default=None, help="Output .png or .html (default: beside the telemetry file).")
     report.set_defaults(func=cmd_report)
+    cons = sub.add_parser("consolidate", help="Merge the ledgers of a dataset's partitions and runs into one index.")
+    cons.add_argument("output", help="The dataset folder or fsspec URL (holding part-NNNNN/ or run-ID/part-NNNNN/).")
+    cons.add_argument("--storage_options", type=_json_object, default=None, metavar="JSON",
+                      help="fsspec storage options for a remote output.")
+    cons.set_defaults(func=cmd_consolidate)
     demo = sub.add_parser("demo", help="Start sample image hosts on loopback and download a sample manifest.")
     demo.add_argument("--out", default="flowdc-demo", help="Folder for the demo manifest and output.")
     demo.add_argument("--rows", type=int, default=2000, help="Rows in the demo manifest.")

@@ -1,0 +1,44 @@
+"""Row identity: independent of position, of secrets in the URL, and unique per row."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from flowdc.identity import base_hashes, identity_text, idents, mix, number_repeats
+
+
+def test_identity_text_drops_user_info_and_secret_parameters_only() -> None:
+    assert identity_text(" https://u:p@Img.example/a.jpg?w=1&X-Amz-Signature=abc&sig=2 ") == \
+        "https://Img.example/a.jpg?w=1"
+    assert identity_text("https://h/a.jpg?w=1&h=2") == "https://h/a.jpg?w=1&h=2"
+    assert identity_text("https://h/a.jpg") == "https://h/a.jpg"
+    renewed = "https://h/a.jpg?X-Amz-Signature=other&X-Amz-Date=20270101"
+    assert identity_text(renewed) == identity_text("https://h/a.jpg?X-Amz-Signature=abc")
+
+
+def test_identities_do_not_depend_on_position() -> None:
+    urls = [f"https://h/{i}.png" for i in range(50)]
+    moved = [*urls[7:], "https://h/new.png", *urls[:7]][::-1]
+    first, second = dict(zip(urls, idents(urls), strict=True)), dict(zip(moved, idents(moved), strict=True))
+    assert all(first[u] == second[u] for u in urls)
+    assert len(set(first.values())) == 50
+
+
+def test_an_id_column_wins_over_the_url() -> None:
+    urls = ["https://h/a.png", "https://h/b.png"]
+    by_id = idents(urls, ["x1", "x2"])
+    assert (by_id == idents(["https://other/a.png", "https://other/b.png"], ["x1", "x2"])).all()
+    assert (idents(urls, ["x1", None])[1] == idents(urls)[1])  # a null id falls back to the URL
+    assert not (by_id == idents(urls)).any()
+
+
+def test_repeats_get_identities_of_their_own_in_manifest_order() -> None:
+    urls = ["https://h/a", "https://h/b", "https://h/a", "https://h/a"]
+    ids = idents(urls)
+    assert len(set(ids.tolist())) == 4
+    base = base_hashes(urls)
+    assert ids[0] == base[0] and ids[1] == base[1]
+    assert ids[2] == mix(base[2:3], np.array([1]))[0] and ids[3] == mix(base[3:4], np.array([2]))[0]
+    # The same repeats elsewhere in a longer manifest keep their identities.
+    assert set(ids.tolist()) <= set(idents(["https://h/z", *urls]).tolist())
+    assert number_repeats(np.empty(0, np.int64)).size == 0
