@@ -60,7 +60,8 @@ class PaarcOptions:
 
 @dataclass
 class DownloadConfig(PaarcOptions):
-    input: str = opt("", "Manifest of URLs: parquet, csv, excel (.xlsx/.xls) or xml.")
+    input: str = opt("", "Manifest of URLs: parquet, csv, excel (.xlsx/.xls) or xml; a path or any fsspec URL "
+                     "(s3://, gs://, https://, hf://).")
     output: str = opt("", "Output directory or fsspec URL (s3://bucket/prefix, gs://bucket/prefix).")
     input_format: str = opt(
         "auto", "Manifest format; auto picks by extension.", choices=("auto", "parquet", "csv", "excel", "xml")
@@ -87,6 +88,7 @@ class DownloadConfig(PaarcOptions):
     create_overview: bool = opt(True, "Write overview.json with totals, rates, errors and per-host figures.")
     telemetry: str | None = opt(None, "Write per-host PAARC snapshots (JSON lines) to this file.")
     storage_options: dict[str, Any] = opt({}, "fsspec storage options for a remote output (endpoint, profile, ...).")
+    input_storage_options: dict[str, Any] = opt({}, "fsspec storage options for a remote input manifest.")
     cloud_tool: str | None = opt(
         None, "Upload finished shards (webdataset) or the archive (imagefolder) with this tool, then delete the "
         "local copy.", choices=("gocmd", "aws", "gsutil", "rclone", "scp", "custom"))
@@ -257,6 +259,7 @@ def read_json_config(path: str) -> dict[str, Any]:
 def public_dict(cfg: Any) -> dict[str, Any]:
     """The config as recorded in outputs: storage options are dropped, they may hold secrets."""
     d = dataclasses.asdict(cfg)
-    if "storage_options" in d:
-        d["storage_options"] = sorted(d["storage_options"])  # keys only
+    for name in ("storage_options", "input_storage_options"):
+        if name in d:
+            d[name] = sorted(d[name])  # keys only
     return d

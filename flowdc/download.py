@@ -151,7 +151,7 @@ class DownloadJob:
     def _open(self) -> None:
         """Open the manifest and the destination; --force clears the destination first."""
         cfg = self.cfg
-        self.manifest = Manifest(cfg.input, cfg.url, cfg.input_format, cfg.batch_rows)
+        self.manifest = Manifest(cfg.input, cfg.url, cfg.input_format, cfg.batch_rows, cfg.input_storage_options)
         if cfg.label:
             self.manifest.require_column(cfg.label, "label")
         self.dest = Destination(cfg.output, cfg.storage_options)

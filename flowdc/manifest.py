@@ -4,10 +4,14 @@ Parquet and csv are read batch by batch, so memory depends on the batch size, ne
 of rows. Excel and xml have no streaming columnar reader; they are read row by row and grouped into
 batches, which keeps memory bounded too. Every batch gets a `row` column: the 0-based row number in
 the manifest, the stable identity that keys and the ledger rely on.
+
+A manifest may be a local path or any URL fsspec reads (s3://, gs://, https://, hf://, ...): it is
+opened as a file object and streamed the same way (parquet reads only the byte ranges it needs).
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -47,13 +51,14 @@ def detect_format(path: str, input_format: str = "auto") -> str:
 class Manifest:
     """A manifest file checked up front (exists, readable, has the URL column)."""
 
-    def __init__(self, path: str, url_column: str, input_format: str = "auto", batch_rows: int = 8192):
+    def __init__(self, path: str, url_column: str, input_format: str = "auto", batch_rows: int = 8192,
+                 storage_options: dict[str, Any] | None = None):
         self.path = path
         self.url_column = url_column
-        self.format = detect_format(path, input_format)
+        self.format = detect_format(_path_part(path), input_format)
         self.batch_rows = batch_rows
-        if not Path(path).is_file():
-            raise ConfigError(f"input file not found: {path}")
+        self.storage_options = storage_options or {}
+        _check_exists(path, self.storage_options)
         self.columns = self._read_columns()
         if url_column not in self.columns:
             raise ConfigError(
@@ -67,8 +72,23 @@ class Manifest:
     def num_rows_hint(self) -> int | None:
         """Row count when it is cheap to know (parquet metadata), else None."""
         if self.format == "parquet":
-            return pq.ParquetFile(self.path).metadata.num_rows
+            with self.open() as src:
+                return pq.ParquetFile(src).metadata.num_rows
         return None
+
+    @contextlib.contextmanager
+    def open(self) -> Iterator[Any]:
+        """The manifest for a reader: its path when local, else an fsspec file object (closed after)."""
+        if not is_remote(self.path):
+            yield self.path.removeprefix("file://")
+            return
+        import fsspec
+
+        try:
+            with fsspec.open(self.path, "rb", **self.storage_options) as fh:
+                yield fh
+        except (FileNotFoundError, PermissionError) as exc:
+            raise ConfigError(f"cannot read {self.path}: {_first_line(exc)}") from None
 
     def batches(self) -> Iterator[pa.RecordBatch]:
         readers = {"parquet": self._parquet, "csv": self._csv, "excel": self._excel, "xml": self._xml}
@@ -87,9 +107,10 @@ class Manifest:
     def _read_columns(self) -> list[str]:
         try:
             if self.format == "parquet":
-                return list(pq.ParquetFile(self.path).schema_arrow.names)
+                with self.open() as src:
+                    return list(pq.ParquetFile(src).schema_arrow.names)
             if self.format == "csv":
-                with _open_csv(self.path, 1024) as reader:
+                with self.open() as src, _open_csv(src, 1024, self.path) as reader:
                     return list(reader.schema.names)
             first = next(iter(self._rows()), None)
             return list(first.keys()) if first else []
@@ -102,10 +123,11 @@ class Manifest:
 
     def _parquet(self) -> Iterator[pa.RecordBatch]:
         # pre_buffer would keep every row group read so far alive until the end of the file.
-        yield from pq.ParquetFile(self.path, pre_buffer=False).iter_batches(batch_size=self.batch_rows)
+        with self.open() as src:
+            yield from pq.ParquetFile(src, pre_buffer=False).iter_batches(batch_size=self.batch_rows)
 
     def _csv(self) -> Iterator[pa.RecordBatch]:
-        with _open_csv(self.path, max(1 << 20, self.batch_rows * 256)) as reader:
+        with self.open() as src, _open_csv(src, max(1 << 20, self.batch_rows * 256), self.path) as reader:
             yield from _rebatch(reader, self.batch_rows)
 
     def _excel(self) -> Iterator[pa.RecordBatch]:
@@ -115,9 +137,11 @@ class Manifest:
         yield from _rows_to_batches(self._rows(), self.batch_rows)
 
     def _rows(self) -> Iterator[dict[str, Any]]:
-        if self.format == "excel":
-            return _excel_rows(self.path)
-        return _xml_rows(self.path)
+        with self.open() as src:
+            if self.format == "excel":
+                yield from _excel_rows(src, self.path)
+            else:
+                yield from _xml_rows(src, self.path)
 
 
 def _first_line(exc: BaseException) -> str:
@@ -125,16 +149,47 @@ def _first_line(exc: BaseException) -> str:
     return text[0] if text else type(exc).__name__
 
 
-def _open_csv(path: str, block_size: int) -> pacsv.CSVStreamingReader:
-    delimiter = "\t" if path.lower().endswith(".tsv") else ","
+def is_remote(path: str) -> bool:
+    return "://" in path and not path.startswith("file://")
+
+
+def _path_part(path: str) -> str:
+    """The path of a URL without its query (a signed https:// URL still ends in .parquet)."""
+    return path.split("?", 1)[0] if is_remote(path) else path
+
+
+def _check_exists(path: str, storage_options: dict[str, Any]) -> None:
+    if not is_remote(path):
+        if not Path(path.removeprefix("file://")).is_file():
+            raise ConfigError(f"input file not found: {path}")
+        return
+    import fsspec
+
+    try:
+        fs, inner = fsspec.core.url_to_fs(path, **storage_options)
+        found = fs.isfile(inner)
+    except (ImportError, ValueError) as exc:
+        raise ConfigError(f"cannot read {path}: {_first_line(exc)}") from None
+    except Exception as exc:  # the store cannot be reached or refuses us: a bad input as the user sees it
+        raise ConfigError(f"cannot reach the input {path}: {type(exc).__name__}: {_first_line(exc)}") from None
+    if not found:
+        raise ConfigError(f"input file not found: {path}")
+
+
+def _open_csv(src: Any, block_size: int, path: str) -> pacsv.CSVStreamingReader:
+    """A streaming csv reader over `src` (a path or a seekable file object named `path`)."""
+    delimiter = "\t" if _path_part(path).lower().endswith(".tsv") else ","
     # Every column as text: type inference on the first block can be wrong for later blocks.
     read_opts = pacsv.ReadOptions(block_size=block_size)
     parse_opts = pacsv.ParseOptions(delimiter=delimiter, newlines_in_values=True)
-    probe = pacsv.open_csv(path, read_options=read_opts, parse_options=parse_opts)
+    start = src.tell() if hasattr(src, "tell") else None
+    probe = pacsv.open_csv(src, read_options=read_opts, parse_options=parse_opts)
     names = probe.schema.names
     probe.close()
+    if start is not None:
+        src.seek(start)  # the probe read the header (and a block) off the file object
     convert = pacsv.ConvertOptions(column_types={n: pa.string() for n in names}, strings_can_be_null=True)
-    return pacsv.open_csv(path, read_options=read_opts, parse_options=parse_opts, convert_options=convert)
+    return pacsv.open_csv(src, read_options=read_opts, parse_options=parse_opts, convert_options=convert)
 
 
 def _rebatch(reader: Any, size: int) -> Iterator[pa.RecordBatch]:
@@ -183,11 +238,12 @@ def _text(value: Any) -> str | None:
     return str(value)
 
 
-def _excel_rows(path: str) -> Iterator[dict[str, Any]]:
-    if path.lower().endswith(".xls"):
+def _excel_rows(src: Any, path: str) -> Iterator[dict[str, Any]]:
+    if _path_part(path).lower().endswith(".xls"):
         import xlrd
 
-        book = xlrd.open_workbook(path, on_demand=True)
+        book = (xlrd.open_workbook(src, on_demand=True) if isinstance(src, str)
+                else xlrd.open_workbook(file_contents=src.read(), on_demand=True))
         sheet = book.sheet_by_index(0)
         header = [str(v) for v in sheet.row_values(0)] if sheet.nrows else []
         for i in range(1, sheet.nrows):
@@ -195,7 +251,7 @@ def _excel_rows(path: str) -> Iterator[dict[str, Any]]:
         return
     import openpyxl
 
-    book = openpyxl.load_workbook(path, read_only=True, data_only=True)
+    book = openpyxl.load_workbook(src, read_only=True, data_only=True)
     try:
         rows = book.worksheets[0].iter_rows(values_only=True)
         header = [str(v) if v is not None else f"column_{i}" for i, v in enumerate(next(rows, ()))]
@@ -206,7 +262,7 @@ def _excel_rows(path: str) -> Iterator[dict[str, Any]]:
         book.close()
 
 
-def _xml_rows(path: str) -> Iterator[dict[str, Any]]:
+def _xml_rows(src: Any, path: str) -> Iterator[dict[str, Any]]:
     """Each child of the root is a row; its attributes and child elements are the columns.
 
     defusedxml refuses DTD entity declarations and external references, so neither an entity
@@ -217,7 +273,7 @@ def _xml_rows(path: str) -> Iterator[dict[str, Any]]:
 
     depth = 0
     try:
-        for event, elem in iterparse(path, events=("start", "end"), forbid_dtd=True):
+        for event, elem in iterparse(src, events=("start", "end"), forbid_dtd=True):
             if event == "start":
                 depth += 1
                 continue
@@ -241,10 +297,9 @@ def _local_name(tag: str) -> str:
 def load_input_file(path: str, input_format: str = "auto") -> pa.Table:
     """The seed's helper: a whole (small) manifest as one Arrow table. Use Manifest to stream big ones."""
     m = Manifest.__new__(Manifest)
-    m.path, m.url_column, m.batch_rows = path, "", 65536
-    m.format = detect_format(path, input_format)
-    if not Path(path).is_file():
-        raise ConfigError(f"input file not found: {path}")
+    m.path, m.url_column, m.batch_rows, m.storage_options = path, "", 65536, {}
+    m.format = detect_format(_path_part(path), input_format)
+    _check_exists(path, m.storage_options)
     m.columns = m._read_columns()
     batches = list(m.batches())
     table = pa.Table.from_batches(batches) if batches else pa.table({})

@@ -1,0 +1,79 @@
+"""Manifests read from where fsspec reads (http(s)://, s3://), streamed like local files.
+
+The manifests are served by real servers on loopback: an aiohttp file server (with Range support,
+which parquet's random access uses) and moto for S3.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+
+import pytest
+from aiohttp import web
+
+from flowdc.manifest import Manifest
+from flowdc.testing.fakehosts import FakeHostFarm, HostSpec
+from tests.cloud_servers import S3_SECRET_KEY, s3_filesystem
+from tests.integration.conftest import download, latest, run_flowdc, write_manifest
+from tests.integration.sinks_helpers import s3_options
+
+FarmFactory = Callable[[Sequence[HostSpec]], FakeHostFarm]
+
+
+@contextlib.contextmanager
+def file_server(folder: Path) -> Iterator[str]:
+    """Serve `folder` over HTTP on 127.0.0.1 (any free port) from a thread; yields the base URL."""
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    app = web.Application()
+    app.router.add_static("/", folder)
+    runner = web.AppRunner(app)
+
+    async def start() -> int:
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        return site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+
+    port = asyncio.run_coroutine_threadsafe(start(), loop).result(10)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(10)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+
+
+@pytest.mark.parametrize("suffix", ["parquet", "csv"])
+def test_download_from_an_http_manifest(tmp_path: Path, farm_factory: FarmFactory, suffix: str) -> None:
+    farm = farm_factory([HostSpec("127.0.0.2", image_bytes=200)])
+    urls = [farm.url(0, f"/h/{i}.png") for i in range(25)]
+    write_manifest(tmp_path / "served" / f"m.{suffix}", urls, labels=["a", "b"] * 12 + ["a"])
+    with file_server(tmp_path / "served") as base:
+        manifest = Manifest(f"{base}/m.{suffix}", "url", batch_rows=10)
+        assert manifest.columns[:2] == ["url", "label"]
+        assert [r for b in manifest.batches() for r in b.column("row").to_pylist()] == list(range(25))
+        overview = download(f"{base}/m.{suffix}", tmp_path / "out", label="label")
+        missing = run_flowdc("download", "--input", f"{base}/nothing.{suffix}", "--output", str(tmp_path / "o2"))
+    assert overview["totals"]["ok"] == 25
+    assert sorted(r["url"] for r in latest(tmp_path / "out")) == sorted(urls)
+    assert missing.returncode == 2 and "input file not found" in missing.stderr
+    assert "Traceback" not in missing.stderr
+
+
+def test_download_from_an_s3_manifest(tmp_path: Path, farm_factory: FarmFactory, s3_endpoint: str) -> None:
+    farm = farm_factory([HostSpec("127.0.0.2", image_bytes=200)])
+    urls = [farm.url(0, f"/s/{i}.png") for i in range(15)]
+    local = write_manifest(tmp_path / "m.parquet", urls)
+    fs = s3_filesystem(s3_endpoint)
+    fs.mkdir("manifests-in")
+    fs.put(str(local), "manifests-in/m.parquet")
+    overview = download("s3://manifests-in/m.parquet", tmp_path / "out", input_storage_options=s3_options(s3_endpoint))
+    assert overview["totals"]["ok"] == 15
+    assert overview["config"]["input_storage_options"] == ["client_kwargs", "key", "secret"]  # names only
+    assert S3_SECRET_KEY not in (tmp_path / "out" / "overview.json").read_text()
