@@ -1,0 +1,146 @@
+"""One run of a dataset collection: which manifest rows to fetch, given what the dataset already holds.
+
+A dataset at DEST is collected in runs; run <id> writes under DEST/run-<id>/. Before a run, the
+manifest as it is now is compared with the dataset index (flowdc.consolidate) by row identity
+(flowdc.identity), never by position:
+  - rows whose identity the index holds as done (ok, skipped, failed for good) are not fetched;
+  - rows that failed transiently are fetched again, under their old row number (so their old key);
+  - new rows get row numbers after the largest the dataset ever used (so new keys: nothing is renamed);
+  - index entries whose identity is no longer in the manifest are counted as removed (consolidate marks them).
+The rows to fetch go into a run manifest (parquet, with a `row` column that `flowdc download`
+honours) and their identities into DEST/run-<id>/_flowdc/rows.parquet, which consolidate reads.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from flowdc.consolidate import ROWS_FILE, read_index
+from flowdc.errors import ConfigError
+from flowdc.identity import base_hashes, number_repeats
+from flowdc.manifest import ROW_COLUMN, Manifest
+from flowdc.storage import Destination
+
+RUN_MANIFEST = "manifest.parquet"
+
+
+@dataclass
+class RunPlan:
+    run_id: str
+    run_dir: str  # DEST/run-<id> (a path or URL)
+    manifest: str  # local path of the run manifest (the rows to fetch), '' when there is nothing to fetch
+    rows_total: int  # rows in the manifest now
+    rows_new: int
+    rows_retry: int
+    rows_done: int  # already in the dataset: not fetched
+    rows_removed: int  # in the dataset, no longer in the manifest
+    current: np.ndarray = field(repr=False)  # identities of the manifest's rows now
+
+    @property
+    def rows_to_fetch(self) -> int:
+        return self.rows_new + self.rows_retry
+
+    def summary(self) -> dict[str, Any]:
+        return {"run_id": self.run_id, "rows_total": self.rows_total, "rows_new": self.rows_new,
+                "rows_retry": self.rows_retry, "rows_done": self.rows_done, "rows_removed": self.rows_removed}
+
+
+def new_run_id() -> str:
+    """Sorts by time (consolidate's run order), unique between runs started in the same second."""
+    return f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{os.urandom(3).hex()}"
+
+
+def manifest_identities(manifest: Manifest, key_col: str | None) -> np.ndarray:
+    parts = []
+    for batch in manifest.batches():
+        urls = batch.column(manifest.url_column).cast(pa.string()).to_pylist()
+        ids = batch.column(key_col).to_pylist() if key_col else None
+        parts.append(base_hashes(urls, ids))
+    return number_repeats(np.concatenate(parts) if parts else np.empty(0, np.int64))
+
+
+def plan_run(manifest_url: str, output: str, work_dir: str, *, url_col: str = "url", key_col: str | None = None,
+             input_format: str = "auto", storage_options: dict[str, Any] | None = None,
+             input_storage_options: dict[str, Any] | None = None, run_id: str | None = None,
+             batch_rows: int = 65536) -> RunPlan:
+    """Compare the manifest with DEST's index and write this run's manifest into `work_dir`."""
+    manifest = Manifest(manifest_url, url_col, input_format, batch_rows, input_storage_options)
+    if key_col:
+        manifest.require_column(key_col, "key")
+    run_id = run_id or new_run_id()
+    dest = Destination(output, storage_options)
+    current = manifest_identities(manifest, key_col)
+    index = read_index(dest)
+    fetch, rows, n_new, n_retry, n_removed = _select(current, index)
+    os.makedirs(work_dir, exist_ok=True)
+    path = os.path.join(work_dir, RUN_MANIFEST) if fetch.any() else ""
+    if path:
+        _write_run_manifest(manifest, fetch, rows, path)
+        table = pa.table({"row": pa.array(rows, pa.int64()), "ident": pa.array(current[fetch], pa.int64())})
+        buf = io.BytesIO()
+        pq.write_table(table, buf, compression="zstd")
+        dest.write_bytes(f"run-{run_id}/{ROWS_FILE}", buf.getvalue())
+    return RunPlan(run_id=run_id, run_dir=dest.url(f"run-{run_id}"), manifest=path, rows_total=int(current.size),
+                   rows_new=n_new, rows_retry=n_retry, rows_done=int(current.size) - n_new - n_retry,
+                   rows_removed=n_removed, current=current)
+
+
+def _select(current: np.ndarray, index: pl.DataFrame | None) -> tuple[np.ndarray, np.ndarray, int, int, int]:
+    """(rows to fetch as a mask, their row numbers, new, retried, removed)."""
+    if index is None or index.height == 0:
+        return np.ones(current.size, bool), np.arange(current.size, dtype=np.int64), int(current.size), 0, 0
+    known = index["ident"].to_numpy()
+    order = np.argsort(known)
+    known_sorted = known[order]
+    pos = np.minimum(np.searchsorted(known_sorted, current), known_sorted.size - 1)
+    in_index = known_sorted[pos] == current
+    status = index["status"].to_numpy()[order][pos]
+    retryable = index["retryable"].fill_null(False).to_numpy()[order][pos]
+    old_rows = index["row"].to_numpy()[order][pos]
+    retry = in_index & (status == "failed") & retryable
+    new = ~in_index
+    rows = np.where(retry, old_rows, -1).astype(np.int64)
+    next_row = int(index["row"].max()) + 1  # type: ignore[arg-type]
+    rows[new] = next_row + np.arange(int(new.sum()), dtype=np.int64)
+    fetch = new | retry
+    gone = ~np.isin(known, current) & ~index["removed"].fill_null(False).to_numpy()
+    return fetch, rows[fetch], int(new.sum()), int(retry.sum()), int(gone.sum())
+
+
+def _write_run_manifest(manifest: Manifest, fetch: np.ndarray, rows: np.ndarray, path: str) -> None:
+    """The manifest's rows to fetch, every column kept, `row` set to their dataset row numbers."""
+    writer: pq.ParquetWriter | None = None
+    start = taken = 0
+    tmp = f"{path}.tmp-{os.getpid()}"
+    try:
+        for batch in manifest.batches():
+            mask = fetch[start:start + batch.num_rows]
+            start += batch.num_rows
+            if not mask.any():
+                continue
+            chosen = batch.filter(pa.array(mask))
+            chosen = chosen.drop_columns([ROW_COLUMN]) if ROW_COLUMN in chosen.schema.names else chosen
+            n = chosen.num_rows
+            chosen = chosen.append_column(ROW_COLUMN, pa.array(rows[taken:taken + n], pa.int64()))
+            taken += n
+            table = pa.Table.from_batches([chosen])
+            if writer is None:
+                writer = pq.ParquetWriter(tmp, table.schema, compression="zstd")
+            elif table.schema != writer.schema:
+                table = table.cast(writer.schema)
+            writer.write_table(table)
+        if start != fetch.size:
+            raise ConfigError(f"{manifest.path} changed while it was read; run again")
+    finally:
+        if writer is not None:
+            writer.close()
+    os.replace(tmp, path)

@@ -1,0 +1,66 @@
+"""The collect-dataset flow end to end on fake hosts on loopback, under one Prefect test harness."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import pyarrow.parquet as pq
+import pytest
+
+from flowdc.consolidate import DATASET_FILE, INDEX_FILE
+from flowdc.ledger import Ledger
+from flowdc.storage import Destination
+from flowdc.testing.fakehosts import FakeHostFarm, HostSpec
+from tests.integration.conftest import write_manifest
+
+FarmFactory = Callable[[Sequence[HostSpec]], FakeHostFarm]
+FAST = {"timeout": 5.0, "retry_backoff_sec": 0.05, "max_retry_attempts": 1}
+
+
+def flow_run_artifacts(flow_run_id: Any) -> dict[str, Any]:
+    """key -> artifact of a flow run, read back through the Prefect API."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    with get_client(sync_client=True) as client:
+        found = client.read_artifacts(artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(
+            any_=[flow_run_id])))
+    return {a.key or a.type: a for a in found}
+
+
+def ledgers_of(run_dir: Path) -> list[dict[str, Any]]:
+    return [Ledger(Destination(str(p))).summary() for p in sorted(run_dir.glob("part-*")) if p.is_dir()]
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_collect_dataset_local_engine(tmp_path: Path, farm_factory: FarmFactory) -> None:
+    from flows.collect_dataset import collect_dataset
+
+    farm = farm_factory([HostSpec("127.0.0.2", image_bytes=300), HostSpec("127.0.0.3", image_bytes=300,
+                                                                           latency_s=0.01)])
+    urls = [farm.url(i % 2, f"/f/{i}.png" + ("?fail=404" if i % 23 == 4 else "")) for i in range(90)]
+    manifest = write_manifest(tmp_path / "m.parquet", urls, labels=[f"c{i % 3}" for i in range(90)])
+    out = tmp_path / "dataset"
+
+    state = collect_dataset(str(manifest), str(out), label_col="label", partitions=3, workers=2,
+                            output_format="webdataset", download_options=FAST, return_state=True)
+    assert state.is_completed(), state.message
+    result = state.result()
+    run_dirs = sorted(out.glob("run-*"))
+    assert len(run_dirs) == 1 and result["run"]["rows_new"] == 90
+    ledgers = ledgers_of(run_dirs[0])
+    assert len(ledgers) == 3
+    index = pq.read_table(out / INDEX_FILE).to_pylist()
+    assert len(index) == 90 == sum(s["rows"] for s in ledgers)
+    for status in ("ok", "failed", "skipped"):
+        assert sum(r["status"] == status for r in index) == sum(s[status] for s in ledgers)
+    assert sum(r["status"] == "failed" for r in index) == 4  # rows 4, 27, 50, 73: 404
+    assert (out / DATASET_FILE).is_file() and list(run_dirs[0].glob("part-*/*.tar"))
+    artifacts = flow_run_artifacts(state.state_details.flow_run_id)
+    for key in ("dataset-partitions", "slowest-hosts", "most-throttled-hosts", "dataset-summary", "dataset-index"):
+        assert key in artifacts, sorted(artifacts)
+    assert "progress" in artifacts and artifacts["progress"].data == 100.0
+    assert "86 / 90 rows stored" in artifacts["dataset-summary"].data
+    assert '"partition": 2' in artifacts["dataset-partitions"].data
