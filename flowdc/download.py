@@ -14,7 +14,7 @@ import random
 import signal
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from typing import Any
@@ -26,11 +26,10 @@ import pyarrow as pa
 from flowdc.config import DownloadConfig
 from flowdc.errors import ConfigError, DestinationError
 from flowdc.fetch import FetchSettings, Outcome, digest, fetch_one, make_session
-from flowdc.hostlimit import ClientLoad, HostLimit
 from flowdc.ledger import Ledger, Record, meta_json, url_hash
 from flowdc.manifest import ROW_COLUMN, Manifest
 from flowdc.overview import build_overview, write_overview
-from flowdc.paarc import make_host_limit
+from flowdc.paarc import ClientLoad, policy_factory
 from flowdc.progress import ProgressBar, RunCounters
 from flowdc.scheduler import Job, Scheduler, sleep_noting_lag
 from flowdc.seen import SeenKeys
@@ -206,7 +205,8 @@ class DownloadJob:
         # Read ahead well past the global bound so a slow host's backlog does not starve the others.
         read_ahead = max(20 * self.cfg.concurrent_downloads, 50_000)
         self.client_load = ClientLoad()
-        self.scheduler = Scheduler(self._policy_factory(), max_pending=read_ahead)
+        self.scheduler = Scheduler(policy_factory(self.cfg, budget=self.host_budget, client=self.client_load),
+                                   max_pending=read_ahead)
         loop = asyncio.get_running_loop()
         tasks: list[asyncio.Task[Any]] = []
         try:
@@ -249,15 +249,6 @@ class DownloadJob:
         if self.shipper is not None:
             await self._ship_the_rest(overview)
         return overview
-
-    def _policy_factory(self) -> Callable[[str, float], HostLimit]:
-        """The scheduler's make_policy(host, now): a host with a budget share gets that share of the limits."""
-        cfg, budget, client = self.cfg, self.host_budget, self.client_load
-
-        def make_policy(host: str, now: float) -> HostLimit:
-            return make_host_limit(cfg, host, now, share=budget.get(host, 1.0), client=client)
-
-        return make_policy
 
     async def _close_writer(self, loop: asyncio.AbstractEventLoop) -> None:
         """Write what is queued, commit the open shard and flush the ledger; samples the store lost

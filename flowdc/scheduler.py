@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from flowdc.hostlimit import ClientLoad, HostLimit
+from flowdc.paarc import ClientLoad, HostLimit
 from flowdc.signals import Sample, Signal
 
 IDLE_EVICT_S = 60.0
@@ -109,7 +109,7 @@ class Scheduler:
     async def next_job(self) -> Job | None:
         """The next job to fetch, or None when every job is finished."""
         while True:
-            job = self._take()
+            job = self.take_ready()
             if job is not None:
                 return job
             if self.closed and self.pending == 0:
@@ -122,6 +122,24 @@ class Scheduler:
                 if not fut.done():
                     fut.cancel()
                 raise
+
+    def take_ready(self) -> Job | None:
+        """The next job that may be sent right now, or None; never waits (next_job() does)."""
+        while self._ready:
+            host = self._ready.popleft()
+            host.offered = False
+            if not self._eligible(host):
+                continue
+            job = host.queue.popleft()
+            host.inflight += 1
+            job.sent_at = self.loop.time()
+            host.sent[id(job)] = job
+            gap = host.policy.min_gap()
+            if gap > 0:
+                host.next_send = next_paced_send(host.next_send, self.loop.time(), gap)
+            self._offer(host)  # back of the ring if it can take more: round-robin between hosts
+            return job
+        return None
 
     def finished(self, job: Job, signal: Signal, ttfb: float | None, retry_after: float | None,
                  fresh_connection: bool = False) -> None:
@@ -220,23 +238,6 @@ class Scheduler:
             host.offered = True
             self._ready.append(host)
             self._notify_one()
-
-    def _take(self) -> Job | None:
-        while self._ready:
-            host = self._ready.popleft()
-            host.offered = False
-            if not self._eligible(host):
-                continue
-            job = host.queue.popleft()
-            host.inflight += 1
-            job.sent_at = self.loop.time()
-            host.sent[id(job)] = job
-            gap = host.policy.min_gap()
-            if gap > 0:
-                host.next_send = next_paced_send(host.next_send, self.loop.time(), gap)
-            self._offer(host)  # back of the ring if it can take more: round-robin between hosts
-            return job
-        return None
 
     def _release_stalled(self, host: HostState, now: float) -> None:
         """Stop counting requests stuck far past the host's usual latency toward its limit, up to

@@ -1,6 +1,6 @@
 """What one finished request tells a host's controller.
 
-Kept apart from fetch.py so the pure controller (paarc.py) can use it without any I/O import.
+Kept apart from fetch.py so the pure controller (flowdc/paarc/) can use it without any I/O import.
 Host signals (the host is overloaded) are kept apart from object signals (this one URL is bad or
 big), because only the former may lower a host's concurrency.
 """

@@ -26,7 +26,6 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -38,9 +37,8 @@ from tqdm import tqdm
 from flowdc.config import SizeConfig, public_dict
 from flowdc.errors import ConfigError
 from flowdc.fetch import classify_status, make_session, opened_for, parse_retry_after
-from flowdc.hostlimit import ClientLoad
 from flowdc.manifest import FORMATS_BY_SUFFIX, Manifest
-from flowdc.paarc import make_host_limit
+from flowdc.paarc import ClientLoad, policy_factory
 from flowdc.scheduler import Job, Scheduler, sleep_noting_lag
 from flowdc.signals import Signal
 from flowdc.urls import host_key, scheme_error
@@ -403,7 +401,7 @@ class SizeJob:
         sample = await asyncio.to_thread(self._draw_sample) if self.cfg.sample else None
         read_ahead = max(20 * self.cfg.concurrent_requests, 50_000)
         self.client_load = ClientLoad()
-        self.scheduler = Scheduler(partial(make_host_limit, self.cfg, client=self.client_load), max_pending=read_ahead)
+        self.scheduler = Scheduler(policy_factory(self.cfg, client=self.client_load), max_pending=read_ahead)
         total = len(sample) if sample is not None else self._rows_hint()
         self.bar = tqdm(total=total, desc="size", unit="url", file=sys.stderr, disable=self.cfg.quiet,
                         mininterval=0.5, dynamic_ncols=True)

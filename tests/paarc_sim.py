@@ -22,7 +22,7 @@ import random
 from collections import deque
 from dataclasses import dataclass, field
 
-from flowdc.hostlimit import HostLimit
+from flowdc.paarc import HostLimit
 from flowdc.scheduler import next_paced_send
 from flowdc.signals import Sample, Signal
 

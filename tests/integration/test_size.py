@@ -71,11 +71,11 @@ class RawHost:
     def url(self, path: str) -> str:
         return f"http://{self.ip}:{self.port}{path}"
 
-    async def _start(self) -> None:
+    async def start(self) -> None:
         self._server = await asyncio.start_server(self._handle, self.ip, 0)
         self.port = self._server.sockets[0].getsockname()[1]
 
-    async def _stop(self) -> None:
+    async def stop(self) -> None:
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()
@@ -123,10 +123,10 @@ def raw_host(ip: str) -> Iterator[RawHost]:
     thread = threading.Thread(target=host.loop.run_forever, daemon=True)
     thread.start()
     try:
-        asyncio.run_coroutine_threadsafe(host._start(), host.loop).result(10)
+        asyncio.run_coroutine_threadsafe(host.start(), host.loop).result(10)
         yield host
     finally:
-        asyncio.run_coroutine_threadsafe(host._stop(), host.loop).result(10)
+        asyncio.run_coroutine_threadsafe(host.stop(), host.loop).result(10)
         host.loop.call_soon_threadsafe(host.loop.stop)
         thread.join(10)
         host.loop.close()

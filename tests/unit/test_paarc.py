@@ -20,15 +20,18 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from flowdc.config import PaarcOptions
-from flowdc.hostlimit import ClientLoad, FixedLimit, HostLimit
 from flowdc.paarc import (
     BACKOFF,
     LAT_BUF_CAP,
     PROBE_BW,
+    ClientLoad,
+    FixedLimit,
+    HostLimit,
     PaarcController,
     PaarcParams,
-    _Pushback,
+    Pushback,
     make_host_limit,
+    policy_factory,
 )
 from flowdc.signals import Sample, Signal
 
@@ -112,6 +115,63 @@ def test_make_host_limit_picks_the_policy() -> None:
     assert isinstance(off, FixedLimit) and off.limit() == 12
     policy: HostLimit = on  # the protocol is satisfied statically too
     assert policy.hold_until() <= 5.0
+
+
+def test_a_budget_share_gives_a_quarter_of_c_init_and_c_max() -> None:
+    """A host split over partitions that run at once: a quarter of its budget is a quarter of C_init
+    and of C_max, and STARTUP climbs to that C_max and no further."""
+    ctl = make_host_limit(PaarcOptions(), "h", 0.0, share=0.25)
+    assert isinstance(ctl, PaarcController)
+    assert (ctl.limit(), ctl.p.C_min, ctl.p.C_max) == (2, 2, 500)
+    limits = Feeder(ctl).intervals(14)
+    assert max(limits) == limits[-1] == 500
+
+
+def test_a_budget_share_never_goes_under_c_min() -> None:
+    opts = PaarcOptions(C_min=3)
+    tiny = make_host_limit(opts, "h", 0.0, share=0.001)
+    assert isinstance(tiny, PaarcController)
+    assert (tiny.limit(), tiny.p.C_init, tiny.p.C_max) == (3, 3, 3)
+    tiny.on_sample(0.01, Sample(Signal.OVERLOAD, 0.001, 3, 1.0))  # a cut stays at C_min too
+    assert tiny.limit() == 3
+    assert make_host_limit(PaarcOptions(enable_paarc=False, C_init=12), "h", 0.0, share=0.25).limit() == 3
+    assert make_host_limit(PaarcOptions(enable_paarc=False, C_init=12), "h", 0.0, share=0.01).limit() == 2
+    for bad in (0.0, -0.5, 1.5):
+        with pytest.raises(ValueError, match="share"):
+            make_host_limit(opts, "h", 0.0, share=bad)
+
+
+def test_the_policy_factory_gives_each_host_its_share() -> None:
+    make_policy = policy_factory(PaarcOptions(), budget={"a.example": 0.25})
+    shared, whole = make_policy("a.example", 0.0), make_policy("b.example", 0.0)
+    assert isinstance(shared, PaarcController) and isinstance(whole, PaarcController)
+    assert (shared.p.C_max, whole.p.C_max) == (500, 2000)
+    assert shared.p is make_policy("a.example", 1.0).p  # interned like any params
+
+
+def test_partitions_of_a_rate_limited_host_are_paced_to_its_rate_together() -> None:
+    """Four partitions of a host that allows 100/s, each with a quarter share, all at once: each
+    learns its pace from the refusals of its own requests, so together they stay near the host's
+    rate with few refusals. (Scaling a learned pace by the share again would count the share twice.)"""
+    ctls = [make_host_limit(PaarcOptions(C_init=4, C_min=2, C_max=64), "h", 0.0, share=0.25) for _ in range(4)]
+    due, tokens, stamp = [0.0] * 4, 5.0, 0.0
+    ok = refused = 0
+    while min(due) < 60.0:
+        i = min(range(4), key=due.__getitem__)
+        ctl, now = ctls[i], due[i]
+        tokens = min(5.0, tokens + (now - stamp) * 100.0)
+        stamp = now
+        accepted = tokens >= 1.0
+        tokens -= 1.0 if accepted else 0.0
+        ctl.on_sample(now + 0.001, Sample(Signal.OK if accepted else Signal.OVERLOAD, 0.001, ctl.limit(),
+                                          None if accepted else 1.0))
+        ctl.tick(now + 0.001)
+        if now > 30.0:
+            ok, refused = ok + accepted, refused + (not accepted)
+        due[i] = max(now + 0.001 / ctl.limit(), now + ctl.min_gap(), ctl.hold_until())
+    assert all(ctl.min_gap() > 0 for ctl in ctls)  # every partition is paced
+    assert 90 <= ok / 30.0 <= 101, ok / 30.0  # the host's rate, shared
+    assert refused < 0.05 * ok
 
 
 # -- host signals ---------------------------------------------------------------------------------------
@@ -552,12 +612,12 @@ def test_refusals_trim_a_pace_measured_high_but_never_under_its_floor() -> None:
     few to count. Each refusal now takes 2% off the ceiling, down to 85% of the measured rate. But
     a rate measured while we barely sent (a fast host in its cooldown read 7/s) must not pace
     a host that served 800/s: the pace's floor holds."""
-    high = _Pushback()
+    high = Pushback()
     high.rate_cap, high.pace, high.floor = 12.0, 10.8, 6.0
     for _ in range(10):
         high.refused(0.0)
     assert high.pace == pytest.approx(0.85 * 0.95 * 12.0)  # under the rate; no further
-    bogus = _Pushback()
+    bogus = Pushback()
     bogus.rate_cap, bogus.pace, bogus.floor = 7.0, 398.0, 398.0
     for _ in range(10):
         bogus.refused(0.0)

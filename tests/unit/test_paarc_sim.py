@@ -18,8 +18,7 @@ import itertools
 
 import pytest
 
-from flowdc.hostlimit import FixedLimit
-from flowdc.paarc import PROBE_RTT, PaarcController, PaarcParams
+from flowdc.paarc import PROBE_RTT, FixedLimit, PaarcController, PaarcParams
 from flowdc.signals import Sample
 from tests.paarc_sim import HostSpec, SimResult, TraceRow, simulate
 

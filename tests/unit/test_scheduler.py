@@ -8,7 +8,8 @@ import time
 
 import pytest
 
-from flowdc.hostlimit import ClientLoad, FixedLimit
+from flowdc.config import PaarcOptions
+from flowdc.paarc import ClientLoad, FixedLimit, policy_factory
 from flowdc.scheduler import MIN_STALLED_ROOM, Job, Scheduler, next_paced_send, sleep_noting_lag
 from flowdc.signals import Signal
 
@@ -30,7 +31,7 @@ def jobs(n: int, host: str = "h") -> list[Job]:
 
 def take_all(sched: Scheduler) -> list[Job]:
     taken = []
-    while (job := sched._take()) is not None:
+    while (job := sched.take_ready()) is not None:
         taken.append(job)
     return taken
 
@@ -81,14 +82,28 @@ def test_a_retry_goes_ahead_of_its_hosts_queue() -> None:
         sched = Scheduler(lambda host, now: FixedLimit(1), max_pending=100)
         for job in jobs(5):
             sched.add(job)
-        first = sched._take()
+        first = sched.take_ready()
         assert first is not None and first.row == 0
         sched.finished(first, Signal.OVERLOAD, 0.001, None)
         sched.retry_later(first, 0.01)
         await asyncio.sleep(0.05)
         assert [job.row for job in take_all(sched)] == [0]
         sched.finished(first, Signal.OK, 0.001, None)
-        assert sched._take().row == 1
+        assert sched.take_ready().row == 1
+
+    asyncio.run(main())
+
+
+def test_each_host_gets_its_budget_share_from_the_policy_factory() -> None:
+    """The scheduler tells the factory which host it makes a policy for: a host with half the budget
+    gets half the fixed limit, the others all of it."""
+    async def main() -> None:
+        opts = PaarcOptions(enable_paarc=False, C_init=4)
+        sched = Scheduler(policy_factory(opts, budget={"shared": 0.5}), max_pending=100)
+        for job in jobs(10, "shared") + jobs(10, "whole"):
+            sched.add(job)
+        taken = take_all(sched)
+        assert sorted(job.host for job in taken) == ["shared"] * 2 + ["whole"] * 4
 
     asyncio.run(main())
 

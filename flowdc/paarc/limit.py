@@ -1,8 +1,9 @@
-"""The seam between the scheduler and a host's concurrency policy.
+"""The seam between the scheduler and a host's concurrency policy (concurrency-limits' `Limit`).
 
-The scheduler asks a policy two things before each dispatch (how many requests may be in flight,
-and whether the host is on hold) and tells it about each finished request. A fixed limit lives
-here; the adaptive controller lives in paarc.py. Both are pure: the clock is passed in.
+The scheduler asks a policy how many requests may be in flight, whether the host is on hold and
+how far apart sends must be, and tells it about each finished request. `FixedLimit` lives here
+beside the protocol, with what every policy shares (counters, the client's own load); the
+adaptive one is `controller.PaarcController`. All pure: the clock is passed in.
 """
 
 from __future__ import annotations

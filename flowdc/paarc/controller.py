@@ -1,0 +1,646 @@
+"""PAARC's controller: one per host, a pure state machine over intervals of samples.
+
+The scheduler asks it for `limit()`, `hold_until()` and `min_gap()` before each dispatch, feeds it
+one `Sample` per finished request, and calls `tick()` now and then. Nothing here does I/O or reads
+a clock: `now` is always passed in, so tests/paarc_sim.py can drive it on virtual time.
+
+Each closed interval (window.py) yields RTprop, the unloaded latencies (base_lat, base_p50,
+base_p95), the served rate, and an estimate of the requests the host serves in parallel
+(limit x base_lat / mean: Little's law twice). The limit sits at mu x ceiling; the ceiling is that
+estimate where a queue first shows, raised by up-probes that find no queue. Only host signals
+lower it: 429/503 (pushback.py keeps what they taught), bursts of timeouts/5xx/resets, and latency
+that rose with our load. The algorithm in plain words, and why: docs/paarc.md.
+"""
+
+from __future__ import annotations
+
+import math
+
+from flowdc.paarc.limit import ClientLoad, HostCounters
+from flowdc.paarc.params import PaarcParams
+from flowdc.paarc.pushback import PACE_STEP_S, Pushback
+from flowdc.paarc.window import LATENCY_NOISE_FLOOR_S, Summary, Window, ema, lower
+from flowdc.signals import Sample, Signal
+
+# States (exposed in snapshot()["state"]) and the phases of PROBE_BW.
+INIT = "INIT"
+STARTUP = "STARTUP"
+PROBE_BW = "PROBE_BW"
+PROBE_RTT = "PROBE_RTT"
+BACKOFF = "BACKOFF"
+CRUISE = "cruise"
+PROBE_UP = "probe_up"
+DRAIN = "drain"
+
+# Tuning constants. They are not user options: they set measurement quality, not politeness.
+STARTUP_REL_SE = 0.1  # STARTUP closes an interval once its mean is this precise (a doubling is judged coarser)
+STARTUP_GAIN = 2.0  # grow fast while the host shows no queue: 8 -> 1000 in 7 intervals
+STARTUP_RATE_GAIN = 1.3  # a doubling that raised the served rate this much was worth its latency
+PROBE_RATE_GAIN = 1.1  # likewise for an up-probe (1.25x the load, so at most 1.25x the rate)
+PROBE_GAIN = 1.25  # an up-probe offers 25% more than the ceiling (at least one more request)
+PROBE_EVERY = 8  # cruise intervals between up-probes: probing costs a little queueing each time
+STARTUP_CONFIRM = 2  # cruise intervals before the first probe after STARTUP
+PROBE_RTT_GAIN = 0.5  # PROBE_RTT halves the load so any standing queue drains
+QUEUE_TOL = 0.1  # mean latency this far above base_lat means our own requests are queueing
+QUEUE_TOL_SE = 4.0  # ... or this many standard errors of the difference (this interval's and the baseline's)
+SEVERE = 1.2  # inflation this far past theta_50/theta_95 acts at once; milder must repeat
+CUT_EFFECT = 0.05  # after a latency cut, mean latency must fall this much, or the slowness isn't ours
+JUMP = 1.3  # a raise by more than this (a probe is 1.25x) leaves the next interval's queue half grown
+KNEE_MARGIN = 0.98  # the interval that finds a queue ends early: its mean reads low, the estimate 1-2% high
+COOLDOWN_RTPROPS = 5.0  # after a cut, wait this many round trips for in-flight replies to drain
+UNKNOWN_RTPROP_S = 0.2  # stands in for RTprop before the first interval has measured it
+STALL_LATENCIES = 10.0  # unanswered this many p95 latencies, a request no longer takes a slot...
+STALL_MIN_S = 1.0  # ... and never sooner than this
+RATE_EVIDENCE = 0.8  # refused under this share of a load lately served: the host limits by rate
+
+
+class PaarcController:
+    """Adaptive per-host concurrency limit; satisfies flowdc.paarc.limit.HostLimit."""
+
+    __slots__ = (
+        "_hold",
+        "_limit",
+        "base_lat",
+        "base_lat_se",
+        "base_load",
+        "base_p50",
+        "base_p95",
+        "born",
+        "ceiling",
+        "client",
+        "cooldown_until",
+        "counters",
+        "cut_at",
+        "cut_mean",
+        "goodput",
+        "intervals",
+        "last_inflight",
+        "last_ok_inflight",
+        "last_ok_ttfb",
+        "lowered_at",
+        "mean_ema",
+        "mean_ema_var",
+        "memory_s",
+        "now",
+        "p",
+        "p50_ema",
+        "p95_ema",
+        "phase",
+        "pooled",
+        "probe_countdown",
+        "push",
+        "raised_by",
+        "refused_before",
+        "rtprop",
+        "rtprop_since",
+        "served_before",
+        "stale_cap",
+        "state",
+        "strike",
+        "win",
+    )
+
+    def __init__(self, params: PaarcParams | None = None, now: float = 0.0, client: ClientLoad | None = None) -> None:
+        self.p = params or PaarcParams.defaults()
+        self.client = client  # the downloader's own load: no growth while it is the bottleneck
+        self.counters = HostCounters()
+        self.born = now
+        self.state = INIT
+        self.phase = CRUISE
+        self._limit = self.p.C_init
+        self.ceiling: float = self.p.C_init  # an int until first changed: shares the cached small int
+        self._hold = 0.0
+        self.cooldown_until = 0.0
+        self.cut_at = 0.0
+        self.lowered_at = 0.0  # when the limit last went down: replies to older requests are stale
+        self.raised_by = 1.0  # the factor of the last change of the limit if it rose, else 1
+        self.cut_mean: float | None = None  # mean latency when latency last made us cut
+        self.rtprop: float | None = None
+        self.rtprop_since = now
+        self.base_lat: float | None = None
+        self.base_lat_se = 0.0  # relative standard error of base_lat when it was measured
+        self.base_load = 0  # the lightest limit an interval of the baseline window ran at (0: none yet)
+        self.base_p50: float | None = None
+        self.base_p95: float | None = None
+        self.mean_ema: float | None = None
+        self.mean_ema_var = 0.0  # its relative variance: intervals' noise, smoothed like the mean
+        self.p50_ema: float | None = None
+        self.p95_ema: float | None = None
+        self.goodput = 0.0
+        self.last_inflight = 0
+        self.last_ok_ttfb: float | None = None  # stands in for the percentiles until an interval closes
+        self.last_ok_inflight = 0  # requests in flight at the latest OK: a load the host just took
+        self.pooled = False  # a reply came on a pooled connection
+        self.intervals = 0
+        self.probe_countdown = PROBE_EVERY
+        self.strike = False  # the last judged cruise interval showed marginal congestion
+        self.win = Window(now)
+        self.now = now
+        self.push: Pushback | None = None
+        self.refused_before = False
+        self.served_before = 0.0  # served rate of the interval before the last raise
+        self.memory_s = self.p.probe_rtt_period  # how long the next pushback lesson is kept
+        self.stale_cap = 0  # the cap of a lesson that expired (0: none)
+
+    # -- the HostLimit protocol -----------------------------------------------------------------
+    def limit(self) -> int:
+        return self._limit
+
+    def hold_until(self) -> float:
+        return self._hold
+
+    def min_gap(self) -> float:
+        """Seconds between two sends to this host (0: no pacing)."""
+        return 1.0 / self.push.pace if self.push is not None and self.push.pace > 0 else 0.0
+
+    def stall_after(self) -> float:
+        """After this long unanswered a request is stuck on its object and waits for its timeout
+        without a slot: a few stuck URLs cannot block a host."""
+        typical = self.p95_ema or self.base_lat or self.rtprop or self.last_ok_ttfb
+        return math.inf if typical is None else max(STALL_MIN_S, STALL_LATENCIES * typical)
+
+    def on_sample(self, now: float, sample: Sample) -> None:
+        self.now = now
+        self.counters.count(sample.signal)
+        self.last_inflight = sample.inflight
+        if sample.signal is Signal.OVERLOAD:
+            sent = None if sample.ttfb is None else now - sample.ttfb
+            if self._refusal_is_about_host(sent, sample.retried):
+                known = self._remember_pushback(now, sent, sample.inflight)  # reads the rate before the hold
+                self._hold_for(now, sample.retry_after)
+                self._overload(now, sent, sample.retry_after, known)
+            # else: a stray refusal while the host accepts nearly everything else is about that
+            # URL; the caller retries that URL after its Retry-After, the host goes on.
+            return
+        self._hold_for(now, sample.retry_after)
+        # A reply on a connection opened for it took a connect (and TLS handshake) longer: once the
+        # host has answered on a pooled connection, only those time it. (A host that closes every
+        # connection never does, and is timed with its connects.)
+        if not sample.fresh:
+            self.pooled = True
+        timed = not (sample.fresh and self.pooled)
+        if sample.signal is Signal.OK and sample.ttfb is not None and timed:
+            self.last_ok_ttfb = sample.ttfb
+        if sample.signal is Signal.OK:
+            self.last_ok_inflight = sample.inflight
+        if self.push is not None and sample.ttfb is not None:
+            self.push.reply(refused=False)
+            if sample.signal is Signal.OK:
+                self.push.ok_level = max(self.push.ok_level, sample.inflight)
+                if now >= self._hold:
+                    self.push.count_ok(now)
+        if self.state == BACKOFF:
+            self.tick(now)
+        else:
+            if sample.ttfb is not None and now - sample.ttfb < self.lowered_at:
+                self.win.stale += 1
+            self.win.add(now, sample, timed)
+            if self._interval_due(now):
+                self._close_interval(now)
+
+    def tick(self, now: float) -> None:
+        self.now = now
+        if self.state == BACKOFF:
+            if now >= self.cooldown_until:
+                self._enter_cruise(now)
+            return
+        if self._interval_due(now):
+            self._close_interval(now)
+        elif self.push is not None and now - self.push.grown_at >= PACE_STEP_S:
+            # A slow pace yields few replies, so intervals close rarely: the pace grows on the
+            # clock too, or one low estimate would stick.
+            self._adjust_pace(now)
+
+    def _interval_due(self, now: float) -> bool:
+        # STARTUP doubles the load: the queue a doubling makes shows through more noise, and waiting
+        # for a precise mean would slow the ramp of a host with a wide spread to a crawl. A drain
+        # interval is not judged: no shortcut, so it lasts long enough for the queue it holds to go.
+        if self.state == STARTUP:
+            return self.win.due(now, self.rtprop, self.base_lat, STARTUP_REL_SE)
+        drain = self.state == PROBE_BW and self.phase == DRAIN
+        return self.win.due(now, self.rtprop, None if drain else self.base_lat)
+
+    def snapshot(self) -> dict[str, float | int | str | None]:
+        return {
+            "state": self.state,
+            "phase": self.phase if self.state == PROBE_BW else None,
+            "limit": self._limit,
+            "ceiling": round(self.ceiling, 2),
+            "inflight": self.last_inflight,
+            "rtprop_ms": _ms(self.rtprop),
+            "base_lat_ms": _ms(self.base_lat),
+            "p50_ms": _ms(self.p50_ema),
+            "p95_ms": _ms(self.p95_ema),
+            "goodput": round(self.goodput, 3),
+            "hold_until": self._hold,
+            "intervals": self.intervals,
+            "pace_per_s": round(self.push.pace, 2) if self.push is not None and self.push.pace else None,
+            "cap_seen": self.push.cap if self._cap_remembered() else None,
+            **self.counters.as_dict(),
+        }
+
+    # -- overload ---------------------------------------------------------------------------------
+    def _hold_for(self, now: float, retry_after: float | None) -> None:
+        if retry_after is None:
+            return
+        # The host named a time: no new requests to it before then, whatever the state.
+        self._hold = max(self._hold, now + retry_after)
+        if self.push is not None:
+            self.push.pause_meter(self._hold)
+
+    def _refusal_is_about_host(self, sent: float | None, retried: bool = False) -> bool:
+        """Count a 429/503 and tell whether it speaks for the host or only for its URL (docs/paarc.md:
+        "Is a refusal about the host or about one URL?")."""
+        push = self.push
+        if push is None:
+            # A record made afresh keeps the pace's floor, and the load last served (a refusal under
+            # it next says "by rate").
+            self.push = Pushback(best_rate=self.goodput, ok_level=self.last_ok_inflight)
+            self.push.refused(self.now, retried)
+            # Only a host's very first refusal counts unseen: once its record has expired, a
+            # refusal at whatever load we happen to run must show a share like any other.
+            first, self.refused_before = not self.refused_before, True
+            return first
+        push.refused(self.now, retried)
+        if self.state == BACKOFF and self._before_cut(sent):
+            return True  # the rest of the burst that made us back off: it lowers the remembered cap
+        return push.speaks_for_host(sent)
+
+    def _remember_pushback(self, now: float, sent: float | None, inflight: int) -> float | None:
+        """Learn from a 429/503 what a cut alone would forget: a cap, or a pace for a host that limits
+        by rate. Returns the limit to fall back to when a probe found a forgotten cap where it was."""
+        push = self.push
+        assert push is not None  # _refusal_is_about_host made it
+        remembered = now < push.until and push.cap > 0
+        if self.state == BACKOFF and self._before_cut(sent):
+            if remembered and push.cap > self.p.C_min and not push.recalled:
+                push.cap -= 1  # one more of the same burst refused: the host took one fewer
+                self._set_limit(self._limit)  # and stay under it from now on
+            return None
+        if sent is not None and sent < push.acted_at:
+            return None  # sent before the last cap or pace took effect: it cannot judge them
+        # Refused well under a load lately served, or at C_min: the host limits requests per second.
+        paced = push.pace > 0  # a paced host's record outlives the memory: the pace is its lesson
+        under_served = inflight < RATE_EVIDENCE * push.ok_level or self._limit <= self.p.C_min
+        by_rate = (remembered or paced) and under_served
+        accepted = push.accepted_rate(now) if by_rate else None
+        found_again: int | None = None  # a forgotten cap, found where it was
+        if not remembered:
+            prior_cap = push.cap or self.stale_cap
+            self.memory_s = push.lesson_length(self.memory_s, self.p.probe_rtt_period, prior_cap, inflight, accepted)
+            if self.memory_s > self.p.probe_rtt_period and not by_rate:
+                # The probe may be a few past the cap by the time the refusals' share counted:
+                # keep the earlier finding, or the limit would not be pinned under it.
+                found_again = min(prior_cap, inflight)
+        if remembered:
+            push.cap = min(push.cap, inflight)
+        else:
+            push.cap = inflight if found_again is None else found_again
+        push.recalled = found_again is not None
+        push.until = now + self.memory_s
+        if by_rate:
+            hint = self.last_ok_ttfb or (None if sent is None else now - sent)  # not the 429's: 1 ms
+            push.set_pace(now, accepted, self.counters.ok, now - self.born, self._send_rate(ttfb_hint=hint))
+        push.acted_at = now
+        push.restart_meter(max(now, self._hold))
+        return None if found_again is None else float(found_again - 1)
+
+    def _before_cut(self, sent: float | None) -> bool:
+        """Sent under the limit the last cut replaced (a send in the very instant of the cut too:
+        its slot was freed by an earlier reply of that instant)."""
+        return sent is None or sent <= self.cut_at + 1e-9
+
+    def _cap_remembered(self) -> bool:
+        return self.push is not None and self.now < self.push.until and self.push.cap > 1
+
+    def _send_rate(self, ttfb_hint: float | None = None) -> float:
+        """Requests per second the concurrency limit allows at the unloaded latency."""
+        latency = self.base_lat or self.rtprop or ttfb_hint or UNKNOWN_RTPROP_S
+        return self._limit / latency
+
+    def _adjust_pace(self, now: float) -> None:
+        """Grow a paced host's pace a little; drop the record once it is spent."""
+        push = self.push
+        if push is None:
+            return
+        if push.grow_pace(now, self._hold, self._send_rate()):
+            self.stale_cap = push.cap or self.stale_cap  # a record a stray refusal made has none
+            self.push = None
+
+    def _overload(self, now: float, sent: float | None, retry_after: float | None,
+                  known: float | None = None) -> None:
+        """429/503 or a failing interval: cut once per burst, then let the replies on the way arrive.
+
+        During the cooldown only a reply to a request sent *after* the cut is news (the cut was not
+        deep enough); the rest of the burst was sent before it and must not cut again.
+        """
+        if self.state == BACKOFF:
+            self.cooldown_until = max(self.cooldown_until, now + (retry_after or 0.0))
+            if self._before_cut(sent):
+                return
+        if known is not None:
+            # A probe found a known cap where it was: back to just under it, not a blind cut.
+            self.ceiling = max(self.p.C_min, min(self.ceiling, known))
+        else:
+            # Floor: a cut must lower even a small limit (round(3 x 0.7) would not).
+            self.ceiling = max(self.p.C_min, math.floor(self.p.beta * min(self.ceiling, self._limit)))
+        self._set_limit(self.ceiling)
+        rtt = self.rtprop if self.rtprop is not None else UNKNOWN_RTPROP_S
+        self.cut_at = now
+        self.cooldown_until = max(self.cooldown_until, now + max(COOLDOWN_RTPROPS * rtt, retry_after or 0.0))
+        self.state = BACKOFF
+
+    # -- one interval -----------------------------------------------------------------------------
+    def _close_interval(self, now: float) -> None:
+        s = self.win.summarize(now, self._limit)
+        self.intervals += 1
+        self.goodput = s.ok_rate
+        if s.failing:
+            self.win.reset(now, self.rtprop)
+            self._overload(now, None, None)
+            return
+        self._measure(s)
+        if self.push is not None:
+            self.push.best_rate = max(self.push.best_rate, s.ok_rate)  # the pace's floor follows it
+        self._adjust_pace(now)
+        self.win.reset(now, self.rtprop)
+        if self.state == INIT:
+            self._step_init(s)
+        elif self.state == STARTUP:
+            self._step_startup(s)
+        elif self.state == PROBE_RTT:
+            self._end_probe_rtt(s, now)
+        elif self.phase == PROBE_UP:
+            self._step_probe_up(s)
+        else:
+            self._step_cruise(s, now)
+        self.served_before = s.served_rate  # what the next raise, if any, has to beat
+
+    def _measure(self, s: Summary) -> None:
+        """Smooth the interval's latencies with alpha_ema; the baselines are minima of the smoothed
+        series (RTprop: of raw p10), since the last PROBE_RTT."""
+        if s.p10 is not None and (self.rtprop is None or s.p10 <= self.rtprop):
+            self.rtprop = s.p10
+        a = self.p.alpha_ema
+        if s.mean is not None:
+            var = s.rel_se * s.rel_se
+            first = self.mean_ema is None
+            self.mean_ema = ema(self.mean_ema, s.mean, a)
+            self.mean_ema_var = var if first else a * a * var + (1 - a) ** 2 * self.mean_ema_var
+            if self.base_lat is None or self.mean_ema < self.base_lat:
+                self.base_lat, self.base_lat_se = self.mean_ema, math.sqrt(self.mean_ema_var)
+            self.base_load = min(self.base_load or self._limit, self._limit)
+        if s.p50 is not None and s.p95 is not None:
+            self.p50_ema = ema(self.p50_ema, s.p50, a)
+            self.p95_ema = ema(self.p95_ema, s.p95, a)
+            self.base_p50 = lower(self.base_p50, self.p50_ema)
+            self.base_p95 = lower(self.base_p95, self.p95_ema)
+
+    def _inflated(self, s: Summary, factor: float = 1.0) -> bool:
+        """The seed's test against the host's own spread (not RTprop): p50 or p95 TTFB well above
+        their unloaded values, and the mean up too."""
+        if self.base_p50 is None or self.base_p95 is None or s.p50 is None or s.p95 is None:
+            return False
+        if not (s.p50 > factor * self.p.theta_50 * self.base_p50 or s.p95 > factor * self.p.theta_95 * self.base_p95):
+            return False
+        # A percentile that rose alone is a chance clutch of slow objects: a queue delays every reply.
+        return self._mean_rose(s, QUEUE_TOL_SE)
+
+    def _queued(self, s: Summary) -> bool:
+        """Milder: mean latency above the unloaded mean means our extra requests only wait."""
+        return self._mean_rose(s, QUEUE_TOL_SE, QUEUE_TOL)
+
+    def _mean_rose(self, s: Summary, z: float, floor: float = 0.0) -> bool:
+        """Mean TTFB above the unloaded mean by z standard errors of the difference (and by floor)."""
+        if s.mean is None or self.base_lat is None:
+            return False
+        noise = math.sqrt(s.rel_se * s.rel_se + self.base_lat_se * self.base_lat_se)
+        return s.mean > (1 + max(floor, z * noise)) * self.base_lat
+
+    def _congested(self, s: Summary) -> bool:
+        """Any sign of a queue: used right after we raised the load on purpose."""
+        return self._inflated(s) or self._queued(s)
+
+    def _congested_in_cruise(self, s: Summary) -> bool:
+        """At a steady limit: act at once on severe inflation, on marginal signs only when two
+        intervals running agree (one is more often noise than a queue)."""
+        if self._inflated(s, SEVERE):
+            self.strike = False
+            return True
+        if not self._congested(s):
+            self.strike = False
+            return False
+        if self.strike:
+            self.strike = False
+            return True
+        self.strike = True
+        return False
+
+    def _estimate(self, s: Summary) -> float | None:
+        """Requests the host serves in parallel, by Little's law twice: limit x base_lat / mean with
+        the pipe full, else rate x base_lat; after a jump in the limit the lower of the two."""
+        if self.base_lat is None:
+            return None
+        by_rate = s.served_rate * self.base_lat if s.served_rate > 0 else None
+        if s.mean is None or not s.pipe_full:
+            return by_rate
+        by_latency = KNEE_MARGIN * self._limit * self.base_lat / s.mean
+        jumped = self.raised_by > JUMP
+        return by_latency if by_rate is None or not jumped else min(by_latency, by_rate)
+
+    def _cut_to_estimate(self, s: Summary) -> None:
+        """Past the knee: jump to the capacity estimate; by beta when the estimate is not lower (the
+        unloaded latency itself held a queue)."""
+        est = self._estimate(s)
+        if est is None or est >= self._limit:
+            est = self._limit * self.p.beta
+        self.ceiling = max(float(self.p.C_min), est)
+        self._set_limit(self.p.mu * self.ceiling)
+        self.cut_mean = s.mean
+
+    def _not_our_queue(self, s: Summary) -> bool:
+        """Still slow after our cut had time to drain: the host itself got slower, not queued by us."""
+        return self.cut_mean is not None and s.mean is not None and s.mean >= (1 - CUT_EFFECT) * self.cut_mean
+
+    def _rebaseline(self, s: Summary, now: float) -> None:
+        """Take this interval's latencies as the new unloaded ones (what PROBE_RTT does on a timer);
+        the smoothed series restart here too."""
+        if s.p10 is not None:
+            self.rtprop = s.p10
+        if s.mean is not None:
+            self.base_lat = self.mean_ema = s.mean
+            self.base_lat_se, self.mean_ema_var, self.base_load = s.rel_se, s.rel_se * s.rel_se, self._limit
+        if s.p50 is not None and s.p95 is not None:
+            self.base_p50 = self.p50_ema = s.p50
+            self.base_p95 = self.p95_ema = s.p95
+        self.rtprop_since = now
+
+    # -- per state --------------------------------------------------------------------------------
+    def _step_init(self, s: Summary) -> None:
+        """The first interval only yields RTprop: its rate includes filling the pipe from empty."""
+        self.state = STARTUP
+        if self.near:
+            self._grow()
+            return
+        if s.pipe_full and not self._inflated(s):
+            self._grow()
+
+    @property
+    def near(self) -> bool:
+        """The unloaded mean latency under the noise floor: judged by rate, not latency. (Not RTprop:
+        a host whose cache answers hits in 3 ms and misses in 100 ms has a queue that shows.)"""
+        return self.base_lat is not None and self.base_lat < LATENCY_NOISE_FLOOR_S
+
+    def _paid_off(self, s: Summary, gain: float) -> bool:
+        """More load raised the served rate substantially: BBR's rule, used for near hosts."""
+        return self.served_before <= 0 or s.served_rate >= gain * self.served_before
+
+    def _step_startup(self, s: Summary) -> None:
+        if self.near:
+            # Latency says nothing here: grow while doubling the load still pays in rate.
+            if s.pipe_full and self._paid_off(s, STARTUP_RATE_GAIN):
+                self._grow()
+            elif s.pipe_full:
+                self.ceiling = float(self._limit)
+                self._enter_probe_bw(CRUISE)
+            return
+        if self._congested(s):
+            self._cut_to_estimate(s)
+            # Rates measured during a ramp are rough: confirm the estimate with an early probe.
+            self._enter_probe_bw(DRAIN, STARTUP_CONFIRM)
+        elif s.pipe_full:
+            self._grow()
+
+    def _client_busy(self) -> bool:
+        return self.client is not None and self.client.busy
+
+    def _grow(self) -> None:
+        if self._client_busy():
+            # Our own event loop is saturated: the host may take more, but we could not use it.
+            # Stay in STARTUP, so a passing lag (reading the manifest, a GC) only delays a doubling.
+            return
+        self.ceiling = min(float(self.p.C_max), self._limit * STARTUP_GAIN)
+        self._set_limit(self.ceiling)
+        if self._limit >= self.p.C_max:
+            self._enter_probe_bw(CRUISE)
+
+    def _step_cruise(self, s: Summary, now: float) -> None:
+        if self.phase == DRAIN:
+            # This interval still holds the queue our probe or cut left behind: don't judge it, nor
+            # the next while replies to requests sent before the cut keep coming (a deep queue).
+            # Latency may still climb while that queue drains: the cut must beat the worst of it.
+            if self.cut_mean is not None and s.mean is not None:
+                self.cut_mean = max(self.cut_mean, s.mean)
+            if not s.stale:
+                self.phase = CRUISE
+        elif not self.near and self._congested_in_cruise(s):
+            if self._not_our_queue(s):
+                # Cutting again would spiral down to C_min for nothing: hold, and judge from here on.
+                self._rebaseline(s, now)
+            else:
+                self._cut_to_estimate(s)
+                self._enter_probe_bw(DRAIN)
+        elif self.strike:
+            pass  # one marginally slow interval: wait for the next before acting
+        elif now - self.rtprop_since > self.p.probe_rtt_period:
+            self.state = PROBE_RTT
+            self._set_limit(self.ceiling * PROBE_RTT_GAIN)
+        elif self._unloaded_unseen():
+            self.state = PROBE_RTT
+            self._set_limit(self.p.C_min)  # at most C_init: the lightest load there is costs little
+        else:
+            self.cut_mean = None
+            if s.pipe_full:
+                self._count_down_to_probe(s.spans)
+
+    def _unloaded_unseen(self) -> bool:
+        """The unloaded latency was measured at the load we run now or a higher one, so it may hold
+        our own queue: PROBE_RTT measures it at C_min (not for near hosts: judged by rate)."""
+        return not self.near and self.base_load >= self._limit > self.p.C_min and self._limit <= self.p.C_init
+
+    def _count_down_to_probe(self, spans: int) -> None:
+        # Counted in usual interval lengths, not intervals: a host whose intervals wait for a
+        # precise mean (a wide spread, few replies) would otherwise be probed ever more rarely.
+        self.probe_countdown -= spans
+        if self.probe_countdown <= 0:
+            if self._pinned():
+                self.probe_countdown = PROBE_EVERY  # nothing to probe until the cap is forgotten
+            else:
+                self._start_probe()
+
+    def _start_probe(self) -> None:
+        if self._client_busy():
+            self._enter_probe_bw(CRUISE)  # as in _grow: more load would only queue in our loop
+            return
+        self.phase = PROBE_UP
+        self.probe_countdown = PROBE_EVERY  # strict looks left while pinned under a cap
+        self._set_limit(max(self.ceiling + 1, self.ceiling * PROBE_GAIN))
+
+    def _pinned(self) -> bool:
+        """At the most a remembered cap allows: a probe could not raise the limit."""
+        return self._cap_remembered() and self.push is not None and self._limit >= self.push.cap - 1
+
+    def _step_probe_up(self, s: Summary) -> None:
+        if self.near:
+            if s.pipe_full and self._paid_off(s, PROBE_RATE_GAIN):
+                self.ceiling = float(self._limit)  # the extra load paid: keep it, probe again
+                if self._limit < self.p.C_max:
+                    self._start_probe()
+                    return
+            self._enter_probe_bw(DRAIN)  # back to the ceiling
+            return
+        if self._congested(s):
+            # The probe found the knee: the ceiling is what the host actually served in parallel.
+            est = self._estimate(s)
+            if est is not None and est < self._limit:
+                self.ceiling = max(float(self.p.C_min), min(float(self.p.C_max), est))
+            self._enter_probe_bw(DRAIN)
+        elif s.pipe_full:
+            # The host took the extra load without queueing: keep it and probe again right away.
+            self.ceiling = float(self._limit)
+            if self._pinned():
+                # Judged strictly (any sign of a queue cuts) a few times at the cap, then as a
+                # cruise: each strict look at an unchanged limit is one more chance to cut on noise.
+                self.probe_countdown -= 1
+                if self.probe_countdown <= 0:
+                    self._enter_probe_bw(CRUISE)
+            elif self._limit < self.p.C_max:
+                self._start_probe()
+            else:
+                self._enter_probe_bw(CRUISE)
+        else:
+            self._enter_probe_bw(CRUISE)
+
+    def _end_probe_rtt(self, s: Summary, now: float) -> None:
+        # Accept this interval's latencies as the new base even if higher: the host may have slowed.
+        self._rebaseline(s, now)
+        self.cut_mean = None
+        self._enter_probe_bw(CRUISE)
+
+    # -- helpers ----------------------------------------------------------------------------------
+    def _enter_probe_bw(self, phase: str, probe_in: int = PROBE_EVERY) -> None:
+        self.state = PROBE_BW
+        self.phase = phase
+        self.probe_countdown = probe_in
+        self._set_limit(self.p.mu * self.ceiling)
+
+    def _enter_cruise(self, now: float) -> None:
+        self.win.reset(now, self.rtprop)  # replies from before the cut are stale
+        self._enter_probe_bw(CRUISE)
+
+    def _set_limit(self, value: float) -> None:
+        # Round, not floor: the estimate is already conservative (p10 RTprop), and flooring it
+        # costs a small host (capacity 5, estimate 4.5) a fifth of its throughput.
+        if self._cap_remembered():
+            assert self.push is not None
+            value = min(value, self.push.cap - 1)  # stay under the level that drew a 429
+        limit = max(self.p.C_min, min(self.p.C_max, round(value)))
+        if limit < self._limit:
+            self.lowered_at = self.now
+        if limit != self._limit:
+            self.raised_by = max(1.0, limit / self._limit)
+        self._limit = limit
+
+
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds * 1000.0, 3)

@@ -1,0 +1,197 @@
+"""The rate-limit memory: what a host's 429/503s taught, and the send pace of a host that limits by rate.
+
+Only hosts that pushed back carry a `Pushback`, so the common controller stays small. It decides
+whether a refusal speaks for the host or only for its URL, keeps the in-flight level that drew the
+refusals (the cap), and for a host that counts requests per second, meters the rate it accepts,
+paces sends under it and lets the pace creep up while the host stays quiet. The controller decides
+when a lesson is learned and what it does to the concurrency limit. Why each rule is as it is:
+docs/paarc.md, "Pushback memory".
+"""
+
+from __future__ import annotations
+
+import math
+
+from flowdc.paarc.window import MIN_INTERVAL_S, MIN_LATENCIES
+
+PACE_MARGIN = 0.9  # a rate-limited host is paced this far under the rate it accepted
+PACE_CUT = 0.5  # without a measured rate (refusals within a burst), halve: few steps, each a hold
+PACE_FLOOR = 0.5  # never pace under this share of the best rate the host delivered (no ratchet to nothing)
+PACE_GAIN = 1.03  # paced hosts are offered this much more per quiet interval...
+PACE_SEEK_GAIN = 1.06  # ... or this much while no refusal has yet shown the rate the host accepts
+PACE_STEP_S = 0.1  # ... and at least this often while quiet, whatever the intervals do
+PACE_CAP_MARGIN = 0.95  # ... but not past this share of the rate that drew 429s (the ceiling; it creeps)
+PACE_DROP = 1.5  # an expired record whose pace is this far over what the limit allows no longer binds: dropped
+CREEP_QUIET_S = 2.0  # a paced host quiet this long at its ceiling lets the ceiling creep up...
+CREEP_QUIET_REPLIES = 50  # ... and this many replies long (a 2/s host would be refused every few s)
+CREEP_STEP = 1.002  # ... by this much per pace step (2%/s) at first...
+CREEP_GIVEBACK = 1.02  # ... and each refusal takes 2% back...
+CREEP_MIN = 0.85  # ... down to this share of the measured rate (a burst in the meter reads high)
+CREEP_MAX_DOUBLINGS = 3  # the creep doubles its speed per quiet CREEP_QUIET_S, up to 16%/s
+METER_MIN_S = 0.5  # an accepted rate needs this much unheld time behind it (a refilled burst fades)
+METER_SPAN_S = 1.0  # the accepted-rate meter forgets older replies past this span
+PUSHBACK_MIN_REPLIES = 20  # a share over fewer replies is noise (the first refusal from a host still counts)
+PUSHBACK_SHARE = 0.15  # 429/503s must be this share of recent replies to teach a cap or a pace
+PUSHBACK_STREAK = 4  # before PUSHBACK_MIN_REPLIES, this many fresh refusals in a row count
+SHARE_MEMORY = 40  # replies the refused share is averaged over: a storm of fast 429s shows within ~10
+SHARE_Z = 1.64  # ... as a one-sided 95% lower bound, so chance runs of per-URL refusals do not count
+RECALL_SLACK = 1.25  # refused again within this factor of what a forgotten lesson said: the limit stands
+MEMORY_MAX_PERIODS = 8  # a lesson confirmed again and again is kept up to this many probe_rtt_periods
+
+
+class Pushback:
+    """What a host's 429/503s taught: the in-flight level that drew them (kept for a while: probes
+    stay under it), and, for a host that limits by rate, a send pace."""
+
+    __slots__ = ("acted_at", "best_rate", "cap", "creep", "floor", "grown_at", "meter_ok", "meter_start", "ok_level",
+                 "pace", "rate_cap", "recalled", "refused_at", "replies", "seeking", "served_since", "share", "streak",
+                 "until")
+
+    def __init__(self, best_rate: float = 0.0, ok_level: int = 0) -> None:
+        self.cap = 0  # in-flight count at the 429 (that request included)
+        self.recalled = False  # the cap was found again where it was: the rest of that burst adds nothing
+        self.until = 0.0
+        self.pace = 0.0  # requests per second; 0 = not paced
+        self.rate_cap = 0.0  # accepted rate when the pace last drew a 429
+        self.creep = 1.0  # how far quiet time has raised the pace's ceiling above rate_cap
+        self.refused_at = -math.inf  # the latest 429/503, counted or not
+        self.meter_start = 0.0
+        self.meter_ok = 0
+        self.replies = 0  # replies with headers since the record was made
+        self.share = 0.0  # refused share of the last ~SHARE_MEMORY replies (moving average)
+        self.streak = 0  # refusals since the last reply that was not one
+        self.served_since = 0  # replies since the last refusal
+        self.ok_level = ok_level  # most requests in flight when an OK came back: a load the host takes
+        self.acted_at = -1.0  # when a cap or pace was last set: older requests' replies are stale
+        self.best_rate = best_rate  # highest accepted rate measured: the pace's floor is a share of it
+        self.floor = 0.0  # the pace's floor when it was last set
+        self.grown_at = 0.0  # when the pace last grew (or was judged)
+        self.seeking = False  # paced, the rate unknown: a refusal at our pace says it is too fast
+
+    def reply(self, refused: bool, retried: bool = False) -> None:
+        self.replies += 1
+        self.share += (float(refused) - self.share) / SHARE_MEMORY
+        # A refused retry neither makes nor breaks a streak: retries wait out the hold together and
+        # go first after it, and a URL that failed may well fail again.
+        if not (refused and retried):
+            self.streak = self.streak + 1 if refused else 0
+        self.served_since = 0 if refused else self.served_since + 1
+
+    def refused(self, now: float, retried: bool = False) -> None:
+        self.reply(refused=True, retried=retried)
+        self.refused_at = now
+        if self.rate_cap > 0 and self.creep > CREEP_MIN:
+            # Crept past the rate, or the rate was measured high (a refilled burst counts in it):
+            # give a little back, and start the next climb slowly. Never under the pace's floor:
+            # a rate measured while we barely sent can be far under what the host serves.
+            self.creep = max(CREEP_MIN, self.creep / CREEP_GIVEBACK)
+            self.pace = min(self.pace, max(self.ceiling(), self.floor))
+
+    def ceiling(self) -> float:
+        """The most the pace may grow to: a share of the measured rate, crept up while quiet."""
+        return PACE_CAP_MARGIN * self.rate_cap * self.creep
+
+    def refused_share_low(self) -> float:
+        """A one-sided 95% lower bound of the recent refused share (normal approximation)."""
+        p, n = self.share, min(self.replies, SHARE_MEMORY)
+        return p - SHARE_Z * math.sqrt(p * (1.0 - p) / n)
+
+    def accepted_rate(self, now: float) -> float | None:
+        age = now - self.meter_start
+        if age < METER_MIN_S or self.meter_ok < MIN_LATENCIES:
+            return None
+        rate = self.meter_ok / age
+        self.best_rate = max(self.best_rate, rate)
+        return rate
+
+    def recent_rate(self, now: float) -> float | None:
+        """OK replies per second since the meter started, however short the span: right after a
+        hold a refilled burst inflates it, so it is an upper bound of the accepted rate."""
+        if self.meter_ok < MIN_LATENCIES:
+            return None
+        return self.meter_ok / max(now - self.meter_start, MIN_INTERVAL_S)
+
+    def count_ok(self, now: float) -> None:
+        self.meter_ok += 1
+        age = now - self.meter_start
+        # Halve the counts: a rolling window without keeping timestamps. (Not while they are few:
+        # a host that allows 2/s would never hold enough replies to give a rate.)
+        if age > METER_SPAN_S and self.meter_ok >= 2 * MIN_LATENCIES:
+            self.meter_ok //= 2
+            self.meter_start = now - age / 2
+
+    def pause_meter(self, until: float) -> None:
+        """The host is held: time on hold says nothing about the rate it accepts."""
+        self.meter_start = max(self.meter_start, until)
+        self.meter_ok = 0
+
+    def restart_meter(self, at: float) -> None:
+        self.meter_start = at
+        self.meter_ok = 0
+
+    def speaks_for_host(self, sent: float | None) -> bool:
+        """After `refused()`: whether this refusal, outside a backoff's burst, is about the host.
+
+        A guessed pace refused at that pace was too fast; a run of fresh refusals counts before a
+        share can be told; after that only a share clearly above the bar does (docs/paarc.md).
+        """
+        if self.seeking and sent is not None and sent >= self.acted_at:
+            return True
+        fresh = sent is None or sent >= self.acted_at
+        if self.replies < PUSHBACK_MIN_REPLIES and self.streak >= PUSHBACK_STREAK and fresh:
+            return True
+        return self.replies >= PUSHBACK_MIN_REPLIES and self.refused_share_low() >= PUSHBACK_SHARE
+
+    def lesson_length(self, memory_s: float, period: float, prior_cap: int, inflight: int,
+                      accepted: float | None) -> float:
+        """How long to keep a lesson learned afresh: twice the last time (up to MEMORY_MAX_PERIODS
+        periods) when the host refused again where it did before, else one period."""
+        same_cap = prior_cap > 0 and inflight <= RECALL_SLACK * prior_cap
+        same_rate = accepted is None or self.rate_cap <= 0 or accepted <= RECALL_SLACK * self.rate_cap
+        if same_cap and same_rate:
+            return min(2.0 * memory_s, MEMORY_MAX_PERIODS * period)
+        return period
+
+    def set_pace(self, now: float, accepted: float | None, ok_total: int, age: float, send_rate: float) -> None:
+        """The host limits by rate: pace under the rate it accepted, or, unmeasured, guess between
+        what it refused and what it delivered (`send_rate`: what the limit allows, the last resort)."""
+        lifetime = ok_total / max(age, METER_MIN_S * 2)
+        if accepted is not None:
+            self.rate_cap, self.creep = accepted, 1.0
+            new_pace = PACE_MARGIN * accepted
+        else:
+            # Cut from what the host just took, not from what the limit would allow.
+            recent = self.recent_rate(now)
+            if recent is None:
+                recent = send_rate
+            upper = min(self.pace or math.inf, recent)
+            new_pace = PACE_CUT * upper
+            delivered = max(self.best_rate, lifetime)
+            if 0 < delivered < new_pace:
+                new_pace = min(new_pace, math.sqrt(upper * delivered))  # the geometric middle
+        self.floor = PACE_FLOOR * max(self.best_rate, lifetime)
+        new_pace = max(new_pace, self.floor)
+        # A first pace, set without a measured rate, is a guess: one refusal at it may cut it again.
+        self.seeking = self.pace <= 0 and accepted is None
+        self.pace = new_pace if self.pace <= 0 else min(self.pace, new_pace)
+
+    def grow_pace(self, now: float, hold_until: float, send_rate: float) -> bool:
+        """A quiet interval or PACE_STEP_S: offer a little more, up to the ceiling, which creeps up
+        while the host stays quiet. True when the record is spent (memory expired, pace dropped)."""
+        self.grown_at = now
+        if self.pace > 0 and now >= hold_until:
+            ceiling = float("inf")
+            if self.rate_cap > 0:
+                # A measured rate is never forgotten, only crept past.
+                ceiling = self.ceiling()
+                quiet = now - self.refused_at
+                if self.pace >= ceiling and quiet >= CREEP_QUIET_S and self.served_since >= CREEP_QUIET_REPLIES:
+                    doublings = min(int(quiet / CREEP_QUIET_S) - 1, CREEP_MAX_DOUBLINGS)
+                    step = min(CREEP_STEP ** (2**doublings), PACE_GAIN)
+                    self.creep *= step
+                    ceiling *= step
+            gain = PACE_GAIN if self.rate_cap > 0 else PACE_SEEK_GAIN
+            self.pace = min(self.pace * gain, max(self.pace, ceiling))  # the ceiling stops growth
+            if now >= self.until and self.pace > PACE_DROP * send_rate:
+                self.pace = 0.0
+        return self.pace <= 0 and now >= self.until
