@@ -1,4 +1,4 @@
-"""`flowdc download|partition|size|report|demo`: parse, build a config, call; nothing else.
+"""`flowdc download|partition|size|report|demo|ui`: parse, build a config, call; nothing else.
 
 Options are generated from the config dataclasses, so every config key is also a CLI option with
 the same name, and an option given on the command line overrides the JSON config.
@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib
 import json
+import os
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
 from flowdc.config import DownloadConfig, PartitionConfig, SizeConfig, build_config
-from flowdc.errors import EXIT_INTERRUPTED, EXIT_USAGE, FlowdcError
+from flowdc.errors import EXIT_INTERRUPTED, EXIT_USAGE, FlowdcError, UserError
 
 DOWNLOAD_EPILOG = """examples:
   flowdc download --input dataset.parquet --output images --url photo_url --label species
@@ -123,9 +125,50 @@ def cmd_consolidate(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from flowdc.demo import run_demo
+    from flowdc.demo import DEMO_PORT, run_demo
 
-    return run_demo(args.out, rows=args.rows, quiet=args.quiet, output_format=args.output_format)
+    if args.hosts_port is None:
+        args.hosts_port = DEMO_PORT
+    if args.ui:
+        ui_module = _import_ui("flowdc.ui.demo_ui")
+        return ui_module.run_demo_ui(args.out, rows=args.rows, output_format=args.output_format, host=args.host,
+                                     port=args.port, hosts_port=args.hosts_port, token=_ui_token(args))
+    return run_demo(args.out, rows=args.rows, quiet=args.quiet, output_format=args.output_format,
+                    hosts_port=args.hosts_port)
+
+
+def cmd_ui(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    server = _import_ui("flowdc.ui.server")
+    context = _import_ui("flowdc.ui.context")
+    ctx = context.UiContext(workdir=Path(args.workdir).resolve(), prefect_api=args.prefect_api)
+    if os.environ.get("FLOWDC_TELEMETRY_TOKEN"):  # runs elsewhere (workers, flows) push with this token
+        ctx.push_token = os.environ["FLOWDC_TELEMETRY_TOKEN"]
+    server.serve(ctx, args.host, args.port, _ui_token(args))
+    return 0
+
+
+def _import_ui(module: str) -> Any:
+    """NiceGUI is an optional extra: without it, one line saying how to get it."""
+    try:
+        return importlib.import_module(module)
+    except ModuleNotFoundError as exc:
+        if exc.name and exc.name.split(".")[0] in ("nicegui", "fastapi"):
+            raise UserError("the UI needs NiceGUI: pip install 'flowdc[ui]'") from None
+        raise
+
+
+def _ui_token(args: argparse.Namespace) -> str | None:
+    return args.token or os.environ.get("FLOWDC_UI_TOKEN") or None
+
+
+def add_ui_server_options(parser: argparse.ArgumentParser, port: int) -> None:
+    parser.add_argument("--host", default="127.0.0.1", help="Address to serve the page on (default: 127.0.0.1; "
+                        "any other address needs --token).")
+    parser.add_argument("--port", type=int, default=port, help=f"Port of the page (default: {port}).")
+    parser.add_argument("--token", default=None, help="Secret a browser must present once (?token=...); required "
+                        "off loopback. Also read from FLOWDC_UI_TOKEN.")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -160,7 +203,21 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--rows", type=int, default=2000, help="Rows in the demo manifest.")
     demo.add_argument("--output_format", default="webdataset", choices=("imagefolder", "webdataset"))
     demo.add_argument("--quiet", action="store_true", help="No progress bar.")
+    demo.add_argument("--hosts_port", type=int, default=None,
+                      help="Port of the sample hosts (default: the demo's fixed port, so a rerun resumes; 0 picks "
+                      "a free one, for two demos at once).")
+    demo.add_argument("--ui", action="store_true", help="Watch the download live in the browser (flowdc ui's page); "
+                      "the page stays up until Ctrl-C.")
+    add_ui_server_options(demo, 8080)
     demo.set_defaults(func=cmd_demo)
+    ui_cmd = sub.add_parser("ui", help="Serve the web page that configures, starts and watches runs live.")
+    add_ui_server_options(ui_cmd, 8080)
+    ui_cmd.add_argument("--prefect_api", default=os.environ.get("PREFECT_API_URL"),
+                        help="Prefect server API (e.g. http://127.0.0.1:4200/api) for running deployments "
+                        "(default: $PREFECT_API_URL).")
+    ui_cmd.add_argument("--workdir", default=".flowdc-ui", help="Folder for the task configs and telemetry of "
+                        "the runs started from the page (default: .flowdc-ui).")
+    ui_cmd.set_defaults(func=cmd_ui)
     return parser
 
 

@@ -1,0 +1,67 @@
+"""Run a Prefect deployment through the Prefect server's REST API, with plain HTTP.
+
+Nothing here imports Prefect: the page talks to the server the way any HTTP client can, so the UI
+works against a Prefect server whatever Python (or none) the flows run under.
+"""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.parse
+import urllib.request
+from typing import Any
+
+from flowdc.errors import UserError
+
+TIMEOUT_S = 10.0
+
+
+class PrefectApi:
+    def __init__(self, api_url: str):
+        self.api = api_url.rstrip("/")  # e.g. http://127.0.0.1:4200/api
+
+    @staticmethod
+    def parse_parameters(text: str) -> dict[str, Any]:
+        try:
+            params = json.loads(text or "{}")
+        except ValueError as exc:
+            raise UserError(f"parameters: not JSON: {exc}") from None
+        if not isinstance(params, dict):
+            raise UserError("parameters: expected a JSON object")
+        return params
+
+    def run_deployment(self, name: str, parameters: dict[str, Any]) -> dict[str, Any]:
+        """Create a flow run of deployment 'flow-name/deployment-name'; returns {id, name}."""
+        flow, sep, deployment = name.strip().partition("/")
+        if not sep or not flow or not deployment:
+            raise UserError(f"deployment: expected flow-name/deployment-name, got {name!r}")
+        dep = self._call("GET", f"/deployments/name/{_q(flow)}/{_q(deployment)}")
+        run = self._call("POST", f"/deployments/{dep['id']}/create_flow_run", {"parameters": parameters})
+        return {"id": run["id"], "name": run.get("name", "")}
+
+    def flow_run_state(self, run_id: str) -> str:
+        run = self._call("GET", f"/flow_runs/{_q(run_id)}")
+        state = run.get("state") or {}
+        return str(state.get("type") or run.get("state_type") or "UNKNOWN")
+
+    def cancel(self, run_id: str) -> None:
+        self._call("POST", f"/flow_runs/{_q(run_id)}/set_state", {"state": {"type": "CANCELLING"}, "force": True})
+
+    def _call(self, method: str, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+        data = None if body is None else json.dumps(body).encode()
+        req = urllib.request.Request(self.api + path, data=data, method=method,
+                                     headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=TIMEOUT_S) as resp:
+                return json.loads(resp.read() or b"{}")
+        except urllib.error.HTTPError as exc:
+            detail = exc.read()[:200].decode("utf-8", "replace")
+            what = "not found" if exc.code == 404 else f"HTTP {exc.code}"
+            raise UserError(f"Prefect API {method} {path}: {what} {detail}".strip()) from None
+        except (urllib.error.URLError, OSError, ValueError) as exc:
+            raise UserError(f"Prefect API at {self.api} not reachable: {exc}") from None
+
+
+def _q(part: str) -> str:
+    return urllib.parse.quote(part, safe="")
