@@ -6,7 +6,6 @@ The download runs in a thread of this process and feeds the page through a telem
 
 from __future__ import annotations
 
-import asyncio
 import threading
 import time
 from pathlib import Path
@@ -15,7 +14,7 @@ from flowdc.demo import DEMO_PORT, demo_run
 from flowdc.telemetry import Telemetry
 from flowdc.ui.context import UiContext
 from flowdc.ui.live import telemetry_subscriber
-from flowdc.ui.runs import RunStatus, read_overview
+from flowdc.ui.runs import RunStatus
 
 
 def run_demo_ui(out: str, rows: int = 2000, output_format: str = "webdataset", host: str = "127.0.0.1",
@@ -37,16 +36,18 @@ def run_demo_ui(out: str, rows: int = 2000, output_format: str = "webdataset", h
         print("flowdc demo: hosts on loopback:", *hosts, sep="\n")
 
         def download() -> None:
-            from flowdc.download import download_async
+            from flowdc.api import download_partition
 
             status = ctx.external
             assert status is not None
+            overview = None
             try:
-                overview = asyncio.run(download_async(cfg, telemetry))
-                status.state, status.detail = "finished", f"{overview['this_run']['ok']} stored"
+                result = download_partition(cfg, telemetry=telemetry)  # made to run in a thread
+                status.state, status.detail = "finished", f"{result.ok} stored"
+                overview = result.overview
             except Exception as exc:  # shown on the page; the demo keeps serving
                 status.state, status.detail = "failed", f"{type(exc).__name__}: {exc}"
-            ctx.live.finish(read_overview(Path(cfg.output) / "overview.json"))
+            ctx.live.finish(overview)
 
         # Once the page is up, so that a person (or a test) opening it sees the run from its start.
         serve(ctx, host, port, token, on_startup=threading.Thread(target=download, name="flowdc-demo-download",
