@@ -237,7 +237,7 @@ class Scheduler:
         if not host.offered and self._eligible(host):
             host.offered = True
             self._ready.append(host)
-            self._notify_one()
+            self._notify()
 
     def _release_stalled(self, host: HostState, now: float) -> None:
         """Stop counting requests stuck far past the host's usual latency toward its limit, up to
@@ -254,19 +254,18 @@ class Scheduler:
                 host.inflight -= 1
                 room -= 1
 
-    def _notify_one(self) -> None:
+    def _notify(self, every: bool = False) -> None:
+        """Wake the longest-waiting worker (or all of them), skipping any that gave up waiting."""
         while self._waiters:
             fut = self._waiters.popleft()
             if not fut.done():
                 fut.set_result(None)
-                return
+                if not every:
+                    return
 
     def _maybe_finish(self) -> None:
         if self.closed and self.pending == 0:
-            while self._waiters:
-                fut = self._waiters.popleft()
-                if not fut.done():
-                    fut.set_result(None)
+            self._notify(every=True)
 
     def _mark_idle(self, host: HostState) -> None:
         self._active.pop(host.name, None)
