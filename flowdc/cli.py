@@ -7,6 +7,7 @@ the same name, and an option given on the command line overrides the JSON config
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import importlib
 import json
@@ -17,6 +18,8 @@ from typing import Any, NoReturn
 
 from flowdc.config import DownloadConfig, PartitionConfig, SizeConfig, build_config
 from flowdc.errors import EXIT_INTERRUPTED, EXIT_USAGE, FlowdcError, UserError
+
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE: what a shell reports for a tool whose reader closed the pipe
 
 DOWNLOAD_EPILOG = """examples:
   flowdc download --input dataset.parquet --output images --url photo_url --label species
@@ -81,7 +84,7 @@ def cmd_download(args: argparse.Namespace) -> int:
 
     cfg = config_from_args(DownloadConfig, args)
     overview = run_download(cfg)
-    print(summary_text(overview, cfg.output))
+    print(summary_text(overview, overview.get("output", cfg.output)))
     return EXIT_INTERRUPTED if overview.get("interrupted") else 0
 
 
@@ -222,6 +225,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        code = _run(argv)
+        sys.stdout.flush()  # a pipe is block-buffered: flush while a closed one can still be handled
+        return code
+    except BrokenPipeError:
+        # The reader went away (`flowdc ... | head`); what was stored stays stored. Point the
+        # standard streams at /dev/null so the interpreter's own flush at exit cannot fail again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(OSError, ValueError):
+                os.dup2(devnull, stream.fileno())
+        return EXIT_BROKEN_PIPE
+
+
+def _run(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

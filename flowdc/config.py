@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
 from flowdc.errors import ConfigError
 from flowdc.paarc import PaarcParams
+from flowdc.urls import DEFAULT_SECRET_PARAMS, redact_urls_in, secret_param_names
 
 _PAARC = PaarcParams()  # the controller's defaults are the options' defaults
 
@@ -59,7 +62,18 @@ class PaarcOptions:
 
 
 @dataclass
-class DownloadConfig(PaarcOptions):
+class RedactOptions:
+    """Which URL parts are masked wherever a URL is written or logged (docs/safety.md)."""
+
+    redact_urls: bool = opt(True, "Mask userinfo and secret query parameters of every URL written or logged "
+                            "(ledger, samples' .json, overview, reports); requests still use the real URL. "
+                            "--no_redact_urls keeps URLs whole.")
+    redact_params: list[str] = opt(list(DEFAULT_SECRET_PARAMS), "Query parameter names whose values are masked "
+                                   "(whole names, any case).")
+
+
+@dataclass
+class DownloadConfig(RedactOptions, PaarcOptions):
     input: str = opt("", "Manifest of URLs: parquet, csv, excel (.xlsx/.xls) or xml; a path or any fsspec URL "
                      "(s3://, gs://, https://, hf://).")
     output: str = opt("", "Output directory or fsspec URL (s3://bucket/prefix, gs://bucket/prefix).")
@@ -105,6 +119,9 @@ class DownloadConfig(PaarcOptions):
             raise ConfigError("no input manifest given (--input or \"input\" in the config)")
         if not self.output:
             raise ConfigError("no output given (--output or \"output\" in the config)")
+        problem = local_folder_problem(self.output)
+        if problem:
+            raise ConfigError(f"--output {self.output}: {problem}")
         for name in ("concurrent_downloads", "samples_per_shard", "max_body_bytes", "batch_rows"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -148,7 +165,7 @@ class PartitionConfig:
 
 
 @dataclass
-class SizeConfig(PaarcOptions):
+class SizeConfig(RedactOptions, PaarcOptions):
     input: str | None = opt(None, "One manifest to estimate.")
     directory: str | None = opt(None, "A folder of manifests (e.g. partitions) to estimate together.")
     url_column: str = opt("url", "Column holding the URLs.", aliases=("url_col", "url"))
@@ -171,6 +188,26 @@ class SizeConfig(PaarcOptions):
 
 
 C = TypeVar("C")
+_TYPE_NAMES = {"bool": "true or false", "int": "an integer", "float": "a number", "list": "a list of strings",
+               "dict": "a JSON object", "str": "text"}
+
+
+def local_folder_problem(output: str) -> str | None:
+    """Why a local output cannot be a folder (a file sits at it or above it), or None.
+
+    Remote stores have no such conflict: an object and a prefix of the same name live side by side.
+    """
+    if "://" in output and not output.startswith("file://"):
+        return None
+    target = path = os.path.abspath(output.removeprefix("file://"))
+    while not os.path.isdir(path):
+        if os.path.exists(path):
+            return "is a file, not a folder" if path == target else f"{path} is a file, not a folder"
+        parent = os.path.dirname(path)
+        if parent == path:
+            return None
+        path = parent
+    return None
 
 
 def cli_fields(cls: type) -> list[dataclasses.Field[Any]]:
@@ -198,7 +235,10 @@ def _coerce(cls_name: str, f: dataclasses.Field[Any], value: Any) -> Any:
         if kind.startswith("float"):
             if isinstance(value, bool):
                 raise TypeError
-            return float(value)
+            number = float(value)
+            if not math.isfinite(number):  # inf overflows timers, nan compares false everywhere
+                raise ConfigError(f"{f.name} must be a finite number, got {value!r}")
+            return number
         if kind.startswith("list"):
             if isinstance(value, str):
                 return [v for v in value.split(",") if v]
@@ -210,8 +250,11 @@ def _coerce(cls_name: str, f: dataclasses.Field[Any], value: Any) -> Any:
                 raise TypeError
             return value
         return str(value)
+    except ConfigError:
+        raise
     except (TypeError, ValueError):
-        raise ConfigError(f"{f.name}: expected {kind.split(' ')[0]}, got {value!r}") from None
+        base = kind.split("[")[0].split(" ")[0]
+        raise ConfigError(f"{f.name}: expected {_TYPE_NAMES.get(base, base)}, got {value!r}") from None
 
 
 def build_config(cls: type[C], config_file: str | None, overrides: dict[str, Any]) -> C:
@@ -257,9 +300,18 @@ def read_json_config(path: str) -> dict[str, Any]:
 
 
 def public_dict(cfg: Any) -> dict[str, Any]:
-    """The config as recorded in outputs: storage options are dropped, they may hold secrets."""
+    """The config as recorded in outputs: storage option values are dropped and URLs redacted
+    (unless --no_redact_urls), since either may hold secrets."""
     d = dataclasses.asdict(cfg)
     for name in ("storage_options", "input_storage_options"):
         if name in d:
             d[name] = sorted(d[name])  # keys only
+    if not d.get("redact_urls", True):
+        return d
+    names = secret_param_names(d.get("redact_params", DEFAULT_SECRET_PARAMS))
+    for key, value in d.items():
+        if isinstance(value, str):
+            d[key] = redact_urls_in(value, names)
+        elif isinstance(value, list) and key != "redact_params":
+            d[key] = [redact_urls_in(v, names) if isinstance(v, str) else v for v in value]
     return d

@@ -36,7 +36,7 @@ from flowdc.seen import SeenKeys
 from flowdc.shipping import Shipper, uploader_for
 from flowdc.storage import Destination
 from flowdc.telemetry import Telemetry
-from flowdc.urls import host_key, scheme_error
+from flowdc.urls import host_key, scheme_error, url_redactor
 from flowdc.write_queue import WriteQueue
 from flowdc.writers.base import SampleWriter, StoredSample, StoreError
 from flowdc.writers.factory import make_writer
@@ -139,6 +139,7 @@ class DownloadJob:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._seen_keys = SeenKeys()  # url_based mode: keys already taken, to catch duplicate URLs
         self._store_failures: dict[int, int] = {}
+        self.redact = url_redactor(cfg.redact_urls, cfg.redact_params)  # for URLs written; requests use the real one
 
     def stop(self) -> None:
         """Ask the run to stop, from any thread: what is stored is kept, the rest waits for a rerun."""
@@ -323,7 +324,8 @@ class DownloadJob:
             if problem is not None:
                 status = "skipped" if problem in ("no_url", "duplicate_url") else "failed"
                 # No metadata copy for rows never fetched: the manifest still has it.
-                self._final(Record(row, key, url, status, label=label, reason=problem, url_hash=int(hashes[i])))
+                self._final(Record(row, key, self.redact(url), status, label=label, reason=problem,
+                                   url_hash=int(hashes[i])))
                 continue
             yield Job(row, key, url, host_key(url), label, meta, url_hash=int(hashes[i]))
 
@@ -383,7 +385,8 @@ class DownloadJob:
 
     def _record(self, job: Job, outcome: Outcome, status: str) -> Record:
         return Record(
-            job.row, job.key, job.url, status, label=job.label, reason=outcome.reason, retryable=outcome.retryable,
+            job.row, job.key, self.redact(job.url), status, label=job.label, reason=outcome.reason,
+            retryable=outcome.retryable, source_url=job.url,
             http_status=outcome.status, bytes=len(outcome.body) if outcome.body else None, sha256=outcome.sha256,
             attempts=job.attempts, host=job.host,
             ttfb_ms=None if outcome.ttfb is None else outcome.ttfb * 1000.0,
@@ -445,7 +448,8 @@ def is_destination_error(exc: BaseException) -> bool:
 
 def job_of(rec: Record) -> Job:
     meta = json.loads(rec.meta) if rec.meta else {}
-    return Job(rec.row, rec.key, rec.url, rec.host or host_key(rec.url), rec.label, meta, url_hash=rec.url_hash)
+    url = rec.source_url or rec.url  # the real URL: the record's own may be redacted
+    return Job(rec.row, rec.key, url, rec.host or host_key(url), rec.label, meta, url_hash=rec.url_hash)
 
 
 def _next_or_none(it: Iterator[pa.RecordBatch]) -> pa.RecordBatch | None:

@@ -20,6 +20,7 @@ from typing import Any
 
 import aiohttp
 
+from flowdc.imagesig import SNIFF_BYTES, image_format_ok
 from flowdc.signals import Signal
 
 # A longer Retry-After is waited on for this long per attempt; once the row's attempts are spent it
@@ -180,6 +181,9 @@ async def _read_response(resp: aiohttp.ClientResponse, settings: FetchSettings, 
         return Outcome(Signal.CONN_ERROR, status, "truncated", True, ttfb, content_type=ctype)
     if not body:
         return Outcome(Signal.OBJECT_ERROR, status, "empty_body", ttfb=ttfb, content_type=ctype)
+    if (ctype or "").lower().startswith("image/") and not image_format_ok(body[:SNIFF_BYTES], ctype):
+        # Served as an image but not one (an HTML error page as image/jpeg): final, a retry gets the same.
+        return Outcome(Signal.OBJECT_ERROR, status, "not_an_image", ttfb=ttfb, content_type=ctype)
     sha256 = digest(body) if len(body) <= INLINE_DIGEST_MAX else None
     return Outcome(Signal.OK, status, None, False, ttfb, body=body, sha256=sha256, content_type=ctype)
 
@@ -210,7 +214,7 @@ async def download_single(
 ) -> dict[str, Any]:
     """The seed's single-URL API: fetch one URL and store it like a one-row imagefolder download."""
     from flowdc.storage import Destination
-    from flowdc.writers.naming import extension_for, sample_path
+    from flowdc.writers.naming import extension_for, label_folder, sample_path
 
     own = session is None
     session = session or make_session(4)
@@ -225,7 +229,7 @@ async def download_single(
         ext = extension_for(outcome.content_type, url)
         dest = Destination(output_folder)
         labelled = output_format == "imagefolder" and class_name is not None
-        rel = sample_path(key, class_name, ext, labelled=labelled)
+        rel = sample_path(key, label_folder(class_name) if labelled else None, ext)
         await asyncio.to_thread(dest.write_bytes, rel, outcome.body)
         result.update(path=dest.url(rel), sha256=outcome.sha256 or digest(outcome.body), bytes=len(outcome.body))
     return result

@@ -79,7 +79,8 @@ class Record:
     ttfb_ms: float | None = None
     meta: str | None = None
     ts: float = field(default_factory=time.time)
-    url_hash: int = 0
+    url_hash: int = 0  # of the full URL, even when `url` is redacted: resume matches rows by it
+    source_url: str | None = None  # the URL requested, in memory only (no column): store retries refetch it
 
     def __post_init__(self) -> None:
         if not self.url_hash:

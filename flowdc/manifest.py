@@ -12,6 +12,9 @@ opened as a file object and streamed the same way (parquet reads only the byte r
 from __future__ import annotations
 
 import contextlib
+import csv
+import io
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -100,8 +103,8 @@ class Manifest:
                 yield _with_row_numbers(batch, start)
                 start += batch.num_rows
         except (pa.ArrowInvalid, OSError, ValueError) as exc:
-            where = f"{self.path} as {self.format} near row {start}"
-            raise ConfigError(f"cannot read {where}: {_first_line(exc)}") from None
+            at = self._csv_error_row(exc) or f"near row {start}"
+            raise ConfigError(f"cannot read {self.path} as {self.format} {at}: {_first_line(exc)}") from None
 
     # -- per-format readers -------------------------------------------------------------------
     def _read_columns(self) -> list[str]:
@@ -119,7 +122,21 @@ class Manifest:
         except ConfigError:
             raise
         except Exception as exc:  # any parser error on an unreadable file is a user error here
-            raise ConfigError(f"cannot read {self.path} as {self.format}: {_first_line(exc)}") from None
+            at = self._csv_error_row(exc)
+            raise ConfigError(f"cannot read {self.path} as {self.format}{' ' + at if at else ''}: "
+                              f"{_first_line(exc)}") from None
+
+    def _csv_error_row(self, exc: BaseException) -> str | None:
+        """Where a CSV parse error is, as 'at row N (line L)'. Arrow parses a whole block at once and
+        does not say which row failed, so the file is scanned again, only now that it failed."""
+        if self.format != "csv" or "CSV parse error" not in str(exc):
+            return None
+        try:
+            with self.open() as src:
+                found = ragged_csv_row(src, _delimiter(self.path))
+        except ConfigError:
+            return None
+        return None if found is None else f"at row {found[0]} (line {found[1]})"
 
     def _parquet(self) -> Iterator[pa.RecordBatch]:
         # pre_buffer would keep every row group read so far alive until the end of the file.
@@ -176,9 +193,35 @@ def _check_exists(path: str, storage_options: dict[str, Any]) -> None:
         raise ConfigError(f"input file not found: {path}")
 
 
+def _delimiter(path: str) -> str:
+    return "\t" if _path_part(path).lower().endswith(".tsv") else ","
+
+
+def ragged_csv_row(src: Any, delimiter: str) -> tuple[int, int] | None:
+    """(0-based data row, 1-based file line) of the first row whose field count differs from the
+    header's, or None. `src` is a path or a binary file object."""
+    csv.field_size_limit(sys.maxsize)  # one huge field is not what we are looking for
+    try:
+        with contextlib.ExitStack() as stack:
+            raw = stack.enter_context(open(src, "rb")) if isinstance(src, str) else src
+            text = stack.enter_context(io.TextIOWrapper(raw, encoding="utf-8", errors="replace", newline=""))
+            reader = csv.reader(text, delimiter=delimiter)
+            width = len(next(reader, []))
+            row = 0
+            for fields in reader:
+                if not fields:
+                    continue  # blank lines are skipped by the Arrow reader too: they hold no row
+                if len(fields) != width:
+                    return row, reader.line_num
+                row += 1
+    except (OSError, ValueError, csv.Error):
+        return None
+    return None
+
+
 def _open_csv(src: Any, block_size: int, path: str) -> pacsv.CSVStreamingReader:
     """A streaming csv reader over `src` (a path or a seekable file object named `path`)."""
-    delimiter = "\t" if _path_part(path).lower().endswith(".tsv") else ","
+    delimiter = _delimiter(path)
     # Every column as text: type inference on the first block can be wrong for later blocks.
     read_opts = pacsv.ReadOptions(block_size=block_size)
     parse_opts = pacsv.ParseOptions(delimiter=delimiter, newlines_in_values=True)

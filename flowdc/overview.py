@@ -13,9 +13,11 @@ from flowdc.config import DownloadConfig, public_dict
 from flowdc.ledger import Ledger
 from flowdc.progress import RunCounters
 from flowdc.storage import Destination
+from flowdc.writers.labelmap import LABELS_FILE, read_label_map
 
 OVERVIEW_FILE = "overview.json"
 MAX_HOSTS_LISTED = 1000
+MAX_LABELS_LISTED = 1000  # the whole map is in LABELS_FILE
 CLIENT_BOUND_SHARE = 0.5  # the summary says the client was the bottleneck past this share of the run
 
 
@@ -25,13 +27,14 @@ def build_overview(cfg: DownloadConfig, ledger: Ledger, run: RunCounters, host_s
     totals = ledger.summary(latest)
     elapsed = run.elapsed()
     attempted = run.ok + run.failed + run.skipped
+    config = public_dict(cfg)  # URLs redacted, storage option values left out
     return {
         "tool": "flowdc",
-        "output": cfg.output,
+        "output": config["output"],
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started_wall)),
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "interrupted": interrupted,
-        "config": public_dict(cfg),
+        "config": config,
         "totals": {k: totals[k] for k in ("rows", "ok", "failed", "skipped")},
         "success_rate": round(totals["ok"] / totals["rows"], 6) if totals["rows"] else 0.0,
         "bytes": totals["bytes"],
@@ -53,7 +56,22 @@ def build_overview(cfg: DownloadConfig, ledger: Ledger, run: RunCounters, host_s
         "images_per_s": round(run.ok / elapsed, 2),
         "mb_per_s": round(run.bytes / elapsed / 1e6, 3),
         "hosts": per_host(latest, host_snapshots),
+        **labels_section(cfg, ledger.dest),
     }
+
+
+def labels_section(cfg: DownloadConfig, dest: Destination) -> dict[str, Any]:
+    """The label map of a labelled imagefolder (folder -> label), as its file holds it."""
+    if not cfg.label or cfg.output_format != "imagefolder":
+        return {}
+    doc = read_label_map(dest)
+    if doc is None:
+        return {}
+    folders = doc.get("folders") or {}
+    listed = dict(list(folders.items())[:MAX_LABELS_LISTED])
+    return {"labels": {"map_file": LABELS_FILE, "classes": len(folders), "listed": len(listed),
+                       "missing_label_folder": doc.get("missing_label_folder"), "folders": listed,
+                       "merged": doc.get("merged") or {}}}
 
 
 def per_host(latest: pa.Table, host_snapshots: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:

@@ -41,7 +41,7 @@ from flowdc.manifest import FORMATS_BY_SUFFIX, Manifest
 from flowdc.paarc import ClientLoad, policy_factory
 from flowdc.scheduler import Job, Scheduler, sleep_noting_lag
 from flowdc.signals import Signal
-from flowdc.urls import host_key, scheme_error
+from flowdc.urls import host_key, scheme_error, url_redactor
 
 MAX_REDIRECTS = 5
 MAX_ATTEMPTS = 3  # per row, counting the first; like the downloader's retry budget
@@ -268,7 +268,8 @@ def default_report_path(cfg: SizeConfig) -> Path:
 class Tally:
     """Running totals over finished rows; cheap per row, bounded memory."""
 
-    def __init__(self, seed: int) -> None:
+    def __init__(self, seed: int, redact: Callable[[str], str] = str) -> None:
+        self.redact = redact  # the report's example URLs are written: no credentials in them
         self.asked = 0
         self.resolved = 0
         self.bytes = 0
@@ -291,7 +292,7 @@ class Tally:
             reason = probe.reason or "unknown"
             self.reasons[reason] += 1
             if len(self.examples) < 10:
-                self.examples.append({"url": url, "reason": reason})
+                self.examples.append({"url": self.redact(url), "reason": reason})
             return
         self.resolved += 1
         self.bytes += probe.size
@@ -392,7 +393,7 @@ class SizeJob:
         # Opening checks existence, format and the URL column of every file before any request.
         self.manifests = [Manifest(p, cfg.url_column, cfg.input_format) for p in self.paths]
         self.report_path = default_report_path(cfg)
-        self.tally = Tally(cfg.seed)
+        self.tally = Tally(cfg.seed, url_redactor(cfg.redact_urls, cfg.redact_params))
         self.rows_total = 0
         self.bar: tqdm[Any] | None = None
 

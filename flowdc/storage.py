@@ -19,6 +19,8 @@ from typing import IO, Any
 import fsspec
 from fsspec.core import url_to_fs
 
+from flowdc.urls import redact_url
+
 TMP_MARK = ".tmp-"
 log = logging.getLogger(__name__)
 _counter = itertools.count()
@@ -50,7 +52,7 @@ class Destination:
         self.local = isinstance(self.fs, fsspec.implementations.local.LocalFileSystem)
         if getattr(self.fs, "async_impl", False):
             quiet_orphaned_connection_errors()
-        self.display = url if "://" in url else self.root
+        self.display = redact_url(url) if "://" in url else self.root  # for messages: no credentials
 
     def parent(self) -> Destination:
         """The folder that holds this destination (for siblings such as OUTPUT.tar.gz)."""

@@ -31,13 +31,13 @@ from pathlib import Path
 from typing import Final
 
 from flowdc.errors import ConfigError
+from flowdc.urls import MASK, redact_urls_in
 
 log = logging.getLogger(__name__)
 
 TOOLS: Final = ("gocmd", "aws", "gsutil", "rclone", "scp", "custom")
 PLACEHOLDERS: Final = ("file", "destination", "name", "remote")  # usable in a custom template
 _PLACEHOLDER: Final = re.compile(r"\{(" + "|".join(PLACEHOLDERS) + r")\}")
-MASK: Final = "***"
 
 # Per-tool environment changes applied before the spec's own overrides (None = unset).
 # rclone 1.60's S3 backend fails with LoadCustomCABundleError ("unsupported transport") whenever
@@ -166,11 +166,6 @@ _SECRET_NAME = re.compile(
 )
 # Shorter values are too likely to be ordinary words ("1", "true") to mask everywhere.
 _MIN_SECRET_LEN: Final = 4
-_URL_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<user>[^:@/\s]*):(?P<pw>[^@/\s]+)@")
-_SECRET_PARAM = re.compile(
-    r"(?P<key>[?&;][^=&\s]*(?:token|secret|password|passwd|signature|sig|key|credential|auth)[^=&\s]*=)[^&\s]+",
-    re.IGNORECASE,
-)
 _SECRET_FLAG = re.compile(
     r"(?<!\S)(?P<flag>--?[\w-]*(?:secret|password|passwd|token|access-key|api-key|credential)[\w-]*[= ])"
     r"(?P<val>\S+)",
@@ -189,13 +184,12 @@ def secret_values(env: Mapping[str, str | None] | None = None) -> set[str]:
 
 
 def redact(text: str, extra_secrets: Iterable[str] = ()) -> str:
-    """Mask known secret values, `user:pass@` in URLs, secret query parameters and flags."""
+    """Mask known secret values, URLs' userinfo and secret query parameters (flowdc.urls), and flags."""
     secrets = secret_values() | {s for s in extra_secrets if s and len(s) >= _MIN_SECRET_LEN}
     # Longest first, so a secret that contains another is masked whole.
     for secret in sorted(secrets, key=len, reverse=True):
         text = text.replace(secret, MASK)
-    text = _URL_USERINFO.sub(lambda m: f"{m['scheme']}{m['user']}:{MASK}@", text)
-    text = _SECRET_PARAM.sub(lambda m: m["key"] + MASK, text)
+    text = redact_urls_in(text)
     return _SECRET_FLAG.sub(lambda m: m["flag"] + MASK, text)
 
 

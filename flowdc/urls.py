@@ -1,8 +1,11 @@
-"""URL facts the whole tool agrees on: which host a URL belongs to, and which schemes we fetch."""
+"""URL facts the whole tool agrees on: which host a URL belongs to, which schemes we fetch, and how a
+URL is redacted before it is written or logged."""
 
 from __future__ import annotations
 
-from urllib.parse import urlsplit
+import re
+from collections.abc import Callable, Iterable
+from urllib.parse import unquote_plus, urlsplit
 
 FETCHABLE_SCHEMES = frozenset({"http", "https"})
 
@@ -38,3 +41,79 @@ def scheme_error(url: str) -> str | None:
     if not parts.netloc:
         return "invalid_url"
     return None
+
+
+# -- redaction --------------------------------------------------------------------------------
+# Every URL flowdc writes or logs goes through here; requests always use the real URL.
+MASK = "***"
+# Query parameters (whole names, any case) that carry credentials in signed or authenticated URLs:
+# AWS SigV2/V4, GCS V2/V4, Azure SAS (`sig`), CloudFront, OAuth and the usual API keys.
+DEFAULT_SECRET_PARAMS: tuple[str, ...] = (
+    "token", "access_token", "refresh_token", "id_token", "auth", "authorization", "jwt",
+    "key", "api_key", "apikey", "api-key", "client_secret", "secret", "password", "passwd", "pwd",
+    "sig", "signature", "awsaccesskeyid", "x-amz-signature", "x-amz-credential", "x-amz-security-token",
+    "googleaccessid", "x-goog-signature", "x-goog-credential", "key-pair-id",
+)
+_PARAM = re.compile(r"(^|[&;])([^=&;]*)=([^&;]*)")
+_URL_IN_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s\"'<>]+")
+
+
+def secret_param_names(names: Iterable[str] = DEFAULT_SECRET_PARAMS) -> frozenset[str]:
+    return frozenset(n.strip().lower() for n in names if n.strip())
+
+
+_DEFAULT_NAMES = secret_param_names()
+
+
+def redact_url(url: str, secret_params: frozenset[str] = _DEFAULT_NAMES) -> str:
+    """`url` with its userinfo and the values of secret query (and fragment) parameters masked.
+
+    Names match whole and case-insensitively after percent-decoding: `monkey=` is not `key=`.
+    """
+    if "@" not in url and "=" not in url:
+        return url  # the common case costs two scans
+    start = url.find("://")
+    if start >= 0:
+        start += 3
+        end = url.find("/", start)
+        # The last '@' before the path ends the userinfo, even in a malformed URL with '?' or '#'
+        # in its password: over-masking an odd URL beats leaking a password.
+        at = url.rfind("@", start, end if end >= 0 else len(url))
+        if at >= 0:
+            url = url[:start] + MASK + url[at:]
+    if "=" not in url:
+        return url
+    head, hash_mark, fragment = url.partition("#")
+    head, query_mark, query = head.partition("?")
+    if query_mark:
+        query = _redact_params(query, secret_params)
+    if hash_mark:  # OAuth implicit grants put tokens in the fragment
+        fragment = _redact_params(fragment, secret_params)
+    return head + query_mark + query + hash_mark + fragment
+
+
+def _redact_params(query: str, secret_params: frozenset[str]) -> str:
+    def mask(m: re.Match[str]) -> str:
+        name = unquote_plus(m[2]).strip().lower()
+        return f"{m[1]}{m[2]}={MASK}" if name in secret_params and m[3] else m[0]
+
+    return _PARAM.sub(mask, query)
+
+
+def redact_urls_in(text: str, secret_params: frozenset[str] = _DEFAULT_NAMES) -> str:
+    """Free text (a log line, a tool's stderr) with every URL in it redacted."""
+    if "://" not in text:
+        return text
+    return _URL_IN_TEXT.sub(lambda m: redact_url(m[0], secret_params), text)
+
+
+def url_redactor(enabled: bool, names: Iterable[str] = DEFAULT_SECRET_PARAMS) -> Callable[[str], str]:
+    """The redaction a run applies to the URLs it writes: identity when turned off."""
+    if not enabled:
+        return _identity
+    params = secret_param_names(names)
+    return lambda url: redact_url(url, params)
+
+
+def _identity(url: str) -> str:
+    return url

@@ -12,6 +12,8 @@ token bucket. Faults come either at random (seeded) or scripted per URL in the q
     ?retry_after_date=1   send Retry-After as an HTTP-date instead of seconds
     ?size=N               body size in bytes (exact for N >= ~100; smaller gives a 1x1 PNG)
     ?ctype=TYPE           Content-Type to send (default image/png)
+    ?body=html            an HTML page instead of the image (with ctype=image/jpeg: an error page
+                          served as an image, as soft-blocking hosts do)
     ?redirect=N           N chained 302 redirects before the image
     ?nolength=1           chunked transfer, no Content-Length
     ?slowbody=S           headers at once, body trickles over S seconds
@@ -80,6 +82,7 @@ def _chunk(kind: bytes, data: bytes) -> bytes:
     return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
 
+HTML_PAGE = b"<!DOCTYPE html><html><head><title>Access denied</title></head><body>Please log in.</body></html>"
 _PNG_SIG = b"\x89PNG\r\n\x1a\n"
 _IEND = _chunk(b"IEND", b"")
 _PAD_KIND = b"fdPd"  # private, ancillary, safe-to-copy: every decoder skips it
@@ -368,7 +371,7 @@ class FakeHost:
             if redirects > 0:
                 return self._redirect(request, redirects)
             size = min(MAX_BODY, max(0, int(query.get("size", spec.image_bytes))))
-            body = self.images.get(request.path, size)
+            body = HTML_PAGE if query.get("body") == "html" else self.images.get(request.path, size)
             if fault == "truncate":
                 return await self._truncated(request, body)
             return await self._image(request, body)
@@ -572,7 +575,7 @@ def run_farm_in_thread(specs: Sequence[HostSpec], timeout_s: float = 15.0) -> It
 def write_manifest(
     path: str | Path,
     urls: Sequence[str],
-    labels: Sequence[str] | None = None,
+    labels: Sequence[str | None] | None = None,
     extra_columns: dict[str, Sequence[Any]] | None = None,
     fmt: str | None = None,
 ) -> Path:
@@ -583,7 +586,7 @@ def write_manifest(
     fmt = fmt or ("csv" if path.suffix.lower() == ".csv" else "parquet")
     columns: dict[str, Any] = {"url": pa.array(list(urls), pa.string())}
     if labels is not None:
-        columns["label"] = pa.array([str(x) for x in labels], pa.string())
+        columns["label"] = pa.array([None if x is None else str(x) for x in labels], pa.string())
     for name, values in (extra_columns or {}).items():
         columns[name] = pa.array(list(values))
     table = pa.table(columns)

@@ -5,23 +5,29 @@ from __future__ import annotations
 from flowdc.ledger import Ledger
 from flowdc.storage import Destination
 from flowdc.writers.base import StoredSample, StoreError
-from flowdc.writers.naming import sample_path
+from flowdc.writers.labelmap import load_label_folders, save_label_map
+from flowdc.writers.naming import LabelFolders, sample_path
 
 
 class ImageFolderWriter:
     def __init__(self, dest: Destination, ledger: Ledger, *, labelled: bool):
         self.dest = dest
         self.ledger = ledger
-        self.labelled = labelled
+        self.folders: LabelFolders | None = LabelFolders() if labelled else None
 
     def recover(self) -> dict[str, int]:
         # A file written before its ledger record was flushed is simply rewritten under the same
         # name on the next run, so only half-written temporaries need removing.
-        return {"temporaries_removed": self.dest.remove_temporaries()}
+        removed = self.dest.remove_temporaries()
+        if self.folders is not None:
+            # Labels this output already holds keep their folders: a resumed class is never split.
+            self.folders = load_label_folders(self.dest, self.ledger)
+        return {"temporaries_removed": removed}
 
     def write(self, sample: StoredSample) -> None:
         rec = sample.record
-        rel = sample_path(rec.key, rec.label, sample.ext, labelled=self.labelled)
+        folder = self.folders.folder_for(rec.label) if self.folders is not None else None
+        rel = sample_path(rec.key, folder, sample.ext)
         try:
             self.dest.write_bytes(rel, sample.body)
         except Exception as exc:
@@ -31,3 +37,5 @@ class ImageFolderWriter:
 
     def close(self) -> None:
         self.ledger.flush()
+        if self.folders:
+            save_label_map(self.dest, self.folders)

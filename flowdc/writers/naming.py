@@ -8,14 +8,20 @@ from __future__ import annotations
 
 import hashlib
 import re
+import threading
 from pathlib import PurePosixPath
 from urllib.parse import urlsplit
 
 KEY_WIDTH = 8
-UNLABELED = "unlabeled"
+# Rows whose label is missing (null or empty) form their own class in this folder. Folders of real
+# labels never start with "_" (see label_folder), so no label, not even "unlabeled" or "_unlabeled",
+# can share it; "_" names are flowdc's own (`_flowdc/` too).
+MISSING_LABEL_FOLDER = "_unlabeled"
+LABEL_HASH_CHARS = 12  # 48 bits of SHA-256, only ever told apart among labels that clean alike
 MAX_LABEL_CHARS = 120
 MAX_LABEL_BYTES = 200  # a file name holds at most 255 bytes; room is left for the hash suffix
 _UNSAFE = re.compile(r"[^\w\-. ,()+&']+", re.UNICODE)
+_HASHED = re.compile(rf".+_[0-9a-f]{{{LABEL_HASH_CHARS}}}", re.DOTALL)  # the shape label_folder gives a changed label
 _EXT_BY_TYPE = {
     "image/jpeg": ".jpg",
     "image/jpg": ".jpg",
@@ -46,19 +52,96 @@ def make_key(naming_mode: str, row: int, url: str) -> str:
     return url_key(url) if naming_mode == "url_based" else sequential_key(row)
 
 
-def safe_label(label: object) -> str:
-    """A label as one safe path component: no separators, no dot-only names, bounded length."""
-    if label is None:
-        return UNLABELED
-    text = _UNSAFE.sub("_", str(label)).strip(" .")
-    if not text or set(text) <= {"_", "."}:
-        return UNLABELED if not str(label).strip() else "_" + hashlib.sha1(str(label).encode()).hexdigest()[:10]
-    if len(text) > MAX_LABEL_CHARS or len(text.encode()) > MAX_LABEL_BYTES:
-        cut = text[:MAX_LABEL_CHARS]
-        while len(cut.encode()) > MAX_LABEL_BYTES:  # multi-byte characters: bound the bytes too
-            cut = cut[:-1]
-        text = cut + "_" + hashlib.sha1(str(label).encode()).hexdigest()[:10]
-    return text
+def is_missing_label(label: str | None) -> bool:
+    return label is None or label == ""
+
+
+def label_folder(label: str | None) -> str:
+    """The class folder of a label: one safe path component, and distinct labels never share one.
+
+    A label that cleaning leaves as it is keeps its own name. Any other label gets its cleaned
+    name plus "_" and a hash of the whole label: so do labels that already end like that, so a
+    plain name can never equal another label's hashed one. Cleaning turns characters other than
+    letters, digits and `-._ ,()+&'` into "_", trims leading " ._" and trailing " .", and bounds
+    the length; so a plain name never starts with "_" and MISSING_LABEL_FOLDER stays free.
+    """
+    if is_missing_label(label):
+        return MISSING_LABEL_FOLDER
+    text = str(label)
+    clean = _clean(text)
+    if clean == text and not _HASHED.fullmatch(text):
+        return text
+    return hashed_label_folder(text, clean)
+
+
+def hashed_label_folder(text: str, clean: str | None = None, salt: str = "") -> str:
+    """The hashed form: used for changed labels, and for a label whose plain folder an older output
+    gave to another label (then `salt` only varies in the astronomically rare case of a clash)."""
+    digest = hashlib.sha256((text + salt).encode("utf-8", "surrogatepass")).hexdigest()[:LABEL_HASH_CHARS]
+    return f"{(_clean(text) if clean is None else clean) or 'label'}_{digest}"
+
+
+def _clean(text: str) -> str:
+    clean = _UNSAFE.sub("_", text).lstrip(" ._").rstrip(" .")
+    if len(clean) > MAX_LABEL_CHARS or len(clean.encode()) > MAX_LABEL_BYTES:
+        clean = clean[:MAX_LABEL_CHARS]
+        while len(clean.encode()) > MAX_LABEL_BYTES:  # multi-byte characters: bound the bytes too
+            clean = clean[:-1]
+        clean = clean.rstrip(" .")
+    return clean
+
+
+class LabelFolders:
+    """label -> folder for one output: label_folder's rule, except that labels an output already
+    holds keep the folders they have (an older flowdc named folders differently), and no new label
+    joins a folder that holds another label. Thread-safe: imagefolder writes in parallel lanes."""
+
+    def __init__(self) -> None:
+        self._folder: dict[str | None, str] = {}  # label (None for missing) -> folder
+        self._labels: dict[str, set[str | None]] = {}  # folder -> the labels in it
+        self._lock = threading.Lock()
+        self.changed = False  # a label was added since the map was last saved
+
+    def keep(self, label: str | None, folder: str) -> None:
+        """Record a label the output already holds in `folder` (from its ledger or label map)."""
+        key = None if is_missing_label(label) else label
+        with self._lock:
+            self._folder.setdefault(key, folder)
+            self._labels.setdefault(folder, set()).add(key)
+
+    def folder_for(self, label: str | None) -> str:
+        key = None if is_missing_label(label) else label
+        with self._lock:
+            folder = self._folder.get(key)
+            if folder is not None:
+                return folder
+            folder = label_folder(key)
+            tries = 0
+            while folder in self._labels:  # an older output put another label here
+                tries += 1
+                folder = hashed_label_folder("" if key is None else key, salt="" if tries == 1 else f"#{tries}")
+            self._folder[key] = folder
+            self._labels[folder] = {key}
+            self.changed = True
+            return folder
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._labels)
+
+    def folders(self) -> dict[str, str | None]:
+        """folder -> label, sorted by folder (a folder an older flowdc merged: its first label)."""
+        with self._lock:
+            return {f: min(ls, key=_order) for f, ls in sorted(self._labels.items())}
+
+    def merged(self) -> dict[str, list[str | None]]:
+        """Folders that hold more than one label: only outputs written before distinct folders."""
+        with self._lock:
+            return {f: sorted(ls, key=_order) for f, ls in sorted(self._labels.items()) if len(ls) > 1}
+
+
+def _order(label: str | None) -> tuple[bool, str]:
+    return (label is not None, label or "")
 
 
 def extension_for(content_type: str | None, url: str) -> str:
@@ -72,9 +155,9 @@ def extension_for(content_type: str | None, url: str) -> str:
     return ".jpg" if suffix == ".jpeg" else suffix if suffix in _KNOWN_EXTS else ".bin"
 
 
-def sample_path(key: str, label: object | None, ext: str, *, labelled: bool = True) -> str:
-    """Relative path of an imagefolder sample; labelled=False puts it at the root."""
+def sample_path(key: str, folder: str | None, ext: str) -> str:
+    """Relative path of an imagefolder sample: in its class folder, or at the root when None."""
     name = f"{key}{ext}"
-    if "/" in name or "\\" in name or name.startswith("."):
+    if "/" in name or "\\" in name or name.startswith(".") or "\x00" in name:
         raise ValueError(f"unsafe key {key!r}")
-    return f"{safe_label(label)}/{name}" if labelled else name
+    return f"{folder}/{name}" if folder is not None else name

@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -18,12 +21,15 @@ import pytest
 from flowdc.cli import main
 from flowdc.testing.fakehosts import FakeHostFarm
 from tests.integration.conftest import (
+    REPO,
     by_url,
     download,
     expected_png,
+    latest,
     run_flowdc,
     sha256,
     snapshot_tree,
+    subprocess_env,
     write_manifest,
 )
 
@@ -106,6 +112,30 @@ def _case_telemetry_unwritable(tmp: Path) -> list[str]:
     return ["--input", str(_manifest(tmp)), "--telemetry", str(tmp / "a_file" / "t.jsonl")]
 
 
+def _case_output_is_a_file(tmp: Path) -> list[str]:
+    (tmp / "notes.txt").write_text("the user's own file")
+    return ["--input", str(_manifest(tmp)), "--output", str(tmp / "notes.txt")]
+
+
+def _case_output_under_a_file(tmp: Path) -> list[str]:
+    (tmp / "notes.txt").write_text("the user's own file")
+    return ["--input", str(_manifest(tmp)), "--output", str(tmp / "notes.txt" / "out")]
+
+
+def _cli_case(*options: str) -> Callable[[Path], list[str]]:
+    def build(tmp: Path) -> list[str]:
+        return ["--input", str(_manifest(tmp)), *options]
+
+    return build
+
+
+def _case_ragged_csv(tmp: Path) -> list[str]:
+    """250 good rows, then one with a field too many: the error names that row, not row 0."""
+    lines = ["url,label", *(f"{DEAD}/{i}.png,a" for i in range(250)), f"{DEAD}/x.png,a,extra", f"{DEAD}/y.png,a"]
+    (tmp / "m.csv").write_text("\n".join(lines) + "\n")
+    return ["--input", str(tmp / "m.csv")]
+
+
 def _xml_case(text: str) -> Callable[[Path], list[str]]:
     def build(tmp: Path) -> list[str]:
         (tmp / "m.xml").write_text(text)
@@ -129,7 +159,16 @@ BAD_INPUTS: list[tuple[str, Callable[[Path], list[str]], str]] = [
     ("missing_label_column", _case_missing_label_column, "label column 'species' not in"),
     ("bad_json", _case_bad_json, "is not valid JSON"),
     ("unknown_key", _json_case({"concurrency": 5}), "unknown option 'concurrency'"),
-    ("wrong_type_json", _json_case({"timeout": "abc"}), "timeout: expected float, got 'abc'"),
+    ("wrong_type_json", _json_case({"timeout": "abc"}), "timeout: expected a number, got 'abc'"),
+    ("storage_options_not_object", _json_case({"storage_options": "x"}),
+     "storage_options: expected a JSON object, got 'x'"),
+    ("timeout_inf", _cli_case("--timeout", "inf"), "timeout must be a finite number, got inf"),
+    ("timeout_nan", _cli_case("--timeout", "nan"), "timeout must be a finite number, got nan"),
+    ("nan_in_json", _json_case({"beta": float("nan")}), "beta must be a finite number, got nan"),
+    ("inf_paarc_knob", _cli_case("--probe_rtt_period=-inf"), "probe_rtt_period must be a finite number"),
+    ("output_is_a_file", _case_output_is_a_file, "notes.txt: is a file, not a folder"),
+    ("output_under_a_file", _case_output_under_a_file, "notes.txt is a file, not a folder"),
+    ("ragged_csv", _case_ragged_csv, "at row 250 (line 252): CSV parse error: Expected 2 columns, got 3"),
     ("wrong_type_cli", _case_bad_type_cli, "invalid float value: 'abc'"),
     ("cmin_above_cmax", _case_cmin_above_cmax, "C_min <= C_init <= C_max"),
     ("bad_choice_cli", _case_bad_choice_cli, "invalid choice: 'zip'"),
@@ -156,6 +195,24 @@ def test_bad_input_is_one_line_exit_2(tmp_path: Path, case: str, build: Callable
     assert "Traceback" not in proc.stderr
     assert len(lines) == 1, proc.stderr
     assert "error" in lines[0] and expected in lines[0], lines[0]
+
+
+def test_a_closed_stdout_pipe_is_no_traceback(tmp_path: Path) -> None:
+    """`flowdc download ... | head` where the reader is gone before the summary is printed: no
+    BrokenPipeError traceback, exit 141 (128 + SIGPIPE, as a shell reports it), the run's ledger
+    is written."""
+    manifest = write_manifest(tmp_path / "m.parquet", [f"{DEAD}/{i}.png" for i in range(3)])
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader already went away
+    try:
+        proc = subprocess.run([sys.executable, "-m", "flowdc", "download", "--input", str(manifest), "--output",
+                               str(tmp_path / "out"), *QUICK], stdout=write_end, stderr=subprocess.PIPE, text=True,
+                              timeout=60, cwd=REPO, env=subprocess_env())
+    finally:
+        os.close(write_end)
+    assert proc.returncode == 141, proc.stderr
+    assert proc.stderr == ""
+    assert len(latest(tmp_path / "out")) == 3
 
 
 def test_bad_rerun_loses_nothing(tmp_path: Path, two_hosts: FakeHostFarm) -> None:

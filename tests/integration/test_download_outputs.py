@@ -19,7 +19,7 @@ import webdataset as wds
 
 from flowdc.fetch import INLINE_DIGEST_MAX
 from flowdc.testing.fakehosts import FakeHostFarm
-from flowdc.writers.naming import safe_label, url_key
+from flowdc.writers.naming import label_folder, url_key
 from tests.integration.conftest import (
     by_url,
     download,
@@ -60,12 +60,12 @@ def test_imagefolder_labels_cannot_escape(tmp_path: Path, two_hosts: FakeHostFar
     for path in visible_files(tmp_path):
         assert path.resolve().is_relative_to(tmp_path.resolve())
     folders = {p.name for p in out.iterdir() if p.is_dir() and p.name != "_flowdc"}
-    assert folders == {safe_label(label) for label in labels}
+    assert folders == {label_folder(label) for label in labels}
     assert all(name not in (".", "..", "") and "/" not in name for name in folders)
     for rec in latest(out):
         file = out / rec["path"]
         assert file.resolve().parent.parent == root
-        assert file.parent.name == safe_label(rec["label"]) and file.name == f"{rec['key']}.png"
+        assert file.parent.name == label_folder(rec["label"]) and file.name == f"{rec['key']}.png"
         assert sha256(file.read_bytes()) == rec["sha256"]
     assert len(image_files(out)) == len(labels)
 

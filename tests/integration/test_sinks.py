@@ -65,9 +65,9 @@ def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def make_manifest(path: Path, farm: FakeHostFarm, tag: str, n: int, *, missing: int = 0) -> list[str]:
+def make_manifest(path: Path, farm: FakeHostFarm, tag: str, n: int, *, missing: int = 0, query: str = "") -> list[str]:
     """n image URLs spread over the farm's hosts (labels a/b/c), then `missing` URLs that 404."""
-    urls = [farm.url(i % len(farm.hosts), f"{tag}/img{i}.png") for i in range(n)]
+    urls = [farm.url(i % len(farm.hosts), f"{tag}/img{i}.png{query}") for i in range(n)]
     urls += [farm.url(0, f"{tag}/gone{i}.png?fail=404") for i in range(missing)]
     write_manifest(path, urls, labels=["abc"[i % 3] for i in range(len(urls))])
     return urls
@@ -339,10 +339,12 @@ def test_s3_shard_commit_broken(s3_endpoint: str, slow_farm: FakeHostFarm, tmp_p
     """Every PUT of one shard's ledger part loses its connection, either before S3 sees it (the
     tar and parquet are in place, the commit is not) or after S3 stored it (committed, but the
     writer sees an error). Either way the run completes with every row ok exactly once and no
-    shard file without its commit: the writer removes the shard and fetches its samples again."""
+    shard file without its commit: the writer removes the shard and fetches its samples again.
+    The refetch uses the real URLs, though the records hold redacted ones: here `size`, which the
+    host needs, is a redacted parameter."""
     bucket = f"commit-broken-{when}"
     s3_filesystem(s3_endpoint).mkdir(bucket)
-    urls = make_manifest(tmp_path / "m.parquet", slow_farm, bucket, 60)
+    urls = make_manifest(tmp_path / "m.parquet", slow_farm, bucket, 60, query="?size=700")
     host, port = urlsplit(s3_endpoint).hostname, urlsplit(s3_endpoint).port
     assert host and port
     proxy = TcpProxy((host, port)).start()
@@ -350,7 +352,7 @@ def test_s3_shard_commit_broken(s3_endpoint: str, slow_farm: FakeHostFarm, tmp_p
     output = f"s3://{bucket}/ds"
     try:
         result = download(tmp_path / "m.parquet", output, output_format="webdataset", samples_per_shard=10,
-                          enable_paarc=False, C_init=2, concurrent_downloads=4,
+                          enable_paarc=False, C_init=2, concurrent_downloads=4, redact_params=["size"],
                           storage_options=s3_options(proxy.endpoint, **SHORT_S3))
     finally:
         proxy.stop()
@@ -360,6 +362,8 @@ def test_s3_shard_commit_broken(s3_endpoint: str, slow_farm: FakeHostFarm, tmp_p
     dest = Destination(output, s3_options(s3_endpoint))
     assert not dest.exists(f"{LEDGER_DIR}/shard-000002.parquet") and not dest.exists("000002.tar")
     check_no_loss_no_duplicates(dest, urls)
+    assert {r["url"].rsplit("?", 1)[1] for r in ledger_latest(dest)} == {"size=***"}
+    assert {r["bytes"] for r in ledger_latest(dest)} == {700}
 
 
 def test_s3_flapping_endpoint_then_rerun(s3_endpoint: str, slow_farm: FakeHostFarm, tmp_path: Path) -> None:

@@ -253,10 +253,12 @@ def test_redact_patterns(monkeypatch: pytest.MonkeyPatch) -> None:
     text = ("key s3cr3t-value pw irodspw url sftp://u:p4ss@h/x "
             "q https://h/o?X-Amz-Signature=abc123&x=1 flag --s3-secret-access-key zzz --password=yyy")
     assert redact(text) == (
-        "key *** pw *** url sftp://u:***@h/x "
+        "key *** pw *** url sftp://***@h/x "
         "q https://h/o?X-Amz-Signature=***&x=1 flag --s3-secret-access-key *** --password=***"
     )
     assert redact("path /data/my-secret-stuff/f.tar ok") == "path /data/my-secret-stuff/f.tar ok"
+    # Parameter names match whole (the one URL helper of flowdc.urls): `monkey=` is not `key=`.
+    assert redact("https://h/o?monkey=1&key=2") == "https://h/o?monkey=1&key=***"
 
 
 # --------------------------------------------------------------------------- rclone (real)

@@ -97,10 +97,10 @@ def test_json_aliases_and_loose_types(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("data", "match"),
     [
-        ({"timeout": "abc"}, "timeout: expected float"),
-        ({"C_init": 2.5}, "C_init: expected int"),
-        ({"enable_paarc": "maybe"}, "enable_paarc: expected bool"),
-        ({"storage_options": "key=x"}, "storage_options: expected dict"),
+        ({"timeout": "abc"}, "timeout: expected a number"),
+        ({"C_init": 2.5}, "C_init: expected an integer"),
+        ({"enable_paarc": "maybe"}, "enable_paarc: expected true or false"),
+        ({"storage_options": "key=x"}, "storage_options: expected a JSON object, got 'key=x'"),
         ({"concurrency": 5}, "unknown option 'concurrency'"),
         ({"C_min": 10, "C_max": 5}, "C_min <= C_init <= C_max"),
         ({"output_format": "zip"}, "output_format must be one of imagefolder, webdataset"),
@@ -108,6 +108,9 @@ def test_json_aliases_and_loose_types(tmp_path: Path) -> None:
         ({"beta": 1.5}, "beta must be in"),
         ({"url": None}, "url may not be null"),
         ({"samples_per_shard": 0}, "samples_per_shard must be >= 1"),
+        ({"timeout": float("inf")}, "timeout must be a finite number, got inf"),
+        ({"mu": float("nan")}, "mu must be a finite number, got nan"),
+        ({"redact_params": 5}, "redact_params: expected a list of strings"),
     ],
 )
 def test_bad_config_values_are_config_errors(tmp_path: Path, data: dict[str, Any], match: str) -> None:
@@ -163,3 +166,26 @@ def test_public_dict_hides_storage_secrets() -> None:
     cfg = DownloadConfig(input="m", output="o", storage_options={"key": "AKIAXXXX", "secret": "hunter2"})
     shown = json.dumps(public_dict(cfg))
     assert "hunter2" not in shown and "AKIAXXXX" not in shown and "secret" in shown
+
+
+def test_public_dict_redacts_urls() -> None:
+    """URLs in the recorded config lose userinfo and secret parameter values (cloud_destination,
+    output, input, list options alike), unless redaction is turned off."""
+    cfg = DownloadConfig(input="https://u:pw1@h/m.parquet?sig=S2", output="o",
+                         cloud_destination="https://carol:pw3@store.invalid/up?auth=A4&keep=1",
+                         cloud_command=["curl", "-T", "{file}", "https://h/up?token=T5"])
+    shown = json.dumps(public_dict(cfg))
+    for secret in ("pw1", "S2", "pw3", "A4", "T5"):
+        assert secret not in shown
+    assert "keep=1" in shown and public_dict(cfg)["cloud_destination"] == "https://***@store.invalid/up?auth=***&keep=1"
+    cfg.redact_urls = False
+    assert public_dict(cfg)["cloud_destination"] == cfg.cloud_destination
+
+
+def test_redaction_options_on_the_command_line() -> None:
+    """Redaction is on by default; --no_redact_urls turns it off and --redact_params sets the names."""
+    cfg = parse("--input", "m", "--output", "o")
+    assert cfg.redact_urls is True and "x-amz-signature" in cfg.redact_params and "token" in cfg.redact_params
+    assert parse("--input", "m", "--output", "o", "--no_redact_urls").redact_urls is False
+    named = parse("--input", "m", "--output", "o", "--redact_params", "session,hmac")
+    assert named.redact_params == ["session", "hmac"]

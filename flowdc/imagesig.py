@@ -1,0 +1,62 @@
+"""Does a body look like an image? Its first bytes against the signatures of known image formats.
+
+A host that answers 200 with `Content-Type: image/jpeg` and an HTML page (a login wall, a soft
+block, an error page) must not leave a .jpg in the dataset that no decoder opens. This is the cheap
+check, a few byte comparisons per sample; decoding the image is a different, costlier matter.
+"""
+
+from __future__ import annotations
+
+SNIFF_BYTES = 1024  # enough for every prefix below and for an SVG's root element after an XML prolog
+# ISO BMFF major/compatible brands of AVIF, HEIF/HEIC and JPEG 2000 (part 1 and 2) files.
+_FTYP_BRANDS = frozenset({b"avif", b"avis", b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"mif1",
+                          b"msf1", b"mif2", b"jp2 ", b"jpx "})
+_PREFIXES = (
+    b"\xff\xd8\xff",  # JPEG
+    b"\x89PNG\r\n\x1a\n",  # PNG (APNG too)
+    b"GIF87a", b"GIF89a",
+    b"BM",  # BMP
+    b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+",  # TIFF, BigTIFF (and raw formats built on them)
+    b"\x00\x00\x01\x00", b"\x00\x00\x02\x00",  # ICO, CUR
+    b"\xff\x0a",  # JPEG XL codestream
+    b"\x00\x00\x00\x0cJXL \r\n\x87\n",  # JPEG XL container
+    b"\x00\x00\x00\x0cjP  \r\n\x87\n",  # JPEG 2000 container
+    b"\xff\x4f\xff\x51",  # JPEG 2000 codestream
+    b"8BPS",  # Photoshop
+    b"qoif",  # QOI
+)
+
+
+def image_format_ok(head: bytes, content_type: str | None = None) -> bool:
+    """True when `head` (a body's first SNIFF_BYTES) starts like an image of a known format.
+
+    SVG is text, so it counts only when the server says image/svg+xml and an <svg> element opens
+    near the start.
+    """
+    if head.startswith(_PREFIXES):
+        return True
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return True
+    if _netpbm(head):
+        return True
+    if head[4:8] == b"ftyp" and _has_image_brand(head):
+        return True
+    return "svg" in (content_type or "").lower() and b"<svg" in head[:SNIFF_BYTES].lower()
+
+
+def _has_image_brand(head: bytes) -> bool:
+    """The ftyp box: size, 'ftyp', major brand, minor version, then compatible brands."""
+    size = int.from_bytes(head[:4], "big")
+    end = min(max(size, 16), len(head))
+    brands = [head[8:12]] + [head[i:i + 4] for i in range(16, end - 3, 4)]
+    return any(b in _FTYP_BRANDS for b in brands)
+
+
+def _netpbm(head: bytes) -> bool:
+    """PBM/PGM/PPM ("P1".."P6", whitespace, then a width or a comment) and PAM ("P7", header lines)."""
+    if len(head) < 4 or head[0:1] != b"P" or head[1:2] not in b"1234567" or head[2:3] not in b" \t\r\n":
+        return False
+    rest = head[3:].lstrip(b" \t\r\n")
+    if head[1:2] == b"7":
+        return rest.startswith((b"WIDTH", b"HEIGHT", b"DEPTH", b"MAXVAL", b"TUPLTYPE", b"ENDHDR", b"#"))
+    return rest[:1] == b"#" or rest[:1].isdigit()

@@ -1,0 +1,51 @@
+"""URL redaction: the one helper every written or logged URL goes through."""
+
+from __future__ import annotations
+
+import pytest
+
+from flowdc.urls import DEFAULT_SECRET_PARAMS, redact_url, redact_urls_in, secret_param_names, url_redactor
+
+
+@pytest.mark.parametrize(("url", "shown"), [
+    ("http://h/a.jpg", "http://h/a.jpg"),
+    ("http://h/a.jpg?w=100&h=80", "http://h/a.jpg?w=100&h=80"),
+    ("https://alice:pw@h:8080/a.jpg", "https://***@h:8080/a.jpg"),
+    ("https://ghp_TOKEN@h/a.jpg", "https://***@h/a.jpg"),  # a token as the user name
+    ("http://u:p@ss@h/x", "http://***@h/x"),  # an unescaped '@' in the password
+    ("http://u:pa?ss@h/x", "http://***@h/x"),  # a '?' in it: still masked, not taken for a query
+    ("http://h/a?token=T&monkey=1&turkey=2", "http://h/a?token=***&monkey=1&turkey=2"),
+    ("http://h/a?Key=K&KEY=K2&key=", "http://h/a?Key=***&KEY=***&key="),
+    ("http://h/a?X-Amz-Signature=S&X-Amz-Credential=C&X-Amz-Date=D",
+     "http://h/a?X-Amz-Signature=***&X-Amz-Credential=***&X-Amz-Date=D"),
+    ("http://h/a?sv=2022&sig=S%2F1%3D", "http://h/a?sv=2022&sig=***"),  # Azure SAS
+    ("http://h/a?%74oken=T", "http://h/a?%74oken=***"),  # a percent-encoded name is still `token`
+    ("http://h/a?x=1;sig=S", "http://h/a?x=1;sig=***"),
+    ("http://h/cb#access_token=T&state=s", "http://h/cb#access_token=***&state=s"),
+    ("http://h/a?token", "http://h/a?token"),  # no value, nothing to hide
+    ("http://h/path/user@example.com.jpg?a=1", "http://h/path/user@example.com.jpg?a=1"),  # '@' in the path
+])
+def test_redact_url(url: str, shown: str) -> None:
+    assert redact_url(url) == shown
+
+
+def test_names_are_whole_and_configurable() -> None:
+    """Only listed names, matched whole and in any case; a run's own list replaces the defaults."""
+    names = secret_param_names(["Session", "hmac"])
+    assert redact_url("http://h/a?session=S&hmac=H&token=T", names) == "http://h/a?session=***&hmac=***&token=T"
+    assert redact_url("http://h/a?mysession=S", names) == "http://h/a?mysession=S"
+    assert {"token", "sig", "x-amz-signature", "key", "api_key", "password"} <= set(DEFAULT_SECRET_PARAMS)
+
+
+def test_redactor_on_and_off() -> None:
+    url = "https://u:p@h/a?sig=S"
+    assert url_redactor(True)(url) == "https://***@h/a?sig=***"
+    assert url_redactor(True, ["other"])(url) == "https://***@h/a?sig=S"
+    assert url_redactor(False)(url) is url
+
+
+def test_redact_urls_in_text() -> None:
+    """Every URL inside free text (a tool's stderr, a message) is redacted; other text is left alone."""
+    text = 'PUT "https://u:p@h/o?X-Amz-Signature=S&x=1" failed; see s3://b/k?token=T (key=abc)'
+    assert redact_urls_in(text) == ('PUT "https://***@h/o?X-Amz-Signature=***&x=1" failed; '
+                                    "see s3://b/k?token=*** (key=abc)")
