@@ -86,7 +86,7 @@ def read_part(dest: Destination, part: PartOutput, storage_options: dict[str, An
     assert isinstance(frame, pl.DataFrame)
     frame = frame.with_columns(pl.col(pl.Categorical).cast(pl.String))
     prefix = f"{part.rel}/" if part.rel else ""
-    # webdataset records `NNNNNN.tar:KEY.EXT`; imagefolder paths never hold ':' (safe_label replaces it).
+    # webdataset records `NNNNNN.tar:KEY.EXT`; imagefolder paths never hold ":" (label_folder replaces it).
     shard_path = pl.col("path").str.split_exact(":", 1)
     return frame.with_columns(
         run_id=pl.lit(part.run_id, pl.String),

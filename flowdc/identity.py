@@ -18,14 +18,16 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import numpy as np
 
 from flowdc.ledger import url_hash as text_hash
+from flowdc.urls import DEFAULT_SECRET_PARAMS, MASK, secret_param_names
 
 # Query parameters that carry credentials or expire (signatures, tokens): not part of what the URL names.
+# Every name URL redaction masks is one: a ledger's redacted URL must name the same row as the real one.
 SECRET_PARAMS = frozenset({
     "x-amz-signature", "x-amz-credential", "x-amz-security-token", "x-amz-date", "x-amz-expires",
     "x-goog-signature", "x-goog-credential", "x-goog-date", "x-goog-expires",
     "signature", "sig", "se", "st", "sp", "sv", "skoid", "sktid", "skt", "ske", "sks", "skv",
     "token", "access_token", "apikey", "api_key", "expires", "policy", "key-pair-id",
-})
+}) | secret_param_names(DEFAULT_SECRET_PARAMS)
 
 
 def identity_text(url: str) -> str:
@@ -40,7 +42,8 @@ def identity_text(url: str) -> str:
     netloc = parts.netloc.rpartition("@")[2]
     query = parts.query
     if query:
-        kept = [(k, v) for k, v in parse_qsl(query, keep_blank_values=True) if k.lower() not in SECRET_PARAMS]
+        kept = [(k, v) for k, v in parse_qsl(query, keep_blank_values=True)
+                if k.lower() not in SECRET_PARAMS and v != MASK]  # MASK: a value redaction took out
         query = urlencode(kept)
     return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
 

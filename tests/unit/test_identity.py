@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from flowdc.identity import base_hashes, identity_text, idents, mix, number_repeats
+from flowdc.urls import DEFAULT_SECRET_PARAMS, redact_url
 
 
 def test_identity_text_drops_user_info_and_secret_parameters_only() -> None:
@@ -14,6 +15,14 @@ def test_identity_text_drops_user_info_and_secret_parameters_only() -> None:
     assert identity_text("https://h/a.jpg") == "https://h/a.jpg"
     renewed = "https://h/a.jpg?X-Amz-Signature=other&X-Amz-Date=20270101"
     assert identity_text(renewed) == identity_text("https://h/a.jpg?X-Amz-Signature=abc")
+
+
+def test_a_redacted_url_keeps_its_identity() -> None:
+    """The ledger holds redacted URLs (flowdc.urls): consolidating from them finds the identity the
+    manifest's real URL has, for every default secret parameter and for userinfo."""
+    for name in DEFAULT_SECRET_PARAMS:
+        real = f"https://u:pw@h/a.jpg?w=1&{name}=s3cr3t&h=2"
+        assert identity_text(redact_url(real)) == identity_text(real) == "https://h/a.jpg?w=1&h=2", name
 
 
 def test_identities_do_not_depend_on_position() -> None:
