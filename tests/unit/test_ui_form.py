@@ -26,7 +26,7 @@ def test_the_form_is_checked_by_build_config_with_the_cli_messages():
     shown = dict(form.shown, input="m.parquet", output="out", concurrent_downloads="0")
     with pytest.raises(ConfigError, match="concurrent_downloads must be >= 1, got 0"):
         form.build(shown)
-    with pytest.raises(ConfigError, match="C_init: expected int, got 'many'"):
+    with pytest.raises(ConfigError, match="C_init: expected an integer, got 'many'"):
         form.build(dict(shown, concurrent_downloads="10", C_init="many"))
     cfg = form.build(dict(shown, concurrent_downloads="10", content_types="image/, application/octet-stream",
                           storage_options='{"anon": true}', label=""))
