@@ -14,7 +14,7 @@ from pathlib import Path
 
 from flowdc.config import DownloadConfig
 from flowdc.errors import ConfigError
-from flowdc.testing.fakehosts import HostSpec, run_farm_in_thread, write_manifest
+from flowdc.testing.fakehosts import FakeHostFarm, HostSpec, run_farm_in_thread, write_manifest
 
 DEMO_PORT = 18765
 SPECIES = ("Apis mellifera", "Bombus terrestris", "Danaus plexippus", "Vanessa cardui", "Papilio machaon")
@@ -30,6 +30,16 @@ def demo_hosts(port: int = DEMO_PORT) -> list[HostSpec]:
         HostSpec("127.0.0.6", port, latency_s=0.015, fault_rate=0.05, faults=("503", "reset", "truncate"), seed=7,
                  name="flaky (5% faults)"),
     ]
+
+
+def write_demo_manifest(path: str | Path, farm: FakeHostFarm, rows: int) -> Path:
+    """The sample manifest: `rows` images spread over the farm's hosts, with a species label, a
+    license and a stable `id` (the hosts' ports may change from run to run; the ids do not)."""
+    rng = random.Random(42)
+    urls = [farm.url(i % len(farm.hosts), f"/images/{i:06d}.png") for i in range(rows)]
+    labels = [rng.choice(SPECIES) for _ in range(rows)]
+    licenses = [rng.choice(("CC0", "CC-BY", "CC-BY-NC")) for _ in range(rows)]
+    return write_manifest(path, urls, labels, {"license": licenses, "id": [f"img-{i:06d}" for i in range(rows)]})
 
 
 @contextlib.contextmanager
@@ -49,11 +59,7 @@ def demo_run(out: str, rows: int = 2000, quiet: bool = False, output_format: str
         raise ConfigError(f"cannot start the demo hosts on port {hosts_port}: {exc} (give another --hosts_port, "
                           "or 0 for a free one)") from None
     try:
-        rng = random.Random(42)
-        urls = [farm.url(i % len(specs), f"/images/{i:06d}.png") for i in range(rows)]
-        labels = [rng.choice(SPECIES) for _ in range(rows)]
-        licenses = [rng.choice(("CC0", "CC-BY", "CC-BY-NC")) for _ in range(rows)]
-        manifest = write_manifest(folder / "manifest.parquet", urls, labels, {"license": licenses})
+        manifest = write_demo_manifest(folder / "manifest.parquet", farm, rows)
         cfg = DownloadConfig(input=str(manifest), output=str(folder / f"output-{output_format}"), label="label",
                              output_format=output_format, concurrent_downloads=256, timeout=10,
                              retry_backoff_sec=0.5, samples_per_shard=500, create_tar=False,

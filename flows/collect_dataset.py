@@ -125,8 +125,8 @@ def consolidate_task(output: str, storage_options: dict[str, Any], plan: RunPlan
 @flow(name=FLOW_NAME, description="Collect an image dataset from a URL manifest: plan the run against what the "
       "dataset holds, partition, size (optional), distribute, consolidate into one index.")
 def collect_dataset(
-    manifest: str,
-    output: str,
+    manifest: str = "",
+    output: str = "flowdc-demo/dataset",
     url_col: str = "url",
     label_col: str | None = None,
     key_col: str | None = None,
@@ -143,17 +143,24 @@ def collect_dataset(
     download_options: dict[str, Any] | None = None,
     storage_options: dict[str, Any] | None = None,
     input_storage_options: dict[str, Any] | None = None,
+    sample_hosts: bool = False,
+    sample_rows: int = 2000,
 ) -> dict[str, Any]:
     """`manifest` and `output` are paths or fsspec URLs; `download_options` holds any other
-    `flowdc download` option (concurrent_downloads, timeout, max_retry_attempts, samples_per_shard, ...)."""
+    `flowdc download` option (concurrent_downloads, timeout, max_retry_attempts, samples_per_shard, ...).
+    `sample_hosts`: start the bundled sample hosts on loopback for this run and collect `sample_rows`
+    rows from them (the manifest is made for the run; leave `manifest` empty)."""
     log = get_run_logger()
+    if sample_hosts == bool(manifest):
+        raise UserError("give a manifest, or sample_hosts=true with no manifest (the demo)")
     options = _download_options(output, url_col, label_col, output_format, naming_mode, download_options or {},
                                 storage_options or {})
     if engine not in ENGINES:
         raise UserError(f"engine must be one of {', '.join(ENGINES)}; got {engine!r}")
     stage = Stage()
     stage.start()
-    with _work_dir(output) as work:
+    with _work_dir(output) as work, _sample_hosts(sample_hosts, sample_rows, work) as sample_manifest:
+        manifest = manifest or sample_manifest
         plan = plan_task(manifest, output, os.path.join(work, "manifest"), url_col, key_col, input_format,
                          storage_options or {}, input_storage_options or {})
         stage.at(10)
@@ -200,6 +207,25 @@ def _work_dir(output: str) -> Iterator[str]:
         yield work
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+@contextmanager
+def _sample_hosts(enabled: bool, rows: int, work: str) -> Iterator[str]:
+    """The bundled sample hosts on loopback (free ports) and a manifest for them, for this run only."""
+    if not enabled:
+        yield ""
+        return
+    from flowdc.demo import demo_hosts, write_demo_manifest
+    from flowdc.testing.fakehosts import run_farm_in_thread
+
+    if rows < 1:
+        raise UserError(f"sample_rows must be >= 1, got {rows}")
+    specs = demo_hosts(port=0)
+    with run_farm_in_thread(specs) as farm:
+        log = get_run_logger()
+        for host, spec in zip(farm.hosts, specs, strict=True):
+            log.info("sample host %s: %s", host.base_url, spec.name)
+        yield str(write_demo_manifest(os.path.join(work, "sample-manifest.parquet"), farm, rows))
 
 
 def _keep_run_record(work: str, output: str, storage_options: dict[str, Any], plan: RunPlan) -> None:

@@ -3,5 +3,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/bootstrap.sh
-.venv/bin/ruff check flowdc flows tests bench
+.venv/bin/ruff check flowdc flows deployments tests bench
 exec .venv/bin/python -m pytest -q -p no:cacheprovider "$@"

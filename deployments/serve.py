@@ -1,0 +1,67 @@
+"""Register and serve the collect-dataset deployments from this process (Ctrl-C stops serving).
+
+    collect-dataset/demo            a one-off run: the bundled sample hosts on loopback (free ports,
+                                    up for the run's duration) and a sample manifest made for the run
+    collect-dataset/weekly-refresh  the same dataset refreshed on a cron schedule (Mondays 03:00 UTC by
+                                    default): only new rows and earlier transient failures are fetched
+
+    python deployments/serve.py [--output DIR] [--cron "0 3 * * 1"] [--sample_rows N]
+    prefect deployment run 'collect-dataset/demo' --param output=DIR
+
+Both deployments take every parameter of the flow; `manifest` and `output` default to the demo's.
+Point PREFECT_API_URL at a server first (`prefect server start`), or every process starts its own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+# Run as a script from a checkout: the flows package sits beside this folder.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from flows.collect_dataset import collect_dataset
+
+WEEKLY_CRON = "0 3 * * 1"
+DEMO_DOWNLOAD_OPTIONS = {"concurrent_downloads": 256, "timeout": 10, "retry_backoff_sec": 0.5,
+                         "samples_per_shard": 500}
+
+
+def demo_parameters(output: str, sample_rows: int) -> dict[str, Any]:
+    """The demo's parameters: sample hosts, their manifest (rows keyed by a stable `id`), webdataset shards."""
+    return {"manifest": "", "output": os.path.abspath(output), "sample_hosts": True, "sample_rows": sample_rows,
+            "key_col": "id", "label_col": "label", "output_format": "webdataset", "partitions": 2, "workers": 2,
+            "download_options": DEMO_DOWNLOAD_OPTIONS}
+
+
+def deployments(output: str, cron: str, sample_rows: int) -> list[Any]:
+    params = demo_parameters(output, sample_rows)
+    demo = collect_dataset.to_deployment(
+        name="demo", parameters=params, tags=["flowdc", "demo"],
+        description="Collect the sample dataset from the bundled sample hosts on loopback.")
+    weekly = collect_dataset.to_deployment(
+        name="weekly-refresh", cron=cron, parameters=params, tags=["flowdc", "refresh"],
+        description="Refresh the dataset: fetch only rows new to it and earlier transient failures; "
+        "mark rows gone from the manifest.")
+    return [demo, weekly]
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--output", default="flowdc-demo/dataset", help="The demo's dataset folder (default: "
+                        "%(default)s, from the current folder).")
+    parser.add_argument("--cron", default=WEEKLY_CRON, help="weekly-refresh's schedule (default: %(default)s, UTC).")
+    parser.add_argument("--sample_rows", type=int, default=2000, help="Rows of the demo's sample manifest.")
+    parser.add_argument("--limit", type=int, default=None, help="Flow runs at once (default: no limit).")
+    args = parser.parse_args(argv)
+    from prefect import serve
+
+    # pause_on_shutdown=False: stopping this process must not pause the schedule for good.
+    serve(*deployments(args.output, args.cron, args.sample_rows), pause_on_shutdown=False, limit=args.limit)
+
+
+if __name__ == "__main__":
+    main()
