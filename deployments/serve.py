@@ -23,18 +23,9 @@ from typing import Any
 # Run as a script from a checkout: the flows package sits beside this folder.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from flows.collect_dataset import collect_dataset
+from flows.collect_dataset import collect_dataset, demo_parameters
 
 WEEKLY_CRON = "0 3 * * 1"
-DEMO_DOWNLOAD_OPTIONS = {"concurrent_downloads": 256, "timeout": 10, "retry_backoff_sec": 0.5,
-                         "samples_per_shard": 500}
-
-
-def demo_parameters(output: str, sample_rows: int) -> dict[str, Any]:
-    """The demo's parameters: sample hosts, their manifest (rows keyed by a stable `id`), webdataset shards."""
-    return {"manifest": "", "output": os.path.abspath(output), "sample_hosts": True, "sample_rows": sample_rows,
-            "key_col": "id", "label_col": "label", "output_format": "webdataset", "partitions": 2, "workers": 2,
-            "download_options": DEMO_DOWNLOAD_OPTIONS}
 
 
 def deployments(output: str, cron: str, sample_rows: int) -> list[Any]:

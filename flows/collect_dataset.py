@@ -38,6 +38,8 @@ from flowdc.refresh import RunPlan, plan_run
 from flowdc.storage import Destination
 
 FLOW_NAME = "collect-dataset"
+DEMO_DOWNLOAD_OPTIONS = {"concurrent_downloads": 256, "timeout": 10, "retry_backoff_sec": 0.5,
+                         "samples_per_shard": 500}
 ENGINES = ("local", "workqueue", "taskvine")
 # Options the flow sets itself for every partition; download_options may set any other DownloadConfig key.
 FLOW_SET = frozenset({"input", "output", "url", "label", "output_format", "naming_mode", "storage_options",
@@ -180,6 +182,14 @@ def collect_dataset(
         _keep_run_record(work, output, storage_options or {}, plan)
     stage.at(100)
     return {"run": plan.summary(), "dataset": overview}
+
+
+def demo_parameters(output: str, sample_rows: int = 2000) -> dict[str, Any]:
+    """The demo's parameters: sample hosts, their manifest (rows keyed by a stable `id`, since the
+    hosts' ports change from run to run), webdataset shards, two partitions on the local engine."""
+    return {"manifest": "", "output": os.path.abspath(output) if "://" not in output else output,
+            "sample_hosts": True, "sample_rows": sample_rows, "key_col": "id", "label_col": "label",
+            "output_format": "webdataset", "partitions": 2, "workers": 2, "download_options": DEMO_DOWNLOAD_OPTIONS}
 
 
 # -- helpers --------------------------------------------------------------------------------------

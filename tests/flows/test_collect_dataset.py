@@ -64,3 +64,17 @@ def test_collect_dataset_local_engine(tmp_path: Path, farm_factory: FarmFactory)
     assert "progress" in artifacts and artifacts["progress"].data == 100.0
     assert "86 / 90 rows stored" in artifacts["dataset-summary"].data
     assert '"partition": 2' in artifacts["dataset-partitions"].data
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_demo_main_job(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """scripts/demo.sh's flow path: sample hosts, the flow, a summary and where the outputs are;
+    a second run is a refresh that fetches nothing again."""
+    from flows.demo import main
+
+    assert main(["--out", str(tmp_path), "--rows", "60", "--ephemeral"]) == 0
+    first = capsys.readouterr().out
+    assert "/60 rows stored" in first and "this run fetched 60 new rows" in first
+    assert pq.read_metadata(tmp_path / "dataset" / INDEX_FILE).num_rows == 60
+    assert main(["--out", str(tmp_path), "--rows", "60", "--ephemeral"]) == 0
+    assert "this run fetched 0 new rows" in capsys.readouterr().out
