@@ -254,6 +254,8 @@ def _run_partitions(folder: str, run_dir: str, engine: str, workers: int, port_n
     try:
         from flowdc.distribute import run_distribute  # engines
     except ImportError:
+        if engine != "local":
+            raise UserError(f"the {engine} engine needs flowdc.distribute") from None
         return _run_partitions_locally(folder, run_dir, workers, options)
     from flowdc.config import DistributeConfig, build_config
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import shutil
+import socket
+import subprocess
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -78,3 +81,41 @@ def test_demo_main_job(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> No
     assert pq.read_metadata(tmp_path / "dataset" / INDEX_FILE).num_rows == 60
     assert main(["--out", str(tmp_path), "--rows", "60", "--ephemeral"]) == 0
     assert "this run fetched 0 new rows" in capsys.readouterr().out
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_collect_dataset_on_work_queue_workers(tmp_path: Path, farm_factory: FarmFactory) -> None:
+    """The distribute task on the workqueue engine: two real work_queue_worker processes on loopback."""
+    pytest.importorskip("work_queue", reason="Work Queue bindings missing (scripts/bootstrap.sh links them)")
+    worker_bin = shutil.which("work_queue_worker")
+    if worker_bin is None:
+        pytest.skip("work_queue_worker not installed (apt coop-computing-tools)")
+    from flows.collect_dataset import collect_dataset
+
+    farm = farm_factory([HostSpec("127.0.0.2", image_bytes=300), HostSpec("127.0.0.3", image_bytes=300)])
+    urls = [farm.url(i % 2, f"/wq/{i}.png" + ("?fail=404" if i % 19 == 2 else "")) for i in range(60)]
+    manifest = write_manifest(tmp_path / "m.parquet", urls)
+    out = tmp_path / "dataset"
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    workers = []
+    try:
+        for i in range(2):
+            (tmp_path / f"w{i}").mkdir()
+            workers.append(subprocess.Popen([worker_bin, "--cores", "1", "--timeout", "60", "-s",
+                                             str(tmp_path / f"w{i}"), "127.0.0.1", str(port)],
+                                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        state = collect_dataset(str(manifest), str(out), partitions=2, engine="workqueue", port_number=port,
+                                download_options=FAST, return_state=True)
+    finally:
+        for proc in workers:
+            proc.kill()
+            proc.wait(10)
+    assert state.is_completed(), state.message
+    (run_dir,) = out.glob("run-*")
+    ledgers = ledgers_of(run_dir)
+    index = pq.read_table(out / INDEX_FILE).to_pylist()
+    assert len(ledgers) == 2 and len(index) == 60 == sum(s["rows"] for s in ledgers)
+    assert sum(r["status"] == "ok" for r in index) == sum(s["ok"] for s in ledgers) == 60 - 4
+    assert {r["url"] for r in index} == set(urls)
