@@ -110,7 +110,11 @@ class DownloadConfig(RedactOptions, PaarcOptions):
     cloud_command: list[str] = opt(
         [], "For cloud_tool custom: the command as a list with {file} and {destination}, e.g. "
         "[\"mc\",\"cp\",\"{file}\",\"{destination}/\"].")
-    force: bool = opt(False, "Start over: delete what an earlier run of this output wrote.")
+    force: bool = opt(False, "Start over: delete what flowdc wrote in this output (never other files).")
+    run_id: str | None = opt(None, "Name of this run in the output's lock or lease; a rerun with the same run_id "
+                             "(a resubmitted task) takes over that lease at once. Default: a new id per run.")
+    lease_ttl_s: float = opt(60.0, "Object-store outputs: a lease whose heartbeat is older than this is taken "
+                             "over (the run died); the heartbeat runs every third of it.")
     quiet: bool = opt(False, "No progress bar; only the final summary.")
     batch_rows: int = opt(8192, "Manifest rows read per batch (memory stays bounded by this).")
 
@@ -125,6 +129,8 @@ class DownloadConfig(RedactOptions, PaarcOptions):
         for name in ("concurrent_downloads", "samples_per_shard", "max_body_bytes", "batch_rows"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not 0 < self.lease_ttl_s < 1e9:  # nan and inf too: the heartbeat waits a third of it
+            raise ConfigError(f"lease_ttl_s must be a number of seconds > 0, got {self.lease_ttl_s}")
         if self.timeout <= 0:
             raise ConfigError(f"timeout must be > 0, got {self.timeout}")
         if self.max_retry_attempts < 0 or self.retry_backoff_sec < 0 or self.max_redirects < 0:

@@ -29,12 +29,13 @@ from flowdc.fetch import FetchSettings, Outcome, digest, fetch_one, make_session
 from flowdc.ledger import Ledger, Record, meta_json, url_hash
 from flowdc.manifest import ROW_COLUMN, Manifest
 from flowdc.overview import build_overview, write_overview
+from flowdc.ownership import OutputClaim, claim_output
 from flowdc.paarc import ClientLoad, policy_factory
 from flowdc.progress import ProgressBar, RunCounters
 from flowdc.scheduler import Job, Scheduler, sleep_noting_lag
 from flowdc.seen import SeenKeys
 from flowdc.shipping import Shipper, uploader_for
-from flowdc.storage import Destination
+from flowdc.storage import Destination, is_destination_error
 from flowdc.telemetry import Telemetry
 from flowdc.urls import host_key, scheme_error, url_redactor
 from flowdc.write_queue import WriteQueue
@@ -124,7 +125,8 @@ class DownloadJob:
         self._own_telemetry = telemetry is None  # made from cfg.telemetry in run(), closed there too
         self.host_budget = check_host_budget(host_budget if host_budget is not None
                                              else getattr(cfg, "host_budget", None) or {})
-        self.run_id = run_id or uuid.uuid4().hex[:12]
+        self.run_id = run_id or cfg.run_id or uuid.uuid4().hex[:12]
+        self.claim: OutputClaim | None = None
         self.partition_id = partition_id
         self.settings = FetchSettings(cfg.timeout, cfg.max_body_bytes, tuple(cfg.content_types), cfg.max_redirects)
         # One writer thread keeps a shard's members in order; files can be written in parallel.
@@ -149,23 +151,29 @@ class DownloadJob:
             loop.call_soon_threadsafe(event.set)
 
     def _open(self) -> None:
-        """Open the manifest and the destination; --force clears the destination first."""
+        """Open the manifest and claim the output (ownership, lock or lease; --force removes what
+        flowdc wrote there)."""
         cfg = self.cfg
         self.manifest = Manifest(cfg.input, cfg.url, cfg.input_format, cfg.batch_rows, cfg.input_storage_options)
         if cfg.label:
             self.manifest.require_column(cfg.label, "label")
         self.dest = Destination(cfg.output, cfg.storage_options)
-        if cfg.force:
-            if self.dest.local and os.path.realpath(cfg.input).startswith(os.path.realpath(self.dest.root) + os.sep):
-                raise ConfigError(f"--force would delete the input manifest {cfg.input}: it is inside the output")
-            self.dest.clear()
-        self.dest.makedirs()
+        inside = self.dest.local and os.path.realpath(cfg.input).startswith(os.path.realpath(self.dest.root) + os.sep)
+        if cfg.force and inside:
+            raise ConfigError(f"--force would delete the input manifest {cfg.input}: it is inside the output")
         self.ledger = Ledger(self.dest)
         self.uploader = uploader_for(cfg)
         self.extra_columns = [c for c in self.manifest.columns if c not in {cfg.url, cfg.label, ROW_COLUMN}]
         self.rows_total = self.manifest.num_rows_hint()
-        if self.telemetry is None:
-            self.telemetry = Telemetry(cfg.telemetry)
+        # From here on the output is this run's (mark, lock or lease, --force) until run() ends.
+        self.claim = claim_output(self.dest, run_id=self.run_id, force=cfg.force, lease_ttl_s=cfg.lease_ttl_s,
+                                  on_lost=lambda _message: self.stop())
+        if self.telemetry is None:  # after the claim: the telemetry file may be inside the output
+            try:
+                self.telemetry = Telemetry(cfg.telemetry)
+            except BaseException:
+                self.claim.release()
+                raise
 
     async def run(self) -> dict[str, Any]:
         started_wall = time.time()
@@ -184,6 +192,8 @@ class DownloadJob:
             self.hash_pool.shutdown(wait=True)
             if self._own_telemetry and self.telemetry is not None:
                 self.telemetry.close()
+            if self.claim is not None:
+                self.claim.release()
 
     async def _run(self, started_wall: float, stop: asyncio.Event) -> dict[str, Any]:
         self.shipper: Shipper | None = Shipper(self.uploader, self.dest) if self.uploader is not None else None
@@ -436,14 +446,6 @@ def check_host_budget(budget: Mapping[str, float]) -> dict[str, float]:
             raise ConfigError(f"host_budget: the share of {host!r} must be a number in (0, 1], got {share!r}")
         checked[str(host).lower()] = float(share)
     return checked
-
-
-def is_destination_error(exc: BaseException) -> bool:
-    """Whether a storage call failed because of the destination: fsspec backends turn most errors
-    into OSError, but connection errors of botocore (s3fs) and gcsfs come through as their own."""
-    if isinstance(exc, (OSError, ValueError, aiohttp.ClientError, asyncio.TimeoutError)):
-        return True
-    return any(cls.__module__.split(".")[0] in ("botocore", "aiobotocore", "gcsfs") for cls in type(exc).__mro__)
 
 
 def job_of(rec: Record) -> Job:

@@ -38,6 +38,10 @@ class OutputInUseError(UserError):
     """Another live run holds this output (lock or lease); the message names the holder."""
 
 
+class OutputNotOursError(UserError):
+    """The output holds files flowdc did not write (no ownership mark): refused, --force or not."""
+
+
 class InterruptedRun(FlowdcError):
     """The run was stopped by a signal after keeping what it had stored."""
 

@@ -16,6 +16,7 @@ import posixpath
 from collections.abc import Iterator
 from typing import IO, Any
 
+import aiohttp
 import fsspec
 from fsspec.core import url_to_fs
 
@@ -73,8 +74,13 @@ class Destination:
 
     # -- writes ---------------------------------------------------------------------------------
     @contextlib.contextmanager
-    def open_atomic(self, rel: str) -> Iterator[IO[bytes]]:
-        """A file that appears under `rel` only when the block exits without error."""
+    def open_atomic(self, rel: str, *, exclusive: bool = False) -> Iterator[IO[bytes]]:
+        """A file that appears under `rel` only when the block exits without error.
+
+        exclusive: never replace an existing file (FileExistsError instead). Atomic on a local
+        disk (a hard link fails if the name is taken); on an object store the name is checked
+        before the upload starts.
+        """
         final = self.path(rel)
         parent = posixpath.dirname(final)
         if self.local:
@@ -83,12 +89,16 @@ class Destination:
             try:
                 with open(tmp, "wb") as fh:
                     yield fh
-                os.replace(tmp, final)
-            except BaseException:
+                if exclusive:
+                    _link_exclusive(tmp, final)
+                else:
+                    os.replace(tmp, final)
+            finally:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(tmp)
-                raise
             return
+        if exclusive and self.fs.exists(final):
+            raise FileExistsError(final)
         fh = self.fs.open(final, "wb")
         try:
             yield fh
@@ -128,13 +138,6 @@ class Destination:
     def remove(self, rel: str) -> None:
         with contextlib.suppress(FileNotFoundError):
             self.fs.rm(self.path(rel), recursive=True)
-
-    def clear(self) -> None:
-        """Remove everything under the root (for --force)."""
-        if self.fs.exists(self.root):
-            self.fs.rm(self.root, recursive=True)
-        if self.local:
-            os.makedirs(self.root, exist_ok=True)
 
     def remove_temporaries(self) -> int:
         """Delete what a killed run left half-written: temporary files on a local disk, unfinished
@@ -176,3 +179,23 @@ class Destination:
     def makedirs(self) -> None:
         if self.local:
             os.makedirs(self.root, exist_ok=True)
+
+
+def _link_exclusive(tmp: str, final: str) -> None:
+    """Give `tmp` the name `final` unless that name exists (FileExistsError)."""
+    try:
+        os.link(tmp, final)
+    except FileExistsError:
+        raise
+    except OSError:  # no hard links here (some network and FUSE file systems): check, then rename
+        if os.path.lexists(final):
+            raise FileExistsError(final) from None
+        os.replace(tmp, final)
+
+
+def is_destination_error(exc: BaseException) -> bool:
+    """Whether a storage call failed because of the destination: fsspec backends turn most errors
+    into OSError, but connection errors of botocore (s3fs) and gcsfs come through as their own."""
+    if isinstance(exc, (OSError, ValueError, aiohttp.ClientError, asyncio.TimeoutError)):
+        return True
+    return any(cls.__module__.split(".")[0] in ("botocore", "aiobotocore", "gcsfs") for cls in type(exc).__mro__)

@@ -249,8 +249,8 @@ def test_force_never_deletes_the_input_manifest(tmp_path: Path, two_hosts: FakeH
     """--force on an output that holds the manifest itself is refused (exit 2, one line), so
     starting over can never delete the input it is about to read; the output stays as it was."""
     out = tmp_path / "out"
-    manifest = write_manifest(out / "manifest.parquet", urls_on(two_hosts, 5))
-    assert download(manifest, out)["totals"]["ok"] == 5
+    assert download(write_manifest(tmp_path / "m.parquet", urls_on(two_hosts, 5)), out)["totals"]["ok"] == 5
+    manifest = write_manifest(out / "manifest.parquet", urls_on(two_hosts, 5))  # the user moved it in
     before = snapshot_tree(out)
     proc = run_flowdc("download", "--input", str(manifest), "--output", str(out), "--force", "--quiet")
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr

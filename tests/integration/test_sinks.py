@@ -232,7 +232,8 @@ def test_resume_after_sigkill_on_s3(s3_endpoint: str, slow_farm: FakeHostFarm, t
     args = ["--input", str(tmp_path / "m.parquet"), "--output", output, "--output_format", "webdataset",
             "--samples_per_shard", "10", "--storage_options", json.dumps(s3_options(s3_endpoint)), "--quiet",
             "--no_create_tar", "--timeout", "5", "--retry_backoff_sec", "0.05", "--disable_paarc",
-            "--C_init", "2", "--concurrent_downloads", "4"]
+            "--C_init", "2", "--concurrent_downloads", "4",
+            "--run_id", "resume-kill"]  # the rerun is the same task resubmitted: it takes the lease over at once
     dest = Destination(output, s3_options(s3_endpoint))
     proc = subprocess.Popen(flowdc_argv(*args), cwd=REPO, env=child_env(), stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE)

@@ -1,0 +1,194 @@
+"""One writer per output: an OS lock on a local output, a lease object on an object store.
+
+Local: `flock` on OUTPUT/_flowdc/lock, held for the run's life. The kernel drops it when the
+process ends, however it ends (kill -9 included), so a dead run never blocks the next. The file
+stays: deleting it would let a second run lock a new file while the first still holds the old.
+
+Object stores: OUTPUT/_flowdc/lease.json names the holder (owner, host, pid, run id, started,
+heartbeat, ttl_s). It is created only if absent and renewed every ttl/3 only if unchanged (see
+flowdc.conditional for what each store enforces). A lease whose heartbeat is older than its ttl_s
+belongs to a dead run and is taken over; a lease of the same run id (a resubmitted task) is taken
+over at once. The heartbeat compares wall clocks across hosts: they must agree to well within
+the TTL.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+from flowdc import __version__
+from flowdc.conditional import Conflict, ObjectSlot, slot_for
+from flowdc.errors import OutputInUseError
+from flowdc.storage import Destination
+
+log = logging.getLogger(__name__)
+LOCK_FILE = "_flowdc/lock"
+LEASE_FILE = "_flowdc/lease.json"
+ACQUIRE_TRIES = 5
+
+
+@dataclass
+class Holder:
+    run_id: str
+    host: str
+    pid: int
+    started: float
+    heartbeat: float
+    ttl_s: float
+    owner: str = "flowdc"
+    version: str = __version__
+
+    @classmethod
+    def me(cls, run_id: str, ttl_s: float) -> Holder:
+        now = time.time()
+        return cls(run_id, socket.gethostname(), os.getpid(), now, now, ttl_s)
+
+    def to_bytes(self) -> bytes:
+        return json.dumps(asdict(self), sort_keys=True).encode()
+
+    @classmethod
+    def parse(cls, data: bytes) -> Holder | None:
+        try:
+            d = json.loads(data)
+            return cls(str(d["run_id"]), str(d["host"]), int(d["pid"]), float(d["started"]),
+                       float(d.get("heartbeat", d["started"])), float(d.get("ttl_s", 0.0)))
+        except (ValueError, KeyError, TypeError):
+            return None
+
+    def describe(self) -> str:
+        started = time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime(self.started))
+        return f"run {self.run_id}, pid {self.pid} on host {self.host}, started {started}"
+
+
+def in_use(display: str, holder: Holder | None, extra: str = "") -> OutputInUseError:
+    who = holder.describe() if holder else "a run that did not say who it is"
+    return OutputInUseError(f"{display} is in use by another flowdc run ({who}){extra}; "
+                            "wait for it to finish, stop it, or give another --output")
+
+
+class OutputHold:
+    """What keeps other runs out of an output until release()."""
+
+    describe = "nothing"
+
+    def release(self) -> None: ...
+
+
+class LocalLock(OutputHold):
+    describe = "flock on _flowdc/lock"
+
+    def __init__(self, dest: Destination, run_id: str):
+        path = dest.path(LOCK_FILE)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = Holder.parse(_read_fd(fd))
+            os.close(fd)
+            raise in_use(dest.display, holder) from None
+        except BaseException:
+            os.close(fd)
+            raise
+        self._fd: int | None = fd
+        os.ftruncate(fd, 0)  # who holds it, for the message the next run prints
+        os.pwrite(fd, Holder.me(run_id, 0.0).to_bytes(), 0)
+
+    def release(self) -> None:
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, 0)
+            os.close(fd)  # closing the last descriptor drops the lock
+
+
+def _read_fd(fd: int) -> bytes:
+    try:
+        return os.pread(fd, 4096, 0)
+    except OSError:
+        return b""
+
+
+class StoreLease(OutputHold):
+    """A lease object renewed by a heartbeat thread until release()."""
+
+    def __init__(self, dest: Destination, run_id: str, ttl_s: float,
+                 on_lost: Callable[[str], None] | None = None, slot: ObjectSlot | None = None):
+        self.dest = dest
+        self.slot = slot or slot_for(dest, LEASE_FILE)
+        self.describe = f"lease _flowdc/lease.json (conditional writes: {self.slot.kind})"
+        self.me = Holder.me(run_id, ttl_s)
+        self.on_lost = on_lost
+        self.version = self._acquire()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, name="flowdc-lease", daemon=True)
+        self._thread.start()
+
+    def _acquire(self) -> str:
+        for _ in range(ACQUIRE_TRIES):
+            current = self.slot.read()
+            try:
+                if current is None:
+                    return self.slot.create(self.me.to_bytes())
+                holder = Holder.parse(current.data)
+                if holder is not None and holder.run_id != self.me.run_id and not self._expired(holder):
+                    raise in_use(self.dest.display, holder,
+                                 f"; its lease expires {holder.ttl_s:g} s after its last heartbeat")
+                if holder is not None:
+                    why = "same run id" if holder.run_id == self.me.run_id else "heartbeat stopped"
+                    log.warning("taking over the lease of %s on %s (%s)", holder.describe(), self.dest.display, why)
+                return self.slot.replace(self.me.to_bytes(), current.version)
+            except Conflict:
+                continue  # someone changed it between our read and write: look again
+        raise in_use(self.dest.display, None, " (its lease changed under every attempt to take it)")
+
+    @staticmethod
+    def _expired(holder: Holder) -> bool:
+        return time.time() - holder.heartbeat > holder.ttl_s
+
+    def _beat(self) -> None:
+        interval = max(self.me.ttl_s / 3.0, 0.05)
+        while not self._stop.wait(interval):
+            self.me.heartbeat = time.time()
+            try:
+                self.version = self.slot.replace(self.me.to_bytes(), self.version)
+            except Conflict:
+                current = self.slot.read()
+                holder = Holder.parse(current.data) if current else None
+                who = holder.describe() if holder else "nobody"
+                message = f"lost the lease on {self.dest.display} (now held by {who}); stopping"
+                log.error("%s", message)
+                if self.on_lost is not None:
+                    self.on_lost(message)
+                return
+            except Exception as exc:  # the store is unreachable for now: the next beat tries again
+                log.debug("lease heartbeat on %s failed: %s", self.dest.display, exc)
+
+    def release(self) -> None:
+        if self._stop.is_set():
+            return
+        self._stop.set()
+        self._thread.join(timeout=30)
+        try:
+            self.slot.delete(self.version)
+        except Conflict:
+            pass  # taken over meanwhile: not ours to delete
+        except Exception as exc:  # left behind: it expires after ttl_s
+            log.warning("could not release the lease on %s: %s", self.dest.display, exc)
+
+
+def hold_output(dest: Destination, run_id: str, ttl_s: float,
+                on_lost: Callable[[str], None] | None = None) -> OutputHold:
+    """Keep every other run out of `dest` (raises OutputInUseError naming the holder)."""
+    if dest.local:
+        return LocalLock(dest, run_id)
+    return StoreLease(dest, run_id, ttl_s, on_lost)

@@ -1,0 +1,346 @@
+"""Never delete, overwrite or corrupt what flowdc did not write (issue 13, items 1-3 and the
+read-only output of 8): the ownership mark, --force, one writer per output (local lock, S3/GCS
+lease), archive placement, and a read-only output said early.
+
+Real processes where the behaviour is about processes (exit codes, SIGKILL, two runs at once);
+moto and the GCS emulator from tests/cloud_servers.py; fake hosts on 127.0.0.x.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tarfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import pytest
+
+from flowdc.errors import OutputInUseError, OutputNotOursError
+from flowdc.leases import LEASE_FILE, StoreLease
+from flowdc.ownership import MARK
+from flowdc.storage import Destination
+from flowdc.testing.fakehosts import FakeHostFarm, HostSpec
+from tests.integration.conftest import (
+    REPO,
+    download,
+    latest,
+    run_flowdc,
+    snapshot_tree,
+    subprocess_env,
+    tar_samples,
+    write_manifest,
+)
+from tests.integration.sinks_helpers import all_files, gcs_options, ledger_latest, s3_options, samples_in_shards
+
+FarmFactory = Callable[[Sequence[HostSpec]], FakeHostFarm]
+QUICK = ["--quiet", "--retry_backoff_sec", "0.05", "--max_retry_attempts", "0", "--no_create_tar"]
+
+
+def urls_on(farm: FakeHostFarm, n: int, prefix: str) -> list[str]:
+    return [farm.url(i % len(farm.hosts), f"/{prefix}/{i:04d}.png?size=600") for i in range(n)]
+
+
+def user_files(root: Path) -> dict[str, str]:
+    """A user's own files: a thesis, notes, a picture in a subfolder and a hidden file."""
+    files = {"thesis.docx": "chapter 1", "notes/todo.txt": "read more", "pics/cat.png": "not a png",
+             ".hidden": "x"}
+    for rel, text in files.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text(text)
+    return files
+
+
+def one_error_line(proc: subprocess.CompletedProcess[str], code: int = 2) -> str:
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == code, (proc.returncode, proc.stderr)
+    assert "Traceback" not in proc.stderr and len(lines) == 1, proc.stderr
+    return lines[0]
+
+
+def start_flowdc(*args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, "-m", "flowdc", "download", *args], cwd=REPO, env=subprocess_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def wait_for(check: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+@pytest.fixture
+def slow_host(farm_factory: FarmFactory) -> FakeHostFarm:
+    """One host serving two requests at a time, 0.1 s each: 40 rows take ~2 s. A `?fail=stall`
+    URL holds its answer for 15 s: a run that has one stays alive until it is killed."""
+    return farm_factory([HostSpec("127.0.0.6", latency_s=0.1, capacity=2, stall_s=15.0)])
+
+
+def with_a_stall(path: Path, farm: FakeHostFarm, urls: list[str]) -> Path:
+    """The manifest `urls` plus one last row that stalls (the rows before it are the same)."""
+    return write_manifest(path, [*urls, farm.url(0, "/stall.png?fail=stall")])
+
+
+# -- 1. ownership and --force ----------------------------------------------------------------------
+def test_force_on_a_folder_of_user_files_refuses_and_deletes_nothing(tmp_path: Path, two_hosts: FakeHostFarm) -> None:
+    """An --output that already holds the user's files and no flowdc mark is refused with and
+    without --force (one line, exit 2), and not one file is touched; the same for `--output .`."""
+    home = tmp_path / "home"
+    home.mkdir()
+    user_files(home)
+    manifest = write_manifest(tmp_path / "m.parquet", urls_on(two_hosts, 4, "own"))
+    before = snapshot_tree(home)
+    for extra in ([], ["--force"]):
+        line = one_error_line(run_flowdc("download", "--input", str(manifest), "--output", str(home), *QUICK, *extra))
+        assert "flowdc did not write" in line and "owner.json" in line, line
+        assert snapshot_tree(home) == before and not (home / "_flowdc").exists()
+    line = one_error_line(run_flowdc("download", "--input", str(manifest), "--output", ".", "--force", *QUICK,
+                                     cwd=home))
+    assert "flowdc did not write" in line
+    assert snapshot_tree(home) == before
+
+
+def test_force_removes_only_what_flowdc_wrote(tmp_path: Path, two_hosts: FakeHostFarm) -> None:
+    """--force on flowdc's own output removes its samples, class folders, overview, archive and
+    ledger; a user's files put inside the output (even inside a class folder) and beside it stay."""
+    urls = urls_on(two_hosts, 12, "force")
+    manifest = write_manifest(tmp_path / "m.parquet", urls, labels=["cats", "dogs"] * 6)
+    out = tmp_path / "data" / "out"
+    first = download(manifest, out, label="label", create_tar=True)
+    assert first["totals"]["ok"] == 12 and (tmp_path / "data" / "out.tar.gz").is_file()
+    assert json.loads((out / MARK).read_text())["tool"] == "flowdc"
+    ours = {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()}
+    (out / "cats" / "my_own_cat.jpg").write_text("mine")  # a user file inside a class folder
+    (out / "README.txt").write_text("my notes on this dataset")
+    (tmp_path / "data" / "beside.txt").write_text("next to the output")
+
+    forced = download(manifest, out, force=True, output_format="webdataset", samples_per_shard=100)
+    assert forced["this_run"]["already_done"] == 0 and forced["totals"]["ok"] == 12
+    left = {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()}
+    assert {"cats/my_own_cat.jpg", "README.txt", "beside.txt"} - left == {"beside.txt"}
+    assert (tmp_path / "data" / "beside.txt").read_text() == "next to the output"
+    assert not (out / "dogs").exists()  # emptied by --force, so removed
+    assert not (tmp_path / "data" / "out.tar.gz").exists()  # our archive went too
+    old_samples = {f for f in ours if f.startswith(("cats/", "dogs/"))}
+    assert len(old_samples) == 12 and not old_samples & left
+    assert len(tar_samples(out)) == 12 and sorted(r["status"] for r in latest(out)) == ["ok"] * 12
+
+    # and back: --force removes the shards it recorded, never the user's look-alike
+    (out / "000099.tar").write_text("a user's tar named like a shard")
+    back = download(manifest, out, force=True, label="label")
+    assert back["totals"]["ok"] == 12
+    assert (out / "000099.tar").read_text() == "a user's tar named like a shard"
+    assert [p.name for p in out.glob("0*.*")] == ["000099.tar"]
+    assert (out / "cats" / "my_own_cat.jpg").read_text() == "mine" and (out / "README.txt").is_file()
+
+
+def test_an_older_flowdc_output_and_a_run_killed_before_its_first_flush_resume(tmp_path: Path,
+                                                                              slow_host: FakeHostFarm) -> None:
+    """An output with a ledger but no owner.json (written by an older flowdc) is ours; a run
+    SIGKILLed before its first ledger flush left samples and no ledger, and still resumes."""
+    urls = urls_on(slow_host, 40, "kill")
+    manifest = write_manifest(tmp_path / "m.parquet", urls)
+    out = tmp_path / "out"
+    proc = start_flowdc("--input", str(manifest), "--output", str(out), *QUICK)
+    wait_for(lambda: len(list(out.glob("*.png"))) >= 3, "the first samples")
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(10)
+    assert not list((out / "_flowdc").glob("ledger/*.parquet"))  # killed before any flush
+    done = run_flowdc("download", "--input", str(manifest), "--output", str(out), *QUICK)
+    assert done.returncode == 0, done.stderr
+    assert [r["status"] for r in latest(out)] == ["ok"] * 40
+
+    (out / MARK).unlink()  # as an older flowdc left it: a ledger, no mark
+    again = run_flowdc("download", "--input", str(manifest), "--output", str(out), *QUICK)
+    assert again.returncode == 0, again.stderr
+    assert (out / MARK).is_file()
+
+
+def test_object_store_prefix_without_the_mark_is_refused(tmp_path: Path, two_hosts: FakeHostFarm, s3_endpoint: str,
+                                                         gcs_endpoint: str) -> None:
+    """On s3:// and gs:// a prefix holding someone else's objects is refused (with --force too)
+    and keeps them; our own prefix loses only what flowdc wrote to --force."""
+    manifest = write_manifest(tmp_path / "m.parquet", urls_on(two_hosts, 6, "cloud"), labels=["a", "b"] * 3)
+    stores = (("s3://own-bkt/data", s3_options(s3_endpoint)), ("gs://own-bkt/data", gcs_options(gcs_endpoint)))
+    for url, options in stores:
+        dest = Destination(url, options)
+        dest.fs.mkdir(dest.root.split("/")[0])
+        dest.write_bytes("report.pdf", b"someone's report")
+        dest.write_bytes("a/figure.png", b"someone's figure")
+        for force in (False, True):
+            with pytest.raises(OutputNotOursError, match="flowdc did not write"):
+                download(manifest, url, storage_options=options, force=force)
+            assert all_files(dest) == ["a/figure.png", "report.pdf"], url
+
+        ours = url + "-ours"
+        mine = Destination(ours, options)
+        assert download(manifest, ours, storage_options=options, label="label")["totals"]["ok"] == 6
+        mine.write_bytes("a/user.png", b"user's")
+        mine.write_bytes("notes.txt", b"user's notes")
+        forced = download(manifest, ours, storage_options=options, output_format="webdataset", force=True)
+        assert forced["this_run"]["already_done"] == 0 and forced["totals"]["ok"] == 6
+        files = all_files(mine)
+        assert "a/user.png" in files and "notes.txt" in files, files
+        assert not [f for f in files if f.startswith(("a/0", "b/"))], files
+
+
+# -- 2. one writer per output ---------------------------------------------------------------------
+def test_two_runs_on_one_local_output(tmp_path: Path, slow_host: FakeHostFarm) -> None:
+    """Two runs started at once on one output: one stores every sample exactly once, the other
+    exits 2 naming the holder. The kernel frees a SIGKILLed holder's lock at once."""
+    urls = urls_on(slow_host, 40, "two")
+    manifest = write_manifest(tmp_path / "m.parquet", urls)
+    out = tmp_path / "out"
+    args = ["--input", str(manifest), "--output", str(out), "--output_format", "webdataset",
+            "--samples_per_shard", "7", *QUICK]
+    procs = [start_flowdc(*args), start_flowdc(*args)]
+    results = [(p.wait(120), *p.communicate()) for p in procs]
+    codes = sorted(code for code, _out, _err in results)
+    assert codes == [0, 2], results
+    winner = next(p for p, r in zip(procs, results, strict=True) if r[0] == 0)
+    loser_err = next(err for code, _out, err in results if code == 2)
+    assert f"pid {winner.pid}" in loser_err and "in use" in loser_err and len(loser_err.strip().splitlines()) == 1
+    samples = tar_samples(out)  # fails on any member stored twice
+    assert len(samples) == 40 and [r["status"] for r in latest(out)] == ["ok"] * 40
+
+    # A SIGKILLed holder: its lock is free at once.
+    out2 = tmp_path / "out2"
+    args2 = [a if a != str(out) else str(out2) for a in args]
+    stalling = with_a_stall(tmp_path / "stall.parquet", slow_host, urls)
+    holder = start_flowdc(*[a if a != str(manifest) else str(stalling) for a in args2])
+    wait_for(lambda: (out2 / "_flowdc" / "lock").is_file() and (out2 / "_flowdc" / "lock").stat().st_size > 0,
+             "the lock")
+    busy = run_flowdc("download", *args2)
+    assert f"pid {holder.pid}" in one_error_line(busy)
+    holder.send_signal(signal.SIGKILL)
+    holder.wait(10)
+    done = run_flowdc("download", *args2)
+    assert done.returncode == 0, done.stderr
+    assert len(tar_samples(out2)) == 40 and [r["status"] for r in latest(out2)] == ["ok"] * 40
+
+
+def test_two_runs_on_one_s3_prefix_and_a_killed_holders_lease(tmp_path: Path, slow_host: FakeHostFarm,
+                                                             s3_endpoint: str) -> None:
+    """On one moto prefix: two runs at once, one stores every sample exactly once and the other
+    exits 2 naming the holder. A SIGKILLed holder's lease refuses others until its TTL has
+    passed since its last heartbeat, then the next run takes it over and finishes the job."""
+    options = s3_options(s3_endpoint)
+    dest = Destination("s3://lease-bkt/ds", options)
+    dest.fs.mkdir("lease-bkt")
+    urls = urls_on(slow_host, 40, "s3two")
+    manifest = write_manifest(tmp_path / "m.parquet", urls)
+    args = ["--input", str(manifest), "--output", "s3://lease-bkt/ds", "--storage_options", json.dumps(options),
+            "--output_format", "webdataset", "--samples_per_shard", "7", "--lease_ttl_s", "3", *QUICK]
+    procs = [start_flowdc(*args), start_flowdc(*args)]
+    results = [(p.wait(120), *p.communicate()) for p in procs]
+    assert sorted(code for code, _o, _e in results) == [0, 2], results
+    winner = next(p for p, r in zip(procs, results, strict=True) if r[0] == 0)
+    loser_err = next(err for code, _o, err in results if code == 2)
+    assert f"pid {winner.pid}" in loser_err and "in use" in loser_err, loser_err
+    assert set(samples_in_shards(dest).values()) == {1} and len(samples_in_shards(dest)) == 40
+    assert [r["status"] for r in ledger_latest(dest)] == ["ok"] * 40
+    assert not dest.exists(LEASE_FILE)  # released at the end
+
+    args2 = [a if a != "s3://lease-bkt/ds" else "s3://lease-bkt/ds2" for a in args]
+    dest2 = Destination("s3://lease-bkt/ds2", options)
+    stalling = with_a_stall(tmp_path / "stall.parquet", slow_host, urls)
+    holder = start_flowdc(*[a if a != str(manifest) else str(stalling) for a in args2])
+    wait_for(lambda: dest2.exists(LEASE_FILE) and dest2.exists("000000.tar"), "the lease and a first shard")
+    holder.send_signal(signal.SIGKILL)
+    holder.wait(10)
+    killed_at = time.monotonic()
+    with pytest.raises(OutputInUseError, match=f"pid {holder.pid}"):  # in-process: well inside the TTL
+        StoreLease(dest2, "another-run", ttl_s=3.0)
+    assert time.monotonic() - killed_at < 2.0
+    time.sleep(max(0.0, 3.3 - (time.monotonic() - killed_at)))
+    done = run_flowdc("download", *args2)
+    assert done.returncode == 0, done.stderr
+    counts = samples_in_shards(dest2)
+    assert len(counts) == 40 and set(counts.values()) == {1}
+    assert [r["status"] for r in ledger_latest(dest2)] == ["ok"] * 40
+
+
+@pytest.mark.parametrize("store", ["s3", "gs"])
+def test_lease_takeover_rules(store: str, s3_endpoint: str, gcs_endpoint: str) -> None:
+    """A live lease refuses another run; the same run id (a resubmitted task) takes it over at
+    once; a lease whose heartbeat stopped is taken over after its TTL; a holder that lost its
+    lease is told. Works per prefix: two partitions' prefixes do not block each other."""
+    options = s3_options(s3_endpoint) if store == "s3" else gcs_options(gcs_endpoint)
+    part0 = Destination(f"{store}://lease-rules/plan/part-00000", options)
+    part1 = Destination(f"{store}://lease-rules/plan/part-00001", options)
+    with contextlib.suppress(FileExistsError):
+        part0.fs.mkdir("lease-rules")
+    lost: list[str] = []
+    first = StoreLease(part0, "task-7", ttl_s=0.6, on_lost=lost.append)
+    other = StoreLease(part1, "task-8", ttl_s=0.6)  # another prefix: no conflict
+    with pytest.raises(OutputInUseError, match="run task-7"):
+        StoreLease(part0, "task-9", ttl_s=0.6)
+    resubmitted = StoreLease(part0, "task-7", ttl_s=0.6)  # same run id: at once
+    wait_for(lambda: bool(lost), "the first holder to notice", timeout=5)
+    assert "lost the lease" in lost[0]
+    resubmitted._stop.set()  # its heartbeat stops, as in a killed process
+    resubmitted._thread.join()
+    with pytest.raises(OutputInUseError):
+        StoreLease(part0, "task-9", ttl_s=0.6)
+    time.sleep(0.8)
+    taker = StoreLease(part0, "task-9", ttl_s=0.6)
+    taker.release()
+    other.release()
+    first.release()  # already lost: must not delete the new holder's (now released) lease
+    assert not part0.exists(LEASE_FILE) and not part1.exists(LEASE_FILE)
+
+
+# -- 3. the archive -------------------------------------------------------------------------------
+def test_archive_never_overwrites_and_an_empty_run_makes_none(tmp_path: Path, two_hosts: FakeHostFarm) -> None:
+    """A file named OUTPUT.tar.gz that flowdc did not write stays as it is: the archive takes
+    OUTPUT.flowdc-2.tar.gz, and the next run replaces that one (its own) rather than a third
+    name. A run that stored nothing writes no archive."""
+    manifest = write_manifest(tmp_path / "m.parquet", urls_on(two_hosts, 5, "arch"), labels=["x"] * 5)
+    mine = tmp_path / "out.tar.gz"
+    mine.write_bytes(b"the user's own backup")
+    first = download(manifest, tmp_path / "out", label="label", create_tar=True)
+    assert mine.read_bytes() == b"the user's own backup"
+    assert first["archive"].endswith("out.flowdc-2.tar.gz")
+    with tarfile.open(tmp_path / "out.flowdc-2.tar.gz") as tar:
+        assert len([n for n in tar.getnames() if n.startswith("out/x/")]) == 5
+    download(manifest, tmp_path / "out", label="label", create_tar=True)
+    assert sorted(p.name for p in tmp_path.glob("out*.tar.gz")) == ["out.flowdc-2.tar.gz", "out.tar.gz"]
+    assert mine.read_bytes() == b"the user's own backup"
+
+    gone = write_manifest(tmp_path / "gone.parquet", [two_hosts.url(0, f"/g/{i}.png?fail=404") for i in range(3)])
+    empty = download(gone, tmp_path / "empty", create_tar=True)
+    assert empty["totals"]["ok"] == 0 and not empty.get("archive")
+    assert not list(tmp_path.glob("empty*.tar.gz"))
+
+
+# -- 8. a read-only output ------------------------------------------------------------------------
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("chattr") is None,
+                    reason="needs root and chattr: root ignores chmod 555, an immutable folder is the read-only case")
+@pytest.mark.parametrize("resumed", [False, True])
+def test_read_only_output_says_so_early_and_once(tmp_path: Path, two_hosts: FakeHostFarm, resumed: bool) -> None:
+    """An immutable output folder (chattr +i; the same as a read-only mount for a writer) gives
+    one line, exit 2, within seconds and with default retry settings, for a new output and for
+    a resumed one; nothing is fetched."""
+    manifest = write_manifest(tmp_path / "m.parquet", urls_on(two_hosts, 3, f"ro{resumed}"))
+    out = tmp_path / "out"
+    out.mkdir()
+    if resumed:
+        download(manifest, out, max_retry_attempts=0)
+        write_manifest(manifest, urls_on(two_hosts, 6, f"ro{resumed}"))  # three rows left to fetch
+    if subprocess.run(["chattr", "+i", str(out)], capture_output=True).returncode != 0:
+        pytest.skip("this file system has no immutable attribute")
+    try:
+        started = time.monotonic()
+        proc = run_flowdc("download", "--input", str(manifest), "--output", str(out), "--quiet", timeout=40)
+        line = one_error_line(proc)
+        assert "refuses writes" in line and time.monotonic() - started < 15, line
+    finally:
+        subprocess.run(["chattr", "-i", str(out)], check=True)
+
