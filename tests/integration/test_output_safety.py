@@ -22,9 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from flowdc.errors import OutputInUseError, OutputNotOursError
-from flowdc.leases import LEASE_FILE, StoreLease
-from flowdc.ownership import MARK
+from flowdc.errors import OutputInUseError
 from flowdc.storage import Destination
 from flowdc.testing.fakehosts import FakeHostFarm, HostSpec
 from tests.integration.conftest import (
@@ -40,6 +38,9 @@ from tests.integration.conftest import (
 from tests.integration.sinks_helpers import all_files, gcs_options, ledger_latest, s3_options, samples_in_shards
 
 FarmFactory = Callable[[Sequence[HostSpec]], FakeHostFarm]
+# Literal names, not imports: this file must also run (and fail) against a flowdc without them.
+MARK = "_flowdc/owner.json"
+LEASE_FILE = "_flowdc/lease.json"
 QUICK = ["--quiet", "--retry_backoff_sec", "0.05", "--max_retry_attempts", "0", "--no_create_tar"]
 
 
@@ -167,6 +168,7 @@ def test_object_store_prefix_without_the_mark_is_refused(tmp_path: Path, two_hos
                                                          gcs_endpoint: str) -> None:
     """On s3:// and gs:// a prefix holding someone else's objects is refused (with --force too)
     and keeps them; our own prefix loses only what flowdc wrote to --force."""
+    from flowdc.errors import OutputNotOursError
     manifest = write_manifest(tmp_path / "m.parquet", urls_on(two_hosts, 6, "cloud"), labels=["a", "b"] * 3)
     stores = (("s3://own-bkt/data", s3_options(s3_endpoint)), ("gs://own-bkt/data", gcs_options(gcs_endpoint)))
     for url, options in stores:
@@ -231,6 +233,7 @@ def test_two_runs_on_one_s3_prefix_and_a_killed_holders_lease(tmp_path: Path, sl
     """On one moto prefix: two runs at once, one stores every sample exactly once and the other
     exits 2 naming the holder. A SIGKILLed holder's lease refuses others until its TTL has
     passed since its last heartbeat, then the next run takes it over and finishes the job."""
+    from flowdc.leases import StoreLease
     options = s3_options(s3_endpoint)
     dest = Destination("s3://lease-bkt/ds", options)
     dest.fs.mkdir("lease-bkt")
@@ -272,6 +275,7 @@ def test_lease_takeover_rules(store: str, s3_endpoint: str, gcs_endpoint: str) -
     """A live lease refuses another run; the same run id (a resubmitted task) takes it over at
     once; a lease whose heartbeat stopped is taken over after its TTL; a holder that lost its
     lease is told. Works per prefix: two partitions' prefixes do not block each other."""
+    from flowdc.leases import StoreLease
     options = s3_options(s3_endpoint) if store == "s3" else gcs_options(gcs_endpoint)
     part0 = Destination(f"{store}://lease-rules/plan/part-00000", options)
     part1 = Destination(f"{store}://lease-rules/plan/part-00001", options)
