@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
+import os
 import posixpath
 import time
 from dataclasses import dataclass
@@ -218,7 +219,9 @@ def slot_for(dest: Destination, rel: str) -> ObjectSlot:
         candidate = S3Slot
     elif name.startswith(("GCSFileSystem", "ExtendedGcsFileSystem")):
         candidate = GcsSlot
-    if candidate is not None and _enforces_conditions(candidate(dest, PROBE)):
+    # A probe of this run's own: two runs starting at once must not delete each other's probe.
+    probe = f"{PROBE}-{os.getpid()}-{os.urandom(4).hex()}"
+    if candidate is not None and _enforces_conditions(candidate(dest, probe)):
         return candidate(dest, rel)
     if candidate is not None:
         log.info("%s ignores conditional writes; leases fall back to check-write-read-back", dest.display)

@@ -88,14 +88,26 @@ def check_ours(dest: Destination, *, force: bool = False) -> None:
     """Refuse an output that holds anything flowdc did not mark (OutputNotOursError)."""
     if dest.local and os.path.lexists(dest.root) and not os.path.isdir(dest.root):
         raise UserError(f"--output {dest.display} is a file, not a folder; give a folder (new or empty)")
-    names = set(dest.list()) - LITTER
-    if not names - {META_DIR}:
-        return  # empty, or nothing but our own folder (a run cut short before its mark landed)
     if dest.exists(MARK) or dest.exists(LEDGER_DIR):  # the ledger alone: written by an older flowdc
         return
+    if not _other_entries(dest):
+        return  # empty, or nothing but our own folder (a run cut short before its mark landed)
     hint = " (--force only ever removes what flowdc wrote)" if force else ""
     raise OutputNotOursError(f"--output {dest.display} already holds files that flowdc did not write "
                              f"(it has no {MARK}); give a new or empty folder{hint}")
+
+
+def _other_entries(dest: Destination) -> bool:
+    """Whether the output's top holds anything but OS litter and _flowdc/ (locally without listing
+    a folder of millions of files in full)."""
+    ignored = LITTER | {META_DIR}
+    if dest.local:
+        try:
+            with os.scandir(dest.root) as entries:
+                return any(e.name not in ignored for e in entries)
+        except FileNotFoundError:
+            return False
+    return bool(set(dest.list()) - ignored)
 
 
 def write_mark(dest: Destination, run_id: str) -> None:

@@ -1,0 +1,82 @@
+"""Ownership and --force on a local folder, without a download: what counts as ours, what
+--force removes (only paths the ledger records, never outside the output), the archive record."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from flowdc.archive import RECORD, create_archive, our_archive
+from flowdc.errors import OutputInUseError, OutputNotOursError, UserError
+from flowdc.ledger import Ledger, Record
+from flowdc.ownership import MARK, check_ours, claim_output, clear_ours
+from flowdc.storage import Destination
+
+
+def test_what_counts_as_ours(tmp_path: Path) -> None:
+    """New, empty (OS litter aside), marked, or an older flowdc's ledger: accepted. Anything else,
+    or a file as the output: refused."""
+    check_ours(Destination(str(tmp_path / "new")))
+    litter = tmp_path / "litter"
+    (litter / "lost+found").mkdir(parents=True)
+    (litter / ".DS_Store").write_text("x")
+    check_ours(Destination(str(litter)))
+    (litter / "a.txt").write_text("mine")
+    with pytest.raises(OutputNotOursError, match="flowdc did not write"):
+        check_ours(Destination(str(litter)), force=True)
+    (litter / "_flowdc" / "ledger").mkdir(parents=True)
+    check_ours(Destination(str(litter)))  # an older flowdc's output
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(UserError, match="is a file"):
+        check_ours(Destination(str(tmp_path / "file")))
+
+
+def test_force_follows_only_recorded_paths_inside_the_output(tmp_path: Path) -> None:
+    """A ledger edited to name ../ or _flowdc/ paths cannot make --force delete them; recorded
+    sample files and the folders they leave empty go, a folder holding a user's file stays."""
+    out = tmp_path / "out"
+    dest = Destination(str(out))
+    (tmp_path / "outside.txt").write_text("keep")
+    for rel in ("a/1.png", "b/2.png", "b/user.txt"):
+        (out / rel).parent.mkdir(parents=True, exist_ok=True)
+        (out / rel).write_text(rel)
+    ledger = Ledger(dest)
+    absolute = str(tmp_path / "outside.txt")  # an absolute path in the ledger is not followed either
+    for i, path in enumerate(["a/1.png", "b/2.png", "../outside.txt", absolute, "a/../../outside.txt"]):
+        ledger.add(Record(i, f"{i:08d}", f"http://h/{i}", "ok", path=path))
+    ledger.flush()
+    (out / "overview.json").write_text(json.dumps({"tool": "someone else"}))
+    removed = clear_ours(dest)
+    assert removed["sample_files"] == 2 and removed["folders"] == 1
+    assert (tmp_path / "outside.txt").read_text() == "keep"
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()) == \
+        ["b/user.txt", "overview.json"]
+
+
+def test_claim_holds_the_output_and_a_cut_short_force_is_finished(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    claim = claim_output(Destination(str(out)), run_id="r1", force=False, lease_ttl_s=60)
+    assert json.loads((out / MARK).read_text())["run_id"] == "r1"
+    with pytest.raises(OutputInUseError, match="run r1"):
+        claim_output(Destination(str(out)), run_id="r2", force=True, lease_ttl_s=60)
+    claim.release()
+    (out / "_flowdc" / "clearing.json").write_text("{}")  # a --force that was killed
+    (out / "_flowdc" / "ledger").mkdir()
+    claim = claim_output(Destination(str(out)), run_id="r3", force=False, lease_ttl_s=60)
+    claim.release()
+    assert not (out / "_flowdc" / "clearing.json").exists() and not (out / "_flowdc" / "ledger").exists()
+
+
+def test_an_archive_changed_since_it_was_written_is_no_longer_ours(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    (out / "a").mkdir(parents=True)
+    (out / "a" / "1.png").write_bytes(b"png")
+    dest = Destination(str(out))
+    assert create_archive(dest) == str(tmp_path / "out.tar.gz")
+    assert our_archive(dest) == "out.tar.gz" and dest.exists(RECORD)
+    (tmp_path / "out.tar.gz").write_bytes(b"the user replaced it")
+    assert our_archive(dest) is None
+    assert create_archive(dest) == str(tmp_path / "out.flowdc-2.tar.gz")
+    assert (tmp_path / "out.tar.gz").read_bytes() == b"the user replaced it"
