@@ -17,7 +17,7 @@ from flowdc.errors import UserError
 from flowdc.ui.form import ConfigForm
 from flowdc.ui.live import LiveState
 from flowdc.ui.prefect_api import PrefectApi
-from flowdc.ui.runs import LocalRun, RunStatus, start_download
+from flowdc.ui.runs import LocalRun, RunStatus, start_run
 
 
 def run_kinds() -> dict[str, type]:
@@ -34,7 +34,7 @@ class UiContext:
     workdir: Path  # task configs and telemetry files of the runs started here
     live: LiveState = dataclasses.field(default_factory=LiveState)
     push_token: str = dataclasses.field(default_factory=lambda: secrets.token_urlsafe(24))
-    push_url: str = ""  # where runs push telemetry (this server's /telemetry), once the port is known
+    push_url: str = ""  # this server as a telemetry collector (senders POST to push_url + /telemetry)
     prefect_api: str | None = None
     kind: str = "download"
     config_path: str = "flowdc-config.json"
@@ -53,10 +53,9 @@ class UiContext:
     def start(self, kind: str, cfg: Any) -> str:
         if self.busy():
             raise UserError("a run is going on; stop it first (or wait for it to end)")
-        if kind == "download":
-            self.run = start_download(cfg, self.live, self.workdir, env=self._child_env())
-        else:
-            raise UserError(f"starting a {kind} run from the page is not available in this version")
+        if kind not in self.forms:
+            raise UserError(f"no {kind} runs in this version")
+        self.run = start_run(kind, cfg, self.live, self.workdir, env=self._child_env())
         self.last = "local"
         return f"{kind} started (pid {self.run.proc.pid})"
 
@@ -105,7 +104,4 @@ class UiContext:
         return str(self.prefect_run.get("state", "SCHEDULED"))
 
     def _child_env(self) -> dict[str, str]:
-        env = {"FLOWDC_TELEMETRY_TOKEN": self.push_token}
-        if self.push_url:
-            env["FLOWDC_UI_PUSH_URL"] = self.push_url
-        return env
+        return {"FLOWDC_TELEMETRY_TOKEN": self.push_token}  # what this page accepts, should a child push here

@@ -165,9 +165,8 @@ class LiveState:
     def _row(self, key: str, h: _Host, newest: dict[str, float]) -> dict[str, Any]:
         f = h.figures
         t = _num(f.get("t")) or 0.0
-        hold = _num(f.get("hold_until"))
-        # hold_until is on the producer's monotonic clock in old lines; only a wall time compares with t
-        hold_s = round(hold - t, 1) if hold is not None and hold > 1e9 and hold > t else None
+        hold_s = _num(f.get("hold_s"))  # lines from before hold_s had only the producer's monotonic hold_until
+        hold_s = round(hold_s, 1) if hold_s else None
         row = {k: f.get(k) for k, _ in HOST_COLUMNS}
         row.update(key=key, partition=f.get("partition", ""), hold_s=hold_s,
                    n_429=f.get("n_429", f.get("n_429_503")), goodput=_round(f.get("goodput"), 1))
@@ -183,7 +182,8 @@ class LiveState:
             tot.ok = sum(int(r.get("ok") or 0) for r in runs)
             tot.failed = sum(int(r.get("failed") or 0) for r in runs)
             skipped = sum(int(r.get("skipped") or 0) for r in runs)
-            tot.done = tot.ok + tot.failed + skipped
+            # Rows an earlier run finished count as done, so done and rows_total (the manifest) compare.
+            tot.done = tot.ok + tot.failed + skipped + sum(int(r.get("already_done") or 0) for r in runs)
             tot.bytes = sum(int(r.get("bytes") or 0) for r in runs)
             known = [r.get("rows_total") for r in runs]
             if all(isinstance(x, int) for x in known) and self._rows_total is None:
@@ -197,7 +197,7 @@ class LiveState:
             run = self._final.get("this_run") or {}
             tot.ok = int(run.get("ok", tot.ok))
             tot.failed = int(run.get("failed", tot.failed or 0))
-            tot.done = tot.ok + tot.failed + int(run.get("skipped", 0))
+            tot.done = tot.ok + tot.failed + int(run.get("skipped", 0)) + int(run.get("already_done", 0))
             tot.bytes = int(run.get("bytes", tot.bytes or 0))
             tot.elapsed_s = float(self._final.get("elapsed_s", tot.elapsed_s))
             tot.finished = True

@@ -1,6 +1,6 @@
 """Start and stop the runs the page launches, and feed their telemetry into a LiveState.
 
-A local run is a child process (`python -m flowdc download --config TASK.json`): the page stays
+A local run is a child process (`python -m flowdc download|distribute --config TASK.json`): the page stays
 responsive, Stop is the same SIGINT a person's Ctrl-C is (what is stored stays stored, a rerun
 resumes), and the child writes its telemetry as JSON lines that a tailer thread reads into the
 live view. No NiceGUI here.
@@ -158,18 +158,31 @@ def write_private_json(folder: Path, name: str, data: dict[str, Any]) -> Path:
     return path
 
 
-def start_download(cfg: Any, state: LiveState, workdir: Path, *, env: dict[str, str] | None = None,
-                   on_end: Callable[[RunStatus], None] | None = None) -> LocalRun:
-    """`flowdc download` of a checked DownloadConfig in a child process, watched live."""
+def start_run(kind: str, cfg: Any, state: LiveState, workdir: Path, *, env: dict[str, str] | None = None,
+              on_end: Callable[[RunStatus], None] | None = None) -> LocalRun:
+    """`flowdc download` or `flowdc distribute` of a checked config in a child process, watched live.
+
+    A download writes its own telemetry file; a distribute run's manager merges every partition's
+    pushes into one file (its collector), which the page follows the same way.
+    """
     data = {k: v for k, v in dataclasses.asdict(cfg).items() if v is not None}  # None = the default
-    telemetry = Path(data.get("telemetry") or workdir / f"telemetry-{int(time.time() * 1000)}.jsonl")
-    data.update(telemetry=str(telemetry), quiet=True)
-    task = write_private_json(workdir, "download-task.json", data)
-    state.reset(rows_total=manifest_rows(cfg))
     local_output = "://" not in cfg.output or cfg.output.startswith("file://")
-    overview = Path(cfg.output.removeprefix("file://")) / "overview.json" if local_output else None
-    argv = [sys.executable, "-m", "flowdc", "download", "--config", str(task)]
-    return LocalRun("download", argv, state, telemetry, overview, env=env, on_end=on_end)
+    output = Path(cfg.output.removeprefix("file://"))
+    overview: Path | None = None
+    if kind == "download":
+        telemetry: Path | None = Path(data.get("telemetry") or workdir / f"telemetry-{int(time.time() * 1000)}.jsonl")
+        data["telemetry"] = str(telemetry)
+        overview = output / "overview.json" if local_output else None
+        state.reset(rows_total=manifest_rows(cfg))
+    else:
+        from flowdc.distribute import TELEMETRY_FILE  # the manager's collector writes it
+
+        telemetry = output / TELEMETRY_FILE if local_output else None  # a remote run's file is the manager's
+        state.reset()
+    data["quiet"] = True
+    task = write_private_json(workdir, f"{kind}-task.json", data)
+    argv = [sys.executable, "-m", "flowdc", kind, "--config", str(task)]
+    return LocalRun(kind, argv, state, telemetry, overview, env=env, on_end=on_end)
 
 
 def manifest_rows(cfg: Any) -> int | None:

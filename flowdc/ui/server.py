@@ -123,7 +123,8 @@ def serve(ctx: UiContext, host: str = "127.0.0.1", port: int = 8080, token: str 
 
     check_bind(host, token)
     shown_host = f"[{host}]" if ":" in host else host
-    ctx.push_url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else shown_host}:{port}/telemetry"
+    # The collector address of the telemetry contract (senders add /telemetry).
+    ctx.push_url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else shown_host}:{port}"
     register(ctx, token)
     print(f"flowdc ui: http://{shown_host}:{port}/" + ("  (first visit: add ?token=YOUR_TOKEN)" if token else ""),
           flush=True)
