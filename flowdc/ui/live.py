@@ -24,7 +24,7 @@ IDLE_AFTER_S = 2.0  # a host missing from its partition's snapshots this long ha
 
 # The per-host table: (column key, heading); the keys are the telemetry's own figure names.
 HOST_COLUMNS: tuple[tuple[str, str], ...] = (
-    ("partition", "partition"), ("host", "host"), ("state", "state"), ("limit", "limit"),
+    ("partition", "partition / run"), ("host", "host"), ("state", "state"), ("limit", "limit"),
     ("inflight", "in-flight"), ("queued", "queued"), ("rtprop_ms", "RTprop ms"), ("p50_ms", "p50 ms"),
     ("p95_ms", "p95 ms"), ("goodput", "goodput/s"), ("ok", "ok"), ("n_429", "429/503"), ("n_5xx", "5xx"),
     ("hold_s", "hold s"),
@@ -50,7 +50,7 @@ class LiveView:
     totals: Totals
     rows: list[dict[str, Any]]  # one per (partition, host), HOST_COLUMNS keys
     partitions: list[str]
-    series: dict[str, list[tuple[float, float | None, float | None]]]  # host key -> (t, limit, p50_ms)
+    series: dict[str, list[tuple[float, float | None, float | None]]]  # chart name -> (t, limit, p50_ms)
     throughput: list[tuple[float, float, float | None]]  # (t, rows/s, MB/s)
     t0: float | None = None
 
@@ -90,7 +90,8 @@ class LiveState:
         t = _num(record.get("t"))
         if t is None:
             return
-        partition = str(record.get("partition_id") or "")
+        # A download run by itself has no partition id; its run id still keeps two runs' hosts apart.
+        partition = str(record.get("partition_id") or record.get("run_id") or "")
         with self._lock:
             self._t0 = t if self._t0 is None else min(self._t0, t)
             if self._t_last is None or t > self._t_last + 0.2:
@@ -143,11 +144,14 @@ class LiveState:
                           key=lambda r: (r["partition"], -(r["limit"] or 0), r["host"]))[:HOST_ROW_CAP]
             chosen = [k for k in selected if k in self._hosts] or [host_key(r["partition"], r["host"])
                                                                    for r in rows[:6]]
+            partitions = sorted({r["partition"] for r in rows} | set(self._runs))
+            # Chart names: the host alone, unless hosts of several partitions are on show.
+            name = (lambda k: k) if len(partitions) > 1 else (lambda k: str(self._hosts[k].figures["host"]))
             return LiveView(
                 totals=self._totals(),
                 rows=rows,
-                partitions=sorted({r["partition"] for r in rows} | set(self._runs)),
-                series={k: list(self._hosts[k].history) for k in chosen},
+                partitions=partitions,
+                series={name(k): list(self._hosts[k].history) for k in chosen},
                 throughput=list(self._throughput),
                 t0=self._t0,
             )
