@@ -4,9 +4,10 @@ Each field of DownloadConfig (and of the other run configs) becomes one form fie
 choices and default the CLI uses. What the form gives back goes through `build_config`, the CLI's
 own parse-and-check, so the page accepts exactly what `flowdc download --config` accepts.
 
-Secrets never travel to the browser: storage option values under secret-looking keys and the
-password part of URLs (proxy credentials) are replaced by MASK in what the page shows, and the
-real values stay on the server (`Secrets`) to be put back when the form is used.
+Secrets never travel to the browser: storage option values under secret-looking keys, and in
+URL-valued options the userinfo (proxy credentials) and secret query parameters (signed URLs), are
+masked in what the page shows; the real values stay on the server (`Secrets`) to be put back when
+the form is used.
 """
 
 from __future__ import annotations
@@ -17,12 +18,11 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 from flowdc.config import build_config, read_json_config
 from flowdc.errors import ConfigError
+from flowdc.urls import MASK, redact_url  # the one URL redaction: userinfo and secret query parameters
 
-MASK = "••••••"
 SECRET_KEY = re.compile(r"key|secret|token|passw|credential|session|auth|private", re.IGNORECASE)
 # The options a person sets first; the rest sit under "more options" and PAARC's knobs under "PAARC".
 ESSENTIALS = ("input", "output", "url", "label", "output_format", "naming_mode", "concurrent_downloads",
@@ -113,7 +113,7 @@ class Secrets:
                         v = MASK
                     hidden[k] = v
                 shown[name] = hidden
-            elif isinstance(value, str) and (masked := mask_url(value)) != value:
+            elif isinstance(value, str) and (masked := redact_url(value)) != value:
                 self._kept[name] = (masked, value)
                 shown[name] = masked
             else:
@@ -130,20 +130,6 @@ class Secrets:
                 value = self._kept[name][1]
             out[name] = value
         return out
-
-
-def mask_url(text: str) -> str:
-    """`scheme://user:password@host` -> the password masked; anything else unchanged."""
-    if "://" not in text or "@" not in text:
-        return text
-    try:
-        parts = urlsplit(text)
-    except ValueError:
-        return text
-    if parts.password is None:
-        return text
-    netloc = f"{parts.username}:{MASK}@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit(parts._replace(netloc=netloc))
 
 
 class ConfigForm:

@@ -10,7 +10,7 @@ import pytest
 
 from flowdc.config import DownloadConfig
 from flowdc.errors import ConfigError
-from flowdc.ui.form import MASK, ConfigForm, form_fields, mask_url
+from flowdc.ui.form import MASK, ConfigForm, form_fields
 
 
 def test_every_download_option_is_a_form_field_with_the_cli_help_and_choices():
@@ -58,7 +58,13 @@ def test_a_secret_typed_into_the_form_is_not_shown_back():
     assert "typed-secret" not in json.dumps(form.shown)
 
 
-def test_url_passwords_are_masked():
-    assert mask_url("http://bob:hunter2@proxy.local:3128") == f"http://bob:{MASK}@proxy.local:3128"
-    assert mask_url("http://proxy.local:3128") == "http://proxy.local:3128"
-    assert mask_url("s3://bucket/prefix") == "s3://bucket/prefix"
+def test_urls_with_credentials_are_masked_and_kept(tmp_path):
+    form = ConfigForm(DownloadConfig)
+    path = tmp_path / "cfg.json"
+    path.write_text(json.dumps({"input": "https://data.example/m.parquet?X-Amz-Signature=abc123def",
+                                "output": "out", "cloud_destination": "http://bob:hunter2@store.example/x"}))
+    form.load(str(path))
+    shown = json.dumps(form.shown)
+    assert "abc123def" not in shown and "hunter2" not in shown and "data.example/m.parquet" in shown
+    cfg = form.build(form.shown)
+    assert cfg.input.endswith("X-Amz-Signature=abc123def") and "hunter2" in cfg.cloud_destination
