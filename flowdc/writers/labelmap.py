@@ -29,11 +29,15 @@ def load_label_folders(dest: Destination, ledger: Ledger) -> LabelFolders:
     for label, folder in ledger_label_folders(ledger):
         folders.keep(label, folder)
     doc = read_label_map(dest) or {}
-    for folder, label in (doc.get("folders") or {}).items():
-        folders.keep(label, folder)
-    for folder, labels in (doc.get("merged") or {}).items():
-        for label in labels:
+    named, merged = doc.get("folders"), doc.get("merged")
+    # Read back from the output, so taken only in the shape written (keep() checks each folder).
+    for folder, label in named.items() if isinstance(named, dict) else ():
+        if label is None or isinstance(label, str):
             folders.keep(label, folder)
+    for folder, labels in merged.items() if isinstance(merged, dict) else ():
+        for label in labels if isinstance(labels, list) else ():
+            if label is None or isinstance(label, str):
+                folders.keep(label, folder)
     return folders
 
 

@@ -81,6 +81,12 @@ def hashed_label_folder(text: str, clean: str | None = None, salt: str = "") -> 
     return f"{(_clean(text) if clean is None else clean) or 'label'}_{digest}"
 
 
+def is_inner_component(name: object) -> bool:
+    """One path component that stays inside its folder and that file systems accept."""
+    return (isinstance(name, str) and name not in ("", ".", "..") and not any(c in name for c in "/\\\x00")
+            and len(name.encode("utf-8", "surrogatepass")) <= 255)
+
+
 def _clean(text: str) -> str:
     clean = _UNSAFE.sub("_", text).lstrip(" ._").rstrip(" .")
     if len(clean) > MAX_LABEL_CHARS or len(clean.encode()) > MAX_LABEL_BYTES:
@@ -100,10 +106,14 @@ class LabelFolders:
         self._folder: dict[str | None, str] = {}  # label (None for missing) -> folder
         self._labels: dict[str, set[str | None]] = {}  # folder -> the labels in it
         self._lock = threading.Lock()
-        self.changed = False  # a label was added since the map was last saved
 
     def keep(self, label: str | None, folder: str) -> None:
-        """Record a label the output already holds in `folder` (from its ledger or label map)."""
+        """Record a label the output already holds in `folder` (from its ledger or label map).
+
+        What is read back from an output is checked again: a folder that is not one inner path
+        component (a hand-edited map, say) is ignored, so it can never lead a write outside."""
+        if not is_inner_component(folder):
+            return
         key = None if is_missing_label(label) else label
         with self._lock:
             self._folder.setdefault(key, folder)
@@ -122,7 +132,6 @@ class LabelFolders:
                 folder = hashed_label_folder("" if key is None else key, salt="" if tries == 1 else f"#{tries}")
             self._folder[key] = folder
             self._labels[folder] = {key}
-            self.changed = True
             return folder
 
     def __len__(self) -> int:

@@ -113,6 +113,9 @@ def test_resumed_outputs_keep_their_folders() -> None:
     assert folders.merged() == {}
     folders.keep("a:b", "a_b")  # an old output that merged two labels: both stay where they are
     assert folders.merged() == {"a_b": ["a/b", "a:b"]}
+    for bad in ("../x", "..", "", "a/b", "a\\b", "x\x00", "x" * 300, None):
+        folders.keep("evil", bad)  # type: ignore[arg-type]  # a tampered map is read back, never followed
+    assert folders.folder_for("evil") == "evil"
 
 
 @settings(max_examples=300, deadline=None)
