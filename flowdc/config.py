@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 
 from flowdc.errors import ConfigError
 from flowdc.paarc import PaarcParams
-from flowdc.urls import DEFAULT_SECRET_PARAMS, redact_urls_in, secret_param_names
+from flowdc.urls import DEFAULT_SECRET_PARAMS, redact_url, redact_urls_in, secret_param_names
 
 _PAARC = PaarcParams()  # the controller's defaults are the options' defaults
 
@@ -72,8 +72,37 @@ class RedactOptions:
                                    "(whole names, any case).")
 
 
+
 @dataclass
-class DownloadConfig(RedactOptions, PaarcOptions):
+class NetworkOptions:
+    """How requests reach the network; mixed into every command that sends requests (docs/network.md)."""
+
+    proxy: str | None = opt(
+        None, "HTTP proxy for every request, http://[user:password@]host:port; overrides HTTP_PROXY and "
+        "HTTPS_PROXY (NO_PROXY still applies); 'none' ignores the environment's proxies.")
+    ca_bundle: str | None = opt(
+        None, "PEM file of extra CA certificates to trust (a site that inspects TLS), beside the system's "
+        "(SSL_CERT_FILE is honoured as well).")
+    insecure: bool = opt(False, "Do not check TLS certificates at all (warned about, and written into the overview).")
+    block_link_local: bool = opt(
+        True, "Refuse link-local and cloud-metadata addresses (169.254.0.0/16, fe80::/10, metadata.google.internal, "
+        "...) as a per-row failure blocked_address; --no_block_link_local allows them.")
+    dns_threads: int = opt(64, "Threads that resolve host names (the system resolver, answers cached for 300 s).")
+
+    def check_network(self) -> None:
+        from flowdc.proxies import ProxyRoutes  # parses --proxy (and the environment's proxies) the one way
+
+        if self.dns_threads < 1:
+            raise ConfigError(f"dns_threads must be >= 1, got {self.dns_threads}")
+        if self.ca_bundle and not Path(self.ca_bundle).is_file():
+            raise ConfigError(f"--ca_bundle {self.ca_bundle}: no such file")
+        if self.ca_bundle and self.insecure:
+            raise ConfigError("give --ca_bundle or --insecure, not both")
+        ProxyRoutes.from_settings(self.proxy, os.environ)
+
+
+@dataclass
+class DownloadConfig(NetworkOptions, RedactOptions, PaarcOptions):
     input: str = opt("", "Manifest of URLs: parquet, csv, excel (.xlsx/.xls) or xml; a path or any fsspec URL "
                      "(s3://, gs://, https://, hf://).")
     output: str = opt("", "Output directory or fsspec URL (s3://bucket/prefix, gs://bucket/prefix).")
@@ -141,6 +170,7 @@ class DownloadConfig(RedactOptions, PaarcOptions):
             example = '["mc", "cp", "{file}", "{destination}/"]'
             raise ConfigError(f"cloud_tool custom needs cloud_command, e.g. {example}")
         self.check_paarc()
+        self.check_network()
 
 
 @dataclass
@@ -171,7 +201,7 @@ class PartitionConfig:
 
 
 @dataclass
-class SizeConfig(RedactOptions, PaarcOptions):
+class SizeConfig(NetworkOptions, RedactOptions, PaarcOptions):
     input: str | None = opt(None, "One manifest to estimate.")
     directory: str | None = opt(None, "A folder of manifests (e.g. partitions) to estimate together.")
     url_column: str = opt("url", "Column holding the URLs.", aliases=("url_col", "url"))
@@ -191,6 +221,7 @@ class SizeConfig(RedactOptions, PaarcOptions):
         if self.sample < 0:
             raise ConfigError("--sample must be >= 0")
         self.check_paarc()
+        self.check_network()
 
 
 C = TypeVar("C")
@@ -312,6 +343,8 @@ def public_dict(cfg: Any) -> dict[str, Any]:
     for name in ("storage_options", "input_storage_options"):
         if name in d:
             d[name] = sorted(d[name])  # keys only
+    if d.get("proxy"):
+        d["proxy"] = redact_url(d["proxy"])  # a proxy's password never reaches a file, whatever redact_urls says
     if not d.get("redact_urls", True):
         return d
     names = secret_param_names(d.get("redact_params", DEFAULT_SECRET_PARAMS))

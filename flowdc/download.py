@@ -221,7 +221,7 @@ class DownloadJob:
         loop = asyncio.get_running_loop()
         tasks: list[asyncio.Task[Any]] = []
         try:
-            async with make_session(self.cfg.concurrent_downloads) as session:
+            async with make_session(self.cfg.concurrent_downloads, net=self.cfg) as session:
                 reader = asyncio.create_task(self._read_manifest(done))
                 workers = [asyncio.create_task(self._worker(session)) for _ in range(self.cfg.concurrent_downloads)]
                 ticker = asyncio.create_task(self._tick())
@@ -349,7 +349,7 @@ class DownloadJob:
             if outcome.ok:
                 await self._store(job, outcome)  # the job is done once a writer has the sample
                 continue
-            if outcome.retryable and job.attempts <= self.cfg.max_retry_attempts:
+            if outcome.retryable and outcome.retry_now and job.attempts <= self.cfg.max_retry_attempts:
                 self.counters.retries += 1
                 sched.retry_later(job, self._retry_delay(job, outcome))
                 continue

@@ -34,6 +34,13 @@ class DestinationError(FlowdcError, RuntimeError):
     exit_code = EXIT_FAILURE
 
 
+class ProxyError(FlowdcError, RuntimeError):
+    """The proxy refused or could not be reached for the run's first requests: nothing is lost, a
+    rerun with a working proxy resumes."""
+
+    exit_code = EXIT_FAILURE
+
+
 class OutputInUseError(UserError):
     """Another live run holds this output (lock or lease); the message names the holder."""
 

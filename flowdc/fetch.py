@@ -13,14 +13,17 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import hashlib
+import socket
 import time
 import weakref
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import aiohttp
 
+from flowdc.addresses import BlockedAddress
 from flowdc.imagesig import SNIFF_BYTES, image_format_ok
+from flowdc.network import make_connector, watch_of
 from flowdc.signals import Signal
 
 # A longer Retry-After is waited on for this long per attempt; once the row's attempts are spent it
@@ -59,6 +62,9 @@ class Outcome:
     sha256: str | None = None  # None for a body over INLINE_DIGEST_MAX: see digest()
     content_type: str | None = None
     fresh_connection: bool = False  # the request opened its connection: ttfb includes the connect
+    # False: retrying in this run cannot help (an untrusted certificate, a name that does not exist),
+    # but a later run may (a --ca_bundle given, DNS fixed), so the row stays `retryable` in the ledger.
+    retry_now: bool = True
 
     @property
     def ok(self) -> bool:
@@ -98,6 +104,8 @@ def opened_for(resp: aiohttp.ClientResponse) -> bool:
 
 def classify_status(status: int) -> tuple[Signal, bool]:
     """(host signal, retryable) for a non-2xx status."""
+    if status == 407:  # only a proxy asks for proxy credentials: the host never saw the request
+        return Signal.NOT_SENT, True
     if status in OVERLOAD_STATUSES:
         return Signal.OVERLOAD, True
     if status == 408:
@@ -107,6 +115,44 @@ def classify_status(status: int) -> tuple[Signal, bool]:
     return Signal.OBJECT_ERROR, False  # other 4xx: about this object, final
 
 
+def status_reason(status: int) -> str:
+    return "proxy_refused" if status == 407 else f"http_{status}"
+
+
+class Failure(NamedTuple):
+    signal: Signal
+    reason: str
+    retryable: bool
+    retry_now: bool = True
+    status: int | None = None
+
+
+_DNS_TRANSIENT = frozenset({socket.EAI_AGAIN, getattr(socket, "EAI_SYSTEM", -11)})
+
+
+def network_failure(exc: BaseException) -> Failure | None:
+    """The failures of reaching a host (proxy, DNS, address rules, TLS), each with its own reason;
+    None for anything else. fetch_one and size name them alike through this one mapping."""
+    if isinstance(exc, aiohttp.ClientHttpProxyError):
+        # The CONNECT failed (https origins): about the proxy, not the host, so no host signal.
+        if exc.status in (401, 403, 407):  # tinyproxy answers wrong credentials with 401
+            return Failure(Signal.NOT_SENT, "proxy_refused", True, status=exc.status)
+        return Failure(Signal.NOT_SENT, f"proxy_http_{exc.status}", True, status=exc.status)
+    if isinstance(exc, aiohttp.ClientProxyConnectionError):
+        return Failure(Signal.NOT_SENT, "proxy_unreachable", True)
+    if isinstance(exc, aiohttp.ClientConnectorDNSError):
+        if isinstance(exc.os_error, BlockedAddress):
+            return Failure(Signal.NOT_SENT, "blocked_address", False)
+        transient = getattr(exc.os_error, "errno", None) in _DNS_TRANSIENT
+        return Failure(Signal.NOT_SENT, "dns_error", True, retry_now=transient)
+    if isinstance(exc, aiohttp.ClientConnectorCertificateError):
+        return Failure(Signal.NOT_SENT, "certificate_error", True, retry_now=False)
+    if isinstance(exc, aiohttp.ClientSSLError):
+        # A handshake that broke off may be a host under load: it stays a connection failure.
+        return Failure(Signal.CONN_ERROR, "tls_error", True)
+    return None
+
+
 def content_type_allowed(content_type: str | None, allowed: tuple[str, ...]) -> bool:
     if not allowed:
         return True
@@ -114,6 +160,14 @@ def content_type_allowed(content_type: str | None, allowed: tuple[str, ...]) -> 
 
 
 async def fetch_one(session: aiohttp.ClientSession, url: str, settings: FetchSettings) -> Outcome:
+    outcome = await _fetch(session, url, settings)
+    watch = watch_of(session)
+    if watch is not None and not watch.settled:
+        watch.note(url, outcome.reason, outcome.status)  # raises ProxyError when the proxy refuses everything
+    return outcome
+
+
+async def _fetch(session: aiohttp.ClientSession, url: str, settings: FetchSettings) -> Outcome:
     ttfb: float | None = None  # set once headers arrived
     start = time.perf_counter()
     try:
@@ -141,6 +195,10 @@ async def fetch_one(session: aiohttp.ClientSession, url: str, settings: FetchSet
     except aiohttp.ClientPayloadError:
         return Outcome(Signal.CONN_ERROR, reason="truncated", retryable=True, ttfb=ttfb)
     except (aiohttp.ClientError, ConnectionError, OSError) as exc:
+        failure = network_failure(exc)
+        if failure is not None:
+            return Outcome(failure.signal, failure.status, failure.reason, failure.retryable, ttfb,
+                           retry_now=failure.retry_now)
         return Outcome(Signal.CONN_ERROR, reason=_conn_reason(exc), retryable=True, ttfb=ttfb)
 
 
@@ -158,7 +216,7 @@ async def _read_response(resp: aiohttp.ClientResponse, settings: FetchSettings, 
     if not 200 <= status < 300:
         signal, retryable = classify_status(status)
         retry_after = parse_retry_after(resp.headers.get("Retry-After")) if retryable else None
-        return Outcome(signal, status, f"http_{status}", retryable, ttfb, retry_after, content_type=ctype)
+        return Outcome(signal, status, status_reason(status), retryable, ttfb, retry_after, content_type=ctype)
     if not content_type_allowed(ctype, settings.content_types):
         return Outcome(Signal.OBJECT_ERROR, status, f"content_type:{(ctype or 'none').split(';')[0]}", ttfb=ttfb)
     declared = resp.content_length
@@ -192,10 +250,14 @@ def digest(body: bytes) -> str:
     return hashlib.sha256(body).hexdigest()
 
 
-def make_session(global_limit: int, user_agent: str = "flowdc/0.1 (+dataset downloader)") -> aiohttp.ClientSession:
-    """One session for the whole run; the scheduler bounds concurrency, so the pool never queues."""
-    connector = aiohttp.TCPConnector(limit=global_limit + 16, limit_per_host=0, ttl_dns_cache=300,
-                                     enable_cleanup_closed=True)
+def make_session(global_limit: int, user_agent: str = "flowdc/0.1 (+dataset downloader)", *,
+                 net: Any = None) -> aiohttp.ClientSession:
+    """One session for the whole run; the scheduler bounds concurrency, so the pool never queues.
+
+    `net`: the run's config (its network options: proxy, ca_bundle, insecure, block_link_local,
+    dns_threads; see flowdc/network.py). Every command builds its session here.
+    """
+    connector = make_connector(global_limit, net)
     return aiohttp.ClientSession(
         connector=connector,
         headers={"User-Agent": user_agent},

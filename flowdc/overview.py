@@ -11,6 +11,7 @@ import pyarrow.compute as pc
 
 from flowdc.config import DownloadConfig, public_dict
 from flowdc.ledger import Ledger
+from flowdc.network import INSECURE_WARNING, network_summary
 from flowdc.progress import RunCounters
 from flowdc.storage import Destination
 from flowdc.writers.labelmap import LABELS_FILE, read_label_map
@@ -57,6 +58,8 @@ def build_overview(cfg: DownloadConfig, ledger: Ledger, run: RunCounters, host_s
         "mb_per_s": round(run.bytes / elapsed / 1e6, 3),
         "hosts": per_host(latest, host_snapshots),
         **labels_section(cfg, ledger.dest),
+        "network": network_summary(cfg),
+        "warnings": [INSECURE_WARNING] if cfg.insecure else [],
     }
 
 
@@ -120,6 +123,8 @@ def summary_text(overview: dict[str, Any], where: str) -> str:
     if run.get("client_busy_share", 0.0) >= CLIENT_BOUND_SHARE:
         lines.append(f"  this machine set the pace for {run['client_busy_share']:.0%} of the run, not the hosts: "
                      "split the manifest (flowdc partition) over more machines to go faster")
+    for warning in overview.get("warnings", []):
+        lines.append(f"  warning: {warning}")
     if overview.get("interrupted"):
         lines.append("  interrupted: run the same command again to resume")
     return "\n".join(lines)

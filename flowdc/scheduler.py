@@ -151,7 +151,8 @@ class Scheduler:
             job.stalled = False
         else:
             host.inflight -= 1
-        host.policy.on_sample(self.loop.time(), sample)
+        if signal is not Signal.NOT_SENT:
+            host.policy.on_sample(self.loop.time(), sample)
         self._offer(host)
 
     def retry_later(self, job: Job, delay: float) -> None:

@@ -18,6 +18,10 @@ class Signal(Enum):
     SERVER_ERROR = "server_error"  # other 5xx
     TIMEOUT = "timeout"  # no headers (or body) within the timeout
     CONN_ERROR = "conn_error"  # refused, reset, truncated body
+    # The request never reached the host, for reasons that say nothing about its load: the name did
+    # not resolve, the address is refused, the certificate is not trusted, the proxy failed the
+    # CONNECT. The scheduler frees the slot and tells the host's controller nothing.
+    NOT_SENT = "not_sent"
 
 
 @dataclass(frozen=True, slots=True)

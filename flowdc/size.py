@@ -36,8 +36,9 @@ from tqdm import tqdm
 
 from flowdc.config import SizeConfig, public_dict
 from flowdc.errors import ConfigError
-from flowdc.fetch import classify_status, make_session, opened_for, parse_retry_after
+from flowdc.fetch import classify_status, make_session, network_failure, opened_for, parse_retry_after, status_reason
 from flowdc.manifest import FORMATS_BY_SUFFIX, Manifest
+from flowdc.network import watch_of
 from flowdc.paarc import ClientLoad, policy_factory
 from flowdc.scheduler import Job, Scheduler, sleep_noting_lag
 from flowdc.signals import Signal
@@ -121,6 +122,9 @@ async def _exchange(
     if probe.ttfb is None:
         probe.ttfb = ttfb
     probe.fresh_connection = fresh
+    watch = watch_of(session)
+    if watch is not None and not watch.settled:
+        watch.note(url, probe.reason, probe.status)  # raises ProxyError when the proxy refuses everything
     return probe
 
 
@@ -160,7 +164,7 @@ async def _read_range(resp: aiohttp.ClientResponse) -> Probe:
 def _status_probe(resp: aiohttp.ClientResponse) -> Probe:
     signal, retryable = classify_status(resp.status)
     retry_after = parse_retry_after(resp.headers.get("Retry-After")) if retryable else None
-    return Probe(signal, reason=f"http_{resp.status}", retryable=retryable, retry_after=retry_after,
+    return Probe(signal, reason=status_reason(resp.status), retryable=retryable, retry_after=retry_after,
                  status=resp.status)
 
 
@@ -192,6 +196,10 @@ def _error_probe(exc: BaseException, ttfb: float | None) -> Probe:
         if ttfb is not None:  # headers came, so the host answers; this object is the slow one
             return Probe(Signal.OBJECT_ERROR, reason="timeout", retryable=True)
         return Probe(Signal.TIMEOUT, reason="timeout", retryable=True)
+    failure = network_failure(exc)
+    if failure is not None:  # a question this run cannot answer is not asked again in it
+        return Probe(failure.signal, reason=failure.reason, retryable=failure.retryable and failure.retry_now,
+                     status=failure.status)
     if isinstance(exc, aiohttp.ClientConnectorError):
         return Probe(Signal.CONN_ERROR, reason="connect_failed", retryable=True)
     if isinstance(exc, aiohttp.ServerDisconnectedError):
@@ -408,7 +416,7 @@ class SizeJob:
                         mininterval=0.5, dynamic_ncols=True)
         tasks: list[asyncio.Task[Any]] = []
         try:
-            async with make_session(self.cfg.concurrent_requests) as session:
+            async with make_session(self.cfg.concurrent_requests, net=self.cfg) as session:
                 feeder = self._feed_sample(sample) if sample is not None else self._feed_all()
                 reader = asyncio.create_task(feeder)
                 workers = [asyncio.create_task(self._worker(session)) for _ in range(self.cfg.concurrent_requests)]

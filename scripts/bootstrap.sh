@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(rclone chromium)  # chromium: the UI's browser tests (Playwright drives it)
+APT_PACKAGES=(rclone chromium tinyproxy)  # chromium: the UI's browser tests (Playwright drives it); tinyproxy: the network tests' real HTTP proxy
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   missing=()
   for pkg in "${APT_PACKAGES[@]}"; do dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg"); done

@@ -34,6 +34,7 @@ import hashlib
 import math
 import random
 import socket
+import ssl
 import struct
 import threading
 import time
@@ -56,7 +57,7 @@ MAX_STALL_S = 60.0  # a stalled request never hangs longer than this, whatever t
 
 @dataclass
 class HostSpec:
-    ip: str
+    ip: str  # 127.0.0.x, or ::1 for an IPv6 host (URLs then hold [::1])
     port: int = 0  # 0 = pick a free port
     latency_s: float = 0.0  # service time before the headers, once a slot is held
     jitter_s: float = 0.0  # extra uniform [0, jitter_s) on each request, seeded
@@ -72,6 +73,9 @@ class HostSpec:
     name: str = ""
     stall_s: float = MAX_STALL_S  # how long a "stall" holds the headers back (capped)
     keep_events: int = 0  # keep the last N (arrival, end, status, path_qs) tuples in stats
+    # TLS: serve https with this certificate chain and key (PEM files); None serves plain http.
+    tls_cert: str | None = None
+    tls_key: str | None = None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -259,7 +263,12 @@ class FakeHost:
         server = web.Server(self._handle, handler_cancellation=True, access_log=None)
         self._runner = web.ServerRunner(server, shutdown_timeout=0.5)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self.spec.ip, self.spec.port, reuse_address=True, backlog=4096)
+        tls = None
+        if self.spec.tls_cert:
+            tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            tls.load_cert_chain(self.spec.tls_cert, self.spec.tls_key)
+        site = web.TCPSite(self._runner, self.spec.ip, self.spec.port, reuse_address=True, backlog=4096,
+                           ssl_context=tls)
         await site.start()
         self.port = self._runner.addresses[0][1]
 
@@ -270,11 +279,12 @@ class FakeHost:
 
     @property
     def netloc(self) -> str:
-        return f"{self.spec.ip}:{self.port}"
+        ip = self.spec.ip
+        return f"[{ip}]:{self.port}" if ":" in ip else f"{ip}:{self.port}"  # an IPv6 host such as ::1
 
     @property
     def base_url(self) -> str:
-        return f"http://{self.netloc}"
+        return f"{'https' if self.spec.tls_cert else 'http'}://{self.netloc}"
 
     @property
     def name(self) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
+from typing import Any
 
 import pytest
 
@@ -129,3 +130,32 @@ def test_pacing_makes_up_a_little_lateness_but_never_bursts_after_idle() -> None
     # After a hold (or an empty queue) the next send waits a whole gap: a host that counts
     # requests strictly refuses a second one that comes sooner.
     assert next_paced_send(10.0, 12.0, gap) == pytest.approx(12.1)
+
+
+class RecordingLimit(FixedLimit):
+    def __init__(self, concurrency: int) -> None:
+        super().__init__(concurrency)
+        self.seen: list[Signal] = []
+
+    def on_sample(self, now: float, sample: Any) -> None:
+        self.seen.append(sample.signal)
+        super().on_sample(now, sample)
+
+
+def test_a_request_that_never_reached_the_host_tells_its_controller_nothing() -> None:
+    """DNS failures, refused addresses, untrusted certificates, failed CONNECTs: the slot is freed,
+    but the host's controller gets no sample, so none of them can lower its limit."""
+
+    async def main() -> None:
+        sched = Scheduler(lambda now: RecordingLimit(4), max_pending=100)
+        for job in jobs(8):
+            sched.add(job)
+        host = sched.hosts["h"]
+        for job in take_all(sched):
+            sched.finished(job, Signal.NOT_SENT, None, None)
+        assert host.inflight == 0 and host.policy.seen == []
+        for job in take_all(sched):  # the slots came back
+            sched.finished(job, Signal.CONN_ERROR, None, None)
+        assert host.policy.seen == [Signal.CONN_ERROR] * 4
+
+    asyncio.run(main())
