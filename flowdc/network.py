@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from aiohttp.tracing import Trace
 
 FIRST_REQUESTS = 20  # a proxy refusing this many requests in a row before any got through stops the run
+MAX_REMEMBERED_HOSTS = 100_000
 PROXY_REFUSALS = frozenset({"proxy_refused", "proxy_unreachable"})
 INSECURE_WARNING = ("--insecure: TLS certificates are not checked; anyone between here and a host can read "
                     "and change what is downloaded")
@@ -94,12 +95,20 @@ class RoutingConnector(aiohttp.TCPConnector):
     request and has no per-run override.)
     """
 
-    def __init__(self, routes: ProxyRoutes, *, refuse_blocked: bool, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
+    def __init__(self, routes: ProxyRoutes, *, refuse_blocked: bool, resolver: PooledResolver, **kwargs: Any) -> None:
+        super().__init__(resolver=resolver, **kwargs)
         self.routes = routes
         self.refuse_blocked = refuse_blocked
         self.watch = ProxyWatch(routes)
+        self.dns = resolver
         self._proxy_args: dict[Proxy, tuple[URL, aiohttp.BasicAuth | None]] = {}
+        self._blocked: dict[str, bool] = {}  # host -> refused: parsed once per host, not per request
+
+    async def close(self, **kwargs: Any) -> None:
+        try:
+            await super().close(**kwargs)
+        finally:
+            await self.dns.close()  # aiohttp closes only the resolvers it made itself
 
     async def connect(self, req: ClientRequest, traces: list[Trace], timeout: aiohttp.ClientTimeout) -> Connection:
         url = req.url
@@ -109,7 +118,7 @@ class RoutingConnector(aiohttp.TCPConnector):
             req.update_proxy(*self._args_of(proxy), None)
         elif req.proxy is not None:
             req.update_proxy(None, None, None)
-        if self.refuse_blocked and blocked_name(host):
+        if self.refuse_blocked and self._is_blocked(host):
             raise aiohttp.ClientConnectorDNSError(req.connection_key, BlockedAddress(f"{host} is refused"))
         try:
             return await super().connect(req, traces, timeout)
@@ -118,6 +127,14 @@ class RoutingConnector(aiohttp.TCPConnector):
                 # The proxy's own name did not resolve: the proxy is unreachable, the origin is not to blame.
                 raise aiohttp.ClientProxyConnectionError(req.connection_key, exc.os_error) from exc
             raise
+
+    def _is_blocked(self, host: str) -> bool:
+        blocked = self._blocked.get(host)
+        if blocked is None:
+            if len(self._blocked) >= MAX_REMEMBERED_HOSTS:
+                self._blocked.clear()
+            blocked = self._blocked[host] = blocked_name(host)
+        return blocked
 
     def _args_of(self, proxy: Proxy) -> tuple[URL, aiohttp.BasicAuth | None]:
         args = self._proxy_args.get(proxy)
