@@ -114,6 +114,33 @@ def test_a_refusing_proxy_stops_the_run_with_one_line(tmp_path: Path, farm_facto
     assert not [r for r in latest(tmp_path / "out") if r["status"] == "failed"]
 
 
+def test_a_failed_connect_is_about_the_proxy_not_the_host(tmp_path: Path) -> None:
+    """tinyproxy cannot reach the origin and answers the CONNECT with a 5xx: the row fails as
+    proxy_http_<status> with a signal that never reaches the host's controller (Signal.NOT_SENT)."""
+    import asyncio
+
+    from flowdc.config import DownloadConfig
+    from flowdc.fetch import FetchSettings, fetch_one, make_session
+    from flowdc.signals import Signal
+
+    with socket.socket() as closed, run_tinyproxy(tmp_path / "proxy") as proxy:
+        closed.bind(("127.0.0.5", 0))  # bound, never listening: the proxy's connect is refused
+        port = closed.getsockname()[1]
+        cfg = DownloadConfig(input="m.parquet", output="out", proxy=proxy.url)
+
+        async def fetch() -> tuple[Any, ...]:
+            async with make_session(4, net=cfg) as session:
+                secure = await fetch_one(session, f"https://127.0.0.5:{port}/x.png", FetchSettings(timeout=5))
+                plain = await fetch_one(session, f"http://127.0.0.5:{port}/x.png", FetchSettings(timeout=5))
+                return secure, plain
+
+        secure, plain = asyncio.run(fetch())
+    assert secure.signal is Signal.NOT_SENT and secure.reason.startswith("proxy_http_5"), secure
+    assert secure.retryable
+    # For an http origin the proxy relays its answer, which cannot be told apart from the host's own.
+    assert plain.signal is Signal.SERVER_ERROR and plain.reason.startswith("http_5"), plain
+
+
 def test_an_unreachable_proxy_stops_the_run_with_one_line(tmp_path: Path, farm_factory: Farm) -> None:
     farm = farm_factory([HostSpec("127.0.0.2")])
     src = manifest(tmp_path, farm, 25)
