@@ -31,6 +31,7 @@ from flowdc.addresses import BlockedAddress, blocked_ip
 DEFAULT_THREADS = 64
 TTL_S = 300.0
 NEGATIVE_TTL_S = 30.0
+TRANSIENT_TTL_S = 1.0
 MAX_ENTRIES = 200_000
 _NUMERIC = socket.AI_NUMERICHOST | socket.AI_NUMERICSERV
 
@@ -157,6 +158,8 @@ class PooledResolver(AbstractResolver):
         loop = fut.get_loop()
         answer: Any = result if error is None else error
         ttl = self.ttl_s if error is None else self.negative_ttl_s
+        if isinstance(error, socket.gaierror) and error.errno == socket.EAI_AGAIN:
+            ttl = min(ttl, TRANSIENT_TTL_S)  # "try again": a retry in this run should really ask again
         self._cache[key] = (loop.time() + ttl, answer)
         while len(self._cache) > self.max_entries:
             self._cache.popitem(last=False)

@@ -40,6 +40,8 @@ class SlowStub:
             self.calls[host] = self.calls.get(host, 0) + 1
             self.threads.add(threading.get_ident())
         time.sleep(self.delay)
+        if host.startswith("flaky."):
+            raise socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")
         if host.endswith(".invalid"):
             raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
         if host.endswith(".meta"):
@@ -106,7 +108,9 @@ def test_ten_thousand_names_resolve_without_lagging_the_loop(stub: SlowStub) -> 
     assert elapsed < 30, elapsed
 
 
-def test_answers_and_failures_are_cached_and_shared(stub: SlowStub) -> None:
+def test_answers_and_failures_are_cached_and_shared(stub: SlowStub, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(resolver_module, "TRANSIENT_TTL_S", 0.0)
+
     async def main() -> None:
         res = PooledResolver(threads=4)
         same = await asyncio.gather(*(res.resolve("one.test", 80) for _ in range(50)))
@@ -117,6 +121,10 @@ def test_answers_and_failures_are_cached_and_shared(stub: SlowStub) -> None:
             with pytest.raises(socket.gaierror):
                 await res.resolve("nope.invalid", 80)
         assert stub.calls["nope.invalid"] == 1  # failures are cached too
+        for _ in range(2):  # ... "try again" ones only briefly (TRANSIENT_TTL_S, 0 here)
+            with pytest.raises(socket.gaierror):
+                await res.resolve("flaky.test", 80)
+        assert stub.calls["flaky.test"] == 2
         res.ttl_s = res.negative_ttl_s = 0.0
         res._cache.clear()
         await res.resolve("one.test", 80)
