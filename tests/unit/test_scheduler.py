@@ -147,7 +147,7 @@ def test_a_request_that_never_reached_the_host_tells_its_controller_nothing() ->
     but the host's controller gets no sample, so none of them can lower its limit."""
 
     async def main() -> None:
-        sched = Scheduler(lambda now: RecordingLimit(4), max_pending=100)
+        sched = Scheduler(lambda host, now: RecordingLimit(4), max_pending=100)
         for job in jobs(8):
             sched.add(job)
         host = sched.hosts["h"]
