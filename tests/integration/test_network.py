@@ -155,6 +155,22 @@ def test_an_unreachable_proxy_stops_the_run_with_one_line(tmp_path: Path, farm_f
     assert farm.totals()["requests"] == 0
 
 
+def test_size_asks_through_the_same_proxy(tmp_path: Path, farm_factory: Farm, ca: TestCA) -> None:
+    """`flowdc size` builds its session the same way: proxied HEADs, a tunnel for https, NO_PROXY."""
+    from flowdc.config import SizeConfig
+    from flowdc.size import run_size
+
+    farm = farm_factory([HostSpec("127.0.0.2", image_bytes=1000), tls(HostSpec("127.0.0.3", image_bytes=1000), ca)])
+    src = manifest(tmp_path, farm, 3)
+    with run_tinyproxy(tmp_path / "proxy") as proxy:
+        report = run_size(SizeConfig(input=str(src), proxy=proxy.url, ca_bundle=str(ca.ca_pem), quiet=True,
+                                     report=str(tmp_path / "size.json")))
+        requests = proxied_requests(proxy.log_text())
+    assert report["resolved"] == 6, report
+    assert sum(r.startswith("HEAD http://127.0.0.2:") for r in requests) == 3
+    assert any(r.startswith("CONNECT 127.0.0.3:") for r in requests)
+
+
 # -- TLS -----------------------------------------------------------------------------------------
 def test_a_private_ca_is_trusted_with_ca_bundle_only(tmp_path: Path, farm_factory: Farm, ca: TestCA,
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
