@@ -12,10 +12,10 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass
-from urllib.parse import quote, unquote, urlsplit
+from urllib.parse import unquote, urlsplit
 
 from flowdc.errors import ConfigError
-from flowdc.uploaders import MASK, redact
+from flowdc.urls import MASK, redact_url
 
 NO_PROXY_WORDS = frozenset({"none", "direct", "off"})  # `--proxy none`: ignore the environment's proxies
 PROXY_SCHEMES = frozenset({"http", "https"})  # what aiohttp can speak to a proxy
@@ -38,7 +38,7 @@ class Proxy:
         if self.user is None:
             return self.url
         scheme, _, rest = self.url.partition("://")
-        return f"{scheme}://{quote(self.user, safe='')}:{MASK}@{rest}"
+        return f"{scheme}://{MASK}@{rest}"  # as flowdc.urls.redact_url shows any URL's userinfo
 
 
 def parse_proxy(value: str, source: str) -> Proxy:
@@ -50,13 +50,13 @@ def parse_proxy(value: str, source: str) -> Proxy:
         parts = urlsplit(text)
         port = parts.port
     except ValueError:
-        raise ConfigError(f"{source}: not a proxy URL: {redact(value)}") from None
+        raise ConfigError(f"{source}: not a proxy URL: {redact_url(value)}") from None
     scheme = parts.scheme.lower()
     if scheme not in PROXY_SCHEMES:
         raise ConfigError(f"{source}: {scheme}:// proxies are not supported, only http:// (and https://)")
     host = parts.hostname
     if not host:
-        raise ConfigError(f"{source}: the proxy URL names no host: {redact(value)}")
+        raise ConfigError(f"{source}: the proxy URL names no host: {redact_url(value)}")
     netloc = f"[{host}]" if ":" in host else host
     if port is not None:
         netloc += f":{port}"

@@ -84,7 +84,7 @@ def test_proxy_credentials_are_sent_and_written_nowhere(tmp_path: Path, farm_fac
     assert [r["status"] for r in latest(out)] == ["ok"] * 10
     assert len(proxied_requests(log)) >= 6  # both origins went through the proxy that demands the password
     overview = json.loads((out / "overview.json").read_text())
-    assert overview["config"]["proxy"] == proxy.url.replace("http://", "http://flowuser:***@")
+    assert overview["config"]["proxy"] == proxy.url.replace("http://", "http://***@")
     for path in [*visible_files(out), telemetry]:
         assert secret.encode() not in path.read_bytes(), path
     ledger_text = json.dumps(latest(out), default=str)
