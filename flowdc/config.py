@@ -98,6 +98,10 @@ class NetworkOptions:
             raise ConfigError(f"--ca_bundle {self.ca_bundle}: no such file")
         if self.ca_bundle and self.insecure:
             raise ConfigError("give --ca_bundle or --insecure, not both")
+        if self.ca_bundle:
+            from flowdc.network import ssl_context
+
+            ssl_context(self.ca_bundle, insecure=False)  # a file of no certificates: refused now, not mid-run
         ProxyRoutes.from_settings(self.proxy, os.environ)
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from flowdc.addresses import blocked_ip, blocked_name
@@ -110,3 +112,16 @@ def test_watch_settles_once_a_request_went_through() -> None:
 def test_address_rules(host: str, blocked: bool) -> None:
     assert blocked_name(host) is blocked
     assert blocked_ip(host) is (blocked and "metadata" not in host.lower())  # names are not addresses
+
+
+def test_network_options_are_checked_up_front(tmp_path: Any) -> None:
+    base = {"input": "m.csv", "output": "out"}
+    bundle = tmp_path / "ca.pem"
+    bundle.write_text("not a certificate")
+    for bad, message in [({"ca_bundle": str(tmp_path / "missing.pem")}, "no such file"),
+                         ({"ca_bundle": str(bundle), "insecure": True}, "not both"),
+                         ({"dns_threads": 0}, "dns_threads"),
+                         ({"proxy": "socks5://p:1080"}, "not supported"),
+                         ({"ca_bundle": str(bundle)}, "PEM")]:  # there, but holds no certificate
+        with pytest.raises(ConfigError, match=message):
+            DownloadConfig(**base, **bad).check()
