@@ -72,10 +72,9 @@ class UiContext:
         if not self.prefect_api:
             raise UserError("no Prefect API configured (flowdc ui --prefect_api URL)")
         params = PrefectApi.parse_parameters(self.prefect["parameters"])
-        if self.push_url:  # a flow that takes telemetry_push streams its hosts to this page
-            params.setdefault("telemetry_push", self.push_url)
-        self.live.reset()
-        self.prefect_run = PrefectApi(self.prefect_api).run_deployment(self.prefect["deployment"], params)
+        self.live.reset()  # a flow that takes telemetry_push streams its hosts to this page
+        self.prefect_run = PrefectApi(self.prefect_api).run_deployment(self.prefect["deployment"], params,
+                                                                       push_url=self.push_url or None)
         self.last = "prefect"
         return f"flow run {self.prefect_run.get('name', '')} created ({self.prefect_run['id']})"
 

@@ -31,12 +31,16 @@ class PrefectApi:
             raise UserError("parameters: expected a JSON object")
         return params
 
-    def run_deployment(self, name: str, parameters: dict[str, Any]) -> dict[str, Any]:
-        """Create a flow run of deployment 'flow-name/deployment-name'; returns {id, name}."""
+    def run_deployment(self, name: str, parameters: dict[str, Any], push_url: str | None = None) -> dict[str, Any]:
+        """Create a flow run of deployment 'flow-name/deployment-name'; returns {id, name}. A flow
+        that declares a telemetry_push parameter is given push_url (unless the user set one)."""
         flow, sep, deployment = name.strip().partition("/")
         if not sep or not flow or not deployment:
             raise UserError(f"deployment: expected flow-name/deployment-name, got {name!r}")
         dep = self._call("GET", f"/deployments/name/{_q(flow)}/{_q(deployment)}")
+        declared = (dep.get("parameter_openapi_schema") or {}).get("properties") or {}
+        if push_url and "telemetry_push" in declared:
+            parameters = {"telemetry_push": push_url, **parameters}
         run = self._call("POST", f"/deployments/{dep['id']}/create_flow_run", {"parameters": parameters})
         return {"id": run["id"], "name": run.get("name", "")}
 
