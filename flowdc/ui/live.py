@@ -19,7 +19,8 @@ from typing import Any
 HISTORY_POINTS = 720  # per series: six minutes at two snapshots a second
 HISTORY_HOSTS = 200  # hosts whose history is kept; a 40M-row run has far more hosts than charts
 RATE_WINDOW_S = 5.0  # rate and MB/s are measured over the last few seconds, not since the start
-HOST_ROW_CAP = 2000  # rows sent to the page's table, busiest first
+HOST_ROW_CAP = 500  # rows sent to the page's table (the busiest hosts), refreshed twice a second
+CHART_HOSTS = 6  # hosts charted when none are ticked: the busiest
 IDLE_AFTER_S = 2.0  # a host missing from its partition's snapshots this long has nothing queued or in flight
 
 # The per-host table: (column key, heading); the keys are the telemetry's own figure names.
@@ -140,10 +141,11 @@ class LiveState:
             for h in self._hosts.values():
                 p, t = h.figures["partition"], h.figures["t"]
                 newest[p] = max(newest.get(p, t), t)
-            rows = sorted((self._row(key, h, newest) for key, h in self._hosts.items()),
-                          key=lambda r: (r["partition"], -(r["limit"] or 0), r["host"]))[:HOST_ROW_CAP]
-            chosen = [k for k in selected if k in self._hosts] or [host_key(r["partition"], r["host"])
-                                                                   for r in rows[:6]]
+            busiest = sorted((self._row(key, h, newest) for key, h in self._hosts.items()),
+                             key=lambda r: (-(r["inflight"] or 0), -(r["queued"] or 0), -(r["limit"] or 0)))
+            busiest = busiest[:HOST_ROW_CAP]
+            chosen = [k for k in selected if k in self._hosts] or [r["key"] for r in busiest[:CHART_HOSTS]]
+            rows = sorted(busiest, key=lambda r: (r["partition"], -(r["limit"] or 0), r["host"]))
             partitions = sorted({r["partition"] for r in rows} | set(self._runs))
             # Chart names: the host alone, unless hosts of several partitions are on show.
             name = (lambda k: k) if len(partitions) > 1 else (lambda k: str(self._hosts[k].figures["host"]))

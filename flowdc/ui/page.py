@@ -59,7 +59,7 @@ class LivePanel:
         self.table = ui.table(columns=columns, rows=view.rows, row_key="key", selection="multiple",
                               pagination={"rowsPerPage": 25, "sortBy": None},
                               on_select=self._on_select).classes("w-full flowdc-hosts").props("dense flat bordered")
-        ui.label("Tick hosts to chart them; without a choice the charts show the hosts with the highest limits."
+        ui.label("Tick hosts to chart them; without a choice the charts show the busiest hosts."
                  ).classes("text-caption text-grey-7")
         with ui.row().classes("w-full no-wrap"):
             self.limit_chart = _chart("concurrency limit per host", "limit", "flowdc-limit-chart")

@@ -110,3 +110,30 @@ async def test_start_runs_a_real_download_and_the_table_fills_with_its_hosts(use
     hosts = {r["host"].split(":")[0] for r in ctx.live.view().rows}
     assert hosts == {"127.0.0.2", "127.0.0.3"}
     assert ctx.live.view().totals.ok == 120
+
+
+async def test_stop_is_a_ctrl_c_for_the_run_and_keeps_what_it_stored(user: User, tmp_path: Path):
+    with run_farm_in_thread([HostSpec("127.0.0.2", latency_s=0.1, capacity=1)]) as farm:
+        manifest = write_manifest(tmp_path / "m.parquet", [farm.url(0, f"/img/{i}.png") for i in range(400)])
+        ctx = UiContext(workdir=tmp_path / "ui")
+        register(ctx)
+        await user.open("/")
+        user.find("Configure and run").click()
+        user.find(marker="field-input").type(str(manifest))
+        user.find(marker="field-output").type(str(tmp_path / "out"))
+        user.find(marker="field-C_init").clear().type("1")
+        user.find(marker="field-C_min").clear().type("1")
+        user.find("Start").click()
+        await user.should_see("download started")
+        assert ctx.run is not None
+        for _ in range(100):  # until the run is at work (its first snapshot)
+            if ctx.live.view().rows:
+                break
+            await asyncio.sleep(0.1)
+        user.find("Stop").click()
+        await user.should_see("stopping")
+        status = await asyncio.to_thread(ctx.run.wait, 60)
+        assert status.state == "stopped", status.detail
+        await user.should_see("download: stopped", retries=10)
+        stored = ctx.live.view().totals.ok
+        assert 0 < stored < 400  # stopped mid-run, with what it stored kept (overview.json's count)
