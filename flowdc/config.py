@@ -136,6 +136,8 @@ class DownloadConfig(NetworkOptions, RedactOptions, PaarcOptions):
     telemetry: str | None = opt(None, "Write per-host PAARC snapshots (JSON lines) to this file.")
     storage_options: dict[str, Any] = opt({}, "fsspec storage options for a remote output (endpoint, profile, ...).")
     input_storage_options: dict[str, Any] = opt({}, "fsspec storage options for a remote input manifest.")
+    key_col: str | None = opt(None, "Column holding a stable row id: a row's identity across runs (a refresh with "
+                              "a changed manifest); without it, the URL with secret parameters masked.")
     cloud_tool: str | None = opt(
         None, "Upload finished shards (webdataset) or the archive (imagefolder) with this tool, then delete the "
         "local copy.", choices=("gocmd", "aws", "gsutil", "rclone", "scp", "custom"))

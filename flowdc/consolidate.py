@@ -39,7 +39,7 @@ PART_DIR = re.compile(r"^part-(\d{5,})$")
 RUN_DIR = re.compile(r"^run-([A-Za-z0-9][A-Za-z0-9_.\-]*)$")
 HOSTS_LISTED = 10
 LEDGER_COLUMNS = ["row", "key", "url", "label", "status", "reason", "retryable", "http_status", "bytes", "sha256",
-                  "path", "attempts", "host", "ttfb_ms", "ts"]
+                  "path", "attempts", "host", "ttfb_ms", "ts", "ident"]
 INDEX_SCHEMA = pa.schema([
     ("ident", pa.int64()), ("key", pa.string()), ("row", pa.int64()), ("url", pa.string()), ("label", pa.string()),
     ("run_id", pa.string()), ("partition", pa.int32()), ("path", pa.string()), ("member", pa.string()),
@@ -84,7 +84,7 @@ def read_part(dest: Destination, part: PartOutput, storage_options: dict[str, An
     ledger = Ledger(sub_destination(dest, part.rel, storage_options))
     frame = pl.from_arrow(ledger.latest(LEDGER_COLUMNS))
     assert isinstance(frame, pl.DataFrame)
-    frame = frame.with_columns(pl.col(pl.Categorical).cast(pl.String))
+    frame = frame.with_columns(pl.col(pl.Categorical).cast(pl.String)).rename({"ident": "ledger_ident"})
     prefix = f"{part.rel}/" if part.rel else ""
     # webdataset records `NNNNNN.tar:KEY.EXT`; imagefolder paths never hold ":" (label_folder replaces it).
     shard_path = pl.col("path").str.split_exact(":", 1)
@@ -98,8 +98,9 @@ def read_part(dest: Destination, part: PartOutput, storage_options: dict[str, An
 
 
 def _idents(dest: Destination, records: pl.DataFrame, run_ids: list[str]) -> pl.DataFrame:
-    """Attach each record's identity: from its run's rows file when there is one, else from its URL
-    (in row order over all such records, so repeats number as in the manifest)."""
+    """Attach each record's identity: from its run's rows file when there is one, else as its ledger
+    recorded it, else from its URL (in row order over all such records, so repeats number as in
+    the manifest)."""
     maps = []
     for run_id in run_ids:
         rel = f"run-{run_id}/{ROWS_FILE}"
@@ -110,6 +111,8 @@ def _idents(dest: Destination, records: pl.DataFrame, run_ids: list[str]) -> pl.
         records = records.join(pl.concat(maps), on=["run_id", "row"], how="left", coalesce=True)
     else:
         records = records.with_columns(ident=pl.lit(None, pl.Int64))
+    # A run's rows file numbers repeats over the whole manifest; a ledger over its own partition.
+    records = records.with_columns(ident=pl.coalesce("ident", "ledger_ident")).drop("ledger_ident")
     missing = records.filter(pl.col("ident").is_null())
     if missing.height:
         missing = missing.sort("row", maintain_order=True)

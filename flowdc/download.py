@@ -22,10 +22,12 @@ from typing import Any
 import aiohttp
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from flowdc.config import DownloadConfig
 from flowdc.errors import ConfigError, DestinationError
 from flowdc.fetch import FetchSettings, Outcome, digest, fetch_one, make_session
+from flowdc.identity import RepeatNumbering, base_hashes
 from flowdc.ledger import Ledger, Record, meta_json, url_hash
 from flowdc.manifest import ROW_COLUMN, Manifest
 from flowdc.overview import build_overview, write_overview
@@ -140,6 +142,7 @@ class DownloadJob:
         self._stop_event: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._seen_keys = SeenKeys()  # url_based mode: keys already taken, to catch duplicate URLs
+        self._identities = RepeatNumbering()  # each manifest row's identity, repeats numbered in order
         self._store_failures: dict[int, int] = {}
         self.redact = url_redactor(cfg.redact_urls, cfg.redact_params)  # for URLs written; requests use the real one
 
@@ -157,6 +160,8 @@ class DownloadJob:
         self.manifest = Manifest(cfg.input, cfg.url, cfg.input_format, cfg.batch_rows, cfg.input_storage_options)
         if cfg.label:
             self.manifest.require_column(cfg.label, "label")
+        if cfg.key_col:
+            self.manifest.require_column(cfg.key_col, "key")
         self.dest = Destination(cfg.output, cfg.storage_options)
         inside = self.dest.local and os.path.realpath(cfg.input).startswith(os.path.realpath(self.dest.root) + os.sep)
         if cfg.force and inside:
@@ -313,9 +318,11 @@ class DownloadJob:
 
     def _jobs_of(self, batch: pa.RecordBatch, done: Any) -> Iterator[Job]:
         urls = batch.column(self.cfg.url).cast(pa.string()).to_pylist()
-        rows = batch.column(ROW_COLUMN).to_numpy()
         hashes = np.fromiter((url_hash(u or "") for u in urls), dtype=np.int64, count=len(urls))
-        finished = done.done_mask(rows, hashes, self.cfg.input)
+        ids = batch.column(self.cfg.key_col).to_pylist() if self.cfg.key_col else None
+        idents = self._identities(base_hashes(urls, ids))
+        # Rows are placed by identity: a manifest whose rows moved, or that gained and lost rows, is a refresh.
+        rows, finished = done.place(batch.column(ROW_COLUMN).to_numpy(), idents, self._manifest_end)
         self.counters.skip_done(int(finished.sum()))
         if self.cfg.naming_mode == "url_based":
             # URLs an earlier run already holds keep their keys: a repeat of one is still a duplicate.
@@ -335,9 +342,18 @@ class DownloadJob:
                 status = "skipped" if problem in ("no_url", "duplicate_url") else "failed"
                 # No metadata copy for rows never fetched: the manifest still has it.
                 self._final(Record(row, key, self.redact(url), status, label=label, reason=problem,
-                                   url_hash=int(hashes[i])))
+                                   url_hash=int(hashes[i]), ident=int(idents[i])))
                 continue
-            yield Job(row, key, url, host_key(url), label, meta, url_hash=int(hashes[i]))
+            yield Job(row, key, url, host_key(url), label, meta, url_hash=int(hashes[i]), ident=int(idents[i]))
+
+    def _manifest_end(self) -> int:
+        """One past the largest row number of the manifest: rows that must move are numbered from there."""
+        if self.rows_total is not None and ROW_COLUMN not in self.manifest.columns:
+            return self.rows_total
+        end = 0
+        for batch in self.manifest.batches():  # a second pass, only when a refresh moved rows
+            end = max(end, int(pc.max(batch.column(ROW_COLUMN)).as_py()) + 1)
+        return end
 
     # -- fetching -------------------------------------------------------------------------------
     async def _worker(self, session: aiohttp.ClientSession) -> None:
@@ -400,7 +416,7 @@ class DownloadJob:
             http_status=outcome.status, bytes=len(outcome.body) if outcome.body else None, sha256=outcome.sha256,
             attempts=job.attempts, host=job.host,
             ttfb_ms=None if outcome.ttfb is None else outcome.ttfb * 1000.0,
-            meta=meta_json(job.meta), url_hash=job.url_hash,
+            meta=meta_json(job.meta), url_hash=job.url_hash, ident=job.ident,
         )
 
     def _final_flush(self) -> None:
@@ -451,7 +467,8 @@ def check_host_budget(budget: Mapping[str, float]) -> dict[str, float]:
 def job_of(rec: Record) -> Job:
     meta = json.loads(rec.meta) if rec.meta else {}
     url = rec.source_url or rec.url  # the real URL: the record's own may be redacted
-    return Job(rec.row, rec.key, url, rec.host or host_key(url), rec.label, meta, url_hash=rec.url_hash)
+    return Job(rec.row, rec.key, url, rec.host or host_key(url), rec.label, meta, url_hash=rec.url_hash,
+               ident=rec.ident)
 
 
 def _next_or_none(it: Iterator[pa.RecordBatch]) -> pa.RecordBatch | None:

@@ -18,6 +18,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import numpy as np
 
 from flowdc.ledger import url_hash as text_hash
+from flowdc.seen import SeenKeys
 from flowdc.urls import DEFAULT_SECRET_PARAMS, MASK, secret_param_names
 
 # Query parameters that carry credentials or expire (signatures, tokens): not part of what the URL names.
@@ -92,6 +93,32 @@ def mix(base: np.ndarray, k: np.ndarray) -> np.ndarray:
         z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
         z = z ^ (z >> np.uint64(31))
     return z.view(np.int64)
+
+
+class RepeatNumbering:
+    """`number_repeats` over a manifest read batch by batch: the same identities as on the whole,
+    in bounded memory (8 bytes per distinct value, plus a count per value that repeats)."""
+
+    def __init__(self) -> None:
+        self._seen = SeenKeys()
+        self._repeats: dict[int, int] = {}  # value -> occurrences so far, only for values seen twice or more
+
+    def __call__(self, base: np.ndarray) -> np.ndarray:
+        if base.size == 0:
+            return base.astype(np.int64)
+        values, inverse, counts = np.unique(base, return_inverse=True, return_counts=True)
+        before = np.zeros(values.size, dtype=np.int64)
+        for k, value in enumerate(values.tolist()):
+            if not self._seen.add_bits(value):
+                before[k] = self._repeats.get(value, 1)
+            if before[k] or counts[k] > 1:
+                self._repeats[value] = int(before[k] + counts[k])
+        occurrence = _occurrences(base) + before[inverse]
+        out = base.astype(np.int64).copy()
+        repeat = occurrence > 0
+        if repeat.any():
+            out[repeat] = mix(base[repeat], occurrence[repeat])
+        return out
 
 
 def idents(urls: Iterable[str | None], ids: Iterable[object | None] | None = None) -> np.ndarray:

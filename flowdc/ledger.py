@@ -17,6 +17,7 @@ import json
 import os
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,7 +26,6 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from flowdc.errors import ConfigError
 from flowdc.storage import Destination
 
 LEDGER_DIR = "_flowdc/ledger"
@@ -49,6 +49,7 @@ SCHEMA = pa.schema(
         ("ttfb_ms", pa.float32()),
         ("meta", pa.string()),
         ("ts", pa.float64()),
+        ("ident", pa.int64()),  # the row's identity across runs (flowdc.identity); null in older ledgers
     ]
 )
 FIELDS = tuple(SCHEMA.names)
@@ -79,7 +80,8 @@ class Record:
     ttfb_ms: float | None = None
     meta: str | None = None
     ts: float = field(default_factory=time.time)
-    url_hash: int = 0  # of the full URL, even when `url` is redacted: resume matches rows by it
+    url_hash: int = 0  # of the full URL, even when `url` is redacted
+    ident: int | None = None  # the row's identity across runs: resume and refresh place rows by it
     source_url: str | None = None  # the URL requested, in memory only (no column): store retries refetch it
 
     def __post_init__(self) -> None:
@@ -94,25 +96,46 @@ def records_table(records: list[Record]) -> pa.Table:
 
 @dataclass
 class DoneIndex:
-    """Rows whose state is final (ok, non-retryable failure, skipped), for O(log n) batch lookups."""
+    """What earlier runs recorded, to place this run's manifest rows by identity, never by position.
 
-    rows: np.ndarray  # sorted int64
-    hashes: np.ndarray  # url_hash per entry of rows
+    A row whose identity the ledger holds keeps its recorded row number (so its key), and is done
+    when its state is final (ok, a non-retryable failure, skipped). A new identity takes its
+    manifest row number unless the ledger holds another identity there (rows moved, were removed
+    or replaced): then it gets a number past every row of the ledger and of the manifest, so no
+    key is reused and no file is renamed.
+    """
 
-    def done_mask(self, rows: np.ndarray, hashes: np.ndarray, source: str) -> np.ndarray:
-        if self.rows.size == 0:
-            return np.zeros(rows.shape, dtype=bool)
-        pos = np.searchsorted(self.rows, rows)
-        pos_clipped = np.minimum(pos, self.rows.size - 1)
-        found = self.rows[pos_clipped] == rows
-        changed = found & (self.hashes[pos_clipped] != hashes)
-        if changed.any():
-            row = int(rows[np.argmax(changed)])
-            raise ConfigError(
-                f"{source}: row {row} holds a different URL than when this output was written; "
-                "the manifest changed under a resumed run (use a new --output, or --force to start over)"
-            )
-        return found
+    idents: np.ndarray  # sorted int64: every identity the ledger holds
+    rows: np.ndarray  # row number per entry of idents
+    final: np.ndarray  # bool per entry of idents
+    taken: np.ndarray  # sorted int64: every row number the ledger holds
+    next_row: int | None = None  # first spare row number, found when first needed
+
+    @classmethod
+    def empty(cls) -> DoneIndex:
+        nothing = np.empty(0, np.int64)
+        return cls(nothing, nothing, np.empty(0, bool), nothing)
+
+    def place(self, positions: np.ndarray, idents: np.ndarray,
+              manifest_end: Callable[[], int]) -> tuple[np.ndarray, np.ndarray]:
+        """(row numbers, done mask) for a batch of manifest rows. `manifest_end()`: one past the
+        largest row number of the manifest (asked only when a row must move)."""
+        if self.idents.size == 0:
+            return positions, np.zeros(positions.shape, dtype=bool)
+        at = np.minimum(np.searchsorted(self.idents, idents), self.idents.size - 1)
+        found = self.idents[at] == idents
+        rows = np.where(found, self.rows[at], positions).astype(np.int64)
+        done = found & self.final[at]
+        new = np.flatnonzero(~found)
+        if new.size:
+            spot = np.minimum(np.searchsorted(self.taken, positions[new]), self.taken.size - 1)
+            moved = new[self.taken[spot] == positions[new]]
+            if moved.size:
+                if self.next_row is None:
+                    self.next_row = max(int(self.taken[-1]) + 1, manifest_end())
+                rows[moved] = self.next_row + np.arange(moved.size, dtype=np.int64)
+                self.next_row += int(moved.size)
+        return rows, done
 
 
 class Ledger:
@@ -182,7 +205,12 @@ class Ledger:
         tables = []
         for name in self.part_names():
             with self.dest.fs.open(self.dest.path(f"{LEDGER_DIR}/{name}"), "rb") as fh:
-                table = pq.read_table(fh, columns=columns)
+                part = pq.ParquetFile(fh)
+                have = part.schema_arrow.names
+                table = part.read(columns=None if columns is None else [c for c in columns if c in have])
+            for name_ in (columns or FIELDS):  # columns added to the schema later: null in older parts
+                if name_ not in have:
+                    table = table.append_column(SCHEMA.field(name_), pa.nulls(table.num_rows, SCHEMA.field(name_).type))
             # Status, reason and host repeat a lot: as dictionaries, millions of rows stay small.
             for i, f in enumerate(table.schema):
                 if f.name in LOW_CARDINALITY and pa.types.is_string(f.type):
@@ -204,14 +232,31 @@ class Ledger:
         return latest if columns is None else latest.select(columns)
 
     def done_index(self) -> DoneIndex:
-        latest = self.latest(["row", "url_hash", "status", "retryable"])
+        latest = self.latest(["row", "status", "retryable", "ident"])
         self.fresh = latest.num_rows == 0
         if latest.num_rows == 0:
-            return DoneIndex(np.empty(0, np.int64), np.empty(0, np.int64))
+            return DoneIndex.empty()
         status = latest["status"]
         final = pc.or_(pc.not_equal(status, "failed"), pc.invert(pc.fill_null(latest["retryable"], False)))
-        done = latest.filter(final)
-        return DoneIndex(done["row"].to_numpy(), done["url_hash"].to_numpy())
+        rows = latest["row"].to_numpy()
+        idents = latest["ident"].to_numpy(zero_copy_only=False)
+        if latest["ident"].null_count:
+            idents = self._idents_from_urls(rows, latest["ident"])
+        order = np.argsort(idents)
+        return DoneIndex(idents[order], rows[order], final.to_numpy(zero_copy_only=False)[order], np.sort(rows))
+
+    def _idents_from_urls(self, rows: np.ndarray, recorded: pa.ChunkedArray) -> np.ndarray:
+        """Identities of records written before the ledger kept them: from their URLs, repeats
+        numbered in row order (as the manifest numbers them)."""
+        from flowdc.identity import base_hashes, number_repeats  # identity hashes with this module
+
+        urls = self.latest(["row", "url"])
+        order = np.argsort(urls["row"].to_numpy(), kind="stable")
+        url_rows = urls["row"].to_numpy()[order]
+        computed = number_repeats(base_hashes(urls["url"].take(pa.array(order)).to_pylist()))
+        computed = computed[np.searchsorted(url_rows, rows)]
+        return np.where(recorded.is_null().to_numpy(zero_copy_only=False), computed,
+                        recorded.fill_null(0).to_numpy())
 
     SUMMARY_COLUMNS = ("row", "status", "reason", "bytes", "host", "ttfb_ms")
 

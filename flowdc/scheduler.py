@@ -33,6 +33,7 @@ class Job:
     meta: dict[str, Any] = field(default_factory=dict)
     attempts: int = 0
     url_hash: int = 0
+    ident: int | None = None  # the row's identity across runs (flowdc.identity)
     sent_at: float = 0.0
     stalled: bool = False  # unanswered for so long that it no longer counts toward the host's limit
 

@@ -32,7 +32,10 @@ class SeenKeys:
 
     def add(self, key: str) -> bool:
         """Remember `key`; True when it was not seen before."""
-        bits = key_bits(key)
+        return self.add_bits(key_bits(key))
+
+    def add_bits(self, bits: int) -> bool:
+        """Remember a 64-bit value (a key's bits, a row identity); True when it was not seen before."""
         if self._has(bits):
             return False
         self._recent.add(bits)

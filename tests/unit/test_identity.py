@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from flowdc.identity import base_hashes, identity_text, idents, mix, number_repeats
+from flowdc.identity import RepeatNumbering, base_hashes, identity_text, idents, mix, number_repeats
 from flowdc.urls import DEFAULT_SECRET_PARAMS, redact_url
 
 
@@ -51,3 +51,12 @@ def test_repeats_get_identities_of_their_own_in_manifest_order() -> None:
     # The same repeats elsewhere in a longer manifest keep their identities.
     assert set(ids.tolist()) <= set(idents(["https://h/z", *urls]).tolist())
     assert number_repeats(np.empty(0, np.int64)).size == 0
+
+
+def test_repeat_numbering_batch_by_batch_matches_the_whole() -> None:
+    rng = np.random.default_rng(3)
+    base = rng.integers(0, 40, size=500).astype(np.int64)  # many repeats, across batches
+    numbering = RepeatNumbering()
+    batched = np.concatenate([numbering(base[i:i + 37]) for i in range(0, base.size, 37)])
+    assert (batched == number_repeats(base)).all()
+    assert len(set(batched.tolist())) == base.size

@@ -6,10 +6,9 @@ import os
 from pathlib import Path
 
 import numpy as np
-import pytest
 
-from flowdc.config import ConfigError
-from flowdc.ledger import LEDGER_DIR, Ledger, Record, url_hash
+from flowdc.identity import idents
+from flowdc.ledger import LEDGER_DIR, Ledger, Record
 from flowdc.storage import TMP_MARK, Destination
 
 
@@ -41,28 +40,40 @@ def test_ok_wins_a_timestamp_tie(tmp_path: Path) -> None:
 
 
 def test_done_index_leaves_out_only_transient_failures(tmp_path: Path) -> None:
-    """ok, skipped and final failures are done; retryable failures are fetched again."""
+    """ok, skipped and final failures are done; retryable failures are fetched again. Records
+    without an identity (older ledgers) get theirs from their URLs."""
     led = make_ledger(tmp_path)
     urls = [f"http://a/{i}" for i in range(4)]
     led.add(Record(0, "1", urls[0], "ok"))
-    led.add(Record(1, "2", urls[1], "failed", reason="http_404", retryable=False))
+    led.add(Record(1, "2", urls[1], "failed", reason="http_404", retryable=False, ident=int(idents(urls)[1])))
     led.add(Record(2, "3", urls[2], "failed", reason="timeout", retryable=True))
     led.add(Record(3, "4", urls[3], "skipped", reason="duplicate_url"))
     led.flush()
     done = led.done_index()
-    rows = np.arange(5, dtype=np.int64)
-    hashes = np.array([url_hash(u) for u in [*urls, "http://a/new"]], dtype=np.int64)
-    assert done.done_mask(rows, hashes, "m.parquet").tolist() == [True, True, False, True, False]
+    rows, finished = done.place(np.arange(5), idents([*urls, "http://a/new"]), lambda: 5)
+    assert finished.tolist() == [True, True, False, True, False]
+    assert rows.tolist() == [0, 1, 2, 3, 4]
 
 
-def test_a_changed_url_under_a_resumed_row_is_a_user_error(tmp_path: Path) -> None:
-    """Resuming with a manifest whose row now holds another URL stops with a ConfigError."""
+def test_rows_are_placed_by_identity_not_position(tmp_path: Path) -> None:
+    """A refresh: rows moved, one removed, one replaced, two added. Known rows keep their row
+    numbers (so their keys); a new row whose position the ledger holds for another row gets a
+    number past every row of the ledger and of the manifest; a free position is kept."""
     led = make_ledger(tmp_path)
-    led.add(Record(0, "1", "http://a/0", "ok"))
+    old = [f"http://a/{i}" for i in range(5)]
+    for row, url in enumerate(old):
+        led.add(Record(row, str(row + 1), url, "ok", ident=int(idents(old)[row])))
     led.flush()
     done = led.done_index()
-    with pytest.raises(ConfigError, match="different URL"):
-        done.done_mask(np.array([0]), np.array([url_hash("http://a/other")]), "m.parquet")
+    now = [old[4], old[2], "http://a/new", old[0], old[3], "http://a/tail", "http://a/x"]  # old[1] gone
+    asked = []
+    rows, finished = done.place(np.arange(7), idents(now), lambda: asked.append(1) or 7)
+    assert finished.tolist() == [True, True, False, True, True, False, False]
+    assert rows.tolist() == [4, 2, 7, 0, 3, 5, 6]  # 'new' sat on row 2 (held by old[2]): moved to 7
+    assert asked == [1]
+    # The next batch's moved rows continue past the first: row numbers are never given twice.
+    more, _ = done.place(np.array([1]), idents(["http://a/later"]), lambda: 99)
+    assert more.tolist() == [8] and asked == [1]
 
 
 def test_parts_appear_whole_and_temporaries_are_ignored(tmp_path: Path) -> None:
