@@ -20,6 +20,19 @@ def host_line(t: float, partition: str, name: str, limit: int) -> dict:
             "inflight": limit, "p50_ms": 12.5, "ok": 40}
 
 
+async def start_download(user: User, tmp_path: Path, manifest: Path, **fields: str) -> UiContext:
+    """Open the page, fill the form (input, output and `fields`), press Start."""
+    ctx = UiContext(workdir=tmp_path / "ui")
+    register(ctx)
+    await user.open("/")
+    user.find("Configure and run").click()
+    for name, value in {"input": str(manifest), "output": str(tmp_path / "out"), **fields}.items():
+        user.find(marker=f"field-{name}").clear().type(value)
+    user.find("Start").click()
+    await user.should_see("download started")
+    return ctx
+
+
 def table_rows(user: User) -> list[dict]:
     (table,) = user.find(ui.table).elements
     return table.rows
@@ -95,14 +108,7 @@ async def test_start_runs_a_real_download_and_the_table_fills_with_its_hosts(use
     with run_farm_in_thread(specs) as farm:
         urls = [farm.url(i % 2, f"/img/{i}.png") for i in range(120)]
         manifest = write_manifest(tmp_path / "m.parquet", urls)
-        ctx = UiContext(workdir=tmp_path / "ui")
-        register(ctx)
-        await user.open("/")
-        user.find("Configure and run").click()
-        user.find(marker="field-input").type(str(manifest))
-        user.find(marker="field-output").type(str(tmp_path / "out"))
-        user.find("Start").click()
-        await user.should_see("download started")
+        ctx = await start_download(user, tmp_path, manifest)
         assert ctx.run is not None
         status = await asyncio.to_thread(ctx.run.wait, 60)
         assert status.state == "finished", status.detail
@@ -115,16 +121,7 @@ async def test_start_runs_a_real_download_and_the_table_fills_with_its_hosts(use
 async def test_stop_is_a_ctrl_c_for_the_run_and_keeps_what_it_stored(user: User, tmp_path: Path):
     with run_farm_in_thread([HostSpec("127.0.0.2", latency_s=0.1, capacity=1)]) as farm:
         manifest = write_manifest(tmp_path / "m.parquet", [farm.url(0, f"/img/{i}.png") for i in range(400)])
-        ctx = UiContext(workdir=tmp_path / "ui")
-        register(ctx)
-        await user.open("/")
-        user.find("Configure and run").click()
-        user.find(marker="field-input").type(str(manifest))
-        user.find(marker="field-output").type(str(tmp_path / "out"))
-        user.find(marker="field-C_init").clear().type("1")
-        user.find(marker="field-C_min").clear().type("1")
-        user.find("Start").click()
-        await user.should_see("download started")
+        ctx = await start_download(user, tmp_path, manifest, C_init="1", C_min="1")
         assert ctx.run is not None
         for _ in range(100):  # until the run is at work (its first snapshot)
             if ctx.live.view().rows:
