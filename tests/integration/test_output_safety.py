@@ -16,9 +16,11 @@ import signal
 import subprocess
 import sys
 import tarfile
+import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -299,6 +301,53 @@ def test_lease_takeover_rules(store: str, s3_endpoint: str, gcs_endpoint: str) -
     other.release()
     first.release()  # already lost: must not delete the new holder's (now released) lease
     assert not part0.exists(LEASE_FILE) and not part1.exists(LEASE_FILE)
+
+
+def test_a_holder_whose_lease_was_taken_over_stops(tmp_path: Path, slow_host: FakeHostFarm, s3_endpoint: str) -> None:
+    """When another run has taken the lease (this run's heartbeats had stopped reaching the store
+    for a TTL), the holder's next heartbeat finds out: the run stops at once as if interrupted,
+    keeps what it stored, and leaves the new holder's lease alone."""
+    from flowdc.api import download_partition
+    from flowdc.config import DownloadConfig
+    from flowdc.leases import Holder
+
+    options = s3_options(s3_endpoint)
+    dest = Destination("s3://lost-bkt/ds", options)
+    dest.fs.mkdir("lost-bkt")
+    manifest = with_a_stall(tmp_path / "m.parquet", slow_host, urls_on(slow_host, 10, "lost"))
+    cfg = DownloadConfig(input=str(manifest), output=dest.url(), storage_options=options, lease_ttl_s=0.6,
+                         timeout=20.0, max_retry_attempts=0, quiet=True, create_tar=False)
+    results: list[Any] = []
+    runner = threading.Thread(target=lambda: results.append(download_partition(cfg, run_id="first")))
+    runner.start()
+    try:
+        wait_for(lambda: dest.exists(LEASE_FILE), "the lease")
+        dest.write_bytes(LEASE_FILE, Holder.me("thief", 60.0).to_bytes())  # as a run that took it over
+        stolen_at = time.monotonic()
+    finally:
+        runner.join(40)
+    assert results and results[0].interrupted, results
+    assert time.monotonic() - stolen_at < 10  # well before the stalled row's 20 s timeout
+    assert json.loads(dest.read_bytes(LEASE_FILE))["run_id"] == "thief"
+
+
+def test_gcs_conditional_requests_reach_the_emulator(gcs_endpoint: str) -> None:
+    """The GCS slot's requests (create, read with its generation, replace and delete with
+    ifGenerationMatch) are well formed: the emulator accepts them. It ignores the conditions, so
+    this checks their shape only; flowdc's probe sends such a store to the fallback."""
+    from flowdc.conditional import GcsSlot, PlainSlot, Versioned, slot_for
+
+    dest = Destination("gs://slot-bkt/x", gcs_options(gcs_endpoint))
+    with contextlib.suppress(FileExistsError):
+        dest.fs.mkdir("slot-bkt")
+    slot = GcsSlot(dest, "_flowdc/lease.json")
+    first = slot.create(b"one")
+    assert slot.read() == Versioned(b"one", first)
+    second = slot.replace(b"two", first)
+    assert second != first and slot.read() == Versioned(b"two", second)
+    slot.delete(second)
+    assert slot.read() is None
+    assert isinstance(slot_for(dest, "_flowdc/lease.json"), PlainSlot)
 
 
 # -- 3. the archive -------------------------------------------------------------------------------
