@@ -126,6 +126,9 @@ class DownloadConfig(NetworkOptions, RedactOptions, PaarcOptions):
     max_retry_attempts: int = opt(3, "Retries per URL after transient failures (429, 408, 5xx, timeouts, resets).")
     retry_backoff_sec: float = opt(2.0, "Base delay before a retry; doubles each attempt, with jitter.")
     samples_per_shard: int = opt(10000, "Samples per webdataset tar shard.")
+    shard_max_seconds: float = opt(
+        60.0, "A staged webdataset shard (object stores, cloud_tool) is committed when full or after this many "
+        "seconds open, which bounds what a kill loses there; local shards are appended to in place.")
     max_body_bytes: int = opt(50 * 1024 * 1024, "Largest body accepted per URL, in bytes.")
     content_types: list[str] = opt(
         ["image/"], "Accepted Content-Type prefixes; an empty list accepts any type.", aliases=("content_type",)
@@ -168,6 +171,8 @@ class DownloadConfig(NetworkOptions, RedactOptions, PaarcOptions):
             raise ConfigError(f"lease_ttl_s must be a number of seconds > 0, got {self.lease_ttl_s}")
         if self.timeout <= 0:
             raise ConfigError(f"timeout must be > 0, got {self.timeout}")
+        if not self.shard_max_seconds > 0:
+            raise ConfigError(f"shard_max_seconds must be > 0, got {self.shard_max_seconds}")
         if self.max_retry_attempts < 0 or self.retry_backoff_sec < 0 or self.max_redirects < 0:
             raise ConfigError("max_retry_attempts, retry_backoff_sec and max_redirects must be >= 0")
         if self.cloud_tool and "://" in self.output and not self.output.startswith("file://"):

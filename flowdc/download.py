@@ -205,7 +205,7 @@ class DownloadJob:
         cfg = self.cfg
         self.writer: SampleWriter = make_writer(
             cfg.output_format, self.dest, self.ledger, labelled=cfg.label is not None,
-            samples_per_shard=cfg.samples_per_shard,
+            samples_per_shard=cfg.samples_per_shard, shard_max_seconds=cfg.shard_max_seconds,
             on_shard_commit=self.shipper.ship_shard if self.shipper else None)
         self.write_queue = WriteQueue(self.writer.write, self.write_pool, lanes=self.write_lanes,
                                       on_error=self._store_failed, more_coming=self._fetches_left)

@@ -2,16 +2,23 @@
 
 The ledger is a folder of immutable parquet parts under OUTPUT/_flowdc/ledger/. A part is written
 atomically and never changed, so a killed run loses at most the records not yet flushed, and
-those rows are simply fetched again. A row's state is its latest record (by `ts`):
+those rows are simply fetched again. On a local disk (or a shared filesystem) records also go,
+about every half second, into an append-only journal, RUN-NNNNNN-jK.journal (an Arrow IPC
+stream, fsync'd), which is compacted into the part RUN-NNNNNN.parquet every few seconds and at close; a
+journal left by a killed run is read like a part (a torn last batch is ignored) and compacted by
+the next run. So a kill -9 loses about a second of records there, not the flush interval.
+A row's state is its latest record (by `ts`):
   ok        the sample is stored (in `path`, or in shard `shard` for webdataset)
   failed    with a `reason`; `retryable` failures are tried again by the next run
   skipped   with a `reason` (e.g. no URL, duplicate URL); never retried
-For webdataset, a shard's ok records are committed as `shard-NNNNNN.parquet` right after the
-shard's tar is in place: that part is the shard's commit point.
+For webdataset, `shard-NNNNNN.parquet` is a shard's commit point, written right after the shard's
+tar is in place. Where shards are staged whole it holds the shard's ok records; where a local shard
+is appended to, its ok records are journaled as they are written and the part is an empty marker.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -24,11 +31,14 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
 
 from flowdc.storage import Destination
 
 LEDGER_DIR = "_flowdc/ledger"
+JOURNAL_EXT = ".journal"
+JOURNAL_SECONDS = 0.5  # how often pending records reach the journal: the bound on what a kill -9 loses
 SCHEMA = pa.schema(
     [
         ("row", pa.int64()),
@@ -139,19 +149,27 @@ class DoneIndex:
 
 
 class Ledger:
-    def __init__(self, dest: Destination, flush_rows: int = 20000, flush_seconds: float = 5.0):
+    def __init__(self, dest: Destination, flush_rows: int = 20000, flush_seconds: float = 5.0,
+                 journal: bool | None = None):
         self.dest = dest
         self.flush_rows = flush_rows
         self.flush_seconds = flush_seconds
+        # Appending is only safe where a file can be appended to in place: not on object stores.
+        self.journal = dest.local if journal is None else journal
         self._pending: list[Record] = []
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # guards _pending
+        self._io_lock = threading.Lock()  # one writer of journal and parts at a time, in add() order
         self._last_flush = time.monotonic()
+        self._last_journal = time.monotonic()
+        self._journal_file: Any = None  # the open journal: (file, ipc writer)
+        self._journals: list[str] = []  # journal files whose records the next part takes over
+        self._journaled: list[pa.Table] = []  # what the open journal holds, for the compacted part
         # Random part too: two runs in one process within a second must not reuse part names.
         self._run = f"{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{os.getpid()}-{os.urandom(4).hex()}"
         # True once done_index() found no earlier records: then every row has exactly one record
         # (this run writes a row once), and latest() can skip its sort, which copies the table.
         self.fresh = False
-        self._seq = 0
+        self._seq = 1
 
     # -- writing --------------------------------------------------------------------------------
     def add(self, record: Record) -> None:
@@ -161,35 +179,113 @@ class Ledger:
         if due:
             self.flush(final=False)
 
-    def flush_if_due(self) -> None:
-        if time.monotonic() - self._last_flush > self.flush_seconds:
-            self.flush(final=False)
+    def supersede(self, records: list[Record]) -> None:
+        """Add records for rows this run already recorded (e.g. an ok taken back): rows now have
+        several records, so latest() must sort again."""
+        self.fresh = False
+        for rec in records:
+            self.add(rec)
 
-    def flush(self, *, final: bool = True) -> None:
-        """Write pending records as a new part. If the destination is down the records stay
-        pending for the next flush; only a final flush reports the failure."""
-        with self._lock:
-            records, self._pending = self._pending, []
-            self._last_flush = time.monotonic()
+    def flush_if_due(self) -> None:
+        now = time.monotonic()
+        if now - self._last_flush > self.flush_seconds:
+            self.flush(final=False)
+        elif self.journal and now - self._last_journal >= JOURNAL_SECONDS:
+            self.sync()
+
+    def sync(self, *, check: bool = False) -> None:
+        """Append pending records to the journal and fsync it (local destinations); cheap, so it
+        runs every half second. A failure leaves them pending for the next flush (and raises if
+        `check`: the caller needs them safe now)."""
+        if not self.journal:
+            return
+        with self._io_lock:
+            with self._lock:
+                records, self._pending = self._pending, []
+                self._last_journal = time.monotonic()
             if not records:
                 return
-            self._seq += 1
             try:
-                self._write_part(f"{self._run}-{self._seq:06d}.parquet", records)
+                self._append_journal(records_table(records))
             except Exception:
-                self._pending = records + self._pending
-                if final:
+                with self._lock:
+                    self._pending = records + self._pending
+                self._close_journal()
+                if check:
                     raise
 
+    def flush(self, *, final: bool = True) -> None:
+        """Write pending records (and the open journal's) as a new part. If the destination is down
+        the records stay pending for the next flush; only a final flush reports the failure."""
+        with self._io_lock:
+            with self._lock:
+                records, self._pending = self._pending, []
+                self._last_flush = self._last_journal = time.monotonic()
+            tables = [*self._journaled, records_table(records)] if records else list(self._journaled)
+            if not tables:
+                return
+            name = f"{self._run}-{self._seq:06d}"
+            try:
+                self._write_table(f"{name}.parquet", pa.concat_tables(tables))
+            except Exception:
+                with self._lock:
+                    self._pending = records + self._pending
+                if final:
+                    raise
+                return
+            # The part holds everything the journal did: drop the journal (a kill before this line
+            # leaves both, and a record read twice is harmless: a row's state is its latest record).
+            self._close_journal()
+            self._journaled = []
+            for journal in self._journals:
+                self.dest.remove(f"{LEDGER_DIR}/{journal}")
+            self._journals = []
+            self._seq += 1
+
+    def _append_journal(self, table: pa.Table) -> None:
+        if self._journal_file is None:
+            # A new file after a failed append: a stream cannot go on after a torn batch.
+            name = f"{self._run}-{self._seq:06d}-j{len(self._journals)}{JOURNAL_EXT}"
+            path = self.dest.path(f"{LEDGER_DIR}/{name}")
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            fh = open(path, "wb")  # noqa: SIM115 - kept open across calls, closed in _close_journal
+            self._journals.append(name)
+            self._journal_file = (fh, ipc.new_stream(fh, SCHEMA))
+        fh, writer = self._journal_file
+        writer.write_table(table)
+        fh.flush()
+        os.fsync(fh.fileno())
+        self._journaled.append(table)
+
+    def _close_journal(self) -> None:
+        journal, self._journal_file = self._journal_file, None
+        if journal is not None:
+            with contextlib.suppress(Exception):
+                journal[0].close()  # no end-of-stream mark needed: a reader stops at the file's end
+
+    def compact_journals(self) -> int:
+        """Turn the journals of earlier (killed) runs into parts of the same name; returns how many."""
+        done = 0
+        for name in self.journal_names():
+            if name.startswith(self._run):
+                continue
+            table = self._read_journal(name)
+            stem = name[: -len(JOURNAL_EXT)]
+            # RUN-SEQ.parquet, if there, holds all RUN-SEQ-jK.journal did (it was written first).
+            if table.num_rows and not self.dest.exists(f"{LEDGER_DIR}/{stem.rsplit('-j', 1)[0]}.parquet"):
+                self._write_table(f"{stem}.parquet", table)
+            self.dest.remove(f"{LEDGER_DIR}/{name}")
+            done += 1
+        return done
+
     def commit_shard(self, shard: int, records: list[Record]) -> None:
-        self._write_part(_shard_part(shard), records)
+        self._write_table(_shard_part(shard), records_table(records))
 
     def uncommit_shard(self, shard: int) -> None:
         """Remove a shard's commit (its ledger part), if it was written."""
         self.dest.remove(f"{LEDGER_DIR}/{_shard_part(shard)}")
 
-    def _write_part(self, name: str, records: list[Record]) -> None:
-        table = records_table(records)
+    def _write_table(self, name: str, table: pa.Table) -> None:
         with self.dest.open_atomic(f"{LEDGER_DIR}/{name}") as fh:
             pq.write_table(table, fh, compression="zstd")
 
@@ -197,20 +293,43 @@ class Ledger:
     def part_names(self) -> list[str]:
         return [n for n in self.dest.list(LEDGER_DIR) if n.endswith(".parquet") and not n.startswith(".")]
 
+    def journal_names(self) -> list[str]:
+        return [n for n in self.dest.list(LEDGER_DIR) if n.endswith(JOURNAL_EXT) and not n.startswith(".")]
+
+    def _read_journal(self, name: str) -> pa.Table:
+        """A journal's whole batches; a batch torn by a kill (the last one) and what follows are ignored."""
+        batches = []
+        with self.dest.fs.open(self.dest.path(f"{LEDGER_DIR}/{name}"), "rb") as fh:
+            try:
+                reader = ipc.open_stream(fh)
+                while True:
+                    batches.append(reader.read_next_batch())
+            except (StopIteration, pa.ArrowInvalid, OSError, EOFError):
+                pass
+        # The stream's own schema: a journal of an older flowdc may lack later columns (read() adds them).
+        return pa.Table.from_batches(batches, schema=reader.schema) if batches else SCHEMA.empty_table()
+
     def committed_shards(self) -> set[int]:
         return {int(n[6:12]) for n in self.part_names() if n.startswith("shard-")}
 
     def read(self, columns: list[str] | None = None) -> pa.Table:
         """Every record ever written (all runs), as one table."""
         tables = []
-        for name in self.part_names():
-            with self.dest.fs.open(self.dest.path(f"{LEDGER_DIR}/{name}"), "rb") as fh:
-                part = pq.ParquetFile(fh)
-                have = part.schema_arrow.names
-                table = part.read(columns=None if columns is None else [c for c in columns if c in have])
+        names = self.dest.list(LEDGER_DIR)  # one listing: an object store lists by request
+        for name in [n for n in names if n.endswith((".parquet", JOURNAL_EXT)) and not n.startswith(".")]:
+            if name.endswith(JOURNAL_EXT):
+                table = self._read_journal(name)
+            else:
+                with self.dest.fs.open(self.dest.path(f"{LEDGER_DIR}/{name}"), "rb") as fh:
+                    part = pq.ParquetFile(fh)
+                    have = part.schema_arrow.names
+                    table = part.read(columns=None if columns is None else [c for c in columns if c in have])
+            have = table.schema.names
             for name_ in (columns or FIELDS):  # columns added to the schema later: null in older parts
                 if name_ not in have:
                     table = table.append_column(SCHEMA.field(name_), pa.nulls(table.num_rows, SCHEMA.field(name_).type))
+            if columns is not None:
+                table = table.select(columns)
             # Status, reason and host repeat a lot: as dictionaries, millions of rows stay small.
             for i, f in enumerate(table.schema):
                 if f.name in LOW_CARDINALITY and pa.types.is_string(f.type):

@@ -10,11 +10,12 @@ from flowdc.writers.base import SampleWriter
 
 
 def make_writer(output_format: str, dest: Destination, ledger: Ledger, *, labelled: bool,
-                samples_per_shard: int, on_shard_commit: Callable[[int], None] | None = None) -> SampleWriter:
+                samples_per_shard: int, on_shard_commit: Callable[[int], None] | None = None,
+                shard_max_seconds: float = 60.0) -> SampleWriter:
     if output_format == "webdataset":
         from flowdc.writers.webdataset import WebDatasetWriter
 
-        return WebDatasetWriter(dest, ledger, samples_per_shard, on_shard_commit)
+        return WebDatasetWriter(dest, ledger, samples_per_shard, on_shard_commit, shard_max_seconds)
     from flowdc.writers.imagefolder import ImageFolderWriter
 
     return ImageFolderWriter(dest, ledger, labelled=labelled)

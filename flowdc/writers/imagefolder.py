@@ -19,10 +19,11 @@ class ImageFolderWriter:
         # A file written before its ledger record was flushed is simply rewritten under the same
         # name on the next run, so only half-written temporaries need removing.
         removed = self.dest.remove_temporaries()
+        compacted = self.ledger.compact_journals()
         if self.folders is not None:
             # Labels this output already holds keep their folders: a resumed class is never split.
             self.folders = load_label_folders(self.dest, self.ledger)
-        return {"temporaries_removed": removed}
+        return {"temporaries_removed": removed, "journals_compacted": compacted}
 
     def write(self, sample: StoredSample) -> None:
         rec = sample.record

@@ -74,11 +74,11 @@ class TarStream:
     and freeing one per write meant fresh pages, and their faults cost more than the copies.
     """
 
-    def __init__(self, file: IO[bytes], write_bytes: int = 1 << 20):
+    def __init__(self, file: IO[bytes], write_bytes: int = 1 << 20, offset: int = 0):
         self._file = file
         self._buffer = memoryview(bytearray(write_bytes))
         self._used = 0
-        self.offset = 0  # bytes of the archive so far, buffered ones included
+        self.offset = offset  # bytes of the archive so far, buffered ones included (a resumed one: its start)
 
     def add(self, name: str, data: bytes, mtime: int) -> None:
         self._put(member_header(name, len(data), mtime))
@@ -88,20 +88,21 @@ class TarStream:
     def finish(self) -> None:
         """End the archive and write out everything; the caller closes the file."""
         self._put(end_of_archive(self.offset))
-        self._flush()
+        self.flush()
 
     def _put(self, data: bytes) -> None:
         size = len(data)
         self.offset += size
         if self._used + size > len(self._buffer):
-            self._flush()
+            self.flush()
             if size > len(self._buffer) // 2:
                 self._file.write(data)
                 return
         self._buffer[self._used : self._used + size] = data
         self._used += size
 
-    def _flush(self) -> None:
+    def flush(self) -> None:
+        """Hand the buffered bytes to the file (whole members only, when called between add()s)."""
         if self._used:
             # The file may not keep the view: a write is done with its argument when it returns.
             self._file.write(self._buffer[: self._used])

@@ -6,12 +6,21 @@ parquet without a ledger part is an orphan of a killed run and is removed; its s
 recorded as ok, so they are fetched again: nothing is lost and nothing is stored twice.
 When a commit fails, any of the three may still have reached the store (a connection can break
 after the store took a write), so the shard is removed again before any later shard commits.
+Where shards are staged whole (object stores, cloud_tool), a shard is also committed once it has
+been open `shard_max_seconds`, so a kill loses at most that much.
+
+On a local disk with a journaling ledger the open shard is appended to in place instead, as
+`.NNNNNN.tar.open`: every SYNC_SECONDS its new members go to the file and their records to the
+ledger (as ok, naming the shard), so a kill -9 loses about a second. Committing it writes the end
+of the archive and its parquet, renames it to NNNNNN.tar, and writes an empty commit part. A rerun
+cuts the open file back to its last recorded sample and keeps appending (see shardresume.py).
 """
 
 from __future__ import annotations
 
 import io
 import json
+import os
 import re
 import time
 from collections.abc import Callable
@@ -24,10 +33,19 @@ import pyarrow.parquet as pq
 from flowdc.ledger import Ledger, Record
 from flowdc.storage import Destination
 from flowdc.writers.base import StoredSample, StoreError
+from flowdc.writers.shardresume import (
+    OPEN_FILE,
+    RecordedPrefix,
+    open_name,
+    recorded_in_shards,
+    recorded_prefix,
+    retraction,
+)
 from flowdc.writers.tarstream import TarStream
 
 _SAMPLE_ENCODER = json.JSONEncoder(default=str)  # built once: it is per sample
 SHARD_FILE = re.compile(r"^(\d{6})\.(tar|parquet)$")
+SYNC_SECONDS = 0.25  # an appended shard's new samples reach the file and the ledger this often
 
 
 def shard_name(shard: int, ext: str) -> str:
@@ -41,8 +59,16 @@ def sample_json(rec: Record, meta: dict[str, Any]) -> dict[str, Any]:
 
 class WebDatasetWriter:
     def __init__(self, dest: Destination, ledger: Ledger, samples_per_shard: int,
-                 on_commit: Callable[[int], None] | None = None):
+                 on_commit: Callable[[int], None] | None = None, shard_max_seconds: float = 60.0):
         self.on_commit = on_commit  # e.g. ship the shard to a remote store
+        # Append in place where the shard is the output itself; a shipped shard is staged whole.
+        self.append = dest.local and ledger.journal and on_commit is None
+        self.shard_max_seconds = shard_max_seconds
+        self._opened_at = 0.0
+        self._unsynced: list[Record] = []  # appended: in the shard, not yet handed to the ledger
+        self._last_sync = 0.0
+        self._carried: list[Record] = []  # a resumed shard's samples from earlier runs
+        self._resume: tuple[int, RecordedPrefix] | None = None  # the open shard a rerun appends to
         self.dest = dest
         self.ledger = ledger
         self.samples_per_shard = samples_per_shard
@@ -50,26 +76,68 @@ class WebDatasetWriter:
         self._shard: int | None = None
         self._stack: ExitStack | None = None  # holds the open shard file until commit or abort
         self._tar: TarStream | None = None  # the open shard's archive
-        self._tar_name = ""
+        self._file: Any = None  # the open shard's file
         self._records: list[Record] = []
         self._metas: list[dict[str, Any]] = []
         self._doubtful: set[int] = set()  # shards whose commit failed: maybe partly or wholly stored
 
     def recover(self) -> dict[str, int]:
+        compacted = self.ledger.compact_journals()
         committed = self.ledger.committed_shards()
-        removed = 0
-        seen = set(committed)
-        for name in self.dest.list():
-            m = SHARD_FILE.match(name)
-            if not m:
+        names = set(self.dest.list())
+        uncommitted = {int(m.group(1)) for n in names if (m := SHARD_FILE.match(n))} - committed
+        opened = sorted(int(m.group(1)) for n in names if (m := OPEN_FILE.match(n)))
+        recorded = recorded_in_shards(self.ledger, uncommitted | set(opened))
+        stats = {"orphan_shard_files_removed": 0, "shards_completed": 0}
+        taken_back: list[Record] = []  # ok records whose sample is not in the output after all
+        for shard in sorted(uncommitted):
+            if shard in recorded and shard_name(shard, "tar") in names:
+                # Killed between an appended shard's rename and its commit part: the shard is whole.
+                self._complete_renamed(shard)
+                stats["shards_completed"] += 1
                 continue
-            shard = int(m.group(1))
-            seen.add(shard)
-            if shard not in committed:
-                self.dest.remove(name)
-                removed += 1
+            for ext in ("tar", "parquet"):
+                if shard_name(shard, ext) in names:
+                    self.dest.remove(shard_name(shard, ext))
+                    stats["orphan_shard_files_removed"] += 1
+            taken_back += recorded.get(shard, [])
+        for shard in opened:
+            recs = recorded.get(shard, [])
+            prefix = recorded_prefix(self.dest.path(open_name(shard)), {_member(r) for r in recs})
+            kept = [r for r in recs if _member(r) in prefix.names]
+            taken_back += [r for r in recs if _member(r) not in prefix.names]
+            if not kept or not self.append:
+                self.dest.remove(open_name(shard))
+                taken_back += kept
+                continue
+            if self._resume is not None:  # one shard is open at a time: an older one is finished now
+                self._finish_recovered(*self._resume)
+                stats["shards_completed"] += 1
+            self._resume, self._carried = (shard, prefix), kept
+        if taken_back:
+            # Before done_index() reads the ledger, so these rows are fetched again.
+            self.ledger.supersede([retraction(r, "store_lost") for r in taken_back])
+            self.ledger.flush()
+        seen = committed | uncommitted | set(opened)
         self.next_shard = max(seen) + 1 if seen else 0
-        return {"orphan_shard_files_removed": removed, "temporaries_removed": self.dest.remove_temporaries()}
+        return {**stats, "samples_taken_back": len(taken_back), "journals_compacted": compacted,
+                "temporaries_removed": self.dest.remove_temporaries()}
+
+    def _complete_renamed(self, shard: int) -> None:
+        if not self.dest.exists(shard_name(shard, "parquet")):
+            prefix = recorded_prefix(self.dest.path(shard_name(shard, "tar")), None)
+            self._write_metadata(shard, prefix.metas)
+        self.ledger.commit_shard(shard, [])
+
+    def _finish_recovered(self, shard: int, prefix: RecordedPrefix) -> None:
+        """Close an older open shard as it stands (cut back to its recorded samples)."""
+        with open(self.dest.path(open_name(shard)), "r+b") as fh:
+            fh.truncate(prefix.end)
+            fh.seek(prefix.end)
+            TarStream(fh, offset=prefix.end).finish()
+        self._write_metadata(shard, prefix.metas)
+        os.replace(self.dest.path(open_name(shard)), self.dest.path(shard_name(shard, "tar")))
+        self.ledger.commit_shard(shard, [])
 
     def write(self, sample: StoredSample) -> None:
         try:
@@ -86,17 +154,38 @@ class WebDatasetWriter:
         rec = sample.record
         rec.shard = self._shard
         media = rec.key + sample.ext
-        rec.path = f"{self._tar_name}:{media}"
+        rec.path = f"{shard_name(self._shard, 'tar')}:{media}"
         meta_doc = sample_json(rec, sample.meta)
         now = int(time.time())
         self._tar.add(media, sample.body, now)
         self._tar.add(rec.key + ".json", _SAMPLE_ENCODER.encode(meta_doc).encode(), now)
         self._records.append(rec)
         self._metas.append(meta_doc)
-        if len(self._records) >= self.samples_per_shard:
+        clock = time.monotonic()
+        if self.append:
+            self._unsynced.append(rec)
+            if clock - self._last_sync >= SYNC_SECONDS:
+                self._sync()
+        if len(self._metas) >= self.samples_per_shard or (
+                not self.append and clock - self._opened_at >= self.shard_max_seconds):
             self._commit_shard()
 
+    def _sync(self) -> None:
+        """An appended shard: its new members into the file, then their records into the ledger
+        (in that order: the ledger never names a member the file lacks)."""
+        assert self._tar is not None and self._stack is not None
+        self._tar.flush()
+        self._file.flush()  # to the OS: a kill -9 cannot lose it any more
+        self._last_sync = time.monotonic()
+        unsynced, self._unsynced = self._unsynced, []
+        for rec in unsynced:
+            self.ledger.add(rec)
+        self.ledger.sync()  # here, off the event loop: the ledger's own cadence would add its half second
+
     def close(self) -> None:
+        if self._resume is not None:  # a killed run's open shard, and nothing came to add to it
+            self._finish_recovered(*self._resume)
+            self._resume = None
         if self._tar is not None:
             try:
                 self._commit_shard()
@@ -110,44 +199,78 @@ class WebDatasetWriter:
         self.ledger.flush()
 
     def abort(self) -> None:
-        """Drop the open shard without committing it: its samples were never recorded as ok."""
+        """Drop the open shard without committing it: its samples are not stored."""
         stack, self._stack = self._stack, None
         if stack is not None:
             # The storage already failed; abandoning the upload is the point, so its errors are moot.
             with suppress(Exception):
                 stack.__exit__(RuntimeError, RuntimeError("shard aborted"), None)
+        if self.append and self._shard is not None:
+            # Its samples were recorded as ok as they were written: take that back, then drop the file.
+            self._take_back()
+            with suppress(Exception):
+                self.dest.remove(open_name(self._shard))
         self._reset()
 
+    def _take_back(self) -> None:
+        unsynced = {id(r) for r in self._unsynced}
+        synced = [r for r in self._records if id(r) not in unsynced]
+        self.ledger.supersede([retraction(r, "store_lost") for r in [*self._carried, *synced]])
+        self._carried, self._unsynced = [], []
+
     def _open_shard(self) -> None:
+        self._stack = ExitStack()
+        self._opened_at = self._last_sync = time.monotonic()
+        if self._resume is not None:  # the shard a killed run left open: cut back and go on
+            (self._shard, prefix), self._resume = self._resume, None
+            self._file = self._stack.enter_context(open(self.dest.path(open_name(self._shard)), "r+b"))  # noqa: SIM115
+            self._file.truncate(prefix.end)
+            self._file.seek(prefix.end)
+            self._metas = list(prefix.metas)
+            self._tar = TarStream(self._file, offset=prefix.end)
+            return
         self._shard = self.next_shard
         self.next_shard += 1
-        self._stack = ExitStack()
-        self._tar_name = shard_name(self._shard, "tar")
-        self._tar = TarStream(self._stack.enter_context(self.dest.open_atomic(self._tar_name)))
+        if self.append:
+            self.dest.makedirs()
+            self._file = self._stack.enter_context(open(self.dest.path(open_name(self._shard)), "wb"))  # noqa: SIM115
+        else:
+            self._file = self._stack.enter_context(self.dest.open_atomic(shard_name(self._shard, "tar")))
+        self._tar = TarStream(self._file)
 
     def _commit_shard(self) -> None:
         assert self._tar is not None and self._stack is not None and self._shard is not None
         # The samples of a failed commit are fetched again: its shard must be gone before they
         # can be committed a second time. Raises (so this shard is lost too) while the store is down.
         self._remove_doubtful()
-        stack, self._stack = self._stack, None
         shard = self._shard
         try:
+            if self.append:
+                self._sync()
+                self.ledger.sync(check=True)  # its records are safe before it shows: the rerun must not refetch them
             self._tar.finish()
-            stack.close()  # closes the file: now visible under its final name
-            table = pa.Table.from_pylist(self._metas)
-            buf = io.BytesIO()
-            pq.write_table(table, buf)
-            self.dest.write_bytes(shard_name(shard, "parquet"), buf.getvalue())
-            self.ledger.commit_shard(shard, self._records)
+            stack, self._stack = self._stack, None
+            stack.close()  # closes the file: a staged shard is now visible under its final name
+            self._write_metadata(shard, self._metas)
+            if self.append:
+                os.replace(self.dest.path(open_name(shard)), self.dest.path(shard_name(shard, "tar")))
+            # An appended shard's records are in the ledger already: its commit part is a marker.
+            self.ledger.commit_shard(shard, [] if self.append else self._records)
         except Exception:
             self._doubtful.add(shard)
+            if self.append:
+                self._take_back()
             with suppress(Exception):  # the store is failing; the next commit or close() tries again
                 self._remove_doubtful()
             raise
         self._reset()
         if self.on_commit is not None:
             self.on_commit(shard)
+
+    def _write_metadata(self, shard: int, metas: list[dict[str, Any]]) -> None:
+        buf = io.BytesIO()
+        pq.write_table(pa.Table.from_pylist(metas), buf)
+        self.dest.write_bytes(shard_name(shard, "parquet"), buf.getvalue())
 
     def _remove_doubtful(self) -> None:
         """Remove every file of the shards whose commit failed, the ledger part first, so that a
@@ -156,6 +279,8 @@ class WebDatasetWriter:
             self.ledger.uncommit_shard(shard)
             self.dest.remove(shard_name(shard, "parquet"))
             self.dest.remove(shard_name(shard, "tar"))
+            if self.append:
+                self.dest.remove(open_name(shard))
             self._doubtful.discard(shard)
 
     def _reset(self) -> None:
@@ -164,3 +289,9 @@ class WebDatasetWriter:
         self._shard = None
         self._records = []
         self._metas = []
+        self._carried = []
+        self._unsynced = []
+
+def _member(rec: Record) -> str:
+    """The media member a record names (its path is SHARD.tar:MEMBER)."""
+    return (rec.path or ":").split(":", 1)[1]

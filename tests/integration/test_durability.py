@@ -1,0 +1,95 @@
+"""kill -9 loses about a second of fetched work on a local disk, in both output formats.
+
+A run downloads from slow fake hosts at a steady rate, is SIGKILLed mid-run (for webdataset in the
+middle of its only shard), and is run again. The rerun may fetch each row the first run did not
+keep once; beyond that, no more than one second's worth of the first run's requests (its rate is
+measured). Afterwards every row is stored exactly once and every shard reads back whole.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import webdataset as wds
+
+from flowdc.testing.fakehosts import HostSpec
+from tests.integration.conftest import (
+    REPO,
+    latest,
+    requested_urls,
+    subprocess_env,
+    tar_samples,
+    temporaries,
+    visible_files,
+    write_manifest,
+)
+
+ROWS = 3000
+KILL_AFTER_S = 2.5  # of steady downloading, measured from the first request
+
+
+def wait_until_idle(farm, timeout: float = 5.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while any(st["in_system"] for st in farm.stats().values()) and time.monotonic() < deadline:
+        time.sleep(0.02)
+
+
+@pytest.mark.parametrize("fmt", ["imagefolder", "webdataset"])
+def test_kill_9_loses_at_most_a_second_of_fetched_work(tmp_path: Path, farm_factory, fmt: str) -> None:  # type: ignore[no-untyped-def]
+    farm = farm_factory([HostSpec(f"127.0.0.{i}", latency_s=0.04, image_bytes=800, seed=i) for i in (2, 3, 4)])
+    urls = [farm.url(i % 3, f"/d/{i:05d}.png") for i in range(ROWS)]
+    manifest = write_manifest(tmp_path / "m.parquet", urls)
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "flowdc", "download", "--input", str(manifest), "--output", str(out),
+           "--output_format", fmt, "--samples_per_shard", "100000", "--concurrent_downloads", "24",
+           "--disable_paarc", "--C_init", "8", "--timeout", "5", "--quiet", "--no_create_tar"]
+    proc = subprocess.Popen(cmd, cwd=REPO, env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 60
+        while farm.totals()["requests"] == 0:
+            assert proc.poll() is None, proc.stderr.read()  # type: ignore[union-attr]
+            assert time.monotonic() < deadline
+            time.sleep(0.005)
+        started = time.monotonic()
+        time.sleep(KILL_AFTER_S)
+        assert proc.poll() is None, "the run ended before the kill: make it longer"
+        proc.kill()
+        killed_after = time.monotonic() - started
+    finally:
+        proc.wait(10)
+    assert proc.returncode == -9
+    wait_until_idle(farm)
+    first = farm.totals()["requests"]
+    rate = first / killed_after  # requests per second of the first run
+    assert first < ROWS * 0.8, "the kill should come well before the end"
+    if fmt == "webdataset":
+        assert not list(out.glob("*.tar")), "the open shard is hidden until it is whole"
+        assert list(out.glob(".000000.tar.open"))
+
+    for host in farm.hosts:
+        host.spec.latency_s = 0.002
+    rerun = subprocess.run(cmd, cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=120)
+    assert rerun.returncode == 0, rerun.stderr
+    again = farm.totals()["requests"] - first
+    refetched = again - (ROWS - first)  # requests beyond one per row the first run never asked for
+    assert refetched <= rate * 1.0, f"rerun fetched {refetched} rows again: over a second at {rate:.0f}/s"
+    assert max(requested_urls(farm).values()) <= 2
+
+    rows = latest(out)
+    assert [r["row"] for r in rows] == list(range(ROWS)) and {r["status"] for r in rows} == {"ok"}
+    assert temporaries(out) == []
+    ok_keys = {r["key"] for r in rows}
+    if fmt == "imagefolder":
+        files = [p for p in visible_files(out) if "_flowdc" not in p.parts and p.name != "overview.json"]
+        assert sorted(p.stem for p in files) == sorted(ok_keys)
+        return
+    assert not list(out.glob(".*.open"))
+    samples = tar_samples(out)  # tarfile reads every member; fails on a key stored twice
+    assert set(samples) == ok_keys and all(set(parts) == {"png", "json"} for parts in samples.values())
+    read_back = [s["__key__"] for s in wds.WebDataset(sorted(str(p) for p in out.glob("*.tar")),
+                                                      shardshuffle=False, empty_check=False)]
+    assert sorted(read_back) == sorted(ok_keys)

@@ -1,0 +1,132 @@
+"""Local webdataset shards appended in place, and what a rerun makes of what a kill left.
+
+Each test plays a killed run by dropping a writer without close() (its file and journal stay as
+the process left them) and then recovers with a new ledger and writer, as a rerun does.
+"""
+
+from __future__ import annotations
+
+import os
+import tarfile
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+
+from flowdc.ledger import LEDGER_DIR, Ledger, Record
+from flowdc.storage import Destination
+from flowdc.writers.base import StoredSample
+from flowdc.writers.webdataset import WebDatasetWriter
+
+
+def sample(row: int) -> StoredSample:
+    rec = Record(row, f"{row + 1:08d}", f"http://h/{row}.png", "ok", bytes=10, sha256="x")
+    return StoredSample(rec, b"%010d" % row, ".png", {"n": row})
+
+
+def writer(out: Path, per_shard: int = 100, **kwargs: object) -> WebDatasetWriter:
+    dest = Destination(str(out))
+    w = WebDatasetWriter(dest, Ledger(dest), per_shard, **kwargs)  # type: ignore[arg-type]
+    w.recover()
+    return w
+
+
+def members(path: Path) -> list[str]:
+    with tarfile.open(path) as tar:
+        return [m.name for m in tar.getmembers()]
+
+
+def ok_rows(out: Path) -> list[int]:
+    table = Ledger(Destination(str(out))).latest(["row", "status"])
+    return sorted(r["row"] for r in table.to_pylist() if r["status"] == "ok")
+
+
+def kill(w: WebDatasetWriter, unsynced_rows: range, torn: bytes = b"") -> None:
+    """Sync what was written, then write more that never reaches the ledger, plus a torn tail."""
+    w._sync()
+    for row in unsynced_rows:
+        w.write(sample(row))
+    w._tar.flush()  # type: ignore[union-attr]
+    w._file.write(torn)
+    w._file.flush()
+    w.ledger._close_journal()
+
+
+def test_a_killed_shard_is_cut_back_to_its_recorded_samples_and_appended_to(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    w = writer(out)
+    for row in range(5):
+        w.write(sample(row))
+    kill(w, range(5, 8), torn=b"\x01" * 700)
+    assert not list(out.glob("*.tar")) and (out / ".000000.tar.open").is_file()
+    assert ok_rows(out) == [0, 1, 2, 3, 4]  # from the journal the kill left
+
+    w2 = writer(out)
+    for row in range(5, 10):  # the rows not recorded are fetched again
+        w2.write(sample(row))
+    w2.close()
+    names = members(out / "000000.tar")
+    assert names == [f"{r + 1:08d}{ext}" for r in range(10) for ext in (".png", ".json")]
+    assert pq.read_table(out / "000000.parquet")["row"].to_pylist() == list(range(10))
+    assert ok_rows(out) == list(range(10))
+    assert not [n for n in os.listdir(out / LEDGER_DIR) if n.endswith(".journal")]  # compacted
+
+
+def test_a_rerun_with_nothing_to_fetch_still_completes_the_open_shard(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    w = writer(out)
+    for row in range(3):
+        w.write(sample(row))
+    kill(w, range(0))
+    writer(out).close()
+    assert members(out / "000000.tar") == [f"{r + 1:08d}{ext}" for r in range(3) for ext in (".png", ".json")]
+    assert not (out / ".000000.tar.open").exists()
+    assert (out / LEDGER_DIR / "shard-000000.parquet").is_file()
+
+
+def test_a_shard_renamed_but_not_marked_is_completed_not_removed(tmp_path: Path) -> None:
+    """Killed between the rename and the commit part: its samples are recorded, so it is whole."""
+    out = tmp_path / "out"
+    w = writer(out, per_shard=4)
+    for row in range(4):
+        w.write(sample(row))
+    assert (out / "000000.tar").is_file()
+    (out / LEDGER_DIR / "shard-000000.parquet").unlink()
+    (out / "000000.parquet").unlink()
+    w2 = writer(out, per_shard=4)
+    w2.close()
+    assert (out / LEDGER_DIR / "shard-000000.parquet").is_file()
+    assert pq.read_table(out / "000000.parquet")["row"].to_pylist() == [0, 1, 2, 3]
+    assert ok_rows(out) == [0, 1, 2, 3]
+
+
+def test_a_recorded_sample_missing_from_its_shard_is_taken_back(tmp_path: Path) -> None:
+    """If the file lost what the ledger recorded (a disk that dropped it), those rows are fetched again."""
+    out = tmp_path / "out"
+    w = writer(out)
+    for row in range(6):
+        w.write(sample(row))
+    kill(w, range(0))
+    with open(out / ".000000.tar.open", "r+b") as fh:  # keep the first three samples only
+        fh.truncate(3 * 2 * 1024)
+    writer(out).close()
+    assert ok_rows(out) == [0, 1, 2]
+    latest = Ledger(Destination(str(out))).latest(["row", "status", "reason", "retryable"]).to_pylist()
+    assert {(r["status"], r["reason"], r["retryable"]) for r in latest if r["row"] >= 3} == {
+        ("failed", "store_lost", True)}
+
+
+def test_a_staged_shard_commits_after_shard_max_seconds(tmp_path: Path) -> None:
+    """Where a shard is staged whole (here: one shipped after commit), time bounds it too."""
+    shipped: list[int] = []
+    out = tmp_path / "out"
+    w = writer(out, per_shard=1000, on_commit=shipped.append, shard_max_seconds=0.2)
+    assert not w.append
+    w.write(sample(0))
+    time.sleep(0.25)
+    w.write(sample(1))
+    assert shipped == [0] and members(out / "000000.tar") == ["00000001.png", "00000001.json",
+                                                             "00000002.png", "00000002.json"]
+    w.write(sample(2))
+    w.close()
+    assert shipped == [0, 1] and ok_rows(out) == [0, 1, 2]
