@@ -14,7 +14,7 @@ import random
 import signal
 import time
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from typing import Any
@@ -29,6 +29,7 @@ from flowdc.errors import ConfigError, DestinationError
 from flowdc.fetch import FetchSettings, Outcome, digest, fetch_one, make_session
 from flowdc.identity import RepeatNumbering, base_hashes
 from flowdc.ledger import Ledger, Record, meta_json, url_hash
+from flowdc.loops import run_sync
 from flowdc.manifest import ROW_COLUMN, Manifest
 from flowdc.overview import build_overview, write_overview
 from flowdc.ownership import OutputClaim, claim_output
@@ -53,11 +54,13 @@ SNAPSHOT_S = 0.5
 def run_download(cfg: DownloadConfig, telemetry: Telemetry | None = None) -> dict[str, Any]:
     """The CLI's whole job; returns the overview. Ctrl-C stops cleanly and keeps what is stored.
 
+    Inside a running event loop (a notebook) the download runs in a helper thread (flowdc.loops.run_sync);
+    in async code, `await download_async(cfg)` instead.
     The process lifecycle lives here, not in DownloadJob: garbage-collector pacing, signal handlers
     and the progress bar are the process's to set, so the library call (flowdc.api) leaves them alone.
     """
     with fewer_collections():
-        return asyncio.run(download_async(cfg, telemetry))
+        return run_sync(lambda: download_async(cfg, telemetry), "flowdc.download.download_async")
 
 
 @contextlib.contextmanager
@@ -90,19 +93,28 @@ async def run_in_process(job: DownloadJob, show_progress: bool) -> dict[str, Any
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):  # not the main thread
             loop.add_signal_handler(sig, job.stop)
             installed.append(sig)
-    bar = ProgressBar() if show_progress else None
-    painter = asyncio.create_task(_paint(job, bar)) if bar is not None else None
     try:
-        return await job.run()
+        async with showing_progress(job, ProgressBar() if show_progress else None):
+            return await job.run()
     finally:
-        if painter is not None:
-            painter.cancel()
-            await asyncio.gather(painter, return_exceptions=True)
-        if bar is not None:
-            bar.show(job.counters, job.rows_total, job.hosts_active)
-            bar.close()
         for sig in installed:
             loop.remove_signal_handler(sig)
+
+
+@contextlib.asynccontextmanager
+async def showing_progress(job: DownloadJob, bar: ProgressBar | None) -> AsyncIterator[None]:
+    """Redraw `bar` from the job's counters while the body runs, then draw the final figures and close it."""
+    if bar is None:
+        yield
+        return
+    painter = asyncio.create_task(_paint(job, bar))
+    try:
+        yield
+    finally:
+        painter.cancel()
+        await asyncio.gather(painter, return_exceptions=True)
+        bar.show(job.counters, job.rows_total, job.hosts_active)
+        bar.close()
 
 
 async def _paint(job: DownloadJob, bar: ProgressBar) -> None:

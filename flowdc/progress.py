@@ -12,6 +12,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from tqdm import tqdm
+from tqdm.auto import tqdm as auto_tqdm
 
 
 @dataclass
@@ -57,9 +58,11 @@ class RunCounters:
 class ProgressBar:
     """done / failed / rate / MB/s on stderr, redrawn from the counters (at most every 0.5 s)."""
 
-    def __init__(self, desc: str = "download"):
-        self._bar = tqdm(total=None, desc=desc, unit="img", file=sys.stderr, mininterval=0.5,
-                         dynamic_ncols=True, smoothing=0.1)
+    def __init__(self, desc: str = "download", *, notebook: bool = False):
+        # notebook: tqdm.auto draws a widget in Jupyter (plain text elsewhere); the CLI keeps stderr.
+        make = auto_tqdm if notebook else tqdm
+        where = {} if notebook else {"file": sys.stderr, "dynamic_ncols": True}
+        self._bar = make(total=None, desc=desc, unit="img", mininterval=0.5, smoothing=0.1, **where)
 
     def show(self, c: RunCounters, total: int | None, hosts_active: int) -> None:
         if total is not None and self._bar.total != total:

@@ -37,6 +37,7 @@ from tqdm import tqdm
 from flowdc.config import SizeConfig, public_dict
 from flowdc.errors import ConfigError
 from flowdc.fetch import classify_status, make_session, network_failure, opened_for, parse_retry_after, status_reason
+from flowdc.loops import run_sync
 from flowdc.manifest import FORMATS_BY_SUFFIX, Manifest
 from flowdc.network import watch_of
 from flowdc.paarc import ClientLoad, policy_factory
@@ -656,9 +657,13 @@ def _time_line(r: dict[str, Any]) -> str:
 
 # -- entry points --------------------------------------------------------------------------------
 async def size_async(cfg: SizeConfig) -> dict[str, Any]:
+    """run_size for async code (a notebook's running loop): the same report dict."""
     return await SizeJob(cfg).run()
 
 
 def run_size(cfg: SizeConfig) -> dict[str, Any]:
-    """Size the manifest(s) of cfg, write the JSON report and return it (with summary_text)."""
-    return asyncio.run(size_async(cfg))
+    """Size the manifest(s) of cfg, write the JSON report and return it (with summary_text).
+
+    Inside a running event loop it runs in a helper thread; in async code `await size_async(cfg)`.
+    """
+    return run_sync(lambda: size_async(cfg), "flowdc.size.size_async")
