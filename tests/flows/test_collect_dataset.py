@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import socket
 import subprocess
+import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -83,24 +85,38 @@ def test_demo_main_job(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> No
     assert "this run fetched 0 new rows" in capsys.readouterr().out
 
 
+FARM_PROCESS = """
+import json, sys
+from flowdc.testing.fakehosts import HostSpec, run_farm_in_thread
+with run_farm_in_thread([HostSpec("127.0.0.2", image_bytes=300), HostSpec("127.0.0.3", image_bytes=300)]) as farm:
+    print(json.dumps([h.base_url for h in farm.hosts]), flush=True)
+    sys.stdin.read()
+"""
+
+
 @pytest.mark.usefixtures("prefect_harness")
-def test_collect_dataset_on_work_queue_workers(tmp_path: Path, farm_factory: FarmFactory) -> None:
-    """The distribute task on the workqueue engine: two real work_queue_worker processes on loopback."""
+def test_collect_dataset_on_work_queue_workers(tmp_path: Path) -> None:
+    """The distribute task on the workqueue engine: two real work_queue_worker processes on loopback.
+    The fake hosts run in a process of their own: the Work Queue manager's wait holds this
+    process's interpreter while it waits, which would starve hosts served from a thread here."""
     pytest.importorskip("work_queue", reason="Work Queue bindings missing (scripts/bootstrap.sh links them)")
     worker_bin = shutil.which("work_queue_worker")
     if worker_bin is None:
         pytest.skip("work_queue_worker not installed (apt coop-computing-tools)")
     from flows.collect_dataset import collect_dataset
 
-    farm = farm_factory([HostSpec("127.0.0.2", image_bytes=300), HostSpec("127.0.0.3", image_bytes=300)])
-    urls = [farm.url(i % 2, f"/wq/{i}.png" + ("?fail=404" if i % 19 == 2 else "")) for i in range(60)]
-    manifest = write_manifest(tmp_path / "m.parquet", urls)
     out = tmp_path / "dataset"
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
+    farm = subprocess.Popen([sys.executable, "-c", FARM_PROCESS], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            text=True)
     workers = []
     try:
+        assert farm.stdout is not None
+        bases = json.loads(farm.stdout.readline())
+        urls = [f"{bases[i % 2]}/wq/{i}.png" + ("?fail=404" if i % 19 == 2 else "") for i in range(60)]
+        manifest = write_manifest(tmp_path / "m.parquet", urls)
         for i in range(2):
             (tmp_path / f"w{i}").mkdir()
             workers.append(subprocess.Popen([worker_bin, "--cores", "1", "--timeout", "60", "-s",
@@ -112,6 +128,7 @@ def test_collect_dataset_on_work_queue_workers(tmp_path: Path, farm_factory: Far
         for proc in workers:
             proc.kill()
             proc.wait(10)
+        farm.communicate("", timeout=20)
     assert state.is_completed(), state.message
     (run_dir,) = out.glob("run-*")
     ledgers = ledgers_of(run_dir)
