@@ -100,6 +100,7 @@ def test_collect_dataset_on_work_queue_workers(tmp_path: Path) -> None:
     The fake hosts run in a process of their own: the Work Queue manager's wait holds this
     process's interpreter while it waits, which would starve hosts served from a thread here."""
     pytest.importorskip("work_queue", reason="Work Queue bindings missing (scripts/bootstrap.sh links them)")
+    pytest.importorskip("flowdc.distribute", reason="flowdc distribute (the engines) is not in this checkout")
     worker_bin = shutil.which("work_queue_worker")
     if worker_bin is None:
         pytest.skip("work_queue_worker not installed (apt coop-computing-tools)")
