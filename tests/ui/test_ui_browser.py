@@ -13,31 +13,12 @@ import pytest
 from flowdc.testing.browser import flowdc_process, launch_chromium
 from flowdc.testing.fakehosts import HostSpec, run_farm_in_thread, write_manifest
 from flowdc.ui.server import free_port
-from tests.ui.helpers import needs_chromium
+from tests.ui.helpers import chart_series, host_rows, needs_chromium
 
 sync_api = pytest.importorskip("playwright.sync_api")
 pytestmark = [needs_chromium, pytest.mark.slow]
 
 OPEN, THROTTLED = "127.0.0.2", "127.0.0.3"
-
-
-def host_rows(page: Any) -> dict[str, dict[str, str]]:
-    """The per-host table as the browser shows it: host ip -> column heading -> cell text."""
-    heads = [h.strip().replace("arrow_upward", "").strip()
-             for h in page.locator(".flowdc-hosts thead th").all_inner_texts()]
-    rows = {}
-    for cells in page.locator(".flowdc-hosts tbody tr").evaluate_all(
-            "rows => rows.map(r => Array.from(r.querySelectorAll('td')).map(td => td.innerText))"):
-        row = dict(zip(heads, cells, strict=False))
-        if row.get("host"):
-            rows[row["host"].split(":")[0]] = row
-    return rows
-
-
-def chart_series(page: Any, css: str) -> dict[str, list[Any]]:
-    return page.evaluate(
-        """css => Object.fromEntries(getElement(document.querySelector('.' + css)).chart.getOption().series
-               .map(s => [s.name, s.data]))""", css)
 
 
 def test_a_download_started_in_the_browser_shows_its_hosts_live(tmp_path: Path):
