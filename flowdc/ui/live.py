@@ -176,10 +176,14 @@ class LiveState:
         row = {k: f.get(k) for k, _ in HOST_COLUMNS}
         row.update(key=key, partition=f.get("partition", ""), hold_s=hold_s,
                    n_429=f.get("n_429", f.get("n_429_503")), goodput=_round(f.get("goodput"), 1))
-        if self._final is not None or t < newest[row["partition"]] - IDLE_AFTER_S:
+        if self._over() or t < newest[row["partition"]] - IDLE_AFTER_S:
             # Snapshots cover the hosts with work; a host left out of later rounds has none left.
             row.update(state="idle", inflight=0, queued=0)
         return row
+
+    def _over(self) -> bool:
+        """The run ended: its overview arrived, or every partition sent its last run snapshot."""
+        return self._final is not None or (bool(self._runs) and all(r.get("done") for r in self._runs.values()))
 
     def _totals(self) -> Totals:
         tot = Totals(rows_total=self._rows_total)
@@ -199,6 +203,8 @@ class LiveState:
             tot.ok = tot.done = sum(int(h.figures.get("ok") or 0) for h in self._hosts.values())
         if self._t0 is not None and self._t_last is not None:
             tot.elapsed_s = round(self._t_last - self._t0, 1)
+        if self._runs:  # the runs' own clocks, when they send them
+            tot.elapsed_s = max([tot.elapsed_s] + [float(r.get("elapsed_s") or 0) for r in self._runs.values()])
         if self._final is not None:  # overview.json's "this_run": the exact counts of the finished run
             run = self._final.get("this_run") or {}
             tot.ok = int(run.get("ok", tot.ok))

@@ -39,11 +39,17 @@ def test_run_snapshots_give_totals_rate_mb_s_and_eta():
     for i in range(8):  # two partitions, each storing 50 rows and 1 MB per second
         live.ingest(run(200 + i, ok=50 * i, nbytes=10**6 * i, partition="p0"))
         live.ingest(run(200.05 + i, ok=50 * i, nbytes=10**6 * i, partition="p1"))
+    live.ingest(host(207.1, "h:1", 4, ok=9, partition="p0"))
+    assert live.view().rows[0]["state"] == "PROBE_BW"
     tot = live.view().totals
     assert (tot.ok, tot.done) == (2 * 50 * 7, 2 * 50 * 7 + 2)
     assert tot.rows_total == 2000 and tot.failed == 2
     assert abs(tot.rate_per_s - 100.0) < 1.0 and abs(tot.mb_per_s - 2.0) < 0.05
     assert tot.eta_s == 13.0 and not tot.finished  # (2000 - 702) rows at 100/s
+    live.ingest(run(207.2, ok=400, nbytes=8 * 10**6, partition="p0", done=True))
+    live.ingest(run(207.2, ok=400, nbytes=8 * 10**6, partition="p1", done=True))
+    view = live.view()
+    assert view.totals.finished and view.rows[0]["state"] == "idle"  # every partition sent its last snapshot
 
 
 def test_a_finished_run_shows_the_overview_counts_and_no_eta():
