@@ -136,7 +136,11 @@ class DownloadConfig(NetworkOptions, RedactOptions, PaarcOptions):
     max_redirects: int = opt(5, "Redirects followed per URL.")
     create_tar: bool = opt(True, "Also pack the output into OUTPUT.tar.gz (imagefolder only; shards are tars).")
     create_overview: bool = opt(True, "Write overview.json with totals, rates, errors and per-host figures.")
-    telemetry: str | None = opt(None, "Write per-host PAARC snapshots (JSON lines) to this file.")
+    telemetry: str | None = opt(
+        None, "Write per-host and run snapshots (JSON lines) to this file or fsspec URL (S3/GCS: a folder of parts).")
+    telemetry_push: str | None = opt(
+        None, "POST snapshots to this collector URL (+/telemetry), token from env FLOWDC_TELEMETRY_TOKEN; "
+        "a dead collector never stops the download.")
     storage_options: dict[str, Any] = opt({}, "fsspec storage options for a remote output (endpoint, profile, ...).")
     input_storage_options: dict[str, Any] = opt({}, "fsspec storage options for a remote input manifest.")
     key_col: str | None = opt(None, "Column holding a stable row id: a row's identity across runs (a refresh with "

@@ -39,7 +39,7 @@ from flowdc.scheduler import Job, Scheduler, sleep_noting_lag
 from flowdc.seen import SeenKeys
 from flowdc.shipping import Shipper, uploader_for
 from flowdc.storage import Destination, is_destination_error
-from flowdc.telemetry import Telemetry
+from flowdc.telemetry import HostSnapshot, RunSnapshot, Snapshot, Telemetry
 from flowdc.urls import host_key, scheme_error, url_redactor
 from flowdc.write_queue import WriteQueue
 from flowdc.writers.base import SampleWriter, StoredSample, StoreError
@@ -135,8 +135,9 @@ class DownloadJob:
                  host_budget: Mapping[str, float] | None = None, run_id: str | None = None,
                  partition_id: str | None = None):
         self.cfg = cfg
-        self.telemetry = telemetry
-        self._own_telemetry = telemetry is None  # made from cfg.telemetry in run(), closed there too
+        self.telemetry = telemetry  # the caller's: published to, never closed here
+        self._own_telemetry: Telemetry | None = None  # cfg.telemetry / telemetry_push, made and closed in run()
+        self._listeners: list[Telemetry] = [telemetry] if telemetry is not None else []
         self.host_budget = check_host_budget(host_budget if host_budget is not None
                                              else getattr(cfg, "host_budget", None) or {})
         self.run_id = run_id or cfg.run_id or uuid.uuid4().hex[:12]
@@ -185,12 +186,14 @@ class DownloadJob:
         # From here on the output is this run's (mark, lock or lease, --force) until run() ends.
         self.claim = claim_output(self.dest, run_id=self.run_id, force=cfg.force, lease_ttl_s=cfg.lease_ttl_s,
                                   on_lost=lambda _message: self.stop())
-        if self.telemetry is None:  # after the claim: the telemetry file may be inside the output
+        if cfg.telemetry or cfg.telemetry_push:  # after the claim: the telemetry file may be inside the output
             try:
-                self.telemetry = Telemetry(cfg.telemetry)
+                self._own_telemetry = Telemetry(cfg.telemetry, push_url=cfg.telemetry_push,
+                                                storage_options=cfg.storage_options)
             except BaseException:
                 self.claim.release()
                 raise
+            self._listeners.append(self._own_telemetry)
 
     async def run(self) -> dict[str, Any]:
         started_wall = time.time()
@@ -207,8 +210,9 @@ class DownloadJob:
         finally:
             self.write_pool.shutdown(wait=True)
             self.hash_pool.shutdown(wait=True)
-            if self._own_telemetry and self.telemetry is not None:
-                self.telemetry.close()
+            self._publish({}, done=True)
+            if self._own_telemetry is not None:
+                self._own_telemetry.close()
             if self.claim is not None:
                 self.claim.release()
 
@@ -456,9 +460,26 @@ class DownloadJob:
                 snap = self.scheduler.snapshot()
                 self._keep_host_snapshots(snap)
                 self.hosts_active = len(snap)
-                assert self.telemetry is not None
-                self.telemetry.publish(time.time(), snap)
+                self._publish(snap)
                 await asyncio.to_thread(self.ledger.flush_if_due)
+
+    def _publish(self, snap: dict[str, dict[str, Any]], done: bool = False) -> None:
+        """Typed snapshots to whoever listens; nothing is built when no one does."""
+        listeners = [tel for tel in self._listeners if tel.active]
+        if not listeners:
+            return
+        t = time.time()
+        batch: list[Snapshot] = [HostSnapshot.of(t, host, figures, self.run_id, self.partition_id)
+                                 for host, figures in snap.items()]
+        c = self.counters
+        elapsed = c.elapsed()
+        batch.append(RunSnapshot(
+            t, self.run_id, self.partition_id, ok=c.ok, failed=c.failed, skipped=c.skipped, retries=c.retries,
+            bytes=c.bytes, already_done=c.already_done, rows_total=self.rows_total, elapsed_s=round(elapsed, 3),
+            rate_per_s=round(c.ok / elapsed, 2), mb_per_s=round(c.bytes / elapsed / 1e6, 3),
+            hosts_active=self.hosts_active, done=done, interrupted=self.interrupted))
+        for tel in listeners:
+            tel.publish(batch)
 
     def _keep_host_snapshots(self, snap: dict[str, dict[str, Any]], cap: int = 10_000) -> None:
         self.host_snapshots.update(snap)

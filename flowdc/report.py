@@ -34,6 +34,7 @@ from matplotlib.patches import Patch, Rectangle
 from matplotlib.ticker import MaxNLocator
 
 from flowdc.errors import ConfigError
+from flowdc.telemetry import is_host_line
 
 MAX_HOSTS = 12  # rows in the figure: more makes a PNG nobody scrolls through
 MAX_TABLE_HOSTS = 500  # rows in the HTML table: a crawl can touch tens of thousands of hosts
@@ -80,6 +81,8 @@ def _records(path: Path, stats: ReadStats) -> Iterator[dict[str, Any]]:
                 stats.skipped += 1
                 pending_bad = False
             record = _parse(line)
+            if record is RUN_LINE:
+                continue  # a run's counters: nothing to plot per host
             if record is None:
                 if seen == 0 and line.endswith("\n"):
                     raise ConfigError(f"{path} is not a flowdc telemetry JSONL file (line {lineno} is not a snapshot)")
@@ -98,17 +101,18 @@ def _check_source(path: Path) -> None:
         raise ConfigError(f"telemetry file not found: {path}")
 
 
+RUN_LINE: dict[str, Any] = {}  # _parse's answer for a run line (kind "run"): valid, not a host's
+
+
 def _parse(line: str) -> dict[str, Any] | None:
+    """A host line as a dict (files from before "kind" hold only host lines), RUN_LINE, or None."""
     try:
         record = json.loads(line)
     except ValueError:
         return None
-    if not isinstance(record, dict) or not isinstance(record.get("host"), str):
-        return None
-    t = record.get("t")
-    if not isinstance(t, (int, float)) or isinstance(t, bool) or not math.isfinite(t):
-        return None
-    return record
+    if isinstance(record, dict) and record.get("kind") == "run":
+        return RUN_LINE
+    return record if isinstance(record, dict) and is_host_line(record) else None
 
 
 def _num(value: Any) -> float:

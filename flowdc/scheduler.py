@@ -191,8 +191,9 @@ class Scheduler:
         return list(self._active.values())
 
     def snapshot(self) -> dict[str, dict[str, Any]]:
+        now = self.loop.time()
         return {h.name: {**h.policy.snapshot(), "inflight": h.inflight, "stalled": h.stalled(),
-                         "queued": len(h.queue)}
+                         "queued": len(h.queue), "hold_s": round(max(h.policy.hold_until() - now, 0.0), 3)}
                 for h in self.active_hosts()}
 
     # -- internals ------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ import pytest
 from flowdc.api import RunResult, download_partition
 from flowdc.config import DownloadConfig
 from flowdc.errors import ConfigError
-from flowdc.telemetry import Telemetry
+from flowdc.telemetry import HostSnapshot, Telemetry
 from flowdc.testing.fakehosts import FakeHostFarm, HostSpec, write_manifest
 from tests.integration.conftest import FAST, latest
 
@@ -82,11 +82,13 @@ def test_a_host_budget_of_a_quarter_gives_a_quarter_of_c_max(
     manifest = write_manifest(tmp_path / "m.parquet", urls)
     telemetry = Telemetry()
     limits: dict[str, set[int]] = {}
-    telemetry.subscribe(lambda t, snap: [limits.setdefault(h, set()).add(int(f["limit"])) for h, f in snap.items()])
+    telemetry.subscribe(lambda snap: isinstance(snap, HostSnapshot)
+                        and limits.setdefault(snap.host, set()).add(int(snap.limit or 0)))
     budgeted, free = farm.hosts[0].netloc, farm.hosts[1].netloc
     res = download_partition(_cfg(manifest, tmp_path / "out", concurrent_downloads=32, C_min=1, C_init=8, C_max=8),
                              host_budget={budgeted: 0.25}, telemetry=telemetry)
     assert res.ok == 240
+    telemetry.close()  # the subscriber has had every snapshot once this returns
     assert limits[budgeted] and max(limits[budgeted]) == 2, limits
     assert max(limits[free]) == 8, limits
     stats = farm.stats()

@@ -358,6 +358,8 @@ def test_telemetry_file_in_a_new_folder(tmp_path: Path, two_hosts: FakeHostFarm)
                       "--telemetry", str(telemetry), "--concurrent_downloads", "2", "--disable_paarc", "--C_init", "2")
     assert proc.returncode == 0, proc.stderr
     lines = [json.loads(line) for line in telemetry.read_text().splitlines()]
+    assert lines[-1]["kind"] == "run" and lines[-1]["done"] is True and lines[-1]["ok"] == 40
+    lines = [line for line in lines if line["kind"] == "host"]
     assert lines and {line["host"] for line in lines} == {two_hosts.hosts[0].netloc}
     assert all({"t", "limit", "inflight"} <= set(line) for line in lines)
 
