@@ -226,6 +226,7 @@ class SizeConfig(NetworkOptions, RedactOptions, PaarcOptions):
     seed: int = opt(0, "Seed for the sample.")
     concurrent_requests: int = opt(200, "Global bound on requests in flight.")
     timeout: float = opt(15.0, "Seconds allowed per request.")
+    max_redirects: int = opt(5, "Redirects followed per URL.")
     rate_mb_s: float = opt(100.0, "Download rate used for the time estimate, in MB/s.")
     report: str | None = opt(None, "Write the JSON report here (default: size_report.json beside the input).")
     quiet: bool = opt(False, "No progress bar.")
@@ -235,6 +236,10 @@ class SizeConfig(NetworkOptions, RedactOptions, PaarcOptions):
             raise ConfigError("give exactly one of --input and --directory")
         if self.sample < 0:
             raise ConfigError("--sample must be >= 0")
+        if self.timeout <= 0:
+            raise ConfigError(f"timeout must be > 0, got {self.timeout}")
+        if self.max_redirects < 0:
+            raise ConfigError(f"max_redirects must be >= 0, got {self.max_redirects}")
         self.check_paarc()
         self.check_network()
 

@@ -14,7 +14,7 @@ import random
 import signal
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from typing import Any
@@ -26,16 +26,16 @@ import pyarrow.compute as pc
 
 from flowdc.config import DownloadConfig
 from flowdc.errors import ConfigError, DestinationError
-from flowdc.fetch import FetchSettings, Outcome, digest, fetch_one, make_session
+from flowdc.fetch import FetchSettings, Outcome, digest, fetch_one
 from flowdc.identity import RepeatNumbering, base_hashes
 from flowdc.ledger import Ledger, Record, meta_json, url_hash
 from flowdc.loops import run_sync
 from flowdc.manifest import ROW_COLUMN, Manifest
 from flowdc.overview import build_overview, write_overview
 from flowdc.ownership import OutputClaim, claim_output
-from flowdc.paarc import ClientLoad, policy_factory
 from flowdc.progress import ProgressBar, RunCounters
-from flowdc.scheduler import Job, Scheduler, sleep_noting_lag
+from flowdc.requestloop import RequestLoop
+from flowdc.scheduler import Job
 from flowdc.seen import SeenKeys
 from flowdc.shipping import Shipper, uploader_for
 from flowdc.storage import Destination, is_destination_error
@@ -47,7 +47,6 @@ from flowdc.writers.factory import make_writer
 from flowdc.writers.naming import extension_for, make_key, url_key
 
 MAX_STORE_TRIES = 5
-TICK_S = 0.1
 SNAPSHOT_S = 0.5
 
 
@@ -143,7 +142,7 @@ class DownloadJob:
         self.run_id = run_id or cfg.run_id or uuid.uuid4().hex[:12]
         self.claim: OutputClaim | None = None
         self.partition_id = partition_id
-        self.settings = FetchSettings(cfg.timeout, cfg.max_body_bytes, tuple(cfg.content_types), cfg.max_redirects)
+        self.settings = FetchSettings.of(cfg)
         # One writer thread keeps a shard's members in order; files can be written in parallel.
         self.write_lanes = 1 if cfg.output_format == "webdataset" else 8
         self.counters = RunCounters()
@@ -234,31 +233,14 @@ class DownloadJob:
             raise DestinationError(f"cannot read {self.dest.display}: {type(exc).__name__}: {exc}") from None
         if self.shipper is not None and cfg.output_format == "webdataset":
             recovery["shards_left_to_ship"] = self.shipper.ship_leftovers(self.ledger.committed_shards())
-        # Read ahead well past the global bound so a slow host's backlog does not starve the others.
-        read_ahead = max(20 * self.cfg.concurrent_downloads, 50_000)
-        self.client_load = ClientLoad()
-        self.scheduler = Scheduler(policy_factory(self.cfg, budget=self.host_budget, client=self.client_load),
-                                   max_pending=read_ahead)
+        self.requests: RequestLoop[Outcome] = RequestLoop(cfg, cfg.concurrent_downloads, self.host_budget)
+        self.scheduler, self.client_load = self.requests.scheduler, self.requests.client_load
+        self._next_snapshot = 0.0
         loop = asyncio.get_running_loop()
-        tasks: list[asyncio.Task[Any]] = []
         try:
-            async with make_session(self.cfg.concurrent_downloads, net=self.cfg) as session:
-                reader = asyncio.create_task(self._read_manifest(done))
-                workers = [asyncio.create_task(self._worker(session)) for _ in range(self.cfg.concurrent_downloads)]
-                ticker = asyncio.create_task(self._tick())
-                tasks = [reader, *workers, ticker]
-                all_work = asyncio.gather(reader, *workers)
-                stopper = asyncio.create_task(stop.wait())
-                finished, _ = await asyncio.wait({all_work, stopper}, return_when=asyncio.FIRST_COMPLETED)
-                if stopper in finished:
-                    self.interrupted = True
-                else:
-                    all_work.result()  # re-raise a reader/worker error
-                stopper.cancel()
+            self.interrupted = await self.requests.run(partial(self._read_manifest, done), self._fetch, self._settle,
+                                                       self._on_tick, stop)
         finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
             self.scheduler.closed_for_good = True
             await self._close_writer(loop)
         self.counters.client_busy_share = self.client_load.busy_share
@@ -372,21 +354,18 @@ class DownloadJob:
         return end
 
     # -- fetching -------------------------------------------------------------------------------
-    async def _worker(self, session: aiohttp.ClientSession) -> None:
-        sched = self.scheduler
-        while (job := await sched.next_job()) is not None:
-            job.attempts += 1
-            outcome = await fetch_one(session, job.url, self.settings)
-            sched.finished(job, outcome.signal, outcome.ttfb, outcome.retry_after, outcome.fresh_connection)
-            if outcome.ok:
-                await self._store(job, outcome)  # the job is done once a writer has the sample
-                continue
-            if outcome.retryable and outcome.retry_now and job.attempts <= self.cfg.max_retry_attempts:
-                self.counters.retries += 1
-                sched.retry_later(job, self._retry_delay(job, outcome))
-                continue
+    def _fetch(self, session: aiohttp.ClientSession, job: Job) -> Awaitable[Outcome]:
+        return fetch_one(session, job.url, self.settings)
+
+    async def _settle(self, job: Job, outcome: Outcome) -> None:
+        if outcome.ok:
+            await self._store(job, outcome)  # the job is done once a writer has the sample
+        elif outcome.retryable and outcome.retry_now and job.attempts <= self.cfg.max_retry_attempts:
+            self.counters.retries += 1
+            self.scheduler.retry_later(job, self._retry_delay(job, outcome))
+        else:
             self._final(self._record(job, outcome, "failed"))
-            sched.done(job)
+            self.scheduler.done(job)
 
     def _retry_delay(self, job: Job, outcome: Outcome) -> float:
         if outcome.retry_after is not None:
@@ -448,20 +427,16 @@ class DownloadJob:
         self.counters.record(rec.status, 0, rec.reason)
 
     # -- the side loop --------------------------------------------------------------------------
-    async def _tick(self) -> None:
-        loop = asyncio.get_running_loop()
-        next_snapshot = loop.time()
-        while True:
-            await sleep_noting_lag(TICK_S, self.client_load)
-            self.scheduler.tick()
-            now = loop.time()
-            if now >= next_snapshot:
-                next_snapshot = now + SNAPSHOT_S
-                snap = self.scheduler.snapshot()
-                self._keep_host_snapshots(snap)
-                self.hosts_active = len(snap)
-                self._publish(snap)
-                await asyncio.to_thread(self.ledger.flush_if_due)
+    async def _on_tick(self) -> None:
+        now = time.monotonic()
+        if now < self._next_snapshot:
+            return
+        self._next_snapshot = now + SNAPSHOT_S
+        snap = self.scheduler.snapshot()
+        self._keep_host_snapshots(snap)
+        self.hosts_active = len(snap)
+        self._publish(snap)
+        await asyncio.to_thread(self.ledger.flush_if_due)
 
     def _publish(self, snap: dict[str, dict[str, Any]], done: bool = False) -> None:
         """Typed snapshots to whoever listens; nothing is built when no one does."""

@@ -16,8 +16,10 @@ import hashlib
 import socket
 import time
 import weakref
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from functools import partial
+from typing import Any, NamedTuple, TypeVar
 
 import aiohttp
 
@@ -40,14 +42,21 @@ INLINE_DIGEST_MAX = 64 * 1024
 
 @dataclass(frozen=True, slots=True)
 class FetchSettings:
-    timeout: float = 30.0
-    max_body_bytes: int = 50 * 1024 * 1024
-    content_types: tuple[str, ...] = ("image/",)
-    max_redirects: int = 5
+    """A download's request settings; their defaults are declared once, in config.DownloadConfig."""
+
+    timeout: float
+    max_body_bytes: int
+    content_types: tuple[str, ...]
+    max_redirects: int
 
     def __post_init__(self) -> None:
         # Lower-cased once here, not per response.
         object.__setattr__(self, "content_types", tuple(p.lower() for p in self.content_types))
+
+    @classmethod
+    def of(cls, cfg: Any) -> FetchSettings:
+        """From a DownloadConfig (or anything with its field names)."""
+        return cls(cfg.timeout, cfg.max_body_bytes, tuple(cfg.content_types), cfg.max_redirects)
 
 
 @dataclass(slots=True)
@@ -69,6 +78,9 @@ class Outcome:
     @property
     def ok(self) -> bool:
         return self.reason is None
+
+
+OutcomeT = TypeVar("OutcomeT", bound=Outcome)  # an outcome type: Outcome, or a command's richer one (size.Probe)
 
 
 def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
@@ -153,6 +165,14 @@ def network_failure(exc: BaseException) -> Failure | None:
     return None
 
 
+def status_outcome(resp: aiohttp.ClientResponse, kind: type[OutcomeT], **more: Any) -> OutcomeT:
+    """A non-2xx answer as an outcome: its signal, reason, and Retry-After when it may be retried."""
+    signal, retryable = classify_status(resp.status)
+    retry_after = parse_retry_after(resp.headers.get("Retry-After")) if retryable else None
+    return kind(signal, status=resp.status, reason=status_reason(resp.status), retryable=retryable,
+                retry_after=retry_after, **more)
+
+
 def content_type_allowed(content_type: str | None, allowed: tuple[str, ...]) -> bool:
     if not allowed:
         return True
@@ -160,68 +180,78 @@ def content_type_allowed(content_type: str | None, allowed: tuple[str, ...]) -> 
 
 
 async def fetch_one(session: aiohttp.ClientSession, url: str, settings: FetchSettings) -> Outcome:
-    outcome = await _fetch(session, url, settings)
+    """GET one URL's body (the download's request)."""
+    return await exchange(session, "GET", url, settings.timeout, settings.max_redirects,
+                          partial(_read_response, settings=settings), Outcome)
+
+
+async def exchange(session: aiohttp.ClientSession, method: str, url: str, timeout: float, max_redirects: int,
+                   read: Callable[[aiohttp.ClientResponse], Awaitable[OutcomeT]], kind: type[OutcomeT],
+                   headers: Mapping[str, str] | None = None) -> OutcomeT:
+    """One request of any command: `read` turns the response into an outcome of type `kind`; a
+    failure becomes one too, with its reason named by `failure_of` (the one mapping)."""
+    ttfb: float | None = None  # set once headers arrived
+    start = time.perf_counter()
+    try:
+        async with session.request(
+            method, url, headers=headers,
+            # aiohttp raises on reaching its max_redirects (and treats 0 as unlimited); ours counts
+            # redirects followed, so N follows N and refuses the N+1th, and 0 follows none.
+            max_redirects=max_redirects + 1,
+            timeout=aiohttp.ClientTimeout(total=timeout),
+        ) as resp:
+            ttfb = time.perf_counter() - start
+            fresh = opened_for(resp)
+            outcome = await read(resp)
+            outcome.ttfb = ttfb
+            outcome.fresh_connection = fresh
+    except Exception as exc:  # every client failure becomes a reason; nothing escapes a worker
+        f = failure_of(exc, headers_arrived=ttfb is not None)
+        outcome = kind(f.signal, status=f.status, reason=f.reason, retryable=f.retryable, ttfb=ttfb,
+                       retry_now=f.retry_now)
     watch = watch_of(session)
     if watch is not None and not watch.settled:
         watch.note(url, outcome.reason, outcome.status)  # raises ProxyError when the proxy refuses everything
     return outcome
 
 
-async def _fetch(session: aiohttp.ClientSession, url: str, settings: FetchSettings) -> Outcome:
-    ttfb: float | None = None  # set once headers arrived
-    start = time.perf_counter()
-    try:
-        async with session.get(
-            url,
-            # aiohttp raises on reaching its max_redirects (and treats 0 as unlimited); ours counts
-            # redirects followed, so N follows N and refuses the N+1th, and 0 follows none.
-            max_redirects=settings.max_redirects + 1,
-            timeout=aiohttp.ClientTimeout(total=settings.timeout),
-        ) as resp:
-            ttfb = time.perf_counter() - start
-            fresh = opened_for(resp)
-            outcome = await _read_response(resp, settings, ttfb)
-            outcome.fresh_connection = fresh
-            return outcome
-    except aiohttp.TooManyRedirects:
-        return Outcome(Signal.OBJECT_ERROR, reason="too_many_redirects", ttfb=ttfb)
-    except (aiohttp.InvalidURL, aiohttp.NonHttpUrlRedirectClientError, aiohttp.InvalidUrlRedirectClientError):
-        return Outcome(Signal.OBJECT_ERROR, reason="invalid_url", ttfb=ttfb)
-    except TimeoutError:
+def failure_of(exc: BaseException, headers_arrived: bool) -> Failure:
+    """How a request that raised is named: the one mapping every command uses."""
+    if isinstance(exc, aiohttp.TooManyRedirects):
+        return Failure(Signal.OBJECT_ERROR, "too_many_redirects", False)
+    if isinstance(exc, (aiohttp.InvalidURL, aiohttp.NonHttpUrlRedirectClientError,
+                        aiohttp.InvalidUrlRedirectClientError)):
+        return Failure(Signal.OBJECT_ERROR, "invalid_url", False)
+    if isinstance(exc, TimeoutError):
         # Headers arrived but the body did not: the object is slow or huge, not the host overloaded.
-        if ttfb is not None:
-            return Outcome(Signal.OBJECT_ERROR, reason="body_timeout", retryable=True, ttfb=ttfb)
-        return Outcome(Signal.TIMEOUT, reason="timeout", retryable=True)
-    except aiohttp.ClientPayloadError:
-        return Outcome(Signal.CONN_ERROR, reason="truncated", retryable=True, ttfb=ttfb)
-    except (aiohttp.ClientError, ConnectionError, OSError) as exc:
-        failure = network_failure(exc)
-        if failure is not None:
-            return Outcome(failure.signal, failure.status, failure.reason, failure.retryable, ttfb,
-                           retry_now=failure.retry_now)
-        return Outcome(Signal.CONN_ERROR, reason=_conn_reason(exc), retryable=True, ttfb=ttfb)
-
-
-def _conn_reason(exc: BaseException) -> str:
+        if headers_arrived:
+            return Failure(Signal.OBJECT_ERROR, "body_timeout", True)
+        return Failure(Signal.TIMEOUT, "timeout", True)
+    if isinstance(exc, aiohttp.ClientPayloadError):
+        return Failure(Signal.CONN_ERROR, "truncated", True)
+    network = network_failure(exc)  # proxy, DNS, address rules, TLS: before the connect errors they refine
+    if network is not None:
+        return network
     if isinstance(exc, aiohttp.ClientConnectorError):
-        return "connect_failed"
+        return Failure(Signal.CONN_ERROR, "connect_failed", True)
     if isinstance(exc, aiohttp.ServerDisconnectedError):
-        return "disconnected"
-    return "connection_error"
+        return Failure(Signal.CONN_ERROR, "disconnected", True)
+    if isinstance(exc, (aiohttp.ClientError, ConnectionError, OSError)):
+        return Failure(Signal.CONN_ERROR, "connection_error", True)
+    # Anything else (a malformed header, say) is about this one URL; it must not end the run.
+    return Failure(Signal.OBJECT_ERROR, f"error:{type(exc).__name__}", False)
 
 
-async def _read_response(resp: aiohttp.ClientResponse, settings: FetchSettings, ttfb: float | None) -> Outcome:
+async def _read_response(resp: aiohttp.ClientResponse, settings: FetchSettings) -> Outcome:
     status = resp.status
     ctype = resp.headers.get("Content-Type")
     if not 200 <= status < 300:
-        signal, retryable = classify_status(status)
-        retry_after = parse_retry_after(resp.headers.get("Retry-After")) if retryable else None
-        return Outcome(signal, status, status_reason(status), retryable, ttfb, retry_after, content_type=ctype)
+        return status_outcome(resp, Outcome, content_type=ctype)
     if not content_type_allowed(ctype, settings.content_types):
-        return Outcome(Signal.OBJECT_ERROR, status, f"content_type:{(ctype or 'none').split(';')[0]}", ttfb=ttfb)
+        return Outcome(Signal.OBJECT_ERROR, status, f"content_type:{(ctype or 'none').split(';')[0]}")
     declared = resp.content_length
     if declared is not None and declared > settings.max_body_bytes:
-        return Outcome(Signal.OBJECT_ERROR, status, "too_large", ttfb=ttfb, content_type=ctype)
+        return Outcome(Signal.OBJECT_ERROR, status, "too_large", content_type=ctype)
     encoded = resp.headers.get("Content-Encoding", "identity") != "identity"
     if declared is not None and not encoded:
         body = await resp.read()  # the common case: one call, no per-chunk await
@@ -232,18 +262,18 @@ async def _read_response(resp: aiohttp.ClientResponse, settings: FetchSettings, 
         async for chunk in resp.content.iter_chunked(CHUNK):
             size += len(chunk)
             if size > settings.max_body_bytes:
-                return Outcome(Signal.OBJECT_ERROR, status, "too_large", ttfb=ttfb, content_type=ctype)
+                return Outcome(Signal.OBJECT_ERROR, status, "too_large", content_type=ctype)
             parts.append(chunk)
         body = b"".join(parts)
     if declared is not None and len(body) != declared and not encoded:
-        return Outcome(Signal.CONN_ERROR, status, "truncated", True, ttfb, content_type=ctype)
+        return Outcome(Signal.CONN_ERROR, status, "truncated", True, content_type=ctype)
     if not body:
-        return Outcome(Signal.OBJECT_ERROR, status, "empty_body", ttfb=ttfb, content_type=ctype)
+        return Outcome(Signal.OBJECT_ERROR, status, "empty_body", content_type=ctype)
     if (ctype or "").lower().startswith("image/") and not image_format_ok(body[:SNIFF_BYTES], ctype):
         # Served as an image but not one (an HTML error page as image/jpeg): final, a retry gets the same.
-        return Outcome(Signal.OBJECT_ERROR, status, "not_an_image", ttfb=ttfb, content_type=ctype)
+        return Outcome(Signal.OBJECT_ERROR, status, "not_an_image", content_type=ctype)
     sha256 = digest(body) if len(body) <= INLINE_DIGEST_MAX else None
-    return Outcome(Signal.OK, status, None, False, ttfb, body=body, sha256=sha256, content_type=ctype)
+    return Outcome(Signal.OK, status, None, False, body=body, sha256=sha256, content_type=ctype)
 
 
 def digest(body: bytes) -> str:
@@ -272,16 +302,19 @@ async def download_single(
     output_folder: str,
     output_format: str = "imagefolder",
     session: aiohttp.ClientSession | None = None,
-    timeout: float = 30.0,
+    timeout: float | None = None,
 ) -> dict[str, Any]:
-    """The seed's single-URL API: fetch one URL and store it like a one-row imagefolder download."""
+    """The seed's single-URL API: fetch one URL and store it like a one-row imagefolder download.
+    Settings not given are `flowdc download`'s defaults."""
+    from flowdc.config import DownloadConfig
     from flowdc.storage import Destination
     from flowdc.writers.naming import extension_for, label_folder, sample_path
 
     own = session is None
     session = session or make_session(4)
     try:
-        outcome = await fetch_one(session, url, FetchSettings(timeout=timeout))
+        settings = FetchSettings.of(DownloadConfig() if timeout is None else DownloadConfig(timeout=timeout))
+        outcome = await fetch_one(session, url, settings)
     finally:
         if own:
             await session.close()

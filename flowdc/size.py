@@ -26,6 +26,7 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -36,16 +37,14 @@ from tqdm import tqdm
 
 from flowdc.config import SizeConfig, public_dict
 from flowdc.errors import ConfigError
-from flowdc.fetch import classify_status, make_session, network_failure, opened_for, parse_retry_after, status_reason
+from flowdc.fetch import Outcome, exchange, status_outcome
 from flowdc.loops import run_sync
 from flowdc.manifest import FORMATS_BY_SUFFIX, Manifest
-from flowdc.network import watch_of
-from flowdc.paarc import ClientLoad, policy_factory
-from flowdc.scheduler import Job, Scheduler, sleep_noting_lag
+from flowdc.requestloop import RequestLoop
+from flowdc.scheduler import Job
 from flowdc.signals import Signal
 from flowdc.urls import host_key, scheme_error, url_redactor
 
-MAX_REDIRECTS = 5
 MAX_ATTEMPTS = 3  # per row, counting the first; like the downloader's retry budget
 RETRY_BACKOFF_S = 0.5  # base delay before a retry, doubled per attempt; a Retry-After wins if longer
 HEAD_FALLBACK_STATUSES = frozenset({403, 405, 501})  # 403: signed URLs are often signed for GET only
@@ -54,79 +53,42 @@ QUANTILE_CAP = 1_000_000  # sizes kept for median/p95; exact below this, a unifo
 HOSTS_LISTED = 1000  # per-host rows in the JSON report (by rows asked); the count of all is kept
 TOP_HOSTS_SHOWN = 5
 Z95 = 1.959963984540054
-TICK_S = 0.1
 REPORT_NAME = "size_report.json"
 ASSUMPTION = "unresolved rows have the same mean size as resolved rows"
 
+# identity: Content-Length must be the stored object's size, not a compressed transfer's.
+IDENTITY = {"Accept-Encoding": "identity"}
+RANGE_HEADERS = {**IDENTITY, "Range": "bytes=0-0"}
 _CONTENT_RANGE = re.compile(r"bytes\s+(?:\d+-\d+|\*)/(\d+|\*)", re.IGNORECASE)
 
 
 # -- one URL -------------------------------------------------------------------------------------
 @dataclass(slots=True)
-class Probe:
-    """What asking one URL for its size gave."""
+class Probe(Outcome):
+    """What asking one URL for its size gave (signal, reason, retryable, ttfb, ... as for a download)."""
 
-    signal: Signal  # for the host's policy: only overload/latency may slow a host down
     size: int | None = None
     method: str | None = None  # head | range | get_length
-    reason: str | None = None  # why there is no size; None when resolved
-    retryable: bool = False
-    retry_after: float | None = None
-    ttfb: float | None = None
-    status: int | None = None
     requests: int = 1
     fallback: bool = False  # HEAD was refused or gave no length: ask with a Range GET
     head_refused: bool = False  # a retry may skip the HEAD
-    fresh_connection: bool = False  # see fetch.Outcome
 
     @property
     def resolved(self) -> bool:
         return self.size is not None
 
 
-async def probe_size(session: aiohttp.ClientSession, url: str, timeout: float, *, skip_head: bool = False) -> Probe:
+async def probe_size(session: aiohttp.ClientSession, url: str, timeout: float, max_redirects: int, *,
+                     skip_head: bool = False) -> Probe:
     """The size of one URL's object: HEAD, then a Range GET when HEAD cannot tell."""
     if not skip_head:
-        head = await _exchange(session, "HEAD", url, timeout, _read_head)
+        head = await exchange(session, "HEAD", url, timeout, max_redirects, _read_head, Probe, IDENTITY)
         if not head.fallback:
             return head
-    ranged = await _exchange(session, "GET", url, timeout, _read_range, {"Range": "bytes=0-0"})
+    ranged = await exchange(session, "GET", url, timeout, max_redirects, _read_range, Probe, RANGE_HEADERS)
     ranged.requests += 0 if skip_head else 1
     ranged.head_refused = True
     return ranged
-
-
-async def _exchange(
-    session: aiohttp.ClientSession,
-    method: str,
-    url: str,
-    timeout: float,
-    read: Callable[[aiohttp.ClientResponse], Awaitable[Probe]],
-    headers: dict[str, str] | None = None,
-) -> Probe:
-    ttfb: float | None = None  # as in fetch.fetch_one: start to headers
-    fresh = False
-    # identity: Content-Length must be the stored object's size, not a compressed transfer's.
-    all_headers = {"Accept-Encoding": "identity", **(headers or {})}
-    start = time.perf_counter()
-    try:
-        # aiohttp raises on the max_redirects-th redirect itself, so +1 follows MAX_REDIRECTS hops.
-        async with session.request(
-            method, url, headers=all_headers, allow_redirects=True, max_redirects=MAX_REDIRECTS + 1,
-            timeout=aiohttp.ClientTimeout(total=timeout),
-        ) as resp:
-            ttfb = time.perf_counter() - start
-            fresh = opened_for(resp)
-            probe = await read(resp)
-    except Exception as exc:  # every client failure becomes a reason; nothing escapes a worker
-        probe = _error_probe(exc, ttfb)
-    if probe.ttfb is None:
-        probe.ttfb = ttfb
-    probe.fresh_connection = fresh
-    watch = watch_of(session)
-    if watch is not None and not watch.settled:
-        watch.note(url, probe.reason, probe.status)  # raises ProxyError when the proxy refuses everything
-    return probe
 
 
 async def _read_head(resp: aiohttp.ClientResponse) -> Probe:
@@ -139,7 +101,7 @@ async def _read_head(resp: aiohttp.ClientResponse) -> Probe:
         return Probe(Signal.OK, status=status, fallback=True)
     if status in HEAD_FALLBACK_STATUSES:
         return Probe(Signal.OK, status=status, fallback=True)
-    return _status_probe(resp)
+    return status_outcome(resp, Probe)
 
 
 async def _read_range(resp: aiohttp.ClientResponse) -> Probe:
@@ -157,16 +119,9 @@ async def _read_range(resp: aiohttp.ClientResponse) -> Probe:
         if length is not None:
             return Probe(Signal.OK, size=length, method="get_length", status=status)
         return Probe(Signal.OK, reason="no_length", status=status)
-    probe = _status_probe(resp)
+    probe = status_outcome(resp, Probe)
     await _finish(resp)
     return probe
-
-
-def _status_probe(resp: aiohttp.ClientResponse) -> Probe:
-    signal, retryable = classify_status(resp.status)
-    retry_after = parse_retry_after(resp.headers.get("Retry-After")) if retryable else None
-    return Probe(signal, reason=status_reason(resp.status), retryable=retryable, retry_after=retry_after,
-                 status=resp.status)
 
 
 async def _finish(resp: aiohttp.ClientResponse) -> None:
@@ -184,31 +139,6 @@ def _content_range_total(value: str | None) -> int | None:
     if match is None or match.group(1) == "*":
         return None
     return int(match.group(1))
-
-
-def _error_probe(exc: BaseException, ttfb: float | None) -> Probe:
-    """Client failures mapped like fetch.fetch_one does, so both commands name reasons alike."""
-    if isinstance(exc, aiohttp.TooManyRedirects):
-        return Probe(Signal.OBJECT_ERROR, reason="too_many_redirects")
-    if isinstance(exc, aiohttp.InvalidURL | aiohttp.NonHttpUrlRedirectClientError
-                  | aiohttp.InvalidUrlRedirectClientError):
-        return Probe(Signal.OBJECT_ERROR, reason="invalid_url")
-    if isinstance(exc, TimeoutError):
-        if ttfb is not None:  # headers came, so the host answers; this object is the slow one
-            return Probe(Signal.OBJECT_ERROR, reason="timeout", retryable=True)
-        return Probe(Signal.TIMEOUT, reason="timeout", retryable=True)
-    failure = network_failure(exc)
-    if failure is not None:  # a question this run cannot answer is not asked again in it
-        return Probe(failure.signal, reason=failure.reason, retryable=failure.retryable and failure.retry_now,
-                     status=failure.status)
-    if isinstance(exc, aiohttp.ClientConnectorError):
-        return Probe(Signal.CONN_ERROR, reason="connect_failed", retryable=True)
-    if isinstance(exc, aiohttp.ServerDisconnectedError):
-        return Probe(Signal.CONN_ERROR, reason="disconnected", retryable=True)
-    if isinstance(exc, aiohttp.ClientError | OSError):
-        return Probe(Signal.CONN_ERROR, reason="connection_error", retryable=True)
-    # Anything else (a malformed header, say) is about this one URL; it must not end the run.
-    return Probe(Signal.OBJECT_ERROR, reason=f"error:{type(exc).__name__}")
 
 
 # -- choosing rows -------------------------------------------------------------------------------
@@ -409,25 +339,15 @@ class SizeJob:
     async def run(self) -> dict[str, Any]:
         started = time.monotonic()
         sample = await asyncio.to_thread(self._draw_sample) if self.cfg.sample else None
-        read_ahead = max(20 * self.cfg.concurrent_requests, 50_000)
-        self.client_load = ClientLoad()
-        self.scheduler = Scheduler(policy_factory(self.cfg, client=self.client_load), max_pending=read_ahead)
+        self.requests: RequestLoop[Probe] = RequestLoop(self.cfg, self.cfg.concurrent_requests)
+        self.scheduler = self.requests.scheduler
         total = len(sample) if sample is not None else self._rows_hint()
         self.bar = tqdm(total=total, desc="size", unit="url", file=sys.stderr, disable=self.cfg.quiet,
                         mininterval=0.5, dynamic_ncols=True)
-        tasks: list[asyncio.Task[Any]] = []
+        feed = partial(self._feed_sample, sample) if sample is not None else self._feed_all
         try:
-            async with make_session(self.cfg.concurrent_requests, net=self.cfg) as session:
-                feeder = self._feed_sample(sample) if sample is not None else self._feed_all()
-                reader = asyncio.create_task(feeder)
-                workers = [asyncio.create_task(self._worker(session)) for _ in range(self.cfg.concurrent_requests)]
-                ticker = asyncio.create_task(self._tick())
-                tasks = [reader, *workers, ticker]
-                await asyncio.gather(reader, *workers)
+            await self.requests.run(feed, self._probe, self._settle, self._on_tick)
         finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
             self.bar.close()
         report = build_report(self.cfg, self.paths, self.tally, self.rows_total, sample is not None,
                               time.monotonic() - started, self.report_path)
@@ -480,35 +400,32 @@ class SizeJob:
         self.scheduler.add(Job(index, str(index), url, host_key(url)))
 
     # -- requests ------------------------------------------------------------------------------
-    async def _worker(self, session: aiohttp.ClientSession) -> None:
-        sched = self.scheduler
-        while (job := await sched.next_job()) is not None:
-            job.attempts += 1
-            probe = await probe_size(session, job.url, self.cfg.timeout, skip_head=job.meta.get("skip_head", False))
-            sched.finished(job, probe.signal, probe.ttfb, probe.retry_after, probe.fresh_connection)
-            if probe.retryable and job.attempts < MAX_ATTEMPTS:
-                # A host that refused HEAD will refuse it again: the retry goes straight to Range.
-                job.meta["skip_head"] = probe.head_refused
-                job.meta["requests"] = job.meta.get("requests", 0) + probe.requests
-                sched.retry_later(job, _retry_delay(job.attempts, probe.retry_after))
-                continue
-            probe.requests += job.meta.get("requests", 0)
-            self._final(job.url, job.host, probe)
-            sched.done(job)
+    def _probe(self, session: aiohttp.ClientSession, job: Job) -> Awaitable[Probe]:
+        return probe_size(session, job.url, self.cfg.timeout, self.cfg.max_redirects,
+                          skip_head=job.meta.get("skip_head", False))
+
+    async def _settle(self, job: Job, probe: Probe) -> None:
+        # A question this run cannot answer (retry_now False: a bad certificate, no such name) is not asked again.
+        if probe.retryable and probe.retry_now and job.attempts < MAX_ATTEMPTS:
+            # A host that refused HEAD will refuse it again: the retry goes straight to Range.
+            job.meta["skip_head"] = probe.head_refused
+            job.meta["requests"] = job.meta.get("requests", 0) + probe.requests
+            self.scheduler.retry_later(job, _retry_delay(job.attempts, probe.retry_after))
+            return
+        probe.requests += job.meta.get("requests", 0)
+        self._final(job.url, job.host, probe)
+        self.scheduler.done(job)
 
     def _final(self, url: str, host: str, probe: Probe) -> None:
         self.tally.add(url, host, probe)
         if self.bar is not None:
             self.bar.update(1)
 
-    async def _tick(self) -> None:
-        while True:
-            await sleep_noting_lag(TICK_S, self.client_load)
-            self.scheduler.tick()
-            if self.bar is not None and not self.cfg.quiet:
-                t = self.tally
-                self.bar.set_postfix_str(f"resolved={t.resolved} unresolved={t.asked - t.resolved} "
-                                         f"{human_bytes(t.bytes)}", refresh=False)
+    async def _on_tick(self) -> None:
+        if self.bar is not None and not self.cfg.quiet:
+            t = self.tally
+            self.bar.set_postfix_str(f"resolved={t.resolved} unresolved={t.asked - t.resolved} "
+                                     f"{human_bytes(t.bytes)}", refresh=False)
 
 
 def _retry_delay(attempts: int, retry_after: float | None) -> float:

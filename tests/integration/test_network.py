@@ -130,8 +130,9 @@ def test_a_failed_connect_is_about_the_proxy_not_the_host(tmp_path: Path) -> Non
 
         async def fetch() -> tuple[Any, ...]:
             async with make_session(4, net=cfg) as session:
-                secure = await fetch_one(session, f"https://127.0.0.5:{port}/x.png", FetchSettings(timeout=5))
-                plain = await fetch_one(session, f"http://127.0.0.5:{port}/x.png", FetchSettings(timeout=5))
+                settings = FetchSettings.of(DownloadConfig(timeout=5))
+                secure = await fetch_one(session, f"https://127.0.0.5:{port}/x.png", settings)
+                plain = await fetch_one(session, f"http://127.0.0.5:{port}/x.png", settings)
                 return secure, plain
 
         secure, plain = asyncio.run(fetch())

@@ -6,13 +6,16 @@ The exchange tests talk to fake hosts on 127.0.0.x started here (flowdc.testing.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import time
 from collections.abc import Iterator
 from email.utils import formatdate
+from typing import Any
 
 import pytest
 
+from flowdc.config import DownloadConfig
 from flowdc.fetch import (
     MAX_RETRY_AFTER_S,
     FetchSettings,
@@ -67,7 +70,7 @@ def test_content_type_prefixes() -> None:
     assert content_type_allowed(None, ())
     assert content_type_allowed("text/html", ())
     # Settings compare case-insensitively: they are lower-cased once.
-    assert content_type_allowed("image/png", FetchSettings(content_types=("Image/", "text/csv")).content_types)
+    assert content_type_allowed("image/png", settings(content_types=("Image/", "text/csv")).content_types)
 
 
 @pytest.fixture(scope="module")
@@ -76,10 +79,15 @@ def farm() -> Iterator[FakeHostFarm]:
         yield f
 
 
-def fetch(url: str, **settings: object) -> Outcome:
+def settings(**options: Any) -> FetchSettings:
+    """The download's settings (DownloadConfig's defaults) with `options` changed."""
+    return FetchSettings.of(dataclasses.replace(DownloadConfig(), **options))
+
+
+def fetch(url: str, **options: Any) -> Outcome:
     async def go() -> Outcome:
         async with make_session(4) as session:
-            return await fetch_one(session, url, FetchSettings(**settings))  # type: ignore[arg-type]
+            return await fetch_one(session, url, settings(**options))
 
     return asyncio.run(go())
 
@@ -97,7 +105,7 @@ def test_a_request_that_opened_its_connection_is_flagged(farm: FakeHostFarm) -> 
     """Its time to headers holds the connect too; the next request reuses the pooled connection."""
     async def go() -> list[Outcome]:
         async with make_session(4) as session:
-            return [await fetch_one(session, farm.url(0, f"/u/pool{i}.png"), FetchSettings()) for i in range(3)]
+            return [await fetch_one(session, farm.url(0, f"/u/pool{i}.png"), settings()) for i in range(3)]
 
     outcomes = asyncio.run(go())
     assert all(o.ok for o in outcomes)

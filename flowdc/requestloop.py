@@ -1,0 +1,84 @@
+"""The one request loop that `download` and `size` share: a scheduler, one HTTP session, N workers
+and a ticker.
+
+The command brings what differs: how rows come in (`feed`), the request for one job (`request`,
+e.g. fetch.fetch_one), what to do with its outcome (`settle`: store, retry or record it) and what
+to do every tick. Politeness (per-host limits, holds, pacing) lives in the scheduler and the
+policies, so both commands are exactly as polite.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, Generic, TypeVar
+
+import aiohttp
+
+from flowdc.fetch import Outcome, make_session
+from flowdc.paarc import ClientLoad, policy_factory
+from flowdc.scheduler import Job, Scheduler, sleep_noting_lag
+
+TICK_S = 0.1
+OutcomeT = TypeVar("OutcomeT", bound=Outcome)
+
+
+class RequestLoop(Generic[OutcomeT]):
+    """Build inside the event loop that runs it (the scheduler binds to that loop)."""
+
+    def __init__(self, opts: Any, concurrency: int, budget: Mapping[str, float] | None = None) -> None:
+        """opts: the command's config (PAARC knobs and network options)."""
+        self.opts = opts
+        self.concurrency = concurrency
+        self.client_load = ClientLoad()  # shared by every host's policy: the client's own lag
+        # Read ahead well past the global bound so a slow host's backlog does not starve the others.
+        read_ahead = max(20 * concurrency, 50_000)
+        self.scheduler = Scheduler(policy_factory(opts, budget=budget, client=self.client_load), max_pending=read_ahead)
+
+    async def run(self, feed: Callable[[], Awaitable[None]],
+                  request: Callable[[aiohttp.ClientSession, Job], Awaitable[OutcomeT]],
+                  settle: Callable[[Job, OutcomeT], Awaitable[None]],
+                  on_tick: Callable[[], Awaitable[None]] | None = None,
+                  stop: asyncio.Event | None = None) -> bool:
+        """Run until every job is settled, or `stop` is set; True when stopped. `feed` adds jobs
+        and must close the scheduler when done; `settle` must retry or finish (scheduler.done) each job."""
+        tasks: list[asyncio.Task[Any]] = []
+        try:
+            async with make_session(self.concurrency, net=self.opts) as session:
+                reader = asyncio.create_task(feed())
+                workers = [asyncio.create_task(self._worker(session, request, settle))
+                           for _ in range(self.concurrency)]
+                ticker = asyncio.create_task(self._tick(on_tick))
+                tasks = [reader, *workers, ticker]
+                all_work = asyncio.gather(reader, *workers)
+                if stop is None:
+                    await all_work
+                    return False
+                stopper = asyncio.create_task(stop.wait())
+                tasks.append(stopper)
+                finished, _ = await asyncio.wait({all_work, stopper}, return_when=asyncio.FIRST_COMPLETED)
+                if stopper in finished:
+                    return True
+                all_work.result()  # re-raise a reader/worker error
+                return False
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _worker(self, session: aiohttp.ClientSession,
+                      request: Callable[[aiohttp.ClientSession, Job], Awaitable[OutcomeT]],
+                      settle: Callable[[Job, OutcomeT], Awaitable[None]]) -> None:
+        sched = self.scheduler
+        while (job := await sched.next_job()) is not None:
+            job.attempts += 1
+            outcome = await request(session, job)
+            sched.finished(job, outcome.signal, outcome.ttfb, outcome.retry_after, outcome.fresh_connection)
+            await settle(job, outcome)
+
+    async def _tick(self, on_tick: Callable[[], Awaitable[None]] | None) -> None:
+        while True:
+            await sleep_noting_lag(TICK_S, self.client_load)
+            self.scheduler.tick()
+            if on_tick is not None:
+                await on_tick()
