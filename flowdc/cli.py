@@ -111,7 +111,7 @@ def cmd_size(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from flowdc.report import render_report
 
-    out = render_report(args.telemetry, args.out)
+    out = render_report(args.telemetry, args.out, args.storage_options)
     print(f"flowdc: report written to {out}")
     return 0
 
@@ -193,8 +193,12 @@ def build_parser() -> argparse.ArgumentParser:
             add_config_options(p, cls)
         p.set_defaults(func=func)
     report = sub.add_parser("report", help="Plot a telemetry JSONL file (limit, in-flight, latency per host).")
-    report.add_argument("telemetry", help="Telemetry file written with --telemetry.")
-    report.add_argument("--out", default=None, help="Output .png or .html (default: beside the telemetry file).")
+    report.add_argument("telemetry", help="Telemetry written with --telemetry: a file, or a folder of parts, local "
+                        "or an fsspec URL (s3://...).")
+    report.add_argument("--out", default=None, help="Output .png or .html (default: beside a local telemetry file, "
+                        "else in the working folder).")
+    report.add_argument("--storage_options", type=_json_object, default=None, metavar="JSON",
+                        help="fsspec storage options for a telemetry URL (endpoint, profile, ...).")
     report.set_defaults(func=cmd_report)
     cons = sub.add_parser("consolidate", help="Merge the ledgers of a dataset's partitions and runs into one index.")
     cons.add_argument("output", help="The dataset folder or fsspec URL (holding part-NNNNN/ or run-ID/part-NNNNN/).")

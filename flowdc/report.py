@@ -1,9 +1,8 @@
-"""`flowdc report TELEMETRY.jsonl`: one PNG (or a self-contained HTML page) showing how each host was driven.
+"""`flowdc report TELEMETRY`: one PNG (or a self-contained HTML page) showing how each host was driven.
 
-The telemetry file holds one JSON line per host per snapshot (see telemetry.py). It can be tens of
-MB, so it is streamed twice instead of loaded whole: a first pass keeps a few running totals per
-host (`summarize`), which picks the busiest hosts; a second pass keeps the time series of just
-those hosts. Memory is then bounded by the plotted hosts, not by how many hosts the crawl touched.
+This module only draws: reading and summarizing the log is telemetry_read.py's (no matplotlib
+there, so a UI or a collector can summarize a log without loading a plotting library). Only the
+busiest hosts' time series are loaded, so memory is bounded by the plotted hosts.
 
 Each plotted host gets one row of three panels: concurrency (limit, in-flight, PAARC state),
 latency (p50/p95 TTFB, and the unloaded mean PAARC judges against) and outcome (ok/s, plus
@@ -15,11 +14,9 @@ from __future__ import annotations
 import base64
 import html
 import io
-import json
 import math
-from array import array
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -34,12 +31,19 @@ from matplotlib.patches import Patch, Rectangle
 from matplotlib.ticker import MaxNLocator
 
 from flowdc.errors import ConfigError
-from flowdc.telemetry import is_host_line
+from flowdc.telemetry_read import (
+    COUNTERS,
+    HostSeries,
+    ReadStats,
+    TelemetrySource,
+    gap_threshold,
+    load_series,
+    summarize_with_stats,
+    typical_step,
+)
 
 MAX_HOSTS = 12  # rows in the figure: more makes a PNG nobody scrolls through
 MAX_TABLE_HOSTS = 500  # rows in the HTML table: a crawl can touch tens of thousands of hosts
-COUNTERS = ("requests", "ok", "n_429_503", "n_5xx", "n_timeouts")
-SERIES = ("limit", "inflight", "p50_ms", "p95_ms", "base_lat_ms", "goodput")
 TARGET_BINS = 150  # error bars per row: enough to locate a burst, few enough to see each bar
 
 # Colours chosen so that related series share a hue and errors are the only warm colours.
@@ -56,251 +60,6 @@ STATE_COLOURS = {
     "FIXED": "#eeeeee",
 }
 EXTRA_STATE_COLOURS = ("#e0d4f5", "#fde0c5", "#d0f0ef", "#f5d0e6")  # states added to PAARC later
-
-
-# -- reading --------------------------------------------------------------------------------------
-@dataclass
-class ReadStats:
-    """What the reader had to step over; shown in the figure so a reader knows the data is partial."""
-
-    skipped: int = 0  # malformed lines in the middle of the file
-    truncated_tail: bool = False  # last line cut short: the run was killed mid-write
-
-
-def _records(path: Path, stats: ReadStats) -> Iterator[dict[str, Any]]:
-    """Yield snapshot records one at a time; ConfigError if the file is missing or not telemetry."""
-    _check_source(path)
-    seen = 0
-    pending_bad = False  # a bad line only counts as "truncated" if nothing follows it
-    # errors="replace": a binary file then fails as "not JSON" below instead of a UnicodeDecodeError.
-    with path.open(encoding="utf-8", errors="replace") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            if pending_bad:
-                stats.skipped += 1
-                pending_bad = False
-            record = _parse(line)
-            if record is RUN_LINE:
-                continue  # a run's counters: nothing to plot per host
-            if record is None:
-                if seen == 0 and line.endswith("\n"):
-                    raise ConfigError(f"{path} is not a flowdc telemetry JSONL file (line {lineno} is not a snapshot)")
-                pending_bad = True
-                continue
-            seen += 1
-            yield record
-    if pending_bad:
-        stats.truncated_tail = True
-    if seen == 0:
-        raise ConfigError(f"telemetry file has no snapshots: {path}")
-
-
-def _check_source(path: Path) -> None:
-    if not path.is_file():
-        raise ConfigError(f"telemetry file not found: {path}")
-
-
-RUN_LINE: dict[str, Any] = {}  # _parse's answer for a run line (kind "run"): valid, not a host's
-
-
-def _parse(line: str) -> dict[str, Any] | None:
-    """A host line as a dict (files from before "kind" hold only host lines), RUN_LINE, or None."""
-    try:
-        record = json.loads(line)
-    except ValueError:
-        return None
-    if isinstance(record, dict) and record.get("kind") == "run":
-        return RUN_LINE
-    return record if isinstance(record, dict) and is_host_line(record) else None
-
-
-def _num(value: Any) -> float:
-    """A figure as float; NaN when missing or null (PAARC has no latency before its first interval)."""
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
-    return math.nan
-
-
-def _counter_step(prev: float, value: float, restarted: bool) -> float:
-    """Increase of a cumulative counter. Counters restart from 0 when a resumed run appends to the
-    same file or an idle host is forgotten and recreated; then the whole new value is new."""
-    if math.isnan(value):
-        return 0.0
-    if restarted or math.isnan(prev) or value < prev:
-        return value
-    return value - prev
-
-
-def _restarted(prev: dict[str, float], rec: dict[str, Any]) -> bool:
-    """A host's counters restarted if its request count went down. Judged on `requests` for all
-    counters at once: a rare counter (5xx) can sit at the same value across a restart."""
-    return _num(rec.get("requests")) < prev["requests"]  # False while either is NaN
-
-
-# -- summary (pass 1) -----------------------------------------------------------------------------
-@dataclass
-class _HostTotals:
-    snapshots: int = 0
-    first_t: float = math.inf
-    last_t: float = -math.inf
-    final_limit: float = math.nan
-    max_limit: float = math.nan
-    final_state: str | None = None
-    inflight_sum: float = 0.0
-    inflight_n: int = 0
-    p50s: array[float] = field(default_factory=lambda: array("d"))  # 8 bytes a snapshot, for the median
-    last: dict[str, float] = field(default_factory=lambda: dict.fromkeys(COUNTERS, math.nan))
-    totals: dict[str, float] = field(default_factory=lambda: dict.fromkeys(COUNTERS, 0.0))
-
-    def add(self, rec: dict[str, Any]) -> None:
-        t = float(rec["t"])
-        self.snapshots += 1
-        self.first_t, self.last_t = min(self.first_t, t), max(self.last_t, t)
-        limit = _num(rec.get("limit"))
-        if not math.isnan(limit):
-            self.final_limit = limit
-            self.max_limit = limit if math.isnan(self.max_limit) else max(self.max_limit, limit)
-        if isinstance(rec.get("state"), str):
-            self.final_state = rec["state"]
-        inflight = _num(rec.get("inflight"))
-        if not math.isnan(inflight):
-            self.inflight_sum += inflight
-            self.inflight_n += 1
-        p50 = _num(rec.get("p50_ms"))
-        if not math.isnan(p50):
-            self.p50s.append(p50)
-        restarted = _restarted(self.last, rec)
-        for key in COUNTERS:
-            value = _num(rec.get(key))
-            self.totals[key] += _counter_step(self.last[key], value, restarted)
-            if not math.isnan(value):
-                self.last[key] = value
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            **{key: int(self.totals[key]) for key in COUNTERS},
-            "final_limit": _int_or_none(self.final_limit),
-            "max_limit": _int_or_none(self.max_limit),
-            "mean_inflight": round(self.inflight_sum / self.inflight_n, 2) if self.inflight_n else None,
-            "median_p50_ms": round(float(np.median(self.p50s)), 1) if len(self.p50s) else None,
-            "final_state": self.final_state,
-            "snapshots": self.snapshots,
-            "first_t": self.first_t,
-            "last_t": self.last_t,
-        }
-
-
-def _int_or_none(value: float) -> int | None:
-    return None if math.isnan(value) else round(value)
-
-
-def _summarize(path: Path) -> tuple[dict[str, dict[str, Any]], ReadStats]:
-    stats = ReadStats()
-    hosts: dict[str, _HostTotals] = {}
-    for rec in _records(path, stats):
-        acc = hosts.get(rec["host"])
-        if acc is None:
-            acc = hosts[rec["host"]] = _HostTotals()
-        acc.add(rec)
-    ordered = sorted(hosts.items(), key=lambda kv: (-kv[1].totals["requests"], kv[0]))
-    return {host: acc.as_dict() for host, acc in ordered}, stats
-
-
-def summarize(path: str | Path) -> dict[str, dict[str, Any]]:
-    """Per-host totals, busiest host (most requests) first.
-
-    Each value has: requests, ok, n_429_503, n_5xx, n_timeouts (totals over the file), final_limit,
-    max_limit, mean_inflight, median_p50_ms (None without PAARC), final_state, snapshots, first_t,
-    last_t (unix seconds).
-    """
-    return _summarize(Path(path))[0]
-
-
-# -- time series (pass 2) -------------------------------------------------------------------------
-@dataclass
-class HostSeries:
-    """One host's snapshots as numpy columns; counters are per-snapshot increases, not cumulative."""
-
-    t: np.ndarray
-    values: dict[str, np.ndarray]  # SERIES keys, NaN where missing
-    deltas: dict[str, np.ndarray]  # COUNTERS keys
-    covered: np.ndarray  # seconds each snapshot's increases span (since the one before)
-    states: list[tuple[float, float, str]]  # (start, end, state) runs
-
-
-def _load_series(path: Path, hosts: set[str]) -> dict[str, HostSeries]:
-    cols: dict[str, dict[str, array[float]]] = {h: {k: array("d") for k in ("t", *SERIES, *COUNTERS)} for h in hosts}
-    states: dict[str, list[str | None]] = {h: [] for h in hosts}
-    for rec in _records(path, ReadStats()):
-        host = rec["host"]
-        if host not in hosts:
-            continue
-        c = cols[host]
-        c["t"].append(float(rec["t"]))
-        for key in (*SERIES, *COUNTERS):
-            c[key].append(_num(rec.get(key)))
-        state = rec.get("state")
-        states[host].append(state if isinstance(state, str) else None)
-    return {h: _to_series(cols[h], states[h]) for h in hosts}
-
-
-def _to_series(cols: dict[str, array[float]], states: list[str | None]) -> HostSeries:
-    t = np.frombuffer(cols["t"], dtype=float)
-    order = np.argsort(t, kind="stable")  # two runs appending at once can interleave slightly
-    t = t[order]
-    values = {k: np.frombuffer(cols[k], dtype=float)[order] for k in SERIES}
-    cumulative = {k: np.frombuffer(cols[k], dtype=float)[order] for k in COUNTERS}
-    return HostSeries(t, values, _increases(cumulative), _covered(t), _state_runs(t, [states[i] for i in order]))
-
-
-def _covered(t: np.ndarray) -> np.ndarray:
-    """Seconds since the previous snapshot; the first one, and the first after a gap (the host was
-    absent), count one usual step: their increases are what the host did since it came back."""
-    step = _typical_step(t)
-    gaps = np.diff(t, prepend=t[0] - step) if len(t) else np.zeros(0)
-    return np.where(gaps > _gap_threshold(t), step, gaps)
-
-
-def _increases(cumulative: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Per-snapshot increases of each counter, with the same restart rule as the summary."""
-    out = {k: np.zeros(len(v)) for k, v in cumulative.items()}
-    last = dict.fromkeys(COUNTERS, math.nan)
-    for i in range(len(cumulative["requests"])):
-        rec = {k: cumulative[k][i] for k in COUNTERS}
-        restarted = _restarted(last, rec)
-        for key in COUNTERS:
-            out[key][i] = _counter_step(last[key], rec[key], restarted)
-            if not math.isnan(rec[key]):
-                last[key] = rec[key]
-    return out
-
-
-def _typical_step(t: np.ndarray) -> float:
-    """Seconds between a host's snapshots (the telemetry clock ticks about every 0.5 s)."""
-    return float(np.median(np.diff(t))) if len(t) > 1 else 0.5
-
-
-def _gap_threshold(t: np.ndarray) -> float:
-    """Seconds between snapshots that mean the host was absent (idle, or between two runs)."""
-    return max(3.0, 5 * _typical_step(t))
-
-
-def _state_runs(t: np.ndarray, states: list[str | None]) -> list[tuple[float, float, str]]:
-    """Collapse per-snapshot states into (start, end, state) runs for shading; gaps stay unshaded."""
-    gap, step = _gap_threshold(t), _typical_step(t)
-    runs: list[tuple[float, float, str]] = []
-    for i, state in enumerate(states):
-        if state is None:
-            continue
-        start = float(t[i])
-        nxt = float(t[i + 1]) if i + 1 < len(t) else start
-        end = nxt if start < nxt <= start + gap else start + step  # last one holds one step, like the lines
-        if runs and runs[-1][2] == state and runs[-1][1] >= start:
-            runs[-1] = (runs[-1][0], end, state)
-        else:
-            runs.append((start, end, state))
-    return runs
 
 
 # -- figure ---------------------------------------------------------------------------------------
@@ -347,8 +106,8 @@ def _held_steps(t: np.ndarray, *ys: np.ndarray) -> tuple[np.ndarray, ...]:
     """Step series (t in seconds) where a value holds until the next snapshot. The last value of each
     stretch holds for one snapshot interval, so a lone snapshot still shows; then a NaN breaks the
     line where the host was absent, instead of a ramp drawn across the gap."""
-    step = _typical_step(t)
-    ends = np.append(np.nonzero(np.diff(t) > _gap_threshold(t))[0], len(t) - 1)  # last index of each stretch
+    step = typical_step(t)
+    ends = np.append(np.nonzero(np.diff(t) > gap_threshold(t))[0], len(t) - 1)  # last index of each stretch
     parts_t: list[np.ndarray] = []
     parts_y: list[list[np.ndarray]] = [[] for _ in ys]
     start = 0
@@ -549,7 +308,7 @@ def _legend_handles(series: list[HostSeries], states: list[tuple[str, str]]) -> 
     return handles + [Patch(color=colour, alpha=0.55, label=f"state {state}") for state, colour in states]
 
 
-def _header_text(path: Path, summary: dict[str, dict[str, Any]], shown: list[str], stats: ReadStats,
+def _header_text(src: TelemetrySource, summary: dict[str, dict[str, Any]], shown: list[str], stats: ReadStats,
                  ax_t: _Axis) -> tuple[str, str]:
     start = datetime.fromtimestamp(ax_t.t0, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
     requests = sum(info["requests"] for info in summary.values())
@@ -564,7 +323,7 @@ def _header_text(path: Path, summary: dict[str, dict[str, Any]], shown: list[str
         notes.append(f"{stats.skipped} malformed line{'s' if stats.skipped != 1 else ''} skipped")
     if notes:
         sub += "  ·  " + ", ".join(notes)
-    return f"FLOW-DC per-host telemetry: {path.name}", sub
+    return f"FLOW-DC per-host telemetry: {src.name}", sub
 
 
 # Fixed layout in inches. Hand-placed rather than constrained layout so the three columns line up
@@ -591,8 +350,8 @@ def _panel_rects(fig_h: float, row: int) -> list[tuple[float, float, float, floa
             for col in range(3)]
 
 
-def _render_png(path: Path, summary: dict[str, dict[str, Any]], shown: list[str], series: dict[str, HostSeries],
-                stats: ReadStats) -> bytes:
+def _render_png(src: TelemetrySource, summary: dict[str, dict[str, Any]], shown: list[str],
+                series: dict[str, HostSeries], stats: ReadStats) -> bytes:
     ax_t = _time_axis(summary, shown, series)
     fig_h = _figure_height(len(shown))
     # Figure() instead of pyplot: no global backend or figure registry is touched, and PNG output
@@ -611,15 +370,15 @@ def _render_png(path: Path, summary: dict[str, dict[str, Any]], shown: list[str]
         ax.set_xlabel(f"time since start ({ax_t.unit})", fontsize=10)
     if first is not None:
         first.set_xlim(0, ax_t.span / ax_t.scale)
-    _draw_header(fig, fig_h, path, summary, shown, series, stats, ax_t, extra_states)
+    _draw_header(fig, fig_h, src, summary, shown, series, stats, ax_t, extra_states)
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
     return buf.getvalue()
 
 
-def _draw_header(fig: Figure, fig_h: float, path: Path, summary: dict[str, dict[str, Any]], shown: list[str],
+def _draw_header(fig: Figure, fig_h: float, src: TelemetrySource, summary: dict[str, dict[str, Any]], shown: list[str],
                  series: dict[str, HostSeries], stats: ReadStats, ax_t: _Axis, extra_states: dict[str, str]) -> None:
-    title, subtitle = _header_text(path, summary, shown, stats, ax_t)
+    title, subtitle = _header_text(src, summary, shown, stats, ax_t)
     x = 0.2 / WIDTH_IN
     fig.text(x, 1 - 0.12 / fig_h, title, fontsize=16, fontweight="bold", va="top")
     fig.text(x, 1 - 0.48 / fig_h, subtitle, fontsize=11.5, color="#333333", va="top")
@@ -666,10 +425,15 @@ def _row_title(fig: Figure, renderer: RendererBase, y: float, host: str, info: d
 
 
 # -- output ---------------------------------------------------------------------------------------
-def _output_path(src: Path, out: str | None) -> Path:
-    target = src.with_suffix(".png") if out is None else Path(out)
-    if target.resolve() == src.resolve():
-        raise ConfigError(f"the report would overwrite the telemetry file {src}; pass --out")
+def _output_path(src: TelemetrySource, out: str | None) -> Path:
+    if out is not None:
+        target = Path(out)
+    elif src.remote:  # a log on a store: the report goes to the working folder
+        target = Path(Path(src.name).stem + ".png")
+    else:
+        target = src.local_path.with_suffix(".png")
+    if not src.remote and target.resolve() == src.local_path.resolve():
+        raise ConfigError(f"the report would overwrite the telemetry file {src.display}; pass --out")
     if target.suffix.lower() not in (".png", ".html", ".htm"):
         raise ConfigError(f"--out must end in .png or .html, got {out}")
     if not target.parent.is_dir():
@@ -721,15 +485,17 @@ def _cell(value: Any) -> str:
     return f"<td>{html.escape(str(value))}</td>"
 
 
-def render_report(telemetry_path: str | Path, out_path: str | None = None) -> str:
-    """Plot a telemetry JSONL file; write a PNG (default: beside it) or, for a .html out_path, a
-    self-contained page with the PNG inlined and a per-host table. Returns the path written."""
-    src = Path(telemetry_path)
-    _check_source(src)  # before the output checks, so a typo in the path gets the obvious message
+def render_report(telemetry: str | Path, out_path: str | None = None,
+                  storage_options: Mapping[str, Any] | None = None) -> str:
+    """Plot a telemetry log (a JSONL file, or a folder of parts, local or on any fsspec URL); write a
+    PNG (default: beside a local log) or, for a .html out_path, a self-contained page with the PNG
+    inlined and a per-host table. Returns the path written."""
+    # Opened before the output checks, so a typo in the path gets the obvious message.
+    src = TelemetrySource(telemetry, storage_options)
     out = _output_path(src, out_path)
-    summary, stats = _summarize(src)
+    summary, stats = summarize_with_stats(src)
     shown = list(summary)[:MAX_HOSTS]
-    series = _load_series(src, set(shown))
+    series = load_series(src, set(shown))
     png = _render_png(src, summary, shown, series, stats)
     try:
         if out.suffix.lower() == ".png":

@@ -17,8 +17,10 @@ from aiohttp import web
 
 from flowdc.api import download_partition
 from flowdc.config import DownloadConfig
+from flowdc.report import render_report
 from flowdc.sinks import TOKEN_ENV
 from flowdc.telemetry import HostSnapshot, RunSnapshot, Snapshot, Telemetry, snapshot_from_dict
+from flowdc.telemetry_read import TelemetrySource, summarize
 from flowdc.testing.fakehosts import FakeHostFarm, write_manifest
 from tests.cloud_servers import s3_filesystem
 from tests.integration.conftest import FAST
@@ -163,3 +165,8 @@ def test_jsonl_on_s3_is_written_in_parts(tmp_path: Path, two_hosts: FakeHostFarm
     kinds: Sequence[str] = [line["kind"] for line in lines]
     assert "host" in kinds and kinds[-1] == "run" and lines[-1]["done"] is True
     assert {line["run_id"] for line in lines} == {"r-s3"}
+    # flowdc report reads the folder of parts straight from the store.
+    summary = summarize(TelemetrySource(url, s3_options(s3_endpoint)))
+    assert set(summary) <= {h.netloc for h in two_hosts.hosts} and summary
+    out = render_report(url, str(tmp_path / "report.png"), s3_options(s3_endpoint))
+    assert Path(out).read_bytes().startswith(b"\x89PNG")

@@ -16,7 +16,8 @@ from PIL import Image
 
 from flowdc.cli import main
 from flowdc.config import ConfigError
-from flowdc.report import MAX_HOSTS, _bins, _load_series, _time_axis, render_report, summarize
+from flowdc.report import MAX_HOSTS, _bins, _time_axis, render_report
+from flowdc.telemetry_read import load_series, summarize
 
 T0 = 1_790_000_000.0
 STEP = 0.5
@@ -173,7 +174,7 @@ def test_ok_rate_has_no_dips_where_the_snapshot_clock_drifts_against_the_bins(tm
         host.serve(30, ok=round(rate * step))
         lines.append(json.dumps(host.paarc(T0 + 140 + i * step, "PROBE_BW", 30, 40.0)))
     path = write_telemetry(tmp_path / "drift.jsonl", lines)
-    series = _load_series(path, {FAST})
+    series = load_series(path, {FAST})
     bins = _bins(series[FAST], _time_axis(summarize(path), [FAST], series))
     rates = bins.rate(series[FAST].deltas["ok"], series[FAST].covered)
     shown = rates[~np.isnan(rates)]

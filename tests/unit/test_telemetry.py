@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 
 from flowdc.telemetry import HostSnapshot, RunSnapshot, Telemetry, snapshot_from_dict
+from flowdc.telemetry_read import summarize
 
 
 def test_snapshots_round_trip_through_their_dicts() -> None:
@@ -77,3 +82,22 @@ def test_a_failing_subscriber_is_contained() -> None:
     tel.close()
     assert got == [1.0, 2.0]
     unsubscribe()  # after close: harmless
+
+
+def test_a_log_mixing_old_and_new_lines_is_summarized(tmp_path: Path) -> None:
+    """Host lines with or without "kind" count; run lines are stepped over, even as the first line."""
+    lines = [RunSnapshot(0.5, "r").to_dict(),
+             {"t": 1.0, "host": "a:1", "limit": 4, "requests": 10, "ok": 9},  # a line from before "kind"
+             HostSnapshot(1.5, "a:1", "r", limit=6, requests=30, ok=28).to_dict(),
+             RunSnapshot(1.5, "r", ok=28, done=True).to_dict()]
+    log = tmp_path / "t.jsonl"
+    log.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    summary = summarize(log)
+    assert list(summary) == ["a:1"]
+    assert (summary["a:1"]["requests"], summary["a:1"]["max_limit"], summary["a:1"]["snapshots"]) == (30, 6, 2)
+
+
+def test_reading_a_log_loads_no_plotting_library() -> None:
+    code = "import sys, flowdc.telemetry_read, flowdc.telemetry, flowdc.sinks; print('matplotlib' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
