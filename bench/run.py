@@ -1,7 +1,8 @@
 """Benchmark runner: FLOW-DC against a bare aiohttp loop on the same fake hosts.
 
     python bench/run.py SCENARIO [--rows N] [--out DIR] [--concurrency N]
-                                 [--only flowdc,flowdc_nopaarc,bare] [--timeout S] [--keep]
+                                 [--only flowdc,flowdc_nopaarc,bare,baseline] [--timeout S] [--keep]
+                                 [--rounds N] [--pick best|median] [--baseline REV]
 
 Starts the scenario's fake hosts in a thread of this process, writes the manifest, then runs
 each contender as a subprocess, one after another, with the farm's counters reset in between:
@@ -9,6 +10,10 @@ flowdc, flowdc --disable_paarc (scenarios that ask for it), and bench/bare_loop.
 killed after its timeout. Wall time and peak RSS (the process and its children) are measured
 here; flowdc's own figures come from OUTPUT/overview.json. A table goes to stdout and a markdown
 section is appended to bench/results/latest.md.
+
+`--baseline REV` adds another commit of FLOW-DC as a contender: REV is checked out into a
+temporary `git worktree` and its `flowdc download` runs beside the current code's, with the same
+options, in the same rounds (so a burst of load on a shared machine hits both alike).
 """
 
 from __future__ import annotations
@@ -47,7 +52,7 @@ from verify import verify_webdataset  # noqa: E402
 from flowdc.testing.fakehosts import FakeHostFarm, run_farm_in_thread  # noqa: E402
 
 RESULTS_MD = ROOT / "bench" / "results" / "latest.md"
-CONTENDERS = ("flowdc", "flowdc_nopaarc", "bare")
+CONTENDERS = ("flowdc", "flowdc_nopaarc", "bare", "baseline")
 SAMPLE_S = 0.1  # RSS sampling period
 
 
@@ -113,15 +118,16 @@ def _kill_tree(proc: psutil.Process) -> None:
                 p.kill()
 
 
-def measure(cmd: list[str], timeout_s: float, log_dir: Path) -> Measured:
+def measure(cmd: list[str], timeout_s: float, log_dir: Path, source: Path = ROOT) -> Measured:
+    """Run cmd with `source` (a checkout) first on the path, so its flowdc is the one imported."""
     log_dir.mkdir(parents=True, exist_ok=True)
     out_path, err_path = log_dir / "stdout.txt", log_dir / "stderr.txt"
-    pythonpath = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    pythonpath = os.pathsep.join(filter(None, [str(source), os.environ.get("PYTHONPATH")]))
     env = dict(os.environ, PYTHONPATH=pythonpath)
     peak = 0
     with out_path.open("wb") as out, err_path.open("wb") as err:
         start = time.monotonic()
-        popen = subprocess.Popen(cmd, stdout=out, stderr=err, stdin=subprocess.DEVNULL, env=env, cwd=ROOT)
+        popen = subprocess.Popen(cmd, stdout=out, stderr=err, stdin=subprocess.DEVNULL, env=env, cwd=source)
         proc = psutil.Process(popen.pid)
         returncode: int | None = None
         while True:
@@ -154,11 +160,12 @@ def flowdc_available() -> bool:
 
 
 def run_flowdc(
-    scenario: Scenario, manifest: Path, out: Path, concurrency: int, timeout_s: float, *, paarc: bool
+    scenario: Scenario, manifest: Path, out: Path, concurrency: int, timeout_s: float, *, paarc: bool,
+    name: str | None = None, source: Path = ROOT,
 ) -> RunResult:
-    name = "flowdc" if paarc else "flowdc_nopaarc"
+    name = name or ("flowdc" if paarc else "flowdc_nopaarc")
     result = RunResult(name)
-    if not flowdc_available():
+    if source == ROOT and not flowdc_available():
         result.note = "skipped: flowdc CLI not available yet (no flowdc/__main__.py)"
         return result
     telemetry = out.parent / f"{name}.telemetry.jsonl"
@@ -173,7 +180,7 @@ def run_flowdc(
     ]  # fmt: skip
     if not paarc:
         cmd.append("--disable_paarc")
-    m = measure(cmd, timeout_s, out.parent / f"{name}.logs")
+    m = measure(cmd, timeout_s, out.parent / f"{name}.logs", source)
     _fill_measured(result, m, timeout_s)
     overview_path = out / "overview.json"
     if not overview_path.is_file():
@@ -268,44 +275,72 @@ def run_benchmark(args: argparse.Namespace) -> tuple[Scenario, ManifestInfo, lis
                                                                  dir=ram_disk()))
     work.mkdir(parents=True, exist_ok=True)
     results: list[RunResult] = []
-    with farm_for(scenario) as farm:
+    with baseline_checkout(args.baseline) as baseline, farm_for(scenario) as farm:
         t0 = time.monotonic()
         info = prepare_manifest(scenario, farm, work / "manifest.parquet", rows)
         print(f"[bench] {scenario.name}: {rows} rows written in {time.monotonic() - t0:.1f} s to {info.path}")
-        plan: list[str] = ["flowdc"]
+        plan: list[str] = ["flowdc", "baseline"] if args.baseline else ["flowdc"]
         if scenario.compare_no_paarc:
             plan.append("flowdc_nopaarc")
         if scenario.run_bare:
             plan.append("bare")
         runs: list[RunResult] = []
         # Rounds alternate the contenders, so a burst of load on this shared machine hits each one
-        # alike; each contender's best round is reported.
+        # alike; each contender's best (or median) round is reported.
         for _ in range(args.rounds):
             for name in [p for p in plan if p in wanted]:
-                runs.append(run_contender(name, scenario, info, farm, work, concurrency, timeout_s, args.keep))
-        results = best_rounds(runs, args.rounds)
+                runs.append(run_contender(name, scenario, info, farm, work, concurrency, timeout_s, args.keep,
+                                          baseline))
+        results = pick_rounds(runs, args.rounds, args.pick)
     (work / "results.json").write_text(json.dumps([asdict(r) for r in results], indent=1))
     if not args.out and not args.keep:
         shutil.rmtree(work, ignore_errors=True)
     return scenario, info, results
 
 
-def best_rounds(runs: list[RunResult], rounds: int) -> list[RunResult]:
-    """Per contender, in first-run order, the round with the most ok rows in the least time."""
-    best: dict[str, RunResult] = {}
+def pick_rounds(runs: list[RunResult], rounds: int, pick: str = "best") -> list[RunResult]:
+    """Per contender, in first-run order, one round: the one with the most ok rows in the least time
+    (best), or the median round by wall time among those with the most ok rows (median)."""
+    by_name: dict[str, list[RunResult]] = {}
     for r in runs:
-        kept = best.get(r.name)
-        if kept is None or (r.ok, -r.wall_s) > (kept.ok, -kept.wall_s):
-            best[r.name] = r
-    if rounds > 1:  # every round's wall time, so a bad round shows even when it is not reported
-        for r in best.values():
-            walls = ", ".join(f"{x.wall_s:.1f}" for x in runs if x.name == r.name)
-            r.note = (r.note + "; " if r.note else "") + f"best of {rounds} (wall s: {walls})"
-    return list(best.values())
+        by_name.setdefault(r.name, []).append(r)
+    chosen: list[RunResult] = []
+    for mine in by_name.values():
+        top = max(r.ok for r in mine)
+        full = sorted((r for r in mine if r.ok == top), key=lambda r: r.wall_s)
+        r = full[0] if pick == "best" else full[(len(full) - 1) // 2]
+        if rounds > 1:  # every round's wall time, so a bad round shows even when it is not reported
+            walls = ", ".join(f"{x.wall_s:.1f}" for x in mine)
+            r.note = (r.note + "; " if r.note else "") + f"{pick} of {rounds} (wall s: {walls})"
+        chosen.append(r)
+    return chosen
+
+
+@contextlib.contextmanager
+def baseline_checkout(rev: str | None) -> Iterator[Path | None]:
+    """REV checked out into a temporary git worktree (removed after), or None without a REV."""
+    if not rev:
+        yield None
+        return
+    tmp = Path(tempfile.mkdtemp(prefix="flowdc-baseline-"))
+    path = tmp / "src"
+    done = subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(path), rev],
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise SystemExit(f"bench: cannot check out --baseline {rev}: {_tail(done.stderr, 1)}")
+    sha = subprocess.run(["git", "-C", str(path), "rev-parse", "--short", "HEAD"], capture_output=True,
+                         text=True).stdout.strip()
+    print(f"[bench] baseline {rev} ({sha}) checked out in {path}")
+    try:
+        yield path
+    finally:
+        subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(path)], capture_output=True)
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def run_contender(name: str, scenario: Scenario, info: ManifestInfo, farm: FakeHostFarm | None, work: Path,
-                  concurrency: int, timeout_s: float, keep: bool) -> RunResult:
+                  concurrency: int, timeout_s: float, keep: bool, baseline: Path | None = None) -> RunResult:
     out = work / f"out-{name}"
     shutil.rmtree(out, ignore_errors=True)
     if farm is not None:
@@ -315,6 +350,9 @@ def run_contender(name: str, scenario: Scenario, info: ManifestInfo, farm: FakeH
     load = os.getloadavg()[0]
     if name == "bare":
         result = run_bare(scenario, info.path, out, concurrency, timeout_s)
+    elif name == "baseline":
+        assert baseline is not None
+        result = run_flowdc(scenario, info.path, out, concurrency, timeout_s, paarc=True, name=name, source=baseline)
     else:
         result = run_flowdc(scenario, info.path, out, concurrency, timeout_s, paarc=name == "flowdc")
     result.load_before = round(load, 2)
@@ -376,8 +414,12 @@ def ratio_lines(scenario: Scenario, results: list[RunResult]) -> list[str]:
         done = r.ok + r.failed + r.skipped
         if r.wall_s > 0 and done and not r.ok:  # nothing fetched (manifest10m): per-row overhead
             lines.append(f"{r.name}: {done / r.wall_s:,.0f} rows/s, peak RSS {r.peak_rss_mb:.0f} MB")
+    flowdc, baseline = by.get("flowdc"), by.get("baseline")
+    if flowdc and baseline:
+        lines.append(f"flowdc / baseline, images/s (wall clock): "
+                     f"{flowdc.wall_images_per_s / baseline.wall_images_per_s:.3f}x")
     bare = by.get("bare")
-    for name in ("flowdc", "flowdc_nopaarc"):
+    for name in ("flowdc", "flowdc_nopaarc", "baseline"):
         r = by.get(name)
         if r and bare:
             wall_ratio = r.wall_images_per_s / bare.wall_images_per_s
@@ -452,7 +494,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--timeout", type=float, default=0.0, help="Seconds before a contender run is killed.")
     p.add_argument("--keep", action="store_true", help="Keep downloaded outputs.")
     p.add_argument("--rounds", type=int, default=1,
-                   help="Alternate the contenders this many times; report each one's best.")
+                   help="Alternate the contenders this many times; report each one's best (or median) round.")
+    p.add_argument("--pick", choices=("best", "median"), default="best",
+                   help="Which round of several to report per contender.")
+    p.add_argument("--baseline", default="", metavar="REV",
+                   help="Also run this commit's flowdc (from a temporary git worktree) as contender 'baseline'.")
     args = p.parse_args(argv)
     unknown = set(filter(None, args.only.split(","))) - set(CONTENDERS)
     if unknown:
