@@ -101,7 +101,9 @@ class HttpPushSink:
     def __init__(self, collector_url: str, token: str | None = None, timeout_s: float = PUSH_TIMEOUT_S) -> None:
         if not collector_url.startswith(("http://", "https://")):
             raise ConfigError(f"telemetry_push must be an http(s) URL, got {collector_url!r}")
-        self.endpoint = collector_url.rstrip("/") + "/telemetry"
+        base = collector_url.rstrip("/")
+        # The collector's base URL; a URL that already names the route is taken as it is.
+        self.endpoint = base if base.endswith("/telemetry") else base + "/telemetry"
         self.token = token if token is not None else os.environ.get(TOKEN_ENV)
         self.timeout_s = timeout_s
         self.sent = 0  # snapshots the collector accepted
