@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import json
 
-from flowdc import telemetry as telemetry_module
-from flowdc.telemetry import Telemetry
+from flowdc.telemetry import HostSnapshot, Telemetry
 from flowdc.ui.live import LiveState, telemetry_subscriber
 
 
@@ -86,11 +85,7 @@ def test_the_subscriber_adapter_feeds_the_state_from_a_real_telemetry(tmp_path):
     live = LiveState()
     telemetry = Telemetry(str(tmp_path / "t.jsonl"))
     telemetry.subscribe(telemetry_subscriber(live, partition_id="p7"))
-    figures = {"limit": 5, "ok": 2, "state": "STARTUP"}
-    if hasattr(telemetry_module, "HostSnapshot"):  # typed snapshots, one batch per tick
-        telemetry.publish([telemetry_module.HostSnapshot.of(10.0, "h:1", figures, None, "p7")])
-    else:
-        telemetry.publish(10.0, {"h:1": figures})
+    telemetry.publish([HostSnapshot(10.0, "h:1", partition_id="p7", limit=5, ok=2, state="STARTUP")])
     telemetry.close()
     (row,) = live.view().rows
     assert (row["partition"], row["host"], row["limit"], row["state"]) == ("p7", "h:1", 5, "STARTUP")
