@@ -43,8 +43,8 @@ class RequestLoop(Generic[OutcomeT]):
         """Run until every job is settled, or `stop` is set; True when stopped. `feed` adds jobs
         and must close the scheduler when done; `settle` must retry or finish (scheduler.done) each job."""
         tasks: list[asyncio.Task[Any]] = []
-        try:
-            async with make_session(self.concurrency, net=self.opts) as session:
+        async with make_session(self.concurrency, net=self.opts) as session:
+            try:
                 reader = asyncio.create_task(feed())
                 workers = [asyncio.create_task(self._worker(session, request, settle))
                            for _ in range(self.concurrency)]
@@ -61,10 +61,11 @@ class RequestLoop(Generic[OutcomeT]):
                     return True
                 all_work.result()  # re-raise a reader/worker error
                 return False
-        finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            finally:
+                # Inside the session: a worker must never see it closed (that would read as a failed row).
+                for task in tasks:
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _worker(self, session: aiohttp.ClientSession,
                       request: Callable[[aiohttp.ClientSession, Job], Awaitable[OutcomeT]],
