@@ -1,4 +1,4 @@
-"""`flowdc download|partition|size|report|demo|ui`: parse, build a config, call; nothing else.
+"""`flowdc download|partition|size|distribute|report|demo|ui`: parse, build a config, call; nothing else.
 
 Options are generated from the config dataclasses, so every config key is also a CLI option with
 the same name, and an option given on the command line overrides the JSON config.
@@ -16,7 +16,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
-from flowdc.config import DownloadConfig, PartitionConfig, SizeConfig, build_config
+from flowdc.config import DistributeConfig, DownloadConfig, PartitionConfig, SizeConfig, build_config
 from flowdc.errors import EXIT_INTERRUPTED, EXIT_USAGE, FlowdcError, UserError
 
 EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE: what a shell reports for a tool whose reader closed the pipe
@@ -25,6 +25,15 @@ DOWNLOAD_EPILOG = """examples:
   flowdc download --input dataset.parquet --output images --url photo_url --label species
   flowdc download --config my_config.json --concurrent_downloads 200 --output_format webdataset
   rerun the same command to resume; --force starts over."""
+
+
+DISTRIBUTE_EPILOG = """examples:
+  flowdc distribute --input parts/ --output out/ --url_col url --label_col label --workers 2
+  flowdc distribute --engine workqueue --input parts/ --output out/ --port_number 9123
+      then on each worker machine: work_queue_worker MANAGER_HOST 9123
+  flowdc distribute --config taskvine_config.json --dry_run
+  rerun the same command to resume; each partition resumes from its own ledger."""
+EPILOGS = {"download": DOWNLOAD_EPILOG, "distribute": DISTRIBUTE_EPILOG}
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -108,6 +117,17 @@ def cmd_size(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_distribute(args: argparse.Namespace) -> int:
+    from flowdc.distribute import run_distribute, summary_text
+
+    cfg = config_from_args(DistributeConfig, args)
+    summary = run_distribute(cfg)
+    if summary.get("dry_run"):
+        return 0
+    print(summary_text(summary))
+    return 1 if summary["partitions_failed"] else 0
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from flowdc.report import render_report
 
@@ -184,10 +204,12 @@ def build_parser() -> argparse.ArgumentParser:
         ("partition", "Split a manifest into partitions (host / simple / greedy) with a plan.json.", PartitionConfig,
          cmd_partition),
         ("size", "Estimate a manifest's total download size from HEAD / Range requests.", SizeConfig, cmd_size),
+        ("distribute", "Download every partition (from `flowdc partition`) as a task on local processes, Work "
+         "Queue or TaskVine workers.", DistributeConfig, cmd_distribute),
     ]
     for name, help_text, cls, func in commands:
         p = sub.add_parser(name, help=help_text, description=help_text,
-                           epilog=DOWNLOAD_EPILOG if name == "download" else None,
+                           epilog=EPILOGS.get(name),
                            formatter_class=argparse.RawDescriptionHelpFormatter)
         if cls is not None:
             add_config_options(p, cls)

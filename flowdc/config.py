@@ -11,6 +11,7 @@ import dataclasses
 import json
 import math
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -159,6 +160,9 @@ class DownloadConfig(NetworkOptions, RedactOptions, PaarcOptions):
                              "over (the run died); the heartbeat runs every third of it.")
     quiet: bool = opt(False, "No progress bar; only the final summary.")
     batch_rows: int = opt(8192, "Manifest rows read per batch (memory stays bounded by this).")
+    host_budget: dict[str, float] = opt(
+        {}, "Share in (0,1] of each named host's concurrency budget (C_init, C_max, a paced rate) this run gets; "
+        "distribute sets it from plan.json's budget_share for hosts split over partitions.")
 
     def check(self) -> None:
         if not self.input:
@@ -184,8 +188,58 @@ class DownloadConfig(NetworkOptions, RedactOptions, PaarcOptions):
         if self.cloud_tool == "custom" and not self.cloud_command:
             example = '["mc", "cp", "{file}", "{destination}/"]'
             raise ConfigError(f"cloud_tool custom needs cloud_command, e.g. {example}")
+        check_host_budget(self.host_budget)
         self.check_paarc()
         self.check_network()
+
+
+ENGINES = ("local", "workqueue", "taskvine")
+
+
+@dataclass
+class DistributeConfig(DownloadConfig):
+    """`flowdc distribute`: the seed's TaskVine keys, plus every download option (passed to each task)."""
+
+    input: str = opt("", "The partition folder or plan.json that `flowdc partition` wrote.",
+                     aliases=("parquets_directory",))
+    output: str = opt("", "Destination: each partition writes DEST/part-NNNNN/ (a local or shared folder, s3://, "
+                      "gs://).", aliases=("output_directory",))
+    create_tar: bool = opt(False, "Also pack each partition into DEST/part-NNNNN.tar.gz (imagefolder only).")
+    engine: str = opt("local", "Where tasks run: local processes, Work Queue workers or TaskVine workers.",
+                      choices=ENGINES)
+    workers: int = opt(0, "local engine: partitions run at once (0 = one per CPU core).")
+    port_number: int = opt(9123, "workqueue/taskvine: the manager's port (0 = any free port; it is printed).")
+    task_cores: int = opt(1, "Cores each task asks of a worker.")
+    task_memory_mb: int = opt(2048, "Memory (MB) each task asks of a worker.")
+    task_disk_mb: int = opt(1024, "Sandbox disk (MB) each task asks of a worker.")
+    timeout_minutes: float = opt(60.0, "Wall-time limit of one task (0 = none); a task over it is retried.")
+    task_retries: int = opt(3, "Retries of a partition whose task failed (lost workers are always resubmitted).")
+    worker_python: str = opt("", "Python on the workers that has flowdc installed (default: this interpreter).")
+    telemetry_host: str = opt("127.0.0.1", "Address of the manager's telemetry collector (0.0.0.0 for remote "
+                              "workers).")
+    telemetry_port: int = opt(0, "Port of the telemetry collector (0 = any free port).")
+    dry_run: bool = opt(False, "Print the tasks and exit.")
+
+    def check(self) -> None:
+        super().check()
+        for name in ("workers", "port_number", "task_cores", "task_memory_mb", "task_disk_mb", "task_retries",
+                     "telemetry_port"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.timeout_minutes < 0:
+            raise ConfigError(f"timeout_minutes must be >= 0, got {self.timeout_minutes}")
+        if self.port_number > 65535 or self.telemetry_port > 65535:
+            raise ConfigError("port_number and telemetry_port must be <= 65535")
+
+
+def check_host_budget(budget: Mapping[str, float]) -> dict[str, float]:
+    """{host netloc: share in (0, 1]} as given (plan.json's budget_share), or a ConfigError."""
+    checked: dict[str, float] = {}
+    for host, share in budget.items():
+        if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0 < share <= 1:
+            raise ConfigError(f"host_budget: the share of {host!r} must be a number in (0, 1], got {share!r}")
+        checked[str(host).lower()] = float(share)
+    return checked
 
 
 @dataclass

@@ -24,7 +24,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from flowdc.config import DownloadConfig
+from flowdc.config import DownloadConfig, check_host_budget
 from flowdc.errors import ConfigError, DestinationError
 from flowdc.fetch import FetchSettings, Outcome, digest, fetch_one
 from flowdc.identity import RepeatNumbering, base_hashes
@@ -460,16 +460,6 @@ class DownloadJob:
         self.host_snapshots.update(snap)
         while len(self.host_snapshots) > cap:
             self.host_snapshots.pop(next(iter(self.host_snapshots)))
-
-
-def check_host_budget(budget: Mapping[str, float]) -> dict[str, float]:
-    """{host netloc: share in (0, 1]} as given (plan.json's budget_share), or a ConfigError."""
-    checked: dict[str, float] = {}
-    for host, share in budget.items():
-        if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0 < share <= 1:
-            raise ConfigError(f"host_budget: the share of {host!r} must be a number in (0, 1], got {share!r}")
-        checked[str(host).lower()] = float(share)
-    return checked
 
 
 def job_of(rec: Record) -> Job:

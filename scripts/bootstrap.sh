@@ -4,7 +4,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(rclone chromium tinyproxy)  # chromium: the UI's browser tests (Playwright drives it); tinyproxy: the network tests' real HTTP proxy
+# chromium: the UI's browser tests (Playwright drives it); tinyproxy: the network tests' real HTTP proxy;
+# coop-computing-tools + python3-workqueue: Work Queue manager bindings and work_queue_worker (flowdc distribute).
+APT_PACKAGES=(rclone chromium tinyproxy coop-computing-tools python3-workqueue)
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   missing=()
   for pkg in "${APT_PACKAGES[@]}"; do dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg"); done
@@ -27,4 +29,15 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   .venv/bin/python -m pip install -q --upgrade pip >/dev/null
   .venv/bin/python -m pip install -q -e ".[dev]"
   echo "$want" > "$stamp"
+fi
+
+# Work Queue's Python bindings come from Debian (python3-workqueue), built for the system Python 3.11:
+# link them into the venv (same ABI). TaskVine (ndcctools) is not packaged here; see docs/distributed.md.
+SYS_DIST=/usr/lib/python3/dist-packages
+if [ -f "$SYS_DIST/work_queue.py" ]; then
+  site=$(.venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+  for f in "$SYS_DIST"/work_queue.py "$SYS_DIST"/_work_queue*.so "$SYS_DIST"/resource_monitor.py \
+           "$SYS_DIST"/_resource_monitor*.so; do
+    if [ -e "$f" ]; then ln -sf "$f" "$site/$(basename "$f")"; fi
+  done
 fi

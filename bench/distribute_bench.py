@@ -1,0 +1,159 @@
+"""Distribute bench: does a second local worker process make a CPU-bound download faster?
+
+Many open hosts (no rate limits, a few tens of ms each) and realistic image sizes (valid PNGs of
+8-200 KB, median about 40 KB), so the client's CPU, not the hosts, sets the pace. The fake hosts
+run in a process of their own, so they do not share the downloader's event loop or GIL. The
+manifest is partitioned by host, then `flowdc distribute --engine local` runs it with 1 worker
+and with 2 (fresh outputs each time); the report gives images/s, MB/s, CPU and their ratio.
+
+    .venv/bin/python bench/distribute_bench.py                      # 20,000 rows, 100 hosts, 8 partitions
+    .venv/bin/python bench/distribute_bench.py --rows 40000 --workers 1,2,4
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import os
+import random
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+REPO = Path(__file__).resolve().parents[1]
+IMAGE_PATHS = 500  # distinct images per host: the farm serves them from its cache
+
+
+def serve_farm(hosts: int, latency_s: float, jitter_s: float) -> None:
+    """The farm process: start the hosts, print their base URLs as one JSON line, serve until stdin closes."""
+    from flowdc.testing.fakehosts import FakeHostFarm, HostSpec
+
+    async def main() -> None:
+        specs = [HostSpec(f"127.0.0.{i + 2}", latency_s=latency_s, jitter_s=jitter_s, seed=i) for i in range(hosts)]
+        async with FakeHostFarm(specs, image_cache_bytes=512 * 1024 * 1024) as farm:
+            print(json.dumps([h.base_url for h in farm.hosts]), flush=True)
+            await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
+
+    asyncio.run(main())
+
+
+def image_sizes(seed: int) -> list[int]:
+    """Sizes of the IMAGE_PATHS images: lognormal around 40 KB, clipped to 8-200 KB."""
+    rng = random.Random(seed)
+    return [int(min(200_000, max(8_000, rng.lognormvariate(math.log(40_000), 0.6)))) for _ in range(IMAGE_PATHS)]
+
+
+def write_manifest(path: Path, bases: list[str], rows: int, seed: int) -> int:
+    from flowdc.testing.fakehosts import write_manifest as write
+
+    rng = random.Random(seed)
+    sizes = image_sizes(seed)
+    hosts = [i % len(bases) for i in range(rows)]
+    rng.shuffle(hosts)  # interleaved, as in a real dataset
+    urls, total = [], 0
+    for i, h in enumerate(hosts):
+        img = rng.randrange(IMAGE_PATHS)
+        urls.append(f"{bases[h]}/img/{img:04d}.png?size={sizes[img]}&r={i}")
+        total += sizes[img]
+    write(path, urls, labels=[f"class{i % 10}" for i in range(rows)])
+    return total
+
+
+def flowdc(*args: str, timeout_s: float = 1800.0) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    return subprocess.run([sys.executable, "-m", "flowdc", *args], capture_output=True, text=True, env=env,
+                          timeout=timeout_s, check=False)
+
+
+def children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def run_once(parts: Path, out: Path, workers: int, rows: int, fmt: str, farm: psutil.Process) -> dict[str, Any]:
+    shutil.rmtree(out, ignore_errors=True)
+    farm_cpu0 = sum(farm.cpu_times()[:2])
+    cpu0, t0 = children_cpu(), time.monotonic()
+    res = flowdc("distribute", "--input", str(parts), "--output", str(out), "--engine", "local", "--workers",
+                 str(workers), "--output_format", fmt, "--quiet", "--url_col", "url", "--label_col", "label")
+    wall, cpu = time.monotonic() - t0, children_cpu() - cpu0
+    farm_cpu = sum(farm.cpu_times()[:2]) - farm_cpu0
+    if res.returncode != 0:
+        raise SystemExit(f"distribute failed ({res.returncode}):\n{res.stderr[-3000:]}")
+    summary = json.loads((out / "_flowdc" / "distribute.json").read_text())
+    ok = summary["totals"]["ok"]
+    nbytes = sum(f.stat().st_size for f in out.rglob("*.tar")) if fmt == "webdataset" else sum(
+        f.stat().st_size for f in out.rglob("*.png"))
+    if ok != rows:
+        raise SystemExit(f"only {ok}/{rows} rows stored with {workers} workers")
+    return {"workers": workers, "wall_s": round(wall, 2), "images_per_s": round(ok / wall, 1),
+            "mb_per_s": round(nbytes / wall / 1e6, 2), "client_cpu_s": round(cpu, 1), "farm_cpu_s": round(farm_cpu, 1),
+            "load_avg_1m": round(os.getloadavg()[0], 2)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--rows", type=int, default=20_000)
+    p.add_argument("--hosts", type=int, default=100)
+    p.add_argument("--partitions", type=int, default=8)
+    p.add_argument("--workers", default="1,2", help="Comma list of local worker counts to compare.")
+    p.add_argument("--latency", type=float, default=0.03, help="Host service time, seconds.")
+    p.add_argument("--jitter", type=float, default=0.02, help="Extra uniform [0, jitter) per request, seconds.")
+    p.add_argument("--format", default="webdataset", choices=("webdataset", "imagefolder"))
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="", help="Work folder (default: a temporary one, removed after).")
+    p.add_argument("--serve-farm", action="store_true", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if not 1 <= args.hosts <= 250:
+        p.error("--hosts must be 1-250 (127.0.0.2 - 127.0.0.251)")
+    if args.serve_farm:
+        serve_farm(args.hosts, args.latency, args.jitter)
+        return 0
+    work = Path(args.out or tempfile.mkdtemp(prefix="flowdc-distbench-"))
+    work.mkdir(parents=True, exist_ok=True)
+    farm = subprocess.Popen([sys.executable, __file__, "--serve-farm", "--hosts", str(args.hosts), "--latency",
+                             str(args.latency), "--jitter", str(args.jitter)], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True, cwd=REPO,
+                            env=dict(os.environ, PYTHONPATH=str(REPO)))
+    try:
+        assert farm.stdout is not None
+        bases = json.loads(farm.stdout.readline())
+        total = write_manifest(work / "manifest.parquet", bases, args.rows, args.seed)
+        res = flowdc("partition", "--input", str(work / "manifest.parquet"), "--output_folder", str(work / "parts"),
+                     "--groups", str(args.partitions), "--method", "host", "--quiet")
+        if res.returncode != 0:
+            raise SystemExit(res.stderr)
+        print(f"# {args.rows} rows, {args.hosts} hosts ({args.latency * 1000:.0f} ms + up to {args.jitter * 1000:.0f} "
+              f"ms), {total / args.rows / 1000:.0f} KB mean image, {args.partitions} partitions, {args.format}, "
+              f"{os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f} at start", flush=True)
+        results = []
+        for n in (int(x) for x in args.workers.split(",")):
+            results.append(run_once(work / "parts", work / f"out-{n}", n, args.rows, args.format,
+                                    psutil.Process(farm.pid)))
+            print(json.dumps(results[-1]), flush=True)
+        base = results[0]["images_per_s"]
+        for r in results[1:]:
+            print(f"# {r['workers']} workers / {results[0]['workers']}: {r['images_per_s'] / base:.2f}x images/s")
+    finally:
+        if farm.stdin:
+            farm.stdin.close()
+        try:
+            farm.wait(15)
+        except subprocess.TimeoutExpired:
+            farm.kill()
+        if not args.out:
+            shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

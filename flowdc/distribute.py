@@ -1,0 +1,271 @@
+"""`flowdc distribute`: one download task per partition, on an engine, until every partition is done.
+
+The decisions live here, once for every engine: a task that ran and exited 0 is done (also when
+no row of it succeeded: the partition is complete and its ledger says why); a run lost with its
+worker is resubmitted and resumes from the partition's ledger; a task that exited non-zero is
+retried task_retries times, except for a configuration error, which no rerun can fix.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from flowdc.config import DistributeConfig, DownloadConfig, public_dict
+from flowdc.engines import make_engine
+from flowdc.engines.base import Engine, TaskOutcome, TaskSpec
+from flowdc.engines.collector import Collector
+from flowdc.engines.live import LiveView
+from flowdc.engines.plan import Partition, load_partitions
+from flowdc.errors import EXIT_USAGE
+from flowdc.storage import Destination
+
+MAX_LOST_RUNS = 20  # runs of one partition lost with their worker before it counts as failed
+WAIT_S = 1.0
+SUMMARY_FILE = "_flowdc/distribute.json"
+TELEMETRY_FILE = "_flowdc/telemetry.jsonl"
+TOKEN_ENV = "FLOWDC_TELEMETRY_TOKEN"
+DOWNLOAD_FIELDS = tuple(f.name for f in dataclasses.fields(DownloadConfig))
+
+
+@dataclass
+class PartitionRun:
+    part: Partition
+    spec: TaskSpec
+    state: str = "waiting"  # waiting (submitted) | done | failed
+    failures: int = 0  # runs that ended with a non-zero exit
+    lost: int = 0  # runs lost with their worker (or killed, or over the wall-time limit)
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def task_config(cfg: DistributeConfig, dest: Destination, part: Partition, input_name: str,
+                push_url: str | None, run_id: str) -> dict[str, Any]:
+    """The partition's download config: every download option of `cfg`, its own input and output.
+
+    Every run of one partition in one distribute run has the same run_id: a resubmitted task takes
+    over its lost predecessor's lease on an object store at once, and its telemetry stays together.
+    """
+    doc = {name: getattr(cfg, name) for name in DOWNLOAD_FIELDS}
+    doc.update(input=input_name, output=dest.url(part.name), quiet=True,
+               telemetry=None, run_id=f"{run_id}-{part.name}")
+    shares = {host: share * cfg.host_budget.get(host, 1.0) for host, share in part.host_budget.items()}
+    doc["host_budget"] = {**cfg.host_budget, **shares}
+    if cfg.cloud_tool and cfg.cloud_destination:
+        doc["cloud_destination"] = f"{cfg.cloud_destination.rstrip('/')}/{part.name}"
+    if push_url and "telemetry_push" in DOWNLOAD_FIELDS:  # the HTTP sink (house-core) reads it
+        doc["telemetry_push"] = push_url
+    return {k: v for k, v in doc.items() if v is not None}  # unset stays unset (null is not a choice)
+
+
+def task_spec(cfg: DistributeConfig, dest: Destination, part: Partition, staging: str,
+              collector: Collector | None, run_id: str) -> TaskSpec:
+    local_input = "://" not in part.path
+    input_name = os.path.basename(part.path) if local_input else part.path
+    doc = task_config(cfg, dest, part, input_name, collector.url if collector else None, run_id)
+    if dest.local:  # one writer per partition, across workers that share the folder
+        doc["_lock"] = dest.path(f"_flowdc/locks/{part.name}.lock")
+    doc["_time_limit_s"] = cfg.timeout_minutes * 60.0
+    config_path = os.path.join(staging, f"{part.name}.json")
+    fd = os.open(config_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # it may hold storage keys
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        json.dump(doc, fh, indent=1)
+    inputs = {"task.json": config_path}
+    if local_input:
+        inputs[input_name] = part.path
+    python = cfg.worker_python or sys.executable
+    return TaskSpec(
+        name=part.name, argv=[python, "-m", "flowdc.engines.task", "task.json"], inputs=inputs,
+        env={TOKEN_ENV: collector.token} if collector else {}, cores=cfg.task_cores, memory_mb=cfg.task_memory_mb,
+        disk_mb=cfg.task_disk_mb, worker_retries=MAX_LOST_RUNS)
+
+
+def run_distribute(cfg: DistributeConfig, engine: Engine | None = None) -> dict[str, Any]:
+    parts = load_partitions(cfg.input)
+    check_columns(cfg, parts)
+    dest = Destination(cfg.output, cfg.storage_options)
+    staging = tempfile.mkdtemp(prefix="flowdc-distribute-")
+    try:
+        if cfg.dry_run:
+            return _dry_run(cfg, dest, parts, staging)
+        return Distributor(cfg, dest, parts, staging, engine).run()
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def check_columns(cfg: DistributeConfig, parts: list[Partition]) -> None:
+    """A wrong column name fails here, once, rather than in every task (exit 2, one line)."""
+    from flowdc.manifest import Manifest
+
+    first = next((p for p in parts if p.rows != 0 and "://" not in p.path), None)
+    if first is not None:
+        manifest = Manifest(first.path, cfg.url, cfg.input_format, cfg.batch_rows)
+        if cfg.label:
+            manifest.require_column(cfg.label, "label")
+
+
+def _dry_run(cfg: DistributeConfig, dest: Destination, parts: list[Partition], staging: str) -> dict[str, Any]:
+    tasks = []
+    for part in parts:
+        spec = task_spec(cfg, dest, part, staging, None, "dry-run")
+        with open(spec.inputs["task.json"], encoding="utf-8") as fh:
+            doc = json.load(fh)
+        doc.pop("storage_options", None)
+        task = {"task": part.name, "rows": part.rows, "command": spec.argv, "input": part.path,
+                "output": doc["output"], "host_budget": doc["host_budget"], "cores": spec.cores,
+                "memory_mb": spec.memory_mb, "disk_mb": spec.disk_mb, "time_limit_s": doc["_time_limit_s"]}
+        tasks.append(task)
+        print(json.dumps(task))
+    return {"dry_run": True, "tasks": tasks}
+
+
+class Distributor:
+    def __init__(self, cfg: DistributeConfig, dest: Destination, parts: list[Partition], staging: str,
+                 engine: Engine | None) -> None:
+        self.cfg = cfg
+        self.dest = dest
+        self.parts = parts
+        self.staging = staging
+        self.engine = engine or make_engine(cfg, staging)
+        dest.makedirs()
+        telemetry = dest.path(TELEMETRY_FILE) if dest.local else os.path.join(staging, "telemetry.jsonl")
+        self.collector = Collector(telemetry, cfg.telemetry_host, cfg.telemetry_port)
+        self.runs: dict[str, PartitionRun] = {}
+        self.run_id = uuid.uuid4().hex[:12]
+        self.live: LiveView | None = None
+
+    def run(self) -> dict[str, Any]:
+        started = time.time()
+        interrupted = False
+        self.collector.start()
+        try:
+            self.engine.start()
+            self._announce()
+            self.live = LiveView(len(self.parts), self.cfg.quiet)
+            for part in self.parts:
+                spec = task_spec(self.cfg, self.dest, part, self.staging, self.collector, self.run_id)
+                run = PartitionRun(part, spec)
+                self.runs[part.name] = run
+                if part.rows == 0:  # an empty partition has nothing to fetch
+                    run.state = "done"
+                    continue
+                self.engine.submit(run.spec)
+            while any(r.state == "waiting" for r in self.runs.values()):
+                outcome = self.engine.wait(WAIT_S)
+                if outcome is not None:
+                    self._settle(self.runs[outcome.name], outcome)
+                self._refresh()
+        except KeyboardInterrupt:
+            interrupted = True
+        finally:
+            self.engine.close()
+            if self.live is not None:
+                self.live.close()
+            self.collector.stop()
+        summary = self._summary(started, interrupted)
+        self._save(summary)
+        if interrupted:
+            raise KeyboardInterrupt
+        return summary
+
+    def _announce(self) -> None:
+        if self.cfg.engine == "local":
+            print(f"flowdc: running {len(self.parts)} partitions on {self.engine.address}", file=sys.stderr)
+            return
+        worker = "work_queue_worker" if self.cfg.engine == "workqueue" else "vine_worker"
+        host, _, port = self.engine.address.rpartition(":")
+        print(f"flowdc: {self.cfg.engine} manager listening on port {port}; start workers with: "
+              f"{worker} {host} {port}", file=sys.stderr, flush=True)
+
+    def _settle(self, run: PartitionRun, outcome: TaskOutcome) -> None:
+        run.history.append({"ran": outcome.ran, "exit_code": outcome.exit_code, "detail": outcome.detail,
+                            "worker": outcome.worker, "t": round(time.time(), 3)})
+        if outcome.ran and outcome.exit_code == 0:
+            run.state = "done"
+            return
+        if not outcome.ran:
+            run.lost += 1
+            again = run.lost <= MAX_LOST_RUNS
+            why = f"lost its run ({outcome.detail or 'worker gone'})"
+        else:
+            run.failures += 1
+            again = outcome.exit_code != EXIT_USAGE and run.failures <= self.cfg.task_retries
+            why = f"exited {outcome.exit_code}: {_last_line(outcome.output)}"
+        if again:
+            self._note(f"flowdc: {run.part.name} {why}; resubmitting (it resumes from its ledger)")
+            self.engine.submit(run.spec)
+        else:
+            run.state = "failed"
+            run.history[-1]["output"] = outcome.output
+            self._note(f"flowdc: {run.part.name} failed for good: {why}")
+
+    def _note(self, line: str) -> None:
+        from tqdm import tqdm
+
+        tqdm.write(line, file=sys.stderr)
+
+    def counts(self) -> dict[str, int]:
+        states = [r.state for r in self.runs.values()]
+        unfinished = states.count("waiting")
+        running = min(self.engine.running(), unfinished)
+        return {"done": states.count("done"), "failed": states.count("failed"), "running": running,
+                "waiting": unfinished - running + (len(self.parts) - len(self.runs))}
+
+    def _refresh(self) -> None:
+        assert self.live is not None
+        self.live.update(**self.counts(), workers=self.engine.workers(), totals=self.collector.latest()["totals"])
+
+    def _summary(self, started: float, interrupted: bool) -> dict[str, Any]:
+        totals = {"ok": 0, "failed": 0, "skipped": 0, "rows": 0}
+        partitions = []
+        for run in self.runs.values():
+            overview = self._overview(run.part)
+            row_totals = (overview or {}).get("totals", {})
+            for key in totals:
+                totals[key] += int(row_totals.get(key, 0) or 0)
+            partitions.append({"name": run.part.name, "partition": run.part.number, "state": run.state,
+                               "rows": run.part.rows,
+                               "failures": run.failures, "lost": run.lost, "runs": run.history,
+                               "host_budget": run.part.host_budget, "output": self.dest.url(run.part.name),
+                               "totals": row_totals})
+        return {"run_id": self.run_id, "engine": self.cfg.engine, "input": self.cfg.input, "output": self.dest.url(),
+                "started": started, "elapsed_s": round(time.time() - started, 3), "interrupted": interrupted,
+                "partitions_done": sum(r.state == "done" for r in self.runs.values()),
+                "partitions_failed": sum(r.state == "failed" for r in self.runs.values()),
+                "partitions": partitions, "totals": totals, "telemetry_lines": self.collector.lines,
+                "config": public_dict(self.cfg)}
+
+    def _overview(self, part: Partition) -> dict[str, Any] | None:
+        try:
+            return json.loads(self.dest.read_bytes(f"{part.name}/overview.json"))
+        except Exception:  # not written (empty partition, failed task): the summary says so
+            return None
+
+    def _save(self, summary: dict[str, Any]) -> None:
+        self.dest.write_bytes(SUMMARY_FILE, json.dumps(summary, indent=1, default=str).encode())
+        if not self.dest.local and os.path.isfile(self.collector.jsonl_path):
+            with open(self.collector.jsonl_path, "rb") as fh:
+                self.dest.write_bytes(TELEMETRY_FILE, fh.read())
+
+
+def _last_line(text: str) -> str:
+    lines = [line for line in (text or "").strip().splitlines() if line.strip()]
+    return lines[-1][:300] if lines else "(no output)"
+
+
+def summary_text(summary: dict[str, Any]) -> str:
+    t = summary["totals"]
+    lines = [f"flowdc: {summary['partitions_done']}/{len(summary['partitions'])} partitions done, "
+             f"{summary['partitions_failed']} failed; {t['ok']}/{t['rows']} rows stored, {t['failed']} failed, "
+             f"{t['skipped']} skipped in {summary['elapsed_s']:.1f}s — output: {summary['output']}"]
+    for p in summary["partitions"]:
+        if p["state"] == "failed":
+            lines.append(f"  {p['name']} failed after {p['failures']} failed and {p['lost']} lost runs")
+    return "\n".join(lines)

@@ -1,0 +1,145 @@
+"""What runs on a worker: `python -m flowdc.engines.task TASK.json` downloads one partition.
+
+TASK.json is a download config (the partition's manifest, DEST/part-NNNNN as the output, the host
+budget, ...) plus `_lock`, the path of the partition's lock file when the destination is a local
+or shared folder, and `_time_limit_s`. Around the download it adds what a distributed run needs:
+
+- one writer per partition: a rerun waits for the lock, which a process holds until it exits
+  (kill -9 included), so a resubmitted task never writes beside a run that is still going;
+- no orphans: when the worker process that started this task dies, a killed worker leaves its
+  task running, and the manager has already resubmitted it elsewhere, so the task stops itself
+  (SIGTERM: the download stops cleanly and keeps what it stored);
+- the wall-time limit (timeout_minutes), kept here for every engine alike: Debian's Work Queue
+  (9.9) kills a task with any wall-time limit after a few seconds. Over the limit, the download
+  stops cleanly and the task exits EXIT_WALL_TIME; its rerun resumes.
+
+The exit code is the download's (0 also when every row failed: the partition is complete).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Iterator
+
+from flowdc.errors import EXIT_USAGE
+
+EXIT_LOCK_TIMEOUT = 75  # EX_TEMPFAIL: the manager retries the task
+EXIT_WALL_TIME = 124  # as timeout(1)
+LOCK_WAIT_S = 120.0
+WATCH_S = 0.5
+ORPHAN_GRACE_S = 30.0  # after SIGTERM, how long a clean stop may take before a hard exit
+WORKER_NAMES = ("work_queue_worker", "vine_worker")
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 1:
+        print("usage: python -m flowdc.engines.task TASK.json", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        with open(argv[0], encoding="utf-8") as fh:
+            doc = json.load(fh)
+    except (OSError, json.JSONDecodeError) as exc:
+        print(f"flowdc: error: cannot read the task file {argv[0]}: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    lock_path = doc.pop("_lock", None)
+    time_limit = float(doc.pop("_time_limit_s", 0) or 0)
+    worker = worker_ancestor()
+    if worker is not None:
+        threading.Thread(target=_watch_worker, args=(worker,), name="flowdc-worker-watch", daemon=True).start()
+    over_time = threading.Event()
+    if time_limit > 0:
+        timer = threading.Timer(time_limit, _stop_over_time, args=(over_time, time_limit))
+        timer.daemon = True
+        timer.start()
+    config = os.path.abspath(".flowdc-task-config.json")
+    with open(config, "w", encoding="utf-8") as fh:
+        json.dump(doc, fh)
+    with partition_lock(lock_path) as held:
+        if not held:
+            print(f"flowdc: the partition is still locked by another run ({lock_path}); try again later",
+                  file=sys.stderr)
+            return EXIT_LOCK_TIMEOUT
+        from flowdc.cli import main as cli_main
+
+        code = cli_main(["download", "--config", config])
+    return EXIT_WALL_TIME if over_time.is_set() else code
+
+
+@contextlib.contextmanager
+def partition_lock(path: str | None, wait_s: float = LOCK_WAIT_S) -> Iterator[bool]:
+    """An exclusive flock on `path` (None: no lock, e.g. an object-store destination)."""
+    if not path:
+        yield True
+        return
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    yield False
+                    return
+                time.sleep(0.2)
+        yield True
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def worker_ancestor(pid: int | None = None) -> int | None:
+    """The nearest ancestor that is a Work Queue or TaskVine worker, read from /proc (Linux)."""
+    pid = os.getppid() if pid is None else pid
+    for _ in range(16):
+        if pid <= 1:
+            return None
+        try:
+            with open(f"/proc/{pid}/stat", encoding="utf-8", errors="replace") as fh:
+                stat = fh.read()
+        except OSError:
+            return None
+        name = stat[stat.index("(") + 1:stat.rindex(")")]
+        if name in WORKER_NAMES or any(n.startswith(name) for n in WORKER_NAMES if len(name) >= 15):
+            return pid  # comm is cut to 15 characters
+        pid = int(stat[stat.rindex(")") + 2:].split()[1])
+    return None
+
+
+def _watch_worker(pid: int) -> None:
+    while _alive(pid):
+        time.sleep(WATCH_S)
+    print(f"flowdc: worker process {pid} is gone; stopping this task (the manager runs it again)", file=sys.stderr)
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(ORPHAN_GRACE_S)
+    os._exit(EXIT_LOCK_TIMEOUT)
+
+
+def _stop_over_time(flag: threading.Event, limit_s: float) -> None:
+    flag.set()
+    print(f"flowdc: the task ran past its wall-time limit ({limit_s:.0f} s); stopping (its rerun resumes)",
+          file=sys.stderr)
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(ORPHAN_GRACE_S)
+    os._exit(EXIT_WALL_TIME)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", encoding="utf-8", errors="replace") as fh:
+            state = fh.read().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state not in ("Z", "X")  # a zombie worker is a dead one
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
