@@ -7,6 +7,7 @@ works against a Prefect server whatever Python (or none) the flows run under.
 from __future__ import annotations
 
 import json
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -15,6 +16,10 @@ from typing import Any
 from flowdc.errors import UserError
 
 TIMEOUT_S = 10.0
+# A Prefect server on SQLite answers 503 while its database is busy (the write was rolled back), so
+# a busy answer is tried again after a short wait instead of failing the user's click.
+BUSY_STATUSES = frozenset({502, 503, 504})
+BUSY_WAITS_S = (0.5, 1.0, 2.0, 4.0)
 
 
 class PrefectApi:
@@ -53,6 +58,17 @@ class PrefectApi:
         self._call("POST", f"/flow_runs/{_q(run_id)}/set_state", {"state": {"type": "CANCELLING"}, "force": True})
 
     def _call(self, method: str, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+        for wait_s in BUSY_WAITS_S:
+            try:
+                return self._call_once(method, path, body)
+            except _Busy:
+                time.sleep(wait_s)
+        try:
+            return self._call_once(method, path, body)
+        except _Busy as busy:
+            raise busy.error from None
+
+    def _call_once(self, method: str, path: str, body: dict[str, Any] | None) -> dict[str, Any]:
         data = None if body is None else json.dumps(body).encode()
         req = urllib.request.Request(self.api + path, data=data, method=method,
                                      headers={"Content-Type": "application/json"})
@@ -62,9 +78,20 @@ class PrefectApi:
         except urllib.error.HTTPError as exc:
             detail = exc.read()[:200].decode("utf-8", "replace")
             what = "not found" if exc.code == 404 else f"HTTP {exc.code}"
-            raise UserError(f"Prefect API {method} {path}: {what} {detail}".strip()) from None
+            error = UserError(f"Prefect API {method} {path}: {what} {detail}".strip())
+            if exc.code in BUSY_STATUSES:
+                raise _Busy(error) from None
+            raise error from None
         except (urllib.error.URLError, OSError, ValueError) as exc:
             raise UserError(f"Prefect API at {self.api} not reachable: {exc}") from None
+
+
+class _Busy(Exception):
+    """The server answered that it is busy; `error` is what the user sees if it stays busy."""
+
+    def __init__(self, error: UserError):
+        super().__init__(str(error))
+        self.error = error
 
 
 def _q(part: str) -> str:
