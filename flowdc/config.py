@@ -107,7 +107,20 @@ class NetworkOptions:
 
 
 @dataclass
-class DownloadConfig(NetworkOptions, RedactOptions, PaarcOptions):
+class PolitenessOptions:
+    """Who we say we are and which opt-outs we honour (flowdc/politeness.py, docs/politeness.md)."""
+
+    user_agent_token: str | None = opt(None, "Added to the User-Agent (FLOW-DC/VERSION (+contact_url) TOKEN), so "
+                                       "sites can tell your crawl apart and X-Robots-Tag may address it by name.")
+    contact_url: str | None = opt(None, "A URL (or mailto:) in the User-Agent where site owners can reach you.")
+    disallowed_header_directives: list[str] = opt(
+        ["noai", "noimageai", "noindex", "noimageindex"],
+        "X-Robots-Tag directives that opt a response out: the row is skipped with reason x_robots_tag:DIRECTIVE. "
+        "An empty list honours none.")
+
+
+@dataclass
+class DownloadConfig(PolitenessOptions, NetworkOptions, RedactOptions, PaarcOptions):
     input: str = opt("", "Manifest of URLs: parquet, csv, excel (.xlsx/.xls) or xml; a path or any fsspec URL "
                      "(s3://, gs://, https://, hf://).")
     output: str = opt("", "Output directory or fsspec URL (s3://bucket/prefix, gs://bucket/prefix).")
@@ -130,6 +143,10 @@ class DownloadConfig(NetworkOptions, RedactOptions, PaarcOptions):
     shard_max_seconds: float = opt(
         60.0, "A staged webdataset shard (object stores, cloud_tool) is committed when full or after this many "
         "seconds open, which bounds what a kill loses there; local shards are appended to in place.")
+    image_key: str = opt("auto", "webdataset: the one extension of every image member, whatever each image's "
+                         "format (bytes kept as served; loaders decode by content), so every loader sees every "
+                         "row. auto: the first stored image's; give one for partitions of one dataset.",
+                         choices=("auto", "jpg", "png", "webp", "jpeg"))
     max_body_bytes: int = opt(50 * 1024 * 1024, "Largest body accepted per URL, in bytes.")
     content_types: list[str] = opt(
         ["image/"], "Accepted Content-Type prefixes; an empty list accepts any type.", aliases=("content_type",)
@@ -158,6 +175,23 @@ class DownloadConfig(NetworkOptions, RedactOptions, PaarcOptions):
                              "(a resubmitted task) takes over that lease at once. Default: a new id per run.")
     lease_ttl_s: float = opt(60.0, "Object-store outputs: a lease whose heartbeat is older than this is taken "
                              "over (the run died); the heartbeat runs every third of it.")
+    verify: str = opt("header", "Check that each body decodes (Pillow, in the writer threads): header reads the "
+                      "size and format only, full decodes every pixel, none skips it. A body that fails is "
+                      "failed with reason not_decodable.", choices=("header", "full", "none"))
+    image_size: int = opt(256, "Side in pixels for --resize_mode (img2dataset's image_size).")
+    resize_mode: str = opt("no", "Resize in worker processes: no, keep_ratio (smaller side = image_size), "
+                           "keep_ratio_largest (larger side), center_crop (then the centre square), border "
+                           "(larger side, then padded square). Off by default: bytes kept as served.",
+                           choices=("no", "keep_ratio", "keep_ratio_largest", "center_crop", "border"))
+    resize_only_if_bigger: bool = opt(False, "Never enlarge: images smaller than image_size keep their size.")
+    encode_format: str = opt("keep", "Re-encode stored images as jpg, png or webp; keep: the source's format "
+                             "(re-encoded only when resized).", choices=("keep", "jpg", "png", "webp"))
+    encode_quality: int = opt(95, "Quality for jpg and webp (0-100); for png a value 0-9 is the compression level.")
+    processes_count: int = opt(2, "Worker processes that resize and re-encode (only with --resize_mode or "
+                               "--encode_format).")
+    dedupe: str = opt("none", "sha256: a body identical to one already stored (this run or an earlier one) is not "
+                      "stored again: the row is skipped with reason duplicate and duplicate_of naming the kept key.",
+                      choices=("none", "sha256"))
     quiet: bool = opt(False, "No progress bar; only the final summary.")
     batch_rows: int = opt(8192, "Manifest rows read per batch (memory stays bounded by this).")
     host_budget: dict[str, float] = opt(
@@ -172,7 +206,8 @@ class DownloadConfig(NetworkOptions, RedactOptions, PaarcOptions):
         problem = local_folder_problem(self.output)
         if problem:
             raise ConfigError(f"--output {self.output}: {problem}")
-        for name in ("concurrent_downloads", "samples_per_shard", "max_body_bytes", "batch_rows"):
+        for name in ("concurrent_downloads", "samples_per_shard", "max_body_bytes", "batch_rows", "image_size",
+                     "processes_count"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not 0 < self.lease_ttl_s < 1e9:  # nan and inf too: the heartbeat waits a third of it
@@ -181,6 +216,8 @@ class DownloadConfig(NetworkOptions, RedactOptions, PaarcOptions):
             raise ConfigError(f"timeout must be > 0, got {self.timeout}")
         if not self.shard_max_seconds > 0:
             raise ConfigError(f"shard_max_seconds must be > 0, got {self.shard_max_seconds}")
+        if not 0 <= self.encode_quality <= 100:
+            raise ConfigError(f"encode_quality must be 0-100, got {self.encode_quality}")
         if self.max_retry_attempts < 0 or self.retry_backoff_sec < 0 or self.max_redirects < 0:
             raise ConfigError("max_retry_attempts, retry_backoff_sec and max_redirects must be >= 0")
         if self.cloud_tool and "://" in self.output and not self.output.startswith("file://"):
@@ -270,7 +307,7 @@ class PartitionConfig:
 
 
 @dataclass
-class SizeConfig(NetworkOptions, RedactOptions, PaarcOptions):
+class SizeConfig(PolitenessOptions, NetworkOptions, RedactOptions, PaarcOptions):
     input: str | None = opt(None, "One manifest to estimate.")
     directory: str | None = opt(None, "A folder of manifests (e.g. partitions) to estimate together.")
     url_column: str = opt("url", "Column holding the URLs.", aliases=("url_col", "url"))

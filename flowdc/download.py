@@ -9,13 +9,14 @@ import asyncio
 import contextlib
 import gc
 import json
+import multiprocessing as mp
 import os
 import random
 import signal
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Iterator, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from functools import partial
 from typing import Any
 
@@ -28,6 +29,8 @@ from flowdc.config import DownloadConfig, check_host_budget
 from flowdc.errors import ConfigError, DestinationError
 from flowdc.fetch import FetchSettings, Outcome, digest, fetch_one
 from flowdc.identity import RepeatNumbering, base_hashes
+from flowdc.images import check_sample, resize_batch
+from flowdc.imagesig import DUPLICATE
 from flowdc.ledger import Ledger, Record, meta_json, url_hash
 from flowdc.loops import run_sync
 from flowdc.manifest import ROW_COLUMN, Manifest
@@ -35,6 +38,7 @@ from flowdc.overview import build_overview, write_overview
 from flowdc.ownership import OutputClaim, claim_output
 from flowdc.progress import ProgressBar, RunCounters
 from flowdc.requestloop import RequestLoop
+from flowdc.resize import ResizeSettings
 from flowdc.scheduler import Job
 from flowdc.seen import SeenKeys
 from flowdc.shipping import Shipper, uploader_for
@@ -42,7 +46,7 @@ from flowdc.storage import Destination, is_destination_error
 from flowdc.telemetry import HostSnapshot, RunSnapshot, Snapshot, Telemetry
 from flowdc.urls import host_key, scheme_error, url_redactor
 from flowdc.write_queue import WriteQueue
-from flowdc.writers.base import SampleWriter, StoredSample, StoreError
+from flowdc.writers.base import SampleRefused, SampleWriter, StoredSample, StoreError
 from flowdc.writers.factory import make_writer
 from flowdc.writers.naming import extension_for, make_key, url_key
 
@@ -156,6 +160,7 @@ class DownloadJob:
         self._seen_keys = SeenKeys()  # url_based mode: keys already taken, to catch duplicate URLs
         self._identities = RepeatNumbering()  # each manifest row's identity, repeats numbered in order
         self._store_failures: dict[int, int] = {}
+        self._kept_by_hash: dict[str, str] = {}  # --dedupe sha256: sha256 -> the key that holds those bytes
         self.redact = url_redactor(cfg.redact_urls, cfg.redact_params)  # for URLs written; requests use the real one
 
     def stop(self) -> None:
@@ -204,12 +209,19 @@ class DownloadJob:
         self._open()
         self.write_pool = ThreadPoolExecutor(max_workers=self.write_lanes, thread_name_prefix="flowdc-writer")
         self.hash_pool = ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1), thread_name_prefix="flowdc-hash")
+        self.resize = ResizeSettings(self.cfg.image_size, self.cfg.resize_mode, self.cfg.resize_only_if_bigger,
+                                     self.cfg.encode_format, self.cfg.encode_quality)
+        # Spawned, not forked: this process runs threads (DNS, writers), and a fork copies their locks.
+        self.resize_pool = ProcessPoolExecutor(self.cfg.processes_count, mp_context=mp.get_context("spawn")) \
+            if self.resize.active else None
         try:
             return await self._run(started_wall, stop)
         finally:
             self.write_pool.shutdown(wait=True)
             self.hash_pool.shutdown(wait=True)
             self._publish({}, done=True)
+            if self.resize_pool is not None:
+                self.resize_pool.shutdown(wait=True, cancel_futures=True)
             if self._own_telemetry is not None:
                 self._own_telemetry.close()
             if self.claim is not None:
@@ -221,12 +233,16 @@ class DownloadJob:
         self.writer: SampleWriter = make_writer(
             cfg.output_format, self.dest, self.ledger, labelled=cfg.label is not None,
             samples_per_shard=cfg.samples_per_shard, shard_max_seconds=cfg.shard_max_seconds,
+            image_key=cfg.image_key,
             on_shard_commit=self.shipper.ship_shard if self.shipper else None)
-        self.write_queue = WriteQueue(self.writer.write, self.write_pool, lanes=self.write_lanes,
-                                      on_error=self._store_failed, more_coming=self._fetches_left)
+        self.write_queue = WriteQueue(self._write_checked, self.write_pool, lanes=self.write_lanes,
+                                      on_error=self._store_failed, more_coming=self._fetches_left,
+                                      prepare=self._resize_batch if self.resize_pool is not None else None)
         try:
             recovery = await asyncio.to_thread(self.writer.recover)
             done = await asyncio.to_thread(self.ledger.done_index)
+            if cfg.dedupe == "sha256":
+                self._kept_by_hash = await asyncio.to_thread(stored_hashes, self.ledger)
         except Exception as exc:
             if not is_destination_error(exc):
                 raise
@@ -364,7 +380,7 @@ class DownloadJob:
             self.counters.retries += 1
             self.scheduler.retry_later(job, self._retry_delay(job, outcome))
         else:
-            self._final(self._record(job, outcome, "failed"))
+            self._final(self._record(job, outcome, "skipped" if outcome.skipped else "failed"))
             self.scheduler.done(job)
 
     def _retry_delay(self, job: Job, outcome: Outcome) -> float:
@@ -382,9 +398,31 @@ class DownloadJob:
             # Too large to hash on the event loop. Not in the writer either: its lane is serial,
             # and hashing beside it (hashlib releases the GIL) keeps it from becoming the bottleneck.
             rec.sha256 = await asyncio.get_running_loop().run_in_executor(self.hash_pool, digest, outcome.body)
+        if self.cfg.dedupe == "sha256" and self._is_duplicate(rec):
+            self._final(rec)
+            self.scheduler.done(job)
+            return
         sample = StoredSample(rec, outcome.body, extension_for(outcome.content_type, job.url), job.meta)
         await self.write_queue.put(sample, partial(self.scheduler.done, job))
         self.counters.record("ok", len(outcome.body))
+
+    def _is_duplicate(self, rec: Record) -> bool:
+        """--dedupe sha256: the first row with these bytes keeps them (a refetch of the same row too)."""
+        assert rec.sha256 is not None
+        kept = self._kept_by_hash.setdefault(rec.sha256, rec.key)
+        if kept == rec.key:
+            return False
+        rec.status, rec.reason, rec.duplicate_of = "skipped", DUPLICATE, kept
+        return True
+
+    def _resize_batch(self, batch: list[StoredSample]) -> None:
+        assert self.resize_pool is not None
+        resize_batch(batch, self.resize_pool, self.resize)
+
+    def _write_checked(self, sample: StoredSample) -> None:
+        """Runs in a writer thread: the decode check (flowdc.images), then the write."""
+        check_sample(sample, self.cfg.verify)
+        self.writer.write(sample)
 
     def _fetches_left(self) -> bool:
         """Whether any job may still bring a sample: not every unfinished job sits in the write queue."""
@@ -395,6 +433,12 @@ class DownloadJob:
         this run, or, after too many tries, leave them as transient failures for the next run."""
         for rec in err.records:
             self.counters.unrecord_ok(rec.bytes or 0)
+            if isinstance(err, SampleRefused):  # the body's fault: final, never fetched again
+                if self._kept_by_hash.get(rec.sha256 or "") == rec.key:
+                    del self._kept_by_hash[rec.sha256 or ""]  # not stored: these bytes are kept nowhere
+                rec.status, rec.reason, rec.retryable, rec.path, rec.shard = "failed", err.reason, False, None, None
+                self._final(rec)
+                continue
             tries = self._store_failures[rec.row] = self._store_failures.get(rec.row, 0) + 1
             if tries <= MAX_STORE_TRIES and not self.scheduler.closed_for_good:
                 self.counters.retries += 1
@@ -422,8 +466,9 @@ class DownloadJob:
                                    "run the same command again when it is reachable") from None
 
     def _final(self, rec: Record) -> None:
-        """A row that ends without a stored sample: into the ledger and the counters."""
+        """A row that ends without a stored sample: into the ledger, the open shard's list and the counters."""
         self.ledger.add(rec)
+        self.writer.note_ended(rec)
         self.counters.record(rec.status, 0, rec.reason)
 
     # -- the side loop --------------------------------------------------------------------------
@@ -460,6 +505,13 @@ class DownloadJob:
         self.host_snapshots.update(snap)
         while len(self.host_snapshots) > cap:
             self.host_snapshots.pop(next(iter(self.host_snapshots)))
+
+
+def stored_hashes(ledger: Ledger) -> dict[str, str]:
+    """sha256 -> key of every sample an earlier run stored, so --dedupe holds across runs."""
+    latest = ledger.latest(["key", "status", "sha256"])
+    ok = latest.filter(pc.equal(latest["status"], "ok"))
+    return dict(zip(ok["sha256"].to_pylist(), ok["key"].to_pylist(), strict=True))
 
 
 def job_of(rec: Record) -> Job:

@@ -24,8 +24,9 @@ from typing import Any, NamedTuple, TypeVar
 import aiohttp
 
 from flowdc.addresses import BlockedAddress
-from flowdc.imagesig import SNIFF_BYTES, image_format_ok
+from flowdc.imagesig import NOT_AN_IMAGE, SNIFF_BYTES, image_format_ok
 from flowdc.network import make_connector, watch_of
+from flowdc.politeness import DEFAULT_DISALLOWED, disallowed_directive, user_agent
 from flowdc.signals import Signal
 
 # A longer Retry-After is waited on for this long per attempt; once the row's attempts are spent it
@@ -48,15 +49,20 @@ class FetchSettings:
     max_body_bytes: int
     content_types: tuple[str, ...]
     max_redirects: int
+    disallowed_directives: frozenset[str] = frozenset(DEFAULT_DISALLOWED)  # X-Robots-Tag opt-outs honoured
+    user_agent_token: str | None = None  # X-Robots-Tag may address our crawl by this name
 
     def __post_init__(self) -> None:
         # Lower-cased once here, not per response.
         object.__setattr__(self, "content_types", tuple(p.lower() for p in self.content_types))
+        object.__setattr__(self, "disallowed_directives", frozenset(d.lower() for d in self.disallowed_directives))
 
     @classmethod
     def of(cls, cfg: Any) -> FetchSettings:
         """From a DownloadConfig (or anything with its field names)."""
-        return cls(cfg.timeout, cfg.max_body_bytes, tuple(cfg.content_types), cfg.max_redirects)
+        return cls(cfg.timeout, cfg.max_body_bytes, tuple(cfg.content_types), cfg.max_redirects,
+                   frozenset(getattr(cfg, "disallowed_header_directives", DEFAULT_DISALLOWED)),
+                   getattr(cfg, "user_agent_token", None))
 
 
 @dataclass(slots=True)
@@ -74,6 +80,7 @@ class Outcome:
     # False: retrying in this run cannot help (an untrusted certificate, a name that does not exist),
     # but a later run may (a --ca_bundle given, DNS fixed), so the row stays `retryable` in the ledger.
     retry_now: bool = True
+    skipped: bool = False  # the site opted out (X-Robots-Tag): recorded as skipped, not failed
 
     @property
     def ok(self) -> bool:
@@ -247,6 +254,11 @@ async def _read_response(resp: aiohttp.ClientResponse, settings: FetchSettings) 
     ctype = resp.headers.get("Content-Type")
     if not 200 <= status < 300:
         return status_outcome(resp, Outcome, content_type=ctype)
+    robots = resp.headers.getall("X-Robots-Tag", ())
+    if robots and settings.disallowed_directives:
+        directive = disallowed_directive(robots, settings.disallowed_directives, settings.user_agent_token)
+        if directive is not None:  # before the body: an opted-out image is not even read
+            return Outcome(Signal.OBJECT_ERROR, status, f"x_robots_tag:{directive}", content_type=ctype, skipped=True)
     if not content_type_allowed(ctype, settings.content_types):
         return Outcome(Signal.OBJECT_ERROR, status, f"content_type:{(ctype or 'none').split(';')[0]}")
     declared = resp.content_length
@@ -271,7 +283,7 @@ async def _read_response(resp: aiohttp.ClientResponse, settings: FetchSettings) 
         return Outcome(Signal.OBJECT_ERROR, status, "empty_body", content_type=ctype)
     if (ctype or "").lower().startswith("image/") and not image_format_ok(body[:SNIFF_BYTES], ctype):
         # Served as an image but not one (an HTML error page as image/jpeg): final, a retry gets the same.
-        return Outcome(Signal.OBJECT_ERROR, status, "not_an_image", content_type=ctype)
+        return Outcome(Signal.OBJECT_ERROR, status, NOT_AN_IMAGE, content_type=ctype)
     sha256 = digest(body) if len(body) <= INLINE_DIGEST_MAX else None
     return Outcome(Signal.OK, status, None, False, body=body, sha256=sha256, content_type=ctype)
 
@@ -280,17 +292,18 @@ def digest(body: bytes) -> str:
     return hashlib.sha256(body).hexdigest()
 
 
-def make_session(global_limit: int, user_agent: str = "flowdc/0.1 (+dataset downloader)", *,
-                 net: Any = None) -> aiohttp.ClientSession:
+def make_session(global_limit: int, agent: str | None = None, *, net: Any = None) -> aiohttp.ClientSession:
     """One session for the whole run; the scheduler bounds concurrency, so the pool never queues.
 
     `net`: the run's config (its network options: proxy, ca_bundle, insecure, block_link_local,
-    dns_threads; see flowdc/network.py). Every command builds its session here.
+    dns_threads; see flowdc/network.py) and its User-Agent options (user_agent_token, contact_url).
+    Every command builds its session here.
     """
+    agent = agent or user_agent(getattr(net, "user_agent_token", None), getattr(net, "contact_url", None))
     connector = make_connector(global_limit, net)
     return aiohttp.ClientSession(
         connector=connector,
-        headers={"User-Agent": user_agent},
+        headers={"User-Agent": agent},
         auto_decompress=True,
     )
 

@@ -7,6 +7,11 @@ check, a few byte comparisons per sample; decoding the image is a different, cos
 
 from __future__ import annotations
 
+# One vocabulary for why a body is not kept as an image (ledger `reason`s; docs/outputs.md lists them).
+NOT_AN_IMAGE = "not_an_image"  # served as image/* but its first bytes are no known image signature
+NOT_DECODABLE = "not_decodable"  # looks like an image but Pillow cannot open (or, --verify full, decode) it
+DUPLICATE = "duplicate"  # --dedupe sha256: the same bytes are already stored under the key in `duplicate_of`
+
 SNIFF_BYTES = 1024  # enough for every prefix below and for an SVG's root element after an XML prolog
 # ISO BMFF major/compatible brands of AVIF, HEIF/HEIC and JPEG 2000 (part 1 and 2) files.
 _FTYP_BRANDS = frozenset({b"avif", b"avis", b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"mif1",

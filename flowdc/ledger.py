@@ -60,6 +60,13 @@ SCHEMA = pa.schema(
         ("meta", pa.string()),
         ("ts", pa.float64()),
         ("ident", pa.int64()),  # the row's identity across runs (flowdc.identity); null in older ledgers
+        # The stored image as Pillow read it (flowdc.images); null with --verify none and in older ledgers.
+        ("width", pa.int32()),
+        ("height", pa.int32()),
+        ("image_format", pa.string()),
+        ("duplicate_of", pa.string()),  # --dedupe sha256: the key that holds this row's bytes
+        ("original_width", pa.int32()),  # the image as served, when --resize_mode/--encode_format changed it
+        ("original_height", pa.int32()),
     ]
 )
 FIELDS = tuple(SCHEMA.names)
@@ -93,6 +100,12 @@ class Record:
     url_hash: int = 0  # of the full URL, even when `url` is redacted
     ident: int | None = None  # the row's identity across runs: resume and refresh place rows by it
     source_url: str | None = None  # the URL requested, in memory only (no column): store retries refetch it
+    width: int | None = None
+    height: int | None = None
+    image_format: str | None = None
+    duplicate_of: str | None = None
+    original_width: int | None = None
+    original_height: int | None = None
 
     def __post_init__(self) -> None:
         if not self.url_hash:
@@ -100,7 +113,7 @@ class Record:
 
 
 def records_table(records: list[Record]) -> pa.Table:
-    columns = {name: [getattr(r, name) for r in records] for name in FIELDS}
+    columns = {name: [getattr(r, name) for r in records] for name in FIELDS}  # source_url is no column
     return pa.Table.from_pydict(columns, schema=SCHEMA)
 
 

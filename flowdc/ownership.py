@@ -26,7 +26,7 @@ from flowdc.errors import DestinationError, FlowdcError, OutputNotOursError, Use
 from flowdc.leases import LEASE_FILE, LOCK_FILE, OutputHold, hold_output
 from flowdc.ledger import LEDGER_DIR, Ledger
 from flowdc.storage import TMP_MARK, Destination, is_destination_error
-from flowdc.writers.webdataset import shard_name
+from flowdc.writers.webdataset import shard_files
 
 log = logging.getLogger(__name__)
 META_DIR = "_flowdc"
@@ -147,8 +147,7 @@ def clear_ours(dest: Destination) -> dict[str, int]:
     dest.write_bytes(CLEARING, json.dumps({"started": time.time()}).encode())
     files, shards = recorded_outputs(Ledger(dest))
     removed = {"sample_files": _remove_files(dest, files)}
-    shard_files = [shard_name(s, ext) for s in sorted(shards) for ext in ("tar", "parquet")]
-    removed["shard_files"] = _remove_files(dest, shard_files)
+    removed["shard_files"] = _remove_files(dest, [name for s in sorted(shards) for name in shard_files(s)])
     removed["folders"] = _remove_empty_folders(dest, files)
     removed["bookkeeping"] = sum(_remove_if_ours(dest, name) for name in OWN_ROOT_JSON)
     removed["archive"] = int(remove_our_archive(dest))

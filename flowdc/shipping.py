@@ -14,7 +14,7 @@ import os
 from flowdc.config import DownloadConfig
 from flowdc.storage import Destination
 from flowdc.uploaders import CommandUploader, UploadError, UploadSpec, upload_async
-from flowdc.writers.webdataset import shard_name
+from flowdc.writers.webdataset import shard_files, shard_name
 
 log = logging.getLogger(__name__)
 
@@ -38,8 +38,8 @@ class Shipper:
 
     def ship_shard(self, shard: int) -> None:
         """Called from the writer thread once a shard is committed; uploads run on the loop."""
-        for ext in ("tar", "parquet"):
-            self.loop.call_soon_threadsafe(self.ship_file, shard_name(shard, ext))
+        for name in shard_files(shard):
+            self.loop.call_soon_threadsafe(self.ship_file, name)
 
     def ship_file(self, rel: str, *, keep_local: bool = False) -> None:
         """Start an upload (from the event loop's thread)."""
@@ -52,8 +52,9 @@ class Shipper:
         names = set(self.dest.list())
         leftovers = [s for s in sorted(committed) if shard_name(s, "tar") in names]
         for shard in leftovers:
-            for ext in ("tar", "parquet"):
-                self.ship_file(shard_name(shard, ext))
+            for name in shard_files(shard):
+                if name in names:
+                    self.ship_file(name)
         return len(leftovers)
 
     async def drain(self) -> None:

@@ -31,6 +31,7 @@ class WriteQueue:
         *,
         lanes: int,
         on_error: Callable[[StoreError], None],
+        prepare: Callable[[list[StoredSample]], None] | None = None,
         more_coming: Callable[[], bool] = lambda: True,
         max_queued: int = 2048,
         max_queued_bytes: int = 256 << 20,
@@ -42,6 +43,7 @@ class WriteQueue:
         self._pool = pool
         self._lanes = lanes  # batches written at once; 1 keeps the samples in order
         self._on_error = on_error
+        self._prepare = prepare  # runs in the writer thread on a whole batch first (e.g. resizing in processes)
         self._more_coming = more_coming  # whether samples not yet queued may still arrive
         self._max_queued = max_queued
         self._max_queued_bytes = max_queued_bytes  # a sample count alone lets large images pile up
@@ -104,7 +106,8 @@ class WriteQueue:
             batch = self._pending[: min(share, self._max_batch)]
             del self._pending[: len(batch)]
             self._busy += 1
-            future = loop.run_in_executor(self._pool, write_batch, self._write, [q.sample for q in batch])
+            future = loop.run_in_executor(self._pool, write_batch, self._write, [q.sample for q in batch],
+                                          self._prepare)
             future.add_done_callback(partial(self._batch_done, batch))
 
     def _batch_done(self, batch: list[Queued], future: asyncio.Future[list[StoreError]]) -> None:
@@ -125,8 +128,11 @@ class WriteQueue:
         self._schedule()
 
 
-def write_batch(write: Callable[[StoredSample], None], batch: list[StoredSample]) -> list[StoreError]:
+def write_batch(write: Callable[[StoredSample], None], batch: list[StoredSample],
+                prepare: Callable[[list[StoredSample]], None] | None = None) -> list[StoreError]:
     """Runs in a writer thread: every sample of the batch, collecting the destination's refusals."""
+    if prepare is not None:
+        prepare(batch)
     errors = []
     for sample in batch:
         try:

@@ -11,13 +11,18 @@ token bucket. Faults come either at random (seeded) or scripted per URL in the q
     ?retry_after=S        Retry-After seconds on a 429/503 (default: the host's retry_after_s)
     ?retry_after_date=1   send Retry-After as an HTTP-date instead of seconds
     ?size=N               body size in bytes (exact for N >= ~100; smaller gives a 1x1 PNG)
-    ?ctype=TYPE           Content-Type to send (default image/png)
+    ?ctype=TYPE           Content-Type to send (default image/png, or the fmt's type)
+    ?fmt=F&w=W&h=H        a Pillow-encoded noise image instead of the PNG: F is jpeg, png, webp or gif,
+                          W x H pixels (default 64 x 48); size is ignored
+    ?body=corrupt         a JPEG cut in half: its header opens, a full decode fails
+    ?body=badheader       a JPEG signature followed by noise: no decoder opens it
     ?body=html            an HTML page instead of the image (with ctype=image/jpeg: an error page
                           served as an image, as soft-blocking hosts do)
     ?redirect=N           N chained 302 redirects before the image
     ?nolength=1           chunked transfer, no Content-Length
     ?slowbody=S           headers at once, body trickles over S seconds
     ?head=405             HEAD answers 405 (GET still works)
+    ?robots=VALUE         an X-Robots-Tag header with VALUE (repeat the parameter for several headers)
 
 GET with `Range: bytes=A-B` answers 206 with Content-Range; HEAD answers the Content-Length.
 
@@ -31,6 +36,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import io
 import math
 import random
 import socket
@@ -40,13 +46,14 @@ import threading
 import time
 import zlib
 from collections import OrderedDict, deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from email.utils import formatdate
 from pathlib import Path
 from typing import Any, TypeVar
 
 from aiohttp import web
+from multidict import CIMultiDict
 
 T = TypeVar("T")
 
@@ -117,6 +124,29 @@ def make_png(key: str, size: int) -> bytes:
         return png
     body = png[: -len(_IEND)]
     return body + _chunk(_PAD_KIND, bytes(pad)) + _IEND
+
+
+PIL_FORMATS = {"jpeg": "JPEG", "png": "PNG", "webp": "WEBP", "gif": "GIF"}
+
+
+def make_image(key: str, fmt: str, width: int = 64, height: int = 48) -> bytes:
+    """A noise image of `width` x `height` encoded by Pillow as `fmt` (jpeg, png, webp, gif)."""
+    from PIL import Image
+
+    seed = int.from_bytes(hashlib.blake2b(f"{key}|{fmt}".encode(), digest_size=8).digest(), "big")
+    img = Image.frombytes("RGB", (width, height), random.Random(seed).randbytes(3 * width * height))
+    buf = io.BytesIO()
+    img.save(buf, format=PIL_FORMATS[fmt])
+    return buf.getvalue()
+
+
+def _special_body(kind: str, path: str) -> bytes:
+    if kind == "html":
+        return HTML_PAGE
+    jpeg = make_image(path, "jpeg")
+    if kind == "corrupt":
+        return jpeg[: len(jpeg) // 2]
+    return jpeg[:3] + random.Random(path).randbytes(500)  # badheader
 
 
 class ImageCache:
@@ -298,6 +328,7 @@ class FakeHost:
         self._bucket = TokenBucket(spec.rate_per_s, spec.burst) if spec.rate_per_s else None
         self._attempts: dict[str, int] = {}
         self._status: dict[int, int] = {}
+        self._user_agents: set[str] = set()
         self._counts = {"requests": 0, "resets": 0, "truncates": 0, "stalls": 0, "bytes_sent": 0}
         self._max_in_system = self._in_system
         self._max_in_service = self._in_service
@@ -325,6 +356,7 @@ class FakeHost:
             "max_in_system": self._max_in_system,
             "max_in_service": self._max_in_service,
             "attempts": dict(self._attempts),
+            "user_agents": sorted(self._user_agents),
             "events": list(self._events),
         }
 
@@ -333,6 +365,7 @@ class FakeHost:
     async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
         arrival = time.monotonic()
         self._counts["requests"] += 1
+        self._user_agents.add(request.headers.get("User-Agent", ""))
         self._in_system += 1
         self._max_in_system = max(self._max_in_system, self._in_system)
         status = 0  # 0: no response (reset, or the client went away)
@@ -381,7 +414,12 @@ class FakeHost:
             if redirects > 0:
                 return self._redirect(request, redirects)
             size = min(MAX_BODY, max(0, int(query.get("size", spec.image_bytes))))
-            body = HTML_PAGE if query.get("body") == "html" else self.images.get(request.path, size)
+            if query.get("body") in ("html", "corrupt", "badheader"):
+                body = _special_body(query["body"], request.path)
+            elif query.get("fmt") in PIL_FORMATS:
+                body = make_image(request.path, query["fmt"], int(query.get("w", 64)), int(query.get("h", 48)))
+            else:
+                body = self.images.get(request.path, size)
             if fault == "truncate":
                 return await self._truncated(request, body)
             return await self._image(request, body)
@@ -429,7 +467,9 @@ class FakeHost:
 
     async def _image(self, request: web.BaseRequest, body: bytes) -> web.StreamResponse:
         query = request.query
-        headers = {"Content-Type": query.get("ctype", "image/png"), "Accept-Ranges": "bytes"}
+        headers: CIMultiDict[str] = CIMultiDict({"Content-Type": _content_type(query), "Accept-Ranges": "bytes"})
+        for value in query.getall("robots", ()):
+            headers.add("X-Robots-Tag", value)
         if request.method == "HEAD":
             if query.get("head") == "405":
                 return web.Response(status=405, headers={"Allow": "GET"})
@@ -468,7 +508,7 @@ class FakeHost:
     async def _truncated(self, request: web.BaseRequest, body: bytes) -> web.StreamResponse:
         """Promise the whole body, send half, then drop the connection."""
         self._counts["truncates"] += 1
-        ctype = request.query.get("ctype", "image/png")
+        ctype = _content_type(request.query)
         resp = web.StreamResponse(status=200, headers={"Content-Type": ctype})
         resp.content_length = len(body)
         await resp.prepare(request)
@@ -477,6 +517,11 @@ class FakeHost:
         if request.transport is not None:
             request.transport.close()
         raise asyncio.CancelledError
+
+
+def _content_type(query: Mapping[str, str]) -> str:
+    fmt = query.get("fmt")
+    return query.get("ctype", f"image/{fmt}" if fmt in PIL_FORMATS else "image/png")
 
 
 def _parse_range(value: str | None, total: int) -> tuple[int, int] | None:

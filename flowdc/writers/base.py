@@ -24,6 +24,7 @@ class StoredSample:
     body: bytes
     ext: str
     meta: dict[str, Any]
+    refused: str | None = None  # set before the write when the body cannot be used (why, in one line)
 
 
 class SampleWriter(Protocol):
@@ -31,6 +32,19 @@ class SampleWriter(Protocol):
 
     def write(self, sample: StoredSample) -> None: ...
 
+    def note_ended(self, record: Record) -> None:
+        """A row that ended without a sample (failed, skipped); any thread. webdataset lists it in a shard."""
+        ...
+
     def close(self) -> None:
         """Commit what is open and flush the ledger; raises StoreError for samples it could not keep."""
         ...
+
+
+class SampleRefused(StoreError):
+    """The sample itself is refused before any write (a body that does not decode): a final per-row
+    failure with `reason`, not the destination's fault, so it is not fetched again."""
+
+    def __init__(self, reason: str, detail: str, record: Record):
+        super().__init__(ValueError(detail), [record])
+        self.reason = reason

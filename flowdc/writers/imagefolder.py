@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from flowdc.ledger import Ledger
+from flowdc.ledger import Ledger, Record
 from flowdc.storage import Destination
 from flowdc.writers.base import StoredSample, StoreError
 from flowdc.writers.labelmap import load_label_folders, save_label_map
@@ -35,6 +35,9 @@ class ImageFolderWriter:
             raise StoreError(exc, [rec]) from exc
         rec.path = rel
         self.ledger.add(rec)
+
+    def note_ended(self, record: Record) -> None:
+        pass  # the ledger is this layout's only per-row list
 
     def close(self) -> None:
         self.ledger.flush()

@@ -22,6 +22,7 @@ import io
 import json
 import os
 import re
+import threading
 import time
 from collections.abc import Callable
 from contextlib import ExitStack, suppress
@@ -31,6 +32,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from flowdc.ledger import Ledger, Record
+from flowdc.samplemeta import ShardStats, sample_meta
 from flowdc.storage import Destination
 from flowdc.writers.base import StoredSample, StoreError
 from flowdc.writers.shardresume import (
@@ -44,7 +46,7 @@ from flowdc.writers.shardresume import (
 from flowdc.writers.tarstream import TarStream
 
 _SAMPLE_ENCODER = json.JSONEncoder(default=str)  # built once: it is per sample
-SHARD_FILE = re.compile(r"^(\d{6})\.(tar|parquet)$")
+SHARD_FILE = re.compile(r"^(\d{6})(?:\.tar|\.parquet|_stats\.json)$")
 SYNC_SECONDS = 0.25  # an appended shard's new samples reach the file and the ledger this often
 
 
@@ -52,14 +54,32 @@ def shard_name(shard: int, ext: str) -> str:
     return f"{shard:06d}.{ext}"
 
 
-def sample_json(rec: Record, meta: dict[str, Any]) -> dict[str, Any]:
-    return {**meta, "key": rec.key, "url": rec.url, "label": rec.label, "sha256": rec.sha256,
-            "size": rec.bytes, "status": rec.http_status, "row": rec.row}
+def stats_name(shard: int) -> str:
+    return f"{shard:06d}_stats.json"  # img2dataset's name for a shard's counts
+
+
+def shard_files(shard: int) -> list[str]:
+    """Every file of a committed shard (shards of older versions have no stats file)."""
+    return [shard_name(shard, "tar"), shard_name(shard, "parquet"), stats_name(shard)]
+
+
+# Raster formats every loader decodes with Pillow, which reads the format from the bytes, not the name.
+RASTER_EXTS = frozenset({".jpg", ".jpeg", ".png", ".gif", ".webp", ".bmp", ".tif", ".tiff"})
+
+
+def is_raster(sample: StoredSample) -> bool:
+    return bool(sample.record.image_format) or sample.ext in RASTER_EXTS
 
 
 class WebDatasetWriter:
     def __init__(self, dest: Destination, ledger: Ledger, samples_per_shard: int,
-                 on_commit: Callable[[int], None] | None = None, shard_max_seconds: float = 60.0):
+                 on_commit: Callable[[int], None] | None = None, shard_max_seconds: float = 60.0,
+                 image_key: str = "auto"):
+        # One image key for the whole output, so a loader that takes its columns from the first
+        # samples (Hugging Face's webdataset builder) sees every row's image. The bytes stay as
+        # served (loaders decode by content); the real format is the .json's image_format. "auto":
+        # the first stored image's extension, read back from the first shard on resume.
+        self.image_key: str | None = None if image_key == "auto" else image_key
         self.on_commit = on_commit  # e.g. ship the shard to a remote store
         # Append in place where the shard is the output itself; a shipped shard is staged whole.
         self.append = dest.local and ledger.journal and on_commit is None
@@ -80,6 +100,10 @@ class WebDatasetWriter:
         self._records: list[Record] = []
         self._metas: list[dict[str, Any]] = []
         self._doubtful: set[int] = set()  # shards whose commit failed: maybe partly or wholly stored
+        self._stats = ShardStats()
+        # Rows that ended without a sample, from the event loop: listed in the next shard's parquet.
+        self._ended: list[dict[str, Any]] = []
+        self._ended_lock = threading.Lock()
 
     def recover(self) -> dict[str, int]:
         compacted = self.ledger.compact_journals()
@@ -96,9 +120,9 @@ class WebDatasetWriter:
                 self._complete_renamed(shard)
                 stats["shards_completed"] += 1
                 continue
-            for ext in ("tar", "parquet"):
-                if shard_name(shard, ext) in names:
-                    self.dest.remove(shard_name(shard, ext))
+            for name in shard_files(shard):
+                if name in names:
+                    self.dest.remove(name)
                     stats["orphan_shard_files_removed"] += 1
             taken_back += recorded.get(shard, [])
         for shard in opened:
@@ -120,6 +144,8 @@ class WebDatasetWriter:
             self.ledger.flush()
         seen = committed | uncommitted | set(opened)
         self.next_shard = max(seen) + 1 if seen else 0
+        if self.image_key is None and (committed or opened):
+            self.image_key = self._stored_image_key(min(committed | set(opened)))
         return {**stats, "samples_taken_back": len(taken_back), "journals_compacted": compacted,
                 "temporaries_removed": self.dest.remove_temporaries()}
 
@@ -139,6 +165,19 @@ class WebDatasetWriter:
         os.replace(self.dest.path(open_name(shard)), self.dest.path(shard_name(shard, "tar")))
         self.ledger.commit_shard(shard, [])
 
+    def _stored_image_key(self, shard: int) -> str | None:
+        """The extension of the shard's first member (a ustar name: the header's first 100 bytes);
+        None when the shard is gone (shipped elsewhere) or starts with no raster image."""
+        for name in (shard_name(shard, "tar"), open_name(shard)):
+            try:
+                with self.dest.fs.open(self.dest.path(name), "rb") as fh:
+                    member = fh.read(100).split(b"\0")[0].decode("utf-8", "replace")
+            except FileNotFoundError:
+                continue
+            ext = "." + member.rpartition(".")[2].lower()
+            return ext[1:] if ext in RASTER_EXTS else None
+        return None
+
     def write(self, sample: StoredSample) -> None:
         try:
             self._append(sample)
@@ -153,9 +192,14 @@ class WebDatasetWriter:
         assert self._tar is not None and self._shard is not None
         rec = sample.record
         rec.shard = self._shard
-        media = rec.key + sample.ext
+        ext = sample.ext
+        if is_raster(sample):  # a body that is no raster image (an SVG, say) keeps its own extension
+            if self.image_key is None:
+                self.image_key = ext.lstrip(".")
+            ext = f".{self.image_key}"
+        media = rec.key + ext
         rec.path = f"{shard_name(self._shard, 'tar')}:{media}"
-        meta_doc = sample_json(rec, sample.meta)
+        meta_doc = sample_meta(rec, sample.meta)
         now = int(time.time())
         self._tar.add(media, sample.body, now)
         self._tar.add(rec.key + ".json", _SAMPLE_ENCODER.encode(meta_doc).encode(), now)
@@ -181,6 +225,13 @@ class WebDatasetWriter:
         for rec in unsynced:
             self.ledger.add(rec)
         self.ledger.sync()  # here, off the event loop: the ledger's own cadence would add its half second
+
+    def note_ended(self, rec: Record) -> None:
+        """A row that ended without a sample (failed or skipped): a row of the open shard's parquet
+        (img2dataset lists failures there too). Called from any thread."""
+        meta = sample_meta(rec, json.loads(rec.meta) if rec.meta else {})
+        with self._ended_lock:
+            self._ended.append(meta)
 
     def close(self) -> None:
         if self._resume is not None:  # a killed run's open shard, and nothing came to add to it
@@ -220,6 +271,7 @@ class WebDatasetWriter:
 
     def _open_shard(self) -> None:
         self._stack = ExitStack()
+        self._stats = ShardStats()
         self._opened_at = self._last_sync = time.monotonic()
         if self._resume is not None:  # the shard a killed run left open: cut back and go on
             (self._shard, prefix), self._resume = self._resume, None
@@ -244,6 +296,8 @@ class WebDatasetWriter:
         # can be committed a second time. Raises (so this shard is lost too) while the store is down.
         self._remove_doubtful()
         shard = self._shard
+        with self._ended_lock:
+            ended, self._ended = self._ended, []
         try:
             if self.append:
                 self._sync()
@@ -251,12 +305,14 @@ class WebDatasetWriter:
             self._tar.finish()
             stack, self._stack = self._stack, None
             stack.close()  # closes the file: a staged shard is now visible under its final name
-            self._write_metadata(shard, self._metas)
+            self._write_metadata(shard, self._metas + ended, self._stats)
             if self.append:
                 os.replace(self.dest.path(open_name(shard)), self.dest.path(shard_name(shard, "tar")))
             # An appended shard's records are in the ledger already: its commit part is a marker.
             self.ledger.commit_shard(shard, [] if self.append else self._records)
         except Exception:
+            with self._ended_lock:
+                self._ended[:0] = ended  # listed in the next shard instead
             self._doubtful.add(shard)
             if self.append:
                 self._take_back()
@@ -267,18 +323,23 @@ class WebDatasetWriter:
         if self.on_commit is not None:
             self.on_commit(shard)
 
-    def _write_metadata(self, shard: int, metas: list[dict[str, Any]]) -> None:
+    def _write_metadata(self, shard: int, metas: list[dict[str, Any]], stats: ShardStats | None = None) -> None:
+        """The shard's parquet (its samples and the rows that failed meanwhile), then its stats."""
         buf = io.BytesIO()
-        pq.write_table(pa.Table.from_pylist(metas), buf)
+        pq.write_table(metas_table(metas), buf)
         self.dest.write_bytes(shard_name(shard, "parquet"), buf.getvalue())
+        stats = stats or ShardStats()  # a recovered shard: its timing is lost, its counts are not
+        for meta in metas:
+            stats.add(meta)
+        self.dest.write_bytes(stats_name(shard), json.dumps(stats.to_dict(), indent=1).encode())
 
     def _remove_doubtful(self) -> None:
         """Remove every file of the shards whose commit failed, the ledger part first, so that a
         shard is never committed without its files; raises if the store still fails."""
         for shard in sorted(self._doubtful):
             self.ledger.uncommit_shard(shard)
-            self.dest.remove(shard_name(shard, "parquet"))
-            self.dest.remove(shard_name(shard, "tar"))
+            for name in reversed(shard_files(shard)):
+                self.dest.remove(name)
             if self.append:
                 self.dest.remove(open_name(shard))
             self._doubtful.discard(shard)
@@ -295,3 +356,9 @@ class WebDatasetWriter:
 def _member(rec: Record) -> str:
     """The media member a record names (its path is SHARD.tar:MEMBER)."""
     return (rec.path or ":").split(":", 1)[1]
+
+
+def metas_table(rows: list[dict[str, Any]]) -> pa.Table:
+    """Rows of differing keys (a failed row has no manifest columns) as one table: the union of keys."""
+    names = list(dict.fromkeys(k for row in rows for k in row))
+    return pa.Table.from_pydict({n: [row.get(n) for row in rows] for n in names})

@@ -26,6 +26,7 @@ import pyarrow.parquet as pq
 
 from flowdc.ledger import LEDGER_DIR, Ledger
 from flowdc.storage import TMP_MARK, Destination
+from flowdc.writers.webdataset import shard_files
 from tests.cloud_servers import S3_ACCESS_KEY, S3_REGION, S3_SECRET_KEY
 
 LOOPBACK = "127.0.0.1"
@@ -230,18 +231,23 @@ def samples_in_shards(dest: Destination) -> Counter[str]:
 
 
 def committed_shard_files(dest: Destination) -> list[str]:
-    """The shard files (tar and parquet) whose ledger part exists."""
+    """The shard files (tar, parquet and stats) whose ledger part exists."""
     parts = [n for n in dest.list(LEDGER_DIR) if n.startswith("shard-")]
-    return sorted(f"{p[6:12]}.{ext}" for p in parts for ext in ("tar", "parquet"))
+    return sorted(name for p in parts for name in shard_files(int(p[6:12])))
+
+
+def shard_file_names(shards: int) -> list[str]:
+    """Every file of shards 0 .. shards-1, sorted."""
+    return sorted(name for i in range(shards) for name in shard_files(i))
 
 
 def shard_metadata_rows(dest: Destination) -> int:
-    """Rows over every shard's metadata parquet."""
+    """Stored samples' rows over every shard's metadata parquet (failed rows are listed there too)."""
     total = 0
     for name in all_files(dest):
         if "/" not in name and name.endswith(".parquet"):
             with dest.fs.open(dest.path(name), "rb") as fh:
-                total += pq.read_metadata(fh).num_rows
+                total += pq.read_table(fh, columns=["status"]).column("status").to_pylist().count("success")
     return total
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import webdataset as wds
 
@@ -109,7 +110,8 @@ def test_webdataset_shards_and_metadata(tmp_path: Path, two_hosts: FakeHostFarm)
         assert meta["key"] == key == f"{row + 1:08d}"
         assert meta["url"] == urls[row] and meta["label"] == f"c{row % 4}"
         assert meta["sha256"] == hashlib.sha256(parts["png"]).hexdigest() == records[key]["sha256"]
-        assert meta["size"] == len(parts["png"]) == sizes[row] and meta["status"] == 200
+        assert meta["size"] == len(parts["png"]) == sizes[row] and meta["http_status"] == 200
+        assert meta["status"] == "success"
         assert (meta["license"], meta["photo_id"], meta["score"]) == (f"CC-{row % 3}", 100 + row, row / 4)
         assert parts["png"] == expected_png(f"/wds/{row}.png", sizes[row])
         assert json.loads(records[key]["meta"]) == {"license": f"CC-{row % 3}", "photo_id": 100 + row,
@@ -120,10 +122,14 @@ def test_webdataset_shards_and_metadata(tmp_path: Path, two_hosts: FakeHostFarm)
     assert len(read_back) == n - 1 and len({s["__key__"] for s in read_back}) == n - 1
     assert all(hashlib.sha256(s["png"]).hexdigest() == json.loads(s["json"])["sha256"] for s in read_back)
 
+    listed_failures = []
     for shard in sorted(out.glob("*.tar")):
         table = pq.read_table(shard.with_suffix(".parquet"))
-        assert set(table.column("key").to_pylist()) == {n.split(".")[0] for n in tar_names(shard)}
+        stored = table.filter(pc.equal(table["status"], "success"))
+        assert set(stored.column("key").to_pylist()) == {n.split(".")[0] for n in tar_names(shard)}
+        listed_failures += table.filter(pc.not_equal(table["status"], "success")).column("key").to_pylist()
         assert {"license", "photo_id", "score", "url", "sha256", "label"} <= set(table.column_names)
+    assert listed_failures == [r["key"] for r in latest(out) if r["status"] == "failed"]  # in one shard's parquet
 
 
 def test_sequential_keys_are_row_numbers_stable_across_runs_and_retries(tmp_path: Path,

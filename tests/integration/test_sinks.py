@@ -47,6 +47,7 @@ from tests.integration.sinks_helpers import (
     s3_options,
     s3_pipe_url,
     samples_in_shards,
+    shard_file_names,
     shard_members,
     shard_metadata_rows,
     webdataset_samples,
@@ -151,7 +152,7 @@ def check_no_loss_no_duplicates(dest: Destination, urls: list[str]) -> None:
     copies = samples_in_shards(dest)
     assert set(copies) == {r["key"] for r in latest}
     assert max(copies.values()) == 1, f"samples stored twice: {[k for k, n in copies.items() if n > 1]}"
-    data_files = {f for f in all_files(dest) if "/" not in f and f.endswith((".tar", ".parquet"))}
+    data_files = {f for f in all_files(dest) if "/" not in f and f.endswith((".tar", ".parquet", "_stats.json"))}
     assert data_files == set(committed_shard_files(dest))
     assert partial_names(all_files(dest)) == []
 
@@ -238,8 +239,8 @@ def test_resume_after_sigkill_on_s3(s3_endpoint: str, slow_farm: FakeHostFarm, t
     proc = subprocess.Popen(flowdc_argv(*args), cwd=REPO, env=child_env(), stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE)
     try:
-        deadline = time.monotonic() + 30
-        while len(committed_shard_files(dest)) < 6 and time.monotonic() < deadline and proc.poll() is None:
+        deadline = time.monotonic() + 30  # 3 shards of 3 files
+        while len(committed_shard_files(dest)) < 9 and time.monotonic() < deadline and proc.poll() is None:
             time.sleep(0.05)
         proc.send_signal(signal.SIGKILL)
     finally:
@@ -317,8 +318,8 @@ def test_s3_outage_mid_run_is_ridden_out(s3_endpoint: str, slow_farm: FakeHostFa
     worker = threading.Thread(target=run)
     try:
         worker.start()
-        deadline = time.monotonic() + 30
-        while len(committed_shard_files(dest)) < 4 and time.monotonic() < deadline:
+        deadline = time.monotonic() + 30  # 2 shards of 3 files
+        while len(committed_shard_files(dest)) < 6 and time.monotonic() < deadline:
             time.sleep(0.05)
         proxy.cut()
         time.sleep(4)
@@ -413,7 +414,8 @@ def rclone_s3_env(endpoint: str, name: str = "MYS3") -> dict[str, str]:
 
 
 def staged_shards(staging: Path) -> list[str]:
-    return sorted(p.name for p in staging.iterdir() if p.suffix in (".tar", ".parquet"))
+    return sorted(p.name for p in staging.iterdir()
+                  if p.suffix in (".tar", ".parquet") or p.name.endswith("_stats.json"))
 
 
 @pytest.mark.parametrize("remote", ["local folder", "s3"])
@@ -436,8 +438,7 @@ def test_rclone_ships_shards(s3_endpoint: str, farm: FakeHostFarm, tmp_path: Pat
     result = download(tmp_path / "m.parquet", str(staging), output_format="webdataset", samples_per_shard=10,
                       cloud_tool="rclone", cloud_destination=destination)
     assert result["uploads"]["failed"] == []
-    names = ["000000.tar", "000000.parquet", "000001.tar", "000001.parquet", "000002.tar", "000002.parquet"]
-    assert sorted(all_files(shipped)) == sorted([*names, "overview.json"])
+    assert sorted(all_files(shipped)) == sorted([*shard_file_names(3), "overview.json"])
     assert staged_shards(staging) == []  # removed after the confirmed upload
     assert (staging / "overview.json").is_file() and (staging / LEDGER_DIR).is_dir()
     copies = samples_in_shards(shipped)
@@ -457,9 +458,9 @@ def test_rclone_failed_upload_keeps_shards_for_next_run(farm: FakeHostFarm, tmp_
                "cloud_destination": str(remote / "shards"), "create_overview": False}
     first = download(tmp_path / "m.parquet", str(staging), **options)
     assert first["totals"]["ok"] == 16
-    assert sorted(first["uploads"]["failed"]) == ["000000.parquet", "000000.tar", "000001.parquet", "000001.tar"]
+    assert sorted(first["uploads"]["failed"]) == shard_file_names(2)
     kept = staged_shards(staging)
-    assert kept == ["000000.parquet", "000000.tar", "000001.parquet", "000001.tar"]
+    assert kept == shard_file_names(2)
     before = requested(farm)
 
     remote.unlink()
@@ -488,8 +489,7 @@ def test_gocmd_standin_ships_shards(farm: FakeHostFarm, tmp_path: Path) -> None:
                     "--cloud_destination", "/iplant/home/alice/flow dc"], env=env)
     assert done.returncode == 0, done.stderr
     landed = irods / "iplant/home/alice/flow dc"
-    assert sorted(p.name for p in landed.iterdir()) == [
-        "000000.parquet", "000000.tar", "000001.parquet", "000001.tar", "overview.json"]
+    assert sorted(p.name for p in landed.iterdir()) == sorted([*shard_file_names(2), "overview.json"])
     assert staged_shards(staging) == []
     calls = [json.loads(line) for line in (tmp_path / "argv.jsonl").read_text().splitlines()]
     assert ["put", "-f", str(staging / "000000.tar"), "/iplant/home/alice/flow dc/000000.tar"] in calls
@@ -516,8 +516,7 @@ def test_custom_cloud_command_with_spaces(farm: FakeHostFarm, tmp_path: Path) ->
     done = run_cli(["--config", str(config)])
     assert done.returncode == 0, done.stderr
     landed = remote / "data set"
-    shards = [f"{i:06d}.{ext}" for i in range(3) for ext in ("parquet", "tar")]
-    assert sorted(p.name for p in landed.iterdir()) == sorted([*shards, "overview.json"])
+    assert sorted(p.name for p in landed.iterdir()) == sorted([*shard_file_names(3), "overview.json"])
     assert staged_shards(staging) == []
     assert sum(samples_in_shards(Destination(str(landed))).values()) == 12
 

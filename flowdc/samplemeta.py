@@ -1,0 +1,75 @@
+"""A sample's metadata as img2dataset writes it, as a superset: its field names, plus ours.
+
+Tools written for img2dataset read `status == "success"`, `error_message`, `width`, `height`,
+`original_width`, `original_height`, `caption` and `sha256` from each sample's .json and each
+shard's parquet; flowdc writes those names with the same meanings and keeps its own beside them
+(`http_status`, `label`, `size`, `row`, `image_format`, the manifest's other columns). The
+mapping is written down in docs/outputs.md.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from typing import Any
+
+from flowdc.imagesig import NOT_DECODABLE
+from flowdc.ledger import Record
+
+# img2dataset's status words; a row flowdc skipped (no URL, a duplicate) is ours: "skipped".
+SUCCESS, FAILED_TO_DOWNLOAD, FAILED_TO_RESIZE, SKIPPED = "success", "failed_to_download", "failed_to_resize", "skipped"
+# img2dataset counts a body its resizer could not decode as failed_to_resize; so do we.
+_AFTER_DOWNLOAD = frozenset({NOT_DECODABLE})
+
+
+def img2dataset_status(rec: Record) -> str:
+    if rec.status == "ok":
+        return SUCCESS
+    if rec.status == "skipped":
+        return SKIPPED
+    return FAILED_TO_RESIZE if rec.reason in _AFTER_DOWNLOAD else FAILED_TO_DOWNLOAD
+
+
+def sample_meta(rec: Record, extra: dict[str, Any]) -> dict[str, Any]:
+    """The .json of a sample (and its row in the shard parquet); `extra`: the manifest's other columns."""
+    return {
+        **extra,
+        "key": rec.key, "url": rec.url, "caption": rec.label, "label": rec.label,
+        "status": img2dataset_status(rec), "error_message": rec.reason,
+        "width": rec.width, "height": rec.height,
+        # Not resized: the original size is the size.
+        "original_width": rec.original_width or rec.width, "original_height": rec.original_height or rec.height,
+        "exif": None, "sha256": rec.sha256,
+        "http_status": rec.http_status, "size": rec.bytes, "row": rec.row, "image_format": rec.image_format,
+        "duplicate_of": rec.duplicate_of,
+    }  # fmt: skip
+
+
+class ShardStats:
+    """What one shard saw, for NNNNNN_stats.json: img2dataset's counts and timing, plus ours."""
+
+    def __init__(self) -> None:
+        self.start_time = time.time()
+        self.statuses: Counter[str] = Counter()
+        self.errors: Counter[str] = Counter()
+        self.bytes = 0
+
+    def add(self, meta: dict[str, Any]) -> None:
+        self.statuses[meta["status"]] += 1
+        if meta["status"] == SUCCESS:
+            self.bytes += meta.get("size") or 0
+        # img2dataset's status_dict counts "success" beside each error message.
+        self.errors[meta.get("error_message") or (SUCCESS if meta["status"] == SUCCESS else "unknown")] += 1
+
+    def to_dict(self) -> dict[str, Any]:
+        end = time.time()
+        return {
+            "count": sum(self.statuses.values()),
+            "successes": self.statuses[SUCCESS],
+            "failed_to_download": self.statuses[FAILED_TO_DOWNLOAD],
+            "failed_to_resize": self.statuses[FAILED_TO_RESIZE],
+            "skipped": self.statuses[SKIPPED],
+            "duration": end - self.start_time, "start_time": self.start_time, "end_time": end,
+            "status_dict": dict(self.errors.most_common()),
+            "bytes": self.bytes,
+        }  # fmt: skip
