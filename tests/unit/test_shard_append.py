@@ -52,12 +52,16 @@ def kill(w: WebDatasetWriter, unsynced_rows: range, torn: bytes = b"") -> None:
     w.ledger._close_journal()
 
 
+def killed_run(out: Path, recorded: range, unsynced: range = range(0), torn: bytes = b"") -> None:
+    w = writer(out)
+    for row in recorded:
+        w.write(sample(row))
+    kill(w, unsynced, torn)
+
+
 def test_a_killed_shard_is_cut_back_to_its_recorded_samples_and_appended_to(tmp_path: Path) -> None:
     out = tmp_path / "out"
-    w = writer(out)
-    for row in range(5):
-        w.write(sample(row))
-    kill(w, range(5, 8), torn=b"\x01" * 700)
+    killed_run(out, range(5), range(5, 8), torn=b"\x01" * 700)
     assert not list(out.glob("*.tar")) and (out / ".000000.tar.open").is_file()
     assert ok_rows(out) == [0, 1, 2, 3, 4]  # from the journal the kill left
 
@@ -74,10 +78,7 @@ def test_a_killed_shard_is_cut_back_to_its_recorded_samples_and_appended_to(tmp_
 
 def test_a_rerun_with_nothing_to_fetch_still_completes_the_open_shard(tmp_path: Path) -> None:
     out = tmp_path / "out"
-    w = writer(out)
-    for row in range(3):
-        w.write(sample(row))
-    kill(w, range(0))
+    killed_run(out, range(3))
     writer(out).close()
     assert members(out / "000000.tar") == [f"{r + 1:08d}{ext}" for r in range(3) for ext in (".png", ".json")]
     assert not (out / ".000000.tar.open").exists()
@@ -103,10 +104,7 @@ def test_a_shard_renamed_but_not_marked_is_completed_not_removed(tmp_path: Path)
 def test_a_recorded_sample_missing_from_its_shard_is_taken_back(tmp_path: Path) -> None:
     """If the file lost what the ledger recorded (a disk that dropped it), those rows are fetched again."""
     out = tmp_path / "out"
-    w = writer(out)
-    for row in range(6):
-        w.write(sample(row))
-    kill(w, range(0))
+    killed_run(out, range(6))
     with open(out / ".000000.tar.open", "r+b") as fh:  # keep the first three samples only
         fh.truncate(3 * 2 * 1024)
     writer(out).close()
