@@ -161,6 +161,7 @@ class DownloadJob:
         self._identities = RepeatNumbering()  # each manifest row's identity, repeats numbered in order
         self._store_failures: dict[int, int] = {}
         self._kept_by_hash: dict[str, str] = {}  # --dedupe sha256: sha256 -> the key that holds those bytes
+        self._polling: asyncio.Future[None] | None = None  # the writer's poll, at most one queued
         self.redact = url_redactor(cfg.redact_urls, cfg.redact_params)  # for URLs written; requests use the real one
 
     def stop(self) -> None:
@@ -482,6 +483,7 @@ class DownloadJob:
         self.hosts_active = len(snap)
         self._publish(snap)
         await asyncio.to_thread(self.ledger.flush_if_due)
+        self._poll_writer(asyncio.get_running_loop())
 
     def _publish(self, snap: dict[str, dict[str, Any]], done: bool = False) -> None:
         """Typed snapshots to whoever listens; nothing is built when no one does."""
@@ -500,6 +502,13 @@ class DownloadJob:
             hosts_active=self.hosts_active, done=done, interrupted=self.interrupted))
         for tel in listeners:
             tel.publish(batch)
+
+    def _poll_writer(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Let the writer act on time between samples (webdataset: sync an appended shard, commit a
+        staged one open `shard_max_seconds`). Only with one writer lane: the poll queues behind its writes."""
+        poll = getattr(self.writer, "poll", None)
+        if poll is not None and self.write_lanes == 1 and (self._polling is None or self._polling.done()):
+            self._polling = loop.run_in_executor(self.write_pool, poll)
 
     def _keep_host_snapshots(self, snap: dict[str, dict[str, Any]], cap: int = 10_000) -> None:
         self.host_snapshots.update(snap)

@@ -89,6 +89,7 @@ class WebDatasetWriter:
         self._last_sync = 0.0
         self._carried: list[Record] = []  # a resumed shard's samples from earlier runs
         self._resume: tuple[int, RecordedPrefix] | None = None  # the open shard a rerun appends to
+        self._poll_error: Exception | None = None  # what poll() met, for the next write or close
         self.dest = dest
         self.ledger = ledger
         self.samples_per_shard = samples_per_shard
@@ -178,8 +179,27 @@ class WebDatasetWriter:
             return ext[1:] if ext in RASTER_EXTS else None
         return None
 
+    def poll(self) -> None:
+        """Act on time while no sample comes (on the writer's lane, between writes): an appended
+        shard's last samples reach the ledger, a staged shard open `shard_max_seconds` is committed.
+        Never raises: a failure is kept and raised by the next write() or close(), which know how
+        to hand its samples back."""
+        if self._tar is None or self._poll_error is not None:
+            return
+        clock = time.monotonic()
+        try:
+            if self.append and self._unsynced and clock - self._last_sync >= SYNC_SECONDS:
+                self._sync()
+            elif not self.append and clock - self._opened_at >= self.shard_max_seconds:
+                self._commit_shard()
+        except Exception as exc:
+            self._poll_error = exc
+
     def write(self, sample: StoredSample) -> None:
         try:
+            if self._poll_error is not None:
+                error, self._poll_error = self._poll_error, None
+                raise error
             self._append(sample)
         except Exception as exc:
             lost = [*self._records] if sample.record in self._records else [*self._records, sample.record]
@@ -239,6 +259,9 @@ class WebDatasetWriter:
             self._resume = None
         if self._tar is not None:
             try:
+                if self._poll_error is not None:
+                    error, self._poll_error = self._poll_error, None
+                    raise error
                 self._commit_shard()
             except Exception as exc:
                 lost = self._records

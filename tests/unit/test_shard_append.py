@@ -12,10 +12,11 @@ import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
+import pytest
 
 from flowdc.ledger import LEDGER_DIR, Ledger, Record
 from flowdc.storage import Destination
-from flowdc.writers.base import StoredSample
+from flowdc.writers.base import StoredSample, StoreError
 from flowdc.writers.webdataset import WebDatasetWriter
 
 
@@ -128,3 +129,41 @@ def test_a_staged_shard_commits_after_shard_max_seconds(tmp_path: Path) -> None:
     w.write(sample(2))
     w.close()
     assert shipped == [0, 1] and ok_rows(out) == [0, 1, 2]
+
+
+def test_poll_acts_on_time_while_no_sample_comes(tmp_path: Path) -> None:
+    """Between samples, poll() (the download's ticker calls it on the writer's lane) syncs an
+    appended shard's last samples and commits a staged shard open shard_max_seconds."""
+    out = tmp_path / "local"
+    w = writer(out)
+    w.write(sample(0))
+    assert ok_rows(out) == []  # written within the sync interval: not recorded yet
+    time.sleep(0.3)
+    w.poll()
+    assert ok_rows(out) == [0] and not list(out.glob("*.tar"))
+
+    shipped: list[int] = []
+    staged = writer(tmp_path / "staged", per_shard=1000, on_commit=shipped.append, shard_max_seconds=0.2)
+    staged.write(sample(0))
+    staged.poll()
+    assert shipped == []
+    time.sleep(0.25)
+    staged.poll()
+    assert shipped == [0] and ok_rows(tmp_path / "staged") == [0]
+
+
+def test_a_failure_in_poll_reaches_the_next_write_with_the_samples_to_fetch_again(tmp_path: Path) -> None:
+    out = tmp_path / "staged"
+    staged = writer(out, per_shard=1000, on_commit=lambda _shard: None, shard_max_seconds=0.01)
+    staged.write(sample(0))
+    time.sleep(0.02)
+
+    def refuse(*_args: object) -> None:
+        raise OSError("store down")
+
+    staged.ledger.commit_shard = refuse  # type: ignore[method-assign]
+    staged.poll()  # does not raise
+    with pytest.raises(StoreError) as caught:
+        staged.write(sample(1))
+    assert sorted(r.row for r in caught.value.records) == [0, 1]
+    assert not list(out.glob("*.tar")) and ok_rows(out) == []
