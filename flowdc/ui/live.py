@@ -16,6 +16,8 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from flowdc.telemetry import Snapshot
+
 HISTORY_POINTS = 720  # per series: six minutes at two snapshots a second
 HISTORY_HOSTS = 200  # hosts whose history is kept; a 40M-row run has far more hosts than charts
 RATE_WINDOW_S = 5.0  # rate and MB/s are measured over the last few seconds, not since the start
@@ -104,13 +106,6 @@ class LiveState:
                 self._runs[partition] = dict(record)
             elif record.get("host"):
                 self._ingest_host(t, partition, record)
-
-    def ingest_snapshot(self, t: float, snapshot: Mapping[str, Mapping[str, Any]], *,
-                        partition_id: str | None = None, run_id: str | None = None) -> None:
-        """Today's subscriber call shape: host -> figures at time t."""
-        for host, figures in snapshot.items():
-            self.ingest({**figures, "kind": "host", "t": t, "host": host, "partition_id": partition_id,
-                         "run_id": run_id})
 
     def ingest_lines(self, text: str | bytes) -> int:
         """JSON lines (a JSONL file's new part, or an HTTP push body); bad lines are skipped."""
@@ -251,22 +246,10 @@ def _round(value: Any, digits: int) -> Any:
     return round(value, digits) if isinstance(value, float) else value
 
 
-def telemetry_subscriber(state: LiveState, *, partition_id: str | None = None,
-                         run_id: str | None = None) -> Callable[..., None]:
-    """A `Telemetry.subscribe` callback that feeds `state`.
+def telemetry_subscriber(state: LiveState) -> Callable[[Snapshot], None]:
+    """A `Telemetry.subscribe` callback that feeds `state` (called on the telemetry's own thread)."""
 
-    Takes both call shapes the telemetry has had: (t, {host: figures}) and typed snapshots with
-    to_dict() (one or a list), so the page follows the producer without caring which it is.
-    """
-
-    def on_snapshot(*args: Any) -> None:
-        if len(args) == 2 and isinstance(args[1], Mapping) and isinstance(args[0], (int, float)):
-            state.ingest_snapshot(float(args[0]), args[1], partition_id=partition_id, run_id=run_id)
-            return
-        for arg in args:
-            for item in arg if isinstance(arg, (list, tuple)) else (arg,):
-                record = item.to_dict() if hasattr(item, "to_dict") else item
-                if isinstance(record, Mapping):
-                    state.ingest(record)
+    def on_snapshot(snapshot: Snapshot) -> None:
+        state.ingest(snapshot.to_dict())
 
     return on_snapshot

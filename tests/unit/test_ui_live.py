@@ -84,21 +84,8 @@ def test_jsonl_lines_and_old_lines_without_kind_are_read_and_garbage_skipped():
 def test_the_subscriber_adapter_feeds_the_state_from_a_real_telemetry(tmp_path):
     live = LiveState()
     telemetry = Telemetry(str(tmp_path / "t.jsonl"))
-    telemetry.subscribe(telemetry_subscriber(live, partition_id="p7"))
+    telemetry.subscribe(telemetry_subscriber(live))
     telemetry.publish([HostSnapshot(10.0, "h:1", partition_id="p7", limit=5, ok=2, state="STARTUP")])
     telemetry.close()
     (row,) = live.view().rows
     assert (row["partition"], row["host"], row["limit"], row["state"]) == ("p7", "h:1", 5, "STARTUP")
-
-
-def test_the_subscriber_adapter_takes_typed_snapshots_too():
-    class Snap:
-        def __init__(self, record: dict):
-            self.record = record
-
-        def to_dict(self) -> dict:
-            return self.record
-
-    live = LiveState()
-    telemetry_subscriber(live)([Snap(host(1.0, "h:1", 9, ok=1)), Snap(run(1.0, ok=1, nbytes=10))])
-    assert live.view().rows[0]["limit"] == 9 and live.view().totals.failed == 1
