@@ -12,8 +12,6 @@ import dataclasses
 import json
 import os
 import shutil
-import subprocess
-import sys
 import tempfile
 import threading
 from collections.abc import Iterator
@@ -251,41 +249,13 @@ def _keep_run_record(work: str, output: str, storage_options: dict[str, Any], pl
 
 def _run_partitions(folder: str, run_dir: str, engine: str, workers: int, port_number: int,
                     options: dict[str, Any]) -> dict[str, Any]:
-    try:
-        from flowdc.distribute import run_distribute  # engines
-    except ImportError:
-        if engine != "local":
-            raise UserError(f"the {engine} engine needs flowdc.distribute") from None
-        return _run_partitions_locally(folder, run_dir, workers, options)
+    """flowdc distribute: one download task per partition on the engine, into run_dir/part-NNNNN/."""
     from flowdc.config import DistributeConfig, build_config
+    from flowdc.distribute import run_distribute
 
     cfg = build_config(DistributeConfig, None, {**options, "input": folder, "output": run_dir, "engine": engine,
                                                  "workers": workers, "port_number": port_number})
     return run_distribute(cfg)
-
-
-def _run_partitions_locally(folder: str, run_dir: str, workers: int, options: dict[str, Any]) -> dict[str, Any]:
-    """Until flowdc's engines are in: one `flowdc download` process per partition, `workers` at once."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    with open(os.path.join(folder, "plan.json"), encoding="utf-8") as fh:
-        plan = json.load(fh)
-    dest = Destination(run_dir, options.get("storage_options"))
-
-    def one(entry: dict[str, Any]) -> dict[str, Any]:
-        name = entry["file"].rsplit(".", 1)[0]
-        if entry["rows"] == 0:
-            return {"name": name, "state": "done"}
-        config = os.path.join(folder, f"{name}.json")
-        with open(config, "w", encoding="utf-8") as out:
-            json.dump({**options, "input": os.path.join(folder, entry["file"]), "output": dest.url(name)}, out)
-        done = subprocess.run([sys.executable, "-m", "flowdc", "download", "--config", config],
-                              capture_output=True, text=True, check=False)
-        return {"name": name, "state": "done" if done.returncode == 0 else "failed", "exit_code": done.returncode,
-                "output": done.stderr[-2000:]}
-
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        return {"partitions": list(pool.map(one, plan["partitions"]))}
 
 
 @contextmanager
