@@ -93,15 +93,18 @@ class LocalLock(OutputHold):
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = Holder.parse(_read_fd(fd))
+            holder = _holder_of(fd)
             os.close(fd)
             raise in_use(dest.display, holder) from None
         except BaseException:
             os.close(fd)
             raise
         self._fd: int | None = fd
-        os.ftruncate(fd, 0)  # who holds it, for the message the next run prints
-        os.pwrite(fd, Holder.me(run_id, 0.0).to_bytes(), 0)
+        # Who holds it, for the message the next run prints: written over, then cut to length, so a
+        # reader never finds the file empty in between.
+        me = Holder.me(run_id, 0.0).to_bytes()
+        os.pwrite(fd, me, 0)
+        os.ftruncate(fd, len(me))
 
     def release(self) -> None:
         fd, self._fd = self._fd, None
@@ -109,6 +112,14 @@ class LocalLock(OutputHold):
             with contextlib.suppress(OSError):
                 os.ftruncate(fd, 0)
             os.close(fd)  # closing the last descriptor drops the lock
+
+
+def _holder_of(fd: int, wait_s: float = 2.0) -> Holder | None:
+    """The lock holder's own account; it writes it just after taking the lock, so wait briefly."""
+    deadline = time.monotonic() + wait_s
+    while (holder := Holder.parse(_read_fd(fd))) is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return holder
 
 
 def _read_fd(fd: int) -> bytes:

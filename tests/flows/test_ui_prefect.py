@@ -4,6 +4,8 @@ imports Prefect; only this test does, for the session's real server)."""
 from __future__ import annotations
 
 import json
+import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -15,10 +17,17 @@ from flowdc.ui.context import UiContext
 
 
 def call(method: str, url: str, body: dict[str, Any] | None = None) -> Any:
+    """One API call; a 503 (the SQLite-backed test server is busy under load) is tried again."""
     req = urllib.request.Request(url, data=None if body is None else json.dumps(body).encode(), method=method,
                                  headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=10) as resp:
-        return json.loads(resp.read() or b"null")
+    for wait_s in (0.5, 1.0, 2.0, 4.0, 0.0):
+        try:
+            with urllib.request.urlopen(req, timeout=10) as resp:
+                return json.loads(resp.read() or b"null")
+        except urllib.error.HTTPError as exc:
+            if exc.code != 503 or not wait_s:
+                raise
+            time.sleep(wait_s)
 
 
 def test_the_page_runs_and_cancels_a_deployment(prefect_harness: None, tmp_path: Path) -> None:
