@@ -1,7 +1,8 @@
 """Does a stored body decode as an image, and how large is it? Pillow, run in the writer threads.
 
-`verify header` (the default) opens the image and reads its size from the header: Pillow parses
-the first bytes only, tens of microseconds. `full` decodes every pixel (milliseconds for a large
+`verify header` (the default) reads the image's size from its header: JPEG and PNG headers are
+walked by flowdc.imageheader in a few microseconds, anything else (or anything odd) by Pillow,
+which parses the first bytes only, tens of microseconds. `full` decodes every pixel (milliseconds for a large
 JPEG; Pillow's decoders release the GIL while they work). `none` skips the check. A body that
 fails is a per-row failure with the reason `not_decodable` (flowdc.imagesig holds the reasons).
 """
@@ -13,6 +14,7 @@ import warnings
 from concurrent.futures import Executor
 from dataclasses import dataclass
 
+from flowdc.imageheader import header_size
 from flowdc.imagesig import NOT_DECODABLE
 from flowdc.resize import ResizeSettings, resize_body
 from flowdc.writers.base import SampleRefused, StoredSample
@@ -37,6 +39,10 @@ def inspect_image(body: bytes, verify: str = "header") -> ImageInfo | None:
     """The image's size and format (None with verify 'none'); raises NotDecodable."""
     if verify == "none":
         return None
+    if verify == "header":
+        known = header_size(body)
+        if known is not None:
+            return ImageInfo(*known)
     from PIL import Image  # imported on first use: a run with --verify none never loads Pillow
 
     try:
