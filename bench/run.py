@@ -1,12 +1,14 @@
-"""Benchmark runner: FLOW-DC against a bare aiohttp loop on the same fake hosts.
+"""Benchmark runner: FLOW-DC against a bare aiohttp loop and img2dataset on the same fake hosts.
 
     python bench/run.py SCENARIO [--rows N] [--out DIR] [--concurrency N]
-                                 [--only flowdc,flowdc_nopaarc,bare,baseline] [--timeout S] [--keep]
-                                 [--rounds N] [--pick best|median] [--baseline REV]
+                                 [--only flowdc,flowdc_nopaarc,bare,baseline,img2dataset] [--timeout S]
+                                 [--keep] [--rounds N] [--pick best|median] [--baseline REV]
 
 Starts the scenario's fake hosts in a thread of this process, writes the manifest, then runs
 each contender as a subprocess, one after another, with the farm's counters reset in between:
-flowdc, flowdc --disable_paarc (scenarios that ask for it), and bench/bare_loop.py. Each run is
+flowdc, flowdc --disable_paarc (scenarios that ask for it), bench/bare_loop.py, and img2dataset
+1.47 from its own venv (bench/img2dataset_contender.py; only with --only ...,img2dataset, as
+making that venv takes a minute the first time). Each run is
 killed after its timeout. Wall time and peak RSS (the process and its children) are measured
 here; flowdc's own figures come from OUTPUT/overview.json. A table goes to stdout and a markdown
 section is appended to bench/results/latest.md.
@@ -39,10 +41,13 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))  # usable from a checkout that was not pip-installed
 
+from img2dataset_contender import Img2datasetUnavailable, run_img2dataset  # noqa: E402
+from measure import Measured, measure, tail  # noqa: E402
 from scenarios import (  # noqa: E402
     SCENARIOS,
     ManifestInfo,
     Scenario,
+    img2dataset_settings,
     slowest_retry_chain,
     write_scenario_manifest,
     write_synthetic_manifest,
@@ -52,8 +57,8 @@ from verify import verify_webdataset  # noqa: E402
 from flowdc.testing.fakehosts import FakeHostFarm, run_farm_in_thread  # noqa: E402
 
 RESULTS_MD = ROOT / "bench" / "results" / "latest.md"
-CONTENDERS = ("flowdc", "flowdc_nopaarc", "bare", "baseline")
-SAMPLE_S = 0.1  # RSS sampling period
+CONTENDERS = ("flowdc", "flowdc_nopaarc", "bare", "baseline", "img2dataset")
+DEFAULT_CONTENDERS = ("flowdc", "flowdc_nopaarc", "bare", "baseline")  # img2dataset when asked for
 
 
 @dataclass
@@ -88,73 +93,6 @@ class RunResult:
 # -- running one contender ----------------------------------------------------------------------
 
 
-@dataclass
-class Measured:
-    returncode: int | None  # None: killed at the timeout
-    wall_s: float
-    peak_rss_mb: float
-    stdout: str
-    stderr: str
-
-
-def _tree_rss(proc: psutil.Process) -> int:
-    total = 0
-    for p in [proc, *proc.children(recursive=True)]:
-        with contextlib.suppress(psutil.Error):
-            total += p.memory_info().rss
-    return total
-
-
-def _kill_tree(proc: psutil.Process) -> None:
-    """Stop the contender we started and whatever it started, by pid."""
-    with contextlib.suppress(psutil.Error):
-        procs = [*proc.children(recursive=True), proc]
-        for p in procs:
-            with contextlib.suppress(psutil.Error):
-                p.terminate()
-        _, alive = psutil.wait_procs(procs, timeout=5)
-        for p in alive:
-            with contextlib.suppress(psutil.Error):
-                p.kill()
-
-
-def measure(cmd: list[str], timeout_s: float, log_dir: Path, source: Path = ROOT) -> Measured:
-    """Run cmd with `source` (a checkout) first on the path, so its flowdc is the one imported."""
-    log_dir.mkdir(parents=True, exist_ok=True)
-    out_path, err_path = log_dir / "stdout.txt", log_dir / "stderr.txt"
-    pythonpath = os.pathsep.join(filter(None, [str(source), os.environ.get("PYTHONPATH")]))
-    env = dict(os.environ, PYTHONPATH=pythonpath)
-    peak = 0
-    with out_path.open("wb") as out, err_path.open("wb") as err:
-        start = time.monotonic()
-        popen = subprocess.Popen(cmd, stdout=out, stderr=err, stdin=subprocess.DEVNULL, env=env, cwd=source)
-        proc = psutil.Process(popen.pid)
-        returncode: int | None = None
-        while True:
-            with contextlib.suppress(psutil.Error):
-                peak = max(peak, _tree_rss(proc))
-            try:
-                returncode = popen.wait(SAMPLE_S)
-                break
-            except subprocess.TimeoutExpired:
-                if time.monotonic() - start > timeout_s:
-                    _kill_tree(proc)
-                    popen.wait(10)
-                    break
-        wall = time.monotonic() - start
-    return Measured(
-        returncode,
-        wall,
-        peak / 2**20,
-        out_path.read_text(errors="replace"),
-        err_path.read_text(errors="replace"),
-    )
-
-
-def _tail(text: str, lines: int = 3) -> str:
-    return " | ".join(text.strip().splitlines()[-lines:])[:300]
-
-
 def flowdc_available() -> bool:
     return importlib.util.find_spec("flowdc.__main__") is not None
 
@@ -184,7 +122,7 @@ def run_flowdc(
     _fill_measured(result, m, timeout_s)
     overview_path = out / "overview.json"
     if not overview_path.is_file():
-        result.note = result.note or f"no overview.json; stderr: {_tail(m.stderr)}"
+        result.note = result.note or f"no overview.json; stderr: {tail(m.stderr)}"
         return result
     ov = json.loads(overview_path.read_text())
     totals = ov.get("totals", {})
@@ -207,13 +145,33 @@ def run_bare(scenario: Scenario, manifest: Path, out: Path, concurrency: int, ti
     _fill_measured(result, m, timeout_s)
     lines = m.stdout.strip().splitlines()
     if not lines:
-        result.note = result.note or f"no output; stderr: {_tail(m.stderr)}"
+        result.note = result.note or f"no output; stderr: {tail(m.stderr)}"
         return result
     data = json.loads(lines[-1])
     result.ok, result.failed = int(data["ok"]), int(data["failed"])
     result.tool_elapsed_s = data.get("elapsed_s")
     result.tool_images_per_s = data.get("images_per_s")
     result.errors = dict(data.get("errors", {}))
+    return result
+
+
+def run_img2dataset_contender(scenario: Scenario, info: ManifestInfo, out: Path, concurrency: int,
+                              timeout_s: float) -> RunResult:
+    result = RunResult("img2dataset")
+    settings = img2dataset_settings(scenario, info.rows, concurrency)
+    try:
+        run = run_img2dataset(info.path, out, settings, timeout_s=timeout_s, log_dir=out.parent / "img2dataset.logs",
+                              rows=info.rows)
+    except Img2datasetUnavailable as e:
+        result.note = f"skipped: {e}"
+        return result
+    result.ok, result.failed, result.errors = run.ok, run.failed, run.errors
+    result.wall_s, result.peak_rss_mb, result.returncode = run.wall_s, run.peak_rss_mb, run.returncode
+    result.note = run.note
+    result.tool_elapsed_s = run.tool_elapsed_s
+    if run.tool_elapsed_s:
+        result.tool_images_per_s = round(run.ok / run.tool_elapsed_s, 1)
+    result.corrupt = run.problems  # missing, undecodable or wrongly sized images (not a byte compare)
     return result
 
 
@@ -224,7 +182,7 @@ def _fill_measured(result: RunResult, m: Measured, timeout_s: float) -> None:
     if m.returncode is None:
         result.note = f"killed after the {timeout_s:.0f} s timeout"
     elif m.returncode != 0:
-        result.note = f"exit {m.returncode}: {_tail(m.stderr)}"
+        result.note = f"exit {m.returncode}: {tail(m.stderr)}"
 
 
 # -- the whole benchmark ------------------------------------------------------------------------
@@ -270,7 +228,7 @@ def run_benchmark(args: argparse.Namespace) -> tuple[Scenario, ManifestInfo, lis
     rows = args.rows or scenario.rows
     concurrency = args.concurrency or scenario.concurrency
     timeout_s = args.timeout or scenario.timeout_s
-    wanted = set(args.only.split(",")) if args.only else set(CONTENDERS)
+    wanted = set(args.only.split(",")) if args.only else set(DEFAULT_CONTENDERS)
     work = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix=f"flowdc-bench-{scenario.name}-",
                                                                  dir=ram_disk()))
     work.mkdir(parents=True, exist_ok=True)
@@ -284,6 +242,8 @@ def run_benchmark(args: argparse.Namespace) -> tuple[Scenario, ManifestInfo, lis
             plan.append("flowdc_nopaarc")
         if scenario.run_bare:
             plan.append("bare")
+        if not scenario.synthetic:
+            plan.append("img2dataset")
         runs: list[RunResult] = []
         # Rounds alternate the contenders, so a burst of load on this shared machine hits each one
         # alike; each contender's best (or median) round is reported.
@@ -328,7 +288,7 @@ def baseline_checkout(rev: str | None) -> Iterator[Path | None]:
                           capture_output=True, text=True)
     if done.returncode != 0:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise SystemExit(f"bench: cannot check out --baseline {rev}: {_tail(done.stderr, 1)}")
+        raise SystemExit(f"bench: cannot check out --baseline {rev}: {tail(done.stderr, 1)}")
     sha = subprocess.run(["git", "-C", str(path), "rev-parse", "--short", "HEAD"], capture_output=True,
                          text=True).stdout.strip()
     print(f"[bench] baseline {rev} ({sha}) checked out in {path}")
@@ -350,6 +310,8 @@ def run_contender(name: str, scenario: Scenario, info: ManifestInfo, farm: FakeH
     load = os.getloadavg()[0]
     if name == "bare":
         result = run_bare(scenario, info.path, out, concurrency, timeout_s)
+    elif name == "img2dataset":
+        result = run_img2dataset_contender(scenario, info, out, concurrency, timeout_s)
     elif name == "baseline":
         assert baseline is not None
         result = run_flowdc(scenario, info.path, out, concurrency, timeout_s, paarc=True, name=name, source=baseline)
@@ -362,7 +324,7 @@ def run_contender(name: str, scenario: Scenario, info: ManifestInfo, farm: FakeH
         totals = farm.totals()
         result.requests, result.n_429 = totals.get("requests", 0), totals.get("n_429", 0)
         result.max_in_system = totals.get("max_in_system", 0)
-        if name != "bare" and (out / "overview.json").is_file():
+        if name not in ("bare", "img2dataset") and (out / "overview.json").is_file():
             verified = verify_webdataset(out, farm)
             result.corrupt = verified.corrupt + max(0, result.ok - verified.images)  # missing ones too
     if not keep:
@@ -418,6 +380,15 @@ def ratio_lines(scenario: Scenario, results: list[RunResult]) -> list[str]:
     if flowdc and baseline:
         lines.append(f"flowdc / baseline, images/s (wall clock): "
                      f"{flowdc.wall_images_per_s / baseline.wall_images_per_s:.3f}x")
+    i2d = by.get("img2dataset")
+    for name in ("flowdc", "baseline"):
+        r = by.get(name)
+        if r and i2d:
+            lines.append(f"{name} / img2dataset, images/s (wall clock): "
+                         f"{r.wall_images_per_s / i2d.wall_images_per_s:.2f}x")
+            if r.tool_images_per_s and i2d.tool_images_per_s:
+                lines.append(f"{name} / img2dataset, images/s (as reported): "
+                             f"{r.tool_images_per_s / i2d.tool_images_per_s:.2f}x")
     bare = by.get("bare")
     for name in ("flowdc", "flowdc_nopaarc", "baseline"):
         r = by.get(name)

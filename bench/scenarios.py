@@ -16,6 +16,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+from img2dataset_contender import Img2datasetSettings
 
 from flowdc.testing.fakehosts import HostSpec, parse_fault, write_manifest
 
@@ -39,6 +40,10 @@ class Scenario:
     # the hosts generate few large images and serve them from memory.
     distinct_images: int = 0
     seed: int = 0
+    # img2dataset's options for contender img2dataset (thread_count and number_sample_per_shard are
+    # set by the bench from --concurrency and the rows); None: img2dataset_settings() derives them
+    # from flowdc_args, bytes kept as served.
+    img2dataset: Img2datasetSettings | None = None
 
 
 @dataclass(frozen=True)
@@ -111,6 +116,19 @@ def fails_for_good(query: str) -> bool:
 def _flowdc_option(scenario: Scenario, name: str, default: float) -> float:
     args = list(scenario.flowdc_args)
     return float(args[args.index(name) + 1]) if name in args else default
+
+
+def img2dataset_settings(scenario: Scenario, rows: int, concurrency: int) -> Img2datasetSettings:
+    """The scenario's img2dataset options with the bench's concurrency spread over its processes,
+    and two shards per process at least (img2dataset runs one shard per process)."""
+    base = scenario.img2dataset or Img2datasetSettings(
+        disable_all_reencoding=True,
+        timeout=_flowdc_option(scenario, "--timeout", 30.0),
+        retries=int(_flowdc_option(scenario, "--max_retry_attempts", 3)),
+    )
+    procs = base.processes_count
+    return replace(base, thread_count=max(1, concurrency // procs),
+                   number_sample_per_shard=max(1, math.ceil(rows / (2 * procs))))
 
 
 def slowest_retry_chain(scenario: Scenario) -> tuple[float, float] | None:
