@@ -424,7 +424,7 @@ def build_config(cls: type[C], config_file: str | None, overrides: dict[str, Any
             raise ConfigError(f"unknown option {key!r}; known: {known}")
         value = _coerce(cls.__name__, f, value)
         choices = f.metadata.get("choices")
-        if choices and value not in choices:
+        if choices and value is not None and value not in choices:  # null: an optional choice left unset
             raise ConfigError(f"{f.name} must be one of {', '.join(choices)}; got {value!r}")
         kwargs[f.name] = value
     cfg = cls(**kwargs)

@@ -94,6 +94,15 @@ def test_json_aliases_and_loose_types(tmp_path: Path) -> None:
     assert build_config(DownloadConfig, None, {"input": "m", "output": "o", "content_types": []}).content_types == []
 
 
+def test_json_null_leaves_an_optional_choice_unset(tmp_path: Path) -> None:
+    """`"cloud_tool": null` means no upload tool, as leaving the key out does; a choice that may not
+    be null still says so."""
+    cfg = build_config(DownloadConfig, write_json(tmp_path, {"input": "m", "output": "o", "cloud_tool": None}), {})
+    assert cfg.cloud_tool is None
+    with pytest.raises(ConfigError, match="resize_mode may not be null"):
+        build_config(DownloadConfig, write_json(tmp_path, {"input": "m", "output": "o", "resize_mode": None}), {})
+
+
 @pytest.mark.parametrize(
     ("data", "match"),
     [
