@@ -18,7 +18,7 @@ import time
 import weakref
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from functools import partial
+from functools import lru_cache, partial
 from typing import Any, NamedTuple, TypeVar
 
 import aiohttp
@@ -205,7 +205,7 @@ async def exchange(session: aiohttp.ClientSession, method: str, url: str, timeou
             # aiohttp raises on reaching its max_redirects (and treats 0 as unlimited); ours counts
             # redirects followed, so N follows N and refuses the N+1th, and 0 follows none.
             max_redirects=max_redirects + 1,
-            timeout=aiohttp.ClientTimeout(total=timeout),
+            timeout=_total_timeout(timeout),
         ) as resp:
             ttfb = time.perf_counter() - start
             fresh = opened_for(resp)
@@ -220,6 +220,11 @@ async def exchange(session: aiohttp.ClientSession, method: str, url: str, timeou
     if watch is not None and not watch.settled:
         watch.note(url, outcome.reason, outcome.status)  # raises ProxyError when the proxy refuses everything
     return outcome
+
+
+@lru_cache(maxsize=16)
+def _total_timeout(seconds: float) -> aiohttp.ClientTimeout:
+    return aiohttp.ClientTimeout(total=seconds)  # frozen, so one per value serves every request
 
 
 def failure_of(exc: BaseException, headers_arrived: bool) -> Failure:

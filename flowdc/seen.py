@@ -50,6 +50,8 @@ class SeenKeys:
     def _has(self, bits: int) -> bool:
         if bits in self._recent:
             return True
+        if not self._sorted.size:  # until the first merge: no numpy call per key
+            return False
         i = int(np.searchsorted(self._sorted, bits))
         return i < self._sorted.size and int(self._sorted[i]) == bits
 
