@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 from flowdc.errors import ConfigError
 from flowdc.paarc import PaarcParams
 from flowdc.urls import DEFAULT_SECRET_PARAMS, redact_url, redact_urls_in, secret_param_names
+from flowdc.writers.shardnames import check_prefix
 
 _PAARC = PaarcParams()  # the controller's defaults are the options' defaults
 
@@ -143,6 +144,9 @@ class DownloadConfig(PolitenessOptions, NetworkOptions, RedactOptions, PaarcOpti
     shard_max_seconds: float = opt(
         60.0, "A staged webdataset shard (object stores, cloud_tool) is committed when full or after this many "
         "seconds open, which bounds what a kill loses there; local shards are appended to in place.")
+    shard_prefix: str = opt("", "webdataset: put this before each shard's number in its file names "
+                            "(PREFIX000000.tar, its .parquet and _stats.json); distribute gives each partition its "
+                            "own (part-00003-) so that names are unique across the dataset.")
     image_key: str = opt("auto", "webdataset: the one extension of every image member, whatever each image's "
                          "format (bytes kept as served; loaders decode by content), so every loader sees every "
                          "row. auto: the first stored image's; give one for partitions of one dataset.",
@@ -226,6 +230,7 @@ class DownloadConfig(PolitenessOptions, NetworkOptions, RedactOptions, PaarcOpti
             example = '["mc", "cp", "{file}", "{destination}/"]'
             raise ConfigError(f"cloud_tool custom needs cloud_command, e.g. {example}")
         check_host_budget(self.host_budget)
+        check_prefix(self.shard_prefix)
         self.check_paarc()
         self.check_network()
 

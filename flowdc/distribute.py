@@ -55,7 +55,8 @@ def task_config(cfg: DistributeConfig, dest: Destination, part: Partition, input
     """
     doc = {name: getattr(cfg, name) for name in DOWNLOAD_FIELDS}
     doc.update(input=input_name, output=dest.url(part.name), quiet=True,
-               telemetry=None, run_id=f"{run_id}-{part.name}")
+               telemetry=None, run_id=f"{run_id}-{part.name}",
+               shard_prefix=f"{cfg.shard_prefix}{part.name}-")  # shard names unique across the dataset
     shares = {host: share * cfg.host_budget.get(host, 1.0) for host, share in part.host_budget.items()}
     doc["host_budget"] = {**cfg.host_budget, **shares}
     if cfg.cloud_tool and cfg.cloud_destination:

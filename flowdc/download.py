@@ -49,6 +49,7 @@ from flowdc.write_queue import WriteQueue
 from flowdc.writers.base import SampleRefused, SampleWriter, StoredSample, StoreError
 from flowdc.writers.factory import make_writer
 from flowdc.writers.naming import extension_for, make_key, url_key
+from flowdc.writers.shardnames import ShardNames
 
 MAX_STORE_TRIES = 5
 SNAPSHOT_S = 0.5
@@ -229,12 +230,14 @@ class DownloadJob:
                 self.claim.release()
 
     async def _run(self, started_wall: float, stop: asyncio.Event) -> dict[str, Any]:
-        self.shipper: Shipper | None = Shipper(self.uploader, self.dest) if self.uploader is not None else None
         cfg = self.cfg
+        self.shipper: Shipper | None = None
+        if self.uploader is not None:
+            self.shipper = Shipper(self.uploader, self.dest, ShardNames(cfg.shard_prefix))
         self.writer: SampleWriter = make_writer(
             cfg.output_format, self.dest, self.ledger, labelled=cfg.label is not None,
             samples_per_shard=cfg.samples_per_shard, shard_max_seconds=cfg.shard_max_seconds,
-            image_key=cfg.image_key,
+            image_key=cfg.image_key, shard_prefix=cfg.shard_prefix,
             on_shard_commit=self.shipper.ship_shard if self.shipper else None)
         self.write_queue = WriteQueue(self._write_checked, self.write_pool, lanes=self.write_lanes,
                                       on_error=self._store_failed, more_coming=self._fetches_left,

@@ -26,7 +26,7 @@ from flowdc.errors import DestinationError, FlowdcError, OutputNotOursError, Use
 from flowdc.leases import LEASE_FILE, LOCK_FILE, OutputHold, hold_output
 from flowdc.ledger import LEDGER_DIR, Ledger
 from flowdc.storage import TMP_MARK, Destination, is_destination_error
-from flowdc.writers.webdataset import shard_files
+from flowdc.writers.shardnames import PREFIX_OK, ShardNames, prefix_of_tar
 
 log = logging.getLogger(__name__)
 META_DIR = "_flowdc"
@@ -145,9 +145,10 @@ def clear_ours(dest: Destination) -> dict[str, int]:
     """Remove what flowdc wrote in `dest` and nothing else. A note under _flowdc/ says a clearing
     is under way until it is done, so a run cut short here is finished by the next one."""
     dest.write_bytes(CLEARING, json.dumps({"started": time.time()}).encode())
-    files, shards = recorded_outputs(Ledger(dest))
+    files, shards, prefixes = recorded_outputs(Ledger(dest))
     removed = {"sample_files": _remove_files(dest, files)}
-    removed["shard_files"] = _remove_files(dest, [name for s in sorted(shards) for name in shard_files(s)])
+    shard_files = [name for p in sorted(prefixes) for s in sorted(shards) for name in ShardNames(p).files(s)]
+    removed["shard_files"] = _remove_files(dest, shard_files)
     removed["folders"] = _remove_empty_folders(dest, files)
     removed["bookkeeping"] = sum(_remove_if_ours(dest, name) for name in OWN_ROOT_JSON)
     removed["archive"] = int(remove_our_archive(dest))
@@ -159,12 +160,16 @@ def clear_ours(dest: Destination) -> dict[str, int]:
     return removed
 
 
-def recorded_outputs(ledger: Ledger) -> tuple[set[str], set[int]]:
-    """Sample files (imagefolder) and shard numbers (webdataset) the ledger says flowdc wrote."""
+def recorded_outputs(ledger: Ledger) -> tuple[set[str], set[int], set[str]]:
+    """Sample files (imagefolder), shard numbers and shard name prefixes (webdataset) the ledger
+    says flowdc wrote (a prefix is read back from the shards its samples name)."""
     table = ledger.read(["path", "shard"])
     shards = {int(s) for s in table["shard"].drop_null().to_pylist()} | ledger.committed_shards()
-    files = {p for p in table["path"].drop_null().unique().to_pylist() if ":" not in p and _inside(p)}
-    return files, shards
+    paths = table["path"].drop_null().unique().to_pylist()
+    files = {p for p in paths if ":" not in p and _inside(p)}
+    prefixes = {""} | {prefix_of_tar(p.split(":", 1)[0]) for p in paths if ":" in p}
+    prefixes = {p for p in prefixes if PREFIX_OK.match(p)}  # never a path into another folder
+    return files, shards, prefixes
 
 
 def _inside(rel: str) -> bool:

@@ -14,7 +14,7 @@ import os
 from flowdc.config import DownloadConfig
 from flowdc.storage import Destination
 from flowdc.uploaders import CommandUploader, UploadError, UploadSpec, upload_async
-from flowdc.writers.webdataset import shard_files, shard_name
+from flowdc.writers.shardnames import ShardNames
 
 log = logging.getLogger(__name__)
 
@@ -28,9 +28,10 @@ def uploader_for(cfg: DownloadConfig) -> CommandUploader | None:
 
 
 class Shipper:
-    def __init__(self, uploader: CommandUploader, dest: Destination):
+    def __init__(self, uploader: CommandUploader, dest: Destination, names: ShardNames | None = None):
         self.uploader = uploader
         self.dest = dest
+        self.names = names or ShardNames()
         self.loop = asyncio.get_running_loop()
         self._tasks: set[asyncio.Task[None]] = set()
         self.shipped: list[str] = []
@@ -38,7 +39,7 @@ class Shipper:
 
     def ship_shard(self, shard: int) -> None:
         """Called from the writer thread once a shard is committed; uploads run on the loop."""
-        for name in shard_files(shard):
+        for name in self.names.files(shard):
             self.loop.call_soon_threadsafe(self.ship_file, name)
 
     def ship_file(self, rel: str, *, keep_local: bool = False) -> None:
@@ -50,9 +51,9 @@ class Shipper:
     def ship_leftovers(self, committed: set[int]) -> int:
         """Shards a previous run committed but did not ship (their tar is still here)."""
         names = set(self.dest.list())
-        leftovers = [s for s in sorted(committed) if shard_name(s, "tar") in names]
+        leftovers = [s for s in sorted(committed) if self.names.name(s, "tar") in names]
         for shard in leftovers:
-            for name in shard_files(shard):
+            for name in self.names.files(shard):
                 if name in names:
                     self.ship_file(name)
         return len(leftovers)

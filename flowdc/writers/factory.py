@@ -11,11 +11,12 @@ from flowdc.writers.base import SampleWriter
 
 def make_writer(output_format: str, dest: Destination, ledger: Ledger, *, labelled: bool,
                 samples_per_shard: int, on_shard_commit: Callable[[int], None] | None = None,
-                shard_max_seconds: float = 60.0, image_key: str = "auto") -> SampleWriter:
+                shard_max_seconds: float = 60.0, image_key: str = "auto", shard_prefix: str = "") -> SampleWriter:
     if output_format == "webdataset":
         from flowdc.writers.webdataset import WebDatasetWriter
 
-        return WebDatasetWriter(dest, ledger, samples_per_shard, on_shard_commit, shard_max_seconds, image_key)
+        return WebDatasetWriter(dest, ledger, samples_per_shard, on_shard_commit, shard_max_seconds, image_key,
+                                shard_prefix)
     from flowdc.writers.imagefolder import ImageFolderWriter
 
     return ImageFolderWriter(dest, ledger, labelled=labelled)

@@ -1,8 +1,9 @@
 """Reading back what a killed run left of its open local shard, so the next run can keep appending.
 
-An appended shard is written as `.NNNNNN.tar.open` (hidden: readers never see a shard that is not
-whole). Its samples reach the ledger only after their members were handed to the file, in the
-order they were written, so the samples the ledger records are a prefix of the file's samples.
+An appended shard is written as `.PREFIXNNNNNN.tar.open` (hidden: readers never see a shard that
+is not whole; its name follows the shard's, see shardnames.py). Its samples reach the ledger only
+after their members were handed to the file, in the order they were written, so the samples the
+ledger records are a prefix of the file's samples.
 A rerun cuts the file back to the end of that prefix and appends after it.
 """
 
@@ -10,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import tarfile
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,12 +19,6 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from flowdc.ledger import Ledger, Record
-
-OPEN_FILE = re.compile(r"^\.(\d{6})\.tar\.open$")
-
-
-def open_name(shard: int) -> str:
-    return f".{shard:06d}.tar.open"
 
 
 @dataclass

@@ -1,4 +1,5 @@
-"""webdataset tar shards: NNNNNN.tar with KEY.EXT + KEY.json per sample, and NNNNNN.parquet beside it.
+"""webdataset tar shards: NNNNNN.tar with KEY.EXT + KEY.json per sample, and NNNNNN.parquet beside it
+(each name after an optional shard_prefix, unique across a distributed dataset: shardnames.py).
 
 A shard becomes part of the dataset in three steps: its tar is completed under its final name,
 its metadata parquet is written, and then its ledger part is committed. On restart, a tar or
@@ -21,7 +22,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import re
 import threading
 import time
 from collections.abc import Callable
@@ -35,32 +35,12 @@ from flowdc.ledger import Ledger, Record
 from flowdc.samplemeta import ShardStats, sample_meta
 from flowdc.storage import Destination
 from flowdc.writers.base import StoredSample, StoreError
-from flowdc.writers.shardresume import (
-    OPEN_FILE,
-    RecordedPrefix,
-    open_name,
-    recorded_in_shards,
-    recorded_prefix,
-    retraction,
-)
+from flowdc.writers.shardnames import ShardNames
+from flowdc.writers.shardresume import RecordedPrefix, recorded_in_shards, recorded_prefix, retraction
 from flowdc.writers.tarstream import TarStream
 
 _SAMPLE_ENCODER = json.JSONEncoder(default=str)  # built once: it is per sample
-SHARD_FILE = re.compile(r"^(\d{6})(?:\.tar|\.parquet|_stats\.json)$")
 SYNC_SECONDS = 0.25  # an appended shard's new samples reach the file and the ledger this often
-
-
-def shard_name(shard: int, ext: str) -> str:
-    return f"{shard:06d}.{ext}"
-
-
-def stats_name(shard: int) -> str:
-    return f"{shard:06d}_stats.json"  # img2dataset's name for a shard's counts
-
-
-def shard_files(shard: int) -> list[str]:
-    """Every file of a committed shard (shards of older versions have no stats file)."""
-    return [shard_name(shard, "tar"), shard_name(shard, "parquet"), stats_name(shard)]
 
 
 # Raster formats every loader decodes with Pillow, which reads the format from the bytes, not the name.
@@ -74,7 +54,7 @@ def is_raster(sample: StoredSample) -> bool:
 class WebDatasetWriter:
     def __init__(self, dest: Destination, ledger: Ledger, samples_per_shard: int,
                  on_commit: Callable[[int], None] | None = None, shard_max_seconds: float = 60.0,
-                 image_key: str = "auto"):
+                 image_key: str = "auto", shard_prefix: str = ""):
         # One image key for the whole output, so a loader that takes its columns from the first
         # samples (Hugging Face's webdataset builder) sees every row's image. The bytes stay as
         # served (loaders decode by content); the real format is the .json's image_format. "auto":
@@ -91,6 +71,7 @@ class WebDatasetWriter:
         self._resume: tuple[int, RecordedPrefix] | None = None  # the open shard a rerun appends to
         self._poll_error: Exception | None = None  # what poll() met, for the next write or close
         self.dest = dest
+        self.names = ShardNames(shard_prefix)
         self.ledger = ledger
         self.samples_per_shard = samples_per_shard
         self.next_shard = 0
@@ -110,29 +91,29 @@ class WebDatasetWriter:
         compacted = self.ledger.compact_journals()
         committed = self.ledger.committed_shards()
         names = set(self.dest.list())
-        uncommitted = {int(m.group(1)) for n in names if (m := SHARD_FILE.match(n))} - committed
-        opened = sorted(int(m.group(1)) for n in names if (m := OPEN_FILE.match(n)))
+        uncommitted = {s for n in names if (s := self.names.number(n)) is not None} - committed
+        opened = sorted(s for n in names if (s := self.names.open_number(n)) is not None)
         recorded = recorded_in_shards(self.ledger, uncommitted | set(opened))
         stats = {"orphan_shard_files_removed": 0, "shards_completed": 0}
         taken_back: list[Record] = []  # ok records whose sample is not in the output after all
         for shard in sorted(uncommitted):
-            if shard in recorded and shard_name(shard, "tar") in names:
+            if shard in recorded and self.names.name(shard, "tar") in names:
                 # Killed between an appended shard's rename and its commit part: the shard is whole.
                 self._complete_renamed(shard)
                 stats["shards_completed"] += 1
                 continue
-            for name in shard_files(shard):
+            for name in self.names.files(shard):
                 if name in names:
                     self.dest.remove(name)
                     stats["orphan_shard_files_removed"] += 1
             taken_back += recorded.get(shard, [])
         for shard in opened:
             recs = recorded.get(shard, [])
-            prefix = recorded_prefix(self.dest.path(open_name(shard)), {_member(r) for r in recs})
+            prefix = recorded_prefix(self.dest.path(self.names.open(shard)), {_member(r) for r in recs})
             kept = [r for r in recs if _member(r) in prefix.names]
             taken_back += [r for r in recs if _member(r) not in prefix.names]
             if not kept or not self.append:
-                self.dest.remove(open_name(shard))
+                self.dest.remove(self.names.open(shard))
                 taken_back += kept
                 continue
             if self._resume is not None:  # one shard is open at a time: an older one is finished now
@@ -151,25 +132,25 @@ class WebDatasetWriter:
                 "temporaries_removed": self.dest.remove_temporaries()}
 
     def _complete_renamed(self, shard: int) -> None:
-        if not self.dest.exists(shard_name(shard, "parquet")):
-            prefix = recorded_prefix(self.dest.path(shard_name(shard, "tar")), None)
+        if not self.dest.exists(self.names.name(shard, "parquet")):
+            prefix = recorded_prefix(self.dest.path(self.names.name(shard, "tar")), None)
             self._write_metadata(shard, prefix.metas)
         self.ledger.commit_shard(shard, [])
 
     def _finish_recovered(self, shard: int, prefix: RecordedPrefix) -> None:
         """Close an older open shard as it stands (cut back to its recorded samples)."""
-        with open(self.dest.path(open_name(shard)), "r+b") as fh:
+        with open(self.dest.path(self.names.open(shard)), "r+b") as fh:
             fh.truncate(prefix.end)
             fh.seek(prefix.end)
             TarStream(fh, offset=prefix.end).finish()
         self._write_metadata(shard, prefix.metas)
-        os.replace(self.dest.path(open_name(shard)), self.dest.path(shard_name(shard, "tar")))
+        os.replace(self.dest.path(self.names.open(shard)), self.dest.path(self.names.name(shard, "tar")))
         self.ledger.commit_shard(shard, [])
 
     def _stored_image_key(self, shard: int) -> str | None:
         """The extension of the shard's first member (a ustar name: the header's first 100 bytes);
         None when the shard is gone (shipped elsewhere) or starts with no raster image."""
-        for name in (shard_name(shard, "tar"), open_name(shard)):
+        for name in (self.names.name(shard, "tar"), self.names.open(shard)):
             try:
                 with self.dest.fs.open(self.dest.path(name), "rb") as fh:
                     member = fh.read(100).split(b"\0")[0].decode("utf-8", "replace")
@@ -218,7 +199,7 @@ class WebDatasetWriter:
                 self.image_key = ext.lstrip(".")
             ext = f".{self.image_key}"
         media = rec.key + ext
-        rec.path = f"{shard_name(self._shard, 'tar')}:{media}"
+        rec.path = f"{self.names.name(self._shard, 'tar')}:{media}"
         meta_doc = sample_meta(rec, sample.meta)
         now = int(time.time())
         self._tar.add(media, sample.body, now)
@@ -283,7 +264,7 @@ class WebDatasetWriter:
             # Its samples were recorded as ok as they were written: take that back, then drop the file.
             self._take_back()
             with suppress(Exception):
-                self.dest.remove(open_name(self._shard))
+                self.dest.remove(self.names.open(self._shard))
         self._reset()
 
     def _take_back(self) -> None:
@@ -298,7 +279,7 @@ class WebDatasetWriter:
         self._opened_at = self._last_sync = time.monotonic()
         if self._resume is not None:  # the shard a killed run left open: cut back and go on
             (self._shard, prefix), self._resume = self._resume, None
-            self._file = self._stack.enter_context(open(self.dest.path(open_name(self._shard)), "r+b"))  # noqa: SIM115
+            self._file = self._stack.enter_context(open(self.dest.path(self.names.open(self._shard)), "r+b"))  # noqa: SIM115
             self._file.truncate(prefix.end)
             self._file.seek(prefix.end)
             self._metas = list(prefix.metas)
@@ -308,9 +289,9 @@ class WebDatasetWriter:
         self.next_shard += 1
         if self.append:
             self.dest.makedirs()
-            self._file = self._stack.enter_context(open(self.dest.path(open_name(self._shard)), "wb"))  # noqa: SIM115
+            self._file = self._stack.enter_context(open(self.dest.path(self.names.open(self._shard)), "wb"))  # noqa: SIM115
         else:
-            self._file = self._stack.enter_context(self.dest.open_atomic(shard_name(self._shard, "tar")))
+            self._file = self._stack.enter_context(self.dest.open_atomic(self.names.name(self._shard, "tar")))
         self._tar = TarStream(self._file)
 
     def _commit_shard(self) -> None:
@@ -330,7 +311,7 @@ class WebDatasetWriter:
             stack.close()  # closes the file: a staged shard is now visible under its final name
             self._write_metadata(shard, self._metas + ended, self._stats)
             if self.append:
-                os.replace(self.dest.path(open_name(shard)), self.dest.path(shard_name(shard, "tar")))
+                os.replace(self.dest.path(self.names.open(shard)), self.dest.path(self.names.name(shard, "tar")))
             # An appended shard's records are in the ledger already: its commit part is a marker.
             self.ledger.commit_shard(shard, [] if self.append else self._records)
         except Exception:
@@ -350,21 +331,21 @@ class WebDatasetWriter:
         """The shard's parquet (its samples and the rows that failed meanwhile), then its stats."""
         buf = io.BytesIO()
         pq.write_table(metas_table(metas), buf)
-        self.dest.write_bytes(shard_name(shard, "parquet"), buf.getvalue())
+        self.dest.write_bytes(self.names.name(shard, "parquet"), buf.getvalue())
         stats = stats or ShardStats()  # a recovered shard: its timing is lost, its counts are not
         for meta in metas:
             stats.add(meta)
-        self.dest.write_bytes(stats_name(shard), json.dumps(stats.to_dict(), indent=1).encode())
+        self.dest.write_bytes(self.names.stats(shard), json.dumps(stats.to_dict(), indent=1).encode())
 
     def _remove_doubtful(self) -> None:
         """Remove every file of the shards whose commit failed, the ledger part first, so that a
         shard is never committed without its files; raises if the store still fails."""
         for shard in sorted(self._doubtful):
             self.ledger.uncommit_shard(shard)
-            for name in reversed(shard_files(shard)):
+            for name in reversed(self.names.files(shard)):
                 self.dest.remove(name)
             if self.append:
-                self.dest.remove(open_name(shard))
+                self.dest.remove(self.names.open(shard))
             self._doubtful.discard(shard)
 
     def _reset(self) -> None:

@@ -26,7 +26,7 @@ import pyarrow.parquet as pq
 
 from flowdc.ledger import LEDGER_DIR, Ledger
 from flowdc.storage import TMP_MARK, Destination
-from flowdc.writers.webdataset import shard_files
+from flowdc.writers.shardnames import ShardNames
 from tests.cloud_servers import S3_ACCESS_KEY, S3_REGION, S3_SECRET_KEY
 
 LOOPBACK = "127.0.0.1"
@@ -233,12 +233,12 @@ def samples_in_shards(dest: Destination) -> Counter[str]:
 def committed_shard_files(dest: Destination) -> list[str]:
     """The shard files (tar, parquet and stats) whose ledger part exists."""
     parts = [n for n in dest.list(LEDGER_DIR) if n.startswith("shard-")]
-    return sorted(name for p in parts for name in shard_files(int(p[6:12])))
+    return sorted(name for p in parts for name in ShardNames().files(int(p[6:12])))
 
 
 def shard_file_names(shards: int) -> list[str]:
     """Every file of shards 0 .. shards-1, sorted."""
-    return sorted(name for i in range(shards) for name in shard_files(i))
+    return sorted(name for i in range(shards) for name in ShardNames().files(i))
 
 
 def shard_metadata_rows(dest: Destination) -> int:

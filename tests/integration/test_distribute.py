@@ -27,9 +27,11 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+import pyarrow.parquet as pq
 import pytest
 
 from flowdc.config import PartitionConfig
+from flowdc.consolidate import INDEX_FILE, consolidate
 from flowdc.ledger import Ledger
 from flowdc.partition import run_partition
 from flowdc.storage import TMP_MARK, Destination
@@ -170,6 +172,7 @@ def check_dataset(out: Path, farm: FakeHostFarm, stored_at_kill: set[int], fmt: 
     assert {r["status"] for r in records} == {"ok"}
     by_key = {r["key"]: r for r in records}
     if fmt == "webdataset":
+        assert_unique_data_names(out)
         shards = sorted(out.glob("part-*/*.tar"))
         seen: dict[str, bytes] = {}
         for shard in shards:
@@ -197,6 +200,16 @@ def check_dataset(out: Path, farm: FakeHostFarm, stored_at_kill: set[int], fmt: 
     assert not refetched, f"rows stored before the kill were fetched again: {sorted(refetched)[:10]}"
     assert stored_at_kill, "nothing was stored before the kill: it did not land mid-run"
     return summary
+
+
+def assert_unique_data_names(out: Path) -> list[Path]:
+    """The dataset's data files (every file of a partition's top but its overview) have names unique
+    across the whole DEST: shards can be gathered into one folder."""
+    files = [p for p in out.glob("part-*/*") if p.is_file() and p.name != "overview.json"]
+    names = [p.name for p in files]
+    assert files and len(names) == len(set(names)), sorted(names)
+    assert all(p.name.startswith(p.parent.name + "-") for p in files), names
+    return files
 
 
 def no_orphans(worker_dirs: list[Path]) -> None:
@@ -319,3 +332,28 @@ def test_a_task_over_its_wall_time_stops_cleanly_and_its_rerun_resumes(
     # A clean stop keeps everything it stored: only requests in flight at the stop are made again.
     counts = requested_urls(slow)
     assert max(counts.values()) <= 2 and sum(counts.values()) <= rows + 2 * (len(codes) - 1)
+
+
+def test_webdataset_shard_names_are_unique_across_partitions(
+        tmp_path: Path, farm_factory: Callable[[list[HostSpec]], FakeHostFarm]) -> None:
+    fast = farm_factory([HostSpec(f"127.0.0.{i}") for i in (2, 3)])
+    rows = 90
+    urls = [fast.url(i % 2, f"/img/{i:05d}.png") for i in range(rows)]
+    manifest = write_manifest(tmp_path / "manifest.parquet", urls)
+    run_partition(PartitionConfig(input=str(manifest), output_folder=str(tmp_path / "parts"), groups=3, quiet=True),
+                  progress=False)
+    out = tmp_path / "out"
+    Manager(["--input", str(tmp_path / "parts"), "--output", str(out), "--workers", "2", "--output_format",
+             "webdataset", "--samples_per_shard", "7", "--quiet"], subprocess_env()).finish()
+    files = assert_unique_data_names(out)
+    assert len([p for p in files if p.suffix == ".tar"]) >= 3 * 4  # 30 rows a partition, 7 a shard
+    # Every path the dataset index gives names a member of that shard.
+    consolidate(str(out))
+    index = pq.read_table(out / INDEX_FILE, columns=["path", "member", "status"]).to_pylist()
+    assert len(index) == rows and {r["status"] for r in index} == {"ok"}
+    members: dict[str, set[str]] = {}
+    for r in index:
+        if r["path"] not in members:
+            with tarfile.open(out / r["path"]) as tar:
+                members[r["path"]] = set(tar.getnames())
+        assert r["member"] in members[r["path"]], r

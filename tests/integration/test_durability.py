@@ -4,6 +4,8 @@ A run downloads from slow fake hosts at a steady rate, is SIGKILLed mid-run (for
 middle of its only shard), and is run again. The rerun may fetch each row the first run did not
 keep once; beyond that, no more than one second's worth of the first run's requests (its rate is
 measured). Afterwards every row is stored exactly once and every shard reads back whole.
+The webdataset run names its shards with a prefix, as distribute does (part-00007-000000.tar):
+the open shard and its resume follow that name.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from tests.integration.conftest import (
 )
 
 ROWS = 3000
+PREFIX = "part-00007-"
 KILL_AFTER_S = 2.5  # of steady downloading, measured from the first request
 
 
@@ -47,6 +50,8 @@ def test_kill_9_loses_at_most_a_second_of_fetched_work(tmp_path: Path, farm_fact
     cmd = [sys.executable, "-m", "flowdc", "download", "--input", str(manifest), "--output", str(out),
            "--output_format", fmt, "--samples_per_shard", "100000", "--concurrent_downloads", "24",
            "--disable_paarc", "--C_init", "8", "--timeout", "5", "--quiet", "--no_create_tar"]
+    if fmt == "webdataset":
+        cmd += ["--shard_prefix", PREFIX]
     proc = subprocess.Popen(cmd, cwd=REPO, env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 60
@@ -68,7 +73,7 @@ def test_kill_9_loses_at_most_a_second_of_fetched_work(tmp_path: Path, farm_fact
     assert first < ROWS * 0.8, "the kill should come well before the end"
     if fmt == "webdataset":
         assert not list(out.glob("*.tar")), "the open shard is hidden until it is whole"
-        assert list(out.glob(".000000.tar.open"))
+        assert [p.name for p in out.glob(".*.open")] == [f".{PREFIX}000000.tar.open"]
 
     for host in farm.hosts:
         host.spec.latency_s = 0.002
@@ -88,6 +93,8 @@ def test_kill_9_loses_at_most_a_second_of_fetched_work(tmp_path: Path, farm_fact
         assert sorted(p.stem for p in files) == sorted(ok_keys)
         return
     assert not list(out.glob(".*.open"))
+    assert sorted(p.name for p in out.iterdir() if p.is_file() and p.name != "overview.json") == [
+        f"{PREFIX}000000.parquet", f"{PREFIX}000000.tar", f"{PREFIX}000000_stats.json"]
     samples = tar_samples(out)  # tarfile reads every member; fails on a key stored twice
     assert set(samples) == ok_keys and all(set(parts) == {"png", "json"} for parts in samples.values())
     read_back = [s["__key__"] for s in wds.WebDataset(sorted(str(p) for p in out.glob("*.tar")),
