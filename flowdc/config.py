@@ -198,6 +198,8 @@ class DownloadConfig(PolitenessOptions, NetworkOptions, RedactOptions, PaarcOpti
                       choices=("none", "sha256"))
     quiet: bool = opt(False, "No progress bar; only the final summary.")
     batch_rows: int = opt(8192, "Manifest rows read per batch (memory stays bounded by this).")
+    partition_id: str | None = opt(None, "Name of the partition this run downloads, carried by its telemetry "
+                                   "(distribute sets part-NNNNN; the run_id names the distribute run).")
     host_budget: dict[str, float] = opt(
         {}, "Share in (0,1] of each named host's concurrency budget (C_init, C_max, a paced rate) this run gets; "
         "distribute sets it from plan.json's budget_share for hosts split over partitions.")

@@ -50,12 +50,13 @@ def task_config(cfg: DistributeConfig, dest: Destination, part: Partition, input
                 push_url: str | None, run_id: str) -> dict[str, Any]:
     """The partition's download config: every download option of `cfg`, its own input and output.
 
-    Every run of one partition in one distribute run has the same run_id: a resubmitted task takes
-    over its lost predecessor's lease on an object store at once, and its telemetry stays together.
+    Every task of one distribute run has its run_id, and its partition_id: a resubmitted task takes
+    over its lost predecessor's lease on an object store at once (each partition has its own), and
+    its telemetry replaces its predecessor's in the views, which key by (run, partition).
     """
     doc = {name: getattr(cfg, name) for name in DOWNLOAD_FIELDS}
     doc.update(input=input_name, output=dest.url(part.name), quiet=True,
-               telemetry=None, run_id=f"{run_id}-{part.name}",
+               telemetry=None, run_id=run_id, partition_id=part.name,
                shard_prefix=f"{cfg.shard_prefix}{part.name}-")  # shard names unique across the dataset
     shares = {host: share * cfg.host_budget.get(host, 1.0) for host, share in part.host_budget.items()}
     doc["host_budget"] = {**cfg.host_budget, **shares}

@@ -146,7 +146,7 @@ class DownloadJob:
                                              else getattr(cfg, "host_budget", None) or {})
         self.run_id = run_id or cfg.run_id or uuid.uuid4().hex[:12]
         self.claim: OutputClaim | None = None
-        self.partition_id = partition_id
+        self.partition_id = partition_id or cfg.partition_id
         self.settings = FetchSettings.of(cfg)
         # One writer thread keeps a shard's members in order; files can be written in parallel.
         self.write_lanes = 1 if cfg.output_format == "webdataset" else 8

@@ -59,6 +59,15 @@ class _Typed:
         return cls(**known, extra=extra)
 
 
+def source_label(doc: Mapping[str, Any]) -> str:
+    """Which run and partition a snapshot dict comes from, as one key: `RUN/PART` when it names
+    both (a distribute run's tasks share its run id), else whichever it names. Views key their
+    latest state by it, so a resubmitted task replaces its lost predecessor's figures and two
+    runs' partitions of the same number stay apart."""
+    run, part = str(doc.get("run_id") or ""), str(doc.get("partition_id") or "")
+    return f"{run}/{part}" if run and part else part or run
+
+
 @dataclass(slots=True)
 class HostSnapshot(_Typed):
     """One host's controller and queue at time t (wall clock, seconds since the epoch)."""

@@ -21,6 +21,8 @@ from typing import IO, Any
 
 from aiohttp import web
 
+from flowdc.telemetry import source_label
+
 MAX_BODY_BYTES = 8 * 1024 * 1024
 MAX_HOSTS_KEPT = 10_000  # latest host lines kept in memory (the JSONL file has them all)
 START_TIMEOUT_S = 10.0
@@ -34,8 +36,8 @@ class Collector:
         self.port = port
         self.token = token or secrets.token_urlsafe(24)
         self._lock = threading.Lock()
-        self._runs: dict[str, dict[str, Any]] = {}  # partition (or run) id -> latest run snapshot
-        self._hosts: dict[tuple[str, str], dict[str, Any]] = {}  # (partition, host) -> latest host snapshot
+        self._runs: dict[str, dict[str, Any]] = {}  # source_label (run/partition) -> latest run snapshot
+        self._hosts: dict[tuple[str, str], dict[str, Any]] = {}  # (source_label, host) -> latest host snapshot
         self.lines = 0
         self.rejected = 0
         self._file: IO[str] | None = None
@@ -136,7 +138,7 @@ class Collector:
         return len(good)
 
     def _remember(self, doc: dict[str, Any]) -> None:
-        part = str(doc.get("partition_id") or doc.get("run_id") or "")
+        part = source_label(doc)
         if doc.get("kind") == "run":
             doc.setdefault("received", time.time())
             self._runs[part] = doc

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from flowdc.telemetry import Snapshot
+from flowdc.telemetry import Snapshot, source_label
 
 HISTORY_POINTS = 720  # per series: six minutes at two snapshots a second
 HISTORY_HOSTS = 200  # hosts whose history is kept; a 40M-row run has far more hosts than charts
@@ -93,8 +93,9 @@ class LiveState:
         t = _num(record.get("t"))
         if t is None:
             return
-        # A download run by itself has no partition id; its run id still keeps two runs' hosts apart.
-        partition = str(record.get("partition_id") or record.get("run_id") or "")
+        # Keyed by run and partition: a download run by itself has no partition id, and its run id
+        # still keeps two runs' hosts apart; a distribute run's partitions share its run id.
+        partition = source_label(record)
         with self._lock:
             self._t0 = t if self._t0 is None else min(self._t0, t)
             if self._t_last is None or t > self._t_last + 0.2:

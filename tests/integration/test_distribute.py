@@ -36,6 +36,7 @@ from flowdc.ledger import Ledger
 from flowdc.partition import run_partition
 from flowdc.storage import TMP_MARK, Destination
 from flowdc.testing.fakehosts import FakeHostFarm, HostSpec
+from flowdc.ui.live import LiveState
 from tests.integration.conftest import expected_png, requested_urls, sha256, subprocess_env, write_manifest
 
 ROWS = 360
@@ -334,20 +335,21 @@ def test_a_task_over_its_wall_time_stops_cleanly_and_its_rerun_resumes(
     assert max(counts.values()) <= 2 and sum(counts.values()) <= rows + 2 * (len(codes) - 1)
 
 
-def test_webdataset_shard_names_are_unique_across_partitions(
+def test_three_partitions_have_unique_shard_names_and_telemetry_per_partition(
         tmp_path: Path, farm_factory: Callable[[list[HostSpec]], FakeHostFarm]) -> None:
-    fast = farm_factory([HostSpec(f"127.0.0.{i}") for i in (2, 3)])
+    farm = farm_factory([HostSpec(f"127.0.0.{i}", latency_s=0.05) for i in (2, 3)])
     rows = 90
-    urls = [fast.url(i % 2, f"/img/{i:05d}.png") for i in range(rows)]
+    urls = [farm.url(i % 2, f"/img/{i:05d}.png") for i in range(rows)]
     manifest = write_manifest(tmp_path / "manifest.parquet", urls)
     run_partition(PartitionConfig(input=str(manifest), output_folder=str(tmp_path / "parts"), groups=3, quiet=True),
                   progress=False)
     out = tmp_path / "out"
     Manager(["--input", str(tmp_path / "parts"), "--output", str(out), "--workers", "2", "--output_format",
-             "webdataset", "--samples_per_shard", "7", "--quiet"], subprocess_env()).finish()
+             "webdataset", "--samples_per_shard", "7", "--disable_paarc", "--C_init", "4", "--quiet"],
+            subprocess_env()).finish()
+    # Shard names: unique across DEST, and every path the dataset index gives names a member of that shard.
     files = assert_unique_data_names(out)
     assert len([p for p in files if p.suffix == ".tar"]) >= 3 * 4  # 30 rows a partition, 7 a shard
-    # Every path the dataset index gives names a member of that shard.
     consolidate(str(out))
     index = pq.read_table(out / INDEX_FILE, columns=["path", "member", "status"]).to_pylist()
     assert len(index) == rows and {r["status"] for r in index} == {"ok"}
@@ -357,3 +359,19 @@ def test_webdataset_shard_names_are_unique_across_partitions(
             with tarfile.open(out / r["path"]) as tar:
                 members[r["path"]] = set(tar.getnames())
         assert r["member"] in members[r["path"]], r
+    # Telemetry, as the manager's collector merged it: every line names the run and its partition,
+    # and the live view keeps each partition's hosts apart and adds the partitions up.
+    run_id = json.loads((out / "_flowdc" / "distribute.json").read_text())["run_id"]
+    text = (out / "_flowdc" / "telemetry.jsonl").read_text()
+    docs = [json.loads(line) for line in text.splitlines()]
+    names = {"part-00000", "part-00001", "part-00002"}
+    assert {d["run_id"] for d in docs} == {run_id} and {d["partition_id"] for d in docs} == names
+    assert {d["partition_id"] for d in docs if d["kind"] == "run" and d["done"]} == names
+    assert {d["partition_id"] for d in docs if d["kind"] == "host"} == names
+    live = LiveState()
+    live.ingest_lines(text)
+    view = live.view()
+    assert view.partitions == [f"{run_id}/{n}" for n in sorted(names)]
+    assert view.totals.ok == rows and view.totals.finished
+    per_partition = {(r["partition"], r["host"]) for r in view.rows}
+    assert {p for p, _ in per_partition} == set(view.partitions) and len(per_partition) == len(view.rows)

@@ -53,7 +53,7 @@ def test_posts_merge_into_latest_and_the_jsonl_file(tmp_path: Path) -> None:
         assert status == 202
         latest = col.latest()
     # The later snapshot of part-00000 replaces the earlier one; a finished partition adds no rate.
-    assert latest["partitions"]["part-00000"]["ok"] == 30
+    assert latest["partitions"]["r1/part-00000"]["ok"] == 30
     assert latest["totals"]["ok"] == 50 and latest["totals"]["failed"] == 2 and latest["totals"]["bytes"] == 50_000
     assert latest["totals"]["rate_per_s"] == pytest.approx(7.0)
     assert [h["host"] for h in latest["hosts"]] == ["127.0.0.2:80"]  # a line without "kind" is a host line
@@ -77,7 +77,7 @@ def test_latest_is_served_to_a_holder_of_the_token(tmp_path: Path) -> None:
         post(col.url, lines(run_doc("part-00003", 4, 2.0)), col.token)
         status, doc = request("GET", f"{col.url}/latest", col.token)
         assert status == 200
-    assert doc["partitions"]["part-00003"]["ok"] == 4 and doc["lines"] == 1
+    assert doc["partitions"]["r1/part-00003"]["ok"] == 4 and doc["lines"] == 1
 
 
 def test_host_lines_kept_in_memory_are_bounded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -85,3 +85,18 @@ def test_host_lines_kept_in_memory_are_bounded(tmp_path: Path, monkeypatch: pyte
     col = Collector(str(tmp_path / "t.jsonl"))
     col.add_lines([json.dumps({"kind": "host", "host": f"h{i}", "partition_id": "p"}) for i in range(5)])
     assert [h["host"] for h in col.latest()["hosts"]] == ["h2", "h3", "h4"]
+
+
+def test_snapshots_are_kept_per_run_and_partition(tmp_path: Path) -> None:
+    """A resubmitted task (same run, same partition) replaces its predecessor's figures; another
+    run's partition of the same number, and one host seen by two partitions, stay apart."""
+    col = Collector(str(tmp_path / "t.jsonl"))
+    host = {"kind": "host", "t": 1.0, "host": "127.0.0.2:80", "run_id": "r1"}
+    col.add_lines([json.dumps(d) for d in (
+        run_doc("part-00000", 10, 5.0), run_doc("part-00000", 12, 5.0),
+        {**run_doc("part-00000", 3, 1.0), "run_id": "r2"},
+        {**host, "partition_id": "part-00000", "limit": 4}, {**host, "partition_id": "part-00001", "limit": 2},
+        {**host, "partition_id": "part-00000", "limit": 6})])
+    latest = col.latest()
+    assert {k: v["ok"] for k, v in latest["partitions"].items()} == {"r1/part-00000": 12, "r2/part-00000": 3}
+    assert sorted((h["partition_id"], h["limit"]) for h in latest["hosts"]) == [("part-00000", 6), ("part-00001", 2)]
