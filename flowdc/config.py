@@ -274,6 +274,9 @@ class DistributeConfig(DownloadConfig):
             raise ConfigError(f"timeout_minutes must be >= 0, got {self.timeout_minutes}")
         if self.port_number > 65535 or self.telemetry_port > 65535:
             raise ConfigError("port_number and telemetry_port must be <= 65535")
+        if self.cloud_tool and self.cloud_tool != "custom" and not self.cloud_destination:
+            raise ConfigError(f"cloud_tool {self.cloud_tool} needs a cloud_destination (each partition ships to "
+                              "CLOUD_DESTINATION/part-NNNNN)")
 
 
 def check_host_budget(budget: Mapping[str, float]) -> dict[str, float]:

@@ -25,6 +25,7 @@ from flowdc.engines.base import Engine, TaskOutcome, TaskSpec
 from flowdc.engines.collector import Collector
 from flowdc.engines.live import LiveView
 from flowdc.engines.plan import Partition, load_partitions
+from flowdc.engines.state import STATE_FILE, unpack_state
 from flowdc.errors import EXIT_USAGE
 from flowdc.storage import Destination
 
@@ -33,6 +34,7 @@ WAIT_S = 1.0
 SUMMARY_FILE = "_flowdc/distribute.json"
 TELEMETRY_FILE = "_flowdc/telemetry.jsonl"
 TOKEN_ENV = "FLOWDC_TELEMETRY_TOKEN"
+PARTITIONS_DIR = "_flowdc/partitions"  # staged partitions' state files, as their tasks returned them
 DOWNLOAD_FIELDS = tuple(f.name for f in dataclasses.fields(DownloadConfig))
 
 
@@ -44,6 +46,7 @@ class PartitionRun:
     failures: int = 0  # runs that ended with a non-zero exit
     lost: int = 0  # runs lost with their worker (or killed, or over the wall-time limit)
     history: list[dict[str, Any]] = field(default_factory=list)
+    state_stamp: int = 0  # mtime of the state file last unpacked (staged partitions)
 
 
 def task_config(cfg: DistributeConfig, dest: Destination, part: Partition, input_name: str,
@@ -55,7 +58,8 @@ def task_config(cfg: DistributeConfig, dest: Destination, part: Partition, input
     its telemetry replaces its predecessor's in the views, which key by (run, partition).
     """
     doc = {name: getattr(cfg, name) for name in DOWNLOAD_FIELDS}
-    doc.update(input=input_name, output=dest.url(part.name), quiet=True,
+    # Staged (cloud_tool): the task downloads into its sandbox and ships; its state comes back to DEST.
+    doc.update(input=input_name, output=part.name if staged(cfg) else dest.url(part.name), quiet=True,
                telemetry=None, run_id=run_id, partition_id=part.name,
                shard_prefix=f"{cfg.shard_prefix}{part.name}-")  # shard names unique across the dataset
     shares = {host: share * cfg.host_budget.get(host, 1.0) for host, share in part.host_budget.items()}
@@ -72,7 +76,11 @@ def task_spec(cfg: DistributeConfig, dest: Destination, part: Partition, staging
     local_input = "://" not in part.path
     input_name = os.path.basename(part.path) if local_input else part.path
     doc = task_config(cfg, dest, part, input_name, collector.url if collector else None, run_id)
-    if dest.local:  # one writer per partition, across workers that share the folder
+    outputs = {}
+    if staged(cfg):  # the sandbox is the task's own; its state file comes back, and goes to its rerun
+        doc["_state"] = STATE_FILE
+        outputs[STATE_FILE] = state_path(dest, part)
+    elif dest.local:  # one writer per partition, across workers that share the folder
         doc["_lock"] = dest.path(f"_flowdc/locks/{part.name}.lock")
     doc["_time_limit_s"] = cfg.timeout_minutes * 60.0
     config_path = os.path.join(staging, f"{part.name}.json")
@@ -82,11 +90,22 @@ def task_spec(cfg: DistributeConfig, dest: Destination, part: Partition, staging
     inputs = {"task.json": config_path}
     if local_input:
         inputs[input_name] = part.path
+    if outputs and os.path.isfile(outputs[STATE_FILE]):  # an earlier distribute run's
+        inputs[STATE_FILE] = outputs[STATE_FILE]
     python = cfg.worker_python or sys.executable
     return TaskSpec(
-        name=part.name, argv=[python, "-m", "flowdc.engines.task", "task.json"], inputs=inputs,
+        name=part.name, argv=[python, "-m", "flowdc.engines.task", "task.json"], inputs=inputs, outputs=outputs,
         env={TOKEN_ENV: collector.token} if collector else {}, cores=cfg.task_cores, memory_mb=cfg.task_memory_mb,
         disk_mb=cfg.task_disk_mb, worker_retries=MAX_LOST_RUNS)
+
+
+def staged(cfg: DistributeConfig) -> bool:
+    return bool(cfg.cloud_tool)
+
+
+def state_path(dest: Destination, part: Partition) -> str:
+    """Where a staged partition's state file comes back to, on the manager."""
+    return dest.path(f"{PARTITIONS_DIR}/{part.name}.tar")
 
 
 def run_distribute(cfg: DistributeConfig, engine: Engine | None = None) -> dict[str, Any]:
@@ -158,7 +177,7 @@ class Distributor:
                 if part.rows == 0:  # an empty partition has nothing to fetch
                     run.state = "done"
                     continue
-                self.engine.submit(run.spec)
+                self._submit(run)
             while any(r.state == "waiting" for r in self.runs.values()):
                 outcome = self.engine.wait(WAIT_S)
                 if outcome is not None:
@@ -186,7 +205,24 @@ class Distributor:
         print(f"flowdc: {self.cfg.engine} manager listening on port {port}; start workers with: "
               f"{worker} {host} {port}", file=sys.stderr, flush=True)
 
+    def _submit(self, run: PartitionRun) -> None:
+        state = run.spec.outputs.get(STATE_FILE)
+        if state and os.path.isfile(state):  # the rerun resumes from the state the last run returned
+            run.spec.inputs[STATE_FILE] = state
+        self.engine.submit(run.spec)
+
+    def _take_back_state(self, run: PartitionRun) -> None:
+        """A staged task's returned state (ledger, overview) to DEST/part-NNNNN, where a local run keeps it."""
+        state = run.spec.outputs.get(STATE_FILE)
+        if not state or not os.path.isfile(state):
+            return
+        stamp = os.stat(state).st_mtime_ns
+        if stamp != run.state_stamp:
+            unpack_state(state, self.dest.path(run.part.name))
+            run.state_stamp = stamp
+
     def _settle(self, run: PartitionRun, outcome: TaskOutcome) -> None:
+        self._take_back_state(run)
         run.history.append({"ran": outcome.ran, "exit_code": outcome.exit_code, "detail": outcome.detail,
                             "worker": outcome.worker, "t": round(time.time(), 3)})
         if outcome.ran and outcome.exit_code == 0:
@@ -202,7 +238,7 @@ class Distributor:
             why = f"exited {outcome.exit_code}: {_last_line(outcome.output)}"
         if again:
             self._note(f"flowdc: {run.part.name} {why}; resubmitting (it resumes from its ledger)")
-            self.engine.submit(run.spec)
+            self._submit(run)
         else:
             run.state = "failed"
             run.history[-1]["output"] = outcome.output

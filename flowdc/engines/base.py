@@ -17,6 +17,9 @@ class TaskSpec:
     name: str  # part-NNNNN
     argv: list[str]
     inputs: dict[str, str] = field(default_factory=dict)  # sandbox name -> local path on the manager
+    # sandbox name -> local path on the manager: brought back when the command ran to its end
+    # (whatever its exit code); a run lost with its worker brings nothing back.
+    outputs: dict[str, str] = field(default_factory=dict)
     env: dict[str, str] = field(default_factory=dict)
     cores: int = 1
     memory_mb: int = 0  # 0 = the engine's default

@@ -48,6 +48,9 @@ class CctoolsEngine:
     def _add_input(self, task: Any, local: str, remote: str) -> None:
         raise NotImplementedError
 
+    def _add_output(self, task: Any, local: str, remote: str) -> None:
+        raise NotImplementedError
+
     def _outcome(self, task: Any) -> tuple[bool, int | None, str]:
         """(ran to its end, exit code, why not)."""
         raise NotImplementedError
@@ -66,6 +69,8 @@ class CctoolsEngine:
         task = self._new_task(shlex.join(spec.argv) + " 2>&1")
         for remote, local in spec.inputs.items():
             self._add_input(task, local, remote)
+        for remote, local in spec.outputs.items():
+            self._add_output(task, local, remote)
         for key, value in spec.env.items():
             self._set(task, "env", key, value)
         self._set(task, "cores", spec.cores)

@@ -69,6 +69,8 @@ class LocalEngine:
                 outcome = self._check(run)
                 if outcome is not None:
                     outcome.output = _log_tail(os.path.join(run.sandbox, "task.log"))
+                    if outcome.ran:
+                        _bring_back(run)
                     self._running.remove(run)
                     shutil.rmtree(run.sandbox, ignore_errors=True)
                     self._dispatch()
@@ -108,6 +110,16 @@ class LocalEngine:
         self._running.clear()
         if self._root:
             shutil.rmtree(self._root, ignore_errors=True)
+
+
+def _bring_back(run: _Running) -> None:
+    """The task's output files, to the manager's paths (as a cctools worker returns them)."""
+    for remote, local in run.spec.outputs.items():
+        src = os.path.join(run.sandbox, remote)
+        if os.path.isfile(src):
+            os.makedirs(os.path.dirname(os.path.abspath(local)), exist_ok=True)
+            shutil.copyfile(src, local + ".part")
+            os.replace(local + ".part", local)  # never a half-copied file under the final name
 
 
 def _log_tail(path: str) -> str:

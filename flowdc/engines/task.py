@@ -13,6 +13,12 @@ or shared folder, and `_time_limit_s`. Around the download it adds what a distri
   (9.9) kills a task with any wall-time limit after a few seconds. Over the limit, the download
   stops cleanly and the task exits EXIT_WALL_TIME; its rerun resumes.
 
+With cloud_tool (`_state` names the state file), the download goes to a folder in the sandbox
+and ships each committed shard; the task unpacks the state an earlier run returned before it
+starts, and packs the folder's rest (ledger, overview, shards not shipped) into the state file at
+its end, for the engine to bring back (engines/state.py). Shards left unshipped make the exit
+EXIT_LOCK_TIMEOUT, so the manager runs the task again and that run ships them.
+
 The exit code is the download's (0 also when every row failed: the partition is complete).
 """
 
@@ -27,8 +33,9 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from typing import Any
 
-from flowdc.errors import EXIT_USAGE
+from flowdc.errors import EXIT_USAGE, FlowdcError
 
 EXIT_LOCK_TIMEOUT = 75  # EX_TEMPFAIL: the manager retries the task
 EXIT_WALL_TIME = 124  # as timeout(1)
@@ -50,6 +57,7 @@ def main(argv: list[str]) -> int:
         return EXIT_USAGE
     lock_path = doc.pop("_lock", None)
     time_limit = float(doc.pop("_time_limit_s", 0) or 0)
+    state = doc.pop("_state", None)
     worker = worker_ancestor()
     if worker is not None:
         threading.Thread(target=_watch_worker, args=(worker,), name="flowdc-worker-watch", daemon=True).start()
@@ -61,15 +69,47 @@ def main(argv: list[str]) -> int:
     config = os.path.abspath(".flowdc-task-config.json")
     with open(config, "w", encoding="utf-8") as fh:
         json.dump(doc, fh)
+    if state:
+        return _staged(config, doc, state, over_time)
     with partition_lock(lock_path) as held:
         if not held:
             print(f"flowdc: the partition is still locked by another run ({lock_path}); try again later",
                   file=sys.stderr)
             return EXIT_LOCK_TIMEOUT
-        from flowdc.cli import main as cli_main
-
-        code = cli_main(["download", "--config", config])
+        code = _download(config)
     return EXIT_WALL_TIME if over_time.is_set() else code
+
+
+def _download(config: str) -> int:
+    from flowdc.cli import main as cli_main
+
+    return cli_main(["download", "--config", config])
+
+
+def _staged(config: str, doc: dict[str, Any], state: str, over_time: threading.Event) -> int:
+    """A download staged in the sandbox (cloud_tool): resume from the returned state, return it again."""
+    from flowdc.engines.state import STATE_FILE, pack_state, unpack_state, unshipped_shards
+    from flowdc.uploaders import CommandUploader, UploadError, UploadSpec
+
+    folder = os.path.abspath(str(doc["output"]))
+    unpack_state(state, folder)
+    try:
+        code = _download(config)
+    finally:
+        pack_state(folder, state)
+    try:  # the ledger and overview go with the shards too, as the one state file
+        spec = UploadSpec(tool=doc["cloud_tool"], destination=doc.get("cloud_destination") or "",
+                          template=list(doc.get("cloud_command") or []) or None)
+        CommandUploader(spec).upload(state, STATE_FILE)
+    except (UploadError, FlowdcError) as exc:
+        print(f"flowdc: {exc}", file=sys.stderr)
+        code = code or EXIT_LOCK_TIMEOUT
+    if code == 0 and unshipped_shards(folder):
+        print("flowdc: some shards were not shipped; they come back with the state and the next run ships them",
+              file=sys.stderr)
+        return EXIT_LOCK_TIMEOUT
+    return EXIT_WALL_TIME if over_time.is_set() else code
+
 
 
 @contextlib.contextmanager

@@ -37,6 +37,9 @@ class TaskVineEngine(CctoolsEngine):
     def _add_input(self, task: Any, local: str, remote: str) -> None:
         task.add_input(self.manager.declare_file(local, cache=False, peer_transfer=False), remote)
 
+    def _add_output(self, task: Any, local: str, remote: str) -> None:
+        task.add_output(self.manager.declare_file(local, cache=False), remote)
+
     def _outcome(self, task: Any) -> tuple[bool, int | None, str]:
         if task.result == "success":
             return True, int(task.exit_code), ""

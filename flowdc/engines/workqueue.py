@@ -33,6 +33,9 @@ class WorkQueueEngine(CctoolsEngine):
     def _add_input(self, task: Any, local: str, remote: str) -> None:
         task.specify_input_file(local, remote, cache=False)
 
+    def _add_output(self, task: Any, local: str, remote: str) -> None:
+        task.specify_output_file(local, remote, cache=False)
+
     def _outcome(self, task: Any) -> tuple[bool, int | None, str]:
         # `result` says whether the command ran; its exit code is in return_status.
         if task.result == self.wq.WORK_QUEUE_RESULT_SUCCESS:
