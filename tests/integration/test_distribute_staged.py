@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import tarfile
 from collections import Counter
 from collections.abc import Callable
@@ -22,7 +23,7 @@ from flowdc.ledger import Ledger
 from flowdc.storage import Destination
 from flowdc.testing.fakehosts import FakeHostFarm, HostSpec
 from tests.integration.conftest import REPO, requested_urls, subprocess_env, write_manifest
-from tests.integration.test_distribute import Manager
+from tests.integration.test_distribute import Manager, processes, worker_for
 
 STAND_INS = REPO / "tests" / "stand_ins"
 ROWS = 24  # per good partition
@@ -92,3 +93,39 @@ def test_staged_tasks_ship_shards_and_return_their_ledgers(
     Manager(args, env).finish()
     assert requested_urls(farm) == before
     assert sorted(str(p) for p in remote.rglob("part-*-*.tar")) == shipped_before
+
+
+CCTOOLS = {"workqueue": ("work_queue", "work_queue_worker", "Work Queue bindings missing (scripts/bootstrap.sh)"),
+           "taskvine": ("ndcctools.taskvine", "vine_worker", "TaskVine (ndcctools) is not installed here")}
+
+
+@pytest.mark.parametrize("engine", sorted(CCTOOLS))
+def test_cctools_workers_bring_the_state_back(
+        tmp_path: Path, farm_factory: Callable[[list[HostSpec]], FakeHostFarm], engine: str) -> None:
+    """The same on a real Work Queue (or TaskVine) worker: the state file comes back as the task's output file."""
+    module, worker_name, why = CCTOOLS[engine]
+    binding = pytest.importorskip(module, reason=why)
+    farm = farm_factory([HostSpec("127.0.0.2", latency_s=0.02)])
+    parts = tmp_path / "parts"
+    for i in range(2):
+        write_manifest(parts / f"{PARTS[i]}.parquet", [farm.url(0, f"/img/{i}-{n:03d}.png") for n in range(10)])
+    out, remote, env = tmp_path / "out", tmp_path / "remote", subprocess_env()
+    manager = Manager(["--engine", engine, "--port_number", "0", "--input", str(parts), "--output", str(out),
+                       "--output_format", "webdataset", "--cloud_tool", "rclone", "--cloud_destination", str(remote),
+                       "--quiet"], env)
+    try:
+        port = manager.port()
+        (tmp_path / "w").mkdir()
+        with processes() as workers:
+            workers.append(subprocess.Popen([worker_for(binding, worker_name), "--cores", "1", "--timeout", "30",
+                                             "-s", str(tmp_path / "w"), "127.0.0.1", str(port)], env=env,
+                                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+            manager.finish()
+    finally:
+        if manager.proc.poll() is None:
+            manager.proc.kill()
+    for name in PARTS[:2]:
+        assert (out / "_flowdc" / "partitions" / f"{name}.tar").is_file()
+        records = Ledger(Destination(str(out / name))).latest().to_pylist()
+        assert Counter(r["status"] for r in records) == Counter(ok=10)
+        assert (remote / name / f"{name}-000000.tar").is_file() and (remote / name / "flowdc-state.tar").is_file()
