@@ -1,12 +1,15 @@
 """Distribute bench: does a second local worker process make a CPU-bound download faster?
 
-Many open hosts (no rate limits, a few tens of ms each) and realistic image sizes (valid PNGs of
-8-200 KB, median about 40 KB), so the client's CPU, not the hosts, sets the pace. The fake hosts
-run in a process of their own, so they do not share the downloader's event loop or GIL. The
-manifest is partitioned by host, then `flowdc distribute --engine local` runs it with 1 worker
-and with 2 (fresh outputs each time); the report gives images/s, MB/s, CPU and their ratio.
+Many open hosts (no rate limits, 2-4 ms each) serving realistic images (noise JPEGs of 15-75 KB,
+which the download's header check really decodes), so the client's CPU, not the hosts, sets the
+pace. The hosts run in a process of their own (bench/rawhosts.py: a bare asyncio server writing
+prebuilt responses, so they take little of the CPU the client needs). The manifest is partitioned
+by host, then `flowdc distribute --engine local` runs it with 1 worker and with 2 (fresh outputs
+each time), `--rounds` times side by side; the report gives images/s, MB/s, CPU, the load average
+and the ratio of the picked round (the median by default).
 
     .venv/bin/python bench/distribute_bench.py                      # 20,000 rows, 100 hosts, 8 partitions
+    .venv/bin/python bench/distribute_bench.py --rounds 3 --pick median
     .venv/bin/python bench/distribute_bench.py --rows 40000 --workers 1,2,4
 """
 
@@ -15,11 +18,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import math
 import os
 import random
 import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -28,41 +31,35 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+from rawhosts import noise_jpegs, responses, start_hosts
 
 REPO = Path(__file__).resolve().parents[1]
-IMAGE_PATHS = 500  # distinct images per host: the farm serves them from its cache
+IMAGE_POOL = 400  # distinct JPEGs, built once by the farm process; every URL stays distinct by its query
 
 
-def serve_farm(hosts: int, latency_s: float, jitter_s: float) -> None:
-    """The farm process: start the hosts, print their base URLs as one JSON line, serve until stdin closes."""
-    from flowdc.testing.fakehosts import FakeHostFarm, HostSpec
+def serve_farm(hosts: int, latency_s: float, jitter_s: float, seed: int) -> None:
+    """The farm process: start the hosts, print their base URLs and the pool's sizes as one JSON
+    line, serve until stdin closes."""
+    bodies = noise_jpegs(IMAGE_POOL, seed)
 
     async def main() -> None:
-        specs = [HostSpec(f"127.0.0.{i + 2}", latency_s=latency_s, jitter_s=jitter_s, seed=i) for i in range(hosts)]
-        async with FakeHostFarm(specs, image_cache_bytes=512 * 1024 * 1024) as farm:
-            print(json.dumps([h.base_url for h in farm.hosts]), flush=True)
-            await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
+        farm = await start_hosts(hosts, responses(bodies), latency_s, jitter_s)
+        print(json.dumps({"bases": [h.base_url for h in farm], "sizes": [len(b) for b in bodies]}), flush=True)
+        await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
 
     asyncio.run(main())
 
 
-def image_sizes(seed: int) -> list[int]:
-    """Sizes of the IMAGE_PATHS images: lognormal around 40 KB, clipped to 8-200 KB."""
-    rng = random.Random(seed)
-    return [int(min(200_000, max(8_000, rng.lognormvariate(math.log(40_000), 0.6)))) for _ in range(IMAGE_PATHS)]
-
-
-def write_manifest(path: Path, bases: list[str], rows: int, seed: int) -> int:
+def write_manifest(path: Path, bases: list[str], sizes: list[int], rows: int, seed: int) -> int:
     from flowdc.testing.fakehosts import write_manifest as write
 
     rng = random.Random(seed)
-    sizes = image_sizes(seed)
     hosts = [i % len(bases) for i in range(rows)]
     rng.shuffle(hosts)  # interleaved, as in a real dataset
     urls, total = [], 0
     for i, h in enumerate(hosts):
-        img = rng.randrange(IMAGE_PATHS)
-        urls.append(f"{bases[h]}/img/{img:04d}.png?size={sizes[img]}&r={i}")
+        img = rng.randrange(len(sizes))
+        urls.append(f"{bases[h]}/img/{img:04d}.jpg?r={i}")
         total += sizes[img]
     write(path, urls, labels=[f"class{i % 10}" for i in range(rows)])
     return total
@@ -92,12 +89,23 @@ def run_once(parts: Path, out: Path, workers: int, rows: int, fmt: str, farm: ps
     summary = json.loads((out / "_flowdc" / "distribute.json").read_text())
     ok = summary["totals"]["ok"]
     nbytes = sum(f.stat().st_size for f in out.rglob("*.tar")) if fmt == "webdataset" else sum(
-        f.stat().st_size for f in out.rglob("*.png"))
+        f.stat().st_size for f in out.rglob("*.jpg"))
     if ok != rows:
         raise SystemExit(f"only {ok}/{rows} rows stored with {workers} workers")
     return {"workers": workers, "wall_s": round(wall, 2), "images_per_s": round(ok / wall, 1),
             "mb_per_s": round(nbytes / wall / 1e6, 2), "client_cpu_s": round(cpu, 1), "farm_cpu_s": round(farm_cpu, 1),
             "load_avg_1m": round(os.getloadavg()[0], 2)}
+
+
+def report(rounds: list[list[dict[str, Any]]], pick: str) -> None:
+    """Each round's ratio to its first worker count, and the median (or best) round's."""
+    base_n = rounds[0][0]["workers"]
+    for j, first in enumerate(rounds[0][1:], start=1):
+        ratios = sorted(r[j]["images_per_s"] / r[0]["images_per_s"] for r in rounds)
+        chosen = statistics.median_low(ratios) if pick == "median" else ratios[-1]
+        loads = ", ".join(f"{r[j]['load_avg_1m']:.1f}" for r in rounds)
+        print(f"# {first['workers']} workers / {base_n}: {chosen:.2f}x images/s ({pick} of {len(ratios)} rounds: "
+              f"{', '.join(f'{x:.2f}' for x in ratios)}; 1-min load after each: {loads})")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -106,8 +114,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--hosts", type=int, default=100)
     p.add_argument("--partitions", type=int, default=8)
     p.add_argument("--workers", default="1,2", help="Comma list of local worker counts to compare.")
-    p.add_argument("--latency", type=float, default=0.03, help="Host service time, seconds.")
-    p.add_argument("--jitter", type=float, default=0.02, help="Extra uniform [0, jitter) per request, seconds.")
+    p.add_argument("--latency", type=float, default=0.002, help="Host service time, seconds.")
+    p.add_argument("--jitter", type=float, default=0.002, help="Extra uniform [0, jitter) per request, seconds.")
+    p.add_argument("--rounds", type=int, default=1, help="Runs of every worker count, side by side.")
+    p.add_argument("--pick", default="median", choices=("median", "best"),
+                   help="Which round's ratio to report (per worker count, by images/s).")
     p.add_argument("--format", default="webdataset", choices=("webdataset", "imagefolder"))
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="", help="Work folder (default: a temporary one, removed after).")
@@ -116,18 +127,19 @@ def main(argv: list[str] | None = None) -> int:
     if not 1 <= args.hosts <= 250:
         p.error("--hosts must be 1-250 (127.0.0.2 - 127.0.0.251)")
     if args.serve_farm:
-        serve_farm(args.hosts, args.latency, args.jitter)
+        serve_farm(args.hosts, args.latency, args.jitter, args.seed)
         return 0
     work = Path(args.out or tempfile.mkdtemp(prefix="flowdc-distbench-"))
     work.mkdir(parents=True, exist_ok=True)
     farm = subprocess.Popen([sys.executable, __file__, "--serve-farm", "--hosts", str(args.hosts), "--latency",
-                             str(args.latency), "--jitter", str(args.jitter)], stdin=subprocess.PIPE,
+                             str(args.latency), "--jitter", str(args.jitter), "--seed", str(args.seed)],
+                            stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, text=True, cwd=REPO,
                             env=dict(os.environ, PYTHONPATH=str(REPO)))
     try:
         assert farm.stdout is not None
-        bases = json.loads(farm.stdout.readline())
-        total = write_manifest(work / "manifest.parquet", bases, args.rows, args.seed)
+        hello = json.loads(farm.stdout.readline())
+        total = write_manifest(work / "manifest.parquet", hello["bases"], hello["sizes"], args.rows, args.seed)
         res = flowdc("partition", "--input", str(work / "manifest.parquet"), "--output_folder", str(work / "parts"),
                      "--groups", str(args.partitions), "--method", "host", "--quiet")
         if res.returncode != 0:
@@ -135,14 +147,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"# {args.rows} rows, {args.hosts} hosts ({args.latency * 1000:.0f} ms + up to {args.jitter * 1000:.0f} "
               f"ms), {total / args.rows / 1000:.0f} KB mean image, {args.partitions} partitions, {args.format}, "
               f"{os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f} at start", flush=True)
-        results = []
-        for n in (int(x) for x in args.workers.split(",")):
-            results.append(run_once(work / "parts", work / f"out-{n}", n, args.rows, args.format,
-                                    psutil.Process(farm.pid)))
-            print(json.dumps(results[-1]), flush=True)
-        base = results[0]["images_per_s"]
-        for r in results[1:]:
-            print(f"# {r['workers']} workers / {results[0]['workers']}: {r['images_per_s'] / base:.2f}x images/s")
+        counts = [int(x) for x in args.workers.split(",")]
+        rounds: list[list[dict[str, Any]]] = []
+        for i in range(args.rounds):
+            rounds.append([])
+            for n in counts:  # side by side in each round: a change in the machine's load hits all alike
+                rounds[-1].append(run_once(work / "parts", work / f"out-{n}", n, args.rows, args.format,
+                                           psutil.Process(farm.pid)))
+                print(json.dumps({"round": i + 1, **rounds[-1][-1]}), flush=True)
+        report(rounds, args.pick)
     finally:
         if farm.stdin:
             farm.stdin.close()
