@@ -80,13 +80,20 @@ def test_each_task_gets_every_download_option_and_its_own_output(plan_dir: Path,
     part = load_partitions(cfg.input)[1]
     doc = task_config(cfg, Destination(cfg.output), part, "part-00001.parquet", "http://127.0.0.1:1", "r1")
     task = build_config(DownloadConfig, None, doc)  # a valid download config as it stands
-    assert task.input == "part-00001.parquet" and task.output == str(tmp_path / "out" / "part-00001")
+    # Staged (cloud_tool): the output is a folder of the task's sandbox; shards ship to its own remote folder.
+    assert task.input == "part-00001.parquet" and task.output == "part-00001"
     assert (task.output_format, task.samples_per_shard, task.theta_50, task.label) == ("webdataset", 7, 1.7, "label")
-    assert task.quiet and task.run_id == "r1-part-00001"
+    assert task.quiet and (task.run_id, task.partition_id) == ("r1", "part-00001")
+    assert task.shard_prefix == "part-00001-"  # shard names unique across the dataset
     assert task.cloud_destination == "remote:bucket/ds/part-00001"
     # The run-wide budget and the partition's share multiply.
     assert task.host_budget == {"a.example": pytest.approx(0.5 * part.host_budget["a.example"])}
     assert not set(doc) - {f for f in DownloadConfig.__dataclass_fields__}
+    # Without cloud_tool the task writes DEST/part-NNNNN itself.
+    direct = build_config(DistributeConfig, None, {"input": str(plan_dir), "output": str(tmp_path / "out"),
+                                                   "shard_prefix": "laion-"})
+    doc = task_config(direct, Destination(direct.output), part, "part-00001.parquet", None, "r1")
+    assert doc["output"] == str(tmp_path / "out" / "part-00001") and doc["shard_prefix"] == "laion-part-00001-"
 
 
 def test_distribute_options_have_the_seed_names_and_checks() -> None:
