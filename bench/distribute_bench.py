@@ -71,6 +71,35 @@ def flowdc(*args: str, timeout_s: float = 1800.0) -> subprocess.CompletedProcess
                           timeout=timeout_s, check=False)
 
 
+def watched(*args: str, timeout_s: float = 1800.0) -> tuple[subprocess.CompletedProcess[str], tuple[float, float]]:
+    """Run flowdc, and sum what its download tasks spent on a CPU and waiting for one (the kernel's
+    schedstat per thread, sampled every 0.1 s). On a shared machine the time waiting in the run
+    queue is CPU the task wanted and did not get: (on CPU + waiting) / wall is how many cores the
+    download would have used alone, which load on other people's jobs cannot fake."""
+    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    proc = subprocess.Popen([sys.executable, "-m", "flowdc", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=env)
+    seen: dict[tuple[int, str], tuple[int, int]] = {}
+    deadline = time.monotonic() + timeout_s
+    root = psutil.Process(proc.pid)
+    while proc.poll() is None and time.monotonic() < deadline:
+        try:
+            tasks = [c.pid for c in root.children(recursive=True) if "flowdc.engines.task" in " ".join(c.cmdline())]
+        except psutil.Error:
+            tasks = []
+        for pid in tasks:
+            for stat in Path(f"/proc/{pid}/task").glob("*/schedstat"):
+                try:
+                    on_cpu, waiting = (int(x) for x in stat.read_text().split()[:2])
+                except (OSError, ValueError):
+                    continue
+                seen[(pid, stat.parent.name)] = (on_cpu, waiting)
+        time.sleep(0.1)
+    out, err = proc.communicate(timeout=max(1.0, deadline - time.monotonic()))
+    result = subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+    return result, (sum(c for c, _ in seen.values()) / 1e9, sum(w for _, w in seen.values()) / 1e9)
+
+
 def children_cpu() -> float:
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     return usage.ru_utime + usage.ru_stime
@@ -80,8 +109,9 @@ def run_once(parts: Path, out: Path, workers: int, rows: int, fmt: str, farm: ps
     shutil.rmtree(out, ignore_errors=True)
     farm_cpu0 = sum(farm.cpu_times()[:2])
     cpu0, t0 = children_cpu(), time.monotonic()
-    res = flowdc("distribute", "--input", str(parts), "--output", str(out), "--engine", "local", "--workers",
-                 str(workers), "--output_format", fmt, "--quiet", "--url_col", "url", "--label_col", "label")
+    res, demand = watched("distribute", "--input", str(parts), "--output", str(out), "--engine", "local",
+                          "--workers", str(workers), "--output_format", fmt, "--quiet", "--url_col", "url",
+                          "--label_col", "label")
     wall, cpu = time.monotonic() - t0, children_cpu() - cpu0
     farm_cpu = sum(farm.cpu_times()[:2]) - farm_cpu0
     if res.returncode != 0:
@@ -94,7 +124,8 @@ def run_once(parts: Path, out: Path, workers: int, rows: int, fmt: str, farm: ps
         raise SystemExit(f"only {ok}/{rows} rows stored with {workers} workers")
     return {"workers": workers, "wall_s": round(wall, 2), "images_per_s": round(ok / wall, 1),
             "mb_per_s": round(nbytes / wall / 1e6, 2), "client_cpu_s": round(cpu, 1), "farm_cpu_s": round(farm_cpu, 1),
-            "load_avg_1m": round(os.getloadavg()[0], 2)}
+            "task_cpu_s": round(demand[0], 1), "task_runq_wait_s": round(demand[1], 1),
+            "task_cores_wanted": round(sum(demand) / wall, 2), "load_avg_1m": round(os.getloadavg()[0], 2)}
 
 
 def report(rounds: list[list[dict[str, Any]]], pick: str) -> None:
@@ -104,8 +135,10 @@ def report(rounds: list[list[dict[str, Any]]], pick: str) -> None:
         ratios = sorted(r[j]["images_per_s"] / r[0]["images_per_s"] for r in rounds)
         chosen = statistics.median_low(ratios) if pick == "median" else ratios[-1]
         loads = ", ".join(f"{r[j]['load_avg_1m']:.1f}" for r in rounds)
+        wanted = ", ".join(f"{r[0]['task_cores_wanted']:.2f}/{r[j]['task_cores_wanted']:.2f}" for r in rounds)
         print(f"# {first['workers']} workers / {base_n}: {chosen:.2f}x images/s ({pick} of {len(ratios)} rounds: "
-              f"{', '.join(f'{x:.2f}' for x in ratios)}; 1-min load after each: {loads})")
+              f"{', '.join(f'{x:.2f}' for x in ratios)}; 1-min load after each: {loads}; cores the tasks wanted, "
+              f"{base_n}/{first['workers']} workers: {wanted})")
 
 
 def main(argv: list[str] | None = None) -> int:
