@@ -1,14 +1,15 @@
 """Benchmark runner: FLOW-DC against a bare aiohttp loop and img2dataset on the same fake hosts.
 
     python bench/run.py SCENARIO [--rows N] [--out DIR] [--concurrency N]
-                                 [--only flowdc,flowdc_nopaarc,bare,baseline,img2dataset] [--timeout S]
-                                 [--keep] [--rounds N] [--pick best|median] [--baseline REV]
+                                 [--only flowdc,flowdc_wds,flowdc_nopaarc,bare,baseline,img2dataset]
+                                 [--timeout S] [--keep] [--rounds N] [--pick best|median] [--baseline REV]
 
 Starts the scenario's fake hosts in a thread of this process, writes the manifest, then runs
 each contender as a subprocess, one after another, with the farm's counters reset in between:
-flowdc, flowdc --disable_paarc (scenarios that ask for it), bench/bare_loop.py, and img2dataset
-1.47 from its own venv (bench/img2dataset_contender.py; only with --only ...,img2dataset, as
-making that venv takes a minute the first time). Each run is
+flowdc (with each of the scenario's option sets: `flowdc_runs`, e.g. the defaults and
+webdataset), flowdc --disable_paarc (scenarios that ask for it), bench/bare_loop.py, and
+img2dataset 1.47 from its own venv (bench/img2dataset_contender.py; only with --only
+...,img2dataset, as making that venv takes a minute the first time). Each run is
 killed after its timeout. Wall time and peak RSS (the process and its children) are measured
 here; flowdc's own figures come from OUTPUT/overview.json. A table goes to stdout and a markdown
 section is appended to bench/results/latest.md.
@@ -43,6 +44,7 @@ if str(ROOT) not in sys.path:
 
 from img2dataset_contender import Img2datasetUnavailable, run_img2dataset  # noqa: E402
 from measure import Measured, measure, tail  # noqa: E402
+from realistic import noise_images  # noqa: E402
 from scenarios import (  # noqa: E402
     SCENARIOS,
     ManifestInfo,
@@ -52,13 +54,13 @@ from scenarios import (  # noqa: E402
     write_scenario_manifest,
     write_synthetic_manifest,
 )
-from verify import verify_webdataset  # noqa: E402
+from verify import Verified, expected_bodies, verify_imagefolder, verify_webdataset  # noqa: E402
 
 from flowdc.testing.fakehosts import FakeHostFarm, run_farm_in_thread  # noqa: E402
 
 RESULTS_MD = ROOT / "bench" / "results" / "latest.md"
-CONTENDERS = ("flowdc", "flowdc_nopaarc", "bare", "baseline", "img2dataset")
-DEFAULT_CONTENDERS = ("flowdc", "flowdc_nopaarc", "bare", "baseline")  # img2dataset when asked for
+CONTENDERS = ("flowdc", "flowdc_wds", "flowdc_nopaarc", "bare", "baseline", "img2dataset")
+DEFAULT_CONTENDERS = ("flowdc", "flowdc_wds", "flowdc_nopaarc", "bare", "baseline")  # img2dataset when asked for
 
 
 @dataclass
@@ -97,6 +99,16 @@ def flowdc_available() -> bool:
     return importlib.util.find_spec("flowdc.__main__") is not None
 
 
+def flowdc_options(scenario: Scenario, name: str) -> tuple[str, ...]:
+    """The options a flowdc contender runs with: its own run's, else the first run's (baseline, nopaarc)."""
+    runs = dict(scenario.flowdc_runs)
+    return runs.get(name, scenario.flowdc_runs[0][1])
+
+
+def flowdc_names(scenario: Scenario) -> list[str]:
+    return [name for name, _ in scenario.flowdc_runs]
+
+
 def run_flowdc(
     scenario: Scenario, manifest: Path, out: Path, concurrency: int, timeout_s: float, *, paarc: bool,
     name: str | None = None, source: Path = ROOT,
@@ -110,8 +122,8 @@ def run_flowdc(
     telemetry.unlink(missing_ok=True)  # one run per file (with --rounds: the last round's)
     cmd = [
         sys.executable, "-m", "flowdc", "download",
-        "--input", str(manifest), "--output", str(out), "--url", "url",
-        "--output_format", "webdataset", "--quiet", "--no_create_tar",
+        "--input", str(manifest), "--output", str(out), "--url", "url", "--quiet",
+        *flowdc_options(scenario, name),
         "--concurrent_downloads", str(concurrency),
         "--telemetry", str(telemetry),
         *scenario.flowdc_args,
@@ -198,7 +210,14 @@ def farm_for(scenario: Scenario) -> Iterator[FakeHostFarm | None]:
     if scenario.synthetic:
         yield None
         return
-    with run_farm_in_thread(scenario.hosts) as farm:
+    preset = None
+    if scenario.images:
+        t0 = time.monotonic()
+        preset = noise_images(scenario.rows, scenario.images, scenario.seed)
+        sizes = [len(b) for b in preset.values()]
+        print(f"[bench] {len(preset)} images ready in {time.monotonic() - t0:.1f} s: "
+              f"{min(sizes) / 1024:.0f}-{max(sizes) / 1024:.0f} KB, mean {sum(sizes) / len(sizes) / 1024:.1f} KB")
+    with run_farm_in_thread(scenario.hosts, preset=preset) as farm:
         yield farm
 
 
@@ -237,7 +256,7 @@ def run_benchmark(args: argparse.Namespace) -> tuple[Scenario, ManifestInfo, lis
         t0 = time.monotonic()
         info = prepare_manifest(scenario, farm, work / "manifest.parquet", rows)
         print(f"[bench] {scenario.name}: {rows} rows written in {time.monotonic() - t0:.1f} s to {info.path}")
-        plan: list[str] = ["flowdc", "baseline"] if args.baseline else ["flowdc"]
+        plan: list[str] = flowdc_names(scenario) + (["baseline"] if args.baseline else [])
         if scenario.compare_no_paarc:
             plan.append("flowdc_nopaarc")
         if scenario.run_bare:
@@ -302,7 +321,7 @@ def baseline_checkout(rev: str | None) -> Iterator[Path | None]:
 def run_contender(name: str, scenario: Scenario, info: ManifestInfo, farm: FakeHostFarm | None, work: Path,
                   concurrency: int, timeout_s: float, keep: bool, baseline: Path | None = None) -> RunResult:
     out = work / f"out-{name}"
-    shutil.rmtree(out, ignore_errors=True)
+    remove_output(out)
     if farm is not None:
         farm.reset_stats()
     print(f"[bench] running {name} ...", flush=True)
@@ -316,7 +335,8 @@ def run_contender(name: str, scenario: Scenario, info: ManifestInfo, farm: FakeH
         assert baseline is not None
         result = run_flowdc(scenario, info.path, out, concurrency, timeout_s, paarc=True, name=name, source=baseline)
     else:
-        result = run_flowdc(scenario, info.path, out, concurrency, timeout_s, paarc=name == "flowdc")
+        result = run_flowdc(scenario, info.path, out, concurrency, timeout_s, paarc=name != "flowdc_nopaarc",
+                            name=name)
     result.load_before = round(load, 2)
     if farm is not None and result.wall_s > 0:
         result.farm_cpu_pct = round(100 * (_cpu_seconds() - cpu0) / result.wall_s, 1)
@@ -325,11 +345,28 @@ def run_contender(name: str, scenario: Scenario, info: ManifestInfo, farm: FakeH
         result.requests, result.n_429 = totals.get("requests", 0), totals.get("n_429", 0)
         result.max_in_system = totals.get("max_in_system", 0)
         if name not in ("bare", "img2dataset") and (out / "overview.json").is_file():
-            verified = verify_webdataset(out, farm)
+            verified = verify_output(out, farm)
             result.corrupt = verified.corrupt + max(0, result.ok - verified.images)  # missing ones too
+            if verified.note:
+                result.note = (result.note + "; " if result.note else "") + verified.note
     if not keep:
-        shutil.rmtree(out, ignore_errors=True)
+        remove_output(out)
     return result
+
+
+def remove_output(out: Path) -> None:
+    """The output and the archives beside it (a round must not find an earlier round's archive)."""
+    shutil.rmtree(out, ignore_errors=True)
+    for archive in out.parent.glob(f"{out.name}.*tar*"):
+        archive.unlink()
+
+
+def verify_output(out: Path, farm: FakeHostFarm) -> Verified:
+    """Every stored image as served, in whichever layout the run wrote (and its archive, if any)."""
+    expected = expected_bodies(farm)
+    if any(out.glob("*.tar")):
+        return verify_webdataset(out, expected)
+    return verify_imagefolder(out, expected)
 
 
 # -- reporting ----------------------------------------------------------------------------------
@@ -381,7 +418,7 @@ def ratio_lines(scenario: Scenario, results: list[RunResult]) -> list[str]:
         lines.append(f"flowdc / baseline, images/s (wall clock): "
                      f"{flowdc.wall_images_per_s / baseline.wall_images_per_s:.3f}x")
     i2d = by.get("img2dataset")
-    for name in ("flowdc", "baseline"):
+    for name in [r.name for r in results if r.name not in ("bare", "img2dataset")]:
         r = by.get(name)
         if r and i2d:
             lines.append(f"{name} / img2dataset, images/s (wall clock): "
@@ -390,7 +427,7 @@ def ratio_lines(scenario: Scenario, results: list[RunResult]) -> list[str]:
                 lines.append(f"{name} / img2dataset, images/s (as reported): "
                              f"{r.tool_images_per_s / i2d.tool_images_per_s:.2f}x")
     bare = by.get("bare")
-    for name in ("flowdc", "flowdc_nopaarc", "baseline"):
+    for name in [r.name for r in results if r.name != "bare"]:
         r = by.get(name)
         if r and bare:
             wall_ratio = r.wall_images_per_s / bare.wall_images_per_s

@@ -17,6 +17,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from img2dataset_contender import Img2datasetSettings
+from realistic import CTYPES, format_of, image_path
 
 from flowdc.testing.fakehosts import HostSpec, parse_fault, write_manifest
 
@@ -39,6 +40,14 @@ class Scenario:
     # When set, rows cycle over this many image paths (each URL stays distinct by its query), so
     # the hosts generate few large images and serve them from memory.
     distinct_images: int = 0
+    # Realistic bodies (bench/realistic.py): a format mix such as (("jpeg", 1.0),); the hosts serve
+    # `rows` images built once and cached, row i the image i (cycled beyond `rows`).
+    images: tuple[tuple[str, float], ...] = ()
+    # flowdc's runs: (contender name, its options); the first is "flowdc" (baseline and
+    # flowdc_nopaarc run with its options). By default webdataset without the archive.
+    flowdc_runs: tuple[tuple[str, tuple[str, ...]], ...] = (
+        ("flowdc", ("--output_format", "webdataset", "--no_create_tar")),
+    )
     seed: int = 0
     # img2dataset's options for contender img2dataset (thread_count and number_sample_per_shard are
     # set by the bench from --concurrency and the rows); None: img2dataset_settings() derives them
@@ -176,6 +185,8 @@ def build_urls(scenario: Scenario, base_urls: list[str], rows: int) -> tuple[lis
         for row in order[cursor : cursor + n]:
             queries[row] = query
         cursor += n
+    if scenario.images:
+        return realistic_urls(scenario, base_urls, hosts), counts, rows
     if scenario.distinct_images:
         queries = [f"row={i}" + (f"&{q}" if q else "") for i, q in enumerate(queries)]
     urls = [
@@ -184,6 +195,17 @@ def build_urls(scenario: Scenario, base_urls: list[str], rows: int) -> tuple[lis
     ]
     expected_ok = sum(1 for q in queries if not fails_for_good(q))
     return urls, counts, expected_ok
+
+
+def realistic_urls(scenario: Scenario, base_urls: list[str], hosts: list[int]) -> list[str]:
+    """Row i asks for image i of the prebuilt set (its Content-Type in ?ctype=, as a real host sends)."""
+    urls = []
+    for i, h in enumerate(hosts):
+        image = i % scenario.rows
+        fmt = format_of(image, scenario.images)
+        again = f"&row={i}" if i >= scenario.rows else ""  # a repeat of an image keeps a URL of its own
+        urls.append(f"{base_urls[h]}{image_path(image, fmt)}?ctype={CTYPES[fmt]}{again}")
+    return urls
 
 
 def write_scenario_manifest(scenario: Scenario, base_urls: list[str], path: Path, rows: int) -> ManifestInfo:
@@ -349,6 +371,28 @@ MANY_HOSTS = Scenario(
     timeout_s=900.0,
 )
 
+REALISTIC = Scenario(
+    name="realistic",
+    about=(
+        "20k noise JPEGs of 96x96 to 256x192 px (about 9-45 KB, 24 KB mean) on 4 open hosts with 5 ms latency: "
+        "flowdc with its defaults (imagefolder plus the archive) and with webdataset, beside the bare loop."
+    ),
+    rows=20_000,
+    hosts=tuple(HostSpec(ip, latency_s=0.005, name=f"open{i}") for i, ip in enumerate(_ips(4))),
+    images=(("jpeg", 1.0),),
+    flowdc_runs=(("flowdc", ()), ("flowdc_wds", ("--output_format", "webdataset"))),
+    flowdc_args=("--timeout", "30"),
+    bare_args=("--timeout", "30"),
+    concurrency=256,
+)
+
+REALISTIC_MIX = replace(
+    REALISTIC,
+    name="realistic_mix",
+    about="The realistic scenario with 80% JPEG, 10% PNG (larger: PNG keeps noise whole) and 10% WebP.",
+    images=(("jpeg", 0.8), ("png", 0.1), ("webp", 0.1)),
+)
+
 MANIFEST10M = Scenario(
     name="manifest10m",
     about="10M rows with ftp:// URLs (rejected per row, no network): memory and per-row overhead.",
@@ -361,5 +405,6 @@ MANIFEST10M = Scenario(
 )
 
 SCENARIOS: dict[str, Scenario] = {
-    s.name: s for s in (UNTHROTTLED, LARGE, FAULTS, POLITE, POLITE_LONG, SPREAD, MANY_HOSTS, MANIFEST10M)
+    s.name: s for s in (UNTHROTTLED, LARGE, FAULTS, POLITE, POLITE_LONG, SPREAD, MANY_HOSTS, REALISTIC, REALISTIC_MIX,
+                        MANIFEST10M)
 }

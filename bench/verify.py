@@ -1,8 +1,10 @@
-"""Checks a finished webdataset output against what the fake hosts served: nothing corrupt.
+"""Checks a finished output against what the fake hosts served: nothing corrupt, nothing missing.
 
-Every image member must be byte for byte the image its URL's host generates, and its .json's
-sha256 must match it. The hosts' images are deterministic (flowdc.testing.fakehosts.make_png of the
-path and size), so no copy of what was served needs keeping.
+webdataset: every image member must be byte for byte the image its URL's host serves, and its
+.json's sha256 must match it. imagefolder: every file the ledger holds as ok must be, and the
+archive beside the output (when the run wrote one) must hold each of them, byte for byte. The
+hosts' images are deterministic (generated PNGs of the path and size, or the preset bodies), so
+no copy of what was served needs keeping.
 """
 
 from __future__ import annotations
@@ -10,27 +12,40 @@ from __future__ import annotations
 import hashlib
 import json
 import tarfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
+from flowdc.ledger import Ledger
+from flowdc.storage import Destination
 from flowdc.testing.fakehosts import MAX_BODY, FakeHostFarm, make_png
+
+Expected = Callable[[str], bytes]  # URL -> the body its host serves
 
 
 @dataclass
 class Verified:
     images: int = 0
     corrupt: int = 0
+    note: str = ""
 
 
-def expected_body(url: str, image_bytes_by_netloc: dict[str, int]) -> bytes:
-    parts = urlsplit(url)
-    size = int(parse_qs(parts.query).get("size", [image_bytes_by_netloc[parts.netloc]])[0])
-    return make_png(parts.path, min(MAX_BODY, max(0, size)))
-
-
-def verify_webdataset(out: Path, farm: FakeHostFarm) -> Verified:
+def expected_bodies(farm: FakeHostFarm) -> Expected:
     sizes = {h.netloc: h.spec.image_bytes for h in farm.hosts}
+    preset = farm.hosts[0].images.preset if farm.hosts else {}
+
+    def expected(url: str) -> bytes:
+        parts = urlsplit(url)
+        if parts.path in preset:
+            return preset[parts.path]
+        size = int(parse_qs(parts.query).get("size", [sizes[parts.netloc]])[0])
+        return make_png(parts.path, min(MAX_BODY, max(0, size)))
+
+    return expected
+
+
+def verify_webdataset(out: Path, expected: Expected) -> Verified:
     result = Verified()
     for shard in sorted(out.glob("*.tar")):
         members: dict[str, dict[str, bytes]] = {}
@@ -44,6 +59,29 @@ def verify_webdataset(out: Path, farm: FakeHostFarm) -> Verified:
             meta = json.loads(parts.pop("json"))
             (body,) = parts.values()
             result.images += 1
-            intact = body == expected_body(meta["url"], sizes)
+            intact = body == expected(meta["url"])
             result.corrupt += not intact or hashlib.sha256(body).hexdigest() != meta["sha256"]
+    return result
+
+
+def verify_imagefolder(out: Path, expected: Expected) -> Verified:
+    result = Verified()
+    table = Ledger(Destination(str(out))).latest(["url", "status", "path"])
+    stored = {r["path"]: r["url"] for r in table.to_pylist() if r["status"] == "ok"}
+    for rel, url in stored.items():
+        path = out / rel
+        result.images += path.is_file()
+        result.corrupt += path.is_file() and path.read_bytes() != expected(url)
+    record = out / "_flowdc" / "archive.json"  # overview.json is written before the archive
+    archive = out.parent / json.loads(record.read_text())["name"] if record.is_file() else None
+    if archive:
+        packed = 0
+        with tarfile.open(archive) as tar:
+            for info in tar:
+                rel = info.name.split("/", 1)[1] if "/" in info.name else info.name
+                if rel in stored:
+                    data = tar.extractfile(info)
+                    packed += data is not None and data.read() == expected(stored[rel])
+        result.corrupt += len(stored) - packed  # missing from the archive, or different there
+        result.note = f"archive {Path(archive).name}: {packed} of {len(stored)} images intact"
     return result

@@ -150,14 +150,20 @@ def _special_body(kind: str, path: str) -> bytes:
 
 
 class ImageCache:
-    """LRU of generated images bounded by total bytes, not by count: sizes vary by 1000x."""
+    """LRU of generated images bounded by total bytes, not by count: sizes vary by 1000x.
 
-    def __init__(self, max_bytes: int = 64 * 1024 * 1024) -> None:
+    `preset` maps paths to bodies built beforehand (the bench's realistic JPEGs): served as they
+    are, whatever ?size= says, so encoding them costs the farm nothing while it serves."""
+
+    def __init__(self, max_bytes: int = 64 * 1024 * 1024, preset: Mapping[str, bytes] | None = None) -> None:
         self.max_bytes = max_bytes
+        self.preset = preset or {}
         self._items: OrderedDict[tuple[str, int], bytes] = OrderedDict()
         self._bytes = 0
 
     def get(self, path: str, size: int) -> bytes:
+        if (body := self.preset.get(path)) is not None:
+            return body
         key = (path, size)
         data = self._items.get(key)
         if data is not None:
@@ -563,8 +569,9 @@ def _on_loop(loop: asyncio.AbstractEventLoop | None, fn: Callable[[], T], timeou
 class FakeHostFarm:
     """Starts one FakeHost per spec; use as `async with FakeHostFarm(specs) as farm:`."""
 
-    def __init__(self, specs: Sequence[HostSpec], image_cache_bytes: int = 64 * 1024 * 1024) -> None:
-        images = ImageCache(image_cache_bytes)
+    def __init__(self, specs: Sequence[HostSpec], image_cache_bytes: int = 64 * 1024 * 1024,
+                 preset: Mapping[str, bytes] | None = None) -> None:
+        images = ImageCache(image_cache_bytes, preset)
         self.hosts = [FakeHost(spec, images) for spec in specs]
 
     async def __aenter__(self) -> FakeHostFarm:
@@ -608,12 +615,13 @@ class FakeHostFarm:
 
 
 @contextlib.contextmanager
-def run_farm_in_thread(specs: Sequence[HostSpec], timeout_s: float = 15.0) -> Iterator[FakeHostFarm]:
+def run_farm_in_thread(specs: Sequence[HostSpec], timeout_s: float = 15.0,
+                       preset: Mapping[str, bytes] | None = None) -> Iterator[FakeHostFarm]:
     """Serve a farm from a background thread with its own loop, for sync callers and subprocesses."""
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, name="fakehost-farm", daemon=True)
     thread.start()
-    farm = FakeHostFarm(specs)
+    farm = FakeHostFarm(specs, preset=preset)
     try:
         asyncio.run_coroutine_threadsafe(farm.start(), loop).result(timeout_s)
         yield farm
