@@ -1,38 +1,53 @@
 """create_tar: pack an imagefolder output into an archive beside it, never over a stranger's file.
 
+The archive is a plain tar by default (`archive_format` tar): images are compressed already, and
+gzip over them took most of a run's time for a few percent of size; `tar.gz` is there for
+outputs that hold other files. On a local disk it is built while the download runs: the writer
+hands every file it stores to an ArchiveBuilder, which appends it to a hidden temporary beside the
+output; at the end only what the run did not store itself (an earlier run's files, the overview)
+is read back from disk, and the temporary takes its name. Elsewhere (object stores) the output is
+packed in one pass at the end.
+
 Where the archive goes is decided here and only here (`archive_names`, `free_names`): beside
-the output, as OUTPUT.tar.gz. If a file of that name exists and flowdc did not write it, the
-archive takes the first free name of OUTPUT.flowdc-2.tar.gz, OUTPUT.flowdc-3.tar.gz, ... and the
-run says so. flowdc knows its own archive by the record it keeps in OUTPUT/_flowdc/archive.json
-(name, size and the store's version of the file): an archive of ours is replaced by the next
-one, a file that no longer matches its record is left alone. An output with no stored file gets
-no archive.
+the output, as OUTPUT.tar (or OUTPUT.tar.gz). If a file of that name exists and flowdc did not
+write it, the archive takes the first free name of OUTPUT.flowdc-2.tar, OUTPUT.flowdc-3.tar, ...
+and the run says so. flowdc knows its own archive by the record it keeps in
+OUTPUT/_flowdc/archive.json (name, size and the store's version of the file): an archive of ours
+is replaced by the next one, a file that no longer matches its record is left alone. An output
+with no stored file gets no archive.
 """
 
 from __future__ import annotations
 
+import contextlib
+import gzip
 import json
 import logging
+import os
 import posixpath
-import tarfile
+import threading
+import time
 from collections.abc import Iterator
+from typing import IO
 
-from flowdc.storage import TMP_MARK, Destination
+from flowdc.storage import TMP_MARK, Destination, link_or_replace, temporary_name
+from flowdc.writers.tarstream import TarStream
 
 SKIP_TOP = ("_flowdc",)
-SUFFIX = ".tar.gz"
+FORMATS = {"tar": ".tar", "tar.gz": ".tar.gz"}
 RECORD = "_flowdc/archive.json"
 MAX_ALTERNATIVES = 50
 BOOKKEEPING = frozenset({"overview.json"})  # an output holding only these stored nothing
+GZIP_LEVEL = 6
 log = logging.getLogger(__name__)
 
 
-def archive_names(dest: Destination) -> Iterator[str]:
+def archive_names(dest: Destination, fmt: str = "tar") -> Iterator[str]:
     """Names beside the output the archive may take, best first."""
-    base = posixpath.basename(dest.root)
-    yield base + SUFFIX
+    base, suffix = posixpath.basename(dest.root), FORMATS[fmt]
+    yield base + suffix
     for n in range(2, MAX_ALTERNATIVES + 2):
-        yield f"{base}.flowdc-{n}{SUFFIX}"
+        yield f"{base}.flowdc-{n}{suffix}"
 
 
 def fingerprint(parent: Destination, name: str) -> str | None:
@@ -58,11 +73,11 @@ def our_archive(dest: Destination) -> str | None:
     return name if fingerprint(dest.parent(), name) == record.get("fingerprint") else None
 
 
-def free_names(dest: Destination) -> Iterator[tuple[str, bool]]:
+def free_names(dest: Destination, fmt: str = "tar") -> Iterator[tuple[str, bool]]:
     """(name, exclusive) for each name the archive may take now: our own archive's name (to be
     replaced) or a name nobody uses (to be created only if it is still free when written)."""
     parent, ours = dest.parent(), our_archive(dest)
-    for name in archive_names(dest):
+    for name in archive_names(dest, fmt):
         if name == ours:
             yield name, False
         elif not parent.exists(name):
@@ -78,31 +93,161 @@ def remove_our_archive(dest: Destination) -> bool:
     return name is not None
 
 
-def create_archive(dest: Destination) -> str | None:
-    """Stream every stored file (not the ledger) into a gzip tar beside the output; returns where
-    it went, or None when the output holds nothing to pack or no name is free."""
+class _Packer:
+    """A tar (or tar.gz) stream of the output's files, each member once, under OUTPUT/."""
+
+    def __init__(self, dest: Destination, file: IO[bytes], fmt: str):
+        self.dest = dest
+        self._raw = file
+        self._gz = gzip.GzipFile("", "wb", GZIP_LEVEL, file, mtime=0) if fmt == "tar.gz" \
+            else None
+        self._tar = TarStream(self._gz or file)
+        self._top = posixpath.basename(dest.root)
+        self._mtime = int(time.time())
+        self.added: set[str] = set()
+        self.stored = 0  # members that are not bookkeeping
+
+    def add(self, rel: str, data: bytes) -> None:
+        if rel in self.added:
+            return  # a file stored twice in one run: its first bytes are its last (same key, same body)
+        self.added.add(rel)
+        self.stored += rel not in BOOKKEEPING
+        self._tar.add(f"{self._top}/{rel}", data, self._mtime)
+
+    def add_the_rest(self) -> None:
+        """Every file under the output not added yet (not the ledger, not temporaries), read from the store."""
+        prefix = self.dest.root.rstrip("/") + "/"
+        for path in sorted(self.dest.fs.find(self.dest.root)):
+            rel = path[len(prefix):]
+            if rel not in self.added and not _skipped(rel):
+                with self.dest.fs.open(path, "rb") as src:
+                    self.add(rel, src.read())
+
+    def finish(self) -> None:
+        self._tar.finish()
+        if self._gz is not None:
+            self._gz.close()  # writes the gzip trailer; the raw file stays open
+        self._raw.flush()
+
+
+class ArchiveBuilder:
+    """The archive of a local output, built while the download runs (see the module's text).
+
+    add() is called by the writer threads for every file stored, after the file is in place;
+    a failure there only logs once and falls back to packing at the end."""
+
+    def __init__(self, dest: Destination, fmt: str = "tar"):
+        self.dest, self.fmt = dest, fmt
+        parent = dest.parent()
+        remove_stale_temporaries(parent, posixpath.basename(dest.root))
+        self._tmp = parent.path(temporary_name(posixpath.basename(dest.root) + FORMATS[fmt]))
+        self._file: IO[bytes] | None = open(self._tmp, "wb")  # noqa: SIM115 (closed by finish or discard)
+        self._packer: _Packer | None = _Packer(dest, self._file, fmt)
+        self._lock = threading.Lock()
+
+    def add(self, rel: str, data: bytes) -> None:
+        with self._lock:
+            if self._packer is None:
+                return
+            try:
+                self._packer.add(rel, data)
+            except OSError as exc:
+                log.warning("the archive could not keep up (%s); it is packed at the end instead", exc)
+                self._packer = None
+
+    def finish(self) -> str | None:
+        """Add what the run did not store itself, give the archive its name; returns where it went,
+        or None when the output holds nothing to pack or no name is free."""
+        with self._lock:
+            packer, self._packer = self._packer, None
+        if packer is None:  # broken on the way: one pass at the end
+            self.discard()
+            return create_archive(self.dest, self.fmt)
+        try:
+            packer.add_the_rest()
+            if not packer.stored:
+                return None
+            packer.finish()
+            assert self._file is not None
+            self._file.close()
+            self._file = None
+            for name, exclusive in free_names(self.dest, self.fmt):
+                try:
+                    link_or_replace(self._tmp, self.dest.parent().path(name), exclusive=exclusive)
+                except FileExistsError:
+                    continue  # a file of that name appeared meanwhile: it is not ours
+                return _recorded(self.dest, name, self.fmt)
+            return _no_name(self.dest)
+        finally:
+            self.discard()
+
+    def discard(self) -> None:
+        """Drop the temporary (an interrupted run, a failure, or after finish)."""
+        with self._lock:
+            self._packer = None
+            if self._file is not None:
+                self._file.close()
+                self._file = None
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self._tmp)
+
+
+def start_archive(dest: Destination, fmt: str = "tar") -> ArchiveBuilder | None:
+    """A builder for a local output; None (packed at the end instead) when its temporary cannot be made."""
+    try:
+        return ArchiveBuilder(dest, fmt)
+    except OSError as exc:
+        log.warning("the archive is packed at the end of the run: %s", exc)
+        return None
+
+
+def create_archive(dest: Destination, fmt: str = "tar") -> str | None:
+    """Pack every stored file (not the ledger) into an archive beside the output in one pass;
+    returns where it went, or None when the output holds nothing to pack or no name is free."""
     prefix = dest.root.rstrip("/") + "/"
-    files = sorted(p for p in dest.fs.find(dest.root) if not _skipped(p[len(prefix):]))
-    if all(p[len(prefix):] in BOOKKEEPING for p in files):
+    if all(p[len(prefix):] in BOOKKEEPING or _skipped(p[len(prefix):]) for p in dest.fs.find(dest.root)):
         return None
     parent = dest.parent()
-    for name, exclusive in free_names(dest):
+    for name, exclusive in free_names(dest, fmt):
         try:
-            with parent.open_atomic(name, exclusive=exclusive) as fh, tarfile.open(fileobj=fh, mode="w|gz") as tar:
-                for path in files:
-                    rel = path[len(prefix):]
-                    info = tarfile.TarInfo(posixpath.join(posixpath.basename(dest.root), rel))
-                    info.size = dest.fs.size(path)
-                    with dest.fs.open(path, "rb") as src:
-                        tar.addfile(info, src)
+            with parent.open_atomic(name, exclusive=exclusive) as fh:
+                packer = _Packer(dest, fh, fmt)
+                packer.add_the_rest()
+                packer.finish()
         except FileExistsError:
             continue  # a file of that name appeared while we packed: it is not ours
-        dest.write_bytes(RECORD, json.dumps({"name": name, "fingerprint": fingerprint(parent, name)}).encode())
-        if name != next(archive_names(dest)):
-            log.warning("%s exists and flowdc did not write it; the archive is %s", next(archive_names(dest)), name)
-        return parent.url(name)
+        return _recorded(dest, name, fmt)
+    return _no_name(dest)
+
+
+def _recorded(dest: Destination, name: str, fmt: str) -> str:
+    """Record the archive as ours; an earlier archive of ours under another name (another format,
+    or a name taken meanwhile) is stale now and goes."""
+    parent, earlier = dest.parent(), our_archive(dest)
+    dest.write_bytes(RECORD, json.dumps({"name": name, "fingerprint": fingerprint(parent, name)}).encode())
+    if earlier is not None and earlier != name:
+        parent.remove(earlier)
+    first = next(archive_names(dest, fmt))
+    if name != first:
+        log.warning("%s exists and flowdc did not write it; the archive is %s", first, name)
+    return parent.url(name)
+
+
+def _no_name(dest: Destination) -> None:
     log.warning("no archive written: every name beside %s is taken by files flowdc did not write", dest.display)
     return None
+
+
+def remove_stale_temporaries(parent: Destination, base: str) -> int:
+    """An archive temporary a killed run left beside the output (only names of our own making)."""
+    removed = 0
+    with contextlib.suppress(FileNotFoundError), os.scandir(parent.root) as entries:
+        for entry in entries:
+            if entry.name.startswith(f".{base}.tar") and TMP_MARK in entry.name and entry.is_file():
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(entry.path)
+                removed += 1
+    return removed
 
 
 def _skipped(rel: str) -> bool:

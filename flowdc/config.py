@@ -156,7 +156,10 @@ class DownloadConfig(PolitenessOptions, NetworkOptions, RedactOptions, PaarcOpti
         ["image/"], "Accepted Content-Type prefixes; an empty list accepts any type.", aliases=("content_type",)
     )
     max_redirects: int = opt(5, "Redirects followed per URL.")
-    create_tar: bool = opt(True, "Also pack the output into OUTPUT.tar.gz (imagefolder only; shards are tars).")
+    create_tar: bool = opt(True, "Also pack the output into an archive beside it, OUTPUT.tar (imagefolder only; "
+                           "shards are tars).")
+    archive_format: str = opt("tar", "Format of create_tar's archive: tar (the images are compressed already) "
+                              "or tar.gz.", choices=("tar", "tar.gz"))
     create_overview: bool = opt(True, "Write overview.json with totals, rates, errors and per-host figures.")
     telemetry: str | None = opt(
         None, "Write per-host and run snapshots (JSON lines) to this file or fsspec URL (S3/GCS: a folder of parts).")
@@ -248,7 +251,8 @@ class DistributeConfig(DownloadConfig):
                      aliases=("parquets_directory",))
     output: str = opt("", "Destination: each partition writes DEST/part-NNNNN/ (a local or shared folder, s3://, "
                       "gs://).", aliases=("output_directory",))
-    create_tar: bool = opt(False, "Also pack each partition into DEST/part-NNNNN.tar.gz (imagefolder only).")
+    create_tar: bool = opt(False, "Also pack each partition into DEST/part-NNNNN.tar (imagefolder only; "
+                           "archive_format tar.gz: .tar.gz).")
     engine: str = opt("local", "Where tasks run: local processes, Work Queue workers or TaskVine workers.",
                       choices=ENGINES)
     workers: int = opt(0, "local engine: partitions run at once (0 = one per CPU core).")

@@ -25,6 +25,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from flowdc.archive import ArchiveBuilder, create_archive, start_archive
 from flowdc.config import DownloadConfig, check_host_budget
 from flowdc.errors import ConfigError, DestinationError
 from flowdc.fetch import FetchSettings, Outcome, digest, fetch_one
@@ -172,6 +173,10 @@ class DownloadJob:
         if loop is not None and event is not None and not loop.is_closed():
             loop.call_soon_threadsafe(event.set)
 
+    @property
+    def _archiving(self) -> bool:
+        return self.cfg.create_tar and self.cfg.output_format == "imagefolder"
+
     def _open(self) -> None:
         """Open the manifest and claim the output (ownership, lock or lease; --force removes what
         flowdc wrote there)."""
@@ -216,9 +221,12 @@ class DownloadJob:
         # Spawned, not forked: this process runs threads (DNS, writers), and a fork copies their locks.
         self.resize_pool = ProcessPoolExecutor(self.cfg.processes_count, mp_context=mp.get_context("spawn")) \
             if self.resize.active else None
+        self.archive: ArchiveBuilder | None = None
         try:
             return await self._run(started_wall, stop)
         finally:
+            if self.archive is not None:
+                self.archive.discard()  # an interrupted or failed run: no archive (finish() went first otherwise)
             self.write_pool.shutdown(wait=True)
             self.hash_pool.shutdown(wait=True)
             self._publish({}, done=True)
@@ -234,11 +242,13 @@ class DownloadJob:
         self.shipper: Shipper | None = None
         if self.uploader is not None:
             self.shipper = Shipper(self.uploader, self.dest, ShardNames(cfg.shard_prefix))
+        self.archive = start_archive(self.dest, cfg.archive_format) if self._archiving and self.dest.local else None
         self.writer: SampleWriter = make_writer(
             cfg.output_format, self.dest, self.ledger, labelled=cfg.label is not None,
             samples_per_shard=cfg.samples_per_shard, shard_max_seconds=cfg.shard_max_seconds,
             image_key=cfg.image_key, shard_prefix=cfg.shard_prefix,
-            on_shard_commit=self.shipper.ship_shard if self.shipper else None)
+            on_shard_commit=self.shipper.ship_shard if self.shipper else None,
+            on_stored=self.archive.add if self.archive is not None else None)
         self.write_queue = WriteQueue(self._write_checked, self.write_pool, lanes=self.write_lanes,
                                       on_error=self._store_failed, more_coming=self._fetches_left,
                                       prepare=self._resize_batch if self.resize_pool is not None else None)
@@ -276,10 +286,10 @@ class DownloadJob:
                 raise
             raise DestinationError(f"cannot write the overview to {self.dest.display}: {type(exc).__name__}; the "
                                    "samples are stored, run the same command again when it is reachable") from None
-        if self.cfg.create_tar and self.cfg.output_format == "imagefolder" and not self.interrupted:
-            from flowdc.archive import create_archive
-
-            overview["archive"] = await asyncio.to_thread(create_archive, self.dest)
+        if self._archiving and not self.interrupted:
+            overview["archive"] = await asyncio.to_thread(
+                self.archive.finish if self.archive is not None else partial(create_archive, self.dest,
+                                                                             cfg.archive_format))
         if self.shipper is not None:
             await self._ship_the_rest(overview)
         return overview

@@ -85,14 +85,11 @@ class Destination:
         parent = posixpath.dirname(final)
         if self.local:
             os.makedirs(parent, exist_ok=True)
-            tmp = posixpath.join(parent, f".{posixpath.basename(final)}{TMP_MARK}{os.getpid()}-{next(_counter)}")
+            tmp = posixpath.join(parent, temporary_name(posixpath.basename(final)))
             try:
                 with open(tmp, "wb") as fh:
                     yield fh
-                if exclusive:
-                    _link_exclusive(tmp, final)
-                else:
-                    os.replace(tmp, final)
+                link_or_replace(tmp, final, exclusive=exclusive)
             finally:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(tmp)
@@ -179,6 +176,19 @@ class Destination:
     def makedirs(self) -> None:
         if self.local:
             os.makedirs(self.root, exist_ok=True)
+
+
+def temporary_name(name: str) -> str:
+    """A hidden name beside `name` that remove_temporaries() knows as a killed run's leftover."""
+    return f".{name}{TMP_MARK}{os.getpid()}-{next(_counter)}"
+
+
+def link_or_replace(tmp: str, final: str, *, exclusive: bool) -> None:
+    """Give the local file `tmp` the name `final`: exclusive never replaces an existing file."""
+    if exclusive:
+        _link_exclusive(tmp, final)
+    else:
+        os.replace(tmp, final)
 
 
 def _link_exclusive(tmp: str, final: str) -> None:

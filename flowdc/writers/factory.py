@@ -11,7 +11,8 @@ from flowdc.writers.base import SampleWriter
 
 def make_writer(output_format: str, dest: Destination, ledger: Ledger, *, labelled: bool,
                 samples_per_shard: int, on_shard_commit: Callable[[int], None] | None = None,
-                shard_max_seconds: float = 60.0, image_key: str = "auto", shard_prefix: str = "") -> SampleWriter:
+                shard_max_seconds: float = 60.0, image_key: str = "auto", shard_prefix: str = "",
+                on_stored: Callable[[str, bytes], None] | None = None) -> SampleWriter:
     if output_format == "webdataset":
         from flowdc.writers.webdataset import WebDatasetWriter
 
@@ -19,4 +20,4 @@ def make_writer(output_format: str, dest: Destination, ledger: Ledger, *, labell
                                 shard_prefix)
     from flowdc.writers.imagefolder import ImageFolderWriter
 
-    return ImageFolderWriter(dest, ledger, labelled=labelled)
+    return ImageFolderWriter(dest, ledger, labelled=labelled, on_stored=on_stored)

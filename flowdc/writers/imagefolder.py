@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from flowdc.ledger import Ledger, Record
 from flowdc.storage import Destination
 from flowdc.writers.base import StoredSample, StoreError
@@ -10,8 +12,10 @@ from flowdc.writers.naming import LabelFolders, sample_path
 
 
 class ImageFolderWriter:
-    def __init__(self, dest: Destination, ledger: Ledger, *, labelled: bool):
+    def __init__(self, dest: Destination, ledger: Ledger, *, labelled: bool,
+                 on_stored: Callable[[str, bytes], None] | None = None):
         self.dest = dest
+        self.on_stored = on_stored  # told of each file once it is in place (the archive built meanwhile)
         self.ledger = ledger
         self.folders: LabelFolders | None = LabelFolders() if labelled else None
 
@@ -33,6 +37,8 @@ class ImageFolderWriter:
             self.dest.write_bytes(rel, sample.body)
         except Exception as exc:
             raise StoreError(exc, [rec]) from exc
+        if self.on_stored is not None:
+            self.on_stored(rel, sample.body)
         rec.path = rel
         self.ledger.add(rec)
 

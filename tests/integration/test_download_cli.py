@@ -224,7 +224,7 @@ def test_bad_rerun_loses_nothing(tmp_path: Path, two_hosts: FakeHostFarm) -> Non
     overview = download(manifest, out, label="label", create_tar=True)
     assert overview["totals"]["ok"] == 20
     before = snapshot_tree(tmp_path)
-    assert "out.tar.gz" in before and "out/overview.json" in before
+    assert "out.tar" in before and "out/overview.json" in before
 
     reruns = [
         ["--input", str(manifest), "--label", "species", "--force"],

@@ -174,20 +174,34 @@ def test_url_based_keys_are_collision_safe_and_skip_duplicates(tmp_path: Path, t
 
 
 def test_create_tar_packs_the_images_beside_the_output(tmp_path: Path, two_hosts: FakeHostFarm) -> None:
-    """create_tar writes OUTPUT.tar.gz next to the output, holding every image (not the ledger)."""
-    urls = [two_hosts.url(i % 2, f"/tgz/{i}.png?size=800") for i in range(9)]
+    """create_tar writes a plain OUTPUT.tar next to the output (built during the run), holding every
+    image (not the ledger); a resumed run with archive_format tar.gz packs the earlier run's images
+    too, and its own archive of the other format goes."""
+    urls = [two_hosts.url(i % 2, f"/tgz/{i}.png?size=800") for i in range(12)]
     out = tmp_path / "images"
-    overview = download(write_manifest(tmp_path / "m.parquet", urls, labels=["p", "q", "r"] * 3), out,
+    labels = ["p", "q", "r"] * 4
+    overview = download(write_manifest(tmp_path / "m.parquet", urls[:9], labels=labels[:9]), out,
                         label="label", create_tar=True)
-    archive = tmp_path / "images.tar.gz"
-    assert overview["archive"] == str(archive)
-    with tarfile.open(archive, "r:gz") as tar:
+    assert overview["archive"] == str(tmp_path / "images.tar")
+    assert archived_images(tmp_path / "images.tar", "r:", out) == 9
+
+    again = download(write_manifest(tmp_path / "m.parquet", urls, labels=labels), out, label="label",
+                     create_tar=True, archive_format="tar.gz")
+    assert again["this_run"]["ok"] == 3 and again["archive"] == str(tmp_path / "images.tar.gz")
+    assert archived_images(tmp_path / "images.tar.gz", "r:gz", out) == 12
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["images", "images.tar.gz", "m.parquet"]
+
+
+def archived_images(archive: Path, mode: str, out: Path) -> int:
+    """The archive's images, each checked against its file in the output (and nothing of _flowdc)."""
+    with tarfile.open(archive, mode) as tar:
         members = {m.name: tar.extractfile(m).read() for m in tar.getmembers() if m.isfile()}  # type: ignore[union-attr]
     images = {k: v for k, v in members.items() if k.endswith(".png")}
     assert set(images) == {f"images/{p.relative_to(out)}" for p in image_files(out)}
-    assert len(images) == 9 and not any("_flowdc" in k or ".tmp-" in k for k in members)
+    assert "images/overview.json" in members and not any("_flowdc" in k or ".tmp-" in k for k in members)
     for name, data in images.items():
-        assert data == (tmp_path / name).read_bytes()
+        assert data == (out.parent / name).read_bytes()
+    return len(images)
 
 
 def test_overview_figures_and_no_secrets(tmp_path: Path, two_hosts: FakeHostFarm) -> None:

@@ -117,7 +117,7 @@ def test_force_removes_only_what_flowdc_wrote(tmp_path: Path, two_hosts: FakeHos
     manifest = write_manifest(tmp_path / "m.parquet", urls, labels=["cats", "dogs"] * 6)
     out = tmp_path / "data" / "out"
     first = download(manifest, out, label="label", create_tar=True)
-    assert first["totals"]["ok"] == 12 and (tmp_path / "data" / "out.tar.gz").is_file()
+    assert first["totals"]["ok"] == 12 and (tmp_path / "data" / "out.tar").is_file()
     assert json.loads((out / MARK).read_text())["tool"] == "flowdc"
     ours = {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()}
     (out / "cats" / "my_own_cat.jpg").write_text("mine")  # a user file inside a class folder
@@ -130,7 +130,7 @@ def test_force_removes_only_what_flowdc_wrote(tmp_path: Path, two_hosts: FakeHos
     assert {"cats/my_own_cat.jpg", "README.txt", "beside.txt"} - left == {"beside.txt"}
     assert (tmp_path / "data" / "beside.txt").read_text() == "next to the output"
     assert not (out / "dogs").exists()  # emptied by --force, so removed
-    assert not (tmp_path / "data" / "out.tar.gz").exists()  # our archive went too
+    assert not (tmp_path / "data" / "out.tar").exists()  # our archive went too
     old_samples = {f for f in ours if f.startswith(("cats/", "dogs/"))}
     assert len(old_samples) == 12 and not old_samples & left
     assert len(tar_samples(out)) == 12 and sorted(r["status"] for r in latest(out)) == ["ok"] * 12
@@ -352,25 +352,25 @@ def test_gcs_conditional_requests_reach_the_emulator(gcs_endpoint: str) -> None:
 
 # -- 3. the archive -------------------------------------------------------------------------------
 def test_archive_never_overwrites_and_an_empty_run_makes_none(tmp_path: Path, two_hosts: FakeHostFarm) -> None:
-    """A file named OUTPUT.tar.gz that flowdc did not write stays as it is: the archive takes
-    OUTPUT.flowdc-2.tar.gz, and the next run replaces that one (its own) rather than a third
-    name. A run that stored nothing writes no archive."""
+    """A file named OUTPUT.tar that flowdc did not write stays as it is: the archive takes
+    OUTPUT.flowdc-2.tar, and the next run replaces that one (its own) rather than a third
+    name. A run that stored nothing writes no archive (and leaves no temporary)."""
     manifest = write_manifest(tmp_path / "m.parquet", urls_on(two_hosts, 5, "arch"), labels=["x"] * 5)
-    mine = tmp_path / "out.tar.gz"
+    mine = tmp_path / "out.tar"
     mine.write_bytes(b"the user's own backup")
     first = download(manifest, tmp_path / "out", label="label", create_tar=True)
     assert mine.read_bytes() == b"the user's own backup"
-    assert first["archive"].endswith("out.flowdc-2.tar.gz")
-    with tarfile.open(tmp_path / "out.flowdc-2.tar.gz") as tar:
+    assert first["archive"].endswith("out.flowdc-2.tar")
+    with tarfile.open(tmp_path / "out.flowdc-2.tar") as tar:
         assert len([n for n in tar.getnames() if n.startswith("out/x/")]) == 5
     download(manifest, tmp_path / "out", label="label", create_tar=True)
-    assert sorted(p.name for p in tmp_path.glob("out*.tar.gz")) == ["out.flowdc-2.tar.gz", "out.tar.gz"]
+    assert sorted(p.name for p in tmp_path.glob("out*.tar")) == ["out.flowdc-2.tar", "out.tar"]
     assert mine.read_bytes() == b"the user's own backup"
 
     gone = write_manifest(tmp_path / "gone.parquet", [two_hosts.url(0, f"/g/{i}.png?fail=404") for i in range(3)])
     empty = download(gone, tmp_path / "empty", create_tar=True)
     assert empty["totals"]["ok"] == 0 and not empty.get("archive")
-    assert not list(tmp_path.glob("empty*.tar.gz"))
+    assert not list(tmp_path.glob("empty*.tar*")) and not list(tmp_path.glob(".empty*"))
 
 
 # -- 8. a read-only output ------------------------------------------------------------------------

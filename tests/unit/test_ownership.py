@@ -4,11 +4,12 @@
 from __future__ import annotations
 
 import json
+import tarfile
 from pathlib import Path
 
 import pytest
 
-from flowdc.archive import RECORD, create_archive, our_archive
+from flowdc.archive import RECORD, ArchiveBuilder, create_archive, our_archive
 from flowdc.errors import OutputInUseError, OutputNotOursError, UserError
 from flowdc.ledger import Ledger, Record
 from flowdc.ownership import MARK, check_ours, claim_output, clear_ours
@@ -74,9 +75,29 @@ def test_an_archive_changed_since_it_was_written_is_no_longer_ours(tmp_path: Pat
     (out / "a").mkdir(parents=True)
     (out / "a" / "1.png").write_bytes(b"png")
     dest = Destination(str(out))
-    assert create_archive(dest) == str(tmp_path / "out.tar.gz")
-    assert our_archive(dest) == "out.tar.gz" and dest.exists(RECORD)
-    (tmp_path / "out.tar.gz").write_bytes(b"the user replaced it")
+    assert create_archive(dest) == str(tmp_path / "out.tar")
+    assert our_archive(dest) == "out.tar" and dest.exists(RECORD)
+    (tmp_path / "out.tar").write_bytes(b"the user replaced it")
     assert our_archive(dest) is None
-    assert create_archive(dest) == str(tmp_path / "out.flowdc-2.tar.gz")
-    assert (tmp_path / "out.tar.gz").read_bytes() == b"the user replaced it"
+    assert create_archive(dest, "tar.gz") == str(tmp_path / "out.tar.gz")
+    assert (tmp_path / "out.tar").read_bytes() == b"the user replaced it"
+
+
+def test_the_archive_built_meanwhile_holds_each_file_once_and_a_discarded_one_leaves_nothing(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    (out / "a").mkdir(parents=True)
+    (out / "a" / "old.png").write_bytes(b"an earlier run's")
+    (tmp_path / ".out.tar.tmp-99-0").write_bytes(b"a killed run's temporary")
+    dest = Destination(str(out))
+    gone = ArchiveBuilder(dest)
+    gone.discard()  # an interrupted run
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]
+    builder = ArchiveBuilder(dest)
+    for _ in range(2):  # a file stored twice in one run is packed once
+        (out / "a" / "new.png").write_bytes(b"this run's")
+        builder.add("a/new.png", b"this run's")
+    assert builder.finish() == str(tmp_path / "out.tar")
+    with tarfile.open(tmp_path / "out.tar", "r:") as tar:
+        assert {m.name: tar.extractfile(m).read() for m in tar} == {  # type: ignore[union-attr]
+            "out/a/new.png": b"this run's", "out/a/old.png": b"an earlier run's"}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "out.tar"]
