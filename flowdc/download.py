@@ -408,9 +408,8 @@ class DownloadJob:
         # Counted as ok now; a sample the destination loses is taken back by _store_failed.
         assert outcome.body is not None
         rec = self._record(job, outcome, "ok")
-        if rec.sha256 is None:
-            # Too large to hash on the event loop. Not in the writer either: its lane is serial,
-            # and hashing beside it (hashlib releases the GIL) keeps it from becoming the bottleneck.
+        if self.cfg.dedupe == "sha256":
+            # Dedupe decides here, so it needs the digest now; in a thread, as hashlib releases the GIL.
             rec.sha256 = await asyncio.get_running_loop().run_in_executor(self.hash_pool, digest, outcome.body)
         if self.cfg.dedupe == "sha256" and self._is_duplicate(rec):
             self._final(rec)
@@ -434,7 +433,10 @@ class DownloadJob:
         resize_batch(batch, self.resize_pool, self.resize)
 
     def _write_checked(self, sample: StoredSample) -> None:
-        """Runs in a writer thread: the decode check (flowdc.images), then the write."""
+        """Runs in a writer thread: the digest (off the event loop: at thousands of samples a second
+        it took the loop's core from the sockets), the decode check (flowdc.images), then the write."""
+        if sample.record.sha256 is None:
+            sample.record.sha256 = digest(sample.body)
         check_sample(sample, self.cfg.verify)
         self.writer.write(sample)
 

@@ -35,10 +35,6 @@ MAX_RETRY_AFTER_S = 600.0
 FINAL_STATUSES = frozenset({400, 401, 403, 404, 405, 406, 410, 414, 451})
 OVERLOAD_STATUSES = frozenset({429, 503})
 CHUNK = 1 << 16
-# Bodies up to this size are hashed here, on the event loop, in microseconds. A larger one would
-# stall the loop for up to milliseconds, so its digest (`digest`) is left to the caller, which takes
-# it in a thread where hashlib releases the GIL. Small ones stay: a hand-over costs more than they do.
-INLINE_DIGEST_MAX = 64 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,7 +70,7 @@ class Outcome:
     ttfb: float | None = None
     retry_after: float | None = None
     body: bytes | None = None
-    sha256: str | None = None  # None for a body over INLINE_DIGEST_MAX: see digest()
+    sha256: str | None = None  # hashed off the event loop, by the writer (digest())
     content_type: str | None = None
     fresh_connection: bool = False  # the request opened its connection: ttfb includes the connect
     # False: retrying in this run cannot help (an untrusted certificate, a name that does not exist),
@@ -289,8 +285,7 @@ async def _read_response(resp: aiohttp.ClientResponse, settings: FetchSettings) 
     if (ctype or "").lower().startswith("image/") and not image_format_ok(body[:SNIFF_BYTES], ctype):
         # Served as an image but not one (an HTML error page as image/jpeg): final, a retry gets the same.
         return Outcome(Signal.OBJECT_ERROR, status, NOT_AN_IMAGE, content_type=ctype)
-    sha256 = digest(body) if len(body) <= INLINE_DIGEST_MAX else None
-    return Outcome(Signal.OK, status, None, False, body=body, sha256=sha256, content_type=ctype)
+    return Outcome(Signal.OK, status, None, False, body=body, content_type=ctype)
 
 
 def digest(body: bytes) -> str:

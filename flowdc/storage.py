@@ -113,6 +113,9 @@ class Destination:
         fh.close()
 
     def write_bytes(self, rel: str, data: bytes) -> None:
+        if self.local:
+            write_local(self.path(rel), data)
+            return
         with self.open_atomic(rel) as fh:
             fh.write(data)
 
@@ -176,6 +179,34 @@ class Destination:
     def makedirs(self) -> None:
         if self.local:
             os.makedirs(self.root, exist_ok=True)
+
+
+_NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+
+
+def write_local(final: str, data: bytes) -> None:
+    """open_atomic's local write for a whole body at once, in as few system calls as it takes:
+    imagefolder writes one per sample, and each call hands the GIL to the event loop and back.
+    The folder is made only when the temporary cannot be created (its first file, or removed)."""
+    parent, _, name = final.rpartition("/")
+    tmp = f"{parent}/{temporary_name(name)}"
+    try:
+        fd = os.open(tmp, _NEW_FILE, 0o666)
+    except FileNotFoundError:
+        os.makedirs(parent, exist_ok=True)
+        fd = os.open(tmp, _NEW_FILE, 0o666)
+    try:
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+        finally:
+            os.close(fd)
+        os.replace(tmp, final)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
 
 
 def temporary_name(name: str) -> str:

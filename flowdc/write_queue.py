@@ -101,8 +101,10 @@ class WriteQueue:
             self._timer = None
         loop = asyncio.get_running_loop()
         while self._pending and self._busy < self._lanes:
-            # Spread what is waiting over the idle lanes, so parallel writers share a burst.
-            share = -(-len(self._pending) // (self._lanes - self._busy))
+            # Spread what is waiting over the idle lanes, so parallel writers share a burst; but never
+            # in batches under min_batch: each batch is a hop to a thread and back (imagefolder's 8
+            # lanes cut 64 samples into batches of 8).
+            share = max(self._min_batch, -(-len(self._pending) // (self._lanes - self._busy)))
             batch = self._pending[: min(share, self._max_batch)]
             del self._pending[: len(batch)]
             self._busy += 1

@@ -18,7 +18,6 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import webdataset as wds
 
-from flowdc.fetch import INLINE_DIGEST_MAX
 from flowdc.testing.fakehosts import FakeHostFarm
 from flowdc.writers.naming import label_folder, url_key
 from tests.integration.conftest import (
@@ -56,7 +55,7 @@ def test_imagefolder_labels_cannot_escape(tmp_path: Path, two_hosts: FakeHostFar
     assert overview["totals"]["ok"] == len(labels)
 
     assert sorted(os.listdir(tmp_path)) == ["ds", "m.parquet"]
-    assert sorted(os.listdir(tmp_path / "ds")) == ["out", "out.tar.gz"]
+    assert sorted(os.listdir(tmp_path / "ds")) == ["out", "out.tar"]
     root = out.resolve()
     for path in visible_files(tmp_path):
         assert path.resolve().is_relative_to(tmp_path.resolve())
@@ -84,8 +83,7 @@ def test_webdataset_shards_and_metadata(tmp_path: Path, two_hosts: FakeHostFarm)
     .json (key, url, label, sha256 of the image, size, status, carried columns); they read back with
     webdataset.WebDataset; each shard has a metadata parquet; the ledger keeps the carried columns."""
     n = 23
-    # Every fifth body is too large to hash on the event loop: a writer thread digests it.
-    sizes = [600 + i if i % 5 else INLINE_DIGEST_MAX + 1 + i for i in range(n)]
+    sizes = [600 + i if i % 5 else 70_000 + i for i in range(n)]
     urls = [two_hosts.url(i % 2, f"/wds/{i}.png?size={sizes[i]}") for i in range(n)]
     urls[7] = two_hosts.url(1, "/wds/missing.png?fail=404")
     extras: dict[str, list[Any]] = {"license": [f"CC-{i % 3}" for i in range(n)], "photo_id": list(range(100, 100 + n)),
