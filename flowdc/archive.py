@@ -116,11 +116,9 @@ class _Packer:
 
     def add_the_rest(self) -> None:
         """Every file under the output not added yet (not the ledger, not temporaries), read from the store."""
-        prefix = self.dest.root.rstrip("/") + "/"
-        for path in sorted(self.dest.fs.find(self.dest.root)):
-            rel = path[len(prefix):]
-            if rel not in self.added and not _skipped(rel):
-                with self.dest.fs.open(path, "rb") as src:
+        for rel in stored_files(self.dest):
+            if rel not in self.added:
+                with self.dest.fs.open(self.dest.path(rel), "rb") as src:
                     self.add(rel, src.read())
 
     def finish(self) -> None:
@@ -204,8 +202,7 @@ def start_archive(dest: Destination, fmt: str = "tar") -> ArchiveBuilder | None:
 def create_archive(dest: Destination, fmt: str = "tar") -> str | None:
     """Pack every stored file (not the ledger) into an archive beside the output in one pass;
     returns where it went, or None when the output holds nothing to pack or no name is free."""
-    prefix = dest.root.rstrip("/") + "/"
-    if all(p[len(prefix):] in BOOKKEEPING or _skipped(p[len(prefix):]) for p in dest.fs.find(dest.root)):
+    if all(rel in BOOKKEEPING for rel in stored_files(dest)):
         return None
     parent = dest.parent()
     for name, exclusive in free_names(dest, fmt):
@@ -248,6 +245,22 @@ def remove_stale_temporaries(parent: Destination, base: str) -> int:
                     os.unlink(entry.path)
                 removed += 1
     return removed
+
+
+def stored_files(dest: Destination) -> list[str]:
+    """Paths (relative, sorted) of the files under the output an archive holds: not _flowdc/, no temporaries.
+    On a local disk by os.walk, which never enters _flowdc/: fsspec's find costs a dict per file."""
+    if not dest.local:
+        prefix = dest.root.rstrip("/") + "/"
+        return sorted(rel for p in dest.fs.find(dest.root) if not _skipped(rel := p[len(prefix):]))
+    found = []
+    for folder, dirs, files in os.walk(dest.root):
+        rel_folder = os.path.relpath(folder, dest.root)
+        if rel_folder == ".":
+            dirs[:] = [d for d in dirs if d not in SKIP_TOP]
+            rel_folder = ""
+        found += [posixpath.join(rel_folder, f) for f in files if TMP_MARK not in f]
+    return sorted(found)
 
 
 def _skipped(rel: str) -> bool:

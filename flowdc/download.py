@@ -430,13 +430,14 @@ class DownloadJob:
 
     def _resize_batch(self, batch: list[StoredSample]) -> None:
         assert self.resize_pool is not None
+        for sample in batch:  # the ledger's sha256 is the served body's, not the resized one's
+            _digest(sample)
         resize_batch(batch, self.resize_pool, self.resize)
 
     def _write_checked(self, sample: StoredSample) -> None:
         """Runs in a writer thread: the digest (off the event loop: at thousands of samples a second
         it took the loop's core from the sockets), the decode check (flowdc.images), then the write."""
-        if sample.record.sha256 is None:
-            sample.record.sha256 = digest(sample.body)
+        _digest(sample)
         check_sample(sample, self.cfg.verify)
         self.writer.write(sample)
 
@@ -529,6 +530,11 @@ class DownloadJob:
         self.host_snapshots.update(snap)
         while len(self.host_snapshots) > cap:
             self.host_snapshots.pop(next(iter(self.host_snapshots)))
+
+
+def _digest(sample: StoredSample) -> None:
+    if sample.record.sha256 is None:
+        sample.record.sha256 = digest(sample.body)
 
 
 def stored_hashes(ledger: Ledger) -> dict[str, str]:
