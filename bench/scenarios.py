@@ -384,6 +384,7 @@ REALISTIC = Scenario(
     flowdc_args=("--timeout", "30"),
     bare_args=("--timeout", "30"),
     concurrency=256,
+    compare_no_paarc=True,  # the defaults with a fixed limit: what PAARC's holding back costs here
 )
 
 REALISTIC_MIX = replace(
