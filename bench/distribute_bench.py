@@ -1,7 +1,7 @@
 """Distribute bench: does a second local worker process make a CPU-bound download faster?
 
-Many open hosts (no rate limits, 2-4 ms each) serving realistic images (noise JPEGs of 15-75 KB,
-which the download's header check really decodes), so the client's CPU, not the hosts, sets the
+Many open hosts (no rate limits, 2-4 ms each) serving realistic images (bench/realistic.py's
+noise JPEGs of 9-45 KB, which the download's header check really reads), so the client's CPU, not the hosts, sets the
 pace. The hosts run in a process of their own (bench/rawhosts.py: a bare asyncio server writing
 prebuilt responses, so they take little of the CPU the client needs). The manifest is partitioned
 by host, then `flowdc distribute --engine local` runs it with 1 worker and with 2 (fresh outputs
@@ -31,7 +31,8 @@ from pathlib import Path
 from typing import Any
 
 import psutil
-from rawhosts import noise_jpegs, responses, start_hosts
+from rawhosts import responses, start_hosts
+from realistic import noise_images
 
 REPO = Path(__file__).resolve().parents[1]
 IMAGE_POOL = 400  # distinct JPEGs, built once by the farm process; every URL stays distinct by its query
@@ -40,7 +41,7 @@ IMAGE_POOL = 400  # distinct JPEGs, built once by the farm process; every URL st
 def serve_farm(hosts: int, latency_s: float, jitter_s: float, seed: int) -> None:
     """The farm process: start the hosts, print their base URLs and the pool's sizes as one JSON
     line, serve until stdin closes."""
-    bodies = noise_jpegs(IMAGE_POOL, seed)
+    bodies = list(noise_images(IMAGE_POOL, seed=seed).values())
 
     async def main() -> None:
         farm = await start_hosts(hosts, responses(bodies), latency_s, jitter_s)

@@ -1,7 +1,7 @@
 """Cheap open image hosts for CPU-bound benches: a bare asyncio HTTP/1.1 server per loopback address.
 
 The bench measures the client, so the hosts must cost next to nothing per request: every body is
-built before the first request (noise JPEGs of photo-like sizes, encoded once by Pillow), and a
+built before the first request (the bench's realistic noise JPEGs, bench/realistic.py), and a
 request is one header read, an optional sleep and one write of prebuilt bytes on a kept-alive
 connection. No routing, no parsing beyond the request line: aiohttp's server, with the fake
 hosts' fault and format machinery (flowdc.testing.fakehosts), costs several times more CPU per
@@ -13,28 +13,10 @@ GET /img/NNNN.jpg?anything answers image NNNN of the pool (modulo its size); any
 from __future__ import annotations
 
 import asyncio
-import io
 import random
 
 HEAD_LIMIT = 16 * 1024
 NOT_FOUND = b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n"
-
-
-def noise_jpegs(count: int, seed: int = 0, quality: int = 85) -> list[bytes]:
-    """`count` JPEGs of random noise, 160x120 to 360x270 px: noise barely compresses, so they weigh
-    about 15-75 KB (a thumbnail dataset's sizes) and a decoder has real work to do."""
-    from PIL import Image
-
-    rng = random.Random(seed)
-    bodies = []
-    for _ in range(count):
-        width = rng.randint(160, 360)
-        height = width * 3 // 4
-        img = Image.frombytes("RGB", (width, height), rng.randbytes(3 * width * height))
-        buf = io.BytesIO()
-        img.save(buf, format="JPEG", quality=quality)
-        bodies.append(buf.getvalue())
-    return bodies
 
 
 def responses(bodies: list[bytes]) -> list[bytes]:
