@@ -373,7 +373,7 @@ def verify_output(out: Path, farm: FakeHostFarm) -> Verified:
 
 COLUMNS = (
     "run", "ok", "failed", "wall s", "img/s wall", "img/s tool", "peak RSS MB",
-    "requests", "429s", "429 frac", "wall/ideal", "corrupt", "farm CPU%", "load", "note",
+    "requests", "429s", "429 frac", "wall/ideal", "wall/held ideal", "corrupt", "farm CPU%", "load", "note",
 )  # fmt: skip
 
 
@@ -395,6 +395,7 @@ def _row(r: RunResult, info: ManifestInfo) -> list[str]:
         str(r.n_429) if r.requests else "-",
         num(r.frac_429 if r.requests else None, ".3f"),
         num(r.wall_s / ideal if ideal and ran else None, ".2f"),
+        num(r.wall_s / info.held_ideal_s if info.held_ideal_s and ran else None, ".2f"),
         "-" if r.corrupt is None else str(r.corrupt),
         num(r.farm_cpu_pct, ".0f"),
         num(r.load_before, ".1f"),
@@ -447,6 +448,9 @@ def header_lines(scenario: Scenario, info: ManifestInfo, concurrency: int) -> li
         lines.append(f"rows per host: {list(info.rows_per_host)}")
     if info.ideal_makespan_s is not None:
         lines.append(f"ideal makespan: {info.ideal_makespan_s:.2f} s")
+    if info.held_ideal_s is not None and info.held_ideal_s != info.ideal_makespan_s:
+        lines.append(f"ideal with the holds a polite client must take (one Retry-After per host that only a "
+                     f"refusal reveals): {info.held_ideal_s:.2f} s")
     if not scenario.synthetic:
         lines.append(f"rows that can succeed: {info.expected_ok}")
     chain = slowest_retry_chain(scenario)

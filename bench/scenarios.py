@@ -62,6 +62,7 @@ class ManifestInfo:
     rows_per_host: tuple[int, ...]
     ideal_makespan_s: float | None  # None when some host has no limit
     expected_ok: int
+    held_ideal_s: float | None = None  # the ideal with the holds a polite client must take (host_hold)
 
 
 # -- host arithmetic ----------------------------------------------------------------------------
@@ -90,6 +91,22 @@ def host_makespan(spec: HostSpec, rows: int) -> float | None:
     return (rows - free) / rate + service_time(spec)
 
 
+def host_hold(spec: HostSpec) -> float:
+    """Seconds of Retry-After hold a polite client must take at this host, however well it behaves.
+
+    A token bucket, or a hard cap with no queue in front of it, shows its limit by nothing but a
+    refusal: no latency rises before it. Finding it costs one refusal and so one hold (a bucket
+    answers Retry-After with its refill wait, rounded up to whole seconds). A cap behind a queue
+    (capacity under the cap) shows as latency first, and a client that keeps the queue short never
+    meets it.
+    """
+    if spec.rate_per_s:
+        return spec.retry_after_s if spec.retry_after_s is not None else math.ceil(1.0 / spec.rate_per_s)
+    if spec.hard_cap is not None and (spec.capacity is None or spec.capacity >= spec.hard_cap):
+        return spec.retry_after_s or 0.0
+    return 0.0
+
+
 def split_rows(scenario: Scenario, rows: int) -> list[int]:
     """Rows per host, summing to `rows`."""
     if scenario.balance == "rate":
@@ -105,11 +122,14 @@ def split_rows(scenario: Scenario, rows: int) -> list[int]:
     return counts
 
 
-def ideal_makespan(scenario: Scenario, counts: list[int]) -> float | None:
+def ideal_makespan(scenario: Scenario, counts: list[int], holds: bool = False) -> float | None:
+    """The least makespan with every host kept exactly full; with `holds`, each host also waits out
+    the one Retry-After hold that finding its limit costs a polite client (host_hold)."""
     spans = [host_makespan(h, n) for h, n in zip(scenario.hosts, counts, strict=True) if n]
     if not spans or any(s is None for s in spans):
         return None
-    return max(s for s in spans if s is not None)
+    held = [h for h, n in zip(scenario.hosts, counts, strict=True) if n]
+    return max(s + (host_hold(h) if holds else 0.0) for s, h in zip(spans, held, strict=True) if s is not None)
 
 
 def fails_for_good(query: str) -> bool:
@@ -212,7 +232,8 @@ def write_scenario_manifest(scenario: Scenario, base_urls: list[str], path: Path
     urls, counts, expected_ok = build_urls(scenario, base_urls, rows)
     labels = [f"class_{i % 10}" for i in range(rows)]
     write_manifest(path, urls, labels=labels)
-    return ManifestInfo(path, rows, tuple(counts), ideal_makespan(scenario, counts), expected_ok)
+    return ManifestInfo(path, rows, tuple(counts), ideal_makespan(scenario, counts), expected_ok,
+                        ideal_makespan(scenario, counts, holds=True))
 
 
 def write_synthetic_manifest(path: Path, rows: int, batch_rows: int = 1_000_000) -> ManifestInfo:
@@ -394,6 +415,46 @@ REALISTIC_MIX = replace(
     images=(("jpeg", 0.8), ("png", 0.1), ("webp", 0.1)),
 )
 
+
+def _queue_tail() -> tuple[HostSpec, ...]:
+    """A few queueing hosts that bind the makespan, beside a long tail of small slow ones; no rate limits.
+
+    The hard caps sit well above each host's slots: a client that keeps a host at its capacity never
+    meets them, one that overshoots by far does.
+    """
+    hosts = [
+        HostSpec("127.0.0.2", name="queue32", capacity=32, latency_s=0.08, jitter_s=0.04, seed=1),
+        HostSpec("127.0.0.3", name="queue32-slow", capacity=32, latency_s=0.3, seed=2),
+        HostSpec("127.0.0.4", name="queue16-cap32", capacity=16, hard_cap=32, latency_s=0.08,
+                 retry_after_s=1.0, seed=3),
+        HostSpec("127.0.0.5", name="queue24-cap48", capacity=24, hard_cap=48, latency_s=0.12, jitter_s=0.04,
+                 retry_after_s=1.0, seed=4),
+    ]
+    for i, ip in enumerate(_ips(44)[4:]):
+        if i % 4 == 3:
+            hosts.append(HostSpec(ip, name=f"queue2-cap6-{i}", capacity=2, hard_cap=6, latency_s=0.4,
+                                  retry_after_s=1.0, seed=10 + i))
+        else:
+            hosts.append(HostSpec(ip, name=f"queue4-{i}", capacity=4, latency_s=0.3, jitter_s=0.2, seed=10 + i))
+    return tuple(hosts)
+
+
+QUEUE_TAIL = Scenario(
+    name="queue_tail",
+    about=(
+        "4 queueing hosts (16-32 slots, two with hard caps far above them) and a long tail of 40 small "
+        "slow queues (2-4 slots, 300-500 ms), no rate limits; rows spread by throughput, ideal ~10 s: "
+        "the ramp to each host's capacity and any probe under it show in the makespan."
+    ),
+    rows=10_000,
+    hosts=_queue_tail(),
+    balance="rate",
+    flowdc_args=("--timeout", "30"),
+    bare_args=("--timeout", "30", "--retries", "5", "--backoff", "1.0"),
+    concurrency=1000,  # flowdc's default: 40 slow hosts at C_init hold 320 requests
+    timeout_s=300.0,
+)
+
 MANIFEST10M = Scenario(
     name="manifest10m",
     about="10M rows with ftp:// URLs (rejected per row, no network): memory and per-row overhead.",
@@ -406,6 +467,6 @@ MANIFEST10M = Scenario(
 )
 
 SCENARIOS: dict[str, Scenario] = {
-    s.name: s for s in (UNTHROTTLED, LARGE, FAULTS, POLITE, POLITE_LONG, SPREAD, MANY_HOSTS, REALISTIC, REALISTIC_MIX,
-                        MANIFEST10M)
+    s.name: s for s in (UNTHROTTLED, LARGE, FAULTS, POLITE, POLITE_LONG, SPREAD, MANY_HOSTS, QUEUE_TAIL, REALISTIC,
+                        REALISTIC_MIX, MANIFEST10M)
 }
