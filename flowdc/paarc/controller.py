@@ -36,11 +36,16 @@ DRAIN = "drain"
 STARTUP_REL_SE = 0.1  # STARTUP closes an interval once its mean is this precise (a doubling is judged coarser)
 STARTUP_GAIN = 2.0  # grow fast while the host shows no queue: 8 -> 1000 in 7 intervals
 STARTUP_RATE_GAIN = 1.3  # a doubling that raised the served rate this much was worth its latency
+LAG_GAIN = 1.5  # a far host grows this much per interval while our loop lags: judged by rate, it may
+LAG_RATE_GAIN = 1.3  # ... overshoot once (a hard cap at 2x capacity stays unmet) and keeps a raise
+# that lifted its rate this much: it settles within 0.77-1.15x its capacity
 PROBE_RATE_GAIN = 1.1  # likewise for an up-probe (1.25x the load, so at most 1.25x the rate)
 PROBE_GAIN = 1.25  # an up-probe offers 25% more than the ceiling (at least one more request)
 PROBE_EVERY = 8  # cruise intervals between up-probes: probing costs a little queueing each time
 STARTUP_CONFIRM = 2  # cruise intervals before the first probe after STARTUP
 PROBE_RTT_GAIN = 0.5  # PROBE_RTT halves the load so any standing queue drains
+STEP_DOWN = 0.25  # an early PROBE_RTT steps the limit down by this share (at least one request)...
+STEP_HOLD = 0.9  # ... while the rate by Little's law holds to this share of the step before
 QUEUE_TOL = 0.1  # mean latency this far above base_lat means our own requests are queueing
 QUEUE_TOL_SE = 4.0  # ... or this many standard errors of the difference (this interval's and the baseline's)
 SEVERE = 1.2  # inflation this far past theta_50/theta_95 acts at once; milder must repeat
@@ -66,6 +71,7 @@ class PaarcController:
         "base_p50",
         "base_p95",
         "born",
+        "busy_mark",
         "ceiling",
         "client",
         "cooldown_until",
@@ -77,6 +83,7 @@ class PaarcController:
         "last_inflight",
         "last_ok_inflight",
         "last_ok_ttfb",
+        "little_before",
         "lowered_at",
         "mean_ema",
         "mean_ema_var",
@@ -96,6 +103,7 @@ class PaarcController:
         "served_before",
         "stale_cap",
         "state",
+        "stepping",
         "strike",
         "win",
     )
@@ -135,12 +143,15 @@ class PaarcController:
         self.probe_countdown = PROBE_EVERY
         self.strike = False  # the last judged cruise interval showed marginal congestion
         self.win = Window(now)
+        self.busy_mark = 0  # the client's busy ticks when this interval began
         self.now = now
         self.push: Pushback | None = None
         self.refused_before = False
         self.served_before = 0.0  # served rate of the interval before the last raise
+        self.little_before = 0.0  # ... and by Little's law (limit / mean latency; 0: unknown)
         self.memory_s = self.p.probe_rtt_period  # how long the next pushback lesson is kept
         self.stale_cap = 0  # the cap of a lesson that expired (0: none)
+        self.stepping = False  # PROBE_RTT steps down to the host's capacity instead of halving
 
     # -- the HostLimit protocol -----------------------------------------------------------------
     def limit(self) -> int:
@@ -356,25 +367,36 @@ class PaarcController:
         self.intervals += 1
         self.goodput = s.ok_rate
         if s.failing:
-            self.win.reset(now, self.rtprop)
+            self._reset_window(now)
             self._overload(now, None, None)
             return
         self._measure(s)
         if self.push is not None:
             self.push.best_rate = max(self.push.best_rate, s.ok_rate)  # the pace's floor follows it
         self._adjust_pace(now)
-        self.win.reset(now, self.rtprop)
+        # Our own event loop ran late during this interval: every latency in it holds our queue,
+        # not the host's, so it cannot tell a queue at the host (nor its absence). The served rate
+        # still can: such an interval is judged as a near host's is.
+        lagged = self._client_lagged()
+        little = self._limit / s.mean if s.mean and s.pipe_full else 0.0
+        # A step down is judged once the queue it left has drained, against the level above it.
+        draining = self.stepping and s.stale
+        self._reset_window(now)
         if self.state == INIT:
-            self._step_init(s)
+            self._step_init(s, lagged)
         elif self.state == STARTUP:
-            self._step_startup(s)
+            self._step_startup(s, lagged, little)
         elif self.state == PROBE_RTT:
-            self._end_probe_rtt(s, now)
+            if self.stepping:
+                self._step_down(s, now, little)
+            else:
+                self._end_probe_rtt(s, now)
         elif self.phase == PROBE_UP:
-            self._step_probe_up(s)
+            self._step_probe_up(s, lagged, little)
         else:
-            self._step_cruise(s, now)
-        self.served_before = s.served_rate  # what the next raise, if any, has to beat
+            self._step_cruise(s, now, lagged)
+        if not draining:
+            self.served_before, self.little_before = s.served_rate, little  # what the next raise has to beat
 
     def _measure(self, s: Summary) -> None:
         """Smooth the interval's latencies with alpha_ema; the baselines are minima of the smoothed
@@ -476,14 +498,14 @@ class PaarcController:
         self.rtprop_since = now
 
     # -- per state --------------------------------------------------------------------------------
-    def _step_init(self, s: Summary) -> None:
+    def _step_init(self, s: Summary, lagged: bool = False) -> None:
         """The first interval only yields RTprop: its rate includes filling the pipe from empty."""
         self.state = STARTUP
         if self.near:
             self._grow()
             return
         if s.pipe_full and not self._inflated(s):
-            self._grow()
+            self._grow(LAG_GAIN if lagged else STARTUP_GAIN)
 
     @property
     def near(self) -> bool:
@@ -491,17 +513,28 @@ class PaarcController:
         a host whose cache answers hits in 3 ms and misses in 100 ms has a queue that shows.)"""
         return self.base_lat is not None and self.base_lat < LATENCY_NOISE_FLOOR_S
 
-    def _paid_off(self, s: Summary, gain: float) -> bool:
-        """More load raised the served rate substantially: BBR's rule, used for near hosts."""
+    def _paid_off(self, s: Summary, gain: float, little: float | None = None) -> bool:
+        """More load raised the served rate substantially: BBR's rule, used for near hosts.
+
+        With `little` (this interval's limit / mean latency) the rate is Little's law's, for a far
+        host while our own loop lags: the few replies of a slow host count too noisily (a 4-slot host
+        seemed to gain 1.5x from a doubling), and a latency ratio of two intervals that lagged alike
+        cancels most of our own delay. A far host gets no raise on a rate it never measured."""
+        if little is not None:
+            return self.little_before > 0 and little >= gain * self.little_before
         return self.served_before <= 0 or s.served_rate >= gain * self.served_before
 
-    def _step_startup(self, s: Summary) -> None:
-        if self.near:
+    def _step_startup(self, s: Summary, lagged: bool = False, little: float = 0.0) -> None:
+        if self.near or lagged:
             # Latency says nothing here: grow while doubling the load still pays in rate.
-            if s.pipe_full and self._paid_off(s, STARTUP_RATE_GAIN):
+            if self.near and s.pipe_full and self._paid_off(s, STARTUP_RATE_GAIN):
                 self._grow()
+            elif not self.near and s.pipe_full and self._paid_off(s, LAG_RATE_GAIN, little):
+                self._grow(LAG_GAIN)
             elif s.pipe_full:
-                self.ceiling = float(self._limit)
+                # A far host whose doubling did not pay was full before it: back to that level (a
+                # near host keeps it: its queue is one of microseconds).
+                self.ceiling = float(self._limit) if self.near else max(self.p.C_min, self._limit / self.raised_by)
                 self._enter_probe_bw(CRUISE)
             return
         if self._congested(s):
@@ -512,19 +545,30 @@ class PaarcController:
             self._grow()
 
     def _client_busy(self) -> bool:
-        return self.client is not None and self.client.busy
+        """Our own event loop is the bottleneck now. A near host, judged by rate alone, then gets
+        no more load (it would only lengthen our queue); a far one still may, when its rate pays."""
+        return self.near and self.client is not None and self.client.busy
 
-    def _grow(self) -> None:
+    def _client_lagged(self) -> bool:
+        """The client was the bottleneck at some tick of the current interval."""
+        return self.client is not None and (self.client.busy or self.client.busy_ticks > self.busy_mark)
+
+    def _reset_window(self, now: float) -> None:
+        self.win.reset(now, self.rtprop)
+        if self.client is not None:
+            self.busy_mark = self.client.busy_ticks
+
+    def _grow(self, gain: float = STARTUP_GAIN) -> None:
         if self._client_busy():
             # Our own event loop is saturated: the host may take more, but we could not use it.
             # Stay in STARTUP, so a passing lag (reading the manifest, a GC) only delays a doubling.
             return
-        self.ceiling = min(float(self.p.C_max), self._limit * STARTUP_GAIN)
+        self.ceiling = min(float(self.p.C_max), self._limit * gain)
         self._set_limit(self.ceiling)
         if self._limit >= self.p.C_max:
             self._enter_probe_bw(CRUISE)
 
-    def _step_cruise(self, s: Summary, now: float) -> None:
+    def _step_cruise(self, s: Summary, now: float, lagged: bool = False) -> None:
         if self.phase == DRAIN:
             # This interval still holds the queue our probe or cut left behind: don't judge it, nor
             # the next while replies to requests sent before the cut keep coming (a deep queue).
@@ -533,7 +577,7 @@ class PaarcController:
                 self.cut_mean = max(self.cut_mean, s.mean)
             if not s.stale:
                 self.phase = CRUISE
-        elif not self.near and self._congested_in_cruise(s):
+        elif not self.near and not lagged and self._congested_in_cruise(s):
             if self._not_our_queue(s):
                 # Cutting again would spiral down to C_min for nothing: hold, and judge from here on.
                 self._rebaseline(s, now)
@@ -545,9 +589,10 @@ class PaarcController:
         elif now - self.rtprop_since > self.p.probe_rtt_period:
             self.state = PROBE_RTT
             self._set_limit(self.ceiling * PROBE_RTT_GAIN)
-        elif self._unloaded_unseen():
-            self.state = PROBE_RTT
-            self._set_limit(self.p.C_min)  # at most C_init: the lightest load there is costs little
+        elif not lagged and self._unloaded_unseen():
+            # At C_min this cost a small slow host half its rate for a long interval: step down instead.
+            self.state, self.stepping = PROBE_RTT, True
+            self._set_limit(self._step_below(self._limit))
         else:
             self.cut_mean = None
             if s.pipe_full:
@@ -580,9 +625,9 @@ class PaarcController:
         """At the most a remembered cap allows: a probe could not raise the limit."""
         return self._cap_remembered() and self.push is not None and self._limit >= self.push.cap - 1
 
-    def _step_probe_up(self, s: Summary) -> None:
-        if self.near:
-            if s.pipe_full and self._paid_off(s, PROBE_RATE_GAIN):
+    def _step_probe_up(self, s: Summary, lagged: bool = False, little: float = 0.0) -> None:
+        if self.near or lagged:
+            if s.pipe_full and self._paid_off(s, PROBE_RATE_GAIN, None if self.near else little):
                 self.ceiling = float(self._limit)  # the extra load paid: keep it, probe again
                 if self._limit < self.p.C_max:
                     self._start_probe()
@@ -611,6 +656,30 @@ class PaarcController:
         else:
             self._enter_probe_bw(CRUISE)
 
+    def _step_below(self, limit: int) -> int:
+        return max(self.p.C_min, limit - max(1, round(limit * STEP_DOWN)))
+
+    def _step_down(self, s: Summary, now: float, little: float) -> None:
+        """The baselines were only ever measured under our own queue (C_init above the host's
+        capacity). Step down while the rate holds: with a standing queue, fewer requests in flight
+        only wait less (Little's law: limit / mean latency stays the host's rate). The first step
+        at which the rate falls ran under capacity, so without our queue: its latencies are the
+        unloaded ones, and the rate before it times that latency is the capacity. A host that binds
+        the makespan so spends one interval a step under its capacity, not one at C_min."""
+        if s.stale:
+            return  # replies to requests sent before the step still hold the old queue: wait
+        held = self.little_before > 0 and little >= STEP_HOLD * self.little_before
+        if held and self._limit > self.p.C_min:
+            self._set_limit(self._step_below(self._limit))
+            return
+        rate_above = self.little_before
+        self._rebaseline(s, now)
+        self.stepping = False
+        if self.base_lat is not None and rate_above > 0:
+            self.ceiling = max(float(self.p.C_min), min(self.ceiling, rate_above * self.base_lat))
+        self.cut_mean = None
+        self._enter_probe_bw(CRUISE)
+
     def _end_probe_rtt(self, s: Summary, now: float) -> None:
         # Accept this interval's latencies as the new base even if higher: the host may have slowed.
         self._rebaseline(s, now)
@@ -625,7 +694,7 @@ class PaarcController:
         self._set_limit(self.p.mu * self.ceiling)
 
     def _enter_cruise(self, now: float) -> None:
-        self.win.reset(now, self.rtprop)  # replies from before the cut are stale
+        self._reset_window(now)  # replies from before the cut are stale
         self._enter_probe_bw(CRUISE)
 
     def _set_limit(self, value: float) -> None:

@@ -360,20 +360,40 @@ def test_connects_time_the_host_only_when_it_never_pools(pooled: bool) -> None:
         assert p50 == pytest.approx(3 * TTFB * 1000)  # the host's time includes its connects
 
 
-def test_no_growth_while_the_downloaders_own_loop_is_saturated() -> None:
-    """When the event loop's timer runs late, the client is the bottleneck: STARTUP stops doubling
-    and cruise does not probe, until the loop keeps up again."""
+def saturated_client() -> ClientLoad:
     client = ClientLoad()
     for _ in range(10):
         client.observe(0.030)  # each 0.1 s tick fired 30 ms late
     assert client.busy
+    return client
+
+
+def test_no_growth_for_a_near_host_while_the_downloaders_own_loop_is_saturated() -> None:
+    """When the event loop's timer runs late, the client is the bottleneck: a near host (judged by
+    rate alone) gets no more load, as it would only lengthen our own queue."""
+    client = saturated_client()
     f = Feeder(PaarcController(SMALL, 0.0, client))
-    assert max(f.intervals(20)) == SMALL.C_init
+    assert max(f.intervals(20, ttfb=0.002)) == SMALL.C_init
     for _ in range(10):
         client.observe(0.001)
     assert not client.busy
     assert 0.5 <= client.busy_share < 1.0  # the run's share the client set the pace, for the summary
-    assert f.intervals(40)[-1] == SMALL.C_max  # probes find the room once the loop keeps up
+
+
+def test_latency_added_by_our_own_lagging_loop_cuts_nothing() -> None:
+    """A far host cruising at its limit: latency triples while our loop lags (our queue, not the
+    host's) and the limit stays; the same latency with the loop keeping up is the host's, and cuts."""
+    client = ClientLoad()
+    f = Feeder(PaarcController(SMALL, 0.0, client))
+    f.intervals(12)
+    assert f.ctl.limit() == SMALL.C_max and f.ctl.snapshot()["state"] == PROBE_BW
+    for _ in range(10):
+        client.observe(0.030)
+    assert f.intervals(10, ttfb=3 * TTFB) == [SMALL.C_max] * 10
+    for _ in range(10):
+        client.observe(0.001)
+    f.interval(ttfb=3 * TTFB)  # the interval the lag ended in still holds lagged ticks
+    assert min(f.intervals(4, ttfb=3 * TTFB)) < SMALL.C_max
 
 
 def test_object_errors_at_half_the_replies_never_lower_the_limit() -> None:

@@ -18,7 +18,7 @@ import itertools
 
 import pytest
 
-from flowdc.paarc import PROBE_RTT, FixedLimit, PaarcController, PaarcParams
+from flowdc.paarc import PROBE_RTT, ClientLoad, FixedLimit, PaarcController, PaarcParams
 from flowdc.signals import Sample
 from tests.paarc_sim import HostSpec, SimResult, TraceRow, simulate
 
@@ -291,3 +291,41 @@ def test_a_host_that_still_refuses_after_its_hold_is_held_again_at_once() -> Non
     first_hold_end = res.reject_times[0] + 1.0
     burst_after = [t for t in res.reject_times if first_hold_end <= t < first_hold_end + 0.1]
     assert 1 <= len(burst_after) <= 4, burst_after
+
+
+@pytest.mark.parametrize(("capacity", "service"), [(32, 0.1), (4, 0.4), (100, 0.05), (24, 0.13)])
+def test_a_far_host_is_judged_by_its_rate_while_our_loop_lags(capacity: int, service: float) -> None:
+    """Our loop lags for the whole run (a busy machine): latency says nothing, so a far host grows
+    by half while that raises its rate by Little's law 1.3x, which leaves it within a quarter of its
+    capacity, and a hard cap at twice the capacity is never met. It used to stay at C_init: a host
+    that binds the makespan starved beside a tail of small ones, which a raise never pays."""
+    client = ClientLoad()
+    for _ in range(10):
+        client.observe(0.030)
+    spec = HostSpec(capacity=capacity, service_time=service, jitter=0.25, hard_cap_ratio=2.0, retry_after=1.0)
+    res = simulate(PaarcController(PaarcParams(), 0.0, client), spec, 10.0)
+    settled = [r.limit for r in res.rows if r.t > 2.0 and cruising(r)]
+    assert settled and max(0.75 * capacity, 8) <= min(settled) <= max(settled) <= max(1.25 * capacity, 8)
+    assert res.ok / 10.0 >= 0.9 * capacity / service
+    assert res.n429 <= (8 if capacity < 8 else 0)  # C_init above a small host's hard cap: its first burst
+
+
+# -- short runs: the ramp, and no probe under a capacity that binds ---------------------------------
+@pytest.mark.parametrize(("capacity", "service"), [(16, 0.05), (32, 0.1), (64, 0.1), (32, 0.3)])
+def test_a_queueing_host_reaches_its_capacity_within_a_few_round_trips(capacity: int, service: float) -> None:
+    res = simulate(PaarcController(), HostSpec(capacity=capacity, service_time=service), 10.0)
+    reached = next(r.t for r in res.rows if r.inflight >= 0.8 * capacity)
+    assert reached <= 10 * service
+    assert res.ok >= 0.9 * 10.0 * capacity / service and res.n429 == 0
+
+
+@pytest.mark.parametrize(("capacity", "service"), [(4, 0.2), (5, 0.1), (6, 0.3), (7, 0.2)])
+def test_a_host_under_c_init_is_not_probed_below_its_capacity(capacity: int, service: float) -> None:
+    """C_init (8) above the host's capacity: the baselines were measured under our own queue, and
+    PROBE_RTT once measured them at C_min, halving a small slow host's rate for a long interval (a
+    host that binds a short run's makespan). It now steps down while the rate holds: the limit goes
+    at most one step (a quarter) under the capacity, for one interval, and settles at it."""
+    res = simulate(PaarcController(), HostSpec(capacity=capacity, service_time=service, hard_cap_ratio=10.0), 20.0)
+    assert min(r.limit_min for r in res.rows) >= capacity - max(1, round(capacity * 0.25))
+    assert capacity <= res.rows[-1].limit <= capacity + 2
+    assert res.ok >= 0.95 * 20.0 * capacity / service
