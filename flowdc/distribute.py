@@ -142,6 +142,8 @@ def _dry_run(cfg: DistributeConfig, dest: Destination, parts: list[Partition], s
         task = {"task": part.name, "rows": part.rows, "command": spec.argv, "input": part.path,
                 "output": doc["output"], "host_budget": doc["host_budget"], "cores": spec.cores,
                 "memory_mb": spec.memory_mb, "disk_mb": spec.disk_mb, "time_limit_s": doc["_time_limit_s"]}
+        if staged(cfg):  # the output is a folder of the task's sandbox; the shards and the state go here
+            task.update(ships_to=doc.get("cloud_destination"), state_returns_to=spec.outputs[STATE_FILE])
         tasks.append(task)
         print(json.dumps(task))
     return {"dry_run": True, "tasks": tasks}

@@ -118,6 +118,11 @@ def test_dry_run_prints_one_task_per_partition(plan_dir: Path, tmp_path: Path) -
     assert tasks[0]["command"][1:] == ["-m", "flowdc.engines.task", "task.json"] and tasks[0]["cores"] == 2
     assert "a.example" in tasks[0]["host_budget"]
     assert not (tmp_path / "out").exists()  # a dry run writes nothing
+    staged = run_cli("--input", str(plan_dir), "--output", str(tmp_path / "out"), "--dry_run", "--cloud_tool",
+                     "rclone", "--cloud_destination", "remote:ds")
+    task = json.loads(staged.stdout.splitlines()[1])
+    assert (task["output"], task["ships_to"]) == ("part-00001", "remote:ds/part-00001")
+    assert task["state_returns_to"] == str(tmp_path / "out" / "_flowdc" / "partitions" / "part-00001.tar")
 
 
 @pytest.mark.parametrize("args, words", [
