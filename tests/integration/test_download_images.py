@@ -181,3 +181,28 @@ def test_resize_and_reencode_in_worker_processes(tmp_path: Path, two_hosts: Fake
         assert (meta["original_width"], meta["original_height"]) == (64 + 16 * i, 32)
         assert meta["sha256"] == recs[i]["sha256"] != hashlib.sha256(members[f"{key}.jpg"]).hexdigest()
         assert meta["size"] == len(members[f"{key}.jpg"])
+
+
+@pytest.mark.parametrize(("mode", "only_if_bigger", "sizes"), [
+    ("keep_ratio_largest", False, [(16, 8), (16, 10)]),  # the larger side becomes 16, the small one enlarged
+    ("center_crop", False, [(16, 16), (16, 16)]),
+    ("border", False, [(16, 16), (16, 16)]),
+    ("keep_ratio", True, [(32, 16), (10, 6)]),  # never enlarged: the small one keeps its size
+])
+def test_each_resize_mode_on_served_images(tmp_path: Path, two_hosts: FakeHostFarm, mode: str, only_if_bigger: bool,
+                                           sizes: list[tuple[int, int]]) -> None:
+    """Every mode over a WebP bigger and a PNG smaller than image_size 16, as stored by an
+    imagefolder run and recorded in the ledger (keep_ratio without only_if_bigger: the test above)."""
+    from PIL import Image
+
+    urls = [two_hosts.url(0, f"/m/{mode}/big.webp?fmt=webp&w=64&h=32"),
+            two_hosts.url(1, f"/m/{mode}/small.png?fmt=png&w=10&h=6")]
+    out = tmp_path / "out"
+    download(_manifest(tmp_path, urls), out, resize_mode=mode, image_size=16, resize_only_if_bigger=only_if_bigger,
+             encode_format="png", processes_count=1)
+    recs = latest(out)
+    for rec, size, src in zip(recs, sizes, [(64, 32), (10, 6)], strict=True):
+        assert rec["status"] == "ok" and (rec["width"], rec["height"]) == size
+        assert (rec["original_width"], rec["original_height"]) == src
+        with Image.open(out / f"{rec['key']}.png") as img:
+            assert img.format == "PNG" and img.size == size
