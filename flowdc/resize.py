@@ -58,20 +58,26 @@ def resize_body(body: bytes, s: ResizeSettings) -> Resized:
     """The re-encoded image; raises what Pillow raises for a body it cannot decode."""
     from PIL import Image
 
+    mode, side = s.resize_mode, s.image_size
     with Image.open(io.BytesIO(body)) as src:
         src_format = src.format or "PNG"
         ow, oh = src.size
+        if mode in ("keep_ratio", "center_crop"):
+            size = _scale(ow, oh, side, False, s.only_if_bigger)
+        elif mode in ("keep_ratio_largest", "border"):
+            size = _scale(ow, oh, side, True, s.only_if_bigger)
+        else:
+            size = (ow, oh)
+        if size[0] < ow:
+            # A JPEG shrunk to half or less is decoded at 1/2, 1/4 or 1/8 scale by libjpeg (never
+            # below `size`): most of the decoding work is skipped. Other formats ignore it.
+            src.draft(src.mode, size)
         img = src.convert("RGBA" if (src.mode in ("RGBA", "LA", "P") and "transparency" in src.info)
                           or src.mode in ("RGBA", "LA") else "RGB")
-    mode, side = s.resize_mode, s.image_size
-    if mode in ("keep_ratio", "center_crop"):
-        size = _scale(ow, oh, side, False, s.only_if_bigger)
-    elif mode in ("keep_ratio_largest", "border"):
-        size = _scale(ow, oh, side, True, s.only_if_bigger)
-    else:
-        size = (ow, oh)
-    if size != (ow, oh):
-        img = img.resize(size, Image.Resampling.LANCZOS)
+    if size != img.size:
+        # img2dataset's defaults: area averaging to shrink (Pillow's BOX), Lanczos to enlarge.
+        shrink = size[0] < img.size[0]
+        img = img.resize(size, Image.Resampling.BOX if shrink else Image.Resampling.LANCZOS)
     w, h = img.size
     if mode == "center_crop" and (w > side or h > side):
         left, top = (w - min(w, side)) // 2, (h - min(h, side)) // 2
