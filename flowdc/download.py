@@ -30,7 +30,7 @@ from flowdc.config import DownloadConfig, check_host_budget
 from flowdc.errors import ConfigError, DestinationError
 from flowdc.fetch import FetchSettings, Outcome, digest, fetch_one
 from flowdc.identity import RepeatNumbering, base_hashes
-from flowdc.images import check_sample, resize_batch
+from flowdc.images import check_sample, resize_batch, start_resize
 from flowdc.imagesig import DUPLICATE
 from flowdc.ledger import Ledger, Record, meta_json, url_hash
 from flowdc.loops import run_sync
@@ -416,6 +416,8 @@ class DownloadJob:
             self.scheduler.done(job)
             return
         sample = StoredSample(rec, outcome.body, extension_for(outcome.content_type, job.url), job.meta)
+        if self.resize_pool is not None:
+            start_resize(sample, self.resize_pool, self.resize)
         await self.write_queue.put(sample, partial(self.scheduler.done, job))
         self.counters.record("ok", len(outcome.body))
 

@@ -76,12 +76,19 @@ def check_sample(sample: StoredSample, verify: str) -> None:
         rec.width, rec.height, rec.image_format = info.width, info.height, info.format
 
 
+def start_resize(sample: StoredSample, pool: Executor, settings: ResizeSettings) -> None:
+    """On arrival: the worker processes start on the sample's image at once, so they keep busy
+    while samples wait for company in the write queue and while a writer writes a batch."""
+    sample.resizing = pool.submit(resize_body, sample.body, settings)
+
+
 def resize_batch(batch: list[StoredSample], pool: Executor, settings: ResizeSettings) -> None:
-    """Runs in a writer thread: the batch's images resized side by side in the worker processes;
-    each sample gets the new body and sizes, or `refused` when its body does not decode. The
-    ledger's sha256 stays the served body's."""
-    futures = [pool.submit(resize_body, s.body, settings) for s in batch]
+    """Runs in a writer thread: the batch's images resized in the worker processes (started on
+    arrival, else now); each sample gets the new body and sizes, or `refused` when its body does
+    not decode. The ledger's sha256 stays the served body's."""
+    futures = [s.resizing or pool.submit(resize_body, s.body, settings) for s in batch]
     for sample, future in zip(batch, futures, strict=True):
+        sample.resizing = None
         try:
             out = future.result()
         except Exception as exc:  # what Pillow raised in the worker, or the worker died

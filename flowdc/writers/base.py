@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -25,6 +26,7 @@ class StoredSample:
     ext: str
     meta: dict[str, Any]
     refused: str | None = None  # set before the write when the body cannot be used (why, in one line)
+    resizing: Future[Any] | None = None  # its resize, under way in the worker processes since it arrived
 
 
 class SampleWriter(Protocol):
