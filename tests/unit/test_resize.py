@@ -53,3 +53,16 @@ def test_encode_formats(fmt: str, pil: str, ext: str) -> None:
 def test_a_corrupt_body_raises() -> None:
     with pytest.raises(Exception):  # noqa: B017 - whatever Pillow raises; the caller records not_decodable
         resize_body(_image(60, 60, "JPEG")[:300], ResizeSettings(32, "keep_ratio", False, "jpg"))
+
+
+@pytest.mark.parametrize(("mode", "size"), [("keep_ratio", (128, 64)), ("center_crop", (64, 64)),
+                                            ("keep_ratio_largest", (64, 32))])
+def test_a_jpeg_shrunk_to_an_eighth_is_decoded_small_and_sized_exactly(mode: str, size: tuple[int, int]) -> None:
+    """libjpeg decodes at reduced scale (draft) but never below the target: sizes stay exact, the
+    original size is the served one, and the colour survives."""
+    out = resize_body(_image(800, 400, "JPEG"), ResizeSettings(64, mode, False, "jpg", 90))
+    assert (out.width, out.height, out.original_width, out.original_height) == (*size, 800, 400)
+    with Image.open(io.BytesIO(out.body)) as img:
+        assert img.size == size
+        r, g, b = img.getpixel((size[0] // 2, size[1] // 2))
+        assert abs(r - 200) < 8 and abs(g - 30) < 8 and abs(b - 90) < 8
