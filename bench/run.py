@@ -54,7 +54,7 @@ from scenarios import (  # noqa: E402
     write_scenario_manifest,
     write_synthetic_manifest,
 )
-from verify import Verified, expected_bodies, verify_imagefolder, verify_webdataset  # noqa: E402
+from verify import Verified, expected_bodies, verify_imagefolder, verify_resized, verify_webdataset  # noqa: E402
 
 from flowdc.testing.fakehosts import FakeHostFarm, run_farm_in_thread  # noqa: E402
 
@@ -213,7 +213,7 @@ def farm_for(scenario: Scenario) -> Iterator[FakeHostFarm | None]:
     preset = None
     if scenario.images:
         t0 = time.monotonic()
-        preset = noise_images(scenario.rows, scenario.images, scenario.seed)
+        preset = noise_images(scenario.rows, scenario.images, scenario.seed, scenario.image_style)
         sizes = [len(b) for b in preset.values()]
         print(f"[bench] {len(preset)} images ready in {time.monotonic() - t0:.1f} s: "
               f"{min(sizes) / 1024:.0f}-{max(sizes) / 1024:.0f} KB, mean {sum(sizes) / len(sizes) / 1024:.1f} KB")
@@ -248,6 +248,8 @@ def run_benchmark(args: argparse.Namespace) -> tuple[Scenario, ManifestInfo, lis
     concurrency = args.concurrency or scenario.concurrency
     timeout_s = args.timeout or scenario.timeout_s
     wanted = set(args.only.split(",")) if args.only else set(DEFAULT_CONTENDERS)
+    if not args.only and scenario.img2dataset is not None:
+        wanted.add("img2dataset")  # the scenario is about it
     work = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix=f"flowdc-bench-{scenario.name}-",
                                                                  dir=ram_disk()))
     work.mkdir(parents=True, exist_ok=True)
@@ -345,7 +347,7 @@ def run_contender(name: str, scenario: Scenario, info: ManifestInfo, farm: FakeH
         result.requests, result.n_429 = totals.get("requests", 0), totals.get("n_429", 0)
         result.max_in_system = totals.get("max_in_system", 0)
         if name not in ("bare", "img2dataset") and (out / "overview.json").is_file():
-            verified = verify_output(out, farm)
+            verified = verify_output(out, farm, scenario)
             result.corrupt = verified.corrupt + max(0, result.ok - verified.images)  # missing ones too
             if verified.note:
                 result.note = (result.note + "; " if result.note else "") + verified.note
@@ -361,9 +363,12 @@ def remove_output(out: Path) -> None:
         archive.unlink()
 
 
-def verify_output(out: Path, farm: FakeHostFarm) -> Verified:
-    """Every stored image as served, in whichever layout the run wrote (and its archive, if any)."""
+def verify_output(out: Path, farm: FakeHostFarm, scenario: Scenario) -> Verified:
+    """Every stored image as served, in whichever layout the run wrote (and its archive, if any);
+    resized by the scenario's rule when it resizes."""
     expected = expected_bodies(farm)
+    if scenario.img2dataset is not None and scenario.img2dataset.resizes:
+        return verify_resized(out, expected, scenario.img2dataset)
     if any(out.glob("*.tar")):
         return verify_webdataset(out, expected)
     return verify_imagefolder(out, expected)

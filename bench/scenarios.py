@@ -43,6 +43,7 @@ class Scenario:
     # Realistic bodies (bench/realistic.py): a format mix such as (("jpeg", 1.0),); the hosts serve
     # `rows` images built once and cached, row i the image i (cycled beyond `rows`).
     images: tuple[tuple[str, float], ...] = ()
+    image_style: str = "noise"  # realistic.STYLES: noise, or photo (smooth, 160x120 to 640x480)
     # flowdc's runs: (contender name, its options); the first is "flowdc" (baseline and
     # flowdc_nopaarc run with its options). By default webdataset without the archive.
     flowdc_runs: tuple[tuple[str, tuple[str, ...]], ...] = (
@@ -51,7 +52,9 @@ class Scenario:
     seed: int = 0
     # img2dataset's options for contender img2dataset (thread_count and number_sample_per_shard are
     # set by the bench from --concurrency and the rows); None: img2dataset_settings() derives them
-    # from flowdc_args, bytes kept as served.
+    # from flowdc_args, bytes kept as served. When set, img2dataset runs without being named in
+    # --only, and with a resize_mode flowdc's outputs are checked against the same resize rule
+    # (give flowdc the same work: flowdc_resize_args).
     img2dataset: Img2datasetSettings | None = None
 
 
@@ -158,6 +161,13 @@ def img2dataset_settings(scenario: Scenario, rows: int, concurrency: int) -> Img
     procs = base.processes_count
     return replace(base, thread_count=max(1, concurrency // procs),
                    number_sample_per_shard=max(1, math.ceil(rows / (2 * procs))))
+
+
+def flowdc_resize_args(s: Img2datasetSettings) -> tuple[str, ...]:
+    """flowdc's options for the resizing img2dataset's settings ask for: the same work on both sides."""
+    args = ("--image_size", str(s.image_size), "--resize_mode", s.resize_mode, "--encode_format", s.encode_format,
+            "--encode_quality", str(s.encode_quality), "--processes_count", str(s.processes_count))
+    return (*args, "--resize_only_if_bigger") if s.resize_only_if_bigger else args
 
 
 def slowest_retry_chain(scenario: Scenario) -> tuple[float, float] | None:
@@ -455,6 +465,31 @@ QUEUE_TAIL = Scenario(
     timeout_s=300.0,
 )
 
+_RESIZE_TO_256 = Img2datasetSettings(output_format="webdataset", processes_count=2, image_size=256,
+                                     resize_mode="keep_ratio", encode_format="jpg", timeout=30.0, retries=3)
+
+RESIZE = Scenario(
+    name="resize",
+    about=(
+        "3,000 photo-like JPEGs (160x120 to 640x480 px, 4-60 KB) on 4 open hosts with 5 ms latency, resized so the "
+        "smaller side is 256 (keep_ratio) and re-encoded as JPEG (quality 95) by 2 processes, as webdataset: "
+        "flowdc against img2dataset 1.47 with the same settings. CPU-bound: resizing is the work."
+    ),
+    rows=3_000,
+    hosts=tuple(HostSpec(ip, latency_s=0.005, name=f"open{i}") for i, ip in enumerate(_ips(4))),
+    images=(("jpeg", 1.0),),
+    image_style="photo",
+    flowdc_runs=(
+        ("flowdc", ("--output_format", "webdataset", "--no_create_tar", "--label", "label",
+                    *flowdc_resize_args(_RESIZE_TO_256))),
+    ),
+    img2dataset=_RESIZE_TO_256,
+    flowdc_args=("--timeout", "30"),
+    run_bare=False,  # it does not resize: no comparison
+    concurrency=64,
+    timeout_s=300.0,
+)
+
 MANIFEST10M = Scenario(
     name="manifest10m",
     about="10M rows with ftp:// URLs (rejected per row, no network): memory and per-row overhead.",
@@ -468,5 +503,5 @@ MANIFEST10M = Scenario(
 
 SCENARIOS: dict[str, Scenario] = {
     s.name: s for s in (UNTHROTTLED, LARGE, FAULTS, POLITE, POLITE_LONG, SPREAD, MANY_HOSTS, QUEUE_TAIL, REALISTIC,
-                        REALISTIC_MIX, MANIFEST10M)
+                        REALISTIC_MIX, RESIZE, MANIFEST10M)
 }

@@ -10,12 +10,15 @@ no copy of what was served needs keeping.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import tarfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
+
+from img2dataset_contender import Img2datasetSettings, expected_size, iter_samples
 
 from flowdc.ledger import Ledger
 from flowdc.storage import Destination
@@ -61,6 +64,30 @@ def verify_webdataset(out: Path, expected: Expected) -> Verified:
             result.images += 1
             intact = body == expected(meta["url"])
             result.corrupt += not intact or hashlib.sha256(body).hexdigest() != meta["sha256"]
+    return result
+
+
+def verify_resized(out: Path, expected: Expected, rule: Img2datasetSettings) -> Verified:
+    """A resized webdataset: each image decodes whole, at the size `rule` gives the image served
+    for its URL, the .json says that size, and its sha256 is the served body's (flowdc's rule)."""
+    from PIL import Image
+
+    result = Verified()
+    for sample in iter_samples(out, "webdataset"):
+        result.images += 1
+        served = expected(sample.meta["url"])
+        try:
+            with Image.open(io.BytesIO(served)) as src:
+                want = expected_size(rule, *src.size)
+            with Image.open(io.BytesIO(sample.body)) as img:
+                img.load()
+                size = img.size
+        except Exception:  # an undecodable image is corrupt, whatever Pillow raised
+            result.corrupt += 1
+            continue
+        off = any(abs(a - b) > 1 for a, b in zip(size, want, strict=True))
+        said = (sample.meta.get("width"), sample.meta.get("height")) != size
+        result.corrupt += off or said or hashlib.sha256(served).hexdigest() != sample.meta.get("sha256")
     return result
 
 
