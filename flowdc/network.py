@@ -13,6 +13,7 @@ import os
 import ssl
 import sys
 from collections.abc import Mapping
+from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
@@ -38,17 +39,22 @@ INSECURE_WARNING = ("--insecure: TLS certificates are not checked; anyone betwee
 
 def ssl_context(ca_bundle: str | None, insecure: bool) -> ssl.SSLContext | bool:
     """The TLS trust of every request: the system's (SSL_CERT_FILE / SSL_CERT_DIR honoured by
-    OpenSSL), plus the site's CA bundle when given; False (no checks) with --insecure. Without a
-    bundle: True, aiohttp's own default context, built once at its import (a second costs 50 ms)."""
+    OpenSSL), plus the site's CA bundle when given; False (no checks) with --insecure."""
     if insecure:
         return False
-    if not ca_bundle:
-        return True
+    return _trust(ca_bundle, os.environ.get("SSL_CERT_FILE"), os.environ.get("SSL_CERT_DIR"))
+
+
+@lru_cache(maxsize=8)
+def _trust(ca_bundle: str | None, cert_file: str | None, cert_dir: str | None) -> ssl.SSLContext:
+    # One context per trust setting and process (never changed once built): building one reads the
+    # system's CAs, 50 ms. The environment is part of the key: OpenSSL reads it at build time.
     ctx = ssl.create_default_context()
-    try:
-        ctx.load_verify_locations(cafile=ca_bundle)
-    except (OSError, ssl.SSLError) as exc:
-        raise ConfigError(f"--ca_bundle {ca_bundle}: not a readable PEM file of certificates ({exc})") from None
+    if ca_bundle:
+        try:
+            ctx.load_verify_locations(cafile=ca_bundle)
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(f"--ca_bundle {ca_bundle}: not a readable PEM file of certificates ({exc})") from None
     return ctx
 
 
