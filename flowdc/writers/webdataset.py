@@ -40,7 +40,7 @@ from flowdc.writers.shardresume import RecordedPrefix, recorded_in_shards, recor
 from flowdc.writers.tarstream import TarStream
 
 _SAMPLE_ENCODER = json.JSONEncoder(default=str)  # built once: it is per sample
-SYNC_SECONDS = 0.25  # an appended shard's new samples reach the file and the ledger this often
+SYNC_SECONDS = 0.5  # an appended shard's new samples reach the file and the ledger this often (as the journal)
 
 
 # Raster formats every loader decodes with Pillow, which reads the format from the bytes, not the name.
