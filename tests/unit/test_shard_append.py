@@ -17,7 +17,7 @@ import pytest
 from flowdc.ledger import LEDGER_DIR, Ledger, Record
 from flowdc.storage import Destination
 from flowdc.writers.base import StoredSample, StoreError
-from flowdc.writers.webdataset import WebDatasetWriter
+from flowdc.writers.webdataset import SYNC_SECONDS, WebDatasetWriter
 
 
 def sample(row: int) -> StoredSample:
@@ -138,7 +138,7 @@ def test_poll_acts_on_time_while_no_sample_comes(tmp_path: Path) -> None:
     w = writer(out)
     w.write(sample(0))
     assert ok_rows(out) == []  # written within the sync interval: not recorded yet
-    time.sleep(0.3)
+    time.sleep(SYNC_SECONDS + 0.05)
     w.poll()
     assert ok_rows(out) == [0] and not list(out.glob("*.tar"))
 
