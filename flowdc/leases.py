@@ -193,8 +193,10 @@ class StoreLease(OutputHold):
             self.slot.delete(self.version)
         except Conflict:
             pass  # taken over meanwhile: not ours to delete
-        except Exception as exc:  # left behind: it expires after ttl_s
-            log.warning("could not release the lease on %s: %s", self.dest.display, exc)
+        except Exception as exc:
+            # Left behind, it expires after ttl_s. Not a warning: the store is unreachable, so the run
+            # already ends with the one-line error that says so (or a rerun's takeover settles it).
+            log.info("could not release the lease on %s (it expires by itself): %s", self.dest.display, exc)
 
 
 def hold_output(dest: Destination, run_id: str, ttl_s: float,
