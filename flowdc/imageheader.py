@@ -41,7 +41,7 @@ def header_size(body: bytes) -> tuple[int, int, str] | None:
 
 
 def _jpeg(body: bytes) -> tuple[int, int, str] | None:
-    pos, end = 2, len(body)
+    pos, end, view = 2, len(body), memoryview(body)
     size: tuple[int, int] | None = None
     for _ in range(_MAX_SEGMENTS):
         if pos + 1 >= end or body[pos] != 0xFF:
@@ -61,7 +61,7 @@ def _jpeg(body: bytes) -> tuple[int, int, str] | None:
             return None
         if marker == _SOS:
             return (size[0], size[1], "JPEG") if size is not None else None
-        payload = body[pos + 4 : pos + 2 + length]
+        payload = view[pos + 4 : pos + 2 + length]  # a view: an EXIF or ICC segment is not copied
         if marker in _SOF_MARKERS:
             if size is not None or length < 8:
                 return None
@@ -75,7 +75,7 @@ def _jpeg(body: bytes) -> tuple[int, int, str] | None:
     return None
 
 
-def _segment_ok(marker: int, payload: bytes) -> bool:
+def _segment_ok(marker: int, payload: memoryview) -> bool:
     """The segments whose fields Pillow reads at open hold together (the rest it skips)."""
     if marker == _DQT:
         return _tables_fit(payload)
@@ -84,7 +84,7 @@ def _segment_ok(marker: int, payload: bytes) -> bool:
     return True
 
 
-def _tables_fit(payload: bytes) -> bool:
+def _tables_fit(payload: memoryview) -> bool:
     """Quantisation tables (65 or 129 bytes each, by their precision nibble) fill the segment exactly."""
     at = 0
     while at < len(payload):
@@ -92,17 +92,17 @@ def _tables_fit(payload: bytes) -> bool:
     return at == len(payload)
 
 
-def _app_ok(marker: int, payload: bytes) -> bool:
-    if marker == 0xE2 and payload.startswith(b"MPF\x00"):
+def _app_ok(marker: int, payload: memoryview) -> bool:
+    if marker == 0xE2 and payload[:4] == b"MPF\x00":
         return False  # a multi-picture file: Pillow names it MPO
     return all(
         len(payload) >= least for (app, prefix), least in _APP_MINIMUM.items()
-        if app == marker and payload.startswith(prefix)
+        if app == marker and payload[: len(prefix)] == prefix
     )
 
 
 def _png(body: bytes) -> tuple[int, int, str] | None:
-    pos, end = 8, len(body)
+    pos, end, view = 8, len(body), memoryview(body)
     size: tuple[int, int] | None = None
     for _ in range(_MAX_SEGMENTS):
         if pos + 8 > end:
@@ -114,7 +114,7 @@ def _png(body: bytes) -> tuple[int, int, str] | None:
         if kind == b"IDAT":
             return (size[0], size[1], "PNG") if size is not None else None
         (crc,) = struct.unpack_from(">I", body, data_end)
-        if zlib.crc32(body[pos + 4 : data_end]) != crc:
+        if zlib.crc32(view[pos + 4 : data_end]) != crc:
             return None
         if kind == b"IHDR":
             if size is not None or length != 13:
