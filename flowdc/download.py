@@ -348,7 +348,7 @@ class DownloadJob:
         urls = batch.column(self.cfg.url).cast(pa.string()).to_pylist()
         hashes = np.fromiter((url_hash(u or "") for u in urls), dtype=np.int64, count=len(urls))
         ids = batch.column(self.cfg.key_col).to_pylist() if self.cfg.key_col else None
-        idents = self._identities(base_hashes(urls, ids))
+        idents = self._identities(base_hashes(urls, ids, hashes))
         # Rows are placed by identity: a manifest whose rows moved, or that gained and lost rows, is a refresh.
         rows, finished = done.place(batch.column(ROW_COLUMN).to_numpy(), idents, self._manifest_end)
         self.counters.skip_done(int(finished.sum()))

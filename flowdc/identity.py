@@ -49,15 +49,29 @@ def identity_text(url: str) -> str:
     return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
 
 
-def base_hashes(urls: Iterable[str | None], ids: Iterable[object | None] | None = None) -> np.ndarray:
-    """One hash per row, in order: of the id when given (and not null), else of the URL's identity."""
+def base_hashes(urls: Iterable[str | None], ids: Iterable[object | None] | None = None,
+                url_hashes: Iterable[int] | None = None) -> np.ndarray:
+    """One hash per row, in order: of the id when given (and not null), else of the URL's identity.
+
+    `url_hashes`: the rows' text_hash(url or "") when the caller has them; reused wherever the
+    identity is the URL itself (most URLs), instead of hashing it again."""
+    urls = list(urls)
+    known: Iterable[int | None] = [None] * len(urls) if url_hashes is None else url_hashes
     if ids is None:
-        return np.fromiter((text_hash(identity_text(u or "")) for u in urls), dtype=np.int64)
+        return np.fromiter((_url_identity_hash(u or "", h) for u, h in zip(urls, known, strict=True)),
+                           dtype=np.int64, count=len(urls))
     return np.fromiter(
-        (text_hash("id:" + str(i)) if i is not None else text_hash(identity_text(u or ""))
-         for u, i in zip(urls, ids, strict=True)),
-        dtype=np.int64,
+        (text_hash("id:" + str(i)) if i is not None else _url_identity_hash(u or "", h)
+         for u, i, h in zip(urls, ids, known, strict=True)),
+        dtype=np.int64, count=len(urls),
     )
+
+
+def _url_identity_hash(url: str, hashed: int | None) -> int:
+    identity = identity_text(url)
+    if hashed is not None and identity is url:  # `is`: unchanged; an equal copy is simply hashed again
+        return int(hashed)
+    return text_hash(identity)
 
 
 def number_repeats(base: np.ndarray) -> np.ndarray:

@@ -27,6 +27,7 @@ from flowdc.proxies import Proxy, ProxyRoutes
 from flowdc.resolver import DEFAULT_THREADS, PooledResolver
 
 if TYPE_CHECKING:
+    from aiohttp.client_proto import ResponseHandler
     from aiohttp.connector import Connection
     from aiohttp.tracing import Trace
 
@@ -42,7 +43,14 @@ def ssl_context(ca_bundle: str | None, insecure: bool) -> ssl.SSLContext | bool:
     OpenSSL), plus the site's CA bundle when given; False (no checks) with --insecure."""
     if insecure:
         return False
-    return _trust(ca_bundle, os.environ.get("SSL_CERT_FILE"), os.environ.get("SSL_CERT_DIR"))
+    env = (os.environ.get("SSL_CERT_FILE"), os.environ.get("SSL_CERT_DIR"))
+    if ca_bundle is None and env == _TRUST_AT_IMPORT:
+        return True  # aiohttp's default context: the same trust, built at its import (no second 50-ms build)
+    return _trust(ca_bundle, *env)
+
+
+# What aiohttp's default context was built from (OpenSSL reads these when a context is made).
+_TRUST_AT_IMPORT = (os.environ.get("SSL_CERT_FILE"), os.environ.get("SSL_CERT_DIR"))
 
 
 @lru_cache(maxsize=8)
@@ -95,21 +103,19 @@ class ProxyWatch:
                 "fetched through it. Check --proxy (or HTTP_PROXY/HTTPS_PROXY), its credentials and NO_PROXY")
 
 
-class RoutingConnector(aiohttp.TCPConnector):
-    """A TCPConnector that picks each hop's proxy and refuses blocked hosts before connecting.
+class GuardedConnector(aiohttp.TCPConnector):
+    """A TCPConnector that refuses blocked hosts before it opens a connection to them.
 
-    `connect` runs once per request and once per redirect hop, pooled connection or not, so both
-    rules hold for every hop. (The session's own proxy lookup, trust_env, costs a thread hop per
-    request and has no per-run override.)
+    Checked where a connection is opened: a pooled connection was checked when it was opened (the
+    pool's key holds the host), so a request that reuses one costs no check.
     """
 
-    def __init__(self, routes: ProxyRoutes, *, refuse_blocked: bool, resolver: PooledResolver, **kwargs: Any) -> None:
+    watch: ProxyWatch | None = None  # no proxies: nothing to watch
+
+    def __init__(self, *, refuse_blocked: bool, resolver: PooledResolver, **kwargs: Any) -> None:
         super().__init__(resolver=resolver, **kwargs)
-        self.routes = routes
         self.refuse_blocked = refuse_blocked
-        self.watch = ProxyWatch(routes)
         self.dns = resolver
-        self._proxy_args: dict[Proxy, tuple[URL, aiohttp.BasicAuth | None]] = {}
         self._blocked: dict[str, bool] = {}  # host -> refused: parsed once per host, not per request
 
     async def close(self, **kwargs: Any) -> None:
@@ -118,23 +124,12 @@ class RoutingConnector(aiohttp.TCPConnector):
         finally:
             await self.dns.close()  # aiohttp closes only the resolvers it made itself
 
-    async def connect(self, req: ClientRequest, traces: list[Trace], timeout: aiohttp.ClientTimeout) -> Connection:
-        url = req.url
-        host = url.raw_host or ""
-        proxy = self.routes.proxy_for(url.scheme, host, url.port) if self.routes.active else None
-        if proxy is not None:
-            req.update_proxy(*self._args_of(proxy), None)
-        elif req.proxy is not None:
-            req.update_proxy(None, None, None)
+    async def _create_connection(self, req: ClientRequest, traces: list[Trace],
+                                 timeout: aiohttp.ClientTimeout) -> ResponseHandler:
+        host = req.url.raw_host or ""
         if self.refuse_blocked and self._is_blocked(host):
             raise aiohttp.ClientConnectorDNSError(req.connection_key, BlockedAddress(f"{host} is refused"))
-        try:
-            return await super().connect(req, traces, timeout)
-        except aiohttp.ClientConnectorDNSError as exc:
-            if proxy is not None and req.proxy is not None and exc.host == req.proxy.raw_host:
-                # The proxy's own name did not resolve: the proxy is unreachable, the origin is not to blame.
-                raise aiohttp.ClientProxyConnectionError(req.connection_key, exc.os_error) from exc
-            raise
+        return await super()._create_connection(req, traces, timeout)
 
     def _is_blocked(self, host: str) -> bool:
         blocked = self._blocked.get(host)
@@ -144,6 +139,36 @@ class RoutingConnector(aiohttp.TCPConnector):
             blocked = self._blocked[host] = blocked_name(host)
         return blocked
 
+
+class RoutingConnector(GuardedConnector):
+    """A GuardedConnector that also picks each hop's proxy: for runs with proxies.
+
+    `connect` runs once per request and once per redirect hop, pooled connection or not, so the
+    proxy rules hold for every hop. (The session's own proxy lookup, trust_env, costs a thread hop
+    per request and has no per-run override.)
+    """
+
+    def __init__(self, routes: ProxyRoutes, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.routes = routes
+        self.watch = ProxyWatch(routes)
+        self._proxy_args: dict[Proxy, tuple[URL, aiohttp.BasicAuth | None]] = {}
+
+    async def connect(self, req: ClientRequest, traces: list[Trace], timeout: aiohttp.ClientTimeout) -> Connection:
+        url = req.url
+        proxy = self.routes.proxy_for(url.scheme, url.raw_host or "", url.port)
+        if proxy is not None:
+            req.update_proxy(*self._args_of(proxy), None)
+        elif req.proxy is not None:
+            req.update_proxy(None, None, None)
+        try:
+            return await super().connect(req, traces, timeout)
+        except aiohttp.ClientConnectorDNSError as exc:
+            if proxy is not None and req.proxy is not None and exc.host == req.proxy.raw_host:
+                # The proxy's own name did not resolve: the proxy is unreachable, the origin is not to blame.
+                raise aiohttp.ClientProxyConnectionError(req.connection_key, exc.os_error) from exc
+            raise
+
     def _args_of(self, proxy: Proxy) -> tuple[URL, aiohttp.BasicAuth | None]:
         args = self._proxy_args.get(proxy)
         if args is None:
@@ -152,7 +177,7 @@ class RoutingConnector(aiohttp.TCPConnector):
         return args
 
 
-def make_connector(global_limit: int, net: Any = None, env: Mapping[str, str] | None = None) -> RoutingConnector:
+def make_connector(global_limit: int, net: Any = None, env: Mapping[str, str] | None = None) -> GuardedConnector:
     """The connector of a run. `net` is a config with the network options (config.NetworkOptions);
     None means the defaults: the environment's proxies, the system's CAs, the address rules on."""
     routes = ProxyRoutes.from_settings(getattr(net, "proxy", None), os.environ if env is None else env)
@@ -162,11 +187,14 @@ def make_connector(global_limit: int, net: Any = None, env: Mapping[str, str] | 
     refuse = bool(getattr(net, "block_link_local", True))
     resolver = PooledResolver(getattr(net, "dns_threads", DEFAULT_THREADS), refuse_blocked=refuse)
     # The resolver caches (bounded, with negative answers); aiohttp's own cache would be a second, unbounded one.
-    return RoutingConnector(
-        routes, refuse_blocked=refuse, resolver=resolver, use_dns_cache=False,
+    options: dict[str, Any] = dict(
+        refuse_blocked=refuse, resolver=resolver, use_dns_cache=False,
         ssl=ssl_context(getattr(net, "ca_bundle", None), insecure),
         limit=global_limit + 16, limit_per_host=0, enable_cleanup_closed=True,
     )
+    # Without proxies no request needs a per-hop look: aiohttp's own connect path, one coroutine
+    # frame less per request.
+    return RoutingConnector(routes, **options) if routes.active else GuardedConnector(**options)
 
 
 def network_summary(net: Any, env: Mapping[str, str] | None = None) -> dict[str, Any]:

@@ -15,11 +15,35 @@ def host_key(url: str) -> str:
 
     partition.py computes the same thing vectorised; keep the two in step.
     """
-    try:
-        netloc = urlsplit(url.strip()).netloc
-    except ValueError:
-        return ""
+    url = url.strip()
+    netloc = _plain_netloc(url)
+    if netloc is None:
+        try:
+            netloc = urlsplit(url).netloc
+        except ValueError:
+            return ""
     return netloc.rpartition("@")[2].lower()
+
+
+def _plain_netloc(url: str) -> str | None:
+    """The netloc urlsplit would give a stripped http(s) URL of printable ASCII without brackets;
+    None when only a full parse can tell. (Per manifest row: a full parse costs a few microseconds.)"""
+    head = url[:8].lower()
+    if head.startswith("http://"):
+        start = 7
+    elif head.startswith("https://"):
+        start = 8
+    else:
+        return None
+    # urlsplit drops tabs and newlines anywhere and checks brackets (IPv6) and non-ASCII names.
+    if not (url.isascii() and url.isprintable()) or "[" in url or "]" in url:
+        return None
+    end = len(url)
+    for mark in "/?#":
+        found = url.find(mark, start, end)
+        if found >= 0:
+            end = found
+    return url[start:end]
 
 
 def scheme_error(url: str) -> str | None:
@@ -32,6 +56,9 @@ def scheme_error(url: str) -> str | None:
             return "unsupported_scheme:none"
         scheme = scheme.lower()
         return "invalid_url" if scheme in FETCHABLE_SCHEMES else f"unsupported_scheme:{scheme}"
+    netloc = _plain_netloc(url.strip())
+    if netloc is not None:
+        return None if netloc else "invalid_url"
     try:
         parts = urlsplit(url.strip())
     except ValueError:

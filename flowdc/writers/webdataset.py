@@ -364,8 +364,10 @@ def _member(rec: Record) -> str:
 
 def metas_table(rows: list[dict[str, Any]]) -> pa.Table:
     """Rows of differing keys (a failed row has no manifest columns) as one table: the union of keys,
-    in order of first appearance. Arrow infers the struct in C++: a third of the cost of building
-    the columns in Python, once per shard on the writer's lane."""
-    if not rows:
-        return pa.table({})
-    return pa.Table.from_struct_array(pa.array(rows))
+    in order of first appearance, a missing key null. Built column by column: Arrow infers one
+    type a column quickly, where inferring a struct from the dicts took four times as long."""
+    keys: dict[str, None] = {}
+    for row in rows:
+        if not keys.keys() >= row.keys():
+            keys.update(dict.fromkeys(row))
+    return pa.table({key: [row.get(key) for row in rows] for key in keys})

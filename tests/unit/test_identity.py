@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from flowdc.identity import RepeatNumbering, base_hashes, identity_text, idents, mix, number_repeats
+from flowdc.ledger import url_hash
 from flowdc.urls import DEFAULT_SECRET_PARAMS, redact_url
 
 
@@ -60,3 +61,12 @@ def test_repeat_numbering_batch_by_batch_matches_the_whole() -> None:
     batched = np.concatenate([numbering(base[i:i + 37]) for i in range(0, base.size, 37)])
     assert (batched == number_repeats(base)).all()
     assert len(set(batched.tolist())) == base.size
+
+
+def test_known_url_hashes_give_the_same_identities() -> None:
+    """Hashes the download already made of the raw URLs are reused, never changing an identity."""
+    urls = ["https://h/a", " https://h/b ", "https://u:p@h/c", "https://h/d?sig=S&w=1", None, "https://h/a"]
+    known = [url_hash(u or "") for u in urls]
+    assert (base_hashes(urls, url_hashes=known) == base_hashes(urls)).all()
+    ids = ["x", None, None, "y", None, None]
+    assert (base_hashes(urls, ids, known) == base_hashes(urls, ids)).all()

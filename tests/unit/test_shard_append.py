@@ -17,7 +17,7 @@ import pytest
 from flowdc.ledger import LEDGER_DIR, Ledger, Record
 from flowdc.storage import Destination
 from flowdc.writers.base import StoredSample, StoreError
-from flowdc.writers.webdataset import SYNC_SECONDS, WebDatasetWriter
+from flowdc.writers.webdataset import SYNC_SECONDS, WebDatasetWriter, metas_table
 
 
 def sample(row: int) -> StoredSample:
@@ -167,3 +167,19 @@ def test_a_failure_in_poll_reaches_the_next_write_with_the_samples_to_fetch_agai
         staged.write(sample(1))
     assert sorted(r.row for r in caught.value.records) == [0, 1]
     assert not list(out.glob("*.tar")) and ok_rows(out) == []
+
+
+def test_shard_parquet_rows_of_differing_keys() -> None:
+    """A failed row lacks the manifest's columns: the table takes the union, in order of first
+    appearance, and a row without a key holds null there."""
+    rows = [{"key": "a", "status": "success", "width": 3},
+            {"key": "b", "status": "failed_to_download", "error_message": "http_404"},
+            {"n": 7, "key": "c", "status": "success", "width": 4}]
+    table = metas_table(rows)
+    assert table.column_names == ["key", "status", "width", "error_message", "n"]
+    assert table.to_pylist() == [
+        {"key": "a", "status": "success", "width": 3, "error_message": None, "n": None},
+        {"key": "b", "status": "failed_to_download", "width": None, "error_message": "http_404", "n": None},
+        {"key": "c", "status": "success", "width": 4, "error_message": None, "n": 7},
+    ]
+    assert str(table.schema.field("width").type) == "int64" and metas_table([]).num_rows == 0

@@ -2,9 +2,21 @@
 
 from __future__ import annotations
 
+import random
+import string
+from urllib.parse import urlsplit
+
 import pytest
 
-from flowdc.urls import DEFAULT_SECRET_PARAMS, redact_url, redact_urls_in, secret_param_names, url_redactor
+from flowdc.urls import (
+    DEFAULT_SECRET_PARAMS,
+    host_key,
+    redact_url,
+    redact_urls_in,
+    scheme_error,
+    secret_param_names,
+    url_redactor,
+)
 
 
 @pytest.mark.parametrize(("url", "shown"), [
@@ -49,3 +61,29 @@ def test_redact_urls_in_text() -> None:
     text = 'PUT "https://u:p@h/o?X-Amz-Signature=S&x=1" failed; see s3://b/k?token=T (key=abc)'
     assert redact_urls_in(text) == ('PUT "https://***@h/o?X-Amz-Signature=***&x=1" failed; '
                                     "see s3://b/k?token=*** (key=abc)")
+
+
+def _full_parse_host(url: str) -> str:
+    try:
+        netloc = urlsplit(url.strip()).netloc
+    except ValueError:
+        return ""
+    return netloc.rpartition("@")[2].lower()
+
+
+def test_host_key_and_scheme_check_agree_with_a_full_parse() -> None:
+    """The per-row shortcut (no urlsplit for plain http(s) URLs) answers as a full parse would."""
+    rng = random.Random(7)
+    alphabet = string.ascii_letters + string.digits + "/?#@:[]. \t\n%&=-_~é"
+    for _ in range(20_000):
+        url = rng.choice(["http://", "https://", "HTTP://", "HtTpS://"]) + "".join(
+            rng.choice(alphabet) for _ in range(rng.randint(0, 15)))
+        assert host_key(url) == _full_parse_host(url), url
+        try:
+            parsed = urlsplit(url.strip())
+            expected = None if parsed.netloc else "invalid_url"
+        except ValueError:
+            expected = "invalid_url"
+        assert scheme_error(url) == expected, url
+    assert host_key("http://User:pw@Img.Example.org:8080/a.jpg?x=1") == "img.example.org:8080"
+    assert scheme_error("http:///a.jpg") == "invalid_url"
