@@ -64,20 +64,29 @@ def parts(tmp_path: Path, farm: FakeHostFarm) -> Path:
 
 
 class Manager:
-    """`flowdc distribute` as a subprocess, its stderr read line by line on a thread."""
+    """`flowdc distribute` as a subprocess, its stdout and stderr each read on a thread of its own
+    (not by communicate(), which would close the stderr the line reader still iterates)."""
 
     def __init__(self, args: list[str], env: dict[str, str]) -> None:
         self.proc = subprocess.Popen([sys.executable, "-m", "flowdc", "distribute", *args], env=env, text=True,
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         self.lines: queue.Queue[str] = queue.Queue()
         self.stderr: list[str] = []
-        threading.Thread(target=self._read, daemon=True).start()
+        self.stdout: list[str] = []
+        self.readers = [threading.Thread(target=self._read, daemon=True),
+                        threading.Thread(target=self._read_stdout, daemon=True)]
+        for reader in self.readers:
+            reader.start()
 
     def _read(self) -> None:
         assert self.proc.stderr is not None
         for line in self.proc.stderr:
             self.stderr.append(line)
             self.lines.put(line)
+
+    def _read_stdout(self) -> None:
+        assert self.proc.stdout is not None
+        self.stdout.extend(self.proc.stdout)
 
     def port(self, timeout_s: float = 30.0) -> int:
         deadline = time.monotonic() + timeout_s
@@ -94,11 +103,14 @@ class Manager:
 
     def finish(self, timeout_s: float = RUN_TIMEOUT_S) -> str:
         try:
-            out, _ = self.proc.communicate(timeout=timeout_s)
+            self.proc.wait(timeout=timeout_s)
         except subprocess.TimeoutExpired:
             self.proc.kill()
-            self.proc.communicate(timeout=10)
+            self.proc.wait(timeout=10)
             raise AssertionError("distribute did not finish in time:\n" + "".join(self.stderr[-40:])) from None
+        for reader in self.readers:
+            reader.join(10)  # the pipes close with the process: both readers end
+        out = "".join(self.stdout)
         assert self.proc.returncode == 0, out + "".join(self.stderr[-40:])
         return out
 
