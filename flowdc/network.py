@@ -38,6 +38,10 @@ INSECURE_WARNING = ("--insecure: TLS certificates are not checked; anyone betwee
                     "and change what is downloaded")
 
 
+# What aiohttp's default context was built from (OpenSSL reads these when a context is made).
+_TRUST_AT_IMPORT = (os.environ.get("SSL_CERT_FILE"), os.environ.get("SSL_CERT_DIR"))
+
+
 def ssl_context(ca_bundle: str | None, insecure: bool) -> ssl.SSLContext | bool:
     """The TLS trust of every request: the system's (SSL_CERT_FILE / SSL_CERT_DIR honoured by
     OpenSSL), plus the site's CA bundle when given; False (no checks) with --insecure."""
@@ -47,10 +51,6 @@ def ssl_context(ca_bundle: str | None, insecure: bool) -> ssl.SSLContext | bool:
     if ca_bundle is None and env == _TRUST_AT_IMPORT:
         return True  # aiohttp's default context: the same trust, built at its import (no second 50-ms build)
     return _trust(ca_bundle, *env)
-
-
-# What aiohttp's default context was built from (OpenSSL reads these when a context is made).
-_TRUST_AT_IMPORT = (os.environ.get("SSL_CERT_FILE"), os.environ.get("SSL_CERT_DIR"))
 
 
 @lru_cache(maxsize=8)

@@ -56,11 +56,12 @@ def scheme_error(url: str) -> str | None:
             return "unsupported_scheme:none"
         scheme = scheme.lower()
         return "invalid_url" if scheme in FETCHABLE_SCHEMES else f"unsupported_scheme:{scheme}"
-    netloc = _plain_netloc(url.strip())
+    url = url.strip()
+    netloc = _plain_netloc(url)
     if netloc is not None:
         return None if netloc else "invalid_url"
     try:
-        parts = urlsplit(url.strip())
+        parts = urlsplit(url)
     except ValueError:
         return "invalid_url"
     if parts.scheme.lower() not in FETCHABLE_SCHEMES:
