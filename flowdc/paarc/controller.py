@@ -550,8 +550,15 @@ class PaarcController:
         return self.near and self.client is not None and self.client.busy
 
     def _client_lagged(self) -> bool:
-        """The client was the bottleneck at some tick of the current interval."""
-        return self.client is not None and (self.client.busy or self.client.busy_ticks > self.busy_mark)
+        """The client was the bottleneck at some tick of the current interval, or its own lag is a
+        fair share of this host's unloaded latency: then a rise in latency may be our loop's, not
+        the host's queue (a 2-ms lag reads as a 25% queue at an 8-ms host, nothing at a 200-ms one)."""
+        client = self.client
+        if client is None:
+            return False
+        if client.busy or client.busy_ticks > self.busy_mark:
+            return True
+        return self.base_lat is not None and client.lag_s > QUEUE_TOL * self.base_lat
 
     def _reset_window(self, now: float) -> None:
         self.win.reset(now, self.rtprop)

@@ -396,6 +396,22 @@ def test_latency_added_by_our_own_lagging_loop_cuts_nothing() -> None:
     assert min(f.intervals(4, ttfb=3 * TTFB)) < SMALL.C_max
 
 
+@pytest.mark.parametrize(("lag_s", "cuts"), [(0.006, False), (0.001, True)], ids=["fair-share", "small"])
+def test_a_loop_lag_short_of_saturation_mutes_latency_only_where_it_is_a_fair_share(lag_s: float, cuts: bool) -> None:
+    """Our loop runs late without being saturated (under LOOP_BUSY_LAG_S). At a 50-ms host a 6-ms
+    lag is over a tenth of its latency, so a 40% rise may be our own delay: judged by rate, the limit
+    stays. A 1-ms lag cannot hide such a rise: the same latency is the host's, and cuts."""
+    client = ClientLoad()
+    f = Feeder(PaarcController(SMALL, 0.0, client))
+    f.intervals(12)
+    assert f.ctl.limit() == SMALL.C_max
+    for _ in range(20):
+        client.observe(lag_s)
+    assert not client.busy
+    limits = f.intervals(6, ttfb=1.4 * TTFB)
+    assert (min(limits) < SMALL.C_max) is cuts, limits
+
+
 def test_object_errors_at_half_the_replies_never_lower_the_limit() -> None:
     f = Feeder(PaarcController(SMALL, 0.0))
     limits = f.intervals(30, every(2, Signal.OBJECT_ERROR))
