@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import hashlib
+import os
 import time
 from collections.abc import Iterator
 from email.utils import formatdate
@@ -16,17 +18,27 @@ import pytest
 
 from flowdc.config import DownloadConfig
 from flowdc.fetch import (
+    GIL_FREE_HASH_BYTES,
+    HOLD_GIL_HASH_BELOW,
     MAX_RETRY_AFTER_S,
     FetchSettings,
     Outcome,
     classify_status,
     content_type_allowed,
+    digest,
     fetch_one,
     make_session,
     parse_retry_after,
 )
 from flowdc.signals import Signal
 from flowdc.testing.fakehosts import FakeHostFarm, HostSpec, make_png, run_farm_in_thread
+
+
+@pytest.mark.parametrize("size", [0, 1, GIL_FREE_HASH_BYTES - 1, GIL_FREE_HASH_BYTES, 3 * GIL_FREE_HASH_BYTES,
+                                  HOLD_GIL_HASH_BELOW - 1, HOLD_GIL_HASH_BELOW, 100_000])
+def test_digest_is_the_sha256_of_the_whole_body_whether_fed_in_pieces_or_not(size: int) -> None:
+    body = os.urandom(size)
+    assert digest(body) == hashlib.sha256(body).hexdigest()
 
 
 def test_retry_after_seconds_and_http_date() -> None:
