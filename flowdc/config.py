@@ -182,7 +182,7 @@ class DownloadConfig(PolitenessOptions, NetworkOptions, RedactOptions, PaarcOpti
                              "(a resubmitted task) takes over that lease at once. Default: a new id per run.")
     lease_ttl_s: float = opt(60.0, "Object-store outputs: a lease whose heartbeat is older than this is taken "
                              "over (the run died); the heartbeat runs every third of it.")
-    verify: str = opt("header", "Check that each body decodes (Pillow, in the writer threads): header reads the "
+    verify: str = opt("header", "Check that each body decodes (Pillow, before it is stored): header reads the "
                       "size and format only, full decodes every pixel, none skips it. A body that fails is "
                       "failed with reason not_decodable.", choices=("header", "full", "none"))
     image_size: int = opt(256, "Side in pixels for --resize_mode (img2dataset's image_size).")

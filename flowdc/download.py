@@ -46,7 +46,7 @@ from flowdc.shipping import Shipper, uploader_for
 from flowdc.storage import Destination, is_destination_error
 from flowdc.telemetry import HostSnapshot, RunSnapshot, Snapshot, Telemetry
 from flowdc.urls import host_key, scheme_error, url_redactor
-from flowdc.write_queue import WriteQueue
+from flowdc.write_queue import INLINE_MAX_S, WriteQueue
 from flowdc.writers.base import SampleRefused, SampleWriter, StoredSample, StoreError
 from flowdc.writers.factory import make_writer
 from flowdc.writers.naming import extension_for, make_key, url_key
@@ -174,6 +174,13 @@ class DownloadJob:
             loop.call_soon_threadsafe(event.set)
 
     @property
+    def _writes_inline(self) -> bool:
+        """A file per sample on a local disk goes on the event loop (write_queue.py says why); shards,
+        resizing, full decodes and remote stores keep their threads."""
+        return (self.cfg.output_format == "imagefolder" and self.dest.local and self.resize_pool is None
+                and self.cfg.verify != "full")
+
+    @property
     def _archiving(self) -> bool:
         return self.cfg.create_tar and self.cfg.output_format == "imagefolder"
 
@@ -251,7 +258,8 @@ class DownloadJob:
             on_stored=self.archive.add if self.archive is not None else None)
         self.write_queue = WriteQueue(self._write_checked, self.write_pool, lanes=self.write_lanes,
                                       on_error=self._store_failed, more_coming=self._fetches_left,
-                                      prepare=self._resize_batch if self.resize_pool is not None else None)
+                                      prepare=self._resize_batch if self.resize_pool is not None else None,
+                                      inline_max_s=INLINE_MAX_S if self._writes_inline else None)
         try:
             recovery = await asyncio.to_thread(self.writer.recover)
             done = await asyncio.to_thread(self.ledger.done_index)

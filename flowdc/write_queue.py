@@ -1,21 +1,37 @@
-"""Hands fetched samples to the writer threads in batches, off the event loop.
+"""Hands fetched samples to the writer in batches: to writer threads, off the event loop, or (a
+fast local disk) on the event loop itself.
 
 One hop to a thread per batch, not per sample: every hop wakes the event loop, and a writer
 thread woken for each sample keeps taking the GIL just when the loop wants it back from a socket
 call. Each sample comes with a callback run once its batch went through a writer, after
 `on_error` got the StoreErrors naming every record the destination lost, so the caller can
 fetch those again before it counts the batch as done.
+
+Inline mode (a fast local disk): the same batches are written on the event loop. A writer
+thread's every system call (open, write, close, rename) hands the GIL to the loop and waits to get
+it back; with a file per sample that ping-pong cost more CPU than the writes (futex calls, 30 per
+sample). A batch, not each sample as it comes: interleaving a write with every reply cost a
+quarter more CPU than the threads on one core. Inline writes are timed: once samples take longer
+than `inline_max_s` on average, as on a network file system or with very large images, the queue
+goes back to the threads for good.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import time
 from collections.abc import Callable
 from concurrent.futures import Executor
 from functools import partial
 from typing import NamedTuple
 
 from flowdc.writers.base import StoredSample, StoreError
+
+log = logging.getLogger(__name__)
+
+INLINE_MAX_S = 0.0005  # mean seconds a sample may take inline: a thumbnail's file and archive member take 0.03-0.3 ms
+INLINE_BLOCK = 256  # samples whose mean write time is judged at once (a page-cache stall is one slow sample)
 
 
 class Queued(NamedTuple):
@@ -38,6 +54,7 @@ class WriteQueue:
         max_batch: int = 256,
         min_batch: int = 64,
         linger_s: float = 0.05,
+        inline_max_s: float | None = None,
     ):
         self._write = write
         self._pool = pool
@@ -50,6 +67,10 @@ class WriteQueue:
         self._max_batch = max_batch
         self._min_batch = min_batch  # a smaller batch waits up to linger_s for company
         self._linger_s = linger_s
+        self._inline_max_s = inline_max_s  # None: always the threads
+        self.inline_cost_s: float | None = None  # mean seconds per sample of the last block written inline
+        self._inline_s = 0.0
+        self._inline_n = 0
         self._timer: asyncio.TimerHandle | None = None
         self._pending: list[Queued] = []
         self._queued = 0  # pending plus in the threads' hands
@@ -61,6 +82,11 @@ class WriteQueue:
     @property
     def queued(self) -> int:
         return self._queued
+
+    @property
+    def inline(self) -> bool:
+        """Samples are written on the event loop (until they prove slow)."""
+        return self._inline_max_s is not None
 
     async def put(self, sample: StoredSample, on_done: Callable[[], None]) -> None:
         """Queue a sample; waits while the writers are `max_queued` samples or `max_queued_bytes`
@@ -99,6 +125,9 @@ class WriteQueue:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        if self.inline:
+            self._write_inline()
+            return
         loop = asyncio.get_running_loop()
         while self._pending and self._busy < self._lanes:
             # Spread what is waiting over the idle lanes, so parallel writers share a burst; but never
@@ -112,18 +141,50 @@ class WriteQueue:
                                           self._prepare)
             future.add_done_callback(partial(self._batch_done, batch))
 
+    def _write_inline(self) -> None:
+        batch, self._pending = self._pending, []
+        if not batch or self._failure is not None:
+            self._pending = batch  # after a failure nothing more is written; drain() raises it
+            return
+        started = time.perf_counter()
+        try:
+            errors = write_batch(self._write, [q.sample for q in batch], self._prepare)
+        except Exception as exc:
+            self._settle(batch, [], exc)
+            return
+        self._time_inline(time.perf_counter() - started, len(batch))
+        self._settle(batch, errors)
+
+    def _time_inline(self, seconds: float, samples: int) -> None:
+        self._inline_s += seconds
+        self._inline_n += samples
+        if self._inline_n < INLINE_BLOCK:
+            return
+        self.inline_cost_s = self._inline_s / self._inline_n
+        self._inline_s, self._inline_n = 0.0, 0
+        assert self._inline_max_s is not None
+        if self.inline_cost_s > self._inline_max_s:
+            log.info("writes take %.2f ms a sample: written in threads from here on", self.inline_cost_s * 1e3)
+            self._inline_max_s = None
+
     def _batch_done(self, batch: list[Queued], future: asyncio.Future[list[StoreError]]) -> None:
         self._busy -= 1
+        if future.cancelled():
+            self._settle(batch, [], asyncio.CancelledError())
+        elif (exc := future.exception()) is not None:
+            self._settle(batch, [], exc)
+        else:
+            self._settle(batch, future.result())
+
+    def _settle(self, batch: list[Queued], errors: list[StoreError], failure: BaseException | None = None) -> None:
+        """A batch went through a writer: report its losses, then count its samples done."""
         self._queued -= len(batch)
         self._queued_bytes -= sum(len(q.sample.body) for q in batch)
         self._changed.set()
-        if future.cancelled():
-            self._failure = self._failure or asyncio.CancelledError()
+        if failure is not None:
+            self._failure = self._failure or failure
             return
-        if (exc := future.exception()) is not None:
-            self._failure = self._failure or exc
-            return
-        for err in future.result():
+        for err in errors:
             self._on_error(err)
         for queued in batch:
             queued.on_done()

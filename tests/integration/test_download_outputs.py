@@ -6,6 +6,7 @@ Images come from fake hosts (flowdc.testing.fakehosts) on 127.0.0.x; S3 is the i
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import os
@@ -16,11 +17,16 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+import pytest
 import webdataset as wds
 
+from flowdc.config import DownloadConfig
+from flowdc.download import DownloadJob
 from flowdc.testing.fakehosts import FakeHostFarm
+from flowdc.write_queue import INLINE_BLOCK, INLINE_MAX_S
 from flowdc.writers.naming import label_folder, url_key
 from tests.integration.conftest import (
+    FAST,
     by_url,
     download,
     expected_png,
@@ -254,3 +260,25 @@ def test_webdataset_to_s3_keeps_secrets_out(tmp_path: Path, two_hosts: FakeHostF
     assert S3_SECRET_KEY.encode() not in text and S3_ACCESS_KEY.encode() not in text
     for path in fs.find("flowdc-out-test/run1"):
         assert S3_SECRET_KEY.encode() not in fs.cat(path), path
+
+
+@pytest.mark.parametrize(("options", "inline"), [({}, True), ({"output_format": "webdataset"}, False),
+                                                  ({"verify": "full"}, False)],
+                         ids=["imagefolder", "webdataset", "verify-full"])
+def test_where_samples_are_written(tmp_path: Path, two_hosts: FakeHostFarm, options: dict[str, Any],
+                                   inline: bool) -> None:
+    """imagefolder on a local disk writes on the event loop, timed, and stays there while writes are
+    fast (a block slower than INLINE_MAX_S a sample would have sent it to the threads); shards (in
+    order, one thread) and full decodes keep their writer threads."""
+    urls = [two_hosts.url(i % 2, f"/where/{i}.png") for i in range(INLINE_BLOCK + 44)]
+    cfg = DownloadConfig(input=str(write_manifest(tmp_path / "m.parquet", urls)), output=str(tmp_path / "out"),
+                         **{**FAST, **options})
+    job = DownloadJob(cfg)
+    overview = asyncio.run(job.run())
+    assert overview["totals"]["ok"] == len(urls)
+    cost = job.write_queue.inline_cost_s
+    if inline:
+        assert cost is not None and cost > 0
+        assert job.write_queue.inline is (cost <= INLINE_MAX_S)
+    else:
+        assert cost is None and not job.write_queue.inline

@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from flowdc.ledger import Record
-from flowdc.write_queue import WriteQueue
+from flowdc.write_queue import INLINE_BLOCK, WriteQueue
 from flowdc.writers.base import StoredSample, StoreError
 
 
@@ -197,4 +197,60 @@ def test_a_small_batch_lingers_only_while_more_samples_can_come() -> None:
     lingered, last = run(main())
     assert lingered >= 0.45
     assert last < 0.25
+    assert rec.rows == [0, 1]
+
+
+def test_inline_samples_are_written_on_the_event_loop_in_order_with_losses_first() -> None:
+    rec = Recorder(fail_rows=frozenset({3}))
+    events: list[tuple[str, int]] = []
+    pool = CountingPool(1, thread_name_prefix="w")
+
+    async def main() -> None:
+        q = WriteQueue(rec.write, pool, lanes=1, inline_max_s=1.0, min_batch=8,
+                       on_error=lambda e: events.extend(("lost", r.row) for r in e.records))
+        for i in range(300):
+            await q.put(sample(i), lambda i=i: events.append(("done", i)))
+            assert q.queued < 8  # a batch is written as soon as it is full, before put() returns
+        await q.drain()
+        assert q.inline and q.inline_cost_s is not None and q.inline_cost_s < 1.0
+
+    with pool:
+        run(main())
+    assert rec.rows == [i for i in range(300) if i != 3]
+    assert rec.threads == {threading.main_thread().name}
+    assert pool.submitted == 0
+    assert events.index(("lost", 3)) < events.index(("done", 3))
+
+
+def test_inline_writes_that_prove_slow_go_to_the_threads() -> None:
+    rec = Recorder(delay_s=0.002)
+    pool = CountingPool(1, thread_name_prefix="w")
+
+    async def main() -> None:
+        q = WriteQueue(rec.write, pool, lanes=1, inline_max_s=0.001, on_error=lambda e: None, min_batch=1)
+        for i in range(INLINE_BLOCK + 20):
+            await q.put(sample(i), lambda: None)
+        await q.drain()
+        assert not q.inline and q.inline_cost_s is not None and q.inline_cost_s >= 0.002
+
+    with pool:
+        run(main())
+    assert rec.rows == list(range(INLINE_BLOCK + 20))
+    assert pool.submitted > 0 and any(t.startswith("w") for t in rec.threads)
+
+
+def test_an_inline_writer_bug_surfaces_from_drain_and_put() -> None:
+    rec = Recorder(crash_row=2)
+
+    async def main() -> None:
+        with ThreadPoolExecutor(1) as pool:
+            q = WriteQueue(rec.write, pool, lanes=1, inline_max_s=1.0, on_error=lambda e: None, min_batch=1)
+            for i in range(3):
+                await q.put(sample(i), lambda: None)
+            with pytest.raises(RuntimeError, match="writer bug"):
+                await q.put(sample(3), lambda: None)
+            with pytest.raises(RuntimeError, match="writer bug"):
+                await q.drain()
+
+    run(main())
     assert rec.rows == [0, 1]
