@@ -2,7 +2,7 @@
 
 import sys
 
-from flowdc.cli import main
+from flowdc.cli import console_main
 
 if __name__ == "__main__":  # a process started with multiprocessing's spawn imports this module again
-    sys.exit(main())
+    sys.exit(console_main())

@@ -250,6 +250,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Commands whose process imports no pandas (flowdc.lean): the ones that start a download or probe
+# hosts, where start-up is paid per partition. `ui` and `demo` may host code that wants it.
+LEAN_COMMANDS = frozenset({"download", "size", "partition", "distribute", "consolidate"})
+
+
+def console_main() -> int:
+    """The `flowdc` console script and `python -m flowdc`: a process that runs one command and exits."""
+    if sys.argv[1:2] and sys.argv[1] in LEAN_COMMANDS:
+        from flowdc.lean import hold_back_pandas
+
+        hold_back_pandas()
+    return main()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         code = _run(argv)
@@ -279,4 +293,4 @@ def _run(argv: Sequence[str] | None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(console_main())

@@ -182,4 +182,7 @@ def _alive(pid: int) -> bool:
 
 
 if __name__ == "__main__":
+    from flowdc.lean import hold_back_pandas
+
+    hold_back_pandas()  # this process runs one download and exits
     sys.exit(main(sys.argv[1:]))

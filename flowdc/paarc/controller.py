@@ -19,7 +19,7 @@ import math
 from flowdc.paarc.limit import ClientLoad, HostCounters
 from flowdc.paarc.params import PaarcParams
 from flowdc.paarc.pushback import PACE_STEP_S, Pushback
-from flowdc.paarc.window import LATENCY_NOISE_FLOOR_S, Summary, Window, ema, lower
+from flowdc.paarc.window import LATENCY_NOISE_FLOOR_S, MIN_LATENCIES, Summary, Window, ema, lower
 from flowdc.signals import Sample, Signal
 
 # States (exposed in snapshot()["state"]) and the phases of PROBE_BW.
@@ -97,6 +97,7 @@ class PaarcController:
         "probe_countdown",
         "push",
         "raised_by",
+        "ramp",
         "refused_before",
         "rtprop",
         "rtprop_since",
@@ -108,9 +109,11 @@ class PaarcController:
         "win",
     )
 
-    def __init__(self, params: PaarcParams | None = None, now: float = 0.0, client: ClientLoad | None = None) -> None:
+    def __init__(self, params: PaarcParams | None = None, now: float = 0.0, client: ClientLoad | None = None,
+                 ramp: bool = True) -> None:
         self.p = params or PaarcParams.defaults()
         self.client = client  # the downloader's own load: no growth while it is the bottleneck
+        self.ramp = ramp  # a host that refuses from cold is resumed on a ramp (not when others share it)
         self.counters = HostCounters()
         self.born = now
         self.state = INIT
@@ -162,7 +165,10 @@ class PaarcController:
 
     def min_gap(self) -> float:
         """Seconds between two sends to this host (0: no pacing)."""
-        return 1.0 / self.push.pace if self.push is not None and self.push.pace > 0 else 0.0
+        push = self.push
+        if push is None or push.pace <= 0:
+            return 0.0
+        return push.ramp_gap(self.now, self._hold) if push.ramping else 1.0 / push.pace
 
     def stall_after(self) -> float:
         """After this long unanswered a request is stuck on its object and waits for its timeout
@@ -177,7 +183,7 @@ class PaarcController:
         if sample.signal is Signal.OVERLOAD:
             sent = None if sample.ttfb is None else now - sample.ttfb
             if self._refusal_is_about_host(sent, sample.retried):
-                known = self._remember_pushback(now, sent, sample.inflight)  # reads the rate before the hold
+                known = self._remember_pushback(now, sent, sample.inflight, sample.retry_after)  # before the hold
                 self._hold_for(now, sample.retry_after)
                 self._overload(now, sent, sample.retry_after, known)
             # else: a stray refusal while the host accepts nearly everything else is about that
@@ -198,6 +204,8 @@ class PaarcController:
             self.push.reply(refused=False)
             if sample.signal is Signal.OK:
                 self.push.ok_level = max(self.push.ok_level, sample.inflight)
+                if self.push.ramping and now - sample.ttfb <= self.push.acted_at:
+                    self.push.count_burst()
                 if now >= self._hold:
                     self.push.count_ok(now)
         if self.state == BACKOFF:
@@ -277,7 +285,8 @@ class PaarcController:
             return True  # the rest of the burst that made us back off: it lowers the remembered cap
         return push.speaks_for_host(sent)
 
-    def _remember_pushback(self, now: float, sent: float | None, inflight: int) -> float | None:
+    def _remember_pushback(self, now: float, sent: float | None, inflight: int,
+                           retry_after: float | None = None) -> float | None:
         """Learn from a 429/503 what a cut alone would forget: a cap, or a pace for a host that limits
         by rate. Returns the limit to fall back to when a probe found a forgotten cap where it was."""
         push = self.push
@@ -287,14 +296,24 @@ class PaarcController:
             if remembered and push.cap > self.p.C_min and not push.recalled:
                 push.cap -= 1  # one more of the same burst refused: the host took one fewer
                 self._set_limit(self._limit)  # and stay under it from now on
+            if push.reveal_wait and not push.ramping and push.pace <= 0:
+                # A second refusal of the cold start's burst: the host, not one URL, refused it.
+                push.reveal(push.reveal_wait, self.counters.ok)
             return None
         if sent is not None and sent < push.acted_at:
             return None  # sent before the last cap or pace took effect: it cannot judge them
         # Refused well under a load lately served, or at C_min: the host limits requests per second.
         paced = push.pace > 0  # a paced host's record outlives the memory: the pace is its lesson
         under_served = inflight < RATE_EVIDENCE * push.ok_level or self._limit <= self.p.C_min
+        # On the reveal's ramp the pace sets how many are in flight: under the cap it drew, refused
+        # all the same, the host counts requests per second.
+        under_served = under_served or (push.ramping and inflight < push.cap)
         by_rate = (remembered or paced) and under_served
         accepted = push.accepted_rate(now) if by_rate else None
+        if by_rate and push.ramping and sent is not None and push.meter_ok >= MIN_LATENCIES:
+            # The refusal that ends the reveal's ramp. (After fewer replies, too few sends to read a
+            # rate from: the meter's bound and a guess, as without a ramp.)
+            accepted = push.ramp_rate(sent)
         found_again: int | None = None  # a forgotten cap, found where it was
         if not remembered:
             prior_cap = push.cap or self.stale_cap
@@ -312,6 +331,8 @@ class PaarcController:
         if by_rate:
             hint = self.last_ok_ttfb or (None if sent is None else now - sent)  # not the 429's: 1 ms
             push.set_pace(now, accepted, self.counters.ok, now - self.born, self._send_rate(ttfb_hint=hint))
+        elif self.ramp and not (remembered or paced) and retry_after and self.intervals == 0:
+            push.reveal_wait = retry_after  # refused from cold: a cap or a bucket, if the burst's next is refused too
         push.acted_at = now
         push.restart_meter(max(now, self._hold))
         return None if found_again is None else float(found_again - 1)
@@ -334,7 +355,7 @@ class PaarcController:
         push = self.push
         if push is None:
             return
-        if push.grow_pace(now, self._hold, self._send_rate()):
+        if push.grow_pace(now, self._hold, self._send_rate(ttfb_hint=self.last_ok_ttfb)):
             self.stale_cap = push.cap or self.stale_cap  # a record a stray refusal made has none
             self.push = None
 

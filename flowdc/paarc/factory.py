@@ -16,11 +16,13 @@ def make_host_limit(opts: Any, host: str, now: float, *, share: float = 1.0,
 
     `share` (in (0, 1]) is this run's part of a host split over partitions that run at once: its
     C_init and C_max (and so the fixed limit) are scaled by it, never under C_min. A host's pace
-    needs no scaling: it is learned from the refusals of this run's own requests.
+    needs no scaling: it is learned from the refusals of this run's own requests (not from a reveal's
+    ramp: sibling partitions ramping at once drain the host's bucket together, and each would read
+    the rate as its own).
     """
     params = PaarcParams.from_options(opts).scaled(share)
     if opts.enable_paarc:
-        return PaarcController(params, now, client)
+        return PaarcController(params, now, client, ramp=share >= 1)
     return FixedLimit(params.C_init)
 
 

@@ -3,7 +3,9 @@
 Only hosts that pushed back carry a `Pushback`, so the common controller stays small. It decides
 whether a refusal speaks for the host or only for its URL, keeps the in-flight level that drew the
 refusals (the cap), and for a host that counts requests per second, meters the rate it accepts,
-paces sends under it and lets the pace creep up while the host stays quiet. The controller decides
+paces sends under it and lets the pace creep up while the host stays quiet. A host that refused
+its cold start is resumed on a doubling pace (the reveal's ramp), whose end tells a token bucket's
+rate. The controller decides
 when a lesson is learned and what it does to the concurrency limit. Why each rule is as it is:
 docs/paarc.md, "Pushback memory".
 """
@@ -35,6 +37,8 @@ PUSHBACK_SHARE = 0.15  # 429/503s must be this share of recent replies to teach 
 PUSHBACK_STREAK = 4  # before PUSHBACK_MIN_REPLIES, this many fresh refusals in a row count
 SHARE_MEMORY = 40  # replies the refused share is averaged over: a storm of fast 429s shows within ~10
 SHARE_Z = 1.64  # ... as a one-sided 95% lower bound, so chance runs of per-URL refusals do not count
+RAMP_DOUBLING_S = 0.1  # the reveal's ramp doubles the pace this often (0.05: overshoots drew 400 429s)...
+RAMP_MIN_BURST = 1  # ... from what the host served from cold per Retry-After, taken as at least this many
 RECALL_SLACK = 1.25  # refused again within this factor of what a forgotten lesson said: the limit stands
 MEMORY_MAX_PERIODS = 8  # a lesson confirmed again and again is kept up to this many probe_rtt_periods
 
@@ -43,9 +47,9 @@ class Pushback:
     """What a host's 429/503s taught: the in-flight level that drew them (kept for a while: probes
     stay under it), and, for a host that limits by rate, a send pace."""
 
-    __slots__ = ("acted_at", "best_rate", "cap", "creep", "floor", "grown_at", "meter_ok", "meter_start", "ok_level",
-                 "pace", "rate_cap", "recalled", "refused_at", "replies", "seeking", "served_since", "share", "streak",
-                 "until")
+    __slots__ = ("acted_at", "best_rate", "burst", "cap", "creep", "floor", "grown_at", "meter_ok", "meter_start",
+                 "ok_level", "pace", "ramp_from", "ramp_start", "ramping", "rate_cap", "recalled", "refused_at",
+                 "replies", "reveal_s", "reveal_wait", "seeking", "served_since", "share", "streak", "until")
 
     def __init__(self, best_rate: float = 0.0, ok_level: int = 0) -> None:
         self.cap = 0  # in-flight count at the 429 (that request included)
@@ -67,6 +71,14 @@ class Pushback:
         self.floor = 0.0  # the pace's floor when it was last set
         self.grown_at = 0.0  # when the pace last grew (or was judged)
         self.seeking = False  # paced, the rate unknown: a refusal at our pace says it is too fast
+        # The reveal (docs/paarc.md, "A host that refuses its cold start"): the pace ramps up from
+        # what the host served per Retry-After, and the refusal that ends the ramp tells its rate.
+        self.ramping = False
+        self.burst = 0  # OK replies to what was sent before the refusal: the bucket's size, if it is one
+        self.reveal_s = 0.0  # the Retry-After of the opening refusal
+        self.reveal_wait = 0.0  # a first refusal from cold named this wait: a second of its burst starts the reveal
+        self.ramp_from = 0.0  # requests per second at the ramp's start
+        self.ramp_start = math.inf  # when the ramp began (the hold's end)
 
     def reply(self, refused: bool, retried: bool = False) -> None:
         self.replies += 1
@@ -129,6 +141,62 @@ class Pushback:
         self.meter_start = at
         self.meter_ok = 0
 
+    def reveal(self, retry_after: float, served: int) -> None:
+        """The host refused within its first round trips and named a wait: a cap or a token bucket,
+        which only a refusal tells apart. Resume at a rate it surely takes (what it served from cold,
+        `served` so far and the rest of that burst's OKs (count_burst), per wait) and
+        double it every RAMP_DOUBLING_S: a cap soon binds instead (the ramp ends), a bucket refuses
+        within a few doublings, and when it does, `ramp_rate` reads its rate from the ramp."""
+        self.ramping = self.seeking = True
+        self.reveal_s = max(retry_after, MIN_INTERVAL_S)
+        self.burst = served
+        self.ramp_from = self.pace = max(served, RAMP_MIN_BURST) / self.reveal_s
+
+    def count_burst(self) -> None:
+        """An OK reply to a request sent before the refusal that started the reveal."""
+        self.burst += 1
+        self.ramp_from = self.pace = max(self.burst, RAMP_MIN_BURST) / self.reveal_s
+
+    def ramp_pace(self, now: float, hold_until: float) -> float:
+        """The ramp's pace at `now` (continuous, so the refusal that ends it can be read back)."""
+        if now < hold_until:
+            return self.pace
+        if math.isinf(self.ramp_start):
+            self.ramp_start = hold_until
+        self.pace = self.ramp_from * 2.0 ** ((now - self.ramp_start) / RAMP_DOUBLING_S)
+        return self.pace
+
+    def ramp_gap(self, now: float, hold_until: float) -> float:
+        """Seconds to the next send on the ramp: the pace integrated from now to then makes one
+        request (1 / pace would leave the first gaps of a slow start seconds long)."""
+        pace = self.ramp_pace(now, hold_until)
+        return RAMP_DOUBLING_S * math.log2(1.0 + math.log(2.0) / (RAMP_DOUBLING_S * pace))
+
+    def ramp_rate(self, sent: float) -> float:
+        """The rate of a token bucket that refused a request sent at `sent` during the ramp.
+
+        Full after the hold, the bucket holds `burst` requests; it empties once the doubling pace
+        p(t) passes its rate r, at time t_r, and refuses when what the pace sent past r adds up to
+        the burst (less half a request): the integral of p - r from t_r to `sent` equals it. With
+        p(sent) = x * r that reads p(sent) * tau * (x - 1 - ln x) = burst * ln2 * x (tau: the
+        doubling time), whose root x > 1 gives r = p(sent) / x (clamped to the ramp's start).
+        """
+        p_sent = self.ramp_from * 2.0 ** (max(sent - self.ramp_start, 0.0) / RAMP_DOUBLING_S)
+        # A bucket refuses once less than a whole token is left: about half a send before it is empty.
+        burst = max(self.burst, RAMP_MIN_BURST) - 0.5
+        lo, hi = 1.0, max(2.0, p_sent / max(self.ramp_from, 1e-9))
+        for _ in range(40):  # bisection: the left side minus the right grows with x past its root
+            mid = (lo + hi) / 2.0
+            if p_sent * RAMP_DOUBLING_S * (mid - 1.0 - math.log(mid)) < burst * math.log(2.0) * mid:
+                lo = mid
+            else:
+                hi = mid
+        return max(self.ramp_from, p_sent / hi)
+
+    def end_ramp(self) -> None:
+        self.ramping = False
+        self.ramp_start = math.inf
+
     def speaks_for_host(self, sent: float | None) -> bool:
         """After `refused()`: whether this refusal, outside a backoff's burst, is about the host.
 
@@ -156,9 +224,11 @@ class Pushback:
         """The host limits by rate: pace under the rate it accepted, or, unmeasured, guess between
         what it refused and what it delivered (`send_rate`: what the limit allows, the last resort)."""
         lifetime = ok_total / max(age, METER_MIN_S * 2)
+        ramped = self.ramping
+        self.end_ramp()
         if accepted is not None:
             self.rate_cap, self.creep = accepted, 1.0
-            new_pace = PACE_MARGIN * accepted
+            new_pace = PACE_MARGIN * accepted if not ramped else PACE_CAP_MARGIN * accepted
         else:
             # Cut from what the host just took, not from what the limit would allow.
             recent = self.recent_rate(now)
@@ -179,6 +249,12 @@ class Pushback:
         """A quiet interval or PACE_STEP_S: offer a little more, up to the ceiling, which creeps up
         while the host stays quiet. True when the record is spent (memory expired, pace dropped)."""
         self.grown_at = now
+        if self.ramping:
+            if self.ramp_pace(now, hold_until) > PACE_DROP * send_rate:
+                self.end_ramp()  # the concurrency limit binds first: a cap, not a rate
+                self.seeking = False
+                self.pace = 0.0
+            return False
         if self.pace > 0 and now >= hold_until:
             ceiling = float("inf")
             if self.rate_cap > 0:

@@ -349,6 +349,28 @@ def test_quiet_prints_only_the_summary(tmp_path: Path, two_hosts: FakeHostFarm) 
     assert "flowdc: 30/30 rows stored" in loud.stdout
 
 
+def test_a_download_process_imports_no_pandas(tmp_path: Path, two_hosts: FakeHostFarm) -> None:
+    """pyarrow imports pandas (0.2 s of start-up) the first time it converts Python objects, when
+    pandas is installed, as it is here (Prefect brings it). A `flowdc download` process holds it back
+    and still writes everything: the files, the archive, the ledger, the overview."""
+    pytest.importorskip("pandas")
+    manifest = write_manifest(tmp_path / "m.parquet", urls_on(two_hosts, 12), labels=["a", "b"] * 6)
+    out = tmp_path / "out"
+    probe = ("import sys, runpy; sys.argv = ['flowdc', *sys.argv[1:]]\n"
+             "try:\n    runpy.run_module('flowdc', run_name='__main__')\n"
+             "finally:\n    print('pandas imported:', 'pandas' in sys.modules)\n")
+    proc = subprocess.run([sys.executable, "-c", probe, "download", "--input", str(manifest), "--output", str(out),
+                           "--label", "label", "--quiet"], capture_output=True, text=True, timeout=120,
+                          cwd=REPO, env=subprocess_env())
+    assert "pandas imported: False" in proc.stdout, proc.stdout + proc.stderr
+    assert "flowdc: 12/12 rows stored (100.0%)" in proc.stdout, proc.stderr
+    assert len(list(out.glob("*/*.png"))) == 12 and (tmp_path / "out.tar").is_file()
+    assert [r["status"] for r in latest(out)] == ["ok"] * 12
+    # The library call leaves pandas alone: a notebook may convert with it afterwards.
+    assert main(["download", "--input", str(manifest), "--output", str(tmp_path / "again"), "--quiet"]) == 0
+    assert not any(type(f).__name__ == "PandasHeldBack" for f in sys.meta_path)
+
+
 def test_telemetry_file_in_a_new_folder(tmp_path: Path, two_hosts: FakeHostFarm) -> None:
     """--telemetry into a folder that does not exist yet creates it and writes per-host JSON lines."""
     manifest = write_manifest(tmp_path / "m.parquet", [two_hosts.url(0, f"/tel/{i}.png?size=300&slowbody=0.05")

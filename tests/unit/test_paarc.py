@@ -182,6 +182,24 @@ def test_startup_climbs_to_c_max_on_a_host_that_never_slows() -> None:
     assert max(limits) == SMALL.C_max
 
 
+def test_one_refused_url_in_a_cold_start_is_no_reveal() -> None:
+    """A host that refuses its cold start's burst (two or more of it) is resumed on a paced ramp
+    (the reveal, docs/paarc.md). One URL refused among OKs is no such thing: a faults bench host
+    whose first reply was a scripted 429 was paced from 4 requests/s and took 4x as long."""
+    def cold_start(refused: int) -> PaarcController:
+        ctl = PaarcController(PaarcParams.defaults(), 0.0)
+        for i in range(refused):  # refused in a millisecond, before any OK came back
+            ctl.on_sample(0.001 + i * 1e-4, Sample(Signal.OVERLOAD, 0.001, 8 - i, 2.0))
+        for i in range(8 - refused):
+            ctl.on_sample(0.01 + i * 1e-4, Sample(Signal.OK, 0.01, 8 - refused - i))
+        ctl.tick(2.5)
+        return ctl
+
+    assert cold_start(1).min_gap() == 0  # the URL is retried after its wait; the host is not paced
+    burst = cold_start(3)
+    assert burst.push is not None and burst.push.ramping and burst.min_gap() > 0
+
+
 def test_a_burst_of_429s_cuts_once_and_stays_under_what_the_host_took() -> None:
     f = steady()
     sent = f.now + 0.01
