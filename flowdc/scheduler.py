@@ -135,9 +135,10 @@ class Scheduler:
             host.inflight += 1
             job.sent_at = self.loop.time()
             host.sent[id(job)] = job
-            gap = host.policy.min_gap()
+            now = self.loop.time()
+            gap = host.policy.min_gap(now)
             if gap > 0:
-                host.next_send = next_paced_send(host.next_send, self.loop.time(), gap)
+                host.next_send = next_paced_send(host.next_send, now, gap)
             self._offer(host)  # back of the ring if it can take more: round-robin between hosts
             return job
         return None

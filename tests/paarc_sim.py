@@ -171,7 +171,7 @@ class Simulation:
                     self._wake_at = hold
                     self._push(hold, _WAKE)
                 return
-            gap = self.ctl.min_gap()
+            gap = self.ctl.min_gap(self.now)
             if gap > 0:
                 self._next_send = next_paced_send(self._next_send, self.now, gap)
             self.inflight += 1

@@ -163,12 +163,16 @@ class PaarcController:
     def hold_until(self) -> float:
         return self._hold
 
-    def min_gap(self) -> float:
-        """Seconds between two sends to this host (0: no pacing)."""
+    def min_gap(self, now: float | None = None) -> float:
+        """Seconds from a send at `now` to the next one to this host (0: no pacing). The reveal's ramp
+        needs the send's own time: the latest reply's can be a doubling old, and the ramp's reading
+        of a bucket's rate, which assumes the sends kept to the ramp, then read 15-20% high."""
         push = self.push
         if push is None or push.pace <= 0:
             return 0.0
-        return push.ramp_gap(self.now, self._hold) if push.ramping else 1.0 / push.pace
+        if push.ramping:
+            return push.ramp_gap(self.now if now is None else max(now, self.now), self._hold)
+        return 1.0 / push.pace
 
     def stall_after(self) -> float:
         """After this long unanswered a request is stuck on its object and waits for its timeout
@@ -313,7 +317,7 @@ class PaarcController:
         if by_rate and push.ramping and sent is not None and push.meter_ok >= MIN_LATENCIES:
             # The refusal that ends the reveal's ramp. (After fewer replies, too few sends to read a
             # rate from: the meter's bound and a guess, as without a ramp.)
-            accepted = push.ramp_rate(sent)
+            accepted = push.ramp_rate(sent, push.ramp_ok + max(inflight - 1, 0))
         found_again: int | None = None  # a forgotten cap, found where it was
         if not remembered:
             prior_cap = push.cap or self.stale_cap

@@ -20,7 +20,9 @@ class HostLimit(Protocol):
 
     def hold_until(self) -> float: ...
 
-    def min_gap(self) -> float: ...
+    def min_gap(self, now: float | None = None) -> float:
+        """Seconds from a send at `now` to the next one to this host (0: no pacing)."""
+        ...
 
     def stall_after(self) -> float:
         """Seconds after which a request still unanswered stops counting toward limit() (inf: never)."""
@@ -121,7 +123,7 @@ class FixedLimit:
     def hold_until(self) -> float:
         return self._hold_until
 
-    def min_gap(self) -> float:
+    def min_gap(self, now: float | None = None) -> float:
         return 0.0
 
     def stall_after(self) -> float:

@@ -48,8 +48,9 @@ class Pushback:
     stay under it), and, for a host that limits by rate, a send pace."""
 
     __slots__ = ("acted_at", "best_rate", "burst", "cap", "creep", "floor", "grown_at", "meter_ok", "meter_start",
-                 "ok_level", "pace", "ramp_from", "ramp_start", "ramping", "rate_cap", "recalled", "refused_at",
-                 "replies", "reveal_s", "reveal_wait", "seeking", "served_since", "share", "streak", "until")
+                 "ok_level", "pace", "ramp_from", "ramp_ok", "ramp_start", "ramping", "rate_cap", "recalled",
+                 "refused_at", "replies", "reveal_s", "reveal_wait", "seeking", "served_since", "share", "streak",
+                 "until")
 
     def __init__(self, best_rate: float = 0.0, ok_level: int = 0) -> None:
         self.cap = 0  # in-flight count at the 429 (that request included)
@@ -79,6 +80,7 @@ class Pushback:
         self.reveal_wait = 0.0  # a first refusal from cold named this wait: a second of its burst starts the reveal
         self.ramp_from = 0.0  # requests per second at the ramp's start
         self.ramp_start = math.inf  # when the ramp began (the hold's end)
+        self.ramp_ok = 0  # OK replies on the ramp: the sends it made (until the bucket runs dry, all taken)
 
     def reply(self, refused: bool, retried: bool = False) -> None:
         self.replies += 1
@@ -125,6 +127,8 @@ class Pushback:
 
     def count_ok(self, now: float) -> None:
         self.meter_ok += 1
+        if self.ramping:
+            self.ramp_ok += 1
         age = now - self.meter_start
         # Halve the counts: a rolling window without keeping timestamps. (Not while they are few:
         # a host that allows 2/s would never hold enough replies to give a rate.)
@@ -172,7 +176,7 @@ class Pushback:
         pace = self.ramp_pace(now, hold_until)
         return RAMP_DOUBLING_S * math.log2(1.0 + math.log(2.0) / (RAMP_DOUBLING_S * pace))
 
-    def ramp_rate(self, sent: float) -> float:
+    def ramp_rate(self, sent: float, sent_before: int) -> float:
         """The rate of a token bucket that refused a request sent at `sent` during the ramp.
 
         Full after the hold, the bucket holds `burst` requests; it empties once the doubling pace
@@ -180,18 +184,17 @@ class Pushback:
         the burst (less half a request): the integral of p - r from t_r to `sent` equals it. With
         p(sent) = x * r that reads p(sent) * tau * (x - 1 - ln x) = burst * ln2 * x (tau: the
         doubling time), whose root x > 1 gives r = p(sent) / x (clamped to the ramp's start).
+        The cold start served the bucket and its refill meanwhile (11 to 14 from a bucket of 10, as
+        our loop was late): the reading errs low, which the creep makes up.
+
+        p(sent) is the ramp's pace where the sends really were: `sent_before` of them, which a late
+        loop makes fewer than the ramp's integral to `sent` (read from the clock instead, one run in
+        six took the bucket for 122/s instead of 100/s, and was refused for seconds).
         """
-        p_sent = self.ramp_from * 2.0 ** (max(sent - self.ramp_start, 0.0) / RAMP_DOUBLING_S)
+        on_clock = self.ramp_from * 2.0 ** (max(sent - self.ramp_start, 0.0) / RAMP_DOUBLING_S)
+        p_sent = min(on_clock, self.ramp_from + sent_before * math.log(2.0) / RAMP_DOUBLING_S)
         # A bucket refuses once less than a whole token is left: about half a send before it is empty.
-        burst = max(self.burst, RAMP_MIN_BURST) - 0.5
-        lo, hi = 1.0, max(2.0, p_sent / max(self.ramp_from, 1e-9))
-        for _ in range(40):  # bisection: the left side minus the right grows with x past its root
-            mid = (lo + hi) / 2.0
-            if p_sent * RAMP_DOUBLING_S * (mid - 1.0 - math.log(mid)) < burst * math.log(2.0) * mid:
-                lo = mid
-            else:
-                hi = mid
-        return max(self.ramp_from, p_sent / hi)
+        return max(self.ramp_from, p_sent / _overshoot(p_sent, max(self.burst, RAMP_MIN_BURST) - 0.5))
 
     def end_ramp(self) -> None:
         self.ramping = False
@@ -271,3 +274,18 @@ class Pushback:
             if now >= self.until and self.pace > PACE_DROP * send_rate:
                 self.pace = 0.0
         return self.pace <= 0 and now >= self.until
+
+
+def _overshoot(p_sent: float, bucket: float) -> float:
+    """The root x > 1 of p * tau * (x - 1 - ln x) = bucket * ln2 * x (Pushback.ramp_rate), by bisection:
+    the left side minus the right is negative just past 1 and grows past its root."""
+    lo, hi = 1.0, 2.0
+    while p_sent * RAMP_DOUBLING_S * (hi - 1.0 - math.log(hi)) < bucket * math.log(2.0) * hi and hi < 1e6:
+        hi *= 2.0
+    for _ in range(40):
+        mid = (lo + hi) / 2.0
+        if p_sent * RAMP_DOUBLING_S * (mid - 1.0 - math.log(mid)) < bucket * math.log(2.0) * mid:
+            lo = mid
+        else:
+            hi = mid
+    return hi

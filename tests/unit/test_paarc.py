@@ -200,6 +200,18 @@ def test_one_refused_url_in_a_cold_start_is_no_reveal() -> None:
     assert burst.push is not None and burst.push.ramping and burst.min_gap() > 0
 
 
+def test_the_ramp_reads_a_bucket_from_the_sends_it_made_not_from_the_clock() -> None:
+    """The ramp's reading of a bucket (Pushback.ramp_rate) assumes the sends kept to the ramp. A
+    late loop sends fewer; read from the clock, one polite bench run in six took a 100/s bucket for
+    122/s and was refused for seconds. With the sends counted, a late ramp reads lower, never higher."""
+    push = Pushback()
+    push.reveal(1.0, 11)  # a bucket of 10 at 100/s serves 11 from cold, and the ramp starts at 11/s
+    push.ramp_start = 0.0
+    assert 85 <= push.ramp_rate(0.457, sent_before=36) <= 100  # refused as the bench's bucket was, on time
+    assert push.ramp_rate(0.48, sent_before=36) <= 100  # the same sends, refused late on the clock
+    assert push.ramp_rate(0.48, sent_before=10_000) > 115  # ... which read from the clock was 122/s
+
+
 def test_a_burst_of_429s_cuts_once_and_stays_under_what_the_host_took() -> None:
     f = steady()
     sent = f.now + 0.01
