@@ -181,7 +181,8 @@ class DownloadConfig(PolitenessOptions, NetworkOptions, RedactOptions, PaarcOpti
     run_id: str | None = opt(None, "Name of this run in the output's lock or lease; a rerun with the same run_id "
                              "(a resubmitted task) takes over that lease at once. Default: a new id per run.")
     lease_ttl_s: float = opt(60.0, "Object-store outputs: a lease whose heartbeat is older than this is taken "
-                             "over (the run died); the heartbeat runs every third of it.")
+                             "over (the run died; at once when its process is gone from this machine); the "
+                             "heartbeat runs every third of it.")
     verify: str = opt("header", "Check that each body decodes (Pillow, before it is stored): header reads the "
                       "size and format only, full decodes every pixel, none skips it. A body that fails is "
                       "failed with reason not_decodable.", choices=("header", "full", "none"))

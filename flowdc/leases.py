@@ -5,11 +5,13 @@ process ends, however it ends (kill -9 included), so a dead run never blocks the
 stays: deleting it would let a second run lock a new file while the first still holds the old.
 
 Object stores: OUTPUT/_flowdc/lease.json names the holder (owner, host, pid, run id, started,
-heartbeat, ttl_s). It is created only if absent and renewed every ttl/3 only if unchanged (see
-flowdc.conditional for what each store enforces). A lease whose heartbeat is older than its ttl_s
-belongs to a dead run and is taken over; a lease of the same run id (a resubmitted task) is taken
-over at once. The heartbeat compares wall clocks across hosts: they must agree to well within
-the TTL.
+heartbeat, ttl_s, and the process space it runs in). It is created only if absent and renewed
+every ttl/3 only if unchanged (see flowdc.conditional for what each store enforces). A lease whose
+heartbeat is older than its ttl_s belongs to a dead run and is taken over; so is, at once, a lease
+of the same run id (a resubmitted task), and one whose holder ran in this process space (this
+kernel's boot, this pid namespace: the same machine and container) and whose pid is gone (a run
+killed with kill -9, rerun by hand). The heartbeat compares wall clocks across hosts: they must
+agree to well within the TTL.
 """
 
 from __future__ import annotations
@@ -46,11 +48,12 @@ class Holder:
     ttl_s: float
     owner: str = "flowdc"
     version: str = __version__
+    space: str = ""  # process_space() of the holder ("": unknown, never judged from here)
 
     @classmethod
     def me(cls, run_id: str, ttl_s: float) -> Holder:
         now = time.time()
-        return cls(run_id, socket.gethostname(), os.getpid(), now, now, ttl_s)
+        return cls(run_id, socket.gethostname(), os.getpid(), now, now, ttl_s, space=process_space())
 
     def to_bytes(self) -> bytes:
         return json.dumps(asdict(self), sort_keys=True).encode()
@@ -60,13 +63,38 @@ class Holder:
         try:
             d = json.loads(data)
             return cls(str(d["run_id"]), str(d["host"]), int(d["pid"]), float(d["started"]),
-                       float(d.get("heartbeat", d["started"])), float(d.get("ttl_s", 0.0)))
+                       float(d.get("heartbeat", d["started"])), float(d.get("ttl_s", 0.0)),
+                       space=str(d.get("space", "")))
         except (ValueError, KeyError, TypeError):
             return None
+
+    def gone(self) -> bool:
+        """The holder ran in this process space and its process no longer exists. (A pid taken
+        again since reads as alive: the lease then waits for its TTL, as one from elsewhere does.)"""
+        if not self.space or self.space != process_space():
+            return False
+        try:
+            os.kill(self.pid, 0)
+        except ProcessLookupError:
+            return True
+        except OSError:  # it exists but is not ours to signal
+            return False
+        return False
 
     def describe(self) -> str:
         started = time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime(self.started))
         return f"run {self.run_id}, pid {self.pid} on host {self.host}, started {started}"
+
+
+def process_space() -> str:
+    """Which processes a pid names here: this kernel's boot and this pid namespace ("" where Linux's
+    /proc does not say). Two containers on one machine share the boot but not the namespace."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as fh:
+            boot = fh.read().strip()
+        return f"{boot}/{os.stat('/proc/self/ns/pid').st_ino}"
+    except OSError:
+        return ""
 
 
 def in_use(display: str, holder: Holder | None, extra: str = "") -> OutputInUseError:
@@ -151,11 +179,13 @@ class StoreLease(OutputHold):
                 if current is None:
                     return self.slot.create(self.me.to_bytes())
                 holder = Holder.parse(current.data)
-                if holder is not None and holder.run_id != self.me.run_id and not self._expired(holder):
+                if (holder is not None and holder.run_id != self.me.run_id and not self._expired(holder)
+                        and not holder.gone()):
                     raise in_use(self.dest.display, holder,
                                  f"; its lease expires {holder.ttl_s:g} s after its last heartbeat")
                 if holder is not None:
-                    why = "same run id" if holder.run_id == self.me.run_id else "heartbeat stopped"
+                    why = ("same run id" if holder.run_id == self.me.run_id else
+                           "its process is gone" if holder.gone() else "heartbeat stopped")
                     log.warning("taking over the lease of %s on %s (%s)", holder.describe(), self.dest.display, why)
                 return self.slot.replace(self.me.to_bytes(), current.version)
             except Conflict:

@@ -233,8 +233,9 @@ def test_two_runs_on_one_local_output(tmp_path: Path, slow_host: FakeHostFarm) -
 def test_two_runs_on_one_s3_prefix_and_a_killed_holders_lease(tmp_path: Path, slow_host: FakeHostFarm,
                                                              s3_endpoint: str) -> None:
     """On one moto prefix: two runs at once, one stores every sample exactly once and the other
-    exits 2 naming the holder. A SIGKILLed holder's lease refuses others until its TTL has
-    passed since its last heartbeat, then the next run takes it over and finishes the job."""
+    exits 2 naming the holder. A SIGKILLed holder's lease, seen from another machine (another
+    process space), refuses others until its TTL has passed since its last heartbeat; on this
+    machine its pid is gone, and a rerun takes it over at once and finishes the job."""
     from flowdc.leases import StoreLease
     options = s3_options(s3_endpoint)
     dest = Destination("s3://lease-bkt/ds", options)
@@ -261,12 +262,16 @@ def test_two_runs_on_one_s3_prefix_and_a_killed_holders_lease(tmp_path: Path, sl
     holder.send_signal(signal.SIGKILL)
     holder.wait(10)
     killed_at = time.monotonic()
-    with pytest.raises(OutputInUseError, match=f"pid {holder.pid}"):  # in-process: well inside the TTL
+    record = json.loads(dest2.read_bytes(LEASE_FILE))
+    assert record["pid"] == holder.pid and record["space"]
+    dest2.write_bytes(LEASE_FILE, json.dumps({**record, "space": "another-machine/1"}).encode())
+    with pytest.raises(OutputInUseError, match=f"pid {holder.pid}"):  # from elsewhere: well inside the TTL
         StoreLease(dest2, "another-run", ttl_s=3.0)
-    assert time.monotonic() - killed_at < 2.0
-    time.sleep(max(0.0, 3.3 - (time.monotonic() - killed_at)))
+    dest2.write_bytes(LEASE_FILE, json.dumps(record).encode())
+    assert time.monotonic() - killed_at < 2.0  # the rerun starts well inside the TTL...
     done = run_flowdc("download", *args2)
     assert done.returncode == 0, done.stderr
+    assert "its process is gone" in done.stderr, done.stderr  # ... and says why it may take over
     counts = samples_in_shards(dest2)
     assert len(counts) == 40 and set(counts.values()) == {1}
     assert [r["status"] for r in ledger_latest(dest2)] == ["ok"] * 40
