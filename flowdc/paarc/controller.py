@@ -208,7 +208,7 @@ class PaarcController:
             self.push.reply(refused=False)
             if sample.signal is Signal.OK:
                 self.push.ok_level = max(self.push.ok_level, sample.inflight)
-                if self.push.ramping and now - sample.ttfb <= self.push.acted_at:
+                if self.push.ramping and self.push.before_ramp() and now - sample.ttfb <= self.push.acted_at:
                     self.push.count_burst()
                 if now >= self._hold:
                     self.push.count_ok(now)

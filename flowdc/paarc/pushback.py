@@ -156,6 +156,10 @@ class Pushback:
         self.burst = served
         self.ramp_from = self.pace = max(served, RAMP_MIN_BURST) / self.reveal_s
 
+    def before_ramp(self) -> bool:
+        """The reveal's hold is still on: OKs to the cold start's burst are still coming in."""
+        return math.isinf(self.ramp_start)
+
     def count_burst(self) -> None:
         """An OK reply to a request sent before the refusal that started the reveal."""
         self.burst += 1

@@ -198,6 +198,13 @@ def test_one_refused_url_in_a_cold_start_is_no_reveal() -> None:
     assert cold_start(1).min_gap() == 0  # the URL is retried after its wait; the host is not paced
     burst = cold_start(3)
     assert burst.push is not None and burst.push.ramping and burst.min_gap() > 0
+    # Once the ramp runs, a reply to an older request is no longer part of the cold start's burst
+    # (a cap lesson on the ramp moves acted_at past requests still out).
+    served = burst.push.burst
+    burst.min_gap(3.0)  # the hold is over: the ramp starts
+    burst.push.acted_at = 3.2
+    burst.on_sample(3.25, Sample(Signal.OK, 0.1, 2))
+    assert burst.push.burst == served
 
 
 def test_the_ramp_reads_a_bucket_from_the_sends_it_made_not_from_the_clock() -> None:
