@@ -133,9 +133,8 @@ class Scheduler:
                 continue
             job = host.queue.popleft()
             host.inflight += 1
-            job.sent_at = self.loop.time()
+            job.sent_at = now = self.loop.time()
             host.sent[id(job)] = job
-            now = self.loop.time()
             gap = host.policy.min_gap(now)
             if gap > 0:
                 host.next_send = next_paced_send(host.next_send, now, gap)
