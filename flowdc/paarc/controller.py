@@ -314,7 +314,7 @@ class PaarcController:
         under_served = under_served or (push.ramping and inflight < push.cap)
         by_rate = (remembered or paced) and under_served
         accepted = push.accepted_rate(now) if by_rate else None
-        if by_rate and push.ramping and sent is not None and push.meter_ok >= MIN_LATENCIES:
+        if by_rate and push.ramping and sent is not None and push.ramp_ok >= MIN_LATENCIES:
             # The refusal that ends the reveal's ramp. (After fewer replies, too few sends to read a
             # rate from: the meter's bound and a guess, as without a ramp.)
             accepted = push.ramp_rate(sent, push.ramp_ok + max(inflight - 1, 0))

@@ -312,7 +312,7 @@ def test_a_token_bucket_that_refuses_from_cold_is_found_in_two_holds(rate: float
     again at once (a hold that taught nothing), then a guessed pace crept up past its rate (a third).
     The reveal's ramp (pushback.py) doubles a pace from what the host served per Retry-After, and
     the refusal that ends it tells the rate: two holds, then paced near the rate. (The polite bench's
-    100/s bucket of 10: 3 holds and 12.5 s for its rows before, 2 and 11.5 s now.)"""
+    100/s bucket of 10: 3 holds and 12.5 s for its rows before, 2 and 11.8 s now.)"""
     ctl = HoldCounter()
     spec = HostSpec(capacity=1000, hard_cap_ratio=100.0, service_time=service, jitter=0.0, rate_per_s=rate,
                     burst=burst, retry_after=retry_after)
