@@ -179,13 +179,13 @@ class StoreLease(OutputHold):
                 if current is None:
                     return self.slot.create(self.me.to_bytes())
                 holder = Holder.parse(current.data)
-                if (holder is not None and holder.run_id != self.me.run_id and not self._expired(holder)
-                        and not holder.gone()):
+                gone = holder is not None and holder.gone()
+                if holder is not None and holder.run_id != self.me.run_id and not self._expired(holder) and not gone:
                     raise in_use(self.dest.display, holder,
                                  f"; its lease expires {holder.ttl_s:g} s after its last heartbeat")
                 if holder is not None:
                     why = ("same run id" if holder.run_id == self.me.run_id else
-                           "its process is gone" if holder.gone() else "heartbeat stopped")
+                           "its process is gone" if gone else "heartbeat stopped")
                     log.warning("taking over the lease of %s on %s (%s)", holder.describe(), self.dest.display, why)
                 return self.slot.replace(self.me.to_bytes(), current.version)
             except Conflict:

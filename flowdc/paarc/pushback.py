@@ -153,8 +153,7 @@ class Pushback:
         within a few doublings, and when it does, `ramp_rate` reads its rate from the ramp."""
         self.ramping = self.seeking = True
         self.reveal_s = max(retry_after, MIN_INTERVAL_S)
-        self.burst = served
-        self.ramp_from = self.pace = max(served, RAMP_MIN_BURST) / self.reveal_s
+        self._start_from(served)
 
     def before_ramp(self) -> bool:
         """The reveal's hold is still on: OKs to the cold start's burst are still coming in."""
@@ -162,16 +161,23 @@ class Pushback:
 
     def count_burst(self) -> None:
         """An OK reply to a request sent before the refusal that started the reveal."""
-        self.burst += 1
-        self.ramp_from = self.pace = max(self.burst, RAMP_MIN_BURST) / self.reveal_s
+        self._start_from(self.burst + 1)
+
+    def _start_from(self, burst: int) -> None:
+        self.burst = burst
+        self.ramp_from = self.pace = max(burst, RAMP_MIN_BURST) / self.reveal_s
+
+    def _ramp_at(self, t: float) -> float:
+        """The ramp's pace at time t (the ramp started)."""
+        return self.ramp_from * 2.0 ** (max(t - self.ramp_start, 0.0) / RAMP_DOUBLING_S)
 
     def ramp_pace(self, now: float, hold_until: float) -> float:
         """The ramp's pace at `now` (continuous, so the refusal that ends it can be read back)."""
         if now < hold_until:
             return self.pace
-        if math.isinf(self.ramp_start):
+        if self.before_ramp():
             self.ramp_start = hold_until
-        self.pace = self.ramp_from * 2.0 ** ((now - self.ramp_start) / RAMP_DOUBLING_S)
+        self.pace = self._ramp_at(now)
         return self.pace
 
     def ramp_gap(self, now: float, hold_until: float) -> float:
@@ -195,8 +201,7 @@ class Pushback:
         loop makes fewer than the ramp's integral to `sent` (read from the clock instead, one run in
         six took the bucket for 122/s instead of 100/s, and was refused for seconds).
         """
-        on_clock = self.ramp_from * 2.0 ** (max(sent - self.ramp_start, 0.0) / RAMP_DOUBLING_S)
-        p_sent = min(on_clock, self.ramp_from + sent_before * math.log(2.0) / RAMP_DOUBLING_S)
+        p_sent = min(self._ramp_at(sent), self.ramp_from + sent_before * math.log(2.0) / RAMP_DOUBLING_S)
         # A bucket refuses once less than a whole token is left: about half a send before it is empty.
         return max(self.ramp_from, p_sent / _overshoot(p_sent, max(self.burst, RAMP_MIN_BURST) - 0.5))
 
@@ -283,12 +288,15 @@ class Pushback:
 def _overshoot(p_sent: float, bucket: float) -> float:
     """The root x > 1 of p * tau * (x - 1 - ln x) = bucket * ln2 * x (Pushback.ramp_rate), by bisection:
     the left side minus the right is negative just past 1 and grows past its root."""
+    def short(x: float) -> bool:  # the left side is still under the right at x
+        return p_sent * RAMP_DOUBLING_S * (x - 1.0 - math.log(x)) < bucket * math.log(2.0) * x
+
     lo, hi = 1.0, 2.0
-    while p_sent * RAMP_DOUBLING_S * (hi - 1.0 - math.log(hi)) < bucket * math.log(2.0) * hi and hi < 1e6:
+    while short(hi) and hi < 1e6:
         hi *= 2.0
     for _ in range(40):
         mid = (lo + hi) / 2.0
-        if p_sent * RAMP_DOUBLING_S * (mid - 1.0 - math.log(mid)) < bucket * math.log(2.0) * mid:
+        if short(mid):
             lo = mid
         else:
             hi = mid
