@@ -31,11 +31,39 @@ SECRET_PARAMS = frozenset({
 }) | secret_param_names(DEFAULT_SECRET_PARAMS)
 
 
+# urlencode's quote_plus, for text that has no '%' or '+' (so unquoting leaves it as it is): every
+# ASCII character but letters, digits and _.-~ as %XX, a space as '+'.
+_QUOTE_PLUS = {c: f"%{c:02X}" for c in range(128) if not (chr(c).isalnum() or chr(c) in "_.-~")} | {32: "+"}
+
+
 def identity_text(url: str) -> str:
     """The URL as an identity: user info and secret query parameters removed, the rest as given."""
     url = url.strip()
     if "?" not in url and "@" not in url:
         return url  # the common case, without a parse
+    plain = _plain_query_identity(url)
+    return plain if plain is not None else _parsed_identity(url)
+
+
+def _plain_query_identity(url: str) -> str | None:
+    """What _parsed_identity gives an http(s) URL of printable ASCII with a query and no '%', '+',
+    userinfo, fragment or brackets, without the parse (a few microseconds a row); None otherwise."""
+    if not url.startswith(("http://", "https://")) or not (url.isascii() and url.isprintable()):
+        return None
+    if any(mark in url for mark in "%+@#[]"):
+        return None
+    base, _, query = url.partition("?")
+    kept = []
+    for pair in query.split("&"):
+        if not pair:
+            continue
+        name, _, value = pair.partition("=")
+        if name.lower() not in SECRET_PARAMS and value != MASK:
+            kept.append(f"{name.translate(_QUOTE_PLUS)}={value.translate(_QUOTE_PLUS)}")
+    return f"{base}?{'&'.join(kept)}" if kept else base
+
+
+def _parsed_identity(url: str) -> str:
     try:
         parts = urlsplit(url)
     except ValueError:

@@ -3,8 +3,19 @@
 from __future__ import annotations
 
 import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from flowdc.identity import RepeatNumbering, base_hashes, identity_text, idents, mix, number_repeats
+from flowdc.identity import (
+    RepeatNumbering,
+    _parsed_identity,
+    _plain_query_identity,
+    base_hashes,
+    identity_text,
+    idents,
+    mix,
+    number_repeats,
+)
 from flowdc.ledger import url_hash
 from flowdc.urls import DEFAULT_SECRET_PARAMS, redact_url
 
@@ -16,6 +27,35 @@ def test_identity_text_drops_user_info_and_secret_parameters_only() -> None:
     assert identity_text("https://h/a.jpg") == "https://h/a.jpg"
     renewed = "https://h/a.jpg?X-Amz-Signature=other&X-Amz-Date=20270101"
     assert identity_text(renewed) == identity_text("https://h/a.jpg?X-Amz-Signature=abc")
+
+
+# Query text: printable ASCII but the characters that send a URL to the full parse (mostly), secret
+# names, MASK, separators, and now and then one of those characters.
+_PLAIN = st.characters(min_codepoint=32, max_codepoint=126, exclude_characters="%+@#[]")
+_QUERY_PIECES = st.lists(st.one_of(
+    st.text(_PLAIN, max_size=12),
+    st.sampled_from(["sig", "Token", "X-Amz-Date", "w", "&w=***&", "&sig=1&", "=", "&", "&&", "?", "/", " ", ";"]),
+    st.sampled_from(["%2F", "+", "@", "#", "[", "]"]),
+), max_size=8)
+
+
+@settings(max_examples=800, deadline=None)
+@given(scheme=st.sampled_from(["http://", "https://", "http://", "https://", "HTTP://", "ftp://"]),
+       host=st.sampled_from(["h", "Img.example:8080", "127.0.0.3:45591", "", "u:p@h", "[::1]:80"]),
+       path=st.sampled_from(["", "/", "/a.jpg", "/img/0001.jpg", "/a b;c", "/é.jpg"]),
+       pieces=_QUERY_PIECES, fragment=st.sampled_from(["", "", "", "#f", "#sig=1"]))
+def test_the_plain_query_shortcut_gives_what_the_parse_gives(scheme: str, host: str, path: str,
+                                                             pieces: list[str], fragment: str) -> None:
+    """identity_text skips the parse for plain http(s) URLs with a query: identities must not change
+    (a ledger's rows would no longer match their manifest rows)."""
+    url = f"{scheme}{host}{path}?{''.join(pieces)}{fragment}"
+    assert _plain_query_identity(url) in (None, _parsed_identity(url))
+    assert identity_text(url) == _parsed_identity(url.strip())
+
+
+def test_the_plain_query_shortcut_is_taken_for_plain_urls() -> None:
+    url = "http://127.0.0.3:45591/img/7.jpg?ctype=image/jpeg&Sig=x&w=&&v"
+    assert _plain_query_identity(url) == _parsed_identity(url) == "http://127.0.0.3:45591/img/7.jpg?ctype=image%2Fjpeg&w=&v="
 
 
 def test_a_redacted_url_keeps_its_identity() -> None:
