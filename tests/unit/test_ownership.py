@@ -4,7 +4,10 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import tarfile
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -100,4 +103,41 @@ def test_the_archive_built_meanwhile_holds_each_file_once_and_a_discarded_one_le
     with tarfile.open(tmp_path / "out.tar", "r:") as tar:
         assert {m.name: tar.extractfile(m).read() for m in tar} == {  # type: ignore[union-attr]
             "out/a/new.png": b"this run's", "out/a/old.png": b"an earlier run's"}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "out.tar"]
+
+
+# Run in a process of its own: it lowers the file size limit (RLIMIT_FSIZE) and ignores SIGXFSZ,
+# so writes past the limit fail for real (EFBIG), as on a full disk.
+_ARCHIVE_UNDER_A_SIZE_LIMIT = textwrap.dedent("""
+    import resource, signal, sys
+    from flowdc.archive import ArchiveBuilder
+    from flowdc.storage import Destination
+    out, limit = sys.argv[1], int(sys.argv[2])
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, resource.RLIM_INFINITY))
+    builder = ArchiveBuilder(Destination(out))
+    for i in range(40):
+        body = bytes([i]) * 200_000
+        with open(f"{out}/a/{i:02d}.png", "wb") as fh:
+            fh.write(body)
+        builder.add(f"a/{i:02d}.png", body)  # the archive passes the limit: its thread's writes fail
+    resource.setrlimit(resource.RLIMIT_FSIZE, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+    print(builder.finish())
+""")
+
+
+def test_an_archive_whose_writes_failed_is_packed_at_the_end(tmp_path: Path) -> None:
+    """The archive's thread fails to write (EFBIG past a file size limit) while the files
+    themselves fit: the run's archive is then packed in one pass at the end, whole, and the
+    temporary is gone."""
+    out = tmp_path / "out"
+    (out / "a").mkdir(parents=True)
+    done = subprocess.run([sys.executable, "-c", _ARCHIVE_UNDER_A_SIZE_LIMIT, str(out), str(1_000_000)],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "could not keep up" in done.stderr  # the fallback was taken, not a lucky fit
+    assert done.stdout.strip() == str(tmp_path / "out.tar")
+    with tarfile.open(tmp_path / "out.tar", "r:") as tar:
+        members = {m.name: tar.extractfile(m).read() for m in tar}  # type: ignore[union-attr]
+    assert members == {f"out/a/{i:02d}.png": bytes([i]) * 200_000 for i in range(40)}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "out.tar"]
