@@ -64,6 +64,11 @@ def padding(size: int) -> bytes:
     return b"\0" * (-size % BLOCK)
 
 
+def member(name: str, data: bytes, mtime: int) -> tuple[bytes, bytes, bytes]:
+    """A regular file member as written: its header, its data, and the padding to a whole block."""
+    return member_header(name, len(data), mtime), data, padding(len(data))
+
+
 def end_of_archive(offset: int) -> bytes:
     """Two zero blocks, then zeros up to a whole record, for a stream `offset` bytes long so far."""
     end = offset + 2 * BLOCK
@@ -87,9 +92,8 @@ class TarStream:
         self.offset = offset  # bytes of the archive so far, buffered ones included (a resumed one: its start)
 
     def add(self, name: str, data: bytes, mtime: int) -> None:
-        self._put(member_header(name, len(data), mtime))
-        self._put(data)
-        self._put(padding(len(data)))
+        for piece in member(name, data, mtime):
+            self._put(piece)
 
     def finish(self) -> None:
         """End the archive and write out everything; the caller closes the file."""
@@ -134,9 +138,9 @@ class TarSpool:
         self.offset = 0  # bytes of the archive so far, handed over or not
 
     def add(self, name: str, data: bytes, mtime: int) -> None:
-        header, pad = member_header(name, len(data), mtime), padding(len(data))
-        self._group += (header, data, pad)
-        size = len(header) + len(data) + len(pad)
+        pieces = member(name, data, mtime)
+        self._group += pieces
+        size = sum(map(len, pieces))
         self.offset += size
         self._group_bytes += size
         if self._group_bytes >= SPOOL_GROUP_BYTES or len(self._group) >= SPOOL_GROUP_PIECES:
