@@ -4,9 +4,9 @@ The archive is a plain tar by default (`archive_format` tar): images are compres
 gzip over them took most of a run's time for a few percent of size; `tar.gz` is there for
 outputs that hold other files. On a local disk it is built while the download runs: the writer
 hands every file it stores to an ArchiveBuilder, which appends it to a hidden temporary beside the
-output (a plain tar through a TarSpool, whose thread does the writing); at the end only what the
-run did not store itself (an earlier run's files, the overview) is read back from disk, and the
-temporary takes its name. Elsewhere (object stores) the output is packed in one pass at the end.
+output; at the end only what the run did not store itself (an earlier run's files, the overview)
+is read back from disk, and the temporary takes its name. Elsewhere (object stores) the output is
+packed in one pass at the end.
 
 Where the archive goes is decided here and only here (`archive_names`, `free_names`): beside
 the output, as OUTPUT.tar (or OUTPUT.tar.gz). If a file of that name exists and flowdc did not
@@ -31,7 +31,7 @@ from collections.abc import Iterator
 from typing import IO
 
 from flowdc.storage import TMP_MARK, Destination, link_or_replace, temporary_name
-from flowdc.writers.tarstream import TarSpool, TarStream
+from flowdc.writers.tarstream import TarStream
 
 SKIP_TOP = ("_flowdc",)
 FORMATS = {"tar": ".tar", "tar.gz": ".tar.gz"}
@@ -96,15 +96,12 @@ def remove_our_archive(dest: Destination) -> bool:
 class _Packer:
     """A tar (or tar.gz) stream of the output's files, each member once, under OUTPUT/."""
 
-    def __init__(self, dest: Destination, file: IO[bytes], fmt: str, *, spooled: bool = False):
+    def __init__(self, dest: Destination, file: IO[bytes], fmt: str):
         self.dest = dest
         self._raw = file
         self._gz = gzip.GzipFile("", "wb", GZIP_LEVEL, file, mtime=0) if fmt == "tar.gz" \
             else None
-        # A plain tar into a local file (the archive built during the run) is written by a thread;
-        # gzip, and the one pass at the end into any store, write here.
-        self._spool = TarSpool(file.fileno()) if spooled and self._gz is None else None
-        self._tar: TarStream | TarSpool = self._spool or TarStream(self._gz or file)
+        self._tar = TarStream(self._gz or file)
         self._top = posixpath.basename(dest.root)
         self._mtime = int(time.time())
         self.added: set[str] = set()
@@ -130,17 +127,12 @@ class _Packer:
             self._gz.close()  # writes the gzip trailer; the raw file stays open
         self._raw.flush()
 
-    def close(self) -> None:
-        """Before the file is closed: the spool's thread must be done with it."""
-        if self._spool is not None:
-            self._spool.close()
-
 
 class ArchiveBuilder:
     """The archive of a local output, built while the download runs (see the module's text).
 
-    add() is called by the writer (on the event loop or its threads) for every file stored, after
-    the file is in place; a failed write only logs once and falls back to packing at the end."""
+    add() is called by the writer threads for every file stored, after the file is in place;
+    a failure there only logs once and falls back to packing at the end."""
 
     def __init__(self, dest: Destination, fmt: str = "tar"):
         self.dest, self.fmt = dest, fmt
@@ -148,7 +140,7 @@ class ArchiveBuilder:
         remove_stale_temporaries(parent, posixpath.basename(dest.root))
         self._tmp = parent.path(temporary_name(posixpath.basename(dest.root) + FORMATS[fmt]))
         self._file: IO[bytes] | None = open(self._tmp, "wb")  # noqa: SIM115 (closed by finish or discard)
-        self._packer: _Packer | None = _Packer(dest, self._file, fmt, spooled=True)
+        self._packer: _Packer | None = _Packer(dest, self._file, fmt)
         self._lock = threading.Lock()
 
     def add(self, rel: str, data: bytes) -> None:
@@ -158,7 +150,7 @@ class ArchiveBuilder:
             try:
                 self._packer.add(rel, data)
             except OSError as exc:
-                _give_up(self._packer, exc)
+                log.warning("the archive could not keep up (%s); it is packed at the end instead", exc)
                 self._packer = None
 
     def finish(self) -> str | None:
@@ -170,17 +162,10 @@ class ArchiveBuilder:
             self.discard()
             return create_archive(self.dest, self.fmt)
         try:
-            try:
-                packer.add_the_rest()
-                if not packer.stored:
-                    return None
-                packer.finish()
-            except OSError as exc:  # a write of the spool's thread failed: one pass at the end
-                _give_up(packer, exc)
-                self.discard()
-                return create_archive(self.dest, self.fmt)
-            finally:
-                packer.close()  # before the file is closed
+            packer.add_the_rest()
+            if not packer.stored:
+                return None
+            packer.finish()
             assert self._file is not None
             self._file.close()
             self._file = None
@@ -197,19 +182,12 @@ class ArchiveBuilder:
     def discard(self) -> None:
         """Drop the temporary (an interrupted run, a failure, or after finish)."""
         with self._lock:
-            if self._packer is not None:
-                self._packer.close()
             self._packer = None
             if self._file is not None:
                 self._file.close()
                 self._file = None
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self._tmp)
-
-
-def _give_up(packer: _Packer, exc: OSError) -> None:
-    log.warning("the archive could not keep up (%s); it is packed at the end instead", exc)
-    packer.close()
 
 
 def start_archive(dest: Destination, fmt: str = "tar") -> ArchiveBuilder | None:

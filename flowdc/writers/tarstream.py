@@ -8,17 +8,11 @@ here directly; any other name goes through tarfile's own PAX encoding.
 
 from __future__ import annotations
 
-import os
 import tarfile
-from collections import deque
-from concurrent.futures import Future, ThreadPoolExecutor
 from typing import IO
 
 BLOCK = 512
 RECORD = 20 * BLOCK  # tar readers expect the archive padded to whole records
-SPOOL_GROUP_BYTES = 1 << 20  # a TarSpool hands its writer thread members this many bytes at a time...
-SPOOL_GROUP_PIECES = 900  # ... or this many pieces (a writev takes at most IOV_MAX, 1024 on Linux)
-SPOOL_GROUPS_AHEAD = 4  # groups handed over and not yet written, before add() waits for one
 USTAR_NAME_MAX = 100
 USTAR_SIZE_LIMIT = 8**11  # 11 octal digits
 
@@ -64,11 +58,6 @@ def padding(size: int) -> bytes:
     return b"\0" * (-size % BLOCK)
 
 
-def member(name: str, data: bytes, mtime: int) -> tuple[bytes, bytes, bytes]:
-    """A regular file member as written: its header, its data, and the padding to a whole block."""
-    return member_header(name, len(data), mtime), data, padding(len(data))
-
-
 def end_of_archive(offset: int) -> bytes:
     """Two zero blocks, then zeros up to a whole record, for a stream `offset` bytes long so far."""
     end = offset + 2 * BLOCK
@@ -92,8 +81,9 @@ class TarStream:
         self.offset = offset  # bytes of the archive so far, buffered ones included (a resumed one: its start)
 
     def add(self, name: str, data: bytes, mtime: int) -> None:
-        for piece in member(name, data, mtime):
-            self._put(piece)
+        self._put(member_header(name, len(data), mtime))
+        self._put(data)
+        self._put(padding(len(data)))
 
     def finish(self) -> None:
         """End the archive and write out everything; the caller closes the file."""
@@ -117,65 +107,3 @@ class TarStream:
             # The file may not keep the view: a write is done with its argument when it returns.
             self._file.write(self._buffer[: self._used])
             self._used = 0
-
-
-class TarSpool:
-    """A tar archive written front to back into a file descriptor by a thread of its own.
-
-    For a file the event loop appends to (the imagefolder archive): the loop builds each member's
-    header and hands the thread groups of pieces, which it writes with writev, never copying a
-    body in Python. The kernel's copy into the file (a tenth of a defaults run's CPU on the
-    realistic bench) then runs beside the loop. A failed write raises OSError from a later add()
-    or from finish(); close() waits for the thread either way, before the caller closes the file.
-    """
-
-    def __init__(self, fd: int) -> None:
-        self._fd = fd
-        self._thread = ThreadPoolExecutor(1, thread_name_prefix="flowdc-tarspool")
-        self._group: list[bytes] = []
-        self._group_bytes = 0
-        self._ahead: deque[Future[None]] = deque()
-        self.offset = 0  # bytes of the archive so far, handed over or not
-
-    def add(self, name: str, data: bytes, mtime: int) -> None:
-        pieces = member(name, data, mtime)
-        self._group += pieces
-        size = sum(map(len, pieces))
-        self.offset += size
-        self._group_bytes += size
-        if self._group_bytes >= SPOOL_GROUP_BYTES or len(self._group) >= SPOOL_GROUP_PIECES:
-            self._hand_over()
-
-    def finish(self) -> None:
-        """End the archive and wait until every byte is written; raises OSError if any write failed."""
-        end = end_of_archive(self.offset)
-        self._group.append(end)
-        self.offset += len(end)
-        self._hand_over()
-        while self._ahead:
-            self._ahead.popleft().result()
-
-    def close(self) -> None:
-        """Stop the thread once its writes are done (failed or not): the file may be closed then."""
-        self._thread.shutdown(wait=True, cancel_futures=True)
-
-    def _hand_over(self) -> None:
-        group, self._group, self._group_bytes = self._group, [], 0
-        while self._ahead and (self._ahead[0].done() or len(self._ahead) >= SPOOL_GROUPS_AHEAD):
-            self._ahead.popleft().result()  # a failed write raises here
-        self._ahead.append(self._thread.submit(write_all, self._fd, group))
-
-
-def write_all(fd: int, pieces: list[bytes]) -> None:
-    """writev until every piece is written (a write may take only part of them)."""
-    views = [memoryview(piece) for piece in pieces if piece]
-    first = 0
-    while first < len(views):
-        written = os.writev(fd, views[first : first + SPOOL_GROUP_PIECES])
-        while written and first < len(views):
-            if written >= len(views[first]):
-                written -= len(views[first])
-                first += 1
-            else:
-                views[first] = views[first][written:]
-                written = 0

@@ -120,14 +120,14 @@ _ARCHIVE_UNDER_A_SIZE_LIMIT = textwrap.dedent("""
         body = bytes([i]) * 200_000
         with open(f"{out}/a/{i:02d}.png", "wb") as fh:
             fh.write(body)
-        builder.add(f"a/{i:02d}.png", body)  # the archive passes the limit: its thread's writes fail
+        builder.add(f"a/{i:02d}.png", body)  # the archive passes the limit: its writes fail
     resource.setrlimit(resource.RLIMIT_FSIZE, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
     print(builder.finish())
 """)
 
 
 def test_an_archive_whose_writes_failed_is_packed_at_the_end(tmp_path: Path) -> None:
-    """The archive's thread fails to write (EFBIG past a file size limit) while the files
+    """The archive fails to write (EFBIG past a file size limit) while the files
     themselves fit: the run's archive is then packed in one pass at the end, whole, and the
     temporary is gone."""
     out = tmp_path / "out"

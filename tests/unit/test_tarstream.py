@@ -8,17 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from flowdc.writers.tarstream import (
-    BLOCK,
-    RECORD,
-    SPOOL_GROUP_PIECES,
-    TarSpool,
-    TarStream,
-    end_of_archive,
-    member_header,
-    padding,
-    write_all,
-)
+from flowdc.writers.tarstream import BLOCK, RECORD, TarStream, end_of_archive, member_header, padding
 
 
 def build(members: list[tuple[str, bytes]], mtime: int = 1_700_000_000) -> bytes:
@@ -100,41 +90,3 @@ def test_small_pieces_are_gathered_and_large_ones_pass_straight_through() -> Non
     assert out.getvalue() == build(small + large)
     # 40 small members are 80 blocks: ten buffers. The large body is one write of its own.
     assert out.writes <= 10 + 6, out.writes
-
-
-def test_a_spool_writes_what_the_stream_writes(tmp_path: Path) -> None:
-    """Groups cut by bytes (a 3-MB body) and by pieces (2,000 tiny members), empty and exact-block
-    members and PAX names: the file the spool's thread wrote is the archive, byte for byte."""
-    members = [(f"{i:06d}.txt", b"%d" % i) for i in range(2000)]
-    members += [("big.bin", bytes(range(256)) * (3 * 4096)), ("empty.txt", b""), ("exact.bin", b"x" * BLOCK),
-                ("n" * 120 + ".png", b"long name"), ("caf\u00e9.png", b"non-ascii")]
-    path = tmp_path / "spooled.tar"
-    with open(path, "wb") as fh:
-        spool = TarSpool(fh.fileno())
-        for name, data in members:
-            spool.add(name, data, 1_700_000_000)
-        spool.finish()
-        spool.close()
-    assert path.read_bytes() == build(members)
-    assert spool.offset == path.stat().st_size
-    with tarfile.open(path) as tar:
-        assert len(tar.getmembers()) == len(members)
-
-
-def test_write_all_writes_more_pieces_than_one_writev_takes(tmp_path: Path) -> None:
-    pieces = [b"%05d;" % i for i in range(2 * SPOOL_GROUP_PIECES + 7)] + [b"", b"end"]
-    path = tmp_path / "pieces"
-    with open(path, "wb") as fh:
-        write_all(fh.fileno(), pieces)
-    assert path.read_bytes() == b"".join(pieces)
-
-
-def test_a_spool_whose_writes_fail_says_so() -> None:
-    """/dev/full refuses every write (ENOSPC): the error comes back from add() or finish()."""
-    with open("/dev/full", "wb") as fh:
-        spool = TarSpool(fh.fileno())
-        with pytest.raises(OSError, match="No space"):
-            for i in range(64):
-                spool.add(f"{i}.bin", b"x" * 100_000, 0)
-            spool.finish()
-        spool.close()
