@@ -90,12 +90,18 @@ class NetworkOptions:
         True, "Refuse link-local and cloud-metadata addresses (169.254.0.0/16, fe80::/10, metadata.google.internal, "
         "...) as a per-row failure blocked_address; --no_block_link_local allows them.")
     dns_threads: int = opt(64, "Threads that resolve host names (the system resolver, answers cached for 300 s).")
+    host_down_after: float = opt(
+        60.0, "Seconds a host may leave every request unanswered (timed out, refused or reset; at least 8 in a "
+        "row) before it is taken as down: the rows left for it fail as host_down without a request, and a "
+        "later run retries them. 0 = never.")
 
     def check_network(self) -> None:
         from flowdc.proxies import ProxyRoutes  # parses --proxy (and the environment's proxies) the one way
 
         if self.dns_threads < 1:
             raise ConfigError(f"dns_threads must be >= 1, got {self.dns_threads}")
+        if self.host_down_after < 0:
+            raise ConfigError(f"host_down_after must be >= 0 seconds, got {self.host_down_after}")
         if self.ca_bundle and not Path(self.ca_bundle).is_file():
             raise ConfigError(f"--ca_bundle {self.ca_bundle}: no such file")
         if self.ca_bundle and self.insecure:

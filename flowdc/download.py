@@ -271,7 +271,7 @@ class DownloadJob:
             raise DestinationError(f"cannot read {self.dest.display}: {type(exc).__name__}: {exc}") from None
         if self.shipper is not None and cfg.output_format == "webdataset":
             recovery["shards_left_to_ship"] = self.shipper.ship_leftovers(self.ledger.committed_shards())
-        self.requests: RequestLoop[Outcome] = RequestLoop(cfg, cfg.concurrent_downloads, self.host_budget)
+        self.requests: RequestLoop[Outcome] = RequestLoop(cfg, cfg.concurrent_downloads, Outcome, self.host_budget)
         self.scheduler, self.client_load = self.requests.scheduler, self.requests.client_load
         self._next_snapshot = 0.0
         loop = asyncio.get_running_loop()

@@ -16,8 +16,10 @@ from typing import Any, Generic, TypeVar
 import aiohttp
 
 from flowdc.fetch import Outcome, make_session
+from flowdc.hosthealth import HOST_DOWN
 from flowdc.paarc import ClientLoad, policy_factory
 from flowdc.scheduler import Job, Scheduler, sleep_noting_lag
+from flowdc.signals import Signal
 
 TICK_S = 0.1
 OutcomeT = TypeVar("OutcomeT", bound=Outcome)
@@ -26,14 +28,18 @@ OutcomeT = TypeVar("OutcomeT", bound=Outcome)
 class RequestLoop(Generic[OutcomeT]):
     """Build inside the event loop that runs it (the scheduler binds to that loop)."""
 
-    def __init__(self, opts: Any, concurrency: int, budget: Mapping[str, float] | None = None) -> None:
-        """opts: the command's config (PAARC knobs and network options)."""
+    def __init__(self, opts: Any, concurrency: int, outcome_type: type[OutcomeT],
+                 budget: Mapping[str, float] | None = None) -> None:
+        """opts: the command's config (PAARC knobs and network options); outcome_type: what `request`
+        returns (the outcome of a row whose host is down is made from it)."""
         self.opts = opts
         self.concurrency = concurrency
+        self.outcome_type = outcome_type
         self.client_load = ClientLoad()  # shared by every host's policy: the client's own lag
         # Read ahead well past the global bound so a slow host's backlog does not starve the others.
         read_ahead = max(20 * concurrency, 50_000)
-        self.scheduler = Scheduler(policy_factory(opts, budget=budget, client=self.client_load), max_pending=read_ahead)
+        self.scheduler = Scheduler(policy_factory(opts, budget=budget, client=self.client_load), max_pending=read_ahead,
+                                   down_after_s=opts.host_down_after)
 
     async def run(self, feed: Callable[[], Awaitable[None]],
                   request: Callable[[aiohttp.ClientSession, Job], Awaitable[OutcomeT]],
@@ -73,7 +79,12 @@ class RequestLoop(Generic[OutcomeT]):
         sched = self.scheduler
         while (job := await sched.next_job()) is not None:
             job.attempts += 1
-            outcome = await request(session, job)
+            if sched.is_down(job.host):
+                # Not asked again in this run; the ledger keeps the row retryable for the next.
+                outcome = self.outcome_type(Signal.NOT_SENT, reason=HOST_DOWN, retryable=True, retry_now=False)
+                await asyncio.sleep(0)  # a dead host's thousands of rows must not hold the loop in one go
+            else:
+                outcome = await request(session, job)
             sched.finished(job, outcome.signal, outcome.ttfb, outcome.retry_after, outcome.fresh_connection)
             await settle(job, outcome)
 

@@ -11,13 +11,17 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import logging
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from flowdc.hosthealth import Unanswered
 from flowdc.paarc import ClientLoad, HostLimit
 from flowdc.signals import Sample, Signal
+
+log = logging.getLogger(__name__)
 
 IDLE_EVICT_S = 60.0
 MIN_STALLED_ROOM = 8  # stalled requests a host may have beside its limit: the limit, or this if more
@@ -50,6 +54,8 @@ class HostState:
     wake_armed: bool = False  # a timer will re-offer it when its hold ends
     idle_since: float | None = None
     next_send: float = 0.0  # pacing: the policy's min_gap after the last send
+    unanswered: Unanswered = field(default_factory=Unanswered)
+    down: bool = False  # declared down (flowdc/hosthealth.py): its jobs are handed out at once, to fail unsent
 
     def busy(self) -> bool:
         return bool(self.queue) or bool(self.sent) or self.waiting_retries > 0
@@ -71,10 +77,12 @@ def next_paced_send(due: float, now: float, gap: float) -> float:
 
 
 class Scheduler:
-    def __init__(self, make_policy: Callable[[str, float], HostLimit], max_pending: int):
+    def __init__(self, make_policy: Callable[[str, float], HostLimit], max_pending: int,
+                 down_after_s: float = 0.0):
         # make_policy(host, now): the policy for a newly seen host (it may get a share of that host)
         self._make_policy = make_policy
         self.max_pending = max_pending
+        self.down_after_s = down_after_s  # a host unanswered this long is declared down (0: never)
         self.hosts: dict[str, HostState] = {}
         self._ready: collections.deque[HostState] = collections.deque()
         self._idle: collections.OrderedDict[str, HostState] = collections.OrderedDict()
@@ -153,8 +161,17 @@ class Scheduler:
         else:
             host.inflight -= 1
         if signal is not Signal.NOT_SENT:
-            host.policy.on_sample(self.loop.time(), sample)
+            now = self.loop.time()
+            host.policy.on_sample(now, sample)
+            host.unanswered.note(signal, job.sent_at)
+            if not host.down and host.unanswered.down(now, self.down_after_s):
+                self._declare_down(host, now)
         self._offer(host)
+
+    def is_down(self, name: str) -> bool:
+        """The host was declared down: its jobs are to fail without a request."""
+        host = self.hosts.get(name)
+        return host is not None and host.down
 
     def retry_later(self, job: Job, delay: float) -> None:
         host = self._host(job.host)  # it may have been evicted if the job was done with
@@ -193,7 +210,8 @@ class Scheduler:
     def snapshot(self) -> dict[str, dict[str, Any]]:
         now = self.loop.time()
         return {h.name: {**h.policy.snapshot(), "inflight": h.inflight, "stalled": h.stalled(),
-                         "queued": len(h.queue), "hold_s": round(max(h.policy.hold_until() - now, 0.0), 3)}
+                         "queued": len(h.queue), "hold_s": round(max(h.policy.hold_until() - now, 0.0), 3),
+                         **({"state": "DOWN"} if h.down else {})}
                 for h in self.active_hosts()}
 
     # -- internals ------------------------------------------------------------------------------
@@ -221,7 +239,15 @@ class Scheduler:
         host.waiting_retries -= 1
         self._enqueue(host, job, first=True)
 
+    def _declare_down(self, host: HostState, now: float) -> None:
+        host.down = True
+        log.warning("%s answered none of the last %d requests in %.0f s: taken as down, the rows left for it "
+                    "(%d queued now) fail as host_down, and a later run retries them", host.name,
+                    host.unanswered.count, now - host.unanswered.since, len(host.queue))
+
     def _eligible(self, host: HostState) -> bool:
+        if host.down:  # no request goes out, so no limit, hold or pace applies
+            return bool(host.queue)
         if not host.queue or host.inflight >= host.policy.limit():
             return False
         hold = max(host.policy.hold_until(), host.next_send)

@@ -339,7 +339,7 @@ class SizeJob:
     async def run(self) -> dict[str, Any]:
         started = time.monotonic()
         sample = await asyncio.to_thread(self._draw_sample) if self.cfg.sample else None
-        self.requests: RequestLoop[Probe] = RequestLoop(self.cfg, self.cfg.concurrent_requests)
+        self.requests: RequestLoop[Probe] = RequestLoop(self.cfg, self.cfg.concurrent_requests, Probe)
         self.scheduler = self.requests.scheduler
         total = len(sample) if sample is not None else self._rows_hint()
         self.bar = tqdm(total=total, desc="size", unit="url", file=sys.stderr, disable=self.cfg.quiet,

@@ -1,0 +1,87 @@
+"""A host that answers nothing (it accepts connections and never replies) is declared down: its
+rows fail as host_down without a request, the other hosts go on, and a later run fetches them once
+the host is back."""
+
+from __future__ import annotations
+
+import socket
+import threading
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+from flowdc.testing.fakehosts import FakeHostFarm, HostSpec, write_manifest
+from tests.integration.conftest import download, latest
+
+DEAD_IP = "127.0.0.6"
+
+
+class Blackhole:
+    """Accepts every connection and never answers; counts the connections (one per request sent)."""
+
+    def __init__(self, ip: str) -> None:
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind((ip, 0))
+        self.sock.listen(512)
+        self.port = self.sock.getsockname()[1]
+        self.held: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:  # closed
+                return
+            self.held.append(conn)
+
+    def close(self) -> None:
+        self.sock.shutdown(socket.SHUT_RDWR)  # wakes the accept() under way, which would keep the port bound
+        self.sock.close()
+        for conn in self.held:
+            conn.close()
+
+
+@contextmanager
+def blackhole(ip: str) -> Iterator[Blackhole]:
+    hole = Blackhole(ip)
+    try:
+        yield hole
+    finally:
+        hole.close()
+
+
+def test_a_silent_host_is_taken_as_down_and_a_later_run_fetches_its_rows(
+        tmp_path: Path, farm_factory: Callable[[Sequence[HostSpec]], FakeHostFarm]) -> None:
+    up = farm_factory([HostSpec("127.0.0.2")])
+    out = tmp_path / "out"
+    with blackhole(DEAD_IP) as hole:
+        dead_urls = [f"http://{DEAD_IP}:{hole.port}/img/{i}.png" for i in range(60)]
+        manifest = write_manifest(tmp_path / "m.parquet", [up.url(0, f"/img/{i}.png") for i in range(20)] + dead_urls)
+        overview = download(manifest, out, timeout=0.3, host_down_after=1.0, max_retry_attempts=3,
+                            retry_backoff_sec=0.05)
+        sent = len(hole.held)
+    rows = latest(out)
+    assert [r["status"] for r in rows[:20]] == ["ok"] * 20
+    dead = rows[20:]
+    reasons = Counter(r["reason"] for r in dead)
+    assert set(reasons) <= {"timeout", "host_down"} and reasons["host_down"] >= 30, reasons
+    assert all(r["status"] == "failed" and r["retryable"] for r in dead)
+    assert sent < len(dead_urls)  # without it: every row, four times each
+    assert overview["totals"]["failed"] == 60
+
+    farm_factory([HostSpec(DEAD_IP, port=hole.port)])  # the host is back, at the same address
+    again = download(manifest, out, timeout=5.0)
+    assert (again["this_run"]["ok"], again["this_run"]["already_done"]) == (60, 20)
+    assert [r["status"] for r in latest(out)] == ["ok"] * 80
+
+
+def test_with_host_down_after_0_every_row_is_asked(tmp_path: Path) -> None:
+    with blackhole(DEAD_IP) as hole:
+        manifest = write_manifest(tmp_path / "m.parquet", [f"http://{DEAD_IP}:{hole.port}/{i}.png" for i in range(12)])
+        for after, expected in ((0.0, {"timeout"}), (0.01, {"timeout", "host_down"})):
+            download(manifest, tmp_path / f"out{after}", timeout=0.2, host_down_after=after, max_retry_attempts=0,
+                     C_init=2)
+            assert {r["reason"] for r in latest(tmp_path / f"out{after}")} == expected, after
