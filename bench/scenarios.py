@@ -145,6 +145,11 @@ def fails_for_good(query: str) -> bool:
     return False
 
 
+def answers_nothing(spec: HostSpec) -> bool:
+    """Every request stalls (past any timeout the bench gives): none of the host's rows can succeed."""
+    return spec.fault_rate >= 1.0 and tuple(spec.faults) == ("stall",)
+
+
 def _flowdc_option(scenario: Scenario, name: str, default: float) -> float:
     args = list(scenario.flowdc_args)
     return float(args[args.index(name) + 1]) if name in args else default
@@ -223,7 +228,8 @@ def build_urls(scenario: Scenario, base_urls: list[str], rows: int) -> tuple[lis
         f"{base_urls[h]}/img/{i % (scenario.distinct_images or rows):08d}.png" + (f"?{q}" if q else "")
         for i, (h, q) in enumerate(zip(hosts, queries, strict=True))
     ]
-    expected_ok = sum(1 for q in queries if not fails_for_good(q))
+    silent = {i for i, spec in enumerate(scenario.hosts) if answers_nothing(spec)}
+    expected_ok = sum(1 for h, q in zip(hosts, queries, strict=True) if h not in silent and not fails_for_good(q))
     return urls, counts, expected_ok
 
 
@@ -315,6 +321,24 @@ FAULTS = Scenario(
     bare_args=("--timeout", "3", "--retries", "3", "--backoff", "0.5"),
     concurrency=128,
     timeout_s=300.0,
+)
+
+DEAD_HOSTS = Scenario(
+    name="dead_hosts",
+    about=(
+        "4 open hosts (5 ms) and 2 silent ones that accept connections and never answer, 3,000 rows spread "
+        "evenly, 5-s timeout: a third of the rows cannot succeed, and what counts is when the run ends."
+    ),
+    rows=3_000,
+    hosts=(
+        *(HostSpec(ip, latency_s=0.005, name=f"open{i}") for i, ip in enumerate(_ips(4))),
+        *(HostSpec(ip, fault_rate=1.0, faults=("stall",), stall_s=60.0, name=f"silent{i}")
+          for i, ip in enumerate(_ips(6)[4:])),
+    ),
+    flowdc_args=("--timeout", "5"),  # the default 3 retries and host_down_after 60 s
+    bare_args=("--timeout", "5", "--retries", "3", "--backoff", "2"),  # flowdc's default retries and backoff
+    concurrency=256,
+    timeout_s=400.0,
 )
 
 _POLITE_HOSTS = (
@@ -502,6 +526,6 @@ MANIFEST10M = Scenario(
 )
 
 SCENARIOS: dict[str, Scenario] = {
-    s.name: s for s in (UNTHROTTLED, LARGE, FAULTS, POLITE, POLITE_LONG, SPREAD, MANY_HOSTS, QUEUE_TAIL, REALISTIC,
-                        REALISTIC_MIX, RESIZE, MANIFEST10M)
+    s.name: s for s in (UNTHROTTLED, LARGE, FAULTS, DEAD_HOSTS, POLITE, POLITE_LONG, SPREAD, MANY_HOSTS, QUEUE_TAIL,
+                        REALISTIC, REALISTIC_MIX, RESIZE, MANIFEST10M)
 }

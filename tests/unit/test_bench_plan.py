@@ -1,4 +1,5 @@
-"""The bench's rounds: contenders rotate, so none is always first or always after the same one."""
+"""The bench's plan: contenders rotate through the rounds (none is always first or always after the same
+one), and a scenario's rows that cannot succeed are counted out."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ if str(BENCH) not in sys.path:
     sys.path.insert(0, str(BENCH))
 
 from run import round_order  # noqa: E402
+from scenarios import DEAD_HOSTS, answers_nothing, build_urls  # noqa: E402
 
 
 def test_the_first_two_rounds_run_in_opposite_orders() -> None:
@@ -37,3 +39,11 @@ def test_a_contender_follows_a_different_one_from_round_to_round() -> None:
 
 def test_no_contenders_no_round() -> None:
     assert round_order([], 2) == []
+
+
+def test_a_silent_hosts_rows_are_counted_out() -> None:
+    silent = [i for i, spec in enumerate(DEAD_HOSTS.hosts) if answers_nothing(spec)]
+    assert len(silent) == 2
+    bases = [f"http://127.0.0.{i + 2}:1" for i in range(len(DEAD_HOSTS.hosts))]
+    _, counts, expected_ok = build_urls(DEAD_HOSTS, bases, 600)
+    assert expected_ok == 600 - sum(counts[i] for i in silent) == 400
