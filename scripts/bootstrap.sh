@@ -30,6 +30,9 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   .venv/bin/python -m pip install -q -e ".[dev]"
   echo "$want" > "$stamp"
 fi
+# flowdc's own bytecode, written now: an editable install leaves it to the first import, and where
+# PYTHONDONTWRITEBYTECODE is set (as on this project's machines) every start compiled flowdc again (60 ms).
+.venv/bin/python -m compileall -q flowdc flows >/dev/null || true
 
 # Work Queue's Python bindings come from Debian (python3-workqueue), built for the system Python 3.11:
 # link them into the venv (same ABI). TaskVine (ndcctools) is not packaged here; see docs/distributed.md.
