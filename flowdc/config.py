@@ -92,8 +92,9 @@ class NetworkOptions:
     dns_threads: int = opt(64, "Threads that resolve host names (the system resolver, answers cached for 300 s).")
     host_down_after: float = opt(
         60.0, "Seconds a host may leave every request unanswered (timed out, refused or reset; at least 8 in a "
-        "row) before it is taken as down: the rows left for it fail as host_down without a request, and a "
-        "later run retries them. 0 = never.")
+        "row) before it is taken as down: its rows wait while other hosts have work, one request every 15 s "
+        "asks whether it is back, and the rows still waiting at the end fail as host_down without a request "
+        "(a later run retries them). 0 = never.")
 
     def check_network(self) -> None:
         from flowdc.proxies import ProxyRoutes  # parses --proxy (and the environment's proxies) the one way

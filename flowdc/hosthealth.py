@@ -4,9 +4,10 @@ A host that is down (blackholed, firewalled, gone) leaves every request to time 
 backs off to C_min, and its rows then drain at C_min requests per timeout, each tried several
 times: 2,000 rows behind a 30-s timeout would take a day. A host that answered none of at least
 DOWN_MIN_UNANSWERED requests in a row, the first of them sent `down_after_s` or more ago, is
-declared down: the scheduler hands its remaining rows out at once and they fail as `host_down`
-without a request, retryable by a later run. Any answer (an image, a 404, a 429, a 5xx) shows the
-host is up and starts the count again.
+declared down. The scheduler then keeps its rows waiting while other hosts have work, sends one of
+them now and then to ask whether the host is back, and once nothing else is left hands them out to
+fail as `host_down` without a request, retryable by a later run. Any answer (an image, a 404, a
+429, a 5xx) shows the host is up and starts the count again.
 """
 
 from __future__ import annotations

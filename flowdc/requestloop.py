@@ -79,7 +79,7 @@ class RequestLoop(Generic[OutcomeT]):
         sched = self.scheduler
         while (job := await sched.next_job()) is not None:
             job.attempts += 1
-            if sched.is_down(job.host):
+            if job.unsent:
                 # Not asked again in this run; the ledger keeps the row retryable for the next.
                 outcome = self.outcome_type(Signal.NOT_SENT, reason=HOST_DOWN, retryable=True, retry_now=False)
                 await asyncio.sleep(0)  # a dead host's thousands of rows must not hold the loop in one go

@@ -24,6 +24,8 @@ from flowdc.signals import Sample, Signal
 log = logging.getLogger(__name__)
 
 IDLE_EVICT_S = 60.0
+DOWN_PROBE_S = 15.0  # a down host gets one request this often (at most every down_after_s): is it back?
+GIVE_UP_AFTERS = 5  # down this many down_after_s while its rows fill the read-ahead: they fail as they come
 MIN_STALLED_ROOM = 8  # stalled requests a host may have beside its limit: the limit, or this if more
 
 
@@ -40,6 +42,7 @@ class Job:
     ident: int | None = None  # the row's identity across runs (flowdc.identity)
     sent_at: float = 0.0
     stalled: bool = False  # unanswered for so long that it no longer counts toward the host's limit
+    unsent: bool = False  # handed out to fail without a request: its host is down and nothing else is left
 
 
 @dataclass(slots=True)
@@ -55,7 +58,13 @@ class HostState:
     idle_since: float | None = None
     next_send: float = 0.0  # pacing: the policy's min_gap after the last send
     unanswered: Unanswered = field(default_factory=Unanswered)
-    down: bool = False  # declared down (flowdc/hosthealth.py): its jobs are handed out at once, to fail unsent
+    # Declared down (flowdc/hosthealth.py): its jobs wait while one of them at a time asks whether it is
+    # back. Released (nothing else is left to do, or it was given up on), they are handed out at once,
+    # to fail unsent, probes still going out on their timer.
+    down: bool = False
+    down_since: float = 0.0
+    release: bool = False
+    probing: bool = False  # a probe is out
 
     def busy(self) -> bool:
         return bool(self.queue) or bool(self.sent) or self.waiting_retries > 0
@@ -83,6 +92,10 @@ class Scheduler:
         self._make_policy = make_policy
         self.max_pending = max_pending
         self.down_after_s = down_after_s  # a host unanswered this long is declared down (0: never)
+        self.down_probe_s = min(DOWN_PROBE_S, down_after_s)
+        self.give_up_s = GIVE_UP_AFTERS * down_after_s
+        self._down: dict[str, HostState] = {}
+        self._reader_waiting = False  # the reader waits for room: only finished jobs make it
         self.hosts: dict[str, HostState] = {}
         self._ready: collections.deque[HostState] = collections.deque()
         self._idle: collections.OrderedDict[str, HostState] = collections.OrderedDict()
@@ -99,7 +112,11 @@ class Scheduler:
     async def wait_for_room(self) -> None:
         while self.pending >= self.max_pending:
             self._room.clear()
-            await self._room.wait()
+            self._reader_waiting = True
+            try:
+                await self._room.wait()
+            finally:
+                self._reader_waiting = False
 
     def add(self, job: Job) -> None:
         self.pending += 1
@@ -143,8 +160,14 @@ class Scheduler:
             host.inflight += 1
             job.sent_at = now = self.loop.time()
             host.sent[id(job)] = job
-            gap = host.policy.min_gap(now)
-            if gap > 0:
+            job.unsent = False
+            if host.down:
+                if host.probing or now < host.next_send:
+                    job.unsent = True  # only a released host's jobs get here
+                else:
+                    host.probing = True
+                    host.next_send = now + self.down_probe_s
+            elif (gap := host.policy.min_gap(now)) > 0:
                 host.next_send = next_paced_send(host.next_send, now, gap)
             self._offer(host)  # back of the ring if it can take more: round-robin between hosts
             return job
@@ -164,12 +187,14 @@ class Scheduler:
             now = self.loop.time()
             host.policy.on_sample(now, sample)
             host.unanswered.note(signal, job.sent_at)
-            if not host.down and host.unanswered.down(now, self.down_after_s):
+            host.probing = False
+            if host.down and host.unanswered.count == 0:
+                self._bring_back(host)
+            elif not host.down and host.unanswered.down(now, self.down_after_s):
                 self._declare_down(host, now)
         self._offer(host)
 
     def is_down(self, name: str) -> bool:
-        """The host was declared down: its jobs are to fail without a request."""
         host = self.hosts.get(name)
         return host is not None and host.down
 
@@ -177,6 +202,8 @@ class Scheduler:
         host = self._host(job.host)  # it may have been evicted if the job was done with
         host.waiting_retries += 1
         self._active[host.name] = host
+        if host.down:
+            delay = 0.0  # back in the queue at once: the probe timer paces a down host, not a backoff
         self.loop.call_later(max(delay, 0.0), self._requeue, job)
 
     def done(self, job: Job) -> None:
@@ -196,6 +223,10 @@ class Scheduler:
             host.policy.tick(now)
             self._release_stalled(host, now)
             self._offer(host)
+        if self._down and (self.closed or self._reader_waiting) and self._waiting_on_down_hosts() == self.pending:
+            # The reader done, the down hosts' rows are all that is left. The reader waiting for the room
+            # they hold, only hosts down for long are given up on: a few minutes' outage costs no rows.
+            self._release_down_hosts(now, since=math.inf if self.closed else self.give_up_s)
         while self._idle:
             name, host = next(iter(self._idle.items()))
             if host.idle_since is None or now - host.idle_since < IDLE_EVICT_S:
@@ -203,6 +234,7 @@ class Scheduler:
             del self._idle[name]
             if not host.busy():
                 del self.hosts[name]
+                self._down.pop(name, None)  # seen again later, it is judged afresh
 
     def active_hosts(self) -> Iterable[HostState]:
         return list(self._active.values())
@@ -240,17 +272,44 @@ class Scheduler:
         self._enqueue(host, job, first=True)
 
     def _declare_down(self, host: HostState, now: float) -> None:
-        host.down = True
-        log.warning("%s answered none of the last %d requests in %.0f s: taken as down, the rows left for it "
-                    "(%d queued now) fail as host_down, and a later run retries them", host.name,
-                    host.unanswered.count, now - host.unanswered.since, len(host.queue))
+        host.down, host.down_since = True, now
+        host.next_send = now + self.down_probe_s
+        self._down[host.name] = host
+        log.warning("%s answered none of the last %d requests in %.0f s: taken as down. Its rows wait while other "
+                    "hosts have work, one request every %.0f s asks whether it is back, and the rows still "
+                    "waiting at the end fail as host_down (a later run retries them)", host.name,
+                    host.unanswered.count, now - host.unanswered.since, self.down_probe_s)
+
+    def _bring_back(self, host: HostState) -> None:
+        host.down = host.release = host.probing = False
+        host.next_send = 0.0  # the probe timer's
+        self._down.pop(host.name, None)
+        log.warning("%s answers again: its rows are fetched again", host.name)
+
+    def _waiting_on_down_hosts(self) -> int:
+        """Pending jobs of down hosts: queued, out as probes, or waiting to retry."""
+        return sum(len(h.queue) + len(h.sent) + h.waiting_retries for h in self._down.values())
+
+    def _release_down_hosts(self, now: float, since: float) -> None:
+        """Nothing but down hosts' rows is left (or the reader waits for room they hold): the queued
+        rows of hosts down for `since` seconds (inf: all) are handed out, to fail unsent, and so are
+        the rows that come for them later."""
+        released = [h for h in self._down.values()
+                    if h.queue and not h.release and (since == math.inf or now - h.down_since >= since)]
+        if not released:
+            return
+        log.warning("%s: given up on for this run, %d rows fail as host_down",
+                    ", ".join(h.name for h in released), sum(len(h.queue) for h in released))
+        for host in released:
+            host.release = True
+            self._offer(host)
 
     def _eligible(self, host: HostState) -> bool:
-        if host.down:  # no request goes out, so no limit, hold or pace applies
+        if host.release:  # its rows fail unsent: no limit, hold or pace applies
             return bool(host.queue)
-        if not host.queue or host.inflight >= host.policy.limit():
+        if not host.queue or (host.probing if host.down else host.inflight >= host.policy.limit()):
             return False
-        hold = max(host.policy.hold_until(), host.next_send)
+        hold = host.next_send if host.down else max(host.policy.hold_until(), host.next_send)  # down: the probe timer
         if hold > self.loop.time():
             if not host.wake_armed:
                 host.wake_armed = True

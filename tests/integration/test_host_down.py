@@ -1,15 +1,18 @@
-"""A host that answers nothing (it accepts connections and never replies) is declared down: its
-rows fail as host_down without a request, the other hosts go on, and a later run fetches them once
-the host is back."""
+"""A host that answers nothing (it accepts connections and never replies) is declared down: its rows
+wait while other hosts have work, a probe now and then asks whether it is back, and the rows still
+waiting at the end fail as host_down without a request, for a later run to fetch."""
 
 from __future__ import annotations
 
+import logging
 import socket
 import threading
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+
+import pytest
 
 from flowdc.testing.fakehosts import FakeHostFarm, HostSpec, write_manifest
 from tests.integration.conftest import download, latest
@@ -38,6 +41,8 @@ class Blackhole:
             self.held.append(conn)
 
     def close(self) -> None:
+        if self.sock.fileno() < 0:  # closed already
+            return
         self.sock.shutdown(socket.SHUT_RDWR)  # wakes the accept() under way, which would keep the port bound
         self.sock.close()
         for conn in self.held:
@@ -85,3 +90,29 @@ def test_with_host_down_after_0_every_row_is_asked(tmp_path: Path) -> None:
             download(manifest, tmp_path / f"out{after}", timeout=0.2, host_down_after=after, max_retry_attempts=0,
                      C_init=2)
             assert {r["reason"] for r in latest(tmp_path / f"out{after}")} == expected, after
+
+
+def test_a_host_back_while_others_still_have_work_gets_its_rows_fetched_in_the_same_run(
+        tmp_path: Path, farm_factory: Callable[[Sequence[HostSpec]], FakeHostFarm],
+        caplog: pytest.LogCaptureFixture) -> None:
+    busy = farm_factory([HostSpec("127.0.0.2", capacity=4, latency_s=0.1)])  # 40 rows/s: 300 rows take 7.5 s
+    hole = Blackhole(DEAD_IP)
+
+    def back() -> None:
+        hole.close()
+        farm_factory([HostSpec(DEAD_IP, port=hole.port)])
+
+    urls = [busy.url(0, f"/img/{i}.png") for i in range(300)] + [
+        f"http://{DEAD_IP}:{hole.port}/img/{i}.png" for i in range(30)]
+    manifest = write_manifest(tmp_path / "m.parquet", urls)
+    revive = threading.Timer(2.5, back)  # silent for 2.5 s: declared down at the second wave of timeouts, 2 s
+    revive.start()
+    try:
+        with caplog.at_level(logging.WARNING, logger="flowdc.scheduler"):
+            overview = download(manifest, tmp_path / "out", timeout=1.0, host_down_after=1.5, max_retry_attempts=6)
+    finally:
+        revive.join()
+        hole.close()
+    assert "taken as down" in caplog.text and "answers again" in caplog.text
+    assert overview["this_run"]["ok"] == 330, Counter(r["reason"] for r in latest(tmp_path / "out"))
+    assert {r["status"] for r in latest(tmp_path / "out")} == {"ok"}

@@ -1,5 +1,6 @@
-"""A host that answers nothing is declared down: the count of unanswered requests, and the scheduler's
-hand-out of a down host's rows."""
+"""A host that answers nothing is declared down: the count of unanswered requests, and what the
+scheduler does with a down host's rows (they wait, one probe at a time asks whether the host is
+back, and they are handed out to fail unsent once nothing else is left)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import pytest
 
 from flowdc.hosthealth import DOWN_MIN_UNANSWERED, Unanswered
 from flowdc.paarc import FixedLimit
-from flowdc.scheduler import Job, Scheduler
+from flowdc.scheduler import GIVE_UP_AFTERS, Job, Scheduler
 from flowdc.signals import Signal
 
 
@@ -41,23 +42,104 @@ def test_a_request_never_sent_says_nothing_about_the_host() -> None:
     assert count.count == DOWN_MIN_UNANSWERED
 
 
-def test_a_down_host_hands_out_its_rows_past_its_limit_and_the_others_keep_theirs() -> None:
+def take_all(sched: Scheduler) -> list[Job]:
+    return list(iter(sched.take_ready, None))
+
+
+async def down_beside_up(down_after_s: float = 0.01) -> Scheduler:
+    """Host "dead" (limit 2) answers none of DOWN_MIN_UNANSWERED requests over down_after_s, while
+    host "up" (limit 2) answers; each has 20 rows."""
+    sched = Scheduler(lambda host, now: FixedLimit(2), max_pending=1000, down_after_s=down_after_s)
+    for i in range(20):
+        sched.add(Job(i, str(i), f"http://dead/{i}", "dead"))
+        sched.add(Job(100 + i, str(100 + i), f"http://up/{i}", "up"))
+    for _ in range(DOWN_MIN_UNANSWERED // 2):
+        sent = take_all(sched)  # two of each host: their limits
+        assert len(sent) == 4
+        await asyncio.sleep(down_after_s / 2)  # the first unanswered request is old enough at the end
+        for job in sent:
+            sched.finished(job, Signal.TIMEOUT if job.host == "dead" else Signal.OK, 0.01, None)
+            if job.host == "up":
+                sched.done(job)
+            else:
+                sched.retry_later(job, 0.0)
+    await asyncio.sleep(0.001)  # the retried jobs are queued again
+    return sched
+
+
+def test_a_down_hosts_rows_wait_while_another_host_has_work() -> None:
     async def main() -> None:
-        sched = Scheduler(lambda host, now: FixedLimit(2), max_pending=1000, down_after_s=0.01)
-        for i in range(20):
-            sched.add(Job(i, str(i), f"http://dead/{i}", "dead"))
-            sched.add(Job(100 + i, str(100 + i), f"http://up/{i}", "up"))
-        for _ in range(DOWN_MIN_UNANSWERED // 2):
-            sent = [sched.take_ready() for _ in range(4)]  # two of each host: their limits
-            await asyncio.sleep(0.005)  # four rounds: the first unanswered request is 0.02 s old at the end
-            for job in sent:
-                assert job is not None
-                sched.finished(job, Signal.TIMEOUT if job.host == "dead" else Signal.OK, 0.01, None)
+        sched = await down_beside_up()
         assert sched.is_down("dead") and not sched.is_down("up")
         assert sched.snapshot()["dead"]["state"] == "DOWN"
-        taken = [job.host for job in iter(sched.take_ready, None)]
-        assert taken.count("dead") == 20 - DOWN_MIN_UNANSWERED  # all that is left, at once
-        assert taken.count("up") == 2  # still its limit
+        assert len(sched.hosts["dead"].queue) == 20
+        sched.close()
+        sched.tick()
+        assert [job.host for job in take_all(sched)] == ["up", "up"]  # its limit; nothing of the down host
+
+    asyncio.run(main())
+
+
+def test_once_only_down_hosts_rows_are_left_they_are_handed_out_to_fail_unsent() -> None:
+    async def main() -> None:
+        sched = await down_beside_up()
+        sched.close()
+        while (up := [job for job in take_all(sched) if job.host == "up"]):
+            for job in up:
+                sched.finished(job, Signal.OK, 0.01, None)
+                sched.done(job)
+        sched.tick()
+        released = take_all(sched)
+        assert len(released) == 20 and all(job.host == "dead" and job.unsent for job in released)
+
+    asyncio.run(main())
+
+
+def test_a_host_down_long_while_its_rows_keep_the_reader_waiting_is_given_up_on() -> None:
+    async def main() -> None:
+        sched = Scheduler(lambda host, now: FixedLimit(2), max_pending=12, down_after_s=0.01)
+        for i in range(12):
+            sched.add(Job(i, str(i), f"http://dead/{i}", "dead"))
+        for _ in range(DOWN_MIN_UNANSWERED // 2):
+            sent = take_all(sched)
+            await asyncio.sleep(0.005)
+            for job in sent:
+                sched.finished(job, Signal.TIMEOUT, None, None)
+                sched.retry_later(job, 0.0)
+            await asyncio.sleep(0.001)
+        reader = asyncio.create_task(sched.wait_for_room())  # 12 pending: full
+        await asyncio.sleep(0)
+        sched.tick()
+        first = take_all(sched)  # down for less than GIVE_UP_AFTERS x 0.01 s: it waits, a probe at most
+        assert len(first) <= 1 and not any(job.unsent for job in first)
+        await asyncio.sleep(GIVE_UP_AFTERS * 0.01)
+        sched.tick()
+        handed = first + take_all(sched)
+        assert len(handed) == 12 and sum(job.unsent for job in handed) == 11  # all but one probe
+        for job in handed:
+            sched.finished(job, Signal.NOT_SENT if job.unsent else Signal.TIMEOUT, None, None)
+            sched.done(job)
+        await asyncio.wait_for(reader, 1.0)
+
+    asyncio.run(main())
+
+
+def test_one_probe_at_a_time_asks_until_an_answer_brings_the_host_back() -> None:
+    async def main() -> None:
+        sched = await down_beside_up(down_after_s=0.02)
+        dead = sched.hosts["dead"]
+        for answer in (Signal.TIMEOUT, Signal.OK):
+            await asyncio.sleep(0.03)  # the probe interval (at most down_after_s)
+            probes = [job for job in take_all(sched) if job.host == "dead"]
+            assert len(probes) == 1 and not probes[0].unsent  # one request goes out
+            sched.finished(probes[0], answer, 0.01 if answer is Signal.OK else None, None)
+            if answer is Signal.TIMEOUT:
+                assert sched.is_down("dead")
+                sched.retry_later(probes[0], 5.0)  # a down host's retry waits for the next probe, not 5 s
+                await asyncio.sleep(0.001)
+                assert len(dead.queue) == 20
+        assert not sched.is_down("dead")
+        assert len([job for job in take_all(sched) if job.host == "dead"]) == 2  # its limit again
 
     asyncio.run(main())
 
