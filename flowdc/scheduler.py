@@ -183,11 +183,12 @@ class Scheduler:
             job.stalled = False
         else:
             host.inflight -= 1
+        if not job.unsent:
+            host.probing = False  # a probe that never left (a proxy's refusal, say) ends too
         if signal is not Signal.NOT_SENT:
             now = self.loop.time()
             host.policy.on_sample(now, sample)
             host.unanswered.note(signal, job.sent_at)
-            host.probing = False
             if host.down and host.unanswered.count == 0:
                 self._bring_back(host)
             elif not host.down and host.unanswered.down(now, self.down_after_s):

@@ -144,6 +144,21 @@ def test_one_probe_at_a_time_asks_until_an_answer_brings_the_host_back() -> None
     asyncio.run(main())
 
 
+def test_a_probe_that_could_not_be_sent_does_not_stop_the_probes() -> None:
+    async def main() -> None:
+        sched = await down_beside_up(down_after_s=0.02)
+        for _ in range(2):
+            await asyncio.sleep(0.03)
+            probes = [job for job in take_all(sched) if job.host == "dead"]
+            assert len(probes) == 1
+            sched.finished(probes[0], Signal.NOT_SENT, None, None)  # e.g. the proxy refused the CONNECT
+            sched.retry_later(probes[0], 0.0)
+            await asyncio.sleep(0.001)
+        assert sched.is_down("dead")
+
+    asyncio.run(main())
+
+
 def test_no_host_is_declared_down_unless_asked() -> None:
     async def main() -> None:
         sched = Scheduler(lambda host, now: FixedLimit(1), max_pending=1000)  # down_after_s 0: never
