@@ -52,7 +52,7 @@ class HostState:
     queue: collections.deque[Job] = field(default_factory=collections.deque)
     inflight: int = 0  # requests that count toward the limit
     sent: dict[int, Job] = field(default_factory=dict)  # every request out, stalled ones included
-    waiting_retries: int = 0
+    retrying: dict[int, tuple[asyncio.TimerHandle, Job]] = field(default_factory=dict)  # jobs waiting to retry
     offered: bool = False  # already in the ready ring
     wake_armed: bool = False  # a timer will re-offer it when its hold ends
     idle_since: float | None = None
@@ -67,7 +67,7 @@ class HostState:
     probing: bool = False  # a probe is out
 
     def busy(self) -> bool:
-        return bool(self.queue) or bool(self.sent) or self.waiting_retries > 0
+        return bool(self.queue) or bool(self.sent) or bool(self.retrying)
 
     def stalled(self) -> int:
         return len(self.sent) - self.inflight
@@ -201,11 +201,10 @@ class Scheduler:
 
     def retry_later(self, job: Job, delay: float) -> None:
         host = self._host(job.host)  # it may have been evicted if the job was done with
-        host.waiting_retries += 1
         self._active[host.name] = host
         if host.down:
             delay = 0.0  # back in the queue at once: the probe timer paces a down host, not a backoff
-        self.loop.call_later(max(delay, 0.0), self._requeue, job)
+        host.retrying[id(job)] = (self.loop.call_later(max(delay, 0.0), self._requeue, job), job)
 
     def done(self, job: Job) -> None:
         """The job reached a final state (stored, failed or skipped)."""
@@ -269,12 +268,15 @@ class Scheduler:
         # A retry goes first: it is older than anything queued, and sent last it would be the
         # run's tail (one unlucky row retried behind a host's whole queue, then backed off again).
         host = self._host(job.host)
-        host.waiting_retries -= 1
+        del host.retrying[id(job)]
         self._enqueue(host, job, first=True)
 
     def _declare_down(self, host: HostState, now: float) -> None:
         host.down, host.down_since = True, now
         host.next_send = now + self.down_probe_s
+        for timer, job in list(host.retrying.values()):  # their backoff is moot now: they wait with the rest
+            timer.cancel()
+            self._requeue(job)
         self._down[host.name] = host
         log.warning("%s answered none of the last %d requests in %.0f s: taken as down. Its rows wait while other "
                     "hosts have work, one request every %.0f s asks whether it is back, and the rows still "
@@ -289,7 +291,7 @@ class Scheduler:
 
     def _waiting_on_down_hosts(self) -> int:
         """Pending jobs of down hosts: queued, out as probes, or waiting to retry."""
-        return sum(len(h.queue) + len(h.sent) + h.waiting_retries for h in self._down.values())
+        return sum(len(h.queue) + len(h.sent) + len(h.retrying) for h in self._down.values())
 
     def _release_down_hosts(self, now: float, since: float) -> None:
         """Nothing but down hosts' rows is left (or the reader waits for room they hold): the queued

@@ -80,6 +80,25 @@ def test_a_down_hosts_rows_wait_while_another_host_has_work() -> None:
     asyncio.run(main())
 
 
+def test_rows_waiting_out_a_backoff_when_the_host_goes_down_wait_with_the_rest_at_once() -> None:
+    async def main() -> None:
+        sched = Scheduler(lambda host, now: FixedLimit(2), max_pending=1000, down_after_s=0.01)
+        for i in range(10):
+            sched.add(Job(i, str(i), f"http://dead/{i}", "dead"))
+        for _ in range(DOWN_MIN_UNANSWERED // 2):
+            sent = take_all(sched)
+            await asyncio.sleep(0.005)
+            for job in sent:
+                sched.finished(job, Signal.TIMEOUT, None, None)
+                if not sched.is_down("dead"):
+                    sched.retry_later(job, 60.0)  # a backoff, as a download's
+        dead = sched.hosts["dead"]
+        assert sched.is_down("dead") and not dead.retrying
+        assert len(dead.queue) == 10 - 1  # the last one is the caller's to retry or record
+
+    asyncio.run(main())
+
+
 def test_once_only_down_hosts_rows_are_left_they_are_handed_out_to_fail_unsent() -> None:
     async def main() -> None:
         sched = await down_beside_up()
