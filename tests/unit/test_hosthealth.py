@@ -67,6 +67,22 @@ async def down_beside_up(down_after_s: float = 0.01) -> Scheduler:
     return sched
 
 
+async def silent_host(rows: int, max_pending: int = 1000, retry_delay: float = 0.0) -> Scheduler:
+    """Host "dead" (limit 2) with `rows` rows answers none of its requests until it is declared down
+    (down_after_s 0.01); each timed-out job is retried after `retry_delay`, as a download does."""
+    sched = Scheduler(lambda host, now: FixedLimit(2), max_pending=max_pending, down_after_s=0.01)
+    for i in range(rows):
+        sched.add(Job(i, str(i), f"http://dead/{i}", "dead"))
+    for _ in range(DOWN_MIN_UNANSWERED // 2):
+        sent = take_all(sched)
+        await asyncio.sleep(0.005)
+        for job in sent:
+            sched.finished(job, Signal.TIMEOUT, None, None)
+            sched.retry_later(job, retry_delay)
+        await asyncio.sleep(0.001)
+    return sched
+
+
 def test_a_down_hosts_rows_wait_while_another_host_has_work() -> None:
     async def main() -> None:
         sched = await down_beside_up()
@@ -82,19 +98,10 @@ def test_a_down_hosts_rows_wait_while_another_host_has_work() -> None:
 
 def test_rows_waiting_out_a_backoff_when_the_host_goes_down_wait_with_the_rest_at_once() -> None:
     async def main() -> None:
-        sched = Scheduler(lambda host, now: FixedLimit(2), max_pending=1000, down_after_s=0.01)
-        for i in range(10):
-            sched.add(Job(i, str(i), f"http://dead/{i}", "dead"))
-        for _ in range(DOWN_MIN_UNANSWERED // 2):
-            sent = take_all(sched)
-            await asyncio.sleep(0.005)
-            for job in sent:
-                sched.finished(job, Signal.TIMEOUT, None, None)
-                if not sched.is_down("dead"):
-                    sched.retry_later(job, 60.0)  # a backoff, as a download's
+        sched = await silent_host(10, retry_delay=60.0)
         dead = sched.hosts["dead"]
         assert sched.is_down("dead") and not dead.retrying
-        assert len(dead.queue) == 10 - 1  # the last one is the caller's to retry or record
+        assert len(dead.queue) == 10
 
     asyncio.run(main())
 
@@ -116,16 +123,7 @@ def test_once_only_down_hosts_rows_are_left_they_are_handed_out_to_fail_unsent()
 
 def test_a_host_down_long_while_its_rows_keep_the_reader_waiting_is_given_up_on() -> None:
     async def main() -> None:
-        sched = Scheduler(lambda host, now: FixedLimit(2), max_pending=12, down_after_s=0.01)
-        for i in range(12):
-            sched.add(Job(i, str(i), f"http://dead/{i}", "dead"))
-        for _ in range(DOWN_MIN_UNANSWERED // 2):
-            sent = take_all(sched)
-            await asyncio.sleep(0.005)
-            for job in sent:
-                sched.finished(job, Signal.TIMEOUT, None, None)
-                sched.retry_later(job, 0.0)
-            await asyncio.sleep(0.001)
+        sched = await silent_host(12, max_pending=12)
         reader = asyncio.create_task(sched.wait_for_room())  # 12 pending: full
         await asyncio.sleep(0)
         sched.tick()
