@@ -58,7 +58,7 @@ STATE_COLOURS = {
     "PROBE_RTT": "#fff2b3",
     "BACKOFF": "#f8c8c8",
     "FIXED": "#eeeeee",
-    "DOWN": "#9e9e9e",  # answered nothing for host_down_after: its rows were failed unsent
+    "DOWN": "#9e9e9e",  # answered nothing for host_down_after: its rows wait, or fail unsent once released
 }
 EXTRA_STATE_COLOURS = ("#e0d4f5", "#fde0c5", "#d0f0ef", "#f5d0e6")  # states added to PAARC later
 

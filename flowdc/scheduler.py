@@ -42,7 +42,7 @@ class Job:
     ident: int | None = None  # the row's identity across runs (flowdc.identity)
     sent_at: float = 0.0
     stalled: bool = False  # unanswered for so long that it no longer counts toward the host's limit
-    unsent: bool = False  # handed out to fail without a request: its host is down and nothing else is left
+    unsent: bool = False  # handed out to fail without a request: its host is down and was released
 
 
 @dataclass(slots=True)
@@ -226,7 +226,7 @@ class Scheduler:
         if self._down and (self.closed or self._reader_waiting) and self._waiting_on_down_hosts() == self.pending:
             # The reader done, the down hosts' rows are all that is left. The reader waiting for the room
             # they hold, only hosts down for long are given up on: a few minutes' outage costs no rows.
-            self._release_down_hosts(now, since=math.inf if self.closed else self.give_up_s)
+            self._release_down_hosts(now, down_for=0.0 if self.closed else self.give_up_s)
         while self._idle:
             name, host = next(iter(self._idle.items()))
             if host.idle_since is None or now - host.idle_since < IDLE_EVICT_S:
@@ -293,12 +293,11 @@ class Scheduler:
         """Pending jobs of down hosts: queued, out as probes, or waiting to retry."""
         return sum(len(h.queue) + len(h.sent) + len(h.retrying) for h in self._down.values())
 
-    def _release_down_hosts(self, now: float, since: float) -> None:
+    def _release_down_hosts(self, now: float, down_for: float) -> None:
         """Nothing but down hosts' rows is left (or the reader waits for room they hold): the queued
-        rows of hosts down for `since` seconds (inf: all) are handed out, to fail unsent, and so are
+        rows of hosts down for `down_for` seconds or more are handed out, to fail unsent, and so are
         the rows that come for them later."""
-        released = [h for h in self._down.values()
-                    if h.queue and not h.release and (since == math.inf or now - h.down_since >= since)]
+        released = [h for h in self._down.values() if h.queue and not h.release and now - h.down_since >= down_for]
         if not released:
             return
         log.warning("%s: given up on for this run, %d rows fail as host_down",
