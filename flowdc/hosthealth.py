@@ -27,14 +27,21 @@ class Unanswered:
 
     count: int = 0
     since: float = 0.0
+    timeouts: int = 0  # of `count`: the ones that timed out (the rest were refused or reset)
 
     def note(self, signal: Signal, sent_at: float) -> None:
         if signal in UNANSWERED:
             if self.count == 0:
-                self.since = sent_at
+                self.since, self.timeouts = sent_at, 0
             self.count += 1
+            self.timeouts += signal is Signal.TIMEOUT
         elif signal is not Signal.NOT_SENT:  # a request that never left says nothing about the host
             self.count = 0
+
+    @property
+    def all_timed_out(self) -> bool:
+        """Every request of the run timed out: the host may be slow rather than gone."""
+        return self.count > 0 and self.timeouts == self.count
 
     def down(self, now: float, after_s: float) -> bool:
         """Down: at least DOWN_MIN_UNANSWERED requests in a row unanswered over `after_s` seconds

@@ -85,6 +85,11 @@ def next_paced_send(due: float, now: float, gap: float) -> float:
     return now + gap - (min(late, gap / 2) if 0 <= late < gap else 0.0)
 
 
+# A host that only answers after --timeout looks dead: say how to tell (and keep) a slow one.
+SLOW_HINT = (". All of them timed out: if the host is only slow, a longer --timeout lets it answer "
+             "(--host_down_after 0 never takes a host as down)")
+
+
 class Scheduler:
     def __init__(self, make_policy: Callable[[str, float], HostLimit], max_pending: int,
                  down_after_s: float = 0.0):
@@ -278,10 +283,12 @@ class Scheduler:
             timer.cancel()
             self._requeue(job)
         self._down[host.name] = host
+        silent = host.unanswered
         log.warning("%s answered none of the last %d requests in %.0f s: taken as down. Its rows wait while other "
                     "hosts have work, one request every %.0f s asks whether it is back, and the rows still "
-                    "waiting at the end fail as host_down (a later run retries them)", host.name,
-                    host.unanswered.count, now - host.unanswered.since, self.down_probe_s)
+                    "waiting at the end fail as host_down (a later run retries them)%s", host.name,
+                    silent.count, now - silent.since, self.down_probe_s,
+                    SLOW_HINT if silent.all_timed_out else "")
 
     def _bring_back(self, host: HostState) -> None:
         host.down = host.release = host.probing = False

@@ -37,6 +37,15 @@ def test_any_answer_starts_the_count_again(answer: Signal) -> None:
     assert not count.down(now=99.0, after_s=1.0)
 
 
+@pytest.mark.parametrize(("signals", "slow"), [
+    ([Signal.TIMEOUT] * DOWN_MIN_UNANSWERED, True),
+    ([Signal.TIMEOUT] * (DOWN_MIN_UNANSWERED - 1) + [Signal.CONN_ERROR], False),
+    ([Signal.CONN_ERROR, Signal.OK] + [Signal.TIMEOUT] * DOWN_MIN_UNANSWERED, True),  # the count started again
+], ids=["all-timeouts", "one-refused", "after-an-answer"])
+def test_a_run_of_timeouts_alone_may_be_a_slow_host(signals: list[Signal], slow: bool) -> None:
+    assert unanswered(*signals).all_timed_out is slow
+
+
 def test_a_request_never_sent_says_nothing_about_the_host() -> None:
     count = unanswered(*[Signal.TIMEOUT] * (DOWN_MIN_UNANSWERED - 1), Signal.NOT_SENT, Signal.TIMEOUT)
     assert count.count == DOWN_MIN_UNANSWERED
