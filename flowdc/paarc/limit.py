@@ -83,8 +83,9 @@ class ClientLoad:
     """How late the downloader's own event loop runs, from how late its periodic timer fires.
 
     Shared by every host's policy. When the loop is saturated, the client is the bottleneck: the
-    latency every host shows includes our own queue, and more requests in flight only lengthen
-    it (measured on loopback: 4 requests per host fetched 20k images faster than 30-80 did).
+    latency every host shows includes our own queue, and more requests in flight lengthen it. (They
+    need not slow the run: on the realistic bench 64 a host ran faster than 8, as each pass of the
+    loop served more replies; see docs/benchmarks.md.)
     """
 
     __slots__ = ("busy_ticks", "lag_s", "ticks")
