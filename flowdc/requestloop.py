@@ -57,6 +57,9 @@ class RequestLoop(Generic[OutcomeT]):
                 ticker = asyncio.create_task(self._tick(on_tick))
                 tasks = [reader, *workers, ticker]
                 all_work = asyncio.gather(reader, *workers)
+                # Stopped, the workers are cancelled and this future holds their CancelledError: marked
+                # retrieved here, or asyncio logs it with a traceback after the run said why it stopped.
+                all_work.add_done_callback(_retrieve)
                 if stop is None:
                     await all_work
                     return False
@@ -94,3 +97,8 @@ class RequestLoop(Generic[OutcomeT]):
             self.scheduler.tick()
             if on_tick is not None:
                 await on_tick()
+
+
+def _retrieve(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()
