@@ -39,6 +39,7 @@ STARTUP_RATE_GAIN = 1.3  # a doubling that raised the served rate this much was 
 LAG_GAIN = 1.5  # a far host grows this much per interval while our loop lags: judged by rate, it may
 LAG_RATE_GAIN = 1.3  # ... overshoot once (a hard cap at 2x capacity stays unmet) and keeps a raise
 # that lifted its rate this much: it settles within 0.77-1.15x its capacity
+KNEE_SHARE = 0.9  # a raise that lifted the rate by less than this share of its own factor passed the knee
 PROBE_RATE_GAIN = 1.1  # likewise for an up-probe (1.25x the load, so at most 1.25x the rate)
 PROBE_GAIN = 1.25  # an up-probe offers 25% more than the ceiling (at least one more request)
 PROBE_EVERY = 8  # cruise intervals between up-probes: probing costs a little queueing each time
@@ -65,6 +66,7 @@ class PaarcController:
     __slots__ = (
         "_hold",
         "_limit",
+        "base_lagged",
         "base_lat",
         "base_lat_se",
         "base_load",
@@ -129,6 +131,7 @@ class PaarcController:
         self.rtprop: float | None = None
         self.rtprop_since = now
         self.base_lat: float | None = None
+        self.base_lagged = False  # the baselines were first measured while our loop lagged
         self.base_lat_se = 0.0  # relative standard error of base_lat when it was measured
         self.base_load = 0  # the lightest limit an interval of the baseline window ran at (0: none yet)
         self.base_p50: float | None = None
@@ -395,14 +398,14 @@ class PaarcController:
             self._reset_window(now)
             self._overload(now, None, None)
             return
-        self._measure(s)
-        if self.push is not None:
-            self.push.best_rate = max(self.push.best_rate, s.ok_rate)  # the pace's floor follows it
-        self._adjust_pace(now)
         # Our own event loop ran late during this interval: every latency in it holds our queue,
         # not the host's, so it cannot tell a queue at the host (nor its absence). The served rate
         # still can: such an interval is judged as a near host's is.
         lagged = self._client_lagged()
+        self._measure(s, lagged)
+        if self.push is not None:
+            self.push.best_rate = max(self.push.best_rate, s.ok_rate)  # the pace's floor follows it
+        self._adjust_pace(now)
         little = self._limit / s.mean if s.mean and s.pipe_full else 0.0
         # A step down is judged once the queue it left has drained, against the level above it.
         draining = self.stepping and s.stale
@@ -423,9 +426,23 @@ class PaarcController:
         if not draining:
             self.served_before, self.little_before = s.served_rate, little  # what the next raise has to beat
 
-    def _measure(self, s: Summary) -> None:
+    def _measure(self, s: Summary, lagged: bool = False) -> None:
         """Smooth the interval's latencies with alpha_ema; the baselines are minima of the smoothed
-        series (RTprop: of raw p10), since the last PROBE_RTT."""
+        series (RTprop: of raw p10), since the last PROBE_RTT.
+
+        Baselines first measured while our own loop lagged hold our queue (a run's first interval,
+        when every host of a long manifest starts at once, read a 16-slot 80-ms host at 130 ms). The
+        first interval that did not lag starts the series afresh if it is faster: smoothed from the
+        lagged value, the baseline stayed far enough above the host's own latency to hide a queue
+        of half its capacity, and a doubling from there met its hard cap."""
+        if self.base_lagged and not lagged:
+            self.base_lagged = False
+            if s.mean is not None and self.base_lat is not None and s.mean < self.base_lat:
+                self.mean_ema = self.p50_ema = self.p95_ema = None
+                self.base_lat = self.base_p50 = self.base_p95 = None
+                self.base_load = 0
+        elif self.base_lat is None and lagged:
+            self.base_lagged = True
         if s.p10 is not None and (self.rtprop is None or s.p10 <= self.rtprop):
             self.rtprop = s.p10
         a = self.p.alpha_ema
@@ -555,7 +572,14 @@ class PaarcController:
             if self.near and s.pipe_full and self._paid_off(s, STARTUP_RATE_GAIN):
                 self._grow()
             elif not self.near and s.pipe_full and self._paid_off(s, LAG_RATE_GAIN, little):
-                self._grow(LAG_GAIN)
+                gain = little / self.little_before
+                if gain < KNEE_SHARE * self.raised_by:
+                    # The rate rose by less than the load: the raise passed the knee, which lies at
+                    # the level before it times the rate's gain. Growing on would overshoot a hard cap.
+                    self.ceiling = max(float(self.p.C_min), self._limit / self.raised_by * gain)
+                    self._enter_probe_bw(DRAIN, STARTUP_CONFIRM)
+                else:
+                    self._grow(LAG_GAIN)
             elif s.pipe_full:
                 # A far host whose doubling did not pay was full before it: back to that level (a
                 # near host keeps it: its queue is one of microseconds).

@@ -417,6 +417,26 @@ def test_no_growth_for_a_near_host_while_the_downloaders_own_loop_is_saturated()
     assert 0.5 <= client.busy_share < 1.0  # the run's share the client set the pace, for the summary
 
 
+def test_a_baseline_read_while_our_loop_lagged_gives_way_to_the_first_interval_that_did_not() -> None:
+    """The first interval lagged (every host of a manifest starting at once): a 16-slot 80-ms host read
+    130 ms. Smoothed from there, the baseline stayed near 115 ms, a doubling to 24 (120 ms, a queue
+    of half the host's capacity) looked unloaded, and the next doubling passed the host's hard cap
+    of 32 (queue_tail's capped host: 16-22 429s and a 1-s hold). The first interval that did not lag
+    sets the baseline afresh, and the doubling to 24 shows its queue."""
+    client = ClientLoad()
+    f = Feeder(PaarcController(PaarcParams(), 0.0, client))
+    for _ in range(10):
+        client.observe(0.030)
+    f.interval(ttfb=0.13)  # INIT, lagged: our queue in every reply
+    client.lag_s = 0.0  # the loop keeps up from here on
+    limits = []
+    for _ in range(12):
+        f.interval(ttfb=0.08 * max(1.0, f.ctl.limit() / 16))
+        limits.append(f.ctl.limit())
+    assert max(limits) < 32, limits
+    assert 12 <= limits[-1] <= 20, limits
+
+
 def test_latency_added_by_our_own_lagging_loop_cuts_nothing() -> None:
     """A far host cruising at its limit: latency triples while our loop lags (our queue, not the
     host's) and the limit stays; the same latency with the loop keeping up is the host's, and cuts."""

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import bisect
 import itertools
+from typing import Any
 
 import pytest
 
@@ -349,6 +350,39 @@ def test_a_far_host_is_judged_by_its_rate_while_our_loop_lags(capacity: int, ser
     assert settled and max(0.75 * capacity, 8) <= min(settled) <= max(settled) <= max(1.25 * capacity, 8)
     assert res.ok / 10.0 >= 0.9 * capacity / service
     assert res.n429 <= (8 if capacity < 8 else 0)  # C_init above a small host's hard cap: its first burst
+
+
+class LagOnceAt:
+    """The controller, with our own loop lagging (30 ms a tick) from the tick its limit first reaches
+    `level`: a doubling made while the loop kept up, judged while it lags (as a run's first seconds
+    go, when every host of a long manifest starts at once)."""
+
+    def __init__(self, ctl: PaarcController, client: ClientLoad, level: int) -> None:
+        self.ctl, self.client, self.level, self.lagging = ctl, client, level, False
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.ctl, name)
+
+    def tick(self, now: float) -> None:
+        self.lagging = self.lagging or self.ctl.limit() >= self.level
+        self.client.observe(0.030 if self.lagging else 0.0)
+        self.ctl.tick(now)
+
+
+def test_a_doubling_past_the_knee_judged_while_our_loop_lags_stops_at_the_knee() -> None:
+    """A doubling (16 -> 32) past a 24-slot host's knee, judged while our loop lags, raised its rate
+    1.5x: enough to pay by rate, so the host grew 1.5x more, to 48, over its hard cap of 36: 429s and
+    a Retry-After hold (queue_tail's 16-slot host with a hard cap of 32 drew 16-22 of them). A raise
+    that lifts the rate by less than the load went past the knee, which lies at the old level times
+    the rate's gain: the host stops there."""
+    client = ClientLoad()
+    ctl = PaarcController(PaarcParams(), 0.0, client)
+    spec = HostSpec(capacity=24, service_time=0.08, jitter=0.0, hard_cap_ratio=1.5, retry_after=1.0)
+    res = simulate(LagOnceAt(ctl, client, 32), spec, 10.0)
+    assert res.n429 == 0
+    settled = [r.limit for r in res.rows if r.t > 3.0 and cruising(r)]
+    assert 0.75 * 24 <= min(settled) <= max(settled) <= 1.25 * 24, settled
+    assert res.ok / 10.0 >= 0.85 * 24 / 0.08
 
 
 # -- short runs: the ramp, and no probe under a capacity that binds ---------------------------------
