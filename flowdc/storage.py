@@ -173,7 +173,10 @@ class Destination:
         except FileNotFoundError:
             return aborted  # no bucket yet: nothing to abort (writing will say what is wrong)
         except Exception as exc:  # e.g. no ListMultipartUploads permission: not worth failing the run
-            log.warning("could not abort unfinished uploads under %s: %s: %s", self.display, type(exc).__name__, exc)
+            # Unreachable, the store's next call fails with the run's one error line (or finds it back);
+            # every run starts with this cleanup, so the next one aborts what is left.
+            level = logging.DEBUG if is_unreachable(exc) else logging.WARNING
+            log.log(level, "could not abort unfinished uploads under %s: %s: %s", self.display, type(exc).__name__, exc)
             return aborted
 
     def makedirs(self) -> None:
@@ -232,6 +235,15 @@ def _link_exclusive(tmp: str, final: str) -> None:
         if os.path.lexists(final):
             raise FileExistsError(final) from None
         os.replace(tmp, final)
+
+
+def is_unreachable(exc: BaseException) -> bool:
+    """Whether a storage call failed because the store did not answer (refused, reset, timed out):
+    an outage that may pass, unlike a refusal such as a missing permission."""
+    if isinstance(exc, (ConnectionError, TimeoutError, aiohttp.ClientConnectionError)):
+        return True
+    return any(cls.__module__.startswith(("botocore", "aiobotocore"))
+               and cls.__name__.endswith(("ConnectionError", "TimeoutError")) for cls in type(exc).__mro__)
 
 
 def is_destination_error(exc: BaseException) -> bool:

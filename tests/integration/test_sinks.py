@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import random
 import signal
@@ -29,7 +30,7 @@ import webdataset as wds
 from flowdc.config import DownloadConfig
 from flowdc.download import run_download
 from flowdc.ledger import LEDGER_DIR
-from flowdc.storage import Destination
+from flowdc.storage import Destination, is_unreachable
 from flowdc.testing.fakehosts import FakeHostFarm, HostSpec, write_manifest
 from flowdc.uploaders import apply_env_changes
 from tests.cloud_servers import S3_ACCESS_KEY, gcs_filesystem, s3_filesystem
@@ -366,6 +367,33 @@ def test_s3_shard_commit_broken(s3_endpoint: str, slow_farm: FakeHostFarm, tmp_p
     check_no_loss_no_duplicates(dest, urls)
     assert {r["url"].rsplit("?", 1)[1] for r in ledger_latest(dest)} == {"size=***"}
     assert {r["bytes"] for r in ledger_latest(dest)} == {700}
+
+
+def test_an_unreachable_store_leaves_its_unfinished_uploads_for_the_next_run_without_a_warning(
+        s3_endpoint: str, farm: FakeHostFarm, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Each run starts by aborting unfinished multipart uploads. With S3 unreachable at that moment,
+    the run's next call to the store fails with the run's one error line (or finds S3 back), and the
+    next run aborts them: a warning before that one line only made it two (seen in the flapping test)."""
+    _, proxy, output = bucket_behind_proxy(s3_endpoint, farm, tmp_path, "abort-cut")
+    try:
+        proxy.cut()
+        dest = Destination(output, s3_options(proxy.endpoint, **SHORT_S3))
+        with caplog.at_level(logging.DEBUG, logger="flowdc.storage"):
+            assert dest.remove_temporaries() == 0
+    finally:
+        proxy.stop()
+    (record,) = [r for r in caplog.records if "could not abort unfinished uploads" in r.getMessage()]
+    assert record.levelno == logging.DEBUG, record.getMessage()
+
+
+def test_unreachable_names_the_errors_of_a_store_that_did_not_answer() -> None:
+    import botocore.exceptions as boto
+
+    assert is_unreachable(boto.EndpointConnectionError(endpoint_url="http://127.0.0.1:9"))
+    assert is_unreachable(boto.ReadTimeoutError(endpoint_url="http://127.0.0.1:9"))
+    assert is_unreachable(ConnectionResetError())
+    assert not is_unreachable(PermissionError("AccessDenied"))
+    assert not is_unreachable(boto.NoCredentialsError())
 
 
 def test_s3_flapping_endpoint_then_rerun(s3_endpoint: str, slow_farm: FakeHostFarm, tmp_path: Path) -> None:

@@ -8,6 +8,7 @@ import contextlib
 import dataclasses
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,7 @@ from flowdc.config import DownloadConfig, PartitionConfig
 from flowdc.partition import run_partition
 from flowdc.testing.fakehosts import HostSpec, run_farm_in_thread, write_manifest
 from flowdc.ui.context import UiContext, run_kinds
+from flowdc.ui.page import REFRESH_S
 from flowdc.ui.server import free_port, register
 
 needs = [("distribute" in run_kinds(), "flowdc distribute (engines) is not in this version"),
@@ -68,4 +70,9 @@ async def test_two_workqueue_workers_each_partitions_hosts_on_the_page(user: Use
     assert set().union(*by_partition.values()) == set(HOSTS)
     assert view.totals.ok == 240
     (table,) = user.find(ui.table).elements
-    assert {r["partition"] for r in table.rows} == set(by_partition)  # and the page shows them
+    # ... and the page shows them: its table follows the view at the next refresh (twice a second),
+    # which may come after the run's last telemetry.
+    deadline = time.monotonic() + 5 * REFRESH_S + 2.0
+    while {r["partition"] for r in table.rows} != set(by_partition) and time.monotonic() < deadline:
+        await asyncio.sleep(REFRESH_S / 2)
+    assert {r["partition"] for r in table.rows} == set(by_partition)
