@@ -80,16 +80,28 @@ class RequestLoop(Generic[OutcomeT]):
                       request: Callable[[aiohttp.ClientSession, Job], Awaitable[OutcomeT]],
                       settle: Callable[[Job, OutcomeT], Awaitable[None]]) -> None:
         sched = self.scheduler
+        me = asyncio.current_task()
         while (job := await sched.next_job()) is not None:
             job.attempts += 1
             if job.unsent:
                 # Not asked again in this run; the ledger keeps the row retryable for the next.
-                outcome = self.outcome_type(Signal.NOT_SENT, reason=HOST_DOWN, retryable=True, retry_now=False)
+                outcome = self._host_down()
                 await asyncio.sleep(0)  # a dead host's thousands of rows must not hold the loop in one go
             else:
-                outcome = await request(session, job)
+                job.worker = me
+                try:
+                    outcome = await request(session, job)
+                except asyncio.CancelledError:
+                    if not job.abandoned or me is None:
+                        raise
+                    me.uncancel()  # the scheduler gave up on this one request, not on the worker
+                    outcome = self._host_down()
+                job.worker = None
             sched.finished(job, outcome.signal, outcome.ttfb, outcome.retry_after, outcome.fresh_connection)
             await settle(job, outcome)
+
+    def _host_down(self) -> OutcomeT:
+        return self.outcome_type(Signal.NOT_SENT, reason=HOST_DOWN, retryable=True, retry_now=False)
 
     async def _tick(self, on_tick: Callable[[], Awaitable[None]] | None) -> None:
         while True:

@@ -43,6 +43,8 @@ class Job:
     sent_at: float = 0.0
     stalled: bool = False  # unanswered for so long that it no longer counts toward the host's limit
     unsent: bool = False  # handed out to fail without a request: its host is down and was released
+    abandoned: bool = False  # out to a down host when nothing else was left: its request is cancelled
+    worker: asyncio.Task[Any] | None = None  # the worker that sent it (set by the request loop)
 
 
 @dataclass(slots=True)
@@ -232,6 +234,8 @@ class Scheduler:
             # The reader done, the down hosts' rows are all that is left. The reader waiting for the room
             # they hold, only hosts down for long are given up on: a few minutes' outage costs no rows.
             self._release_down_hosts(now, down_for=0.0 if self.closed else self.give_up_s)
+            if self.closed:
+                self._abandon_down_hosts_requests()
         while self._idle:
             name, host = next(iter(self._idle.items()))
             if host.idle_since is None or now - host.idle_since < IDLE_EVICT_S:
@@ -312,6 +316,16 @@ class Scheduler:
         for host in released:
             host.release = True
             self._offer(host)
+
+    def _abandon_down_hosts_requests(self) -> None:
+        """Nothing else is left: the requests still out to down hosts (sent before the host was taken
+        as down, or a probe) would each hold the run's end for up to a timeout. Their workers are
+        cancelled out of the request, and the jobs fail unsent, as the released rows do."""
+        for host in self._down.values():
+            for job in host.sent.values():
+                if not job.abandoned and not job.unsent and job.worker is not None:
+                    job.abandoned = True
+                    job.worker.cancel()
 
     def _eligible(self, host: HostState) -> bool:
         if host.release:  # its rows fail unsent: no limit, hold or pace applies

@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import socket
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -81,6 +82,29 @@ def test_a_silent_host_is_taken_as_down_and_a_later_run_fetches_its_rows(
     again = download(manifest, out, timeout=5.0)
     assert (again["this_run"]["ok"], again["this_run"]["already_done"]) == (60, 20)
     assert [r["status"] for r in latest(out)] == ["ok"] * 80
+
+
+def test_requests_still_out_to_a_down_host_do_not_hold_the_runs_end(
+        tmp_path: Path, farm_factory: Callable[[Sequence[HostSpec]], FakeHostFarm]) -> None:
+    """8 requests time out together after 3 s and take the host as down. As each of the first 7
+    timed out, a worker sent the next row: 7 requests were out when the host was taken as down, and
+    the run used to wait out their 3-s timeouts. With nothing else left they are given up on: the
+    run ends at once, and their rows fail as host_down, for a later run."""
+    up = farm_factory([HostSpec("127.0.0.2")])
+    with blackhole(DEAD_IP) as hole:
+        urls = [up.url(0, f"/img/{i}.png") for i in range(10)] + [
+            f"http://{DEAD_IP}:{hole.port}/img/{i}.png" for i in range(30)]
+        manifest = write_manifest(tmp_path / "m.parquet", urls)
+        started = time.monotonic()
+        overview = download(manifest, tmp_path / "out", timeout=3.0, host_down_after=2.0, max_retry_attempts=0)
+        took = time.monotonic() - started
+        sent = len(hole.held)
+    dead = latest(tmp_path / "out")[10:]
+    reasons = Counter(r["reason"] for r in dead)
+    assert reasons == {"timeout": 8, "host_down": 22}, reasons
+    assert sent >= 12  # requests were out when the host was taken as down...
+    assert took < 5.0, took  # ... and their timeouts (at 6 s) were not waited for
+    assert all(r["retryable"] for r in dead) and overview["this_run"]["ok"] == 10
 
 
 def test_with_host_down_after_0_every_row_is_asked(tmp_path: Path) -> None:
