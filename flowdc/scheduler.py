@@ -229,6 +229,10 @@ class Scheduler:
         for host in self.active_hosts():
             host.policy.tick(now)
             self._release_stalled(host, now)
+            if not host.down and host.unanswered.down(now, self.down_after_s):
+                # Here too, not only as a request ends: with requests out for a whole --timeout, that
+                # came up to a timeout after host_down_after.
+                self._declare_down(host, now)
             self._offer(host)
         if self._down and (self.closed or self._reader_waiting) and self._waiting_on_down_hosts() == self.pending:
             # The reader done, the down hosts' rows are all that is left. The reader waiting for the room

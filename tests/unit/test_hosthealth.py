@@ -105,6 +105,29 @@ def test_a_down_hosts_rows_wait_while_another_host_has_work() -> None:
     asyncio.run(main())
 
 
+def test_a_host_is_taken_as_down_at_the_tick_once_its_first_unanswered_request_is_old_enough() -> None:
+    """8 requests went unanswered at once, and the first of them is not yet down_after_s old. The
+    host is taken as down at the first tick after that, not when a later request ends (a --timeout
+    later, if the requests out to it all time out)."""
+    async def main() -> None:
+        sched = Scheduler(lambda host, now: FixedLimit(DOWN_MIN_UNANSWERED), max_pending=1000, down_after_s=0.05)
+        for i in range(20):
+            sched.add(Job(i, str(i), f"http://dead/{i}", "dead"))
+        sent = take_all(sched)
+        for job in sent:
+            sched.finished(job, Signal.TIMEOUT, None, None)
+            sched.retry_later(job, 0.0)
+        await asyncio.sleep(0.001)
+        take_all(sched)  # the next requests go out, and stay out
+        sched.tick()
+        assert not sched.is_down("dead")  # unanswered, but not for long enough
+        await asyncio.sleep(0.06)
+        sched.tick()
+        assert sched.is_down("dead")
+
+    asyncio.run(main())
+
+
 def test_rows_waiting_out_a_backoff_when_the_host_goes_down_wait_with_the_rest_at_once() -> None:
     async def main() -> None:
         sched = await silent_host(10, retry_delay=60.0)
