@@ -198,8 +198,8 @@ class Scheduler:
             host.unanswered.note(signal, job.sent_at)
             if host.down and host.unanswered.count == 0:
                 self._bring_back(host)
-            elif not host.down and host.unanswered.down(now, self.down_after_s):
-                self._declare_down(host, now)
+            else:
+                self._declare_down_if_silent(host, now)
         self._offer(host)
 
     def is_down(self, name: str) -> bool:
@@ -229,10 +229,7 @@ class Scheduler:
         for host in self.active_hosts():
             host.policy.tick(now)
             self._release_stalled(host, now)
-            if not host.down and host.unanswered.down(now, self.down_after_s):
-                # Here too, not only as a request ends: with requests out for a whole --timeout, that
-                # came up to a timeout after host_down_after.
-                self._declare_down(host, now)
+            self._declare_down_if_silent(host, now)
             self._offer(host)
         if self._down and (self.closed or self._reader_waiting) and self._waiting_on_down_hosts() == self.pending:
             # The reader done, the down hosts' rows are all that is left. The reader waiting for the room
@@ -283,6 +280,12 @@ class Scheduler:
         host = self._host(job.host)
         del host.retrying[id(job)]
         self._enqueue(host, job, first=True)
+
+    def _declare_down_if_silent(self, host: HostState, now: float) -> None:
+        """Judged as each request ends and at every tick: with every request out for a whole
+        --timeout, judging only as one ends came up to a timeout after host_down_after."""
+        if not host.down and host.unanswered.down(now, self.down_after_s):
+            self._declare_down(host, now)
 
     def _declare_down(self, host: HostState, now: float) -> None:
         host.down, host.down_since = True, now
