@@ -289,13 +289,17 @@ async def _read_response(resp: aiohttp.ClientResponse, settings: FetchSettings) 
 
 
 GIL_FREE_HASH_BYTES = 2048  # hashlib lets go of the GIL for one update of this many bytes or more
-HOLD_GIL_HASH_BELOW = 16 * 1024  # ... which costs a writer thread more than hashing a small body
+# ... which costs a writer thread more than hashing the body: each let-go hands the GIL to the event
+# loop, and the thread waits to get it back. sha256 runs at 0.4-2 GB/s, so a body under this takes
+# 0.1-0.6 ms with the GIL held; a 24-KB thumbnail let go of it 20k times a run (docs/benchmarks.md).
+HOLD_GIL_HASH_BELOW = 256 * 1024
 
 
 def digest(body: bytes) -> str:
-    """sha256 hex digest. A small body is fed in pieces hashlib hashes without letting go of the
-    GIL: each let-go in a writer thread hands the GIL to the event loop and waits to get it back
-    (on 2 KB images that doubled the run's futex calls); a large one releases it while it hashes."""
+    """sha256 hex digest. A body up to a few hundred KB is fed in pieces hashlib hashes without
+    letting go of the GIL: each let-go in a writer thread hands the GIL to the event loop and waits
+    to get it back (on 2-KB images that doubled the run's futex calls, on 24-KB ones it cost 4-10% of
+    a webdataset run's wall time); a large one releases it while it hashes."""
     if GIL_FREE_HASH_BYTES <= len(body) < HOLD_GIL_HASH_BELOW:
         h = hashlib.sha256()
         view = memoryview(body)
