@@ -57,6 +57,7 @@ COOLDOWN_RTPROPS = 5.0  # after a cut, wait this many round trips for in-flight 
 UNKNOWN_RTPROP_S = 0.2  # stands in for RTprop before the first interval has measured it
 STALL_LATENCIES = 10.0  # unanswered this many p95 latencies, a request no longer takes a slot...
 STALL_MIN_S = 1.0  # ... and never sooner than this
+FRESH_START_SHARE = 0.5  # first baselines from more replies on new connections than this are provisional
 RATE_EVIDENCE = 0.8  # refused under this share of a load lately served: the host limits by rate
 
 
@@ -66,12 +67,12 @@ class PaarcController:
     __slots__ = (
         "_hold",
         "_limit",
-        "base_lagged",
         "base_lat",
         "base_lat_se",
         "base_load",
         "base_p50",
         "base_p95",
+        "base_provisional",
         "born",
         "busy_mark",
         "ceiling",
@@ -131,7 +132,7 @@ class PaarcController:
         self.rtprop: float | None = None
         self.rtprop_since = now
         self.base_lat: float | None = None
-        self.base_lagged = False  # the baselines were first measured while our loop lagged
+        self.base_provisional = False  # the baselines are a run's start's (see _measure)
         self.base_lat_se = 0.0  # relative standard error of base_lat when it was measured
         self.base_load = 0  # the lightest limit an interval of the baseline window ran at (0: none yet)
         self.base_p50: float | None = None
@@ -430,19 +431,21 @@ class PaarcController:
         """Smooth the interval's latencies with alpha_ema; the baselines are minima of the smoothed
         series (RTprop: of raw p10), since the last PROBE_RTT.
 
-        Baselines first measured while our own loop lagged hold our queue (a run's first interval,
-        when every host of a long manifest starts at once, read a 16-slot 80-ms host at 130 ms). The
-        first interval that did not lag starts the series afresh if it is faster: smoothed from the
-        lagged value, the baseline stayed far enough above the host's own latency to hide a queue
-        of half its capacity, and a doubling from there met its hard cap."""
-        if self.base_lagged and not lagged:
-            self.base_lagged = False
+        The first baselines are provisional when they hold a run's start, when every host of a long
+        manifest starts at once: our own loop lagged (a 16-slot 80-ms host read 130 ms), or most
+        replies came on connections opened for them, every host accepting its first connections at
+        once (a 24-slot 120-ms host read 180-190 ms with our loop on time). The first interval after
+        them that did not lag starts the series afresh if it is faster: smoothed from the slow value,
+        the baseline stayed far enough above the host's own latency to hide a queue of a third to a
+        half of its capacity, and a doubling from there met its hard cap."""
+        if self.base_provisional and not lagged:
+            self.base_provisional = False
             if s.mean is not None and self.base_lat is not None and s.mean < self.base_lat:
                 self.mean_ema = self.p50_ema = self.p95_ema = None
                 self.base_lat = self.base_p50 = self.base_p95 = None
                 self.base_load = 0
-        elif self.base_lat is None and lagged:
-            self.base_lagged = True
+        elif self.base_lat is None and (lagged or s.fresh_share > FRESH_START_SHARE):
+            self.base_provisional = True
         if s.p10 is not None and (self.rtprop is None or s.p10 <= self.rtprop):
             self.rtprop = s.p10
         a = self.p.alpha_ema

@@ -45,6 +45,7 @@ class Summary:
     pipe_full: bool  # the limit was actually used (not short of work)
     stale: bool  # many replies were to requests sent before the limit was last lowered
     spans: int  # usual interval lengths this one lasted (more when it waited for a precise mean)
+    fresh_share: float = 0.0  # share of its replies that came on a connection opened for them
 
 
 class Window:
@@ -54,7 +55,7 @@ class Window:
     so they count for goodput and failures but not for rate or latency ("settling").
     """
 
-    __slots__ = ("fails", "first", "lat", "max_inflight", "n", "ok", "seen", "served", "settle", "stale",
+    __slots__ = ("fails", "first", "fresh", "lat", "max_inflight", "n", "ok", "seen", "served", "settle", "stale",
                  "start", "stride", "ttfb_sq", "ttfb_sum")
 
     def __init__(self, now: float) -> None:
@@ -63,7 +64,7 @@ class Window:
     def reset(self, now: float, rtprop: float | None) -> None:
         self.start = now
         self.settle = rtprop or 0.0  # the same float object as the controller's RTprop: no new allocation
-        self.n = self.ok = self.served = self.fails = self.max_inflight = self.seen = self.stale = 0
+        self.n = self.ok = self.served = self.fails = self.max_inflight = self.seen = self.stale = self.fresh = 0
         self.ttfb_sum = self.ttfb_sq = 0.0
         self.first = 0.0  # arrival of the first settled reply: the rate is measured from there
         self.stride = 1
@@ -75,6 +76,8 @@ class Window:
             # an idle gap does not dilute the rate.
             self.start = now - s.ttfb
         self.n += 1
+        if s.fresh:
+            self.fresh += 1
         if s.inflight > self.max_inflight:
             self.max_inflight = s.inflight
         if s.signal in HOST_FAILURES:
@@ -154,6 +157,7 @@ class Window:
             pipe_full=self.max_inflight + 1 >= limit,  # +1: callers may count before or after this reply
             stale=self.stale > STALE_SHARE * self.n,
             spans=max(1, int(dur / usual_span(self.settle or None))),
+            fresh_share=self.fresh / self.n if self.n else 0.0,
         )
 
 

@@ -437,6 +437,27 @@ def test_a_baseline_read_while_our_loop_lagged_gives_way_to_the_first_interval_t
     assert 12 <= limits[-1] <= 20, limits
 
 
+def test_a_first_interval_on_new_connections_gives_way_to_the_first_faster_one() -> None:
+    """Every host of a long manifest accepting its first connections at once: queue_tail's 24-slot,
+    120-ms host read 180-190 ms in its first interval, with our loop on time. Smoothed from there,
+    the baseline hid a doubling to 32 (160 ms, a third over capacity), and the next doubling met its
+    hard cap of 48 (16 429s and a hold in a third of the runs). Baselines from replies that mostly
+    came on connections opened for them are provisional, as lagged ones are."""
+    ctl = PaarcController(PaarcParams(), 0.0, ClientLoad())
+    now = 0.0
+    for _ in range(8):  # INIT: C_init requests, each on a connection of its own
+        now += 0.185 / 8
+        ctl.on_sample(now, Sample(Signal.OK, 0.185, 8, fresh=True))
+    ctl.tick(now)
+    f = Feeder(ctl, now)
+    limits = []
+    for _ in range(12):
+        f.interval(ttfb=0.12 * max(1.0, f.ctl.limit() / 24))
+        limits.append(f.ctl.limit())
+    assert max(limits) <= 32, limits
+    assert 18 <= limits[-1] <= 30, limits
+
+
 def test_latency_added_by_our_own_lagging_loop_cuts_nothing() -> None:
     """A far host cruising at its limit: latency triples while our loop lags (our queue, not the
     host's) and the limit stays; the same latency with the loop keeping up is the host's, and cuts."""
