@@ -1,18 +1,23 @@
-"""Fetching inside `flowdc download`: per-host limits, no head-of-line blocking, retries and
-Retry-After, final statuses, body and type checks, redirects, schemes, truncation.
+"""Fetching inside `flowdc download`: per-host limits, no head-of-line blocking, the first requests
+leaving before a manifest batch is all read, retries and Retry-After, final statuses, body and type
+checks, redirects, schemes, truncation.
 
 Servers: fake hosts (flowdc.testing.fakehosts) and a status host (conftest) on 127.0.0.x.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from flowdc.config import DownloadConfig
+from flowdc.download import FEED_SLICE_ROWS, DownloadJob
 from flowdc.testing.fakehosts import FakeHostFarm, HostSpec
 from tests.integration.conftest import (
+    FAST,
     StatusHost,
     by_url,
     download,
@@ -188,3 +193,26 @@ def test_empty_content_types_accept_anything(tmp_path: Path, two_hosts: FakeHost
     assert run(tmp_path, [url])[url]["reason"] == "content_type:text/html"
     rec = run(tmp_path, [url], name="any", content_types=[])[url]
     assert rec["status"] == "ok" and rec["bytes"] == 2000
+
+
+def test_requests_leave_while_a_manifest_batch_is_still_turned_into_jobs(tmp_path: Path,
+                                                                        two_hosts: FakeHostFarm) -> None:
+    """A batch of manifest rows becomes jobs a slice at a time, with the event loop free in between:
+    the first request goes out before the batch's last row is read, and replies are read meanwhile."""
+    rows = 4 * FEED_SLICE_ROWS
+    urls = [two_hosts.url(i % 2, f"/feed/{i}.png") for i in range(rows)]
+    cfg = DownloadConfig(input=str(write_manifest(tmp_path / "m.parquet", urls)), output=str(tmp_path / "out"),
+                         batch_rows=rows, **FAST)
+    job = DownloadJob(cfg)
+    added_at_first_request: list[int] = []
+    fetch = job._fetch
+
+    def first_noted(session: Any, one: Any) -> Any:
+        if not added_at_first_request:
+            added_at_first_request.append(job.scheduler.pending + job.counters.ok)
+        return fetch(session, one)
+
+    job._fetch = first_noted  # type: ignore[method-assign]
+    overview = asyncio.run(job.run())
+    assert overview["totals"]["ok"] == rows
+    assert added_at_first_request[0] <= FEED_SLICE_ROWS  # one slice was read, not the whole batch
