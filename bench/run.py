@@ -78,6 +78,7 @@ class RunResult:
     max_in_system: int = 0
     corrupt: int | None = None  # images in the output that differ from what the host served
     farm_cpu_pct: float | None = None  # this process's CPU while the contender ran: near 100 = server-bound
+    cpu_s: float | None = None  # the contender's own CPU (user + system, its child processes included)
     load_before: float | None = None  # 1-min load average at the start: other work skews the figures
     returncode: int | None = None
     note: str = ""
@@ -203,6 +204,12 @@ def _fill_measured(result: RunResult, m: Measured, timeout_s: float) -> None:
 def _cpu_seconds() -> float:
     t = psutil.Process().cpu_times()
     return t.user + t.system
+
+
+def _children_cpu_seconds() -> float:
+    """CPU of the finished child processes (and the children they waited for), user + system."""
+    t = psutil.Process().cpu_times()
+    return t.children_user + t.children_system
 
 
 @contextlib.contextmanager
@@ -348,7 +355,7 @@ def run_contender(name: str, scenario: Scenario, info: ManifestInfo, farm: FakeH
     if farm is not None:
         farm.reset_stats()
     print(f"[bench] running {name} ...", flush=True)
-    cpu0 = _cpu_seconds()
+    cpu0, children_cpu0 = _cpu_seconds(), _children_cpu_seconds()
     load = os.getloadavg()[0]
     if name == "bare":
         result = run_bare(scenario, info.path, out, concurrency, timeout_s)
@@ -361,6 +368,8 @@ def run_contender(name: str, scenario: Scenario, info: ManifestInfo, farm: FakeH
         result = run_flowdc(scenario, info.path, out, concurrency, timeout_s, paarc=name != "flowdc_nopaarc",
                             name=name)
     result.load_before = round(load, 2)
+    if result.wall_s > 0:
+        result.cpu_s = round(_children_cpu_seconds() - children_cpu0, 2)
     if farm is not None and result.wall_s > 0:
         result.farm_cpu_pct = round(100 * (_cpu_seconds() - cpu0) / result.wall_s, 1)
     if farm is not None:
@@ -398,7 +407,7 @@ def verify_output(out: Path, farm: FakeHostFarm, scenario: Scenario) -> Verified
 # -- reporting ----------------------------------------------------------------------------------
 
 COLUMNS = (
-    "run", "ok", "failed", "wall s", "img/s wall", "img/s tool", "peak RSS MB",
+    "run", "ok", "failed", "wall s", "CPU s", "img/s wall", "img/s tool", "peak RSS MB",
     "requests", "429s", "429 frac", "wall/ideal", "wall/held ideal", "corrupt", "farm CPU%", "load", "note",
 )  # fmt: skip
 
@@ -414,6 +423,7 @@ def _row(r: RunResult, info: ManifestInfo) -> list[str]:
         str(r.ok) if ran else "-",
         str(r.failed) if ran else "-",
         num(r.wall_s if ran else None, ".1f"),
+        num(r.cpu_s, ".1f"),
         num(r.wall_images_per_s if ran else None, ".0f"),
         num(r.tool_images_per_s, ".0f"),
         num(r.peak_rss_mb if ran else None, ".0f"),
@@ -462,6 +472,9 @@ def ratio_lines(scenario: Scenario, results: list[RunResult]) -> list[str]:
             if r.tool_images_per_s and bare.tool_images_per_s:
                 tool_ratio = r.tool_images_per_s / bare.tool_images_per_s
                 lines.append(f"{name} / bare, images/s (as reported): {tool_ratio:.2f}x")
+            if r.cpu_s and bare.cpu_s:
+                lines.append(f"{name} / bare, CPU per image: {r.cpu_s / r.ok / (bare.cpu_s / bare.ok):.2f}x "
+                             f"({r.cpu_s / r.ok * 1e6:.0f} against {bare.cpu_s / bare.ok * 1e6:.0f} us)")
     return lines
 
 

@@ -1,8 +1,9 @@
 """The bench's plan: contenders rotate through the rounds (none is always first or always after the same
-one), and a scenario's rows that cannot succeed are counted out."""
+one), a scenario's rows that cannot succeed are counted out, and each contender's CPU is its own."""
 
 from __future__ import annotations
 
+import subprocess
 import sys
 from collections import Counter
 from pathlib import Path
@@ -13,8 +14,8 @@ BENCH = Path(__file__).resolve().parents[2] / "bench"
 if str(BENCH) not in sys.path:
     sys.path.insert(0, str(BENCH))
 
-from run import round_order  # noqa: E402
-from scenarios import DEAD_HOSTS, answers_nothing, build_urls  # noqa: E402
+from run import RunResult, _children_cpu_seconds, ratio_lines, round_order  # noqa: E402
+from scenarios import DEAD_HOSTS, SCENARIOS, answers_nothing, build_urls  # noqa: E402
 
 
 def test_the_first_two_rounds_run_in_opposite_orders() -> None:
@@ -47,3 +48,17 @@ def test_a_silent_hosts_rows_are_counted_out() -> None:
     bases = [f"http://127.0.0.{i + 2}:1" for i in range(len(DEAD_HOSTS.hosts))]
     _, counts, expected_ok = build_urls(DEAD_HOSTS, bases, 600)
     assert expected_ok == 600 - sum(counts[i] for i in silent) == 400
+
+
+def test_a_childs_cpu_is_counted_once_it_finished() -> None:
+    before = _children_cpu_seconds()
+    burn = "import time\nend = time.process_time() + 0.3\nwhile time.process_time() < end: pass"
+    subprocess.run([sys.executable, "-c", burn], check=True)
+    assert _children_cpu_seconds() - before >= 0.3
+
+
+def test_cpu_per_image_is_compared_with_the_bare_loops() -> None:
+    flowdc = RunResult("flowdc", ok=1000, wall_s=2.0, cpu_s=3.0)
+    bare = RunResult("bare", ok=2000, wall_s=1.0, cpu_s=2.0)
+    lines = ratio_lines(SCENARIOS["realistic"], [flowdc, bare])
+    assert "flowdc / bare, CPU per image: 3.00x (3000 against 1000 us)" in lines
