@@ -10,8 +10,8 @@ flowdc (with each of the scenario's option sets: `flowdc_runs`, e.g. the default
 webdataset), flowdc --disable_paarc (scenarios that ask for it), bench/bare_loop.py, and
 img2dataset 1.47 from its own venv (bench/img2dataset_contender.py; only with --only
 ...,img2dataset, as making that venv takes a minute the first time). Each run is
-killed after its timeout. Wall time and peak RSS (the process and its children) are measured
-here; flowdc's own figures come from OUTPUT/overview.json. A table goes to stdout and a markdown
+killed after its timeout. Wall time, CPU time and peak RSS (the process and its children) are
+measured here; flowdc's own figures come from OUTPUT/overview.json. A table goes to stdout and a markdown
 section is appended to bench/results/latest.md.
 
 `--baseline REV` adds another commit of FLOW-DC as a contender: REV is checked out into a
