@@ -58,6 +58,8 @@ UNKNOWN_RTPROP_S = 0.2  # stands in for RTprop before the first interval has mea
 STALL_LATENCIES = 10.0  # unanswered this many p95 latencies, a request no longer takes a slot...
 STALL_MIN_S = 1.0  # ... and never sooner than this
 FRESH_START_SHARE = 0.5  # first baselines from more replies on new connections than this are provisional
+COHORT_MIN_RTPROP_S = 0.15  # a STARTUP step of a host this slow may be judged on its cohort's first replies...
+COHORT_SPREAD = 1.2  # ... when its p95 is within this of its p50
 RATE_EVIDENCE = 0.8  # refused under this share of a load lately served: the host limits by rate
 
 
@@ -243,7 +245,7 @@ class PaarcController:
         # for a precise mean would slow the ramp of a host with a wide spread to a crawl. A drain
         # interval is not judged: no shortcut, so it lasts long enough for the queue it holds to go.
         if self.state == STARTUP:
-            return self.win.due(now, self.rtprop, self.base_lat, STARTUP_REL_SE)
+            return self._cohort_clean() or self.win.due(now, self.rtprop, self.base_lat, STARTUP_REL_SE)
         drain = self.state == PROBE_BW and self.phase == DRAIN
         return self.win.due(now, self.rtprop, None if drain else self.base_lat)
 
@@ -424,6 +426,8 @@ class PaarcController:
             self._step_probe_up(s, lagged, little)
         else:
             self._step_cruise(s, now, lagged)
+        if self.state == STARTUP and self._cohort_pays():
+            self.win.follow_cohort(self._limit)
         if not draining:
             self.served_before, self.little_before = s.served_rate, little  # what the next raise has to beat
 
@@ -479,10 +483,13 @@ class PaarcController:
 
     def _mean_rose(self, s: Summary, z: float, floor: float = 0.0) -> bool:
         """Mean TTFB above the unloaded mean by z standard errors of the difference (and by floor)."""
-        if s.mean is None or self.base_lat is None:
+        return s.mean is not None and self._above_base(s.mean, s.rel_se, z, floor)
+
+    def _above_base(self, mean: float, rel_se: float, z: float, floor: float) -> bool:
+        if self.base_lat is None:
             return False
-        noise = math.sqrt(s.rel_se * s.rel_se + self.base_lat_se * self.base_lat_se)
-        return s.mean > (1 + max(floor, z * noise)) * self.base_lat
+        noise = math.sqrt(rel_se * rel_se + self.base_lat_se * self.base_lat_se)
+        return mean > (1 + max(floor, z * noise)) * self.base_lat
 
     def _congested(self, s: Summary) -> bool:
         """Any sign of a queue: used right after we raised the load on purpose."""
@@ -595,6 +602,32 @@ class PaarcController:
             self._enter_probe_bw(DRAIN, STARTUP_CONFIRM)
         elif s.pipe_full:
             self._grow()
+
+    def _cohort_clean(self) -> bool:
+        """A STARTUP step may close early: a limit's worth of the requests sent since the doubling
+        answered, and no queue shows in their latency. They are the ones a queue delays first: at
+        a host with a cap of twice its capacity, a doubling past the knee queues all of them. A
+        queue that shows is judged over the usual span, as before: the cohort met it at its worst,
+        and Little's law on it would put the knee too low. Not while our own loop lags: latency
+        then holds our queue (a 16-slot, 80-ms host read 220 ms at a run's start, and cohorts
+        judged against that doubled it past its hard cap)."""
+        cohort = self.win.cohort_mean()
+        if cohort is None or self.base_lat is None or self._client_lagged():
+            return False
+        mean, rel_se = cohort
+        return not self._above_base(mean, rel_se, QUEUE_TOL_SE, QUEUE_TOL)
+
+    def _cohort_pays(self) -> bool:
+        """A slow host (each usual interval lasts a second or more, each doubling as long) whose
+        replies take about the same time: p95 near p50, so the first of a cohort speak for all of
+        it (with a wide spread the fast ones come first, and a cohort cut short reads low). Right
+        after INIT the baselines may be a run's start's (provisional, see _measure): the cohort is
+        judged against them as the usual span would be, only sooner, and the interval's close sets
+        them afresh as any first unlagged interval does."""
+        return (not self.near
+                and self.rtprop is not None and self.rtprop >= COHORT_MIN_RTPROP_S
+                and self.base_p50 is not None and self.base_p95 is not None
+                and self.base_p95 <= COHORT_SPREAD * self.base_p50)
 
     def _client_busy(self) -> bool:
         """Our own event loop is the bottleneck now. A near host, judged by rate alone, then gets

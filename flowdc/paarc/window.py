@@ -55,8 +55,8 @@ class Window:
     so they count for goodput and failures but not for rate or latency ("settling").
     """
 
-    __slots__ = ("fails", "first", "fresh", "lat", "max_inflight", "n", "ok", "seen", "served", "settle", "stale",
-                 "start", "stride", "ttfb_sq", "ttfb_sum")
+    __slots__ = ("cohort_n", "cohort_sq", "cohort_sum", "fails", "first", "fresh", "lat", "max_inflight", "n", "need",
+                 "ok", "seen", "served", "settle", "stale", "start", "stride", "ttfb_sq", "ttfb_sum")
 
     def __init__(self, now: float) -> None:
         self.reset(now, None)
@@ -69,6 +69,14 @@ class Window:
         self.first = 0.0  # arrival of the first settled reply: the rate is measured from there
         self.stride = 1
         self.lat: array[float] | None = None  # allocated on first use: idle hosts stay tiny
+        self.need = 0  # > 0: the cohort is followed too (follow_cohort)
+        self.cohort_n = 0
+        self.cohort_sum = self.cohort_sq = 0.0
+
+    def follow_cohort(self, need: int) -> None:
+        """Also keep the latencies of the requests sent since this interval began (its cohort):
+        `cohort_mean` once `need` of them answered. Those are the requests a queue delays first."""
+        self.need = need
 
     def add(self, now: float, s: Sample, timed: bool = True) -> None:
         if self.n == 0 and s.ttfb is not None and now - s.ttfb > self.start:
@@ -84,6 +92,10 @@ class Window:
             self.fails += 1
         if s.signal is Signal.OK:
             self.ok += 1
+        if self.need and s.signal is Signal.OK and timed and s.ttfb is not None and now - s.ttfb >= self.start:
+            self.cohort_n += 1
+            self.cohort_sum += s.ttfb
+            self.cohort_sq += s.ttfb * s.ttfb
         if now < self.start + self.settle or s.ttfb is None or s.signal not in SERVED:
             return
         if not self.served:
@@ -121,6 +133,16 @@ class Window:
             return True
         # Imprecise, but already clearly slower than unloaded (a queue we made): no need to wait.
         return base_lat is not None and self.ttfb_sum > (1 + CLEAR_Z * rel_se) * base_lat * self.seen
+
+    def cohort_mean(self) -> tuple[float, float] | None:
+        """The cohort's mean latency and its relative standard error, once `need` of it answered
+        with the limit in use (None before)."""
+        n = self.cohort_n
+        if not self.need or n < max(MIN_SAMPLES, self.need) or self.max_inflight + 1 < self.need:
+            return None
+        mean = self.cohort_sum / n
+        var = max(0.0, (self.cohort_sq - n * mean * mean) / (n - 1))
+        return mean, math.sqrt(var / n) / mean if mean > 0 else 0.0
 
     def rel_se(self) -> float:
         """Standard error of the mean TTFB, relative to the mean (0 with fewer than 2 latencies)."""

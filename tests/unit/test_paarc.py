@@ -33,6 +33,7 @@ from flowdc.paarc import (
     make_host_limit,
     policy_factory,
 )
+from flowdc.paarc.window import Window
 from flowdc.signals import Sample, Signal
 
 TTFB = 0.05  # a host with constant latency never looks inflated, so STARTUP climbs to C_max
@@ -415,6 +416,29 @@ def test_no_growth_for_a_near_host_while_the_downloaders_own_loop_is_saturated()
         client.observe(0.001)
     assert not client.busy
     assert 0.5 <= client.busy_share < 1.0  # the run's share the client set the pace, for the summary
+
+
+def test_a_cohort_holds_only_the_replies_to_requests_sent_since_the_interval_began() -> None:
+    """A reply that arrives late (0.5 s) to a request sent before the step is not the cohort's,
+    however late it comes; the cohort's mean is known once `need` answered with the limit in use."""
+    win = Window(0.0)
+    win.reset(10.0, 0.1)
+    win.follow_cohort(4)
+    win.add(10.2, Sample(Signal.OK, 0.5, 4))  # sent at 9.7, before the step
+    for i in range(3):
+        win.add(10.3 + i * 0.01, Sample(Signal.OK, 0.1, 4))
+    assert win.cohort_mean() is None  # 3 answered: under MIN_SAMPLES
+    for i in range(5):
+        win.add(10.4 + i * 0.01, Sample(Signal.OK, 0.1 + 0.01 * (i % 2), 4))
+    assert win.cohort_n == 8
+    mean, rel_se = win.cohort_mean() or (0.0, 0.0)
+    assert mean == pytest.approx((0.1 * 6 + 0.11 * 2) / 8) and 0 < rel_se < 0.05
+    short = Window(0.0)
+    short.reset(10.0, 0.1)
+    short.follow_cohort(16)
+    for i in range(20):
+        short.add(10.2 + i * 0.01, Sample(Signal.OK, 0.1, 8))  # the limit of 16 never in use
+    assert short.cohort_mean() is None
 
 
 def test_a_baseline_read_while_our_loop_lagged_gives_way_to_the_first_interval_that_did_not() -> None:

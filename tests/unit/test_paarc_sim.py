@@ -14,6 +14,7 @@ keep its limit under capacity at every instant.
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import itertools
 from typing import Any
 
@@ -392,6 +393,95 @@ def test_a_queueing_host_reaches_its_capacity_within_a_few_round_trips(capacity:
     reached = next(r.t for r in res.rows if r.inflight >= 0.8 * capacity)
     assert reached <= 10 * service
     assert res.ok >= 0.9 * 10.0 * capacity / service and res.n429 == 0
+
+
+@pytest.mark.parametrize(("capacity", "jitter", "doublings"), [(32, 0.0, 2), (32, 0.1, 2), (64, 0.1, 3)])
+def test_a_slow_host_doubles_as_soon_as_the_requests_sent_at_the_new_level_answered(
+        capacity: int, jitter: float, doublings: int) -> None:
+    """A 300-ms host: a usual interval is 4 round trips, so each doubling took 1.2 s (the 32-slot
+    host: 1.5-1.7 s to reach its capacity; queue_tail's one finished last). A STARTUP step closes
+    once a limit's worth of the requests sent since it began answered with no queue: 2 round
+    trips or less. Those are the requests a queue delays first, so a doubling past the knee still
+    shows one, and a hard cap at twice the capacity is never met."""
+    spec = HostSpec(capacity=capacity, service_time=0.3, jitter=jitter, hard_cap_ratio=2.0, retry_after=1.0)
+    res = simulate(PaarcController(), spec, 10.0)
+    reached = next(r.t for r in res.rows if r.inflight >= 0.8 * capacity)
+    assert reached <= (1 + 2 * doublings) * 0.3 + 0.05  # INIT's round trip, then 2 a doubling
+    assert res.n429 == 0
+    settled = [r.limit for r in res.rows if r.t > 4.0 and cruising(r)]
+    assert settled and 0.8 * capacity <= min(settled) <= max(settled) <= 1.1 * capacity
+
+
+class LagUntil:
+    """The controller, with our own loop lagging (30 ms a tick) until `until`: a run's start, when
+    every host of a long manifest starts at once."""
+
+    def __init__(self, ctl: PaarcController, client: ClientLoad, until: float) -> None:
+        self.ctl, self.client, self.until = ctl, client, until
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.ctl, name)
+
+    def tick(self, now: float) -> None:
+        self.client.observe(0.030 if now < self.until else 0.0)
+        self.ctl.tick(now)
+
+
+def startup_steps(res: SimResult) -> list[float]:
+    """When each STARTUP doubling took effect."""
+    return [b.t for a, b in itertools.pairwise(res.rows) if b.state == "STARTUP" and b.limit > a.limit]
+
+
+def test_a_slow_hosts_cohort_closes_nothing_early_while_our_loop_lags() -> None:
+    """Latency that holds our own lag says nothing of the host's queue: a 16-slot host read 220 ms
+    for 80 at a run's start, and cohorts judged against that doubled it past its hard cap of 32.
+    While our loop lags, a STARTUP step waits its usual span (4 round trips and more)."""
+    client = ClientLoad()
+    res = simulate(LagUntil(PaarcController(PaarcParams(), 0.0, client), client, 60.0),
+                   HostSpec(capacity=64, service_time=0.3, hard_cap_ratio=2.0, retry_after=1.0), 10.0)
+    steps = startup_steps(res)
+    assert len(steps) >= 2 and min(b - a for a, b in itertools.pairwise(steps)) >= 3.5 * 0.3
+    assert res.n429 == 0
+
+
+class LagInReplies(LagUntil):
+    """As LagUntil, and the lag is in the latency of every request sent until then, as our loop's
+    delay is (its replies may come after the lag ended)."""
+
+    def on_sample(self, now: float, sample: Sample) -> None:
+        if sample.ttfb is not None and now - sample.ttfb < self.until:
+            sample = dataclasses.replace(sample, ttfb=sample.ttfb + 0.05)
+        self.ctl.on_sample(now, sample)
+
+
+def test_a_host_whose_first_replies_held_our_lag_is_not_doubled_into_its_cap() -> None:
+    """queue_tail's 24-slot, 120-ms host with a hard cap of 48 read 167 ms in a run's first, lagged
+    interval: slow enough to be judged on its cohorts. Against that reading a doubling to 32 (a
+    third over its capacity: 160 ms) looks clean, and the next one meets the cap. With 50 ms of our
+    lag in every reply to a request sent in the first half second: no refusal, and it settles at
+    its capacity."""
+    client = ClientLoad()
+    ctl = PaarcController(PaarcParams(), 0.0, client)
+    spec = HostSpec(capacity=24, service_time=0.12, jitter=0.1, hard_cap_ratio=2.0, retry_after=1.0)
+    res = simulate(LagInReplies(ctl, client, 0.5), spec, 10.0)
+    assert res.n429 == 0
+    settled = [r.limit for r in res.rows if r.t > 4.0 and cruising(r)]
+    assert settled and 0.8 * 24 <= min(settled) <= max(settled) <= 1.1 * 24
+
+
+@pytest.mark.parametrize(("spread", "followed"), [({"jitter": 0.1}, True), ({"tail_sigma": 0.6}, False),
+                                                   ({"jitter": 0.5}, False)])
+def test_only_a_slow_host_with_a_narrow_spread_is_judged_on_its_cohort(spread: dict[str, float],
+                                                                       followed: bool) -> None:
+    """With a wide spread the fast replies come first, and the first of a cohort would read low and
+    hide a queue: such a host's STARTUP steps wait their usual span. A fast host's span is short
+    anyway (50 ms: 0.2 s)."""
+    slow = PaarcController()
+    simulate(slow, HostSpec(capacity=64, service_time=0.3, hard_cap_ratio=100.0, **spread), 1.2)
+    assert slow.state == "STARTUP" and (slow.win.need > 0) == followed
+    fast = PaarcController()
+    simulate(fast, HostSpec(capacity=2000, service_time=0.05, hard_cap_ratio=100.0, jitter=0.1), 0.6)
+    assert fast.state == "STARTUP" and fast.win.need == 0
 
 
 @pytest.mark.parametrize(("capacity", "service"), [(4, 0.2), (5, 0.1), (6, 0.3), (7, 0.2)])
