@@ -16,6 +16,8 @@ from __future__ import annotations
 import bisect
 import dataclasses
 import itertools
+from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import pytest
@@ -353,6 +355,14 @@ def test_a_far_host_is_judged_by_its_rate_while_our_loop_lags(capacity: int, ser
     assert res.n429 <= (8 if capacity < 8 else 0)  # C_init above a small host's hard cap: its first burst
 
 
+def simulate_lagging(lag: Callable[[PaarcController, ClientLoad], Any], spec: HostSpec,
+                     seconds: float = 10.0) -> SimResult:
+    """A controller that shares its ClientLoad with `lag`, the wrapper making our own loop lag as a
+    test says."""
+    client = ClientLoad()
+    return simulate(lag(PaarcController(PaarcParams(), 0.0, client), client), spec, seconds)
+
+
 class LagOnceAt:
     """The controller, with our own loop lagging (30 ms a tick) from the tick its limit first reaches
     `level`: a doubling made while the loop kept up, judged while it lags (as a run's first seconds
@@ -376,10 +386,8 @@ def test_a_doubling_past_the_knee_judged_while_our_loop_lags_stops_at_the_knee()
     a Retry-After hold (queue_tail's 16-slot host with a hard cap of 32 drew 16-22 of them). A raise
     that lifts the rate by less than the load went past the knee, which lies at the old level times
     the rate's gain: the host stops there."""
-    client = ClientLoad()
-    ctl = PaarcController(PaarcParams(), 0.0, client)
     spec = HostSpec(capacity=24, service_time=0.08, jitter=0.0, hard_cap_ratio=1.5, retry_after=1.0)
-    res = simulate(LagOnceAt(ctl, client, 32), spec, 10.0)
+    res = simulate_lagging(partial(LagOnceAt, level=32), spec)
     assert res.n429 == 0
     settled = [r.limit for r in res.rows if r.t > 3.0 and cruising(r)]
     assert 0.75 * 24 <= min(settled) <= max(settled) <= 1.25 * 24, settled
@@ -436,9 +444,8 @@ def test_a_slow_hosts_cohort_closes_nothing_early_while_our_loop_lags() -> None:
     """Latency that holds our own lag says nothing of the host's queue: a 16-slot host read 220 ms
     for 80 at a run's start, and cohorts judged against that doubled it past its hard cap of 32.
     While our loop lags, a STARTUP step waits its usual span (4 round trips and more)."""
-    client = ClientLoad()
-    res = simulate(LagUntil(PaarcController(PaarcParams(), 0.0, client), client, 60.0),
-                   HostSpec(capacity=64, service_time=0.3, hard_cap_ratio=2.0, retry_after=1.0), 10.0)
+    res = simulate_lagging(partial(LagUntil, until=60.0),
+                           HostSpec(capacity=64, service_time=0.3, hard_cap_ratio=2.0, retry_after=1.0))
     steps = startup_steps(res)
     assert len(steps) >= 2 and min(b - a for a, b in itertools.pairwise(steps)) >= 3.5 * 0.3
     assert res.n429 == 0
@@ -460,10 +467,8 @@ def test_a_host_whose_first_replies_held_our_lag_is_not_doubled_into_its_cap() -
     third over its capacity: 160 ms) looks clean, and the next one meets the cap. With 50 ms of our
     lag in every reply to a request sent in the first half second: no refusal, and it settles at
     its capacity."""
-    client = ClientLoad()
-    ctl = PaarcController(PaarcParams(), 0.0, client)
     spec = HostSpec(capacity=24, service_time=0.12, jitter=0.1, hard_cap_ratio=2.0, retry_after=1.0)
-    res = simulate(LagInReplies(ctl, client, 0.5), spec, 10.0)
+    res = simulate_lagging(partial(LagInReplies, until=0.5), spec)
     assert res.n429 == 0
     settled = [r.limit for r in res.rows if r.t > 4.0 and cruising(r)]
     assert settled and 0.8 * 24 <= min(settled) <= max(settled) <= 1.1 * 24
