@@ -140,18 +140,11 @@ class Window:
         n = self.cohort_n
         if not self.need or n < max(MIN_SAMPLES, self.need) or self.max_inflight + 1 < self.need:
             return None
-        mean = self.cohort_sum / n
-        var = max(0.0, (self.cohort_sq - n * mean * mean) / (n - 1))
-        return mean, math.sqrt(var / n) / mean if mean > 0 else 0.0
+        return self.cohort_sum / n, relative_se(n, self.cohort_sum, self.cohort_sq)
 
     def rel_se(self) -> float:
         """Standard error of the mean TTFB, relative to the mean (0 with fewer than 2 latencies)."""
-        n = self.seen
-        if n < 2 or self.ttfb_sum <= 0:
-            return 0.0
-        mean = self.ttfb_sum / n
-        var = max(0.0, (self.ttfb_sq - n * mean * mean) / (n - 1))
-        return math.sqrt(var / n) / mean
+        return relative_se(self.seen, self.ttfb_sum, self.ttfb_sq)
 
     def _rate(self, now: float) -> float:
         """Replies per second between the first settled reply and now.
@@ -209,3 +202,12 @@ def ema(old: float | None, new: float, alpha: float) -> float:
 def lower(old: float | None, new: float) -> float:
     return new if old is None or new < old else old
 
+
+def relative_se(n: int, total: float, squares: float) -> float:
+    """Standard error of the mean of n values, relative to the mean, from their sum and sum of
+    squares (0 with fewer than 2 values or no positive mean)."""
+    if n < 2 or total <= 0:
+        return 0.0
+    mean = total / n
+    var = max(0.0, (squares - n * mean * mean) / (n - 1))
+    return math.sqrt(var / n) / mean
