@@ -78,6 +78,7 @@ class PaarcController:
         "born",
         "busy_mark",
         "ceiling",
+        "clean_level",
         "client",
         "cooldown_until",
         "counters",
@@ -130,6 +131,7 @@ class PaarcController:
         self.cut_at = 0.0
         self.lowered_at = 0.0  # when the limit last went down: replies to older requests are stale
         self.raised_by = 1.0  # the factor of the last change of the limit if it rose, else 1
+        self.clean_level = 0  # the highest STARTUP limit whose cohort showed no queue (0: none yet)
         self.cut_mean: float | None = None  # mean latency when latency last made us cut
         self.rtprop: float | None = None
         self.rtprop_since = now
@@ -405,6 +407,9 @@ class PaarcController:
         # not the host's, so it cannot tell a queue at the host (nor its absence). The served rate
         # still can: such an interval is judged as a near host's is.
         lagged = self._client_lagged()
+        # Requests sent at this limit all answered with no queue: a load the host is known to take,
+        # unless the baselines they were judged against are a run's start's (see _measure).
+        proven = self.state == STARTUP and not self.base_provisional and self._cohort_clean()
         self._measure(s, lagged)
         if self.push is not None:
             self.push.best_rate = max(self.push.best_rate, s.ok_rate)  # the pace's floor follows it
@@ -416,7 +421,7 @@ class PaarcController:
         if self.state == INIT:
             self._step_init(s, lagged)
         elif self.state == STARTUP:
-            self._step_startup(s, lagged, little)
+            self._step_startup(s, lagged, little, proven)
         elif self.state == PROBE_RTT:
             if self.stepping:
                 self._step_down(s, now, little)
@@ -522,13 +527,13 @@ class PaarcController:
         jumped = self.raised_by > JUMP
         return by_latency if by_rate is None or not jumped else min(by_latency, by_rate)
 
-    def _cut_to_estimate(self, s: Summary) -> None:
+    def _cut_to_estimate(self, s: Summary, floor: float = 0.0) -> None:
         """Past the knee: jump to the capacity estimate; by beta when the estimate is not lower (the
-        unloaded latency itself held a queue)."""
+        unloaded latency itself held a queue). Never under `floor`, a load known to queue nothing."""
         est = self._estimate(s)
         if est is None or est >= self._limit:
             est = self._limit * self.p.beta
-        self.ceiling = max(float(self.p.C_min), est)
+        self.ceiling = max(float(self.p.C_min), est, floor)
         self._set_limit(self.p.mu * self.ceiling)
         self.cut_mean = s.mean
 
@@ -576,7 +581,7 @@ class PaarcController:
             return self.little_before > 0 and little >= gain * self.little_before
         return self.served_before <= 0 or s.served_rate >= gain * self.served_before
 
-    def _step_startup(self, s: Summary, lagged: bool = False, little: float = 0.0) -> None:
+    def _step_startup(self, s: Summary, lagged: bool = False, little: float = 0.0, proven: bool = False) -> None:
         if self.near or lagged:
             # Latency says nothing here: grow while doubling the load still pays in rate.
             if self.near and s.pipe_full and self._paid_off(s, STARTUP_RATE_GAIN):
@@ -597,10 +602,15 @@ class PaarcController:
                 self._enter_probe_bw(CRUISE)
             return
         if self._congested(s):
-            self._cut_to_estimate(s)
-            # Rates measured during a ramp are rough: confirm the estimate with an early probe.
+            # Rates measured during a ramp are rough (a 32-slot, 300-ms host was put at 28): the cut
+            # keeps at least a level whose cohort showed no queue, and an early probe confirms it.
+            self._cut_to_estimate(s, floor=self.clean_level)
             self._enter_probe_bw(DRAIN, STARTUP_CONFIRM)
         elif s.pipe_full:
+            if proven:
+                # Only a cohort proves a level: an interval closed on its first replies mostly holds
+                # requests sent before the raise (a 100-slot host "showed no queue" at 256).
+                self.clean_level = self._limit
             self._grow()
 
     def _cohort_clean(self) -> bool:

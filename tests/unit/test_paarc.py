@@ -30,6 +30,7 @@ from flowdc.paarc import (
     PaarcController,
     PaarcParams,
     Pushback,
+    controller,
     make_host_limit,
     policy_factory,
 )
@@ -439,6 +440,35 @@ def test_a_cohort_holds_only_the_replies_to_requests_sent_since_the_interval_beg
     for i in range(20):
         short.add(10.2 + i * 0.01, Sample(Signal.OK, 0.1, 8))  # the limit of 16 never in use
     assert short.cohort_mean() is None
+
+
+def replies(ctl: PaarcController, now: float, seconds: float, ttfb: float, inflight: int, rate: float) -> float:
+    """Replies at `rate` per second for `seconds` (one at least), each `ttfb` old."""
+    for _ in range(max(1, round(seconds * rate))):
+        now += 1.0 / rate
+        ctl.on_sample(now, Sample(Signal.OK, ttfb, inflight))
+        ctl.tick(now)
+    return now
+
+
+@pytest.mark.parametrize(("cohorts", "after_cut"), [(True, 32), (False, 24)])
+def test_the_cut_after_startup_keeps_a_level_whose_cohort_showed_no_queue(
+        cohorts: bool, after_cut: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A 300-ms host with 32 slots, doubled to 64. The interval that finds the queue served few
+    replies (rates read during a ramp are rough: queue_tail's 32-slot host was once put at 28), and
+    Little's law on its rate says 24. Judged on cohorts, 32 was a load all of whose requests
+    answered with no queue, and the cut keeps it. An interval closed on its first replies proves
+    nothing (they were mostly sent before the raise), so without cohorts the cut follows the rate."""
+    if not cohorts:
+        monkeypatch.setattr(controller, "COHORT_MIN_RTPROP_S", 10.0)
+    ctl = PaarcController(PaarcParams(), 0.0)
+    now = 0.0
+    while ctl.limit() < 64 and now < 10.0:
+        now = replies(ctl, now, 0.05, 0.3, ctl.limit(), ctl.limit() / 0.3)
+    assert ctl.limit() == 64 and ctl.snapshot()["state"] == "STARTUP"
+    replies(ctl, now, 1.5, 0.45, 64, 80.0)
+    assert ctl.snapshot()["state"] == PROBE_BW
+    assert ctl.limit() == after_cut
 
 
 def test_a_baseline_read_while_our_loop_lagged_gives_way_to_the_first_interval_that_did_not() -> None:
