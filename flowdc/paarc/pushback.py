@@ -48,9 +48,9 @@ class Pushback:
     stay under it), and, for a host that limits by rate, a send pace."""
 
     __slots__ = ("acted_at", "best_rate", "burst", "cap", "creep", "floor", "grown_at", "meter_ok", "meter_start",
-                 "ok_level", "pace", "ramp_from", "ramp_ok", "ramp_start", "ramping", "rate_cap", "recalled",
-                 "refused_at", "replies", "reveal_s", "reveal_wait", "seeking", "served_since", "share", "streak",
-                 "until")
+                 "ok_level", "pace", "ramp_from", "ramp_ok", "ramp_read", "ramp_start", "ramping", "rate_cap",
+                 "recalled", "refused_at", "replies", "reveal_s", "reveal_wait", "seeking", "served_since", "share",
+                 "streak", "until")
 
     def __init__(self, best_rate: float = 0.0, ok_level: int = 0) -> None:
         self.cap = 0  # in-flight count at the 429 (that request included)
@@ -81,6 +81,7 @@ class Pushback:
         self.ramp_from = 0.0  # requests per second at the ramp's start
         self.ramp_start = math.inf  # when the ramp began (the hold's end)
         self.ramp_ok = 0  # OK replies on the ramp: the sends it made (until the bucket runs dry, all taken)
+        self.ramp_read = False  # rate_cap was read from the ramp's end, not from the meter
 
     def reply(self, refused: bool, retried: bool = False) -> None:
         self.replies += 1
@@ -94,11 +95,20 @@ class Pushback:
     def refused(self, now: float, retried: bool = False) -> None:
         self.reply(refused=True, retried=retried)
         self.refused_at = now
-        if self.rate_cap > 0 and self.creep > CREEP_MIN:
-            # Crept past the rate, or the rate was measured high (a refilled burst counts in it):
-            # give a little back, and start the next climb slowly. Never under the pace's floor:
-            # a rate measured while we barely sent can be far under what the host serves.
-            self.creep = max(CREEP_MIN, self.creep / CREEP_GIVEBACK)
+        if self.rate_cap > 0:
+            if self.creep > CREEP_MIN:
+                # Crept past the rate, or the rate was measured high (a refilled burst counts in it):
+                # give a little back, and start the next climb slowly.
+                self.creep = max(CREEP_MIN, self.creep / CREEP_GIVEBACK)
+            elif self.ramp_read:
+                # Refused still, all of that given back: the ramp's reading was far too high (a reveal
+                # whose sends fell behind its ramp read a 150/s bucket as 192/s, and the host refused
+                # one request in thirty for good). What the host delivered lately is its rate.
+                accepted = self.accepted_rate(now)
+                if accepted is not None and accepted < CREEP_MIN * self.rate_cap:
+                    self.rate_cap, self.creep, self.ramp_read = accepted, 1.0, False
+            # Never under the pace's floor: a rate measured while we barely sent can be far under
+            # what the host serves.
             self.pace = min(self.pace, max(self.ceiling(), self.floor))
 
     def ceiling(self) -> float:
@@ -239,7 +249,7 @@ class Pushback:
         ramped = self.ramping
         self.end_ramp()
         if accepted is not None:
-            self.rate_cap, self.creep = accepted, 1.0
+            self.rate_cap, self.creep, self.ramp_read = accepted, 1.0, ramped
             new_pace = PACE_MARGIN * accepted if not ramped else PACE_CAP_MARGIN * accepted
         else:
             # Cut from what the host just took, not from what the limit would allow.

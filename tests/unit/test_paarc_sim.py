@@ -327,6 +327,21 @@ def test_a_token_bucket_that_refuses_from_cold_is_found_in_two_holds(rate: float
     assert done <= 1.2 * ideal, (done, ideal)  # a strict bucket (of 1) is read 13% low, then crept up to
 
 
+def test_a_bucket_read_far_too_high_is_paced_at_what_it_delivers() -> None:
+    """A 150/s bucket of 9: the reveal's sends fell behind its ramp, and the refusal that ended it
+    read 192/s. The creep gives 2% back per refusal down to 85% of a reading, still over the rate,
+    and the host refused one request in thirty for the rest of the run, each too few to count as a
+    share. Refused still at that floor, the host is paced at the rate it delivered instead."""
+    ctl = HoldCounter()
+    spec = HostSpec(capacity=1000, hard_cap_ratio=100.0, service_time=0.01, jitter=0.0, rate_per_s=150.0, burst=9,
+                    retry_after=1.0)
+    res = simulate(ctl, spec, 40.0)
+    late = [r for r in res.rows if r.t >= 10.0]
+    assert sum(r.n429 for r in late) <= 0.005 * sum(r.ok for r in late)
+    assert sum(r.ok for r in late) >= 0.98 * 150.0 * 30.0
+    assert ctl.holds <= 2
+
+
 def test_a_hard_cap_that_refuses_from_cold_ends_the_ramp_and_is_not_paced() -> None:
     """A hard cap (12 at 40 ms: 300/s) refuses a cold start as a bucket does. Its ramp passes what
     the concurrency limit allows without a refusal, so it ends and the host is not paced: it is
