@@ -350,6 +350,16 @@ def test_quiet_prints_only_the_summary(tmp_path: Path, two_hosts: FakeHostFarm) 
     assert "flowdc: 30/30 rows stored" in loud.stdout
 
 
+def run_as_console(after: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """`flowdc ARGS` in a real process, run as its console script runs it, which then prints `after`
+    (Python expressions; `gc` and `sys` are imported), also when the command exits."""
+    probe = ("import gc, sys, runpy; sys.argv = ['flowdc', *sys.argv[1:]]\n"
+             "try:\n    runpy.run_module('flowdc', run_name='__main__')\n"
+             f"finally:\n    print({after})\n")
+    return subprocess.run([sys.executable, "-c", probe, *args], capture_output=True, text=True, timeout=120,
+                          cwd=REPO, env=subprocess_env())
+
+
 def test_a_download_process_imports_no_pandas(tmp_path: Path, two_hosts: FakeHostFarm) -> None:
     """pyarrow imports pandas (0.2 s of start-up) the first time it converts Python objects, when
     pandas is installed, as it is here (Prefect brings it). A `flowdc download` process holds it back
@@ -357,12 +367,8 @@ def test_a_download_process_imports_no_pandas(tmp_path: Path, two_hosts: FakeHos
     pytest.importorskip("pandas")
     manifest = write_manifest(tmp_path / "m.parquet", urls_on(two_hosts, 12), labels=["a", "b"] * 6)
     out = tmp_path / "out"
-    probe = ("import sys, runpy; sys.argv = ['flowdc', *sys.argv[1:]]\n"
-             "try:\n    runpy.run_module('flowdc', run_name='__main__')\n"
-             "finally:\n    print('pandas imported:', 'pandas' in sys.modules)\n")
-    proc = subprocess.run([sys.executable, "-c", probe, "download", "--input", str(manifest), "--output", str(out),
-                           "--label", "label", "--quiet"], capture_output=True, text=True, timeout=120,
-                          cwd=REPO, env=subprocess_env())
+    proc = run_as_console("'pandas imported:', 'pandas' in sys.modules", "download", "--input", str(manifest),
+                          "--output", str(out), "--label", "label", "--quiet")
     assert "pandas imported: False" in proc.stdout, proc.stdout + proc.stderr
     assert "flowdc: 12/12 rows stored (100.0%)" in proc.stdout, proc.stderr
     assert len(list(out.glob("*/*.png"))) == 12 and (tmp_path / "out.tar").is_file()
@@ -380,12 +386,8 @@ def test_a_download_process_skips_the_last_collection_and_loses_nothing(tmp_path
     committed and closed before: every image, the archive, the ledger and the overview are whole."""
     manifest = write_manifest(tmp_path / "m.parquet", urls_on(two_hosts, 24), labels=["a", "b"] * 12)
     out = tmp_path / "out"
-    probe = ("import gc, sys, runpy; sys.argv = ['flowdc', *sys.argv[1:]]\n"
-             "try:\n    runpy.run_module('flowdc', run_name='__main__')\n"
-             "finally:\n    print('frozen:', gc.get_freeze_count())\n")
-    proc = subprocess.run([sys.executable, "-c", probe, "download", "--input", str(manifest), "--output", str(out),
-                           "--label", "label", "--output_format", output_format, "--quiet"],
-                          capture_output=True, text=True, timeout=120, cwd=REPO, env=subprocess_env())
+    proc = run_as_console("'frozen:', gc.get_freeze_count()", "download", "--input", str(manifest), "--output",
+                          str(out), "--label", "label", "--output_format", output_format, "--quiet")
     assert proc.returncode == 0, proc.stderr
     frozen = int(proc.stdout.split("frozen:")[1])
     assert frozen > 10_000, proc.stdout
