@@ -201,15 +201,11 @@ def _fill_measured(result: RunResult, m: Measured, timeout_s: float) -> None:
 # -- the whole benchmark ------------------------------------------------------------------------
 
 
-def _cpu_seconds() -> float:
+def _cpu_seconds() -> tuple[float, float]:
+    """User + system CPU of this process, and of its finished child processes (and the children
+    they waited for)."""
     t = psutil.Process().cpu_times()
-    return t.user + t.system
-
-
-def _children_cpu_seconds() -> float:
-    """CPU of the finished child processes (and the children they waited for), user + system."""
-    t = psutil.Process().cpu_times()
-    return t.children_user + t.children_system
+    return t.user + t.system, t.children_user + t.children_system
 
 
 @contextlib.contextmanager
@@ -355,7 +351,7 @@ def run_contender(name: str, scenario: Scenario, info: ManifestInfo, farm: FakeH
     if farm is not None:
         farm.reset_stats()
     print(f"[bench] running {name} ...", flush=True)
-    cpu0, children_cpu0 = _cpu_seconds(), _children_cpu_seconds()
+    cpu0, children_cpu0 = _cpu_seconds()
     load = os.getloadavg()[0]
     if name == "bare":
         result = run_bare(scenario, info.path, out, concurrency, timeout_s)
@@ -368,10 +364,11 @@ def run_contender(name: str, scenario: Scenario, info: ManifestInfo, farm: FakeH
         result = run_flowdc(scenario, info.path, out, concurrency, timeout_s, paarc=name != "flowdc_nopaarc",
                             name=name)
     result.load_before = round(load, 2)
+    cpu1, children_cpu1 = _cpu_seconds()
     if result.wall_s > 0:
-        result.cpu_s = round(_children_cpu_seconds() - children_cpu0, 2)
+        result.cpu_s = round(children_cpu1 - children_cpu0, 2)
     if farm is not None and result.wall_s > 0:
-        result.farm_cpu_pct = round(100 * (_cpu_seconds() - cpu0) / result.wall_s, 1)
+        result.farm_cpu_pct = round(100 * (cpu1 - cpu0) / result.wall_s, 1)
     if farm is not None:
         totals = farm.totals()
         result.requests, result.n_429 = totals.get("requests", 0), totals.get("n_429", 0)
