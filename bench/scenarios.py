@@ -146,8 +146,9 @@ def fails_for_good(query: str) -> bool:
 
 
 def answers_nothing(spec: HostSpec) -> bool:
-    """Every request stalls (past any timeout the bench gives): none of the host's rows can succeed."""
-    return spec.fault_rate >= 1.0 and tuple(spec.faults) == ("stall",)
+    """Every request stalls (past any timeout the bench gives) or has its connection reset: none of
+    the host's rows can succeed."""
+    return spec.fault_rate >= 1.0 and tuple(spec.faults) in (("stall",), ("reset",))
 
 
 def _flowdc_option(scenario: Scenario, name: str, default: float) -> float:
@@ -341,6 +342,24 @@ DEAD_HOSTS = Scenario(
     timeout_s=400.0,
 )
 
+RESET_HOSTS = Scenario(
+    name="reset_hosts",
+    about=(
+        "4 open hosts (5 ms) and 2 that reset every connection (a firewall's RST, a server going down), "
+        "6,000 rows spread evenly: a third of the rows cannot succeed, and their failures come at once. "
+        "What counts is how often the resetting hosts are asked, the CPU it takes and when the run ends."
+    ),
+    rows=6_000,
+    hosts=(
+        *(HostSpec(ip, latency_s=0.005, name=f"open{i}") for i, ip in enumerate(_ips(4))),
+        *(HostSpec(ip, fault_rate=1.0, faults=("reset",), name=f"reset{i}") for i, ip in enumerate(_ips(6)[4:])),
+    ),
+    flowdc_args=("--timeout", "5"),  # the default 3 retries and host_down_after 60 s
+    bare_args=("--timeout", "5", "--retries", "3", "--backoff", "2"),  # flowdc's default retries and backoff
+    concurrency=256,
+    timeout_s=400.0,
+)
+
 _POLITE_HOSTS = (
     HostSpec("127.0.0.2", name="queue8", capacity=8, latency_s=0.05),
     HostSpec("127.0.0.3", name="queue16-slow", capacity=16, latency_s=0.1, jitter_s=0.02, seed=3),
@@ -526,6 +545,6 @@ MANIFEST10M = Scenario(
 )
 
 SCENARIOS: dict[str, Scenario] = {
-    s.name: s for s in (UNTHROTTLED, LARGE, FAULTS, DEAD_HOSTS, POLITE, POLITE_LONG, SPREAD, MANY_HOSTS, QUEUE_TAIL,
-                        REALISTIC, REALISTIC_MIX, RESIZE, MANIFEST10M)
+    s.name: s for s in (UNTHROTTLED, LARGE, FAULTS, DEAD_HOSTS, RESET_HOSTS, POLITE, POLITE_LONG, SPREAD, MANY_HOSTS,
+                        QUEUE_TAIL, REALISTIC, REALISTIC_MIX, RESIZE, MANIFEST10M)
 }

@@ -94,7 +94,8 @@ class NetworkOptions:
         60.0, "Seconds a host may leave every request unanswered (timed out, refused or reset; at least 8 in a "
         "row) before it is taken as down: its rows wait while other hosts have work, one request every 15 s "
         "asks whether it is back, and the rows still waiting at the end fail as host_down without a request "
-        "(a later run retries them). 0 = never.")
+        "(a later run retries them). Refusals and resets alone take a host as down after 5 s at most, and "
+        "after 8 unanswered in a row a host gets one request at a time, further apart each time. 0 = never.")
 
     def check_network(self) -> None:
         from flowdc.proxies import ProxyRoutes  # parses --proxy (and the environment's proxies) the one way

@@ -212,10 +212,28 @@ async def exchange(session: aiohttp.ClientSession, method: str, url: str, timeou
         f = failure_of(exc, headers_arrived=ttfb is not None)
         outcome = kind(f.signal, status=f.status, reason=f.reason, retryable=f.retryable, ttfb=ttfb,
                        retry_now=f.retry_now)
+        drop_frames(exc)
     watch = watch_of(session)
     if watch is not None and not watch.settled:
         watch.note(url, outcome.reason, outcome.status)  # raises ProxyError when the proxy refuses everything
     return outcome
+
+
+def drop_frames(exc: BaseException) -> None:
+    """Let go of the tracebacks of a caught failure and of the errors chained to it, once it is named.
+
+    aiohttp's connect path keeps the error it raises in a local of a frame on that error's own
+    traceback: a cycle of about 80 objects per refused connection, which only the garbage collector
+    frees. A run against hosts that refuse every connection spent a sixth of its time collecting
+    them. Unlinked, the frames are freed as soon as the error is. (Clearing the frames instead could
+    finalize a coroutine that is still suspended, when one error object is raised in several.)
+    """
+    seen: set[int] = set()
+    cause: BaseException | None = exc
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        cause.__traceback__ = None
+        cause = cause.__cause__ or cause.__context__
 
 
 @lru_cache(maxsize=16)

@@ -17,14 +17,13 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from flowdc.hosthealth import Unanswered
+from flowdc.hosthealth import DOWN_PROBE_S, Unanswered
 from flowdc.paarc import ClientLoad, HostLimit
 from flowdc.signals import Sample, Signal
 
 log = logging.getLogger(__name__)
 
 IDLE_EVICT_S = 60.0
-DOWN_PROBE_S = 15.0  # a down host gets one request this often (at most every down_after_s): is it back?
 GIVE_UP_AFTERS = 5  # down this many down_after_s while its rows fill the read-ahead: they fail as they come
 MIN_STALLED_ROOM = 8  # stalled requests a host may have beside its limit: the limit, or this if more
 
@@ -174,7 +173,7 @@ class Scheduler:
                 else:
                     host.probing = True
                     host.next_send = now + self.down_probe_s
-            elif (gap := host.policy.min_gap(now)) > 0:
+            elif (gap := max(host.policy.min_gap(now), host.unanswered.gap)) > 0:
                 host.next_send = next_paced_send(host.next_send, now, gap)
             self._offer(host)  # back of the ring if it can take more: round-robin between hosts
             return job
@@ -195,11 +194,17 @@ class Scheduler:
         if signal is not Signal.NOT_SENT:
             now = self.loop.time()
             host.policy.on_sample(now, sample)
-            host.unanswered.note(signal, job.sent_at)
-            if host.down and host.unanswered.count == 0:
-                self._bring_back(host)
-            else:
-                self._declare_down_if_silent(host, now)
+            silent = host.unanswered
+            paced = silent.gap > 0
+            silent.note(signal, job.sent_at, now, self.down_probe_s)
+            if host.down:  # its probe timer paces it
+                if silent.count == 0:
+                    self._bring_back(host)
+            elif silent.gap > 0:  # one request at a time, further apart with each one unanswered
+                host.next_send = max(host.next_send, now + silent.gap)
+            elif paced:
+                host.next_send = 0.0  # it answered: the unanswered run's pace is over
+            self._declare_down_if_silent(host, now)
         self._offer(host)
 
     def is_down(self, name: str) -> bool:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import struct
 import threading
 import time
 from collections import Counter
@@ -48,6 +49,21 @@ class Blackhole:
         self.sock.close()
         for conn in self.held:
             conn.close()
+
+
+class Slammer(Blackhole):
+    """Accepts every connection and resets it at once (a firewall's RST, a server that is closing
+    down); counts the connections."""
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:  # closed
+                return
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # close sends RST
+            conn.close()
+            self.held.append(conn)
 
 
 @contextmanager
@@ -141,3 +157,31 @@ def test_a_host_back_while_others_still_have_work_gets_its_rows_fetched_in_the_s
     assert "a longer --timeout" in caplog.text  # a blackhole only times out: it might be a slow host
     assert overview["this_run"]["ok"] == 330, Counter(r["reason"] for r in latest(tmp_path / "out"))
     assert {r["status"] for r in latest(tmp_path / "out")} == {"ok"}
+
+
+def test_a_host_that_resets_every_connection_is_not_asked_for_every_row(
+        tmp_path: Path, farm_factory: Callable[[Sequence[HostSpec]], FakeHostFarm]) -> None:
+    """A reset (or refused) connection fails at once: without a pace, each of the 2,000 rows was
+    tried four times, as fast as the client could send. The host gets one request at a time,
+    further apart each time, and is taken as down at host_down_after."""
+    up = farm_factory([HostSpec("127.0.0.2")])
+    slammer = Slammer(DEAD_IP)
+    try:
+        urls = [up.url(0, f"/img/{i}.png") for i in range(20)] + [
+            f"http://{DEAD_IP}:{slammer.port}/img/{i}.png" for i in range(2000)]
+        manifest = write_manifest(tmp_path / "m.parquet", urls)
+        started = time.monotonic()
+        overview = download(manifest, tmp_path / "out", timeout=5.0, host_down_after=1.5, max_retry_attempts=3,
+                            retry_backoff_sec=0.05)
+        took = time.monotonic() - started
+        asked = len(slammer.held)
+    finally:
+        slammer.close()
+    rows = latest(tmp_path / "out")
+    assert [r["status"] for r in rows[:20]] == ["ok"] * 20
+    reasons = Counter(r["reason"] for r in rows[20:])
+    assert reasons["host_down"] >= 1990, reasons
+    assert all(r["retryable"] for r in rows[20:])
+    assert asked <= 60, asked  # about 8 at once, then one every 0.25, 0.5, 1 s
+    assert took < 6.0, took
+    assert overview["this_run"]["ok"] == 20

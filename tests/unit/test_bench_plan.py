@@ -15,7 +15,7 @@ if str(BENCH) not in sys.path:
     sys.path.insert(0, str(BENCH))
 
 from run import RunResult, _cpu_seconds, ratio_lines, round_order  # noqa: E402
-from scenarios import DEAD_HOSTS, SCENARIOS, answers_nothing, build_urls  # noqa: E402
+from scenarios import DEAD_HOSTS, RESET_HOSTS, SCENARIOS, Scenario, answers_nothing, build_urls  # noqa: E402
 
 
 def test_the_first_two_rounds_run_in_opposite_orders() -> None:
@@ -42,11 +42,12 @@ def test_no_contenders_no_round() -> None:
     assert round_order([], 2) == []
 
 
-def test_a_silent_hosts_rows_are_counted_out() -> None:
-    silent = [i for i, spec in enumerate(DEAD_HOSTS.hosts) if answers_nothing(spec)]
+@pytest.mark.parametrize("scenario", [DEAD_HOSTS, RESET_HOSTS], ids=["silent", "resetting"])
+def test_the_rows_of_a_host_that_answers_nothing_are_counted_out(scenario: Scenario) -> None:
+    silent = [i for i, spec in enumerate(scenario.hosts) if answers_nothing(spec)]
     assert len(silent) == 2
-    bases = [f"http://127.0.0.{i + 2}:1" for i in range(len(DEAD_HOSTS.hosts))]
-    _, counts, expected_ok = build_urls(DEAD_HOSTS, bases, 600)
+    bases = [f"http://127.0.0.{i + 2}:1" for i in range(len(scenario.hosts))]
+    _, counts, expected_ok = build_urls(scenario, bases, 600)
     assert expected_ok == 600 - sum(counts[i] for i in silent) == 400
 
 

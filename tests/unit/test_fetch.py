@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import gc
 import hashlib
 import os
+import socket
 import time
 from collections.abc import Iterator
 from email.utils import formatdate
@@ -141,6 +143,34 @@ def test_truncated_body_is_never_ok(farm: FakeHostFarm) -> None:
     """A connection dropped mid-body is a retryable 'truncated' failure with no body."""
     out = fetch(farm.url(0, "/u/trunc.png?fail=truncate&size=30000"))
     assert out.reason == "truncated" and out.retryable and out.body is None and out.signal is Signal.CONN_ERROR
+
+
+@pytest.mark.parametrize("kind", ["refused", "truncated"])
+def test_a_failed_request_leaves_nothing_for_the_garbage_collector(farm: FakeHostFarm, kind: str) -> None:
+    """A refused connect used to leave about 80 objects in reference cycles (the error held by a
+    frame on its own traceback): a run against refusing hosts spent a sixth of its time collecting."""
+    with socket.socket() as probe:  # a port nothing listens on: every connect is refused
+        probe.bind(("127.0.0.2", 0))
+        closed_port = probe.getsockname()[1]
+    url = (f"http://127.0.0.2:{closed_port}/x.png" if kind == "refused"
+           else farm.url(0, "/u/trunc-gc.png?fail=truncate&size=30000"))
+
+    async def go() -> tuple[list[Outcome], int]:
+        async with make_session(4) as session:
+            await fetch_one(session, url, settings())  # the session's first use builds what it keeps
+            gc.collect()
+            gc.disable()
+            try:
+                outcomes = [await fetch_one(session, url, settings()) for _ in range(20)]
+                return outcomes, gc.collect()
+            finally:
+                gc.enable()
+
+    outcomes, garbage = asyncio.run(go())
+    assert {o.reason for o in outcomes} == {"connect_failed" if kind == "refused" else "truncated"}
+    # Before: 1,737 and 1,392. A truncated body's closed connection still leaves its transport and
+    # socket in a cycle of aiohttp's (14 objects a request).
+    assert garbage < (20 if kind == "refused" else 20 * 20), garbage
 
 
 def test_stalled_headers_time_out_as_host_timeout(farm: FakeHostFarm) -> None:

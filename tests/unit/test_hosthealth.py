@@ -5,10 +5,12 @@ back, and they are handed out to fail unsent once nothing else is left)."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 
 import pytest
 
-from flowdc.hosthealth import DOWN_MIN_UNANSWERED, Unanswered
+from flowdc import hosthealth
+from flowdc.hosthealth import DOWN_MIN_UNANSWERED, PACE_FIRST_S, REFUSED_DOWN_S, Unanswered
 from flowdc.paarc import FixedLimit
 from flowdc.scheduler import GIVE_UP_AFTERS, Job, Scheduler
 from flowdc.signals import Signal
@@ -44,6 +46,40 @@ def test_any_answer_starts_the_count_again(answer: Signal) -> None:
 ], ids=["all-timeouts", "one-refused", "after-an-answer"])
 def test_a_run_of_timeouts_alone_may_be_a_slow_host(signals: list[Signal], slow: bool) -> None:
     assert unanswered(*signals).all_timed_out is slow
+
+
+def test_a_run_of_refusals_alone_takes_a_host_as_down_sooner() -> None:
+    """A refused connection means nothing listens: no slow host to wait for. A run with a timeout
+    in it may be a slow host, and waits the whole host_down_after."""
+    refused = unanswered(*[Signal.CONN_ERROR] * DOWN_MIN_UNANSWERED)
+    assert refused.down(now=REFUSED_DOWN_S, after_s=60.0)
+    assert not refused.down(now=REFUSED_DOWN_S - 1.0, after_s=60.0)
+    assert refused.down(now=2.0, after_s=2.0)  # a shorter host_down_after still rules
+    assert not refused.down(now=99.0, after_s=0.0)  # 0: never
+    mixed = unanswered(Signal.TIMEOUT, *[Signal.CONN_ERROR] * (DOWN_MIN_UNANSWERED - 1))
+    assert not mixed.down(now=REFUSED_DOWN_S + 1.0, after_s=60.0)
+    assert mixed.down(now=60.0, after_s=60.0)
+
+
+def test_a_run_long_enough_is_paced_and_the_gap_doubles_only_for_requests_sent_under_it() -> None:
+    count = Unanswered()
+    for i in range(DOWN_MIN_UNANSWERED - 1):  # all out at once, refused at once
+        count.note(Signal.CONN_ERROR, sent_at=0.0, now=0.001 * i)
+    assert count.gap == 0.0  # too short a run to say anything
+    count.note(Signal.CONN_ERROR, sent_at=0.0, now=0.01)
+    assert count.gap == PACE_FIRST_S
+    for _ in range(20):  # a busy host's restart: many more that were out when the run began
+        count.note(Signal.CONN_ERROR, sent_at=0.0, now=0.02)
+    assert count.gap == PACE_FIRST_S
+    gaps = []
+    now = 0.02
+    for _ in range(8):  # one request at a time, each sent a gap after the last one failed
+        now += count.gap
+        count.note(Signal.CONN_ERROR, sent_at=now, now=now + 0.001, max_gap=3.0)
+        gaps.append(count.gap)
+    assert gaps == [2 * PACE_FIRST_S, 4 * PACE_FIRST_S, 8 * PACE_FIRST_S, 3.0, 3.0, 3.0, 3.0, 3.0]
+    count.note(Signal.OK, sent_at=now, now=now + 0.1)
+    assert (count.count, count.gap) == (0, 0.0)
 
 
 def test_a_request_never_sent_says_nothing_about_the_host() -> None:
@@ -219,5 +255,40 @@ def test_no_host_is_declared_down_unless_asked() -> None:
             assert job is not None
             sched.finished(job, Signal.TIMEOUT, None, None)
         assert not sched.is_down("dead")
+
+    asyncio.run(main())
+
+
+def test_a_host_that_refuses_everything_is_asked_one_request_at_a_time_until_it_answers(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(hosthealth, "PACE_FIRST_S", 0.02)
+
+    async def main() -> None:
+        sched = Scheduler(lambda host, now: FixedLimit(DOWN_MIN_UNANSWERED), max_pending=1000, down_after_s=60.0)
+        for i in range(50):
+            sched.add(Job(i, str(i), f"http://refusing/{i}", "refusing"))
+
+        def refuse(jobs: list[Job]) -> None:
+            for job in jobs:
+                sched.finished(job, Signal.CONN_ERROR, None, None)
+                sched.done(job)
+
+        refuse(take_all(sched))  # its limit's worth, refused at once
+        assert take_all(sched) == []  # without a pace the next 8 would go at once, and so on
+        sent_at = []
+        for _ in range(3):
+            while not (jobs := take_all(sched)):
+                await asyncio.sleep(0.002)
+            assert len(jobs) == 1  # one at a time
+            sent_at.append(sched.loop.time())
+            refuse(jobs)
+        gaps = [b - a for a, b in itertools.pairwise(sent_at)]
+        assert gaps[0] >= 0.04 and gaps[1] >= 0.08, gaps  # doubling: 0.02, 0.04, 0.08
+        await asyncio.sleep(0.16)
+        (job,) = take_all(sched)
+        sched.finished(job, Signal.OK, 0.01, None)
+        sched.done(job)
+        assert len(take_all(sched)) == DOWN_MIN_UNANSWERED  # it answered: its limit again, at once
+        assert not sched.is_down("refusing")
 
     asyncio.run(main())
