@@ -220,8 +220,10 @@ def test_rerun_against_restarted_hosts_on_fixed_ports(tmp_path: Path) -> None:
     manifest = write_manifest(tmp_path / "m.parquet", urls)
     out = tmp_path / "out"
     with run_farm_in_thread([HostSpec(ips[0], port=ports[0])]):  # the second host is down
-        first = download(manifest, out, max_retry_attempts=1, timeout=2)
-    assert first["totals"]["ok"] == 10 and first["errors"] == {"connect_failed": 10}
+        first = download(manifest, out, max_retry_attempts=1, timeout=2, host_down_after=1.0)
+    # Refused: its rows fail as connect_failed, and as host_down once a run of refusals takes it as down.
+    assert first["totals"]["ok"] == 10 and sum(first["errors"].values()) == 10
+    assert set(first["errors"]) <= {"connect_failed", "host_down"}, first["errors"]
     with run_farm_in_thread([HostSpec(ip, port=port) for ip, port in zip(ips, ports, strict=True)]) as farm:
         second = download(manifest, out, max_retry_attempts=1, timeout=2)
         asked = requested_urls(farm)

@@ -168,9 +168,9 @@ def test_a_failed_request_leaves_nothing_for_the_garbage_collector(farm: FakeHos
 
     outcomes, garbage = asyncio.run(go())
     assert {o.reason for o in outcomes} == {"connect_failed" if kind == "refused" else "truncated"}
-    # Before: 1,737 and 1,392. A truncated body's closed connection still leaves its transport and
-    # socket in a cycle of aiohttp's (14 objects a request).
-    assert garbage < (20 if kind == "refused" else 20 * 20), garbage
+    # Per request before: 87 and 70. A truncated body's closed connection still leaves its transport
+    # and socket in a cycle of aiohttp's (14 objects); the rest of the process may add a few.
+    assert garbage / 20 < (5 if kind == "refused" else 25), garbage
 
 
 def test_stalled_headers_time_out_as_host_timeout(farm: FakeHostFarm) -> None:
