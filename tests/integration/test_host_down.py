@@ -40,7 +40,10 @@ class Blackhole:
                 conn, _ = self.sock.accept()
             except OSError:  # closed
                 return
-            self.held.append(conn)
+            self._take(conn)
+
+    def _take(self, conn: socket.socket) -> None:
+        self.held.append(conn)
 
     def close(self) -> None:
         if self.sock.fileno() < 0:  # closed already
@@ -55,15 +58,10 @@ class Slammer(Blackhole):
     """Accepts every connection and resets it at once (a firewall's RST, a server that is closing
     down); counts the connections."""
 
-    def _accept(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:  # closed
-                return
-            conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # close sends RST
-            conn.close()
-            self.held.append(conn)
+    def _take(self, conn: socket.socket) -> None:
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # close sends RST
+        conn.close()
+        self.held.append(conn)
 
 
 @contextmanager
