@@ -229,11 +229,13 @@ def drop_frames(exc: BaseException) -> None:
     finalize a coroutine that is still suspended, when one error object is raised in several.)
     """
     seen: set[int] = set()
-    cause: BaseException | None = exc
-    while cause is not None and id(cause) not in seen:
-        seen.add(id(cause))
-        cause.__traceback__ = None
-        cause = cause.__cause__ or cause.__context__
+    chained: list[BaseException | None] = [exc]
+    while chained:
+        error = chained.pop()
+        if error is not None and id(error) not in seen:
+            seen.add(id(error))
+            error.__traceback__ = None
+            chained += (error.__cause__, error.__context__)
 
 
 @lru_cache(maxsize=16)
