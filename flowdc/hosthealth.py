@@ -41,16 +41,15 @@ class Unanswered:
     gap: float = 0.0  # seconds between requests while the run lasts (0: not paced)
     gap_from: float = 0.0  # when the gap was last set: requests sent since then count toward the next
 
-    def note(self, signal: Signal, sent_at: float, now: float | None = None,
-             max_gap: float = DOWN_PROBE_S) -> None:
-        """A request sent at `sent_at` ended at `now` (default: when it was sent)."""
+    def note(self, signal: Signal, sent_at: float, now: float, max_gap: float = DOWN_PROBE_S) -> None:
+        """A request sent at `sent_at` ended at `now`."""
         if signal in UNANSWERED:
             if self.count == 0:
                 self.since, self.timeouts = sent_at, 0
             self.count += 1
             self.timeouts += signal is Signal.TIMEOUT
             if self.count >= DOWN_MIN_UNANSWERED:
-                self._widen(sent_at, sent_at if now is None else now, max_gap)
+                self._widen(sent_at, now, max_gap)
         elif signal is not Signal.NOT_SENT:  # a request that never left says nothing about the host
             self.count, self.gap = 0, 0.0
 

@@ -19,7 +19,7 @@ from flowdc.signals import Signal
 def unanswered(*signals: Signal) -> Unanswered:
     count = Unanswered()
     for sent_at, signal in enumerate(signals):
-        count.note(signal, float(sent_at))
+        count.note(signal, float(sent_at), now=float(sent_at))  # each ends as it is sent
     return count
 
 
