@@ -212,14 +212,14 @@ async def exchange(session: aiohttp.ClientSession, method: str, url: str, timeou
         f = failure_of(exc, headers_arrived=ttfb is not None)
         outcome = kind(f.signal, status=f.status, reason=f.reason, retryable=f.retryable, ttfb=ttfb,
                        retry_now=f.retry_now)
-        drop_frames(exc)
+        drop_tracebacks(exc)
     watch = watch_of(session)
     if watch is not None and not watch.settled:
         watch.note(url, outcome.reason, outcome.status)  # raises ProxyError when the proxy refuses everything
     return outcome
 
 
-def drop_frames(exc: BaseException) -> None:
+def drop_tracebacks(exc: BaseException) -> None:
     """Let go of the tracebacks of a caught failure and of the errors chained to it, once it is named.
 
     aiohttp's connect path keeps the error it raises in a local of a frame on that error's own
