@@ -19,7 +19,17 @@ import math
 from flowdc.paarc.limit import ClientLoad, HostCounters
 from flowdc.paarc.params import PaarcParams
 from flowdc.paarc.pushback import PACE_STEP_S, Pushback
-from flowdc.paarc.window import LATENCY_NOISE_FLOOR_S, MIN_LATENCIES, Summary, Window, ema, lower
+from flowdc.paarc.window import (
+    LATENCY_NOISE_FLOOR_S,
+    MIN_LATENCIES,
+    MIN_SAMPLES,
+    PRECISION_WAIT,
+    Summary,
+    Window,
+    ema,
+    lower,
+    usual_span,
+)
 from flowdc.signals import Sample, Signal
 
 # States (exposed in snapshot()["state"]) and the phases of PROBE_BW.
@@ -86,6 +96,7 @@ class PaarcController:
         "cut_mean",
         "goodput",
         "intervals",
+        "lag_peak",
         "last_inflight",
         "last_ok_inflight",
         "last_ok_ttfb",
@@ -155,6 +166,7 @@ class PaarcController:
         self.strike = False  # the last judged cruise interval showed marginal congestion
         self.win = Window(now)
         self.busy_mark = 0  # the client's busy ticks when this interval began
+        self.lag_peak = 0.0  # the client's highest (smoothed) lag at this interval's ticks
         self.now = now
         self.push: Pushback | None = None
         self.refused_before = False
@@ -231,6 +243,8 @@ class PaarcController:
 
     def tick(self, now: float) -> None:
         self.now = now
+        if self.client is not None and self.client.lag_s > self.lag_peak:
+            self.lag_peak = self.client.lag_s
         if self.state == BACKOFF:
             if now >= self.cooldown_until:
                 self._enter_cruise(now)
@@ -247,7 +261,8 @@ class PaarcController:
         # for a precise mean would slow the ramp of a host with a wide spread to a crawl. A drain
         # interval is not judged: no shortcut, so it lasts long enough for the queue it holds to go.
         if self.state == STARTUP:
-            return self._cohort_clean() or self.win.due(now, self.rtprop, self.base_lat, STARTUP_REL_SE)
+            return self._cohort_clean() or (self.win.due(now, self.rtprop, self.base_lat, STARTUP_REL_SE)
+                                             and self._step_answered(now))
         drain = self.state == PROBE_BW and self.phase == DRAIN
         return self.win.due(now, self.rtprop, None if drain else self.base_lat)
 
@@ -406,11 +421,11 @@ class PaarcController:
         # Our own event loop ran late during this interval: every latency in it holds our queue,
         # not the host's, so it cannot tell a queue at the host (nor its absence). The served rate
         # still can: such an interval is judged as a near host's is.
-        lagged = self._client_lagged()
+        lagged = self._lag_hides_queue(s.mean)
         # Requests sent at this limit all answered with no queue: a load the host is known to take,
         # unless the baselines they were judged against are a run's start's (see _measure).
         proven = self.state == STARTUP and not self.base_provisional and self._cohort_clean()
-        self._measure(s, lagged)
+        self._measure(s, self._client_lagged())
         if self.push is not None:
             self.push.best_rate = max(self.push.best_rate, s.ok_rate)  # the pace's floor follows it
         self._adjust_pace(now)
@@ -601,7 +616,7 @@ class PaarcController:
                 self.ceiling = float(self._limit) if self.near else max(self.p.C_min, self._limit / self.raised_by)
                 self._enter_probe_bw(CRUISE)
             return
-        if self._congested(s):
+        if self._congested(s) or self._step_queued():
             # Rates measured during a ramp are rough (a 32-slot, 300-ms host was put at 28): the cut
             # keeps at least a level whose cohort showed no queue, and an early probe confirms it.
             self._cut_to_estimate(s, floor=self.clean_level)
@@ -613,6 +628,27 @@ class PaarcController:
                 self.clean_level = self._limit
             self._grow()
 
+    def _slow(self) -> bool:
+        """A host whose round trip is long enough (COHORT_MIN_RTPROP_S) for its cohorts to be
+        followed: a queue there delays each reply by whole round trips."""
+        return not self.near and self.rtprop is not None and self.rtprop >= COHORT_MIN_RTPROP_S
+
+    def _step_answered(self, now: float) -> bool:
+        """A slow host's STARTUP step is judged once MIN_SAMPLES of the requests sent since it
+        answered (or the interval waited PRECISION_WAIT usual spans: a host short of work). Over
+        its usual span of 4 RTprops, the replies at a host queued far past its capacity are nearly
+        all to requests sent before the step: a 4-slot, 400-ms host doubled from 8 to 16 read 760 ms
+        for a 600-ms baseline, passed, and was doubled to 32; thirty such hosts took 950 of a run's
+        1000 requests in flight, and starved the hosts with work for 1.5 s."""
+        return (not self._slow() or self.win.cohort_n >= MIN_SAMPLES
+                or now - self.win.start >= PRECISION_WAIT * usual_span(self.rtprop))
+
+    def _step_queued(self) -> bool:
+        """The replies to requests sent since a slow host's STARTUP step show a queue, however
+        few of them are in the interval's own latencies (see _step_answered)."""
+        cohort = self.win.cohort_so_far() if self._slow() else None
+        return cohort is not None and self._above_base(cohort[0], cohort[1], QUEUE_TOL_SE, QUEUE_TOL)
+
     def _cohort_clean(self) -> bool:
         """A STARTUP step may close early: a limit's worth of the requests sent since the doubling
         answered, and no queue shows in their latency. They are the ones a queue delays first: at
@@ -622,7 +658,7 @@ class PaarcController:
         then holds our queue (a 16-slot, 80-ms host read 220 ms at a run's start, and cohorts
         judged against that doubled it past its hard cap)."""
         cohort = self.win.cohort_mean()
-        if cohort is None or self.base_lat is None or self._client_lagged():
+        if cohort is None or self.base_lat is None or self._lag_hides_queue():
             return False
         mean, rel_se = cohort
         return not self._above_base(mean, rel_se, QUEUE_TOL_SE, QUEUE_TOL)
@@ -634,8 +670,7 @@ class PaarcController:
         after INIT the baselines may be a run's start's (provisional, see _measure): the cohort is
         judged against them as the usual span would be, only sooner, and the interval's close sets
         them afresh as any first unlagged interval does."""
-        return (not self.near
-                and self.rtprop is not None and self.rtprop >= COHORT_MIN_RTPROP_S
+        return (self._slow()
                 and self.base_p50 is not None and self.base_p95 is not None
                 and self.base_p95 <= COHORT_SPREAD * self.base_p50)
 
@@ -646,8 +681,8 @@ class PaarcController:
 
     def _client_lagged(self) -> bool:
         """The client was the bottleneck at some tick of the current interval, or its own lag is a
-        fair share of this host's unloaded latency: then a rise in latency may be our loop's, not
-        the host's queue (a 2-ms lag reads as a 25% queue at an 8-ms host, nothing at a 200-ms one)."""
+        fair share of this host's unloaded latency: latencies read now may hold our own queue. The
+        baselines take none of them for good (see _measure)."""
         client = self.client
         if client is None:
             return False
@@ -655,10 +690,29 @@ class PaarcController:
             return True
         return self.base_lat is not None and client.lag_s > QUEUE_TOL * self.base_lat
 
+    def _lag_hides_queue(self, latency: float | None = None) -> bool:
+        """Our own lag is, or was at some tick of the current interval, a fair share of this host's
+        unloaded latency: then a rise in latency may be our loop's, not the host's queue (a 2-ms lag
+        reads as a 25% queue at an 8-ms host, nothing at a 300-ms one). Before the unloaded latency
+        is known, `latency` (the first interval's mean) stands in for it; without either, any tick
+        at which the client was the bottleneck counts. A saturated tick (LOOP_BUSY_LAG_S) counts at
+        hosts up to ten times that latency, as before; at queue_tail's 300-ms host nearly every
+        1.2-s interval of a run's start held one, and its ramp waited a whole interval at each step."""
+        client = self.client
+        if client is None:
+            return False
+        reference = self.base_lat if self.base_lat is not None else latency
+        busy_here = client.busy or client.busy_ticks > self.busy_mark
+        if reference is None:
+            return busy_here
+        fair_share = QUEUE_TOL * reference
+        return client.lag_s > fair_share or (busy_here and self.lag_peak > fair_share)
+
     def _reset_window(self, now: float) -> None:
         self.win.reset(now, self.rtprop)
         if self.client is not None:
             self.busy_mark = self.client.busy_ticks
+            self.lag_peak = self.client.lag_s
 
     def _grow(self, gain: float = STARTUP_GAIN) -> None:
         if self._client_busy():

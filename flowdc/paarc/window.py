@@ -69,13 +69,13 @@ class Window:
         self.first = 0.0  # arrival of the first settled reply: the rate is measured from there
         self.stride = 1
         self.lat: array[float] | None = None  # allocated on first use: idle hosts stay tiny
-        self.need = 0  # > 0: the cohort is followed too (follow_cohort)
+        self.need = 0  # > 0: the cohort's mean is known once this many answered (follow_cohort)
         self.cohort_n = 0
         self.cohort_sum = self.cohort_sq = 0.0
 
     def follow_cohort(self, need: int) -> None:
-        """Also keep the latencies of the requests sent since this interval began (its cohort):
-        `cohort_mean` once `need` of them answered. Those are the requests a queue delays first."""
+        """`cohort_mean` once `need` of the requests sent since this interval began (its cohort)
+        answered with the limit in use. Those are the requests a queue delays first."""
         self.need = need
 
     def add(self, now: float, s: Sample, timed: bool = True) -> None:
@@ -92,7 +92,7 @@ class Window:
             self.fails += 1
         if s.signal is Signal.OK:
             self.ok += 1
-        if self.need and s.signal is Signal.OK and timed and s.ttfb is not None and now - s.ttfb >= self.start:
+        if s.signal is Signal.OK and timed and s.ttfb is not None and now - s.ttfb >= self.start:
             self.cohort_n += 1
             self.cohort_sum += s.ttfb
             self.cohort_sq += s.ttfb * s.ttfb
@@ -139,6 +139,14 @@ class Window:
         with the limit in use (None before)."""
         n = self.cohort_n
         if not self.need or n < max(MIN_SAMPLES, self.need) or self.max_inflight + 1 < self.need:
+            return None
+        return self.cohort_sum / n, relative_se(n, self.cohort_sum, self.cohort_sq)
+
+    def cohort_so_far(self) -> tuple[float, float] | None:
+        """The mean latency and relative standard error of the cohort's replies so far, once
+        MIN_SAMPLES answered (None before)."""
+        n = self.cohort_n
+        if n < MIN_SAMPLES:
             return None
         return self.cohort_sum / n, relative_se(n, self.cohort_sum, self.cohort_sq)
 
