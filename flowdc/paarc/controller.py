@@ -693,19 +693,18 @@ class PaarcController:
     def _lag_hides_queue(self, latency: float | None = None) -> bool:
         """Our own lag is, or was at some tick of the current interval, a fair share of this host's
         unloaded latency: then a rise in latency may be our loop's, not the host's queue (a 2-ms lag
-        reads as a 25% queue at an 8-ms host, nothing at a 300-ms one). Before the unloaded latency
-        is known, `latency` (the first interval's mean) stands in for it; without either, any tick
-        at which the client was the bottleneck counts. A saturated tick (LOOP_BUSY_LAG_S) counts at
-        hosts up to ten times that latency, as before; at queue_tail's 300-ms host nearly every
-        1.2-s interval of a run's start held one, and its ramp waited a whole interval at each step."""
+        reads as a 25% queue at an 8-ms host, nothing at a 300-ms one). A saturated tick
+        (LOOP_BUSY_LAG_S) counts only where its lag was such a share: at queue_tail's 300-ms host
+        nearly every 1.2-s interval of a run's start held one, and its ramp waited a whole interval
+        at each step. Before the unloaded latency is known, only a saturated tick counts, and given
+        `latency` (the first interval's mean) only where its lag was a tenth of it."""
         client = self.client
         if client is None:
             return False
-        reference = self.base_lat if self.base_lat is not None else latency
         busy_here = client.busy or client.busy_ticks > self.busy_mark
-        if reference is None:
-            return busy_here
-        fair_share = QUEUE_TOL * reference
+        if self.base_lat is None:
+            return busy_here and (latency is None or max(self.lag_peak, client.lag_s) > QUEUE_TOL * latency)
+        fair_share = QUEUE_TOL * self.base_lat
         return client.lag_s > fair_share or (busy_here and self.lag_peak > fair_share)
 
     def _reset_window(self, now: float) -> None:

@@ -495,6 +495,19 @@ def test_a_host_whose_first_replies_held_our_lag_is_not_doubled_into_its_cap() -
     assert settled and 0.8 * 24 <= min(settled) <= max(settled) <= 1.1 * 24
 
 
+def test_a_slow_host_far_past_its_capacity_is_not_doubled_again() -> None:
+    """queue_tail's 4-slot hosts at 300-500 ms: C_init already queues them 2x (INIT read 600 ms),
+    and at 16 a request takes four round trips. The usual span of 4 RTprops then held replies to
+    requests sent before the doubling almost only (760 ms), no queue showed, and each was doubled
+    to 32: thirty of them held 950 of the run's 1000 requests in flight. The step waits for
+    replies to its own requests, which show the queue."""
+    res = simulate(PaarcController(PaarcParams(), 0.0),
+                   HostSpec(capacity=4, service_time=0.4, jitter=0.25, hard_cap_ratio=100.0), 20.0)
+    assert max(r.limit_max for r in res.rows) <= 16
+    settled = [r.limit for r in res.rows if r.t > 10.0 and cruising(r)]
+    assert settled and 3 <= min(settled) <= max(settled) <= 6, settled
+
+
 @pytest.mark.parametrize(("spread", "followed"), [({"jitter": 0.1}, True), ({"tail_sigma": 0.6}, False),
                                                    ({"jitter": 0.5}, False)])
 def test_only_a_slow_host_with_a_narrow_spread_is_judged_on_its_cohort(spread: dict[str, float],
