@@ -55,8 +55,8 @@ class Window:
     so they count for goodput and failures but not for rate or latency ("settling").
     """
 
-    __slots__ = ("cohort_n", "cohort_sq", "cohort_sum", "fails", "first", "fresh", "lat", "max_inflight", "n", "need",
-                 "ok", "seen", "served", "settle", "stale", "start", "stride", "ttfb_sq", "ttfb_sum")
+    __slots__ = ("answered", "cohort_n", "cohort_sq", "cohort_sum", "fails", "first", "fresh", "lat", "max_inflight",
+                 "n", "need", "ok", "seen", "served", "settle", "stale", "start", "stride", "ttfb_sq", "ttfb_sum")
 
     def __init__(self, now: float) -> None:
         self.reset(now, None)
@@ -70,7 +70,8 @@ class Window:
         self.stride = 1
         self.lat: array[float] | None = None  # allocated on first use: idle hosts stay tiny
         self.need = 0  # > 0: the cohort's mean is known once this many answered (follow_cohort)
-        self.cohort_n = 0
+        self.answered = 0  # replies with headers to requests sent since the interval began
+        self.cohort_n = 0  # ... those of them that are OK and timed: the cohort
         self.cohort_sum = self.cohort_sq = 0.0
 
     def follow_cohort(self, need: int) -> None:
@@ -92,10 +93,12 @@ class Window:
             self.fails += 1
         if s.signal is Signal.OK:
             self.ok += 1
-        if s.signal is Signal.OK and timed and s.ttfb is not None and now - s.ttfb >= self.start:
-            self.cohort_n += 1
-            self.cohort_sum += s.ttfb
-            self.cohort_sq += s.ttfb * s.ttfb
+        if s.ttfb is not None and now - s.ttfb >= self.start:
+            self.answered += 1
+            if s.signal is Signal.OK and timed:
+                self.cohort_n += 1
+                self.cohort_sum += s.ttfb
+                self.cohort_sq += s.ttfb * s.ttfb
         if now < self.start + self.settle or s.ttfb is None or s.signal not in SERVED:
             return
         if not self.served:
@@ -150,6 +153,10 @@ class Window:
             return None
         return self.cohort_sum / n, relative_se(n, self.cohort_sum, self.cohort_sq)
 
+    def failing(self) -> bool:
+        """Timeouts, 5xx and resets are a substantial share of the interval's samples."""
+        return self.fails >= FAIL_MIN and self.fails >= FAIL_FRACTION * self.n
+
     def rel_se(self) -> float:
         """Standard error of the mean TTFB, relative to the mean (0 with fewer than 2 latencies)."""
         return relative_se(self.seen, self.ttfb_sum, self.ttfb_sq)
@@ -176,7 +183,7 @@ class Window:
             p50=percentile(lat, 0.50),
             p95=percentile(lat, 0.95),
             rel_se=self.rel_se(),
-            failing=self.fails >= FAIL_MIN and self.fails >= FAIL_FRACTION * self.n,
+            failing=self.failing(),
             pipe_full=self.max_inflight + 1 >= limit,  # +1: callers may count before or after this reply
             stale=self.stale > STALE_SHARE * self.n,
             spans=max(1, int(dur / usual_span(self.settle or None))),
