@@ -471,6 +471,41 @@ def test_the_cut_after_startup_keeps_a_level_whose_cohort_showed_no_queue(
     assert ctl.limit() == after_cut
 
 
+def test_a_slow_host_failing_in_startup_is_judged_without_waiting_for_its_steps_replies() -> None:
+    """A slow host's STARTUP step waits for replies to its own requests; a host whose requests now
+    time out sends none, and its failing interval is judged at its usual span (a hold), not after
+    eight of them."""
+    ctl = PaarcController(PaarcParams(), 0.0)
+    now = 0.0
+    while ctl.snapshot()["state"] == "INIT":
+        now += 0.3 / 8
+        ctl.on_sample(now, Sample(Signal.OK, 0.3, 8))
+    assert ctl.snapshot()["state"] == "STARTUP"
+    until = now + 2.0  # the usual span is 4 x 0.3 s
+    while now < until and ctl.snapshot()["state"] == "STARTUP":
+        now += 0.05
+        ctl.on_sample(now, Sample(Signal.TIMEOUT, None, ctl.limit()))
+        ctl.tick(now)
+    assert ctl.snapshot()["state"] == "BACKOFF"
+
+
+def test_a_slow_hosts_step_counts_its_404s_as_replies() -> None:
+    """The replies a slow host's STARTUP step waits for are any to its own requests, not only OK
+    ones: a run of 404s (no latency to keep) is judged at the usual span, not after eight."""
+    ctl = PaarcController(PaarcParams(), 0.0)
+    now = 0.0
+    while ctl.snapshot()["state"] == "INIT":
+        now += 0.3 / 8
+        ctl.on_sample(now, Sample(Signal.OK, 0.3, 8))
+    assert ctl.limit() == 16
+    until = now + 3.0
+    while now < until and ctl.limit() == 16:
+        now += 0.3 / 16
+        ctl.on_sample(now, Sample(Signal.OBJECT_ERROR, 0.3, 16))
+        ctl.tick(now)
+    assert ctl.limit() == 32
+
+
 def test_a_baseline_read_while_our_loop_lagged_gives_way_to_the_first_interval_that_did_not() -> None:
     """The first interval lagged (every host of a manifest starting at once): a 16-slot 80-ms host read
     130 ms. Smoothed from there, the baseline stayed near 115 ms, a doubling to 24 (120 ms, a queue
