@@ -70,8 +70,8 @@ class Window:
         self.stride = 1
         self.lat: array[float] | None = None  # allocated on first use: idle hosts stay tiny
         self.need = 0  # > 0: the cohort's mean is known once this many answered (follow_cohort)
-        self.answered = 0  # replies with headers to requests sent since the interval began
-        self.cohort_n = 0  # ... those of them that are OK and timed: the cohort
+        self.answered = 0  # timed replies with headers to requests sent since the interval began
+        self.cohort_n = 0  # ... those of them that are OK: the cohort
         self.cohort_sum = self.cohort_sq = 0.0
 
     def follow_cohort(self, need: int) -> None:
@@ -93,9 +93,9 @@ class Window:
             self.fails += 1
         if s.signal is Signal.OK:
             self.ok += 1
-        if s.ttfb is not None and now - s.ttfb >= self.start:
+        if timed and s.ttfb is not None and now - s.ttfb >= self.start:
             self.answered += 1
-            if s.signal is Signal.OK and timed:
+            if s.signal is Signal.OK:
                 self.cohort_n += 1
                 self.cohort_sum += s.ttfb
                 self.cohort_sq += s.ttfb * s.ttfb
