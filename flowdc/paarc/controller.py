@@ -636,11 +636,10 @@ class PaarcController:
     def _step_answered(self, now: float) -> bool:
         """A slow host's STARTUP step is judged once MIN_SAMPLES of the requests sent since it
         answered, or the interval is failing, or it waited PRECISION_WAIT usual spans (a host short
-        of work). Over
-        its usual span of 4 RTprops, the replies at a host queued far past its capacity are nearly
-        all to requests sent before the step: a 4-slot, 400-ms host doubled from 8 to 16 read 760 ms
-        for a 600-ms baseline, passed, and was doubled to 32; thirty such hosts took 950 of a run's
-        1000 requests in flight, and starved the hosts with work for 1.5 s."""
+        of work). Over its usual span of 4 RTprops, the replies at a host queued far past its
+        capacity are nearly all to requests sent before the step: a 4-slot, 400-ms host doubled from
+        8 to 16 read 760 ms for a 600-ms baseline, passed, and was doubled to 32; thirty such hosts
+        took 950 of a run's 1000 requests in flight, and starved the hosts with work for 1.5 s."""
         win = self.win
         return (not self._slow() or win.answered >= MIN_SAMPLES or win.failing()
                 or now - win.start >= PRECISION_WAIT * usual_span(self.rtprop))

@@ -140,10 +140,9 @@ class Window:
     def cohort_mean(self) -> tuple[float, float] | None:
         """The cohort's mean latency and its relative standard error, once `need` of it answered
         with the limit in use (None before)."""
-        n = self.cohort_n
-        if not self.need or n < max(MIN_SAMPLES, self.need) or self.max_inflight + 1 < self.need:
+        if not self.need or self.cohort_n < self.need or self.max_inflight + 1 < self.need:
             return None
-        return self.cohort_sum / n, relative_se(n, self.cohort_sum, self.cohort_sq)
+        return self.cohort_so_far()
 
     def cohort_so_far(self) -> tuple[float, float] | None:
         """The mean latency and relative standard error of the cohort's replies so far, once
