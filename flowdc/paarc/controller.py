@@ -222,12 +222,14 @@ class PaarcController:
         timed = not (sample.fresh and self.pooled)
         if sample.signal is Signal.OK and sample.ttfb is not None and timed:
             self.last_ok_ttfb = sample.ttfb
-        if sample.signal is Signal.OK:
+        shows_load = sample.signal is Signal.OK and self._load_shown(now, sample.ttfb)
+        if shows_load:
             self.last_ok_inflight = sample.inflight
         if self.push is not None and sample.ttfb is not None:
             self.push.reply(refused=False)
-            if sample.signal is Signal.OK:
+            if shows_load:
                 self.push.ok_level = max(self.push.ok_level, sample.inflight)
+            if sample.signal is Signal.OK:
                 if self.push.ramping and self.push.before_ramp() and now - sample.ttfb <= self.push.acted_at:
                     self.push.count_burst()
                 if now >= self._hold:
@@ -293,6 +295,15 @@ class PaarcController:
         self._hold = max(self._hold, now + retry_after)
         if self.push is not None:
             self.push.pause_meter(self._hold)
+
+    def _load_shown(self, now: float, ttfb: float | None) -> bool:
+        """Whether an OK's count in flight shows a load the host took (a refusal under it later says
+        "by rate"). Not in the cold start: its count holds requests still waiting on their connects,
+        and a capped host answered OK with twice its cap "in flight" while our loop lagged. Nor in the
+        burst a refusal cut: the same count drew the refusal."""
+        if self.state == INIT:
+            return False
+        return not (self.state == BACKOFF and self._before_cut(None if ttfb is None else now - ttfb))
 
     def _refusal_is_about_host(self, sent: float | None, retried: bool = False) -> bool:
         """Count a 429/503 and tell whether it speaks for the host or only for its URL (docs/paarc.md:

@@ -341,6 +341,41 @@ def test_only_refusals_well_under_a_served_load_mean_a_rate_limit(refused_at: in
     assert (ctl.min_gap() > 0) is paced
 
 
+@pytest.mark.parametrize("inflated_in", ["cold_start", "refused_burst"])
+def test_a_capped_host_is_not_paced_for_oks_counted_where_in_flight_read_high(inflated_in: str) -> None:
+    """many_hosts' hard caps of 3 (100 ms) were paced as token buckets in a quarter of the runs and
+    served two thirds of their rate for seconds. Their cold start answered OK while we counted 5-7
+    in flight (the rest of the burst still waiting on its connects, our loop lagging), and the burst
+    a probe drew refusals with answered OK at 5-6 too; a later refusal at 4 then read as "refused
+    well under a load served". Neither count shows a load the host took."""
+    ctl = PaarcController(PaarcParams.defaults(), 0.0)
+    now = 0.0
+
+    def feed(n: int, signal: Signal, inflight: int, ttfb: float = 0.1, retry_after: float | None = None) -> None:
+        nonlocal now
+        for _ in range(n):
+            now += 0.01
+            ctl.on_sample(now, Sample(signal, ttfb, inflight, retry_after))
+            ctl.tick(now)
+
+    if inflated_in == "cold_start":
+        feed(3, Signal.OK, 6)  # INIT's count held requests still connecting
+        feed(1, Signal.OVERLOAD, 5, ttfb=0.001, retry_after=1.0)
+        now += 1.5
+        feed(100, Signal.OK, 3)
+    else:
+        feed(200, Signal.OK, 3)
+        feed(1, Signal.OVERLOAD, 5, ttfb=0.001, retry_after=1.0)  # a probe's burst drew a refusal...
+        feed(2, Signal.OK, 6, ttfb=0.09)  # ... and its other requests answered OK, sent before the cut
+        now += 1.5
+        feed(100, Signal.OK, 3)
+    while ctl.snapshot()["state"] != BACKOFF:  # refused one past the cap, until it speaks for the host
+        now += 0.001
+        ctl.on_sample(now, Sample(Signal.OVERLOAD, 0.001, 4, 1.0))
+        assert ctl.counters.overload < 40
+    assert ctl.min_gap() == 0  # a cap: held under it, not paced
+
+
 @pytest.mark.parametrize("seed", range(4))
 def test_refusals_of_some_urls_whatever_the_load_do_not_hold_the_host_down(seed: int) -> None:
     """A host that serves everything in 10 ms but refuses one request in twelve, at whatever rate
