@@ -469,16 +469,17 @@ class PaarcController:
         The first baselines are provisional when they hold a run's start, when every host of a long
         manifest starts at once: our own loop lagged (a 16-slot 80-ms host read 130 ms), or most
         replies came on connections opened for them, every host accepting its first connections at
-        once (a 24-slot 120-ms host read 180-190 ms with our loop on time). The first interval after
-        them that did not lag starts the series afresh if it is faster: smoothed from the slow value,
-        the baseline stayed far enough above the host's own latency to hide a queue of a third to a
-        half of its capacity, and a doubling from there met its hard cap."""
-        if self.base_provisional and not lagged:
-            self.base_provisional = False
+        once (a 24-slot 120-ms host read 180-190 ms with our loop on time). A later interval faster
+        than them starts the series afresh, even one in which our loop lagged (the lag only adds
+        latency); the first that did not lag ends their provisional standing. Smoothed from the slow
+        value, the baseline stayed far enough above the host's own latency to hide a queue of a third
+        to a half of its capacity, and a doubling from there met its hard cap."""
+        if self.base_provisional:
             if s.mean is not None and self.base_lat is not None and s.mean < self.base_lat:
                 self.mean_ema = self.p50_ema = self.p95_ema = None
                 self.base_lat = self.base_p50 = self.base_p95 = None
                 self.base_load = 0
+            self.base_provisional = lagged
         elif self.base_lat is None and (lagged or s.fresh_share > FRESH_START_SHARE):
             self.base_provisional = True
         if s.p10 is not None and (self.rtprop is None or s.p10 <= self.rtprop):
