@@ -561,6 +561,38 @@ def test_a_baseline_read_while_our_loop_lagged_gives_way_to_the_first_interval_t
     assert 12 <= limits[-1] <= 20, limits
 
 
+def test_a_faster_interval_sets_a_run_starts_baseline_afresh_even_when_our_loop_lagged_in_it() -> None:
+    """queue_tail's 16-slot, 80-ms host read 149 ms at a run's start (our loop saturated at a tick),
+    then 82 ms at 16 with one more saturated tick. Smoothed together, the baseline read 129 ms: the
+    doubling to 32 (164 ms) was cut by Little's law to 25, and the host cruised there, 60% over its
+    capacity, its queue taken for its latency. Our lag only adds latency: the faster interval sets
+    the baseline afresh, and the doubling's queue shows."""
+    client = ClientLoad()
+    ctl = PaarcController(PaarcParams(), 0.0, client)
+    now = 0.0
+
+    def interval(ttfb: float, busy_tick: bool) -> None:
+        nonlocal now
+        start, limit, sent = ctl.intervals, ctl.limit(), 0
+        while ctl.intervals == start:
+            now += ttfb / limit
+            ctl.on_sample(now, Sample(Signal.OK, ttfb, limit))
+            ctl.tick(now)
+            sent += 1
+            if busy_tick and sent == 4:
+                client.observe(0.100)  # one tick far behind: our loop saturated once...
+                client.lag_s = 0.002  # ... and no fair share of the host's latency otherwise
+
+    interval(0.149, busy_tick=True)  # INIT
+    interval(0.082, busy_tick=True)  # STARTUP at 16
+    assert ctl.limit() == 32
+    settled = []
+    for _ in range(4):
+        interval(0.082 * max(1.0, ctl.limit() / 16), busy_tick=False)
+        settled.append(ctl.limit())
+    assert max(settled) <= 18, settled
+
+
 def test_a_first_interval_on_new_connections_gives_way_to_the_first_faster_one() -> None:
     """Every host of a long manifest accepting its first connections at once: queue_tail's 24-slot,
     120-ms host read 180-190 ms in its first interval, with our loop on time. Smoothed from there,
