@@ -660,7 +660,7 @@ class PaarcController:
         """The replies to requests sent since a slow host's STARTUP step show a queue, however
         few of them are in the interval's own latencies (see _step_answered)."""
         cohort = self.win.cohort_so_far() if self._slow() else None
-        return cohort is not None and self._above_base(cohort[0], cohort[1], QUEUE_TOL_SE, QUEUE_TOL)
+        return cohort is not None and self._cohort_queued(cohort)
 
     def _cohort_clean(self) -> bool:
         """A STARTUP step may close early: a limit's worth of the requests sent since the doubling
@@ -673,8 +673,12 @@ class PaarcController:
         cohort = self.win.cohort_mean()
         if cohort is None or self.base_lat is None or self._lag_hides_queue():
             return False
+        return not self._cohort_queued(cohort)
+
+    def _cohort_queued(self, cohort: tuple[float, float]) -> bool:
+        """A cohort's (mean latency, relative standard error) shows a queue: an interval's test (_queued)."""
         mean, rel_se = cohort
-        return not self._above_base(mean, rel_se, QUEUE_TOL_SE, QUEUE_TOL)
+        return self._above_base(mean, rel_se, QUEUE_TOL_SE, QUEUE_TOL)
 
     def _cohort_pays(self) -> bool:
         """A slow host (each usual interval lasts a second or more, each doubling as long) whose
@@ -699,9 +703,13 @@ class PaarcController:
         client = self.client
         if client is None:
             return False
-        if client.busy or client.busy_ticks > self.busy_mark:
+        if self._saturated_this_interval(client):
             return True
         return self.base_lat is not None and client.lag_s > QUEUE_TOL * self.base_lat
+
+    def _saturated_this_interval(self, client: ClientLoad) -> bool:
+        """Our loop is saturated now, or was at some tick since this interval began."""
+        return client.busy or client.busy_ticks > self.busy_mark
 
     def _lag_hides_queue(self, latency: float | None = None) -> bool:
         """Our own lag is, or was at some tick of the current interval, a fair share of this host's
@@ -714,7 +722,7 @@ class PaarcController:
         client = self.client
         if client is None:
             return False
-        busy_here = client.busy or client.busy_ticks > self.busy_mark
+        busy_here = self._saturated_this_interval(client)
         if self.base_lat is None:
             return busy_here and (latency is None or max(self.lag_peak, client.lag_s) > QUEUE_TOL * latency)
         fair_share = QUEUE_TOL * self.base_lat
