@@ -506,15 +506,21 @@ def test_the_cut_after_startup_keeps_a_level_whose_cohort_showed_no_queue(
     assert ctl.limit() == after_cut
 
 
+def past_init(ctl: PaarcController, ttfb: float) -> float:
+    """OK replies of `ttfb` at C_init until INIT has closed; returns the time of the last one."""
+    now = 0.0
+    while ctl.snapshot()["state"] == "INIT":
+        now += ttfb / ctl.p.C_init
+        ctl.on_sample(now, Sample(Signal.OK, ttfb, ctl.p.C_init))
+    return now
+
+
 def test_a_slow_host_failing_in_startup_is_judged_without_waiting_for_its_steps_replies() -> None:
     """A slow host's STARTUP step waits for replies to its own requests; a host whose requests now
     time out sends none, and its failing interval is judged at its usual span (a hold), not after
     eight of them."""
     ctl = PaarcController(PaarcParams(), 0.0)
-    now = 0.0
-    while ctl.snapshot()["state"] == "INIT":
-        now += 0.3 / 8
-        ctl.on_sample(now, Sample(Signal.OK, 0.3, 8))
+    now = past_init(ctl, ttfb=0.3)
     assert ctl.snapshot()["state"] == "STARTUP"
     until = now + 2.0  # the usual span is 4 x 0.3 s
     while now < until and ctl.snapshot()["state"] == "STARTUP":
@@ -528,10 +534,7 @@ def test_a_slow_hosts_step_counts_its_404s_as_replies() -> None:
     """The replies a slow host's STARTUP step waits for are any to its own requests, not only OK
     ones: a run of 404s (no latency to keep) is judged at the usual span, not after eight."""
     ctl = PaarcController(PaarcParams(), 0.0)
-    now = 0.0
-    while ctl.snapshot()["state"] == "INIT":
-        now += 0.3 / 8
-        ctl.on_sample(now, Sample(Signal.OK, 0.3, 8))
+    now = past_init(ctl, ttfb=0.3)
     assert ctl.limit() == 16
     until = now + 3.0
     while now < until and ctl.limit() == 16:
