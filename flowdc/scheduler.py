@@ -58,6 +58,7 @@ class HostState:
     wake_armed: bool = False  # a timer will re-offer it when its hold ends
     idle_since: float | None = None
     next_send: float = 0.0  # pacing: the policy's min_gap after the last send
+    last_sent: float = 0.0  # when the last request left
     unanswered: Unanswered = field(default_factory=Unanswered)
     # Declared down (flowdc/hosthealth.py): its jobs wait while one of them at a time asks whether it is
     # back. Released (nothing else is left to do, or it was given up on), they are handed out at once,
@@ -164,7 +165,7 @@ class Scheduler:
                 continue
             job = host.queue.popleft()
             host.inflight += 1
-            job.sent_at = now = self.loop.time()
+            job.sent_at = host.last_sent = now = self.loop.time()
             host.sent[id(job)] = job
             job.unsent = False
             if host.down:
@@ -202,8 +203,8 @@ class Scheduler:
                     self._bring_back(host)
             elif silent.gap > 0:  # one request at a time, further apart with each one unanswered
                 host.next_send = max(host.next_send, now + silent.gap)
-            elif paced:
-                host.next_send = 0.0  # it answered: the unanswered run's pace is over
+            elif paced:  # it answered: the unanswered run's pace is over, the policy's own is not
+                host.next_send = host.last_sent + host.policy.min_gap(now)
             self._declare_down_if_silent(host, now)
         self._offer(host)
 

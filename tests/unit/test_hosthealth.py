@@ -292,3 +292,38 @@ def test_a_host_that_refuses_everything_is_asked_one_request_at_a_time_until_it_
         assert not sched.is_down("refusing")
 
     asyncio.run(main())
+
+
+class PacedLimit(FixedLimit):
+    """A fixed limit whose host must also be paced, as PAARC paces a token bucket."""
+
+    def min_gap(self, now: float | None = None) -> float:
+        return 0.05
+
+
+def test_the_end_of_an_unanswered_runs_pace_keeps_the_policys_own_pace(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(hosthealth, "PACE_FIRST_S", 0.01)
+
+    async def main() -> None:
+        sched = Scheduler(lambda host, now: PacedLimit(DOWN_MIN_UNANSWERED), max_pending=1000, down_after_s=60.0)
+        for i in range(50):
+            sched.add(Job(i, str(i), f"http://bucket/{i}", "bucket"))
+        for _ in range(DOWN_MIN_UNANSWERED):  # paced by the policy, refused one after the other
+            while not (jobs := take_all(sched)):
+                await asyncio.sleep(0.002)
+            for job in jobs:
+                sched.finished(job, Signal.CONN_ERROR, None, None)
+                sched.done(job)
+        assert sched.hosts["bucket"].unanswered.gap > 0  # the run is paced now
+        while not (jobs := take_all(sched)):
+            await asyncio.sleep(0.002)
+        (job,) = jobs
+        sched.finished(job, Signal.OK, 0.01, None)  # it answers at once: the run is over
+        sched.done(job)
+        sent_at = job.sent_at
+        while not (jobs := take_all(sched)):
+            await asyncio.sleep(0.002)
+        assert len(jobs) == 1
+        assert sched.loop.time() - sent_at >= 0.045  # the policy's gap, not a send at once
+
+    asyncio.run(main())
