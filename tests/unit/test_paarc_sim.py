@@ -473,12 +473,18 @@ def test_a_slow_hosts_cohort_closes_nothing_early_while_our_loop_lags(lag_s: flo
 
 
 class LagInReplies(LagUntil):
-    """As LagUntil, and the lag is in the latency of every request sent until then, as our loop's
-    delay is (its replies may come after the lag ended)."""
+    """As LagUntil, and the lag (50 ms unless told) is in the latency of every request sent until
+    then (or until `replies_until`), as our loop's delay is (its replies may come after the lag ended)."""
+
+    def __init__(self, ctl: PaarcController, client: ClientLoad, until: float, replies_until: float | None = None,
+                 reply_lag_s: float = 0.05) -> None:
+        super().__init__(ctl, client, until)
+        self.replies_until = until if replies_until is None else replies_until
+        self.reply_lag_s = reply_lag_s
 
     def on_sample(self, now: float, sample: Sample) -> None:
-        if sample.ttfb is not None and now - sample.ttfb < self.until:
-            sample = dataclasses.replace(sample, ttfb=sample.ttfb + 0.05)
+        if sample.ttfb is not None and now - sample.ttfb < self.replies_until:
+            sample = dataclasses.replace(sample, ttfb=sample.ttfb + self.reply_lag_s)
         self.ctl.on_sample(now, sample)
 
 
@@ -493,6 +499,23 @@ def test_a_host_whose_first_replies_held_our_lag_is_not_doubled_into_its_cap() -
     assert res.n429 == 0
     settled = [r.limit for r in res.rows if r.t > 4.0 and cruising(r)]
     assert settled and 0.8 * 24 <= min(settled) <= max(settled) <= 1.1 * 24
+
+
+@pytest.mark.parametrize(("ticks_until", "replies_until", "reply_lag_s"),
+                         [(0.8, 0.35, 0.05), (0.8, 0.35, 0.07), (1.0, 0.5, 0.06), (0.6, 0.3, 0.05)])
+def test_a_baseline_that_holds_our_lag_is_measured_again_once_the_lag_is_over(
+        ticks_until: float, replies_until: float, reply_lag_s: float) -> None:
+    """queue_tail's 16-slot, 80-ms host with a hard cap of 32, under a run's start on a busy machine:
+    our loop's ticks late until `ticks_until`, and our delay in the replies to the first requests.
+    Its unloaded latency was taken from lagged intervals (105-108 ms), and a faster interval at a
+    level our lagged steps reached (24: 120 ms) set it afresh: a queue of a third to a half of its
+    capacity then hid under it, and it cruised at 21-29 for good. Once the lag is over, an early
+    PROBE_RTT steps down to find its unloaded latency, and it cruises at its capacity."""
+    spec = HostSpec(capacity=16, service_time=0.08, jitter=0.1, hard_cap_ratio=2.0, retry_after=1.0)
+    res = simulate_lagging(partial(LagInReplies, until=ticks_until, replies_until=replies_until,
+                                   reply_lag_s=reply_lag_s), spec, 12.0)
+    settled = [r.limit for r in res.rows if r.t > 6.0 and cruising(r)]
+    assert settled and 0.8 * 16 <= min(settled) <= max(settled) <= 1.1 * 16, settled
 
 
 def test_a_slow_host_far_past_its_capacity_is_not_doubled_again() -> None:
