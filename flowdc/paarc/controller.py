@@ -440,7 +440,7 @@ class PaarcController:
         # Requests sent at this limit all answered with no queue: a load the host is known to take,
         # unless the baselines they were judged against are a run's start's (see _measure).
         proven = self.state == STARTUP and not self.base_provisional and self._cohort_clean()
-        self._measure(s, self._client_lagged())
+        self._measure(s, self._client_lagged(), lagged)
         if self.push is not None:
             self.push.best_rate = max(self.push.best_rate, s.ok_rate)  # the pace's floor follows it
         self._adjust_pace(now)
@@ -466,7 +466,7 @@ class PaarcController:
         if not draining:
             self.served_before, self.little_before = s.served_rate, little  # what the next raise has to beat
 
-    def _measure(self, s: Summary, lagged: bool = False) -> None:
+    def _measure(self, s: Summary, lagged: bool = False, lag_hid_queue: bool = False) -> None:
         """Smooth the interval's latencies with alpha_ema; the baselines are minima of the smoothed
         series (RTprop: of raw p10), since the last PROBE_RTT.
 
@@ -484,10 +484,10 @@ class PaarcController:
                 self.base_lat = self.base_p50 = self.base_p95 = None
                 self.base_load = 0
                 self.base_restarted, self.base_lagged = True, False
-            self.base_lagged = self.base_lagged or lagged
+            self.base_lagged = self.base_lagged or lag_hid_queue
             self.base_provisional = lagged
         elif self.base_lat is None and (lagged or s.fresh_share > FRESH_START_SHARE):
-            self.base_provisional, self.base_lagged = True, lagged
+            self.base_provisional, self.base_lagged = True, lag_hid_queue
         if s.p10 is not None and (self.rtprop is None or s.p10 <= self.rtprop):
             self.rtprop = s.p10
         a = self.p.alpha_ema
