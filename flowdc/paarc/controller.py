@@ -86,7 +86,6 @@ class PaarcController:
         "base_p50",
         "base_p95",
         "base_provisional",
-        "base_restarted",
         "born",
         "busy_mark",
         "ceiling",
@@ -150,8 +149,7 @@ class PaarcController:
         self.rtprop_since = now
         self.base_lat: float | None = None
         self.base_provisional = False  # the baselines are a run's start's (see _measure)
-        self.base_restarted = False  # ... set afresh mid-ramp, at a load that may have queued (_unloaded_unseen)
-        self.base_lagged = False  # ... holding an interval in which our own loop lagged (_unloaded_unseen)
+        self.base_lagged = False  # ... and hold an interval whose lag could hide a queue (_unloaded_unseen)
         self.base_lat_se = 0.0  # relative standard error of base_lat when it was measured
         self.base_load = 0  # the lightest limit an interval of the baseline window ran at (0: none yet)
         self.base_p50: float | None = None
@@ -483,7 +481,7 @@ class PaarcController:
                 self.mean_ema = self.p50_ema = self.p95_ema = None
                 self.base_lat = self.base_p50 = self.base_p95 = None
                 self.base_load = 0
-                self.base_restarted, self.base_lagged = True, False
+                self.base_lagged = False
             self.base_lagged = self.base_lagged or lag_hid_queue
             self.base_provisional = lagged
         elif self.base_lat is None and (lagged or s.fresh_share > FRESH_START_SHARE):
@@ -582,7 +580,7 @@ class PaarcController:
         if s.mean is not None:
             self.base_lat = self.mean_ema = s.mean
             self.base_lat_se, self.mean_ema_var, self.base_load = s.rel_se, s.rel_se * s.rel_se, self._limit
-            self.base_restarted = self.base_lagged = False
+            self.base_lagged = False
         if s.p50 is not None and s.p95 is not None:
             self.base_p50 = self.p50_ema = s.p50
             self.base_p95 = self.p95_ema = s.p95
@@ -784,14 +782,14 @@ class PaarcController:
     def _unloaded_unseen(self) -> bool:
         """The unloaded latency was measured at the load we run now or a higher one, so it may hold
         our own queue: an early PROBE_RTT steps down to find it (not for near hosts: judged by rate).
-        Either C_init was past the host's capacity, or a run's start's baselines were set afresh
-        mid-ramp, at a level our lagged steps reached: a 16-slot 80-ms host restarted them at 24
-        (120 ms), took 105 ms for its unloaded latency, and cruised at 21-29 for good."""
+        Either C_init was past the host's capacity, or the baselines are a run's start's, taken
+        while our own loop lagged enough to hide a queue: a 16-slot 80-ms host took 105-108 ms
+        for its unloaded latency, and cruised at 21-29 for good, a third to a half over capacity."""
         if self.near or self._limit <= self.p.C_min:
             return False
         if self.base_lagged:
             return True
-        return self.base_load >= self._limit and (self._limit <= self.p.C_init or self.base_restarted)
+        return self.base_load >= self._limit and self._limit <= self.p.C_init
 
     def _count_down_to_probe(self, spans: int) -> None:
         # Counted in usual interval lengths, not intervals: a host whose intervals wait for a
