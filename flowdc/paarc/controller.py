@@ -784,11 +784,14 @@ class PaarcController:
         our own queue: an early PROBE_RTT steps down to find it (not for near hosts: judged by rate).
         Either C_init was past the host's capacity, or the baselines are a run's start's, taken
         while our own loop lagged enough to hide a queue: a 16-slot 80-ms host took 105-108 ms
-        for its unloaded latency, and cruised at 21-29 for good, a third to a half over capacity."""
+        for its unloaded latency, and cruised at 21-29 for good, a third to a half over capacity.
+        (A baseline within QUEUE_TOL of RTprop, the lowest decile read, hides no queue worth the
+        probe: the host's unloaded mean is no lower than that.)"""
         if self.near or self._limit <= self.p.C_min:
             return False
         if self.base_lagged:
-            return True
+            base, floor = self.base_lat, self.rtprop
+            return base is not None and floor is not None and base > (1 + QUEUE_TOL) * floor
         return self.base_load >= self._limit and self._limit <= self.p.C_init
 
     def _count_down_to_probe(self, spans: int) -> None:
