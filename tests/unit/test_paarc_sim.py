@@ -518,6 +518,16 @@ def test_a_baseline_that_holds_our_lag_is_measured_again_once_the_lag_is_over(
     assert settled and 0.8 * 16 <= min(settled) <= max(settled) <= 1.1 * 16, settled
 
 
+def test_a_baseline_our_lag_barely_raised_is_not_probed_early() -> None:
+    """The same host (with a narrower spread) and lagged ticks, and 3 ms of our lag in its replies:
+    the baseline read while our loop lagged is within QUEUE_TOL of RTprop, so it hides no queue
+    worth finding, and a step-down would only cost a host that binds the makespan a quarter of
+    its rate for an interval or two (queue_tail's 16-slot host read 83 ms against 81)."""
+    spec = HostSpec(capacity=16, service_time=0.08, jitter=0.02, hard_cap_ratio=2.0, retry_after=1.0)
+    res = simulate_lagging(partial(LagInReplies, until=0.8, reply_lag_s=0.003), spec, 12.0)
+    assert not [r.t for r in res.rows if r.state == PROBE_RTT]
+
+
 def test_a_slow_host_far_past_its_capacity_is_not_doubled_again() -> None:
     """queue_tail's 4-slot hosts at 300-500 ms: C_init already queues them 2x (INIT read 600 ms),
     and at 16 a request takes four round trips. The usual span of 4 RTprops then held replies to
