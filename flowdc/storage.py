@@ -25,6 +25,17 @@ from flowdc.urls import redact_url
 TMP_MARK = ".tmp-"
 log = logging.getLogger(__name__)
 _counter = itertools.count()
+# os.getpid() is a system call each time (glibc stopped caching it), one per file written; a
+# forked child (a resize pool's worker) learns its own.
+_pid = os.getpid()
+
+
+def _refresh_pid() -> None:
+    global _pid
+    _pid = os.getpid()
+
+
+os.register_at_fork(after_in_child=_refresh_pid)
 
 
 def quiet_orphaned_connection_errors() -> None:
@@ -214,7 +225,7 @@ def write_local(final: str, data: bytes) -> None:
 
 def temporary_name(name: str) -> str:
     """A hidden name beside `name` that remove_temporaries() knows as a killed run's leftover."""
-    return f".{name}{TMP_MARK}{os.getpid()}-{next(_counter)}"
+    return f".{name}{TMP_MARK}{_pid}-{next(_counter)}"
 
 
 def link_or_replace(tmp: str, final: str, *, exclusive: bool) -> None:
