@@ -91,6 +91,7 @@ class PaarcController:
         "ceiling",
         "clean_level",
         "client",
+        "connects_in_base",
         "cooldown_until",
         "counters",
         "cut_at",
@@ -149,6 +150,7 @@ class PaarcController:
         self.rtprop_since = now
         self.base_lat: float | None = None
         self.base_provisional = False  # the baselines are a run's start's (see _measure)
+        self.connects_in_base = False  # ... read on connections opened for their requests (_base_from_pooled)
         self.base_lagged = False  # ... and hold an interval whose lag could hide a queue (_unloaded_unseen)
         self.base_lat_se = 0.0  # relative standard error of base_lat when it was measured
         self.base_load = 0  # the lightest limit an interval of the baseline window ran at (0: none yet)
@@ -253,6 +255,8 @@ class PaarcController:
             if now >= self.cooldown_until:
                 self._enter_cruise(now)
             return
+        if self.connects_in_base:
+            self._base_from_pooled()
         if self._interval_due(now):
             self._close_interval(now)
         elif self.push is not None and now - self.push.grown_at >= PACE_STEP_S:
@@ -481,11 +485,12 @@ class PaarcController:
                 self.mean_ema = self.p50_ema = self.p95_ema = None
                 self.base_lat = self.base_p50 = self.base_p95 = None
                 self.base_load = 0
-                self.base_lagged = False
+                self.base_lagged = self.connects_in_base = False
             self.base_lagged = self.base_lagged or lag_hid_queue
             self.base_provisional = lagged
         elif self.base_lat is None and (lagged or s.fresh_share > FRESH_START_SHARE):
             self.base_provisional, self.base_lagged = True, lag_hid_queue
+            self.connects_in_base = s.fresh_share > FRESH_START_SHARE
         if s.p10 is not None and (self.rtprop is None or s.p10 <= self.rtprop):
             self.rtprop = s.p10
         a = self.p.alpha_ema
@@ -502,6 +507,26 @@ class PaarcController:
             self.p95_ema = ema(self.p95_ema, s.p95, a)
             self.base_p50 = lower(self.base_p50, self.p50_ema)
             self.base_p95 = lower(self.base_p95, self.p95_ema)
+
+    def _base_from_pooled(self) -> None:
+        """INIT's baselines hold the connects (and TLS handshakes) of its requests: a 16-slot,
+        80-ms host read 190 ms, its doublings to 16 and 32 were judged against that and looked
+        unloaded, and the one to 64 met its hard cap (32 429s, then twice its capacity until the
+        next PROBE_RTT). The requests INIT sent once those connections were open answer early in
+        the first STARTUP interval, at C_init: once MIN_SAMPLES of them did, they time the host's
+        round trip, and the first step is judged against them. The ramp does not wait for it."""
+        win = self.win
+        if win.before_n < MIN_SAMPLES:
+            return
+        self.connects_in_base = False
+        mean = win.before_sum / win.before_n
+        if self.base_lat is None or mean >= self.base_lat:
+            return
+        self.base_lat = self.mean_ema = mean
+        self.base_p50 = self.base_p95 = self.p50_ema = self.p95_ema = None  # the next close sets them
+        if self.rtprop is not None and win.before_min < self.rtprop:
+            self.rtprop = win.before_min
+            win.settle = min(win.settle, self.rtprop)
 
     def _inflated(self, s: Summary, factor: float = 1.0) -> bool:
         """The seed's test against the host's own spread (not RTprop): p50 or p95 TTFB well above

@@ -55,8 +55,31 @@ class Window:
     so they count for goodput and failures but not for rate or latency ("settling").
     """
 
-    __slots__ = ("answered", "cohort_n", "cohort_sq", "cohort_sum", "fails", "first", "fresh", "lat", "max_inflight",
-                 "n", "need", "ok", "seen", "served", "settle", "stale", "start", "stride", "ttfb_sq", "ttfb_sum")
+    __slots__ = (
+        "answered",
+        "before_min",
+        "before_n",
+        "before_sum",
+        "cohort_n",
+        "cohort_sq",
+        "cohort_sum",
+        "fails",
+        "first",
+        "fresh",
+        "lat",
+        "max_inflight",
+        "n",
+        "need",
+        "ok",
+        "seen",
+        "served",
+        "settle",
+        "stale",
+        "start",
+        "stride",
+        "ttfb_sq",
+        "ttfb_sum",
+    )
 
     def __init__(self, now: float) -> None:
         self.reset(now, None)
@@ -73,6 +96,9 @@ class Window:
         self.answered = 0  # timed replies with headers to requests sent since the interval began
         self.cohort_n = 0  # ... those of them that are OK: the cohort
         self.cohort_sum = self.cohort_sq = 0.0
+        self.before_n = 0  # timed OK replies to requests sent before the interval began...
+        self.before_sum = 0.0  # ... their latencies' sum...
+        self.before_min = math.inf  # ... and the least of them
 
     def follow_cohort(self, need: int) -> None:
         """`cohort_mean` once `need` of the requests sent since this interval began (its cohort)
@@ -93,12 +119,18 @@ class Window:
             self.fails += 1
         if s.signal is Signal.OK:
             self.ok += 1
-        if timed and s.ttfb is not None and now - s.ttfb >= self.start:
-            self.answered += 1
-            if s.signal is Signal.OK:
-                self.cohort_n += 1
-                self.cohort_sum += s.ttfb
-                self.cohort_sq += s.ttfb * s.ttfb
+        if timed and s.ttfb is not None:
+            if now - s.ttfb >= self.start:
+                self.answered += 1
+                if s.signal is Signal.OK:
+                    self.cohort_n += 1
+                    self.cohort_sum += s.ttfb
+                    self.cohort_sq += s.ttfb * s.ttfb
+            elif s.signal is Signal.OK:
+                self.before_n += 1
+                self.before_sum += s.ttfb
+                if s.ttfb < self.before_min:
+                    self.before_min = s.ttfb
         if now < self.start + self.settle or s.ttfb is None or s.signal not in SERVED:
             return
         if not self.served:
