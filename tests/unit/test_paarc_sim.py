@@ -528,6 +528,40 @@ def test_a_baseline_our_lag_barely_raised_is_not_probed_early() -> None:
     assert not [r.t for r in res.rows if r.state == PROBE_RTT]
 
 
+class FreshStart:
+    """The controller, with its first `opened` replies on connections opened for them: their
+    latency holds a connect and TLS handshake of `connect_s`, as every host's first requests do."""
+
+    def __init__(self, ctl: PaarcController, opened: int = 8, connect_s: float = 0.11) -> None:
+        self.ctl, self.opened, self.connect_s = ctl, opened, connect_s
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.ctl, name)
+
+    def on_sample(self, now: float, sample: Sample) -> None:
+        if sample.ttfb is not None and self.opened > 0:
+            self.opened -= 1
+            sample = dataclasses.replace(sample, ttfb=sample.ttfb + self.connect_s, fresh=True)
+        self.ctl.on_sample(now, sample)
+
+
+@pytest.mark.parametrize(("capacity", "service", "connect_s"),
+                         [(12, 0.08, 0.11), (16, 0.08, 0.11), (16, 0.08, 0.25), (24, 0.12, 0.25)])
+def test_baselines_that_hold_inits_connects_give_way_to_its_pooled_replies(
+        capacity: int, service: float, connect_s: float) -> None:
+    """queue_tail's 16-slot, 80-ms host with a hard cap of 32 read 190 ms in INIT, whose replies
+    all came on connections opened for them. Judged against that, the doublings to 16 and 32 looked
+    unloaded, and the one to 64 met the cap: 32 429s and a hold, then the host ran at twice its
+    capacity until its next PROBE_RTT. The replies to what INIT sent on the open connections time
+    the host's round trip early in the first STARTUP interval: no refusal, and it settles at its
+    capacity."""
+    spec = HostSpec(capacity=capacity, service_time=service, jitter=0.1, hard_cap_ratio=2.0, retry_after=1.0)
+    res = simulate(FreshStart(PaarcController(), connect_s=connect_s), spec, 10.0)
+    assert res.n429 == 0
+    settled = [r.limit for r in res.rows if r.t > 4.0 and cruising(r)]
+    assert settled and 0.8 * capacity <= min(settled) <= max(settled) <= 1.1 * capacity, settled
+
+
 def test_a_slow_host_far_past_its_capacity_is_not_doubled_again() -> None:
     """queue_tail's 4-slot hosts at 300-500 ms: C_init already queues them 2x (INIT read 600 ms),
     and at 16 a request takes four round trips. The usual span of 4 RTprops then held replies to
