@@ -514,7 +514,11 @@ class PaarcController:
         unloaded, and the one to 64 met its hard cap (32 429s, then twice its capacity until the
         next PROBE_RTT). The requests INIT sent once those connections were open answer early in
         the first STARTUP interval, at C_init: once MIN_SAMPLES of them did, they time the host's
-        round trip, and the first step is judged against them. The ramp does not wait for it."""
+        round trip, and the first step is judged against them. The ramp does not wait for it.
+        (When the first interval closed before that, the next one's early replies, sent at its
+        level, do the same: restricted to the first, a 24-slot host with 250-ms connects still
+        overshot. They only ever lower the baseline. Their fastest stands in for RTprop until an
+        interval's p10 takes over.)"""
         win = self.win
         if win.before_n < MIN_SAMPLES:
             return
