@@ -378,16 +378,22 @@ def simulate_lagging(lag: Callable[[PaarcController, ClientLoad], Any], spec: Ho
     return simulate(lag(PaarcController(PaarcParams(), 0.0, client), client), spec, seconds)
 
 
-class LagOnceAt:
+class Wrapped:
+    """A controller with some of its calls changed by a subclass; the rest go to it as they are."""
+
+    ctl: PaarcController
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.ctl, name)
+
+
+class LagOnceAt(Wrapped):
     """The controller, with our own loop lagging (30 ms a tick) from the tick its limit first reaches
     `level`: a doubling made while the loop kept up, judged while it lags (as a run's first seconds
     go, when every host of a long manifest starts at once)."""
 
     def __init__(self, ctl: PaarcController, client: ClientLoad, level: int) -> None:
         self.ctl, self.client, self.level, self.lagging = ctl, client, level, False
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.ctl, name)
 
     def tick(self, now: float) -> None:
         self.lagging = self.lagging or self.ctl.limit() >= self.level
@@ -435,15 +441,12 @@ def test_a_slow_host_doubles_as_soon_as_the_requests_sent_at_the_new_level_answe
     assert settled and 0.8 * capacity <= min(settled) <= max(settled) <= 1.1 * capacity
 
 
-class LagUntil:
+class LagUntil(Wrapped):
     """The controller, with our own loop lagging (`lag_s` a tick, 30 ms unless told) until `until`:
     a run's start, when every host of a long manifest starts at once."""
 
     def __init__(self, ctl: PaarcController, client: ClientLoad, until: float, lag_s: float = 0.030) -> None:
         self.ctl, self.client, self.until, self.lag_s = ctl, client, until, lag_s
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.ctl, name)
 
     def tick(self, now: float) -> None:
         self.client.observe(self.lag_s if now < self.until else 0.0)
@@ -528,15 +531,12 @@ def test_a_baseline_our_lag_barely_raised_is_not_probed_early() -> None:
     assert not [r.t for r in res.rows if r.state == PROBE_RTT]
 
 
-class FreshStart:
+class FreshStart(Wrapped):
     """The controller, with its first `opened` replies on connections opened for them: their
     latency holds a connect and TLS handshake of `connect_s`, as every host's first requests do."""
 
     def __init__(self, ctl: PaarcController, opened: int = 8, connect_s: float = 0.11) -> None:
         self.ctl, self.opened, self.connect_s = ctl, opened, connect_s
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.ctl, name)
 
     def on_sample(self, now: float, sample: Sample) -> None:
         if sample.ttfb is not None and self.opened > 0:
