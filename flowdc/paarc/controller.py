@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 
+from flowdc.paarc.bucketfit import RevealLog
 from flowdc.paarc.limit import ClientLoad, HostCounters
 from flowdc.paarc.params import PaarcParams
 from flowdc.paarc.pushback import PACE_STEP_S, Pushback
@@ -118,6 +119,7 @@ class PaarcController:
         "raised_by",
         "ramp",
         "refused_before",
+        "reveal_log",
         "rtprop",
         "rtprop_since",
         "served_before",
@@ -174,6 +176,8 @@ class PaarcController:
         self.now = now
         self.push: Pushback | None = None
         self.refused_before = False
+        # A host that refuses its cold start has its bucket's rate read from these replies too.
+        self.reveal_log: RevealLog | None = RevealLog() if ramp else None
         self.served_before = 0.0  # served rate of the interval before the last raise
         self.little_before = 0.0  # ... and by Little's law (limit / mean latency; 0: unknown)
         self.memory_s = self.p.probe_rtt_period  # how long the next pushback lesson is kept
@@ -206,6 +210,10 @@ class PaarcController:
 
     def on_sample(self, now: float, sample: Sample) -> None:
         self.now = now
+        log = self.reveal_log
+        if log is not None and sample.ttfb is not None and not log.note(now - sample.ttfb, now,
+                                                                         sample.signal is not Signal.OVERLOAD):
+            self.reveal_log = None  # too long a cold start for a small bucket's
         self.counters.count(sample.signal)
         self.last_inflight = sample.inflight
         if sample.signal is Signal.OVERLOAD:
@@ -249,6 +257,12 @@ class PaarcController:
 
     def tick(self, now: float) -> None:
         self.now = now
+        log = self.reveal_log
+        if log is not None and log.due:
+            if self.last_inflight <= 1:
+                self._reread_bucket(log)
+            elif now >= self._hold:
+                self.reveal_log = None  # some never answered: a reading without them would err
         if self.client is not None and self.client.lag_s > self.lag_peak:
             self.lag_peak = self.client.lag_s
         if self.state == BACKOFF:
@@ -358,6 +372,8 @@ class PaarcController:
             # The refusal that ends the reveal's ramp. (After fewer replies, too few sends to read a
             # rate from: the meter's bound and a guess, as without a ramp.)
             accepted = push.ramp_rate(sent, push.ramp_ok + max(inflight - 1, 0))
+            if self.reveal_log is not None:
+                self.reveal_log.await_rest(sent, accepted)  # read again once all sent before it answered
         found_again: int | None = None  # a forgotten cap, found where it was
         if not remembered:
             prior_cap = push.cap or self.stale_cap
@@ -426,11 +442,22 @@ class PaarcController:
         self.cooldown_until = max(self.cooldown_until, now + max(COOLDOWN_RTPROPS * rtt, retry_after or 0.0))
         self.state = BACKOFF
 
+    def _reread_bucket(self, log: RevealLog) -> None:
+        """The ramp's model takes what the cold start served for the bucket; its refill meanwhile
+        (our sends late on a busy start) read the polite bench's 100/s bucket as 58-87/s. Every reply
+        of the cold start and the ramp bounds the rates a bucket could have; the reading is moved
+        into those bounds before the hold ends."""
+        self.reveal_log = None
+        if self.push is not None and self.push.ramp_read:
+            self.push.reread(log.reread())
+
     # -- one interval -----------------------------------------------------------------------------
     def _close_interval(self, now: float) -> None:
         s = self.win.summarize(now, self._limit)
         self.intervals += 1
         self.goodput = s.ok_rate
+        if self.reveal_log is not None and (self.push is None or not (self.push.ramping or self.push.reveal_wait)):
+            self.reveal_log = None  # past its cold start unrefused: no reveal to read
         if s.failing:
             self._reset_window(now)
             self._overload(now, None, None)

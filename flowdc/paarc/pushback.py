@@ -215,6 +215,13 @@ class Pushback:
         # A bucket refuses once less than a whole token is left: about half a send before it is empty.
         return max(self.ramp_from, p_sent / _overshoot(p_sent, max(self.burst, RAMP_MIN_BURST) - 0.5))
 
+    def reread(self, rate: float) -> None:
+        """The ramp's reading of the rate, read again from every reply (bucketfit.py) before any
+        request went out at it."""
+        if rate != self.rate_cap:
+            self.rate_cap, self.creep = rate, 1.0
+            self.pace = max(self.floor, PACE_CAP_MARGIN * rate)
+
     def end_ramp(self) -> None:
         self.ramping = False
         self.ramp_start = math.inf
