@@ -213,14 +213,17 @@ class FifoSlots:
 
 
 class TokenBucket:
-    def __init__(self, rate_per_s: float, burst: int) -> None:
+    """`burst` tokens refilled at `rate_per_s`; a request takes one or is refused. On the monotonic
+    clock, or on the times a caller passes (full at `now`)."""
+
+    def __init__(self, rate_per_s: float, burst: int, now: float | None = None) -> None:
         self.rate = rate_per_s
         self.burst = max(1, burst)
         self.tokens = float(self.burst)
-        self.stamp = time.monotonic()
+        self.stamp = time.monotonic() if now is None else now
 
-    def take(self) -> bool:
-        now = time.monotonic()
+    def take(self, now: float | None = None) -> bool:
+        now = time.monotonic() if now is None else now
         self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
         self.stamp = now
         if self.tokens >= 1.0:

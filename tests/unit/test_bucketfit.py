@@ -7,6 +7,7 @@ import random
 import pytest
 
 from flowdc.paarc.bucketfit import BucketFit, RevealLog, arrivals, fit_bucket
+from flowdc.testing.fakehosts import TokenBucket
 
 HOST_S = 0.010  # the host's own time for an OK; a refusal comes back in REFUSE_S
 REFUSE_S = 0.0006
@@ -17,12 +18,9 @@ def bucket_replies(arrival_times: list[float], rate: float, burst: int, our_dela
     """(sent, answered, ok) of requests that reached a token bucket at `arrival_times`, each sent
     `our_delay` before (our connect, a late loop), with the host's time spread by 10%."""
     rng = random.Random(seed)
-    tokens, stamp, out = float(burst), 0.0, []
+    bucket, out = TokenBucket(rate, burst, now=0.0), []
     for at, delay in zip(arrival_times, our_delay, strict=True):
-        tokens = min(float(burst), tokens + (at - stamp) * rate)
-        stamp = at
-        ok = tokens >= 1.0
-        tokens -= 1.0 if ok else 0.0
+        ok = bucket.take(at)
         took = (HOST_S if ok else REFUSE_S) * rng.uniform(1.0, 1.1)
         out.append((at - delay, at + took, ok))
     return out
