@@ -221,6 +221,25 @@ def test_the_ramp_reads_a_bucket_from_the_sends_it_made_not_from_the_clock() -> 
     assert push.ramp_rate(0.48, sent_before=10_000) > 115  # ... which read from the clock was 122/s
 
 
+def test_a_ramp_is_taken_for_a_cap_by_the_sends_it_made_not_by_its_clock() -> None:
+    """The reveal's ramp ends unrefused, as a cap, once its pace passes what the concurrency limit
+    allows. On a busy loop (many_hosts: 100 hosts at once) a 10/s bucket's ramp made 5 sends in
+    0.5 s while its clock's pace passed 1.5x what 2 in flight allow at 22 ms: taken for a cap and
+    left unpaced, the host refused every other request. The sends' own pace decides."""
+    def ramp(sends: int) -> Pushback:
+        push = Pushback()
+        push.reveal(1.0, 2)  # a bucket of 2 served 2 from cold: the ramp starts at 2/s
+        push.grow_pace(1.0, 1.0, send_rate=91.0)  # the hold is over: the ramp starts
+        for i in range(sends):
+            push.count_ok(1.05 + i * 0.02)
+        push.grow_pace(1.7, 1.0, send_rate=91.0)  # the clock's pace: 2 x 2^7 = 256/s
+        return push
+
+    assert ramp(sends=5).ramping  # 5 sends: a pace of 37/s at most, a bucket may yet refuse
+    capped = ramp(sends=20)  # the limit's pace: a cap binds
+    assert not capped.ramping and capped.pace == 0
+
+
 def test_a_burst_of_429s_cuts_once_and_stays_under_what_the_host_took() -> None:
     f = steady()
     sent = f.now + 0.01
