@@ -190,10 +190,11 @@ class Pushback:
         self.pace = self._ramp_at(now)
         return self.pace
 
-    def _pace_after(self, sends: int) -> float:
-        """The ramp's pace once it has made `sends` sends (the integral of the pace from its start
-        counts them)."""
-        return self.ramp_from + sends * math.log(2.0) / RAMP_DOUBLING_S
+    def _pace_sent(self, at: float, sends: int) -> float:
+        """The ramp's pace at `at` where its sends really were: no more than the pace after `sends`
+        of them (the integral of the pace from its start counts them), which a late loop makes
+        fewer than its clock says."""
+        return min(self._ramp_at(at), self.ramp_from + sends * math.log(2.0) / RAMP_DOUBLING_S)
 
     def ramp_gap(self, now: float, hold_until: float) -> float:
         """Seconds to the next send on the ramp: the pace integrated from now to then makes one
@@ -216,7 +217,7 @@ class Pushback:
         loop makes fewer than the ramp's integral to `sent` (read from the clock instead, one run in
         six took the bucket for 122/s instead of 100/s, and was refused for seconds).
         """
-        p_sent = min(self._ramp_at(sent), self._pace_after(sent_before))
+        p_sent = self._pace_sent(sent, sent_before)
         # A bucket refuses once less than a whole token is left: about half a send before it is empty.
         return max(self.ramp_from, p_sent / _overshoot(p_sent, max(self.burst, RAMP_MIN_BURST) - 0.5))
 
@@ -288,8 +289,8 @@ class Pushback:
             # made, not by its clock: on a busy loop (many_hosts: 100 hosts starting at once) a
             # 10/s bucket's ramp made 5 sends in 0.5 s while its clock's pace passed 1.5x what two
             # in flight allow; taken for a cap and left unpaced, it refused every other request.
-            pace = self.ramp_pace(now, hold_until)
-            if min(pace, self._pace_after(self.ramp_ok)) > PACE_DROP * send_rate:
+            self.ramp_pace(now, hold_until)  # the ramp's clock starts at the hold's end
+            if self._pace_sent(now, self.ramp_ok) > PACE_DROP * send_rate:
                 self.end_ramp()
                 self.seeking = False
                 self.pace = 0.0
