@@ -1,63 +1,16 @@
-"""Does a stored body decode as an image, and how large is it? Pillow, run in the writer threads.
+"""A sample's decode check and resizing, in the writer threads (the check itself: flowdc.imagecheck).
 
-`verify header` (the default) reads the image's size from its header: JPEG and PNG headers are
-walked by flowdc.imageheader in a few microseconds, anything else (or anything odd) by Pillow,
-which parses the first bytes only, tens of microseconds. `full` decodes every pixel (milliseconds for a large
-JPEG; Pillow's decoders release the GIL while they work). `none` skips the check. A body that
-fails is a per-row failure with the reason `not_decodable` (flowdc.imagesig holds the reasons).
+A body that fails the check is a per-row failure with the reason `not_decodable` (flowdc.imagesig
+holds the reasons).
 """
 
 from __future__ import annotations
 
-import io
-import warnings
 from concurrent.futures import Executor
-from dataclasses import dataclass
 
-from flowdc.imageheader import header_size
-from flowdc.imagesig import NOT_DECODABLE
+from flowdc.imagecheck import NotDecodable, inspect_image
 from flowdc.resize import ResizeSettings, resize_body
 from flowdc.writers.base import SampleRefused, StoredSample
-
-VERIFY_MODES = ("header", "full", "none")
-
-
-@dataclass(frozen=True, slots=True)
-class ImageInfo:
-    width: int
-    height: int
-    format: str  # Pillow's name: JPEG, PNG, WEBP, GIF, ...
-
-
-class NotDecodable(Exception):
-    """The body is no image Pillow can read; str() says why, in one line."""
-
-    reason = NOT_DECODABLE
-
-
-def inspect_image(body: bytes, verify: str = "header") -> ImageInfo | None:
-    """The image's size and format (None with verify 'none'); raises NotDecodable."""
-    if verify == "none":
-        return None
-    if verify == "header":
-        known = header_size(body)
-        if known is not None:
-            return ImageInfo(*known)
-    from PIL import Image  # imported on first use: a run with --verify none never loads Pillow
-
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # DecompressionBombWarning and friends: the size is what we want
-            with Image.open(io.BytesIO(body)) as img:
-                width, height = img.size
-                fmt = img.format or ""
-                if verify == "full":
-                    img.load()
-    except Image.DecompressionBombError as exc:
-        raise NotDecodable(f"decompression bomb: {exc}") from None
-    except Exception as exc:  # Pillow raises many kinds (OSError, SyntaxError, ValueError, struct.error)
-        raise NotDecodable(f"{type(exc).__name__}: {exc}"[:200]) from None
-    return ImageInfo(width, height, fmt)
 
 
 def check_sample(sample: StoredSample, verify: str) -> None:

@@ -8,8 +8,8 @@ import random
 import pytest
 from PIL import Image
 
+from flowdc.imagecheck import NotDecodable, inspect_image
 from flowdc.imageheader import header_size
-from flowdc.images import NotDecodable, inspect_image
 
 
 def pillow_header(body: bytes) -> tuple[int, int, str] | None:
