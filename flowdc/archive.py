@@ -31,6 +31,7 @@ from collections.abc import Iterator
 from typing import IO
 
 from flowdc.storage import TMP_MARK, Destination, link_or_replace, temporary_name
+from flowdc.write_process import ArchiveLoan
 from flowdc.writers.tarstream import TarStream
 
 SKIP_TOP = ("_flowdc",)
@@ -107,12 +108,25 @@ class _Packer:
         self.added: set[str] = set()
         self.stored = 0  # members that are not bookkeeping
 
-    def add(self, rel: str, data: bytes) -> None:
+    def claim(self, rel: str) -> str | None:
+        """The member name for `rel`, now counted as added; None if it was added already (a file
+        stored twice in one run: its first bytes are its last, same key and body)."""
         if rel in self.added:
-            return  # a file stored twice in one run: its first bytes are its last (same key, same body)
+            return None
         self.added.add(rel)
         self.stored += rel not in BOOKKEEPING
-        self._tar.add(f"{self._top}/{rel}", data, self._mtime)
+        return f"{self._top}/{rel}"
+
+    def unclaim(self, rel: str) -> None:
+        """A claimed member that was never written (its file was not stored after all)."""
+        if rel in self.added:
+            self.added.discard(rel)
+            self.stored -= rel not in BOOKKEEPING
+
+    def add(self, rel: str, data: bytes) -> None:
+        name = self.claim(rel)
+        if name is not None:
+            self._tar.add(name, data, self._mtime)
 
     def add_the_rest(self) -> None:
         """Every file under the output not added yet (not the ledger, not temporaries), read from the store."""
@@ -120,6 +134,20 @@ class _Packer:
             if rel not in self.added:
                 with self.dest.fs.open(self.dest.path(rel), "rb") as src:
                     self.add(rel, src.read())
+
+    @property
+    def offset(self) -> int:
+        return self._tar.offset
+
+    @property
+    def mtime(self) -> int:
+        return self._mtime
+
+    def flush(self) -> None:
+        self._tar.flush()
+
+    def resume_at(self, offset: int) -> None:
+        self._tar.offset = offset
 
     def finish(self) -> None:
         self._tar.finish()
@@ -132,7 +160,9 @@ class ArchiveBuilder:
     """The archive of a local output, built while the download runs (see the module's text).
 
     add() is called by the writer threads for every file stored, after the file is in place;
-    a failure there only logs once and falls back to packing at the end."""
+    a failure there only logs once and falls back to packing at the end. The write process
+    (flowdc.write_process) appends members itself: lend() hands it the stream, claim() names each
+    member it is to add, take_back() resumes here where it stopped."""
 
     def __init__(self, dest: Destination, fmt: str = "tar"):
         self.dest, self.fmt = dest, fmt
@@ -152,6 +182,40 @@ class ArchiveBuilder:
             except OSError as exc:
                 log.warning("the archive could not keep up (%s); it is packed at the end instead", exc)
                 self._packer = None
+
+    def lend(self) -> ArchiveLoan | None:
+        """Flush the stream and lend it out; None when it cannot be (gzip, or given up on)."""
+        with self._lock:
+            packer = self._packer
+            if packer is None or self.fmt != "tar":
+                return None
+            assert self._file is not None
+            packer.flush()
+            self._file.flush()
+            return ArchiveLoan(self._tmp, packer.offset, packer.mtime)
+
+    def claim(self, rel: str) -> str | None:
+        """For the borrower: the member name to add `rel` under, or None (added already, or given up)."""
+        with self._lock:
+            return None if self._packer is None else self._packer.claim(rel)
+
+    def unclaim(self, rel: str) -> None:
+        with self._lock:
+            if self._packer is not None:
+                self._packer.unclaim(rel)
+
+    def take_back(self, offset: int | None, failure: str | None = None) -> None:
+        """The borrower stopped with the stream `offset` bytes long; or it failed: pack at the end."""
+        with self._lock:
+            if self._packer is None:
+                return
+            if offset is None:
+                log.warning("the archive could not keep up (%s); it is packed at the end instead", failure)
+                self._packer = None
+                return
+            assert self._file is not None
+            self._file.seek(offset)
+            self._packer.resume_at(offset)
 
     def finish(self) -> str | None:
         """Add what the run did not store itself, give the archive its name; returns where it went,

@@ -25,6 +25,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from flowdc import write_process
 from flowdc.archive import ArchiveBuilder, create_archive, start_archive
 from flowdc.config import DownloadConfig, check_host_budget
 from flowdc.errors import ConfigError, DestinationError
@@ -49,6 +50,7 @@ from flowdc.urls import host_key, scheme_error, url_redactor
 from flowdc.write_queue import INLINE_MAX_S, WriteQueue
 from flowdc.writers.base import SampleRefused, SampleWriter, StoredSample, StoreError
 from flowdc.writers.factory import make_writer
+from flowdc.writers.imagefolder import ImageFolderWriter
 from flowdc.writers.naming import extension_for, make_key, url_key
 from flowdc.writers.shardnames import ShardNames
 
@@ -188,6 +190,17 @@ class DownloadJob:
                 and self.cfg.verify != "full")
 
     @property
+    def _in_a_process(self) -> bool:
+        """The inline writes move to a write process once the run proves long (write_process.py);
+        not with a gzip archive, whose stream cannot be lent out."""
+        return (self._writes_inline and write_process.available()
+                and not (self._archiving and self.cfg.archive_format != "tar"))
+
+    def _start_write_process(self) -> write_process.WriteProcess:
+        assert isinstance(self.writer, ImageFolderWriter)
+        return write_process.WriteProcess(self.writer, self.archive, self.cfg.verify)
+
+    @property
     def _archiving(self) -> bool:
         return self.cfg.create_tar and self.cfg.output_format == "imagefolder"
 
@@ -266,7 +279,9 @@ class DownloadJob:
         self.write_queue = WriteQueue(self._write_checked, self.write_pool, lanes=self.write_lanes,
                                       on_error=self._store_failed, more_coming=self._fetches_left,
                                       prepare=self._resize_batch if self.resize_pool is not None else None,
-                                      inline_max_s=INLINE_MAX_S if self._writes_inline else None)
+                                      inline_max_s=INLINE_MAX_S if self._writes_inline else None,
+                                      start_process=self._start_write_process if self._in_a_process else None,
+                                      process_after=write_process.START_AFTER)
         try:
             recovery = await asyncio.to_thread(self.writer.recover)
             done = await asyncio.to_thread(self.ledger.done_index)
@@ -276,6 +291,8 @@ class DownloadJob:
             if not is_destination_error(exc):
                 raise
             raise DestinationError(f"cannot read {self.dest.display}: {type(exc).__name__}: {exc}") from None
+        if self.rows_total is not None and self.rows_total - len(done.rows) >= write_process.START_AFTER:
+            self.write_queue.start_lane()  # a long run: the process starts while the first requests go out
         if self.shipper is not None and cfg.output_format == "webdataset":
             recovery["shards_left_to_ship"] = self.shipper.ship_leftovers(self.ledger.committed_shards())
         self.requests: RequestLoop[Outcome] = RequestLoop(cfg, cfg.concurrent_downloads, Outcome, self.host_budget)
@@ -314,10 +331,14 @@ class DownloadJob:
         become transient failures."""
         try:
             await self.write_queue.drain()
+            self.write_queue.close()
             await loop.run_in_executor(self.write_pool, self.writer.close)
         except StoreError as err:
             self._store_failed(err)
             await asyncio.to_thread(self._final_flush)
+        except write_process.WriteProcessDied:
+            await asyncio.to_thread(self._final_flush)  # the samples it did store are recorded
+            raise
         except Exception as exc:
             if not is_destination_error(exc):
                 raise
@@ -325,6 +346,8 @@ class DownloadJob:
                 await asyncio.to_thread(self._final_flush)  # keep the records that can still be kept
             raise DestinationError(f"cannot finish writing to {self.dest.display}: {type(exc).__name__}; "
                                    "run the same command again when it is reachable") from None
+        finally:
+            self.write_queue.abort()  # a failed run's write process stops here (a good run's has)
 
     async def _ship_the_rest(self, overview: dict[str, Any]) -> None:
         """Wait for shard uploads, then ship the archive (moved) and the overview (copied)."""

@@ -14,17 +14,22 @@ sample). A batch, not each sample as it comes: interleaving a write with every r
 quarter more CPU than the threads on one core. Inline writes are timed: once samples take longer
 than `inline_max_s` on average, as on a network file system or with very large images, the queue
 goes back to the threads for good.
+
+Process mode (flowdc/write_process.py): once a run has written `process_after` samples inline, the
+same batches go to a write process instead, whose answers settle them in the order sent.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
+import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Executor
 from functools import partial
-from typing import NamedTuple
+from typing import NamedTuple, Protocol
 
 from flowdc.writers.base import StoredSample, StoreError
 
@@ -37,6 +42,22 @@ INLINE_BLOCK = 256  # samples whose mean write time is judged at once (a page-ca
 class Queued(NamedTuple):
     sample: StoredSample
     on_done: Callable[[], None]
+
+
+class Lane(Protocol):
+    """A process that writes batches and answers them in the order sent (flowdc.write_process)."""
+
+    room_bytes: int  # bodies on their way that it takes without copying them through its pipe
+
+    def fileno(self) -> int: ...
+
+    def send(self, samples: list[StoredSample]) -> None: ...
+
+    def answers(self) -> Iterator[list[StoreError]]: ...
+
+    def close(self) -> None: ...
+
+    def shutdown(self) -> None: ...
 
 
 class WriteQueue:
@@ -55,6 +76,8 @@ class WriteQueue:
         min_batch: int = 64,
         linger_s: float = 0.05,
         inline_max_s: float | None = None,
+        start_process: Callable[[], Lane] | None = None,
+        process_after: int = 0,
     ):
         self._write = write
         self._pool = pool
@@ -78,6 +101,11 @@ class WriteQueue:
         self._busy = 0
         self._changed = asyncio.Event()
         self._failure: BaseException | None = None
+        self._start_process = start_process  # inline mode only: hands the batches to a process...
+        self._process_after = process_after  # ... once this many samples were written inline
+        self._written_inline = 0
+        self.lane: Lane | None = None
+        self._in_lane: collections.deque[list[Queued]] = collections.deque()
 
     @property
     def queued(self) -> int:
@@ -125,6 +153,9 @@ class WriteQueue:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        if self.lane is not None:
+            self._write_in_lane()
+            return
         if self.inline:
             self._write_inline()
             return
@@ -154,6 +185,62 @@ class WriteQueue:
             return
         self._time_inline(time.perf_counter() - started, len(batch))
         self._settle(batch, errors)
+        self._written_inline += len(batch)
+        if self._start_process is not None and self._written_inline >= self._process_after and self.inline:
+            self.start_lane()
+
+    def start_lane(self) -> None:
+        """Hand the inline batches to a write process from now on (at once, for a run known to be long)."""
+        start, self._start_process = self._start_process, None
+        if start is None:
+            return
+        try:
+            self.lane = start()
+        except Exception as exc:  # no process here (a sandbox, no memfd): the loop keeps writing
+            log.info("no write process (%s: %s): samples are written on the event loop", type(exc).__name__, exc)
+            return
+        # What waits for the lane must fit its ring, or bodies would be copied through its pipe.
+        self._max_queued_bytes = min(self._max_queued_bytes, self.lane.room_bytes)
+        asyncio.get_running_loop().add_reader(self.lane.fileno(), self._lane_answered)
+
+    def _write_in_lane(self) -> None:
+        batch, self._pending = self._pending, []
+        if not batch or self._failure is not None:
+            self._pending = batch
+            return
+        assert self.lane is not None
+        try:
+            self.lane.send([q.sample for q in batch])
+        except Exception as exc:
+            self._settle(batch, [], exc)
+            return
+        self._in_lane.append(batch)
+
+    def _lane_answered(self) -> None:
+        assert self.lane is not None
+        try:
+            for errors in self.lane.answers():
+                self._settle(self._in_lane.popleft(), errors)
+        except Exception as exc:
+            asyncio.get_running_loop().remove_reader(self.lane.fileno())
+            while self._in_lane:
+                self._settle(self._in_lane.popleft(), [], exc)
+
+    def close(self) -> None:
+        """After drain(): stop the write process (the archive's stream comes back)."""
+        lane, self.lane = self.lane, None
+        if lane is not None:
+            with contextlib.suppress(ValueError, OSError):
+                asyncio.get_running_loop().remove_reader(lane.fileno())
+            lane.close()
+
+    def abort(self) -> None:
+        """A failed or interrupted run: stop the write process whatever it is doing."""
+        lane, self.lane = self.lane, None
+        if lane is not None:
+            with contextlib.suppress(ValueError, OSError, RuntimeError):
+                asyncio.get_running_loop().remove_reader(lane.fileno())
+            lane.shutdown()
 
     def _time_inline(self, seconds: float, samples: int) -> None:
         self._inline_s += seconds

@@ -29,18 +29,26 @@ class ImageFolderWriter:
             self.folders = load_label_folders(self.dest, self.ledger)
         return {"temporaries_removed": removed, "journals_compacted": compacted}
 
-    def write(self, sample: StoredSample) -> None:
+    def place(self, sample: StoredSample) -> str:
+        """The sample's file, relative to the output (its label's folder is kept from now on)."""
         rec = sample.record
         folder = self.folders.folder_for(rec.label) if self.folders is not None else None
-        rel = sample_path(rec.key, folder, sample.ext)
+        return sample_path(rec.key, folder, sample.ext)
+
+    def stored(self, sample: StoredSample, rel: str) -> None:
+        """The sample's file is in place: its record goes to the ledger."""
+        sample.record.path = rel
+        self.ledger.add(sample.record)
+
+    def write(self, sample: StoredSample) -> None:
+        rel = self.place(sample)
         try:
             self.dest.write_bytes(rel, sample.body)
         except Exception as exc:
-            raise StoreError(exc, [rec]) from exc
+            raise StoreError(exc, [sample.record]) from exc
         if self.on_stored is not None:
             self.on_stored(rel, sample.body)
-        rec.path = rel
-        self.ledger.add(rec)
+        self.stored(sample, rel)
 
     def note_ended(self, record: Record) -> None:
         pass  # the ledger is this layout's only per-row list

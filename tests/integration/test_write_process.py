@@ -1,0 +1,179 @@
+"""The write process (flowdc/write_process.py): a long imagefolder run's files, digests, decode
+checks and archive members are done in a child process. What it stores must be exactly what the
+event loop stores, its failures must be the same per-row failures, and a killed one loses nothing
+that was recorded."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tarfile
+import textwrap
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from flowdc import write_process
+from flowdc.testing.fakehosts import FakeHostFarm, HostSpec
+from tests.integration.conftest import download, latest, sha256, subprocess_env, temporaries
+
+COMPARED = ("status", "reason", "retryable", "path", "sha256", "width", "height", "image_format", "bytes")
+
+
+def _manifest(tmp_path: Path, farm: FakeHostFarm, rows: int) -> Path:
+    """Rows over both hosts and two labels: JPEG and PNG (read by flowdc's header walk), WebP and
+    GIF (Pillow, in the child), a JPEG header over noise (refused), and one body larger than the
+    ring, so it goes through the pipe."""
+    urls, labels = [], []
+    kinds = ("fmt=jpeg", "fmt=png", "fmt=webp", "fmt=gif", "size=9000")
+    for i in range(rows):
+        urls.append(farm.url(i % 2, f"/wp/{i}.img?{kinds[i % len(kinds)]}&w={20 + i % 7}&h={10 + i % 5}"))
+        labels.append(("cat", "dog")[i % 2])
+    urls.append(farm.url(0, "/wp/bad.jpg?body=badheader"))
+    urls.append(farm.url(1, "/wp/large.png?size=300000"))
+    labels += ["cat", "dog"]
+    path = tmp_path / "m.parquet"
+    pq.write_table(pa.table({"url": urls, "label": labels}), path)
+    return path
+
+
+def _archive(out: Path) -> dict[str, bytes]:
+    with tarfile.open(out.parent / f"{out.name}.tar") as tar:
+        return {m.name: tar.extractfile(m).read() for m in tar if m.isfile()}  # type: ignore[union-attr]
+
+
+@pytest.fixture
+def counted_lanes(monkeypatch: pytest.MonkeyPatch) -> list[write_process.WriteProcess]:
+    """Every write process started (the run itself decides; this only keeps them)."""
+    started: list[write_process.WriteProcess] = []
+    real_init = write_process.WriteProcess.__init__
+
+    def counting_init(self: write_process.WriteProcess, *args: Any, **kwargs: Any) -> None:
+        real_init(self, *args, **kwargs)
+        started.append(self)
+
+    monkeypatch.setattr(write_process.WriteProcess, "__init__", counting_init)
+    return started
+
+
+def test_the_write_process_stores_what_the_event_loop_stores(
+        tmp_path: Path, two_hosts: FakeHostFarm, monkeypatch: pytest.MonkeyPatch,
+        counted_lanes: list[write_process.WriteProcess]) -> None:
+    manifest = _manifest(tmp_path, two_hosts, 60)
+    monkeypatch.setattr(write_process, "START_AFTER", 10**9)
+    on_loop = tmp_path / "on_loop"
+    download(manifest, on_loop, label="label", create_tar=True)
+    assert counted_lanes == []
+
+    monkeypatch.setattr(write_process, "START_AFTER", 5)  # the manifest's 62 rows are a "long" run
+    monkeypatch.setattr(write_process, "RING_BYTES", 64 * 1024)  # the 300-KB body cannot fit
+    in_child = tmp_path / "in_child"
+    download(manifest, in_child, label="label", create_tar=True)
+    assert len(counted_lanes) == 1
+
+    loop_recs, child_recs = latest(on_loop), latest(in_child)
+    assert [{k: r[k] for k in COMPARED} for r in child_recs] == [{k: r[k] for k in COMPARED} for r in loop_recs]
+    statuses = [r["status"] for r in child_recs]
+    assert statuses.count("ok") == 61 and child_recs[60]["reason"] == "not_decodable"
+    assert {r["image_format"] for r in child_recs if r["status"] == "ok"} == {"JPEG", "PNG", "WEBP", "GIF"}
+    for rec in child_recs:
+        if rec["status"] == "ok":
+            assert sha256((in_child / rec["path"]).read_bytes()) == rec["sha256"]
+    archive = _archive(in_child)
+    stored = {f"in_child/{r['path']}": (in_child / r["path"]).read_bytes() for r in child_recs if r["status"] == "ok"}
+    assert {k: v for k, v in archive.items() if k in stored} == stored
+    assert set(archive) - set(stored) == {"in_child/overview.json"}
+    assert {k.split("/", 1)[1] for k in archive} == {k.split("/", 1)[1] for k in _archive(on_loop)}
+    assert not temporaries(in_child) and sorted(p.name for p in tmp_path.iterdir() if "tar" in p.name) == [
+        "in_child.tar", "on_loop.tar"]
+
+
+# The parent lowers its file size limit only while it starts the write process (the child keeps
+# it) and ignores SIGXFSZ, so the child's writes past 1 MB fail for real (EFBIG), as on a full disk.
+_CHILD_UNDER_A_SIZE_LIMIT = textwrap.dedent("""
+    import resource, signal, sys
+    from flowdc import write_process
+    from flowdc.config import DownloadConfig
+    from flowdc.download import run_download
+
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    real_start = write_process.start_child
+
+    def start_limited(*args):
+        resource.setrlimit(resource.RLIMIT_FSIZE, (1_000_000, resource.RLIM_INFINITY))
+        try:
+            return real_start(*args)
+        finally:
+            resource.setrlimit(resource.RLIMIT_FSIZE, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+
+    write_process.start_child = start_limited
+    write_process.START_AFTER = 1
+    cfg = DownloadConfig(input=sys.argv[1], output=sys.argv[2], timeout=5.0, retry_backoff_sec=0.01,
+                         quiet=True, create_tar=True)
+    cfg.check()
+    run_download(cfg)
+""")
+
+
+def test_files_and_an_archive_the_write_process_cannot_write(tmp_path: Path, two_hosts: FakeHostFarm) -> None:
+    """A body past the child's file size limit fails its row after the store's retries (retryable, for
+    the next run), the rest are stored; the archive, past the limit too, is packed at the end."""
+    urls = [two_hosts.url(i % 2, f"/lim/{i}.png?size=60000") for i in range(30)]
+    urls.append(two_hosts.url(0, "/lim/huge.png?size=1500000"))
+    manifest = tmp_path / "m.parquet"
+    pq.write_table(pa.table({"url": urls}), manifest)
+    out = tmp_path / "out"
+    done = subprocess.run([sys.executable, "-c", _CHILD_UNDER_A_SIZE_LIMIT, str(manifest), str(out)],
+                          capture_output=True, text=True, timeout=180, env=subprocess_env())
+    assert done.returncode == 0, done.stderr
+    assert "could not keep up" in done.stderr  # the archive's fallback was taken, not a lucky fit
+    recs = latest(out)
+    assert [r["status"] for r in recs[:30]] == ["ok"] * 30
+    assert (recs[30]["status"], recs[30]["reason"], recs[30]["retryable"]) == ("failed", "store_error:OSError", True)
+    assert not (out / recs[30]["key"]).exists() and not temporaries(out)
+    archive = _archive(out)
+    assert {k for k in archive if k != "out/overview.json"} == {f"out/{r['path']}" for r in recs[:30]}
+    assert all(archive[f"out/{r['path']}"] == (out / r["path"]).read_bytes() for r in recs[:30])
+
+
+def test_a_killed_write_process_fails_the_run_and_a_rerun_loses_nothing(
+        tmp_path: Path, farm_factory: Callable[[Sequence[HostSpec]], FakeHostFarm],
+        monkeypatch: pytest.MonkeyPatch, counted_lanes: list[write_process.WriteProcess]) -> None:
+    farm = farm_factory([HostSpec("127.0.0.2", latency_s=0.02), HostSpec("127.0.0.3", latency_s=0.02)])
+    urls = [farm.url(i % 2, f"/kill/{i}.png?size=3000") for i in range(1500)]
+    manifest = tmp_path / "m.parquet"
+    pq.write_table(pa.table({"url": urls}), manifest)
+    monkeypatch.setattr(write_process, "START_AFTER", 1)
+    out = tmp_path / "out"
+
+    def kill_the_write_process_once_it_wrote() -> None:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if counted_lanes and out.exists() and len(list(out.glob("*.png"))) >= 200:
+                os.kill(counted_lanes[0].pid, signal.SIGKILL)
+                return
+            time.sleep(0.01)
+
+    killer = threading.Thread(target=kill_the_write_process_once_it_wrote)
+    killer.start()
+    with pytest.raises(write_process.WriteProcessDied, match="exit code -9"):
+        download(manifest, out, concurrent_downloads=64, create_tar=True)
+    killer.join()
+    first = {r["row"]: r for r in latest(out) if r["status"] == "ok"}
+    assert 0 < len(first) < 1500  # what it had answered before it died is recorded
+    assert all(sha256((out / r["path"]).read_bytes()) == r["sha256"] for r in first.values())
+    assert not (tmp_path / "out.tar").exists()  # a failed run leaves no archive
+
+    download(manifest, out, concurrent_downloads=64, create_tar=True)
+    recs = latest(out)
+    assert [r["status"] for r in recs] == ["ok"] * 1500
+    assert all(recs[row]["sha256"] == rec["sha256"] for row, rec in first.items())
+    assert len(_archive(out)) == 1501 and not temporaries(out)
