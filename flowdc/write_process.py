@@ -23,10 +23,12 @@ import hashlib
 import logging
 import mmap
 import os
+import queue
 import signal
 import socket
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
@@ -290,12 +292,15 @@ def main() -> None:
 
 def serve(conn: Connection, ring: memoryview, loan: ArchiveLoan | None, verify: str) -> None:
     """Answer each batch with one result per sample, until the parent says stop (None) or its pipe
-    closes."""
+    closes. A thread reads the pipe all the time: were the parent blocked sending a batch while
+    this process was blocked sending an answer the parent had no time to read, both would wait for
+    good."""
+    batches: queue.SimpleQueue[Any] = queue.SimpleQueue()
+    threading.Thread(target=_read_all, args=(conn, batches), name="flowdc-write-reader", daemon=True).start()
     archive = _Archive(loan) if loan is not None else None
     while True:
-        try:
-            items = conn.recv()
-        except EOFError:
+        items = batches.get()
+        if items is _END:
             return
         if items is None:
             conn.send(archive.close() if archive is not None else (None, None))
@@ -303,6 +308,20 @@ def serve(conn: Connection, ring: memoryview, loan: ArchiveLoan | None, verify: 
         results = [_store(final, member, ring[at:at + n] if at >= 0 else n, verify, archive)
                    for final, member, at, n in items]
         conn.send((results, archive.failure if archive is not None else None))
+
+
+_END = object()  # the pipe closed
+
+
+def _read_all(conn: Connection, batches: queue.SimpleQueue[Any]) -> None:
+    try:
+        while True:
+            message = conn.recv()
+            batches.put(message)
+            if message is None:
+                return
+    except (EOFError, OSError):
+        batches.put(_END)
 
 
 def _store(final: str, member: str | None, body: Any, verify: str, archive: _Archive | None) -> Result:
