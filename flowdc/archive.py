@@ -31,7 +31,7 @@ from collections.abc import Iterator
 from typing import IO
 
 from flowdc.storage import TMP_MARK, Destination, link_or_replace, temporary_name
-from flowdc.write_process import ArchiveLoan
+from flowdc.write_child import ArchiveLoan
 from flowdc.writers.tarstream import TarStream
 
 SKIP_TOP = ("_flowdc",)

@@ -191,8 +191,8 @@ class DownloadJob:
 
     @property
     def _in_a_process(self) -> bool:
-        """The inline writes move to a write process once the run proves long (write_process.py);
-        not with a gzip archive, whose stream cannot be lent out."""
+        """The inline writes move to a write process on a long run (write_process.py); not with a
+        gzip archive, whose stream cannot be lent out."""
         return (self._writes_inline and write_process.available()
                 and not (self._archiving and self.cfg.archive_format != "tar"))
 

@@ -6,42 +6,36 @@ its time on the realistic bench. With storing left out, flowdc ran as fast as th
 (docs/benchmarks.md). Writer threads did not help: each system call hands the GIL to the loop and
 waits to get it back (flowdc/write_queue.py). A second process has a GIL of its own.
 
-How: the parent names each file and keeps every record (the ledger, the archive's list of members);
-the child only does the byte work, in the order it is given. Bodies go through a ring of shared
-memory (a memfd): one copy, into pages that are used again lap after lap (a page touched for the
-first time costs several times a reused one). Their descriptions go through a pipe, and the child
-answers each batch in turn. A body with no room in the ring goes through the pipe itself. The
-child ignores SIGINT and SIGTERM: the parent decides when it stops, and it stops when its pipe
-closes, so a stopped run still writes what it fetched.
+How: the parent (this module) names each file and keeps every record (the ledger, the archive's
+list of members); the child (flowdc/write_child.py) only does the byte work, in the order it is
+given. Bodies go through a ring of shared memory (a memfd): one copy, into pages that are used
+again lap after lap (a page touched for the first time costs several times a reused one). Their
+descriptions go through a socket, and the child answers each batch in turn. A body with no room in
+the ring goes through the socket itself. The child ignores SIGINT and SIGTERM: the parent decides
+when it stops, and it stops when its socket closes, so a stopped run still writes what it fetched.
 """
 
 from __future__ import annotations
 
 import collections
 import contextlib
-import hashlib
 import logging
 import mmap
 import os
-import queue
-import signal
 import socket
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
 from multiprocessing.connection import Connection
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from flowdc.errors import EXIT_FAILURE, FlowdcError
-from flowdc.imageheader import header_size
-from flowdc.localfiles import write_local
-from flowdc.writers.tarstream import TarStream
+from flowdc.imagesig import NOT_DECODABLE
+from flowdc.write_child import Item, Result
+from flowdc.writers.base import SampleRefused, StoredSample, StoreError
 
 if TYPE_CHECKING:
     from flowdc.archive import ArchiveBuilder
-    from flowdc.writers.base import StoredSample, StoreError
     from flowdc.writers.imagefolder import ImageFolderWriter
 
 log = logging.getLogger(__name__)
@@ -49,20 +43,6 @@ log = logging.getLogger(__name__)
 RING_BYTES = 32 << 20  # room for bodies on their way: a few batches of thumbnails, a few dozen 1-MB images
 START_AFTER = 2048  # a run with fewer rows to fetch (or not known to have more) writes on the loop
 CLOSE_TIMEOUT_S = 60.0  # the child's answer to "close" comes once it wrote what it was sent
-
-# (final path, archive member or None, offset in the ring or -1, length or the body itself)
-Item = tuple[str, str | None, int, Any]
-# ("ok", sha256, (width, height, format) or None) | ("refused", sha256, why) | ("error", sha256, errno, message)
-Result = tuple[Any, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class ArchiveLoan:
-    """The archive's stream, lent to the write process: it appends members from `offset` on."""
-
-    path: str
-    offset: int
-    mtime: int
 
 
 def available() -> bool:
@@ -160,10 +140,6 @@ class WriteProcess:
     def fileno(self) -> int:
         return self._conn.fileno()
 
-    @property
-    def busy(self) -> bool:
-        return bool(self._sent)
-
     def send(self, samples: list[StoredSample]) -> None:
         items: list[Item] = []
         placed: list[tuple[StoredSample, str, str | None]] = []
@@ -208,9 +184,6 @@ class WriteProcess:
             yield errors
 
     def _settle(self, sample: StoredSample, rel: str, member: str | None, result: Result) -> StoreError | None:
-        from flowdc.imagesig import NOT_DECODABLE
-        from flowdc.writers.base import SampleRefused, StoreError
-
         rec = sample.record
         if rec.sha256 is None:
             rec.sha256 = result[1]
@@ -270,111 +243,6 @@ def start_child(conn_fd: int, ring_fd: int) -> subprocess.Popen[bytes]:
     parent's __main__ again, and a user's script without a main guard would start a second
     download in it. It imports the flowdc this process runs, and only the modules it needs."""
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    code = f"import sys; sys.path.insert(0, {root!r}); from flowdc.write_process import main; main()"
+    code = f"import sys; sys.path.insert(0, {root!r}); from flowdc.write_child import main; main()"
     return subprocess.Popen([sys.executable, "-c", code, str(conn_fd), str(ring_fd)], pass_fds=(conn_fd, ring_fd),
                             stdin=subprocess.DEVNULL)
-
-
-# -- the child ------------------------------------------------------------------------------------
-def main() -> None:
-    """The write process: its pipe and ring are the descriptors named on its command line."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    conn, ring_fd = Connection(int(sys.argv[1])), int(sys.argv[2])
-    try:
-        ring_bytes, loan, verify = conn.recv()
-    except EOFError:
-        return
-    ring = memoryview(mmap.mmap(ring_fd, ring_bytes))
-    os.close(ring_fd)
-    serve(conn, ring, loan, verify)
-
-
-def serve(conn: Connection, ring: memoryview, loan: ArchiveLoan | None, verify: str) -> None:
-    """Answer each batch with one result per sample, until the parent says stop (None) or its pipe
-    closes. A thread reads the pipe all the time: were the parent blocked sending a batch while
-    this process was blocked sending an answer the parent had no time to read, both would wait for
-    good."""
-    batches: queue.SimpleQueue[Any] = queue.SimpleQueue()
-    threading.Thread(target=_read_all, args=(conn, batches), name="flowdc-write-reader", daemon=True).start()
-    archive = _Archive(loan) if loan is not None else None
-    while True:
-        items = batches.get()
-        if items is _END:
-            return
-        if items is None:
-            conn.send(archive.close() if archive is not None else (None, None))
-            return
-        results = [_store(final, member, ring[at:at + n] if at >= 0 else n, verify, archive)
-                   for final, member, at, n in items]
-        conn.send((results, archive.failure if archive is not None else None))
-
-
-_END = object()  # the pipe closed
-
-
-def _read_all(conn: Connection, batches: queue.SimpleQueue[Any]) -> None:
-    try:
-        while True:
-            message = conn.recv()
-            batches.put(message)
-            if message is None:
-                return
-    except (EOFError, OSError):
-        batches.put(_END)
-
-
-def _store(final: str, member: str | None, body: Any, verify: str, archive: _Archive | None) -> Result:
-    """One sample, in the order the writer threads take: digest, decode check, file, archive member."""
-    sha = hashlib.sha256(body).hexdigest()
-    info = None
-    if verify != "none":
-        info = header_size(body)
-        if info is None:  # not a plain JPEG or PNG: Pillow judges
-            from flowdc.imagecheck import NotDecodable, inspect_image
-
-            try:
-                image = inspect_image(bytes(body), verify)
-            except NotDecodable as exc:
-                return ("refused", sha, str(exc))
-            info = None if image is None else (image.width, image.height, image.format)
-    try:
-        write_local(final, body)
-    except OSError as exc:
-        return ("error", sha, exc.errno, f"{exc.strerror or exc}: {final}")
-    if member is not None and archive is not None:
-        archive.add(member, body)
-    return ("ok", sha, info)
-
-
-class _Archive:
-    """The archive's stream, borrowed: members appended from where the parent left it."""
-
-    def __init__(self, loan: ArchiveLoan):
-        self.failure: str | None = None
-        self._mtime = loan.mtime
-        self._file = open(loan.path, "r+b")  # noqa: SIM115 (closed by close())
-        self._file.seek(loan.offset)
-        self._tar: TarStream | None = TarStream(self._file, offset=loan.offset)
-
-    def add(self, member: str, body: Any) -> None:
-        if self._tar is None:
-            return
-        try:
-            self._tar.add(member, body, self._mtime)
-        except OSError as exc:
-            self.failure, self._tar = f"{type(exc).__name__}: {exc}", None
-
-    def close(self) -> tuple[int | None, str | None]:
-        """Write out what is buffered: (the stream's length, None), or (None, why it failed)."""
-        tar, self._tar = self._tar, None
-        try:
-            if tar is not None:
-                tar.flush()
-                self._file.flush()
-        except OSError as exc:
-            self.failure, tar = f"{type(exc).__name__}: {exc}", None
-        finally:
-            self._file.close()
-        return (tar.offset, None) if tar is not None else (None, self.failure)
-
