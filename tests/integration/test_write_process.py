@@ -177,3 +177,22 @@ def test_a_killed_write_process_fails_the_run_and_a_rerun_loses_nothing(
     assert [r["status"] for r in recs] == ["ok"] * 1500
     assert all(recs[row]["sha256"] == rec["sha256"] for row, rec in first.items())
     assert len(_archive(out)) == 1501 and not temporaries(out)
+
+
+def test_a_run_of_unknown_length_hands_over_mid_run_and_the_archive_goes_on_where_the_loop_left_it(
+        tmp_path: Path, two_hosts: FakeHostFarm, monkeypatch: pytest.MonkeyPatch,
+        counted_lanes: list[write_process.WriteProcess]) -> None:
+    """A CSV manifest has no row count to tell a long run by: the first samples are written on the
+    loop (their archive members too), then the write process takes over the same archive stream."""
+    urls = [two_hosts.url(i % 2, f"/csv/{i}.png?size={2000 + 37 * i}") for i in range(400)]
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("url\n" + "\n".join(urls) + "\n")
+    monkeypatch.setattr(write_process, "START_AFTER", 100)
+    out = tmp_path / "out"
+    download(manifest, out, create_tar=True)
+    assert len(counted_lanes) == 1
+    recs = latest(out)
+    assert [r["status"] for r in recs] == ["ok"] * 400
+    archive = _archive(out)
+    assert archive == {**{f"out/{r['path']}": (out / r["path"]).read_bytes() for r in recs},
+                       "out/overview.json": (out / "overview.json").read_bytes()}
