@@ -291,8 +291,6 @@ class DownloadJob:
             if not is_destination_error(exc):
                 raise
             raise DestinationError(f"cannot read {self.dest.display}: {type(exc).__name__}: {exc}") from None
-        if self.rows_total is not None and self.rows_total - len(done.rows) >= write_process.START_AFTER:
-            self.write_queue.start_lane()  # a long run: the process starts while the first requests go out
         if self.shipper is not None and cfg.output_format == "webdataset":
             recovery["shards_left_to_ship"] = self.shipper.ship_leftovers(self.ledger.committed_shards())
         self.requests: RequestLoop[Outcome] = RequestLoop(cfg, cfg.concurrent_downloads, Outcome, self.host_budget)
@@ -300,6 +298,8 @@ class DownloadJob:
         self._next_snapshot = 0.0
         loop = asyncio.get_running_loop()
         try:
+            if self.rows_total is not None and self.rows_total - len(done.rows) >= write_process.START_AFTER:
+                self.write_queue.start_lane()  # a long run: the process starts while the first requests go out
             self.interrupted = await self.requests.run(partial(self._read_manifest, done), self._fetch, self._settle,
                                                        self._on_tick, stop)
         finally:

@@ -46,7 +46,7 @@ CLOSE_TIMEOUT_S = 60.0  # the child's answer to "close" comes once it wrote what
 
 
 def available() -> bool:
-    """Whether this platform has what the write process needs (a memfd, descriptor passing)."""
+    """Whether the write process can run here and help: a memfd (Linux) and a second core."""
     return hasattr(os, "memfd_create") and (os.cpu_count() or 1) >= 2
 
 
