@@ -58,16 +58,19 @@ def serve(conn: Connection, ring: memoryview, loan: ArchiveLoan | None, verify: 
     batches: queue.SimpleQueue[Any] = queue.SimpleQueue()
     threading.Thread(target=_read_all, args=(conn, batches), name="flowdc-write-reader", daemon=True).start()
     archive = _Archive(loan) if loan is not None else None
-    while True:
-        items = batches.get()
-        if items is _END:
-            return
-        if items is None:
-            conn.send(archive.close() if archive is not None else (None, None))
-            return
-        results = [_store(final, member, ring[at:at + n] if at >= 0 else n, verify, archive)
-                   for final, member, at, n in items]
-        conn.send((results, archive.failure if archive is not None else None))
+    try:
+        while True:
+            items = batches.get()
+            if items is _END:
+                return
+            if items is None:
+                conn.send(archive.close() if archive is not None else (None, None))
+                return
+            results = [_store(final, member, ring[at:at + n] if at >= 0 else n, verify, archive)
+                       for final, member, at, n in items]
+            conn.send((results, archive.failure if archive is not None else None))
+    except OSError:
+        return  # the parent is gone or gave up on us (a failed run): nobody to answer, nothing to say
 
 
 _END = object()  # the pipe closed

@@ -196,3 +196,28 @@ def test_a_run_of_unknown_length_hands_over_mid_run_and_the_archive_goes_on_wher
     archive = _archive(out)
     assert archive == {**{f"out/{r['path']}": (out / r["path"]).read_bytes() for r in recs},
                        "out/overview.json": (out / "overview.json").read_bytes()}
+
+
+_GIVE_UP_MID_BATCH = textwrap.dedent("""
+    import sys, time
+    from flowdc.ledger import Ledger, Record
+    from flowdc.storage import Destination
+    from flowdc.write_process import WriteProcess
+    from flowdc.writers.base import StoredSample
+    from flowdc.writers.imagefolder import ImageFolderWriter
+
+    dest = Destination(sys.argv[1])
+    lane = WriteProcess(ImageFolderWriter(dest, Ledger(dest), labelled=False), None, "none")
+    lane.send([StoredSample(Record(i, f"{i:08d}", "u", "ok"), bytes([i % 256]) * 200_000, ".bin", {})
+               for i in range(400)])
+    time.sleep(0.05)  # the child is in the middle of the batch
+    lane.shutdown()
+    print(lane._proc.returncode)
+""")
+
+
+def test_a_write_process_given_up_on_mid_batch_leaves_quietly(tmp_path: Path) -> None:
+    """A failed run stops the child while it writes: no traceback on the user's terminal, exit 0."""
+    done = subprocess.run([sys.executable, "-c", _GIVE_UP_MID_BATCH, str(tmp_path / "out")],
+                          capture_output=True, text=True, timeout=60, env=subprocess_env())
+    assert (done.returncode, done.stdout.strip(), done.stderr) == (0, "0", "")
