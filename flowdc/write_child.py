@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any
 
-from flowdc.imageheader import header_size
+from flowdc.imagecheck import NotDecodable, inspect_image
 from flowdc.localfiles import write_local
 from flowdc.writers.tarstream import TarStream
 
@@ -90,17 +90,11 @@ def _read_all(conn: Connection, batches: queue.SimpleQueue[Any]) -> None:
 def _store(final: str, member: str | None, body: Any, verify: str, archive: _Archive | None) -> Result:
     """One sample, in the order the writer threads take: digest, decode check, file, archive member."""
     sha = hashlib.sha256(body).hexdigest()
-    info = None
-    if verify != "none":
-        info = header_size(body)
-        if info is None:  # not a plain JPEG or PNG: Pillow judges
-            from flowdc.imagecheck import NotDecodable, inspect_image
-
-            try:
-                image = inspect_image(bytes(body), verify)
-            except NotDecodable as exc:
-                return ("refused", sha, str(exc))
-            info = None if image is None else (image.width, image.height, image.format)
+    try:
+        image = inspect_image(body, verify)  # a view of the ring: the header walk and Pillow read it as is
+    except NotDecodable as exc:
+        return ("refused", sha, str(exc))
+    info = None if image is None else (image.width, image.height, image.format)
     try:
         write_local(final, body)
     except OSError as exc:
