@@ -1,7 +1,7 @@
 """Benchmark runner: FLOW-DC against a bare aiohttp loop and img2dataset on the same fake hosts.
 
     python bench/run.py SCENARIO [--rows N] [--out DIR] [--concurrency N]
-                                 [--only flowdc,flowdc_wds,flowdc_nopaarc,bare,baseline,img2dataset]
+                                 [--only flowdc,flowdc_wds,flowdc_nopaarc,bare,baseline,baseline_wds,img2dataset]
                                  [--timeout S] [--keep] [--rounds N] [--pick best|median] [--baseline REV]
 
 Starts the scenario's fake hosts in a thread of this process, writes the manifest, then runs
@@ -16,7 +16,8 @@ section is appended to bench/results/latest.md.
 
 `--baseline REV` adds another commit of FLOW-DC as a contender: REV is checked out into a
 temporary `git worktree` and its `flowdc download` runs beside the current code's, with the same
-options, in the same rounds and in turn first (so a burst of load on a shared machine hits both alike).
+options, in the same rounds and in turn first (so a burst of load on a shared machine hits both alike):
+`baseline` with the options of the scenario's first flowdc run, `baseline_wds` with flowdc_wds's.
 """
 
 from __future__ import annotations
@@ -59,7 +60,7 @@ from verify import Verified, expected_bodies, verify_imagefolder, verify_resized
 from flowdc.testing.fakehosts import FakeHostFarm, run_farm_in_thread  # noqa: E402
 
 RESULTS_MD = ROOT / "bench" / "results" / "latest.md"
-CONTENDERS = ("flowdc", "flowdc_wds", "flowdc_nopaarc", "bare", "baseline", "img2dataset")
+CONTENDERS = ("flowdc", "flowdc_wds", "flowdc_nopaarc", "bare", "baseline", "baseline_wds", "img2dataset")
 DEFAULT_CONTENDERS = ("flowdc", "flowdc_wds", "flowdc_nopaarc", "bare", "baseline")  # img2dataset when asked for
 
 
@@ -101,9 +102,10 @@ def flowdc_available() -> bool:
 
 
 def flowdc_options(scenario: Scenario, name: str) -> tuple[str, ...]:
-    """The options a flowdc contender runs with: its own run's, else the first run's (baseline, nopaarc)."""
+    """The options a flowdc contender runs with: its own run's, else the first run's (baseline, nopaarc);
+    baseline_wds runs with flowdc_wds's."""
     runs = dict(scenario.flowdc_runs)
-    return runs.get(name, scenario.flowdc_runs[0][1])
+    return runs.get(name.replace("baseline", "flowdc"), scenario.flowdc_runs[0][1])
 
 
 def flowdc_names(scenario: Scenario) -> list[str]:
@@ -262,7 +264,7 @@ def run_benchmark(args: argparse.Namespace) -> tuple[Scenario, ManifestInfo, lis
         t0 = time.monotonic()
         info = prepare_manifest(scenario, farm, work / "manifest.parquet", rows)
         print(f"[bench] {scenario.name}: {rows} rows written in {time.monotonic() - t0:.1f} s to {info.path}")
-        plan: list[str] = flowdc_names(scenario) + (["baseline"] if args.baseline else [])
+        plan: list[str] = flowdc_names(scenario) + (baseline_names(scenario) if args.baseline else [])
         if scenario.compare_no_paarc:
             plan.append("flowdc_nopaarc")
         if scenario.run_bare:
@@ -281,6 +283,11 @@ def run_benchmark(args: argparse.Namespace) -> tuple[Scenario, ManifestInfo, lis
     if not args.out and not args.keep:
         shutil.rmtree(work, ignore_errors=True)
     return scenario, info, results
+
+
+def baseline_names(scenario: Scenario) -> list[str]:
+    """The --baseline contenders: "baseline" beside the first flowdc run, "baseline_wds" beside flowdc_wds."""
+    return ["baseline"] + (["baseline_wds"] if "flowdc_wds" in flowdc_names(scenario) else [])
 
 
 def round_order(names: list[str], round_index: int) -> list[str]:
@@ -357,7 +364,7 @@ def run_contender(name: str, scenario: Scenario, info: ManifestInfo, farm: FakeH
         result = run_bare(scenario, info.path, out, concurrency, timeout_s)
     elif name == "img2dataset":
         result = run_img2dataset_contender(scenario, info, out, concurrency, timeout_s)
-    elif name == "baseline":
+    elif name.startswith("baseline"):
         assert baseline is not None
         result = run_flowdc(scenario, info.path, out, concurrency, timeout_s, paarc=True, name=name, source=baseline)
     else:
@@ -447,10 +454,11 @@ def ratio_lines(scenario: Scenario, results: list[RunResult]) -> list[str]:
         done = r.ok + r.failed + r.skipped
         if r.wall_s > 0 and done and not r.ok:  # nothing fetched (manifest10m): per-row overhead
             lines.append(f"{r.name}: {done / r.wall_s:,.0f} rows/s, peak RSS {r.peak_rss_mb:.0f} MB")
-    flowdc, baseline = by.get("flowdc"), by.get("baseline")
-    if flowdc and baseline:
-        lines.append(f"flowdc / baseline, images/s (wall clock): "
-                     f"{flowdc.wall_images_per_s / baseline.wall_images_per_s:.3f}x")
+    for ours, theirs in (("flowdc", "baseline"), ("flowdc_wds", "baseline_wds")):
+        flowdc, baseline = by.get(ours), by.get(theirs)
+        if flowdc and baseline:
+            lines.append(f"{ours} / {theirs}, images/s (wall clock): "
+                         f"{flowdc.wall_images_per_s / baseline.wall_images_per_s:.3f}x")
     i2d = by.get("img2dataset")
     for name in [r.name for r in results if r.name not in ("bare", "img2dataset")]:
         r = by.get(name)
@@ -546,7 +554,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--pick", choices=("best", "median"), default="best",
                    help="Which round of several to report per contender.")
     p.add_argument("--baseline", default="", metavar="REV",
-                   help="Also run this commit's flowdc (from a temporary git worktree) as contender 'baseline'.")
+                   help="Also run this commit's flowdc (from a temporary git worktree) as contender 'baseline' "
+                        "(and 'baseline_wds' where the scenario runs flowdc_wds).")
     args = p.parse_args(argv)
     unknown = set(filter(None, args.only.split(","))) - set(CONTENDERS)
     if unknown:

@@ -43,6 +43,7 @@ from flowdc.requestloop import RequestLoop
 from flowdc.resize import ResizeSettings
 from flowdc.scheduler import Job
 from flowdc.seen import SeenKeys
+from flowdc.shard_process import ShardLane
 from flowdc.shipping import Shipper, uploader_for
 from flowdc.storage import Destination, is_destination_error
 from flowdc.telemetry import HostSnapshot, RunSnapshot, Snapshot, Telemetry
@@ -53,6 +54,7 @@ from flowdc.writers.factory import make_writer
 from flowdc.writers.imagefolder import ImageFolderWriter
 from flowdc.writers.naming import extension_for, make_key, url_key
 from flowdc.writers.shardnames import ShardNames
+from flowdc.writers.webdataset import WebDatasetWriter
 
 MAX_STORE_TRIES = 5
 SNAPSHOT_S = 0.5
@@ -276,9 +278,14 @@ class DownloadJob:
             image_key=cfg.image_key, shard_prefix=cfg.shard_prefix,
             on_shard_commit=self.shipper.ship_shard if self.shipper else None,
             on_stored=self.archive.add if self.archive is not None else None)
+        # A local webdataset's byte work goes to a write process on a long run (flowdc/shard_process.py).
+        self.shard_lane = ShardLane(self.writer, cfg.verify, write_process.START_AFTER) if (
+            isinstance(self.writer, WebDatasetWriter) and self.writer.append and self.resize_pool is None
+            and write_process.available()) else None
         self.write_queue = WriteQueue(self._write_checked, self.write_pool, lanes=self.write_lanes,
                                       on_error=self._store_failed, more_coming=self._fetches_left,
-                                      prepare=self._resize_batch if self.resize_pool is not None else None,
+                                      prepare=self._resize_batch if self.resize_pool is not None
+                                      else self.shard_lane.prepare if self.shard_lane is not None else None,
                                       inline_max_s=INLINE_MAX_S if self._writes_inline else None,
                                       start_process=self._start_write_process if self._in_a_process else None,
                                       process_after=write_process.START_AFTER)
@@ -299,7 +306,10 @@ class DownloadJob:
         loop = asyncio.get_running_loop()
         try:
             if self.rows_total is not None and self.rows_total - len(done.rows) >= write_process.START_AFTER:
-                self.write_queue.start_lane()  # a long run: the process starts while the first requests go out
+                # A long run: the process starts while the first requests go out.
+                self.write_queue.start_lane()
+                if self.shard_lane is not None:
+                    loop.run_in_executor(self.write_pool, self.shard_lane.start)
             self.interrupted = await self.requests.run(partial(self._read_manifest, done), self._fetch, self._settle,
                                                        self._on_tick, stop)
         finally:
@@ -348,6 +358,8 @@ class DownloadJob:
                                    "run the same command again when it is reachable") from None
         finally:
             self.write_queue.abort()  # a failed run's write process stops here (a good run's has)
+            if self.shard_lane is not None:  # on the writer's thread, once its last call returned
+                await loop.run_in_executor(self.write_pool, self.shard_lane.shutdown)
 
     async def _ship_the_rest(self, overview: dict[str, Any]) -> None:
         """Wait for shard uploads, then ship the archive (moved) and the overview (copied)."""

@@ -18,7 +18,7 @@ def check_sample(sample: StoredSample, verify: str) -> None:
     SampleRefused when the body does not decode."""
     if sample.refused is not None:  # the resizer could not decode it
         raise SampleRefused(NotDecodable.reason, sample.refused, sample.record)
-    if sample.record.image_format:  # resized: measured already
+    if sample.checked or sample.record.image_format:  # checked in the write process, or resized: measured already
         return
     try:
         info = inspect_image(sample.body, verify)

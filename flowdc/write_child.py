@@ -42,12 +42,17 @@ def main() -> None:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     conn, ring_fd = Connection(int(sys.argv[1])), int(sys.argv[2])
     try:
-        ring_bytes, loan, verify = conn.recv()
+        ring_bytes, role, *settings = conn.recv()
     except EOFError:
         return
     ring = memoryview(mmap.mmap(ring_fd, ring_bytes))
     os.close(ring_fd)
-    serve(conn, ring, loan, verify)
+    if role == "shards":
+        from flowdc.shard_child import serve_shards
+
+        serve_shards(conn, ring, *settings)
+    else:
+        serve(conn, ring, *settings)
 
 
 def serve(conn: Connection, ring: memoryview, loan: ArchiveLoan | None, verify: str) -> None:
@@ -89,19 +94,28 @@ def _read_all(conn: Connection, batches: queue.SimpleQueue[Any]) -> None:
 
 def _store(final: str, member: str | None, body: Any, verify: str, archive: _Archive | None) -> Result:
     """One sample, in the order the writer threads take: digest, decode check, file, archive member."""
-    sha = hashlib.sha256(body).hexdigest()
-    try:
-        image = inspect_image(body, verify)  # a view of the ring: the header walk and Pillow read it as is
-    except NotDecodable as exc:
-        return ("refused", sha, str(exc))
-    info = None if image is None else (image.width, image.height, image.format)
+    checked = check_body(body, verify)
+    if checked[0] != "ok":
+        return checked
+    sha = checked[1]
     try:
         write_local(final, body)
     except OSError as exc:
         return ("error", sha, exc.errno, f"{exc.strerror or exc}: {final}")
     if member is not None and archive is not None:
         archive.add(member, body)
-    return ("ok", sha, info)
+    return checked
+
+
+def check_body(body: Any, verify: str) -> Result:
+    """A body's digest and decode check: ("ok", sha256, (width, height, format) or None) or
+    ("refused", sha256, why)."""
+    sha = hashlib.sha256(body).hexdigest()
+    try:
+        image = inspect_image(body, verify)  # a view of the ring: the header walk and Pillow read it as is
+    except NotDecodable as exc:
+        return ("refused", sha, str(exc))
+    return ("ok", sha, None if image is None else (image.width, image.height, image.format))
 
 
 class _Archive:

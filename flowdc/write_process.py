@@ -27,7 +27,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from multiprocessing.connection import Connection
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from flowdc.errors import EXIT_FAILURE, FlowdcError
 from flowdc.imagesig import NOT_DECODABLE
@@ -112,27 +112,8 @@ class WriteProcess:
         self.room_bytes = ring_bytes
         loan = archive.lend() if archive is not None else None
         self._lent = loan is not None
-        fd = os.memfd_create("flowdc-ring", os.MFD_CLOEXEC)
-        ours, theirs = socket.socketpair()
-        proc: subprocess.Popen[bytes] | None = None
-        try:
-            os.ftruncate(fd, ring_bytes)
-            self._map = mmap.mmap(fd, ring_bytes)
-            proc = start_child(theirs.fileno(), fd)
-            self._conn = Connection(ours.detach())
-            self._conn.send((ring_bytes, loan, verify))
-        except BaseException:
-            ours.close()
-            if proc is not None:
-                proc.kill()
-                proc.wait()
-            raise
-        finally:
-            theirs.close()
-            os.close(fd)
-        assert proc is not None
-        self._proc = proc
-        self._buf = memoryview(self._map)
+        self._child = ChildLink(ring_bytes, ("imagefolder", loan, verify))
+        self._conn, self._buf = self._child.conn, self._child.ring
         self._ring = Ring(ring_bytes)
         self._sent: collections.deque[list[tuple[StoredSample, str, str | None]]] = collections.deque()
         self._closed = False
@@ -160,7 +141,7 @@ class WriteProcess:
         try:
             self._conn.send(items)
         except OSError:
-            raise WriteProcessDied(self._died()) from None
+            raise WriteProcessDied(self._child.died()) from None
         self._sent.append(placed)
 
     def answers(self) -> Iterator[list[StoreError]]:
@@ -170,7 +151,7 @@ class WriteProcess:
             try:
                 results, archive_failure = self._conn.recv()
             except (EOFError, OSError):
-                raise WriteProcessDied(self._died()) from None
+                raise WriteProcessDied(self._child.died()) from None
             placed = self._sent.popleft()
             self._ring.free_batch()
             if archive_failure is not None and self.archive is not None:
@@ -209,7 +190,7 @@ class WriteProcess:
                 raise WriteProcessDied("the write process did not stop")
             offset, failure = self._conn.recv()
         except (EOFError, OSError):
-            raise WriteProcessDied(self._died()) from None
+            raise WriteProcessDied(self._child.died()) from None
         finally:
             self.shutdown()
         if self._lent and self.archive is not None:
@@ -218,20 +199,72 @@ class WriteProcess:
     def shutdown(self) -> None:
         """Stop the child whatever it is doing (a failed run); safe to call twice."""
         self._closed = True
-        self._conn.close()  # it stops at the end of its pipe
+        self._child.shutdown()
+
+    @property
+    def pid(self) -> int:
+        return self._child.pid
+
+
+class ChildLink:
+    """A write process and what links the parent to it: its socket and the ring both map. The
+    first message names the child's role and its settings (flowdc.write_child.main)."""
+
+    def __init__(self, ring_bytes: int, role: tuple[Any, ...]):
+        fd = os.memfd_create("flowdc-ring", os.MFD_CLOEXEC)
+        ours, theirs = socket.socketpair()
+        proc: subprocess.Popen[bytes] | None = None
+        try:
+            os.ftruncate(fd, ring_bytes)
+            self._map = mmap.mmap(fd, ring_bytes)
+            proc = start_child(theirs.fileno(), fd)
+            self.conn = Connection(ours.detach())
+            self.conn.send((ring_bytes, *role))
+        except BaseException:
+            ours.close()
+            if proc is not None:
+                proc.kill()
+                proc.wait()
+            raise
+        finally:
+            theirs.close()
+            os.close(fd)
+        assert proc is not None
+        self._proc = proc
+        self.ring = memoryview(self._map)
+
+    def ask(self, message: Any) -> Any:
+        """Send a request and wait for its answer (from a writer thread: the wait holds no GIL)."""
+        try:
+            self.conn.send(message)
+            return self.conn.recv()
+        except (EOFError, OSError):
+            raise WriteProcessDied(self.died()) from None
+
+    def tell(self, message: Any) -> None:
+        """Send what needs no answer."""
+        try:
+            self.conn.send(message)
+        except OSError:
+            raise WriteProcessDied(self.died()) from None
+
+    def shutdown(self) -> None:
+        """Stop the child whatever it is doing; safe to call twice."""
+        self.conn.close()  # it stops at the end of its pipe
         try:
             self._proc.wait(timeout=5.0)
         except subprocess.TimeoutExpired:
             self._proc.kill()
             self._proc.wait()
-        self._buf.release()
-        self._map.close()
+        if not self._map.closed:
+            self.ring.release()
+            self._map.close()
 
     @property
     def pid(self) -> int:
         return self._proc.pid
 
-    def _died(self) -> str:
+    def died(self) -> str:
         with contextlib.suppress(subprocess.TimeoutExpired):
             self._proc.wait(timeout=1.0)
         return (f"the write process stopped (exit code {self._proc.returncode}); what it stored is kept: "

@@ -27,6 +27,7 @@ class StoredSample:
     meta: dict[str, Any]
     refused: str | None = None  # set before the write when the body cannot be used (why, in one line)
     resizing: Future[Any] | None = None  # its resize, under way in the worker processes since it arrived
+    checked: bool = False  # the decode check passed already (in the write process)
 
 
 class SampleWriter(Protocol):

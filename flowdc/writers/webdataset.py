@@ -26,7 +26,7 @@ import threading
 import time
 from collections.abc import Callable
 from contextlib import ExitStack, suppress
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -34,10 +34,14 @@ import pyarrow.parquet as pq
 from flowdc.ledger import Ledger, Record
 from flowdc.samplemeta import ShardStats, sample_meta
 from flowdc.storage import Destination
+from flowdc.write_process import WriteProcessDied
 from flowdc.writers.base import StoredSample, StoreError
 from flowdc.writers.shardnames import ShardNames
 from flowdc.writers.shardresume import RecordedPrefix, recorded_in_shards, recorded_prefix, retraction
 from flowdc.writers.tarstream import TarStream
+
+if TYPE_CHECKING:
+    from flowdc.shard_process import RemoteTar, ShardProcess
 
 _SAMPLE_ENCODER = json.JSONEncoder(default=str)  # built once: it is per sample
 SYNC_SECONDS = 0.5  # an appended shard's new samples reach the file and the ledger this often (as the journal)
@@ -77,7 +81,8 @@ class WebDatasetWriter:
         self.next_shard = 0
         self._shard: int | None = None
         self._stack: ExitStack | None = None  # holds the open shard file until commit or abort
-        self._tar: TarStream | None = None  # the open shard's archive
+        self._tar: TarStream | RemoteTar | None = None  # the open shard's archive
+        self.process: ShardProcess | None = None  # writes the members once use_process() handed it over
         self._file: Any = None  # the open shard's file
         self._records: list[Record] = []
         self._metas: list[dict[str, Any]] = []
@@ -182,6 +187,8 @@ class WebDatasetWriter:
                 error, self._poll_error = self._poll_error, None
                 raise error
             self._append(sample)
+        except WriteProcessDied:
+            raise  # as a kill would: the open shard stays for the rerun to cut back and append to
         except Exception as exc:
             lost = [*self._records] if sample.record in self._records else [*self._records, sample.record]
             self.abort()
@@ -244,6 +251,8 @@ class WebDatasetWriter:
                     error, self._poll_error = self._poll_error, None
                     raise error
                 self._commit_shard()
+            except WriteProcessDied:
+                raise
             except Exception as exc:
                 lost = self._records
                 self.abort()
@@ -268,10 +277,14 @@ class WebDatasetWriter:
         self._reset()
 
     def _take_back(self) -> None:
+        """The open shard's samples the ledger has as ok are not stored after all (once per shard:
+        a failed commit takes them back before abort() does)."""
         unsynced = {id(r) for r in self._unsynced}
         synced = [r for r in self._records if id(r) not in unsynced]
         self.ledger.supersede([retraction(r, "store_lost") for r in [*self._carried, *synced]])
-        self._carried, self._unsynced = [], []
+        # Every record is now as if never synced: a second call must not take back a row whose final
+        # failure (after too many tries) is recorded meanwhile.
+        self._carried, self._unsynced = [], list(self._records)
 
     def _open_shard(self) -> None:
         self._stack = ExitStack()
@@ -283,7 +296,7 @@ class WebDatasetWriter:
             self._file.truncate(prefix.end)
             self._file.seek(prefix.end)
             self._metas = list(prefix.metas)
-            self._tar = TarStream(self._file, offset=prefix.end)
+            self._tar = self._shard_stream(prefix.end)
             return
         self._shard = self.next_shard
         self.next_shard += 1
@@ -292,7 +305,26 @@ class WebDatasetWriter:
             self._file = self._stack.enter_context(open(self.dest.path(self.names.open(self._shard)), "wb"))  # noqa: SIM115
         else:
             self._file = self._stack.enter_context(self.dest.open_atomic(self.names.name(self._shard, "tar")))
-        self._tar = TarStream(self._file)
+        self._tar = self._shard_stream(0)
+
+    def use_process(self, process: ShardProcess) -> None:
+        """From now on the write process writes the members (an appended shard only: a staged one
+        is the store's file object). The open shard is handed over where it stands."""
+        assert self.append
+        self.process = process
+        if self._tar is not None:
+            self._tar.flush()
+            self._file.flush()
+            self._tar = self._shard_stream(self._tar.offset)
+
+    def _shard_stream(self, offset: int) -> TarStream | RemoteTar:
+        """The open shard's archive from `offset` on: written here, or by the write process."""
+        if self.process is None:
+            return TarStream(self._file, offset=offset)
+        assert self._stack is not None and self._shard is not None
+        tar = self.process.open_tar(self.dest.path(self.names.open(self._shard)), offset)
+        self._stack.callback(self.process.drop)  # an aborted shard: the child lets go of its file
+        return tar
 
     def _commit_shard(self) -> None:
         assert self._tar is not None and self._stack is not None and self._shard is not None

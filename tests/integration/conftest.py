@@ -20,9 +20,12 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from aiohttp import web
 
+from flowdc import write_process
 from flowdc.config import DownloadConfig
 from flowdc.download import run_download
 from flowdc.ledger import Ledger
@@ -110,6 +113,23 @@ def requested_urls(farm: FakeHostFarm) -> dict[str, int]:
     return counts
 
 
+def mixed_images_manifest(tmp_path: Path, farm: FakeHostFarm, rows: int) -> Path:
+    """Rows over both hosts and two labels: JPEG and PNG (read by flowdc's header walk), WebP and
+    GIF (Pillow, in the child), a JPEG header over noise (refused), and one body larger than the
+    ring, so it goes through the pipe."""
+    urls, labels = [], []
+    kinds = ("fmt=jpeg", "fmt=png", "fmt=webp", "fmt=gif", "size=9000")
+    for i in range(rows):
+        urls.append(farm.url(i % 2, f"/wp/{i}.img?{kinds[i % len(kinds)]}&w={20 + i % 7}&h={10 + i % 5}"))
+        labels.append(("cat", "dog")[i % 2])
+    urls.append(farm.url(0, "/wp/bad.jpg?body=badheader"))
+    urls.append(farm.url(1, "/wp/large.png?size=300000"))
+    labels += ["cat", "dog"]
+    path = tmp_path / "m.parquet"
+    pq.write_table(pa.table({"url": urls, "label": labels}), path)
+    return path
+
+
 def tar_samples(out: Path) -> dict[str, dict[str, bytes]]:
     """Every sample of every NNNNNN.tar shard, read with tarfile: key -> {ext: bytes}.
 
@@ -126,6 +146,20 @@ def tar_samples(out: Path) -> dict[str, dict[str, bytes]]:
                 assert ext not in parts, f"duplicate member {member.name} (in {shard.name})"
                 parts[ext] = fh.read()
     return samples
+
+
+@pytest.fixture
+def write_children(monkeypatch: pytest.MonkeyPatch) -> list[write_process.ChildLink]:
+    """Every write process started, in either role (the run decides; this only keeps them)."""
+    started: list[write_process.ChildLink] = []
+    real_init = write_process.ChildLink.__init__
+
+    def counting_init(self: write_process.ChildLink, *args: Any, **kwargs: Any) -> None:
+        real_init(self, *args, **kwargs)
+        started.append(self)
+
+    monkeypatch.setattr(write_process.ChildLink, "__init__", counting_init)
+    return started
 
 
 @pytest.fixture

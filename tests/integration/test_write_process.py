@@ -15,7 +15,6 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -23,26 +22,9 @@ import pytest
 
 from flowdc import write_process
 from flowdc.testing.fakehosts import FakeHostFarm, HostSpec
-from tests.integration.conftest import download, latest, sha256, subprocess_env, temporaries
+from tests.integration.conftest import download, latest, mixed_images_manifest, sha256, subprocess_env, temporaries
 
 COMPARED = ("status", "reason", "retryable", "path", "sha256", "width", "height", "image_format", "bytes")
-
-
-def _manifest(tmp_path: Path, farm: FakeHostFarm, rows: int) -> Path:
-    """Rows over both hosts and two labels: JPEG and PNG (read by flowdc's header walk), WebP and
-    GIF (Pillow, in the child), a JPEG header over noise (refused), and one body larger than the
-    ring, so it goes through the pipe."""
-    urls, labels = [], []
-    kinds = ("fmt=jpeg", "fmt=png", "fmt=webp", "fmt=gif", "size=9000")
-    for i in range(rows):
-        urls.append(farm.url(i % 2, f"/wp/{i}.img?{kinds[i % len(kinds)]}&w={20 + i % 7}&h={10 + i % 5}"))
-        labels.append(("cat", "dog")[i % 2])
-    urls.append(farm.url(0, "/wp/bad.jpg?body=badheader"))
-    urls.append(farm.url(1, "/wp/large.png?size=300000"))
-    labels += ["cat", "dog"]
-    path = tmp_path / "m.parquet"
-    pq.write_table(pa.table({"url": urls, "label": labels}), path)
-    return path
 
 
 def _archive(out: Path) -> dict[str, bytes]:
@@ -50,34 +32,20 @@ def _archive(out: Path) -> dict[str, bytes]:
         return {m.name: tar.extractfile(m).read() for m in tar if m.isfile()}  # type: ignore[union-attr]
 
 
-@pytest.fixture
-def counted_lanes(monkeypatch: pytest.MonkeyPatch) -> list[write_process.WriteProcess]:
-    """Every write process started (the run itself decides; this only keeps them)."""
-    started: list[write_process.WriteProcess] = []
-    real_init = write_process.WriteProcess.__init__
-
-    def counting_init(self: write_process.WriteProcess, *args: Any, **kwargs: Any) -> None:
-        real_init(self, *args, **kwargs)
-        started.append(self)
-
-    monkeypatch.setattr(write_process.WriteProcess, "__init__", counting_init)
-    return started
-
-
 def test_the_write_process_stores_what_the_event_loop_stores(
         tmp_path: Path, two_hosts: FakeHostFarm, monkeypatch: pytest.MonkeyPatch,
-        counted_lanes: list[write_process.WriteProcess]) -> None:
-    manifest = _manifest(tmp_path, two_hosts, 60)
+        write_children: list[write_process.ChildLink]) -> None:
+    manifest = mixed_images_manifest(tmp_path, two_hosts, 60)
     monkeypatch.setattr(write_process, "START_AFTER", 10**9)
     on_loop = tmp_path / "on_loop"
     download(manifest, on_loop, label="label", create_tar=True)
-    assert counted_lanes == []
+    assert write_children == []
 
     monkeypatch.setattr(write_process, "START_AFTER", 5)  # the manifest's 62 rows are a "long" run
     monkeypatch.setattr(write_process, "RING_BYTES", 64 * 1024)  # the 300-KB body cannot fit
     in_child = tmp_path / "in_child"
     download(manifest, in_child, label="label", create_tar=True)
-    assert len(counted_lanes) == 1
+    assert len(write_children) == 1
 
     loop_recs, child_recs = latest(on_loop), latest(in_child)
     assert [{k: r[k] for k in COMPARED} for r in child_recs] == [{k: r[k] for k in COMPARED} for r in loop_recs]
@@ -146,7 +114,7 @@ def test_files_and_an_archive_the_write_process_cannot_write(tmp_path: Path, two
 
 def test_a_killed_write_process_fails_the_run_and_a_rerun_loses_nothing(
         tmp_path: Path, farm_factory: Callable[[Sequence[HostSpec]], FakeHostFarm],
-        monkeypatch: pytest.MonkeyPatch, counted_lanes: list[write_process.WriteProcess]) -> None:
+        monkeypatch: pytest.MonkeyPatch, write_children: list[write_process.ChildLink]) -> None:
     farm = farm_factory([HostSpec("127.0.0.2", latency_s=0.02), HostSpec("127.0.0.3", latency_s=0.02)])
     urls = [farm.url(i % 2, f"/kill/{i}.png?size=3000") for i in range(1500)]
     manifest = tmp_path / "m.parquet"
@@ -157,8 +125,8 @@ def test_a_killed_write_process_fails_the_run_and_a_rerun_loses_nothing(
     def kill_the_write_process_once_it_wrote() -> None:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
-            if counted_lanes and out.exists() and len(list(out.glob("*.png"))) >= 200:
-                os.kill(counted_lanes[0].pid, signal.SIGKILL)
+            if write_children and out.exists() and len(list(out.glob("*.png"))) >= 200:
+                os.kill(write_children[0].pid, signal.SIGKILL)
                 return
             time.sleep(0.01)
 
@@ -181,7 +149,7 @@ def test_a_killed_write_process_fails_the_run_and_a_rerun_loses_nothing(
 
 def test_a_run_of_unknown_length_hands_over_mid_run_and_the_archive_goes_on_where_the_loop_left_it(
         tmp_path: Path, two_hosts: FakeHostFarm, monkeypatch: pytest.MonkeyPatch,
-        counted_lanes: list[write_process.WriteProcess]) -> None:
+        write_children: list[write_process.ChildLink]) -> None:
     """A CSV manifest has no row count to tell a long run by: the first samples are written on the
     loop (their archive members too), then the write process takes over the same archive stream."""
     urls = [two_hosts.url(i % 2, f"/csv/{i}.png?size={2000 + 37 * i}") for i in range(400)]
@@ -190,7 +158,7 @@ def test_a_run_of_unknown_length_hands_over_mid_run_and_the_archive_goes_on_wher
     monkeypatch.setattr(write_process, "START_AFTER", 100)
     out = tmp_path / "out"
     download(manifest, out, create_tar=True)
-    assert len(counted_lanes) == 1
+    assert len(write_children) == 1
     recs = latest(out)
     assert [r["status"] for r in recs] == ["ok"] * 400
     archive = _archive(out)
@@ -212,7 +180,7 @@ _GIVE_UP_MID_BATCH = textwrap.dedent("""
                for i in range(400)])
     time.sleep(0.05)  # the child is in the middle of the batch
     lane.shutdown()
-    print(lane._proc.returncode)
+    print(lane._child._proc.returncode)
 """)
 
 

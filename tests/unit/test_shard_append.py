@@ -169,6 +169,29 @@ def test_a_failure_in_poll_reaches_the_next_write_with_the_samples_to_fetch_agai
     assert not list(out.glob("*.tar")) and ok_rows(out) == []
 
 
+def test_a_failed_commit_takes_back_only_what_the_ledger_had_as_ok(tmp_path: Path) -> None:
+    """The commit's last sync fails: the commit takes the synced samples back, and the write's
+    abort then must not take back the rest. (It did: a row never recorded as ok got a "store_lost"
+    record stamped after its final failure, which then hid the failure's reason.)"""
+    out = tmp_path / "out"
+    w = writer(out, per_shard=4)
+    for row in range(2):
+        w.write(sample(row))
+    w._sync()  # rows 0 and 1 are in the ledger as ok; 2 and 3 are not
+
+    def refuse(*_args: object) -> None:
+        raise OSError("disk gone")
+
+    w.write(sample(2))
+    w._tar.flush = refuse  # type: ignore[method-assign,union-attr]
+    with pytest.raises(StoreError) as caught:
+        w.write(sample(3))  # fills the shard: its commit fails
+    assert sorted(r.row for r in caught.value.records) == [0, 1, 2, 3]
+    w.ledger.flush()
+    taken_back = [r["row"] for r in Ledger(Destination(str(out))).read().to_pylist() if r["reason"] == "store_lost"]
+    assert sorted(taken_back) == [0, 1]
+
+
 def test_shard_parquet_rows_of_differing_keys() -> None:
     """A failed row lacks the manifest's columns: the table takes the union, in order of first
     appearance, and a row without a key holds null there."""

@@ -1,0 +1,188 @@
+"""The write process in its shard role (flowdc/shard_process.py): a long local webdataset run's
+digests, decode checks and tar members are done in a child process. Its shards must hold exactly
+what the writer thread's hold, a failed write must be the writer's usual per-shard failure, and a
+killed child loses nothing that was recorded."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from flowdc import write_process
+from flowdc.testing.fakehosts import FakeHostFarm, HostSpec
+from tests.integration.conftest import (
+    download,
+    latest,
+    mixed_images_manifest,
+    requested_urls,
+    sha256,
+    subprocess_env,
+    tar_samples,
+    temporaries,
+)
+
+COMPARED = ("status", "reason", "retryable", "sha256", "width", "height", "image_format", "bytes")
+
+
+def _member(rec: dict) -> str:
+    return rec["path"].split(":", 1)[1] if rec["path"] else ""
+
+
+def _parquet_rows(out: Path) -> list[dict]:
+    rows = [row for shard in sorted(out.glob("*.parquet")) for row in pq.read_table(shard).to_pylist()]
+    return sorted(rows, key=lambda row: row["row"])
+
+
+def _leftovers(out: Path) -> list[str]:
+    return sorted(p.name for p in out.iterdir() if p.name.endswith(".open")) + [str(p) for p in temporaries(out)]
+
+
+def test_the_write_process_writes_the_shards_the_writer_thread_writes(
+        tmp_path: Path, two_hosts: FakeHostFarm, monkeypatch: pytest.MonkeyPatch,
+        write_children: list[write_process.ChildLink]) -> None:
+    manifest = mixed_images_manifest(tmp_path, two_hosts, 60)
+    options = {"label": "label", "output_format": "webdataset", "samples_per_shard": 16}
+    monkeypatch.setattr(write_process, "START_AFTER", 10**9)
+    in_thread = tmp_path / "in_thread"
+    download(manifest, in_thread, **options)
+    assert write_children == []
+
+    monkeypatch.setattr(write_process, "START_AFTER", 5)  # the manifest's 62 rows are a "long" run
+    monkeypatch.setattr(write_process, "RING_BYTES", 64 * 1024)  # the 300-KB body goes through the pipe
+    in_child = tmp_path / "in_child"
+    download(manifest, in_child, **options)
+    assert len(write_children) == 1
+
+    thread_recs, child_recs = latest(in_thread), latest(in_child)
+    assert [{k: r[k] for k in COMPARED} | {"member": _member(r)} for r in child_recs] == [
+        {k: r[k] for k in COMPARED} | {"member": _member(r)} for r in thread_recs]
+    assert [r["status"] for r in child_recs].count("ok") == 61 and child_recs[60]["reason"] == "not_decodable"
+    assert {r["image_format"] for r in child_recs if r["status"] == "ok"} == {"JPEG", "PNG", "WEBP", "GIF"}
+    samples = tar_samples(in_child)
+    assert samples == tar_samples(in_thread)  # the same members, bytes and .json in both
+    assert len(samples) == 61 and len(list(in_child.glob("*.tar"))) == 4
+    for rec in child_recs:
+        if rec["status"] == "ok":
+            parts = samples[rec["key"]]
+            assert sha256(parts[_member(rec).split(".", 1)[1]]) == rec["sha256"]
+            assert json.loads(parts["json"])["sha256"] == rec["sha256"]
+    assert _parquet_rows(in_child) == _parquet_rows(in_thread)
+    assert _leftovers(in_child) == []
+
+
+def test_a_run_of_unknown_length_hands_its_open_shard_over_mid_run(
+        tmp_path: Path, two_hosts: FakeHostFarm, monkeypatch: pytest.MonkeyPatch,
+        write_children: list[write_process.ChildLink]) -> None:
+    """A CSV manifest has no row count to tell a long run by: the first samples go into the shard
+    from the writer thread, then the write process appends to the same open shard."""
+    urls = [two_hosts.url(i % 2, f"/csv/{i}.png?size={2000 + 37 * i}") for i in range(400)]
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("url\n" + "\n".join(urls) + "\n")
+    monkeypatch.setattr(write_process, "START_AFTER", 100)
+    out = tmp_path / "out"
+    download(manifest, out, output_format="webdataset", samples_per_shard=1000)
+    assert len(write_children) == 1
+    recs = latest(out)
+    assert [r["status"] for r in recs] == ["ok"] * 400
+    assert [p.name for p in out.glob("*.tar")] == ["000000.tar"]
+    samples = tar_samples(out)
+    assert {key: sha256(parts["png"]) for key, parts in samples.items()} == {r["key"]: r["sha256"] for r in recs}
+    assert _leftovers(out) == []
+
+
+def test_a_killed_write_process_fails_the_run_and_a_rerun_loses_nothing(
+        tmp_path: Path, farm_factory: Callable[[Sequence[HostSpec]], FakeHostFarm],
+        monkeypatch: pytest.MonkeyPatch, write_children: list[write_process.ChildLink]) -> None:
+    farm = farm_factory([HostSpec("127.0.0.2", latency_s=0.02), HostSpec("127.0.0.3", latency_s=0.02)])
+    urls = [farm.url(i % 2, f"/kill/{i}.png?size=3000") for i in range(1500)]
+    manifest = tmp_path / "m.parquet"
+    pq.write_table(pa.table({"url": urls}), manifest)
+    monkeypatch.setattr(write_process, "START_AFTER", 1)
+    out = tmp_path / "out"
+    options = {"output_format": "webdataset", "samples_per_shard": 300, "concurrent_downloads": 64}
+
+    def kill_the_write_process_once_a_shard_is_in() -> None:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if write_children and out.exists() and list(out.glob("0*.tar")):
+                os.kill(write_children[0].pid, signal.SIGKILL)
+                return
+            time.sleep(0.01)
+
+    killer = threading.Thread(target=kill_the_write_process_once_a_shard_is_in)
+    killer.start()
+    with pytest.raises(write_process.WriteProcessDied, match="exit code -9"):
+        download(manifest, out, **options)
+    killer.join()
+    first = {r["row"]: r for r in latest(out) if r["status"] == "ok"}
+    assert 300 <= len(first) < 1500  # the committed shard, and what the open one had synced
+
+    download(manifest, out, **options)
+    recs = latest(out)
+    assert [r["status"] for r in recs] == ["ok"] * 1500
+    assert all(recs[row]["sha256"] == rec["sha256"] for row, rec in first.items())
+    samples = tar_samples(out)  # fails on a member stored twice
+    assert {key: sha256(parts["png"]) for key, parts in samples.items()} == {r["key"]: r["sha256"] for r in recs}
+    assert sum(requested_urls(farm).values()) < 3000 - len(first) + 1  # what was recorded was not fetched again
+    assert _leftovers(out) == []
+
+
+# As in test_write_process.py: the child starts under a 1-MB file size limit, with SIGXFSZ ignored,
+# so its writes past 1 MB of a shard fail for real (EFBIG), as on a full disk.
+_CHILD_UNDER_A_SIZE_LIMIT = textwrap.dedent("""
+    import resource, signal, sys
+    from flowdc import write_process
+    from flowdc.config import DownloadConfig
+    from flowdc.download import run_download
+
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    real_start = write_process.start_child
+
+    def start_limited(*args):
+        resource.setrlimit(resource.RLIMIT_FSIZE, (1_000_000, resource.RLIM_INFINITY))
+        try:
+            return real_start(*args)
+        finally:
+            resource.setrlimit(resource.RLIMIT_FSIZE, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+
+    write_process.start_child = start_limited
+    write_process.START_AFTER = 1
+    cfg = DownloadConfig(input=sys.argv[1], output=sys.argv[2], timeout=5.0, retry_backoff_sec=0.01,
+                         quiet=True, output_format="webdataset", samples_per_shard=4)
+    cfg.check()
+    run_download(cfg)
+""")
+
+
+def test_a_shard_the_write_process_cannot_write(tmp_path: Path, two_hosts: FakeHostFarm) -> None:
+    """A shard past the child's file size limit is lost as a whole, as when the writer thread's
+    write fails: its samples are fetched again, and the body that cannot fit ends failed
+    (retryable, for the next run). Every sample recorded as ok is in a committed shard."""
+    urls = [two_hosts.url(i % 2, f"/lim/{i}.png?size=60000") for i in range(40)]
+    urls.append(two_hosts.url(0, "/lim/huge.png?size=1500000"))
+    manifest = tmp_path / "m.parquet"
+    pq.write_table(pa.table({"url": urls}), manifest)
+    out = tmp_path / "out"
+    done = subprocess.run([sys.executable, "-c", _CHILD_UNDER_A_SIZE_LIMIT, str(manifest), str(out)],
+                          capture_output=True, text=True, timeout=180, env=subprocess_env())
+    assert done.returncode == 0, done.stderr
+    recs = latest(out)
+    assert (recs[40]["status"], recs[40]["reason"], recs[40]["retryable"]) == ("failed", "store_error:OSError", True)
+    ok = [r for r in recs if r["status"] == "ok"]
+    assert len(ok) >= 30  # only the samples that shared a shard with it too often failed
+    assert all((r["status"], r["reason"]) == ("failed", "store_error:OSError") for r in recs if r["status"] != "ok")
+    samples = tar_samples(out)
+    assert {key: sha256(parts["png"]) for key, parts in samples.items()} == {r["key"]: r["sha256"] for r in ok}
+    assert _leftovers(out) == []
