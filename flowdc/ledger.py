@@ -40,6 +40,7 @@ from flowdc.storage import Destination
 LEDGER_DIR = "_flowdc/ledger"
 JOURNAL_EXT = ".journal"
 JOURNAL_SECONDS = 0.5  # how often pending records reach the journal: the bound on what a kill -9 loses
+JOURNAL_BUFFER_BYTES = 1 << 20  # a sync's records, written out at once
 SCHEMA = pa.schema(
     [
         ("row", pa.int64()),
@@ -181,7 +182,7 @@ class Ledger:
         self._io_lock = threading.Lock()  # one writer of journal and parts at a time, in add() order
         self._last_flush = time.monotonic()
         self._last_journal = time.monotonic()
-        self._journal_file: Any = None  # the open journal: (file, ipc writer)
+        self._journal_file: Any = None  # the open journal: (file, its buffer, ipc writer)
         self._journals: list[str] = []  # journal files whose records the next part takes over
         self._journaled: list[pa.Table] = []  # what the open journal holds, for the compacted part
         # Random part too: two runs in one process within a second must not reuse part names.
@@ -268,20 +269,24 @@ class Ledger:
             name = f"{self._run}-{self._seq:06d}-j{len(self._journals)}{JOURNAL_EXT}"
             path = self.dest.path(f"{LEDGER_DIR}/{name}")
             os.makedirs(os.path.dirname(path), exist_ok=True)
-            fh = open(path, "wb")  # noqa: SIM115 - kept open across calls, closed in _close_journal
+            # Arrow's own file and buffer: with a Python file object each of a batch's ~30 buffers
+            # was a call back into Python and a system call, each one a hand-over of the GIL to
+            # the event loop and back (the webdataset writer syncs from its thread).
+            raw = pa.OSFile(path, "wb")
+            sink = pa.BufferedOutputStream(raw, JOURNAL_BUFFER_BYTES)
             self._journals.append(name)
-            self._journal_file = (fh, ipc.new_stream(fh, SCHEMA))
-        fh, writer = self._journal_file
+            self._journal_file = (raw, sink, ipc.new_stream(sink, SCHEMA))
+        raw, sink, writer = self._journal_file
         writer.write_table(table)
-        fh.flush()
-        os.fsync(fh.fileno())
+        sink.flush()
+        os.fsync(raw.fileno())
         self._journaled.append(table)
 
     def _close_journal(self) -> None:
         journal, self._journal_file = self._journal_file, None
         if journal is not None:
             with contextlib.suppress(Exception):
-                journal[0].close()  # no end-of-stream mark needed: a reader stops at the file's end
+                journal[1].close()  # no end-of-stream mark needed: a reader stops at the file's end
 
     def compact_journals(self) -> int:
         """Turn the journals of earlier (killed) runs into parts of the same name; returns how many."""

@@ -19,7 +19,8 @@ Written = tuple[int | None, str | None]
 
 
 def serve_shards(conn: Connection, ring: memoryview, verify: str) -> None:
-    """Answer "check", "flush" and "finish"; "open", "add" and "drop" need no answer. Stops when
+    """Answer "check" (which brings the members appended since the last message), "flush" and
+    "finish"; "open", "add" and "drop" need no answer. Stops when
     told (None) or when its pipe closes. Nothing is sent unasked, so the parent, which waits for
     each answer before it sends again, and this process can never both block on a send."""
     shard = _OpenShard()
@@ -27,12 +28,12 @@ def serve_shards(conn: Connection, ring: memoryview, verify: str) -> None:
     try:
         while (message := conn.recv()) is not None:
             kind = message[0]
-            if kind == "check":
+            if kind == "check":  # the last batch's members first: their bodies are the last checked
+                _add(shard, message[2], bodies)
                 bodies = [ring[at:at + n] if at >= 0 else n for at, n in message[1]]
                 conn.send([check_body(body, verify) for body in bodies])
             elif kind == "add":
-                for name, data, mtime in message[1]:
-                    shard.add(name, bodies[data] if isinstance(data, int) else data, mtime)
+                _add(shard, message[1], bodies)
             elif kind == "open":
                 shard.open(message[1], message[2])
             elif kind == "flush":
@@ -45,6 +46,11 @@ def serve_shards(conn: Connection, ring: memoryview, verify: str) -> None:
         pass  # the parent is gone or gave up on us: nobody to answer
     finally:
         shard.close()
+
+
+def _add(shard: _OpenShard, members: list[tuple[str, MemberData, int]], bodies: list[Any]) -> None:
+    for name, data, mtime in members:
+        shard.add(name, bodies[data] if isinstance(data, int) else data, mtime)
 
 
 class _OpenShard:

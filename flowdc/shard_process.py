@@ -9,7 +9,7 @@ ledger) and waits on the child, which costs it no GIL, while the child does the 
 
 How, per batch: the bodies are copied into one half of the ring, and the child checks them; the
 members the writer then appends are sent as references to those bodies (the .json bytes as they
-are) just before the next batch's check, or at a flush. The halves alternate, so a batch's bodies
+are) with the next batch's check, or at a flush. The halves alternate, so a batch's bodies
 stay in place until the child wrote them: its answer to the next check says it did. The durability
 rules stay the writer's (docs/resume.md): the child writes out at each flush, and the writer hands
 the records to the ledger only after the child said the flush went through.
@@ -90,8 +90,9 @@ class ShardProcess:
                 used += n
             else:  # no room: the body goes through the pipe
                 items.append((-1, sample.body))
-        self._send_unsent()  # the last batch's members, whose bodies the other half still holds
-        results = self._child.ask(("check", items))
+        # With the last batch's members (whose bodies the other half still holds): one message.
+        unsent, self._unsent = self._unsent, []
+        results = self._child.ask(("check", items, unsent))
         self._side ^= 1
         self._checked = {id(sample.body): (i, sample.body) for i, sample in enumerate(samples)}
         for sample, result in zip(samples, results, strict=True):
