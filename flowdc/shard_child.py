@@ -6,6 +6,7 @@ when to write out (flush) and when to end the archive (finish)."""
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -71,30 +72,25 @@ class _OpenShard:
             self._fail(exc)
 
     def add(self, name: str, data: Any, mtime: int) -> None:
-        if self._tar is None:
-            return
-        try:
-            self._tar.add(name, data, mtime)
-        except OSError as exc:
-            self._fail(exc)
+        self._write(lambda tar: tar.add(name, data, mtime))
 
     def flush(self) -> Written:
-        if self._tar is not None:
-            try:
-                self._tar.flush()
-            except OSError as exc:
-                self._fail(exc)
+        self._write(TarStream.flush)
         return self._answer()
 
     def finish(self) -> Written:
-        if self._tar is not None:
-            try:
-                self._tar.finish()
-            except OSError as exc:
-                self._fail(exc)
+        self._write(TarStream.finish)
         answer = self._answer()
         self.close()
         return answer
+
+    def _write(self, step: Callable[[TarStream], None]) -> None:
+        if self._tar is None:  # not open, or failed already
+            return
+        try:
+            step(self._tar)
+        except OSError as exc:
+            self._fail(exc)
 
     def close(self) -> None:
         """Let go of the file as it stands (what TarStream still buffers is dropped)."""

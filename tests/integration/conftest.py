@@ -11,11 +11,14 @@ import contextlib
 import hashlib
 import os
 import random
+import signal
 import socket
 import subprocess
 import sys
 import tarfile
+import textwrap
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -128,6 +131,66 @@ def mixed_images_manifest(tmp_path: Path, farm: FakeHostFarm, rows: int) -> Path
     path = tmp_path / "m.parquet"
     pq.write_table(pa.table({"url": urls, "label": labels}), path)
     return path
+
+
+def run_with_a_killed_write_process(
+        tmp_path: Path, farm_factory: Callable[[Sequence[HostSpec]], FakeHostFarm],
+        children: list[write_process.ChildLink], ready: Callable[[Path], bool], **options: Any,
+) -> tuple[FakeHostFarm, Path, Path, dict[int, dict[str, Any]]]:
+    """A run of 1,500 3-KB PNGs from two hosts of 20 ms latency whose write process is SIGKILLed
+    once `ready(out)` holds: it must fail with WriteProcessDied. Returns the farm, the manifest,
+    the output and the rows it recorded as ok, by row."""
+    farm = farm_factory([HostSpec("127.0.0.2", latency_s=0.02), HostSpec("127.0.0.3", latency_s=0.02)])
+    manifest, out = tmp_path / "m.parquet", tmp_path / "out"
+    pq.write_table(pa.table({"url": [farm.url(i % 2, f"/kill/{i}.png?size=3000") for i in range(1500)]}), manifest)
+
+    def kill_when_ready() -> None:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if children and out.exists() and ready(out):
+                os.kill(children[0].pid, signal.SIGKILL)
+                return
+            time.sleep(0.01)
+
+    killer = threading.Thread(target=kill_when_ready)
+    killer.start()
+    try:
+        with pytest.raises(write_process.WriteProcessDied, match="exit code -9"):
+            download(manifest, out, **options)
+    finally:
+        killer.join()
+    return farm, manifest, out, {r["row"]: r for r in latest(out) if r["status"] == "ok"}
+
+
+def size_limited_write_process_script(**config: Any) -> str:
+    """A script that downloads argv[1] into argv[2] with `config` and its write process started at
+    once under a 1-MB file size limit. The parent lowers the limit only while it starts the child
+    (which keeps it) and ignores SIGXFSZ, so the child's writes past 1 MB fail for real (EFBIG), as
+    on a full disk."""
+    options = ", ".join(f"{name}={value!r}" for name, value in config.items())
+    return textwrap.dedent(f"""
+        import resource, signal, sys
+        from flowdc import write_process
+        from flowdc.config import DownloadConfig
+        from flowdc.download import run_download
+
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        real_start = write_process.start_child
+
+        def start_limited(*args):
+            resource.setrlimit(resource.RLIMIT_FSIZE, (1_000_000, resource.RLIM_INFINITY))
+            try:
+                return real_start(*args)
+            finally:
+                resource.setrlimit(resource.RLIMIT_FSIZE, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+
+        write_process.start_child = start_limited
+        write_process.START_AFTER = 1
+        cfg = DownloadConfig(input=sys.argv[1], output=sys.argv[2], timeout=5.0, retry_backoff_sec=0.01,
+                             quiet=True, {options})
+        cfg.check()
+        run_download(cfg)
+    """)
 
 
 def tar_samples(out: Path) -> dict[str, dict[str, bytes]]:

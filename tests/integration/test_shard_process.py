@@ -5,13 +5,11 @@ killed child loses nothing that was recorded."""
 
 from __future__ import annotations
 
+import contextlib
 import json
-import os
 import signal
 import subprocess
 import sys
-import textwrap
-import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -27,7 +25,9 @@ from tests.integration.conftest import (
     latest,
     mixed_images_manifest,
     requested_urls,
+    run_with_a_killed_write_process,
     sha256,
+    size_limited_write_process_script,
     subprocess_env,
     tar_samples,
     temporaries,
@@ -105,28 +105,10 @@ def test_a_run_of_unknown_length_hands_its_open_shard_over_mid_run(
 def test_a_killed_write_process_fails_the_run_and_a_rerun_loses_nothing(
         tmp_path: Path, farm_factory: Callable[[Sequence[HostSpec]], FakeHostFarm],
         monkeypatch: pytest.MonkeyPatch, write_children: list[write_process.ChildLink]) -> None:
-    farm = farm_factory([HostSpec("127.0.0.2", latency_s=0.02), HostSpec("127.0.0.3", latency_s=0.02)])
-    urls = [farm.url(i % 2, f"/kill/{i}.png?size=3000") for i in range(1500)]
-    manifest = tmp_path / "m.parquet"
-    pq.write_table(pa.table({"url": urls}), manifest)
     monkeypatch.setattr(write_process, "START_AFTER", 1)
-    out = tmp_path / "out"
     options = {"output_format": "webdataset", "samples_per_shard": 300, "concurrent_downloads": 64}
-
-    def kill_the_write_process_once_a_shard_is_in() -> None:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if write_children and out.exists() and list(out.glob("0*.tar")):
-                os.kill(write_children[0].pid, signal.SIGKILL)
-                return
-            time.sleep(0.01)
-
-    killer = threading.Thread(target=kill_the_write_process_once_a_shard_is_in)
-    killer.start()
-    with pytest.raises(write_process.WriteProcessDied, match="exit code -9"):
-        download(manifest, out, **options)
-    killer.join()
-    first = {r["row"]: r for r in latest(out) if r["status"] == "ok"}
+    farm, manifest, out, first = run_with_a_killed_write_process(
+        tmp_path, farm_factory, write_children, lambda out: bool(list(out.glob("0*.tar"))), **options)
     assert 300 <= len(first) < 1500  # the committed shard, and what the open one had synced
 
     download(manifest, out, **options)
@@ -139,33 +121,6 @@ def test_a_killed_write_process_fails_the_run_and_a_rerun_loses_nothing(
     assert _leftovers(out) == []
 
 
-# As in test_write_process.py: the child starts under a 1-MB file size limit, with SIGXFSZ ignored,
-# so its writes past 1 MB of a shard fail for real (EFBIG), as on a full disk.
-_CHILD_UNDER_A_SIZE_LIMIT = textwrap.dedent("""
-    import resource, signal, sys
-    from flowdc import write_process
-    from flowdc.config import DownloadConfig
-    from flowdc.download import run_download
-
-    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-    real_start = write_process.start_child
-
-    def start_limited(*args):
-        resource.setrlimit(resource.RLIMIT_FSIZE, (1_000_000, resource.RLIM_INFINITY))
-        try:
-            return real_start(*args)
-        finally:
-            resource.setrlimit(resource.RLIMIT_FSIZE, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
-
-    write_process.start_child = start_limited
-    write_process.START_AFTER = 1
-    cfg = DownloadConfig(input=sys.argv[1], output=sys.argv[2], timeout=5.0, retry_backoff_sec=0.01,
-                         quiet=True, output_format="webdataset", samples_per_shard=4)
-    cfg.check()
-    run_download(cfg)
-""")
-
-
 def test_a_shard_the_write_process_cannot_write(tmp_path: Path, two_hosts: FakeHostFarm) -> None:
     """A shard past the child's file size limit is lost as a whole, as when the writer thread's
     write fails: its samples are fetched again, and the body that cannot fit ends failed
@@ -175,8 +130,9 @@ def test_a_shard_the_write_process_cannot_write(tmp_path: Path, two_hosts: FakeH
     manifest = tmp_path / "m.parquet"
     pq.write_table(pa.table({"url": urls}), manifest)
     out = tmp_path / "out"
-    done = subprocess.run([sys.executable, "-c", _CHILD_UNDER_A_SIZE_LIMIT, str(manifest), str(out)],
-                          capture_output=True, text=True, timeout=180, env=subprocess_env())
+    script = size_limited_write_process_script(output_format="webdataset", samples_per_shard=4)
+    done = subprocess.run([sys.executable, "-c", script, str(manifest), str(out)], capture_output=True, text=True,
+                          timeout=180, env=subprocess_env())
     assert done.returncode == 0, done.stderr
     recs = latest(out)
     assert (recs[40]["status"], recs[40]["reason"], recs[40]["retryable"]) == ("failed", "store_error:OSError", True)
@@ -186,3 +142,55 @@ def test_a_shard_the_write_process_cannot_write(tmp_path: Path, two_hosts: FakeH
     samples = tar_samples(out)
     assert {key: sha256(parts["png"]) for key, parts in samples.items()} == {r["key"]: r["sha256"] for r in ok}
     assert _leftovers(out) == []
+
+
+def _write_children_of(pid: int) -> list[int]:
+    """The write processes among `pid`'s children (Linux: /proc lists each thread's children)."""
+    found = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        for child in (task / "children").read_text().split():
+            with contextlib.suppress(OSError):
+                if b"flowdc.write_child" in Path(f"/proc/{child}/cmdline").read_bytes():
+                    found.append(int(child))
+    return found
+
+
+def test_ctrl_c_with_the_write_process_commits_what_it_wrote(
+        tmp_path: Path, farm_factory: Callable[[Sequence[HostSpec]], FakeHostFarm]) -> None:
+    """The CLI on a long run (so the write process starts), stopped by SIGINT: exit code 130, the
+    open shard is committed with what the child wrote, and the rerun fetches only the rest."""
+    farm = farm_factory([HostSpec("127.0.0.2", latency_s=0.02)])
+    urls = [farm.url(0, f"/int/{i}.png?size=2000") for i in range(write_process.START_AFTER + 500)]
+    manifest = tmp_path / "m.parquet"
+    pq.write_table(pa.table({"url": urls}), manifest)
+    args = ["download", "--input", str(manifest), "--output", str(tmp_path / "out"), "--quiet", "--disable_paarc",
+            "--C_init", "16", "--output_format", "webdataset", "--samples_per_shard", "400"]
+    proc = subprocess.Popen([sys.executable, "-m", "flowdc", *args], env=subprocess_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while farm.totals()["requests"] < 600 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        children = _write_children_of(proc.pid)
+        proc.send_signal(signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert len(children) == 1
+    assert proc.returncode == 130, stderr
+    assert "interrupted" in stdout
+    first = [r for r in latest(tmp_path / "out") if r["status"] == "ok"]
+    assert 400 < len(first) < len(urls)
+    samples = tar_samples(tmp_path / "out")  # committed shards only: the open one was committed too
+    assert {r["key"] for r in first} == set(samples)
+    assert _leftovers(tmp_path / "out") == []
+    requests_before = farm.totals()["requests"]
+    rerun = subprocess.run([sys.executable, "-m", "flowdc", *args], env=subprocess_env(), capture_output=True,
+                           text=True, timeout=120)
+    assert rerun.returncode == 0, rerun.stderr
+    assert farm.totals()["requests"] - requests_before == len(urls) - len(first)
+    recs = latest(tmp_path / "out")
+    samples = tar_samples(tmp_path / "out")
+    assert {key: sha256(parts["png"]) for key, parts in samples.items()} == {r["key"]: r["sha256"] for r in recs}
+    assert len(samples) == len(urls)

@@ -5,14 +5,10 @@ that was recorded."""
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
 import sys
 import tarfile
 import textwrap
-import threading
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -22,7 +18,16 @@ import pytest
 
 from flowdc import write_process
 from flowdc.testing.fakehosts import FakeHostFarm, HostSpec
-from tests.integration.conftest import download, latest, mixed_images_manifest, sha256, subprocess_env, temporaries
+from tests.integration.conftest import (
+    download,
+    latest,
+    mixed_images_manifest,
+    run_with_a_killed_write_process,
+    sha256,
+    size_limited_write_process_script,
+    subprocess_env,
+    temporaries,
+)
 
 COMPARED = ("status", "reason", "retryable", "path", "sha256", "width", "height", "image_format", "bytes")
 
@@ -64,33 +69,6 @@ def test_the_write_process_stores_what_the_event_loop_stores(
         "in_child.tar", "on_loop.tar"]
 
 
-# The parent lowers its file size limit only while it starts the write process (the child keeps
-# it) and ignores SIGXFSZ, so the child's writes past 1 MB fail for real (EFBIG), as on a full disk.
-_CHILD_UNDER_A_SIZE_LIMIT = textwrap.dedent("""
-    import resource, signal, sys
-    from flowdc import write_process
-    from flowdc.config import DownloadConfig
-    from flowdc.download import run_download
-
-    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-    real_start = write_process.start_child
-
-    def start_limited(*args):
-        resource.setrlimit(resource.RLIMIT_FSIZE, (1_000_000, resource.RLIM_INFINITY))
-        try:
-            return real_start(*args)
-        finally:
-            resource.setrlimit(resource.RLIMIT_FSIZE, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
-
-    write_process.start_child = start_limited
-    write_process.START_AFTER = 1
-    cfg = DownloadConfig(input=sys.argv[1], output=sys.argv[2], timeout=5.0, retry_backoff_sec=0.01,
-                         quiet=True, create_tar=True)
-    cfg.check()
-    run_download(cfg)
-""")
-
-
 def test_files_and_an_archive_the_write_process_cannot_write(tmp_path: Path, two_hosts: FakeHostFarm) -> None:
     """A body past the child's file size limit fails its row after the store's retries (retryable, for
     the next run), the rest are stored; the archive, past the limit too, is packed at the end."""
@@ -99,8 +77,9 @@ def test_files_and_an_archive_the_write_process_cannot_write(tmp_path: Path, two
     manifest = tmp_path / "m.parquet"
     pq.write_table(pa.table({"url": urls}), manifest)
     out = tmp_path / "out"
-    done = subprocess.run([sys.executable, "-c", _CHILD_UNDER_A_SIZE_LIMIT, str(manifest), str(out)],
-                          capture_output=True, text=True, timeout=180, env=subprocess_env())
+    script = size_limited_write_process_script(create_tar=True)
+    done = subprocess.run([sys.executable, "-c", script, str(manifest), str(out)], capture_output=True, text=True,
+                          timeout=180, env=subprocess_env())
     assert done.returncode == 0, done.stderr
     assert "could not keep up" in done.stderr  # the archive's fallback was taken, not a lucky fit
     recs = latest(out)
@@ -115,27 +94,10 @@ def test_files_and_an_archive_the_write_process_cannot_write(tmp_path: Path, two
 def test_a_killed_write_process_fails_the_run_and_a_rerun_loses_nothing(
         tmp_path: Path, farm_factory: Callable[[Sequence[HostSpec]], FakeHostFarm],
         monkeypatch: pytest.MonkeyPatch, write_children: list[write_process.ChildLink]) -> None:
-    farm = farm_factory([HostSpec("127.0.0.2", latency_s=0.02), HostSpec("127.0.0.3", latency_s=0.02)])
-    urls = [farm.url(i % 2, f"/kill/{i}.png?size=3000") for i in range(1500)]
-    manifest = tmp_path / "m.parquet"
-    pq.write_table(pa.table({"url": urls}), manifest)
     monkeypatch.setattr(write_process, "START_AFTER", 1)
-    out = tmp_path / "out"
-
-    def kill_the_write_process_once_it_wrote() -> None:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if write_children and out.exists() and len(list(out.glob("*.png"))) >= 200:
-                os.kill(write_children[0].pid, signal.SIGKILL)
-                return
-            time.sleep(0.01)
-
-    killer = threading.Thread(target=kill_the_write_process_once_it_wrote)
-    killer.start()
-    with pytest.raises(write_process.WriteProcessDied, match="exit code -9"):
-        download(manifest, out, concurrent_downloads=64, create_tar=True)
-    killer.join()
-    first = {r["row"]: r for r in latest(out) if r["status"] == "ok"}
+    _farm, manifest, out, first = run_with_a_killed_write_process(
+        tmp_path, farm_factory, write_children, lambda out: len(list(out.glob("*.png"))) >= 200,
+        concurrent_downloads=64, create_tar=True)
     assert 0 < len(first) < 1500  # what it had answered before it died is recorded
     assert all(sha256((out / r["path"]).read_bytes()) == r["sha256"] for r in first.values())
     assert not (tmp_path / "out.tar").exists()  # a failed run leaves no archive
