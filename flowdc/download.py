@@ -305,11 +305,6 @@ class DownloadJob:
         self._next_snapshot = 0.0
         loop = asyncio.get_running_loop()
         try:
-            if self.rows_total is not None and self.rows_total - len(done.rows) >= write_process.START_AFTER:
-                # A long run: the process starts while the first requests go out.
-                self.write_queue.start_lane()
-                if self.shard_lane is not None:
-                    loop.run_in_executor(self.write_pool, self.shard_lane.start)
             self.interrupted = await self.requests.run(partial(self._read_manifest, done), self._fetch, self._settle,
                                                        self._on_tick, stop)
         finally:

@@ -32,8 +32,8 @@ log = logging.getLogger(__name__)
 
 
 class ShardLane:
-    """When the webdataset writer's byte work moves to a write process: at once on a run known to be
-    long (start()), else once `start_after` samples were written here. Its calls come from the
+    """When the webdataset writer's byte work moves to a write process: once `start_after` samples
+    were written here (write_process.START_AFTER says why not sooner). Its calls come from the
     writer's thread: prepare() is the write queue's per-batch hook."""
 
     def __init__(self, writer: WebDatasetWriter, verify: str, start_after: int):

@@ -41,7 +41,10 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 RING_BYTES = 32 << 20  # room for bodies on their way: a few batches of thumbnails, a few dozen 1-MB images
-START_AFTER = 2048  # a run with fewer rows to fetch (or not known to have more) writes on the loop
+# Samples written before a run starts its write process: a short run is not worth a process, and a
+# start with the run's cold starts (2 cores, ~50 ms of the child's imports) cost the polite bench's
+# capped host a second Retry-After hold in half the runs (docs/benchmarks.md).
+START_AFTER = 2048
 CLOSE_TIMEOUT_S = 60.0  # the child's answer to "close" comes once it wrote what it was sent
 
 

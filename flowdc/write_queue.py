@@ -15,9 +15,9 @@ quarter more CPU than the threads on one core. Inline writes are timed: once sam
 than `inline_max_s` on average, as on a network file system or with very large images, the queue
 goes back to the threads for good.
 
-Process mode (flowdc/write_process.py): from `start_lane()` on (called for a run known to be long,
-or once `process_after` samples were written inline), the same batches go to a write process
-instead, and its answers settle them in the order sent.
+Process mode (flowdc/write_process.py): once `process_after` samples were written inline (a long
+run), the same batches go to a write process instead, and its answers settle them in the order
+sent.
 """
 
 from __future__ import annotations
@@ -174,6 +174,11 @@ class WriteQueue:
             future.add_done_callback(partial(self._batch_done, batch))
 
     def _write_inline(self) -> None:
+        if self._start_process is not None and self._written_inline >= self._process_after:
+            self.start_lane()
+            if self.lane is not None:
+                self._write_in_lane()
+                return
         batch, self._pending = self._pending, []
         if not batch or self._failure is not None:
             self._pending = batch  # after a failure nothing more is written; drain() raises it
@@ -187,11 +192,9 @@ class WriteQueue:
         self._time_inline(time.perf_counter() - started, len(batch))
         self._settle(batch, errors)
         self._written_inline += len(batch)
-        if self._start_process is not None and self._written_inline >= self._process_after and self.inline:
-            self.start_lane()
 
     def start_lane(self) -> None:
-        """Hand the inline batches to a write process from now on (at once, for a run known to be long)."""
+        """Hand the inline batches to a write process from now on."""
         start, self._start_process = self._start_process, None
         if start is None:
             return

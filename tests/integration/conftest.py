@@ -185,7 +185,7 @@ def size_limited_write_process_script(**config: Any) -> str:
                 resource.setrlimit(resource.RLIMIT_FSIZE, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
 
         write_process.start_child = start_limited
-        write_process.START_AFTER = 1
+        write_process.START_AFTER = 0  # from the first sample on
         cfg = DownloadConfig(input=sys.argv[1], output=sys.argv[2], timeout=5.0, retry_backoff_sec=0.01,
                              quiet=True, {options})
         cfg.check()

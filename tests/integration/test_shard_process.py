@@ -169,9 +169,11 @@ def test_ctrl_c_with_the_write_process_commits_what_it_wrote(
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 60
-        while farm.totals()["requests"] < 600 and time.monotonic() < deadline:
+        while not (children := _write_children_of(proc.pid)) and time.monotonic() < deadline:
             time.sleep(0.01)
-        children = _write_children_of(proc.pid)
+        started_at = farm.totals()["requests"]
+        while farm.totals()["requests"] < started_at + 100 and time.monotonic() < deadline:
+            time.sleep(0.01)
         proc.send_signal(signal.SIGINT)
         stdout, stderr = proc.communicate(timeout=60)
     finally:
