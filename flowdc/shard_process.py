@@ -32,9 +32,9 @@ log = logging.getLogger(__name__)
 
 
 class ShardLane:
-    """When the webdataset writer's byte work moves to a write process: once `start_after` samples
-    were written here (write_process.START_AFTER says why not sooner). Its calls come from the
-    writer's thread: prepare() is the write queue's per-batch hook."""
+    """When the webdataset writer's byte work moves to a write process: before the first request
+    on a run known to be long (start_and_wait()), else once `start_after` samples were written
+    here. Its calls come from the writer's thread: prepare() is the write queue's per-batch hook."""
 
     def __init__(self, writer: WebDatasetWriter, verify: str, start_after: int):
         self.writer, self.verify = writer, verify
@@ -53,6 +53,12 @@ class ShardLane:
             log.info("no write process (%s: %s): shards are written in a thread", type(exc).__name__, exc)
             return
         self.writer.use_process(self.process)
+
+    def start_and_wait(self, timeout: float) -> None:
+        """Start now and wait (up to `timeout`) until the child has loaded."""
+        self.start()
+        if self.process is not None:
+            self.process.ready(timeout)
 
     def prepare(self, batch: list[StoredSample]) -> None:
         if self._written >= self.start_after:
@@ -128,6 +134,9 @@ class ShardProcess:
         """The shard is given up: the child lets go of its file, writing nothing more."""
         self._unsent = []
         self._child.tell(("drop",))
+
+    def ready(self, timeout: float | None) -> bool:
+        return self._child.wait_ready(timeout)
 
     def shutdown(self) -> None:
         self._child.shutdown()

@@ -1,5 +1,6 @@
 """The write process itself: started by flowdc.write_process, it takes each sample's digest, runs
-the header check, writes the file and appends the archive member, in the order given.
+the header check, writes the file and appends the archive member, in the order given. In its
+shard role (flowdc/shard_child.py, for webdataset) it checks bodies and appends shard members.
 
 It loads only what that needs (no aiohttp, pyarrow or fsspec): its start is part of the run's time.
 """
@@ -13,6 +14,7 @@ import queue
 import signal
 import sys
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any
@@ -37,7 +39,8 @@ class ArchiveLoan:
 
 
 def main() -> None:
-    """The write process: its pipe and ring are the descriptors named on its command line."""
+    """The write process: its pipe and ring are the descriptors named on its command line; the
+    first message names its role ("imagefolder" or "shards") and that role's settings."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     conn, ring_fd = Connection(int(sys.argv[1])), int(sys.argv[2])
@@ -47,12 +50,16 @@ def main() -> None:
         return
     ring = memoryview(mmap.mmap(ring_fd, ring_bytes))
     os.close(ring_fd)
+    serve_role: Callable[..., None] = serve
     if role == "shards":
         from flowdc.shard_child import serve_shards
 
-        serve_shards(conn, ring, *settings)
-    else:
-        serve(conn, ring, *settings)
+        serve_role = serve_shards
+    try:
+        conn.send("ready")  # loaded: a run waits for this before its first request (download.py)
+    except OSError:
+        return
+    serve_role(conn, ring, *settings)
 
 
 def serve(conn: Connection, ring: memoryview, loan: ArchiveLoan | None, verify: str) -> None:

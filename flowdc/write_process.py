@@ -41,10 +41,10 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 RING_BYTES = 32 << 20  # room for bodies on their way: a few batches of thumbnails, a few dozen 1-MB images
-# Samples written before a run starts its write process: a short run is not worth a process, and a
-# start with the run's cold starts (2 cores, ~50 ms of the child's imports) cost the polite bench's
-# capped host a second Retry-After hold in half the runs (docs/benchmarks.md).
+# Rows a run must have left for a write process: one known to be long (the manifest's row count)
+# starts it before its first request, any other once this many samples were written.
 START_AFTER = 2048
+READY_TIMEOUT_S = 5.0  # a run waits this long at most for its write process to load
 CLOSE_TIMEOUT_S = 60.0  # the child's answer to "close" comes once it wrote what it was sent
 
 
@@ -150,6 +150,8 @@ class WriteProcess:
     def answers(self) -> Iterator[list[StoreError]]:
         """The losses of each batch answered since the last call, in the order sent; raises
         WriteProcessDied when the child is gone."""
+        if not self._child.wait_ready(0):
+            return  # its answers come after
         while self._sent and self._conn.poll():
             try:
                 results, archive_failure = self._conn.recv()
@@ -189,6 +191,7 @@ class WriteProcess:
         self._closed = True
         try:
             self._conn.send(None)
+            self._child.wait_ready(CLOSE_TIMEOUT_S)
             if not self._conn.poll(CLOSE_TIMEOUT_S):
                 raise WriteProcessDied("the write process did not stop")
             offset, failure = self._conn.recv()
@@ -198,6 +201,9 @@ class WriteProcess:
             self.shutdown()
         if self._lent and self.archive is not None:
             self.archive.take_back(offset, failure)
+
+    def ready(self, timeout: float | None) -> bool:
+        return self._child.wait_ready(timeout)
 
     def shutdown(self) -> None:
         """Stop the child whatever it is doing (a failed run); safe to call twice."""
@@ -235,11 +241,26 @@ class ChildLink:
         assert proc is not None
         self._proc = proc
         self.ring = memoryview(self._map)
+        self._ready = False
+
+    def wait_ready(self, timeout: float | None) -> bool:
+        """Whether the child has loaded what its role needs (its first message says so), waiting up
+        to `timeout` seconds (None: for good) for it to say so."""
+        if not self._ready:
+            try:
+                if not self.conn.poll(timeout):
+                    return False
+                self.conn.recv()
+            except (EOFError, OSError):
+                raise WriteProcessDied(self.died()) from None
+            self._ready = True
+        return True
 
     def ask(self, message: Any) -> Any:
         """Send a request and wait for its answer (from a writer thread: the wait holds no GIL)."""
         try:
             self.conn.send(message)
+            self.wait_ready(None)
             return self.conn.recv()
         except (EOFError, OSError):
             raise WriteProcessDied(self.died()) from None

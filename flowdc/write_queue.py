@@ -15,9 +15,9 @@ quarter more CPU than the threads on one core. Inline writes are timed: once sam
 than `inline_max_s` on average, as on a network file system or with very large images, the queue
 goes back to the threads for good.
 
-Process mode (flowdc/write_process.py): once `process_after` samples were written inline (a long
-run), the same batches go to a write process instead, and its answers settle them in the order
-sent.
+Process mode (flowdc/write_process.py): from `start_lane()` on (called before the first request
+of a run known to be long, or once `process_after` samples were written inline), the same batches
+go to a write process instead, and its answers settle them in the order sent.
 """
 
 from __future__ import annotations
@@ -51,6 +51,8 @@ class Lane(Protocol):
     room_bytes: int  # bodies on their way that it takes without copying them through its pipe
 
     def fileno(self) -> int: ...
+
+    def ready(self, timeout: float | None) -> bool: ...
 
     def send(self, samples: list[StoredSample]) -> None: ...
 
