@@ -5,18 +5,13 @@ when to write out (flush) and when to end the archive (finish)."""
 
 from __future__ import annotations
 
-import os
-from collections.abc import Callable
 from multiprocessing.connection import Connection
 from typing import Any
 
-from flowdc.write_child import check_body
-from flowdc.writers.tarstream import TarStream
+from flowdc.write_child import BorrowedTar, Written, check_body
 
 # A member's data: the index of a body in the last checked batch, or the bytes themselves.
 MemberData = int | bytes
-# What "flush" and "finish" answer: (the archive's length so far, None) or (None, why writing failed)
-Written = tuple[int | None, str | None]
 
 
 def serve_shards(conn: Connection, ring: memoryview, verify: str) -> None:
@@ -55,74 +50,33 @@ def _add(shard: _OpenShard, members: list[tuple[str, MemberData, int]], bodies: 
 
 
 class _OpenShard:
-    """The shard being appended to. A failed write is kept and answered at the next flush or finish:
-    the parent then drops the shard, as it does when its own writes fail."""
+    """The shard being appended to, if any. A failed write (or open) is answered at the next flush
+    or finish: the parent then drops the shard, as it does when its own writes fail."""
 
     def __init__(self) -> None:
-        self._file: Any = None
-        self._tar: TarStream | None = None
-        self._failure: str | None = None
+        self._tar: BorrowedTar | None = None
+        self._failure: str | None = None  # why the shard could not be opened
 
     def open(self, path: str, offset: int) -> None:
         self.close()
         try:
-            self._file = _WholeWrites(os.open(path, os.O_WRONLY), offset)
-            self._tar = TarStream(self._file, offset=offset)
+            self._tar = BorrowedTar(path, offset)
         except OSError as exc:
-            self._fail(exc)
+            self._failure = f"{type(exc).__name__}: {exc}"
 
     def add(self, name: str, data: Any, mtime: int) -> None:
-        self._write(lambda tar: tar.add(name, data, mtime))
+        if self._tar is not None:
+            self._tar.add(name, data, mtime)
 
     def flush(self) -> Written:
-        self._write(TarStream.flush)
-        return self._answer()
+        return self._tar.flush() if self._tar is not None else (None, self._failure)
 
     def finish(self) -> Written:
-        self._write(TarStream.finish)
-        answer = self._answer()
+        answer = self._tar.finish() if self._tar is not None else (None, self._failure)
         self.close()
         return answer
 
-    def _write(self, step: Callable[[TarStream], None]) -> None:
-        if self._tar is None:  # not open, or failed already
-            return
-        try:
-            step(self._tar)
-        except OSError as exc:
-            self._fail(exc)
-
     def close(self) -> None:
-        """Let go of the file as it stands (what TarStream still buffers is dropped)."""
-        file, self._file, self._tar = self._file, None, None
-        self._failure = None
-        if file is not None:
-            file.close()
-
-    def _fail(self, exc: OSError) -> None:
-        self._failure, self._tar = f"{type(exc).__name__}: {exc}", None
-
-    def _answer(self) -> Written:
-        if self._failure is not None:
-            return (None, self._failure)
-        return (self._tar.offset if self._tar is not None else None, None)
-
-
-
-class _WholeWrites:
-    """A file that writes each piece whole or raises, and buffers nothing: TarStream gathers the
-    writes, and a dropped shard must leave nothing behind to write. (A raw file object may write
-    part of a piece near a size limit or a full disk, and say so only in its return value.)"""
-
-    def __init__(self, fd: int, offset: int):
-        self._fd = fd
-        os.lseek(fd, offset, os.SEEK_SET)
-
-    def write(self, data: Any) -> int:
-        view = memoryview(data).cast("B")
-        while view:
-            view = view[os.write(self._fd, view):]
-        return len(data)
-
-    def close(self) -> None:
-        os.close(self._fd)
+        tar, self._tar, self._failure = self._tar, None, None
+        if tar is not None:
+            tar.close()

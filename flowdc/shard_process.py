@@ -21,7 +21,8 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from flowdc import write_process
-from flowdc.shard_child import MemberData, Written
+from flowdc.shard_child import MemberData
+from flowdc.write_child import Written
 from flowdc.write_process import ChildLink
 from flowdc.writers.base import StoredSample
 

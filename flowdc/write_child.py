@@ -69,16 +69,17 @@ def serve(conn: Connection, ring: memoryview, loan: ArchiveLoan | None, verify: 
     good."""
     batches: queue.SimpleQueue[Any] = queue.SimpleQueue()
     threading.Thread(target=_read_all, args=(conn, batches), name="flowdc-write-reader", daemon=True).start()
-    archive = _Archive(loan) if loan is not None else None
+    archive = BorrowedTar(loan.path, loan.offset) if loan is not None else None
+    mtime = loan.mtime if loan is not None else 0
     try:
         while True:
             items = batches.get()
             if items is _END:
                 return
             if items is None:
-                conn.send(archive.close() if archive is not None else (None, None))
+                conn.send(_give_back(archive))
                 return
-            results = [_store(final, member, ring[at:at + n] if at >= 0 else n, verify, archive)
+            results = [_store(final, member, ring[at:at + n] if at >= 0 else n, verify, archive, mtime)
                        for final, member, at, n in items]
             conn.send((results, archive.failure if archive is not None else None))
     except OSError:
@@ -99,7 +100,8 @@ def _read_all(conn: Connection, batches: queue.SimpleQueue[Any]) -> None:
         batches.put(_END)
 
 
-def _store(final: str, member: str | None, body: Any, verify: str, archive: _Archive | None) -> Result:
+def _store(final: str, member: str | None, body: Any, verify: str, archive: BorrowedTar | None,
+           mtime: int) -> Result:
     """One sample, in the order the writer threads take: digest, decode check, file, archive member."""
     checked = check_body(body, verify)
     if checked[0] != "ok":
@@ -110,8 +112,18 @@ def _store(final: str, member: str | None, body: Any, verify: str, archive: _Arc
     except OSError as exc:
         return ("error", sha, exc.errno, f"{exc.strerror or exc}: {final}")
     if member is not None and archive is not None:
-        archive.add(member, body)
+        archive.add(member, body, mtime)
     return checked
+
+
+def _give_back(archive: BorrowedTar | None) -> Written:
+    """The archive's stream written out and let go of: where it ended, or why it failed."""
+    if archive is None:
+        return (None, None)
+    try:
+        return archive.flush()
+    finally:
+        archive.close()
 
 
 def check_body(body: Any, verify: str) -> Result:
@@ -125,34 +137,69 @@ def check_body(body: Any, verify: str) -> Result:
     return ("ok", sha, None if image is None else (image.width, image.height, image.format))
 
 
-class _Archive:
-    """The archive's stream, borrowed: members appended from where the parent left it."""
+# What a borrowed tar answers once written out: (the archive's length so far, None) or (None, why writing failed)
+Written = tuple[int | None, str | None]
 
-    def __init__(self, loan: ArchiveLoan):
+
+class BorrowedTar:
+    """A tar stream in a file the parent lent, appended to from `offset` on: the imagefolder
+    archive, or an open webdataset shard. Opening it raises OSError; a failed write is kept as
+    `failure` and answered at the next flush or finish, and nothing more is written after it."""
+
+    def __init__(self, path: str, offset: int):
+        self._file = _WholeWrites(os.open(path, os.O_WRONLY), offset)
+        self._tar: TarStream | None = TarStream(self._file, offset=offset)
         self.failure: str | None = None
-        self._mtime = loan.mtime
-        self._file = open(loan.path, "r+b")  # noqa: SIM115 (closed by close())
-        self._file.seek(loan.offset)
-        self._tar: TarStream | None = TarStream(self._file, offset=loan.offset)
 
-    def add(self, member: str, body: Any) -> None:
-        if self._tar is None:
+    def add(self, name: str, data: Any, mtime: int) -> None:
+        self._write(lambda tar: tar.add(name, data, mtime))
+
+    def flush(self) -> Written:
+        self._write(TarStream.flush)
+        return self._answer()
+
+    def finish(self) -> Written:
+        """The end of the archive, written out."""
+        self._write(TarStream.finish)
+        return self._answer()
+
+    def close(self) -> None:
+        """Let go of the file as it stands (what TarStream still buffers is dropped)."""
+        self._tar = None
+        self._file.close()
+
+    def _write(self, step: Callable[[TarStream], None]) -> None:
+        if self._tar is None:  # failed already, or closed
             return
         try:
-            self._tar.add(member, body, self._mtime)
+            step(self._tar)
         except OSError as exc:
             self.failure, self._tar = f"{type(exc).__name__}: {exc}", None
 
-    def close(self) -> tuple[int | None, str | None]:
-        """Write out what is buffered: (the stream's length, None), or (None, why it failed)."""
-        tar, self._tar = self._tar, None
-        try:
-            if tar is not None:
-                tar.flush()
-                self._file.flush()
-        except OSError as exc:
-            self.failure, tar = f"{type(exc).__name__}: {exc}", None
-        finally:
-            self._file.close()
-        return (tar.offset, None) if tar is not None else (None, self.failure)
+    def _answer(self) -> Written:
+        if self.failure is not None:
+            return (None, self.failure)
+        return (self._tar.offset if self._tar is not None else None, None)
 
+
+class _WholeWrites:
+    """A file that writes each piece whole or raises, and buffers nothing: TarStream gathers the
+    writes, and a dropped shard must leave nothing behind to write. (A raw file object may write
+    part of a piece near a size limit or a full disk, and say so only in its return value.)"""
+
+    def __init__(self, fd: int, offset: int):
+        self._fd = fd
+        try:
+            os.lseek(fd, offset, os.SEEK_SET)
+        except OSError:
+            os.close(fd)
+            raise
+
+    def write(self, data: Any) -> int:
+        view = memoryview(data).cast("B")
+        while view:
+            view = view[os.write(self._fd, view):]
+        return len(data)
+
+    def close(self) -> None:
+        os.close(self._fd)
