@@ -43,12 +43,12 @@ from flowdc.requestloop import RequestLoop
 from flowdc.resize import ResizeSettings
 from flowdc.scheduler import Job
 from flowdc.seen import SeenKeys
-from flowdc.shard_process import ShardLane
+from flowdc.shard_process import ShardWriteLane
 from flowdc.shipping import Shipper, uploader_for
 from flowdc.storage import Destination, is_destination_error
 from flowdc.telemetry import HostSnapshot, RunSnapshot, Snapshot, Telemetry
 from flowdc.urls import host_key, scheme_error, url_redactor
-from flowdc.write_queue import INLINE_MAX_S, WriteQueue
+from flowdc.write_queue import INLINE_MAX_S, Lane, WriteQueue
 from flowdc.writers.base import SampleRefused, SampleWriter, StoredSample, StoreError
 from flowdc.writers.factory import make_writer
 from flowdc.writers.imagefolder import ImageFolderWriter
@@ -175,6 +175,7 @@ class DownloadJob:
         self._store_failures: dict[int, int] = {}
         self._kept_by_hash: dict[str, str] = {}  # --dedupe sha256: sha256 -> the key that holds those bytes
         self._polling: asyncio.Future[None] | None = None  # the writer's poll, at most one queued
+        self._shard_lane: ShardWriteLane | None = None  # a webdataset's write process, once started
         self.redact = url_redactor(cfg.redact_urls, cfg.redact_params)  # for URLs written; requests use the real one
 
     def stop(self) -> None:
@@ -186,10 +187,14 @@ class DownloadJob:
 
     @property
     def _writes_inline(self) -> bool:
-        """A file per sample on a local disk goes on the event loop (write_queue.py says why); shards,
-        resizing, full decodes and remote stores keep their threads."""
-        return (self.cfg.output_format == "imagefolder" and self.dest.local and self.resize_pool is None
-                and self.cfg.verify != "full")
+        """A file per sample on a local disk goes on the event loop (write_queue.py says why), and so
+        do shards appended in place where a write process will take their byte work over
+        (shard_process.py); resizing, full decodes, staged shards and remote stores keep their threads."""
+        if self.resize_pool is not None or self.cfg.verify == "full":
+            return False
+        if self.cfg.output_format == "imagefolder":
+            return self.dest.local
+        return isinstance(self.writer, WebDatasetWriter) and self.writer.append and write_process.available()
 
     @property
     def _in_a_process(self) -> bool:
@@ -208,11 +213,11 @@ class DownloadJob:
         lane = self.write_queue.lane
         while lane is not None and not lane.ready(0) and loop.time() < deadline:
             await asyncio.sleep(0.005)  # its answers are read on this loop: so is its first message
-        if self.shard_lane is not None:
-            await loop.run_in_executor(self.write_pool, self.shard_lane.start_and_wait,
-                                       max(0.0, deadline - loop.time()))
 
-    def _start_write_process(self) -> write_process.WriteProcess:
+    def _start_write_process(self) -> Lane:
+        if isinstance(self.writer, WebDatasetWriter):
+            self._shard_lane = ShardWriteLane(self.writer, self._write_checked, self.cfg.verify)
+            return self._shard_lane
         assert isinstance(self.writer, ImageFolderWriter)
         return write_process.WriteProcess(self.writer, self.archive, self.cfg.verify)
 
@@ -292,14 +297,9 @@ class DownloadJob:
             image_key=cfg.image_key, shard_prefix=cfg.shard_prefix,
             on_shard_commit=self.shipper.ship_shard if self.shipper else None,
             on_stored=self.archive.add if self.archive is not None else None)
-        # A local webdataset's byte work goes to a write process on a long run (flowdc/shard_process.py).
-        self.shard_lane = ShardLane(self.writer, cfg.verify, write_process.START_AFTER) if (
-            isinstance(self.writer, WebDatasetWriter) and self.writer.append and self.resize_pool is None
-            and write_process.available()) else None
         self.write_queue = WriteQueue(self._write_checked, self.write_pool, lanes=self.write_lanes,
                                       on_error=self._store_failed, more_coming=self._fetches_left,
-                                      prepare=self._resize_batch if self.resize_pool is not None
-                                      else self.shard_lane.prepare if self.shard_lane is not None else None,
+                                      prepare=self._resize_batch if self.resize_pool is not None else None,
                                       inline_max_s=INLINE_MAX_S if self._writes_inline else None,
                                       start_process=self._start_write_process if self._in_a_process else None,
                                       process_after=write_process.START_AFTER)
@@ -369,8 +369,8 @@ class DownloadJob:
                                    "run the same command again when it is reachable") from None
         finally:
             self.write_queue.abort()  # a failed run's write process stops here (a good run's has)
-            if self.shard_lane is not None:  # on the writer's thread, once its last call returned
-                await loop.run_in_executor(self.write_pool, self.shard_lane.shutdown)
+            if self._shard_lane is not None:  # after the writer's close (on its thread), which used it
+                await loop.run_in_executor(self.write_pool, self._shard_lane.shutdown)
 
     async def _ship_the_rest(self, overview: dict[str, Any]) -> None:
         """Wait for shard uploads, then ship the archive (moved) and the overview (copied)."""
@@ -588,7 +588,12 @@ class DownloadJob:
         """Let the writer act on time between samples (webdataset: sync an appended shard, commit a
         staged one open `shard_max_seconds`). Only with one writer lane: the poll queues behind its writes."""
         poll = getattr(self.writer, "poll", None)
-        if poll is not None and self.write_lanes == 1 and (self._polling is None or self._polling.done()):
+        if poll is None or self.write_lanes != 1:
+            return
+        if self.write_queue.writer_on_loop:
+            if self.write_queue.writer_free:  # else the batch's answer comes first, and writes (and syncs) then
+                poll()
+        elif self._polling is None or self._polling.done():
             self._polling = loop.run_in_executor(self.write_pool, poll)
 
     def _keep_host_snapshots(self, snap: dict[str, dict[str, Any]], cap: int = 10_000) -> None:

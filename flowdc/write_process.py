@@ -121,6 +121,10 @@ class WriteProcess:
         self._sent: collections.deque[list[tuple[StoredSample, str, str | None]]] = collections.deque()
         self._closed = False
 
+    @property
+    def busy(self) -> bool:
+        return bool(self._sent)
+
     def fileno(self) -> int:
         return self._conn.fileno()
 
@@ -257,9 +261,13 @@ class ChildLink:
         return True
 
     def ask(self, message: Any) -> Any:
-        """Send a request and wait for its answer (from a writer thread: the wait holds no GIL)."""
+        """Send a request and wait for its answer."""
+        self.tell(message)
+        return self.receive()
+
+    def receive(self) -> Any:
+        """The next answer, waited for."""
         try:
-            self.conn.send(message)
             self.wait_ready(None)
             return self.conn.recv()
         except (EOFError, OSError):

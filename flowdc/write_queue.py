@@ -15,9 +15,10 @@ quarter more CPU than the threads on one core. Inline writes are timed: once sam
 than `inline_max_s` on average, as on a network file system or with very large images, the queue
 goes back to the threads for good.
 
-Process mode (flowdc/write_process.py): from `start_lane()` on (called before the first request
-of a run known to be long, or once `process_after` samples were written inline), the same batches
-go to a write process instead, and its answers settle them in the order sent.
+Process mode (flowdc/write_process.py, flowdc/shard_process.py): from `start_lane()` on (called
+before the first request of a run known to be long, or once `process_after` samples were written
+inline), the same batches go to a write process instead, and its answers settle them in the order
+sent.
 """
 
 from __future__ import annotations
@@ -49,6 +50,11 @@ class Lane(Protocol):
     """A process that writes batches and answers them in the order sent (flowdc.write_process)."""
 
     room_bytes: int  # bodies on their way that it takes without copying them through its pipe
+
+    @property
+    def busy(self) -> bool:
+        """A batch is out whose answer the writer has yet to see: the writer must wait for it."""
+        ...
 
     def fileno(self) -> int: ...
 
@@ -118,6 +124,17 @@ class WriteQueue:
     def inline(self) -> bool:
         """Samples are written on the event loop (until they prove slow)."""
         return self._inline_max_s is not None
+
+    @property
+    def writer_on_loop(self) -> bool:
+        """The writer is called on the event loop (inline, or as a process's answers come), not in
+        the threads: calls into it between batches (a poll) belong on the loop too."""
+        return self.inline or self.lane is not None
+
+    @property
+    def writer_free(self) -> bool:
+        """No batch is out to a process whose answer the writer has yet to see."""
+        return self.lane is None or not self.lane.busy
 
     async def put(self, sample: StoredSample, on_done: Callable[[], None]) -> None:
         """Queue a sample; waits while the writers are `max_queued` samples or `max_queued_bytes`

@@ -262,14 +262,14 @@ def test_webdataset_to_s3_keeps_secrets_out(tmp_path: Path, two_hosts: FakeHostF
         assert S3_SECRET_KEY.encode() not in fs.cat(path), path
 
 
-@pytest.mark.parametrize(("options", "inline"), [({}, True), ({"output_format": "webdataset"}, False),
+@pytest.mark.parametrize(("options", "inline"), [({}, True), ({"output_format": "webdataset"}, True),
                                                   ({"verify": "full"}, False)],
                          ids=["imagefolder", "webdataset", "verify-full"])
 def test_where_samples_are_written(tmp_path: Path, two_hosts: FakeHostFarm, options: dict[str, Any],
                                    inline: bool) -> None:
-    """imagefolder on a local disk writes on the event loop, timed, and stays there while writes are
-    fast (a block slower than INLINE_MAX_S a sample would have sent it to the threads); shards (in
-    order, one thread) and full decodes keep their writer threads."""
+    """On a local disk, files and appended shards are written on the event loop, timed, and stay
+    there while writes are fast (a block slower than INLINE_MAX_S a sample would have sent them to
+    the threads); full decodes keep their writer threads."""
     urls = [two_hosts.url(i % 2, f"/where/{i}.png") for i in range(INLINE_BLOCK + 44)]
     cfg = DownloadConfig(input=str(write_manifest(tmp_path / "m.parquet", urls)), output=str(tmp_path / "out"),
                          **{**FAST, **options})

@@ -1,10 +1,12 @@
 """The write process in its shard role (flowdc/shard_process.py): a long local webdataset run's
-digests, decode checks and tar members are done in a child process. Its shards must hold exactly
-what the writer thread's hold, a failed write must be the writer's usual per-shard failure, and a
-killed child loses nothing that was recorded."""
+digests, decode checks and tar members are done in a child process, while the writer runs on the
+event loop. Its shards must hold exactly what the writer's own writes hold, a failed write must be
+the writer's usual per-shard failure, a killed child loses nothing that was recorded, and nothing
+is asked of the child while a batch's check is out."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import signal
@@ -18,8 +20,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from flowdc import write_process
-from flowdc.testing.fakehosts import FakeHostFarm, HostSpec
+from flowdc import write_process, write_queue
+from flowdc.download import DownloadJob
+from flowdc.ledger import Record
+from flowdc.shard_process import ShardProcess, ShardWriteLane
+from flowdc.testing.fakehosts import FakeHostFarm, HostSpec, make_image, write_manifest
+from flowdc.writers import webdataset
+from flowdc.writers.base import StoredSample
 from tests.integration.conftest import (
     download,
     latest,
@@ -49,13 +56,13 @@ def _leftovers(out: Path) -> list[str]:
     return sorted(p.name for p in out.iterdir() if p.name.endswith(".open")) + [str(p) for p in temporaries(out)]
 
 
-def test_the_write_process_writes_the_shards_the_writer_thread_writes(
+def test_the_write_process_writes_the_shards_the_writer_writes_alone(
         tmp_path: Path, two_hosts: FakeHostFarm, monkeypatch: pytest.MonkeyPatch,
         write_children: list[write_process.ChildLink]) -> None:
     manifest = mixed_images_manifest(tmp_path, two_hosts, 60)
     options = {"label": "label", "output_format": "webdataset", "samples_per_shard": 16}
     monkeypatch.setattr(write_process, "START_AFTER", 10**9)
-    in_thread = tmp_path / "in_thread"
+    in_thread = tmp_path / "alone"
     download(manifest, in_thread, **options)
     assert write_children == []
 
@@ -85,8 +92,8 @@ def test_the_write_process_writes_the_shards_the_writer_thread_writes(
 def test_a_run_of_unknown_length_hands_its_open_shard_over_mid_run(
         tmp_path: Path, two_hosts: FakeHostFarm, monkeypatch: pytest.MonkeyPatch,
         write_children: list[write_process.ChildLink]) -> None:
-    """A CSV manifest has no row count to tell a long run by: the first samples go into the shard
-    from the writer thread, then the write process appends to the same open shard."""
+    """A CSV manifest has no row count to tell a long run by: the writer appends the first samples
+    to the shard itself, then the write process appends to the same open shard."""
     urls = [two_hosts.url(i % 2, f"/csv/{i}.png?size={2000 + 37 * i}") for i in range(400)]
     manifest = tmp_path / "m.csv"
     manifest.write_text("url\n" + "\n".join(urls) + "\n")
@@ -119,6 +126,75 @@ def test_a_killed_write_process_fails_the_run_and_a_rerun_loses_nothing(
     assert {key: sha256(parts["png"]) for key, parts in samples.items()} == {r["key"]: r["sha256"] for r in recs}
     assert sum(requested_urls(farm).values()) < 3000 - len(first) + 1  # what was recorded was not fetched again
     assert _leftovers(out) == []
+
+
+def test_nothing_is_asked_of_the_write_process_while_a_check_is_out() -> None:
+    """The child answers in the order asked: a flush sent while a batch's check is out would read
+    the check's answer as its own. Refused, and the check's answer is still there to be taken."""
+    bodies = [make_image(f"k{i}", "png", 8 + i, 5) for i in range(3)] + [b"not an image"]
+    samples = [StoredSample(Record(i, f"k{i}", f"http://h/{i}", "ok"), body, "png", {})
+               for i, body in enumerate(bodies)]
+    process = ShardProcess("header")
+    try:
+        process.send_check(samples)
+        for ask in (lambda: process.written("flush"), process.drop, lambda: process.send_check(samples)):
+            with pytest.raises(RuntimeError, match="checking a batch"):
+                ask()
+        deadline = time.monotonic() + 30
+        while not process.answered():
+            assert time.monotonic() < deadline, "the check was never answered"
+            time.sleep(0.01)
+        process.take_check(samples)
+        assert not process.answered()
+        assert [s.record.sha256 for s in samples] == [sha256(b) for b in bodies]
+        assert [(s.checked, s.record.width, s.record.height) for s in samples[:3]] == [
+            (True, 8 + i, 5) for i in range(3)]
+        assert not samples[3].checked and samples[3].refused
+        assert process.written("flush") == 0  # no shard open: nothing written, and the answer is the flush's
+    finally:
+        process.shutdown()
+
+
+def test_a_sync_due_while_a_batch_is_out_waits_for_its_answer(
+        tmp_path: Path, two_hosts: FakeHostFarm, monkeypatch: pytest.MonkeyPatch,
+        write_children: list[write_process.ChildLink]) -> None:
+    """The writer's poll (an appended shard's time to sync) runs on the event loop between batches,
+    never while one is out to the child. Here a sync is always due, and a tick comes right after each
+    batch is sent."""
+    monkeypatch.setattr(write_process, "START_AFTER", 1)
+    monkeypatch.setattr(webdataset, "SYNC_SECONDS", 0.0)
+    jobs: list[DownloadJob] = []
+    real_start = DownloadJob._start_write_process
+
+    def start(job: DownloadJob) -> write_queue.Lane:
+        jobs.append(job)
+        return real_start(job)
+    monkeypatch.setattr(DownloadJob, "_start_write_process", start)
+    real_send_next = ShardWriteLane._send_next
+    ticks_while_out: list[bool] = []
+
+    def send_next(lane: ShardWriteLane) -> None:
+        real_send_next(lane)
+        ticks_while_out.append(lane.busy)
+        jobs[0]._poll_writer(asyncio.get_running_loop())
+    monkeypatch.setattr(ShardWriteLane, "_send_next", send_next)
+    real_poll = webdataset.WebDatasetWriter.poll
+    polled_while_out: list[bool] = []
+
+    def poll(writer: webdataset.WebDatasetWriter) -> None:
+        polled_while_out.append(writer.process is not None and writer.process._checking)
+        real_poll(writer)
+    monkeypatch.setattr(webdataset.WebDatasetWriter, "poll", poll)
+
+    urls = [two_hosts.url(i % 2, f"/poll/{i}.png?size={3000 + i}") for i in range(300)]
+    out = tmp_path / "out"
+    download(write_manifest(tmp_path / "m.parquet", urls), out, output_format="webdataset", samples_per_shard=1000)
+    assert len(write_children) == 1 and ticks_while_out and all(ticks_while_out)
+    assert not any(polled_while_out)
+    recs = latest(out)
+    assert [r["status"] for r in recs] == ["ok"] * 300
+    samples = tar_samples(out)
+    assert {key: sha256(parts["png"]) for key, parts in samples.items()} == {r["key"]: r["sha256"] for r in recs}
 
 
 def test_a_shard_the_write_process_cannot_write(tmp_path: Path, two_hosts: FakeHostFarm) -> None:
