@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import operator
 import os
 import threading
@@ -35,6 +34,7 @@ import pyarrow.compute as pc
 import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
 
+from flowdc.jsonenc import json_encoder
 from flowdc.storage import Destination
 
 LEDGER_DIR = "_flowdc/ledger"
@@ -194,9 +194,13 @@ class Ledger:
 
     # -- writing --------------------------------------------------------------------------------
     def add(self, record: Record) -> None:
+        """Buffer a record; a full buffer is written out at once. Writing on time (the journal's half
+        second, the part's 5 s) is flush_if_due's, which a download calls from a thread: done here,
+        on the event loop that adds most records, a part's parquet held the loop for a tenth of a
+        second every 5 s."""
         with self._lock:
             self._pending.append(record)
-            due = len(self._pending) >= self.flush_rows or time.monotonic() - self._last_flush > self.flush_seconds
+            due = len(self._pending) >= self.flush_rows
         if due:
             self.flush(final=False)
 
@@ -439,8 +443,8 @@ def latest_positions(table: pa.Table) -> np.ndarray:
     return order[last]
 
 
-_META_ENCODER = json.JSONEncoder(default=str, ensure_ascii=False)  # built once: it is per sample
+_META_ENCODER = json_encoder(ensure_ascii=False)  # built once: it is per sample
 
 
 def meta_json(extra: dict[str, Any]) -> str | None:
-    return _META_ENCODER.encode(extra) if extra else None
+    return _META_ENCODER(extra) if extra else None

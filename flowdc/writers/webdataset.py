@@ -19,6 +19,7 @@ cuts the open file back to its last recorded sample and keeps appending (see sha
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import os
@@ -31,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from flowdc.jsonenc import json_encoder
 from flowdc.ledger import Ledger, Record
 from flowdc.samplemeta import ShardStats, sample_meta
 from flowdc.storage import Destination
@@ -43,7 +45,7 @@ from flowdc.writers.tarstream import TarStream
 if TYPE_CHECKING:
     from flowdc.shard_process import RemoteTar, ShardProcess
 
-_SAMPLE_ENCODER = json.JSONEncoder(default=str)  # built once: it is per sample
+_SAMPLE_ENCODER = json_encoder()  # built once: it is per sample
 SYNC_SECONDS = 0.5  # an appended shard's new samples reach the file and the ledger this often (as the journal)
 
 
@@ -210,7 +212,7 @@ class WebDatasetWriter:
         meta_doc = sample_meta(rec, sample.meta)
         now = int(time.time())
         self._tar.add(media, sample.body, now)
-        self._tar.add(rec.key + ".json", _SAMPLE_ENCODER.encode(meta_doc).encode(), now)
+        self._tar.add(rec.key + ".json", _SAMPLE_ENCODER(meta_doc).encode(), now)
         self._records.append(rec)
         self._metas.append(meta_doc)
         clock = time.monotonic()
@@ -232,7 +234,18 @@ class WebDatasetWriter:
         unsynced, self._unsynced = self._unsynced, []
         for rec in unsynced:
             self.ledger.add(rec)
-        self.ledger.sync()  # here, off the event loop: the ledger's own cadence would add its half second
+        self._journal()
+
+    def _journal(self) -> None:
+        """The records just handed over, into the ledger's journal at once (the ledger's own cadence
+        would add its half second): in a writer thread here; from the event loop in a thread, as an
+        fsync must not hold the loop. (ledger.sync keeps what it could not write for the next try.)"""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self.ledger.sync()
+            return
+        loop.run_in_executor(None, self.ledger.sync)
 
     def note_ended(self, rec: Record) -> None:
         """A row that ended without a sample (failed or skipped): a row of the open shard's parquet

@@ -7,9 +7,13 @@ import string
 from urllib.parse import urlsplit
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from flowdc.urls import (
     DEFAULT_SECRET_PARAMS,
+    _mask_params,
+    _redact_params,
     host_key,
     redact_url,
     redact_urls_in,
@@ -39,6 +43,26 @@ from flowdc.urls import (
 ])
 def test_redact_url(url: str, shown: str) -> None:
     assert redact_url(url) == shown
+
+
+_NAMES = secret_param_names()
+_names = st.sampled_from(sorted(_NAMES)).flatmap(
+    lambda name: st.tuples(st.just(name), st.lists(st.booleans(), min_size=len(name), max_size=len(name)))).map(
+    lambda case: "".join(c.upper() if up else c for c, up in zip(*case, strict=True)))
+_padding = st.text(alphabet=" \t\x0b\x1c\x1f", max_size=2)
+_params = st.tuples(_padding, _names | st.text(alphabet="akeyts_-%2B+=", max_size=6), _padding,
+                    st.sampled_from(["=", ""]), st.text(alphabet="aS1%=+ ", max_size=4))
+
+
+@settings(max_examples=1000, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from("&;"), _params), max_size=5)
+       | st.text(alphabet="keyKEY=&; \x1c%+", max_size=12))
+def test_the_quick_pass_over_a_query_masks_what_the_full_parse_masks(query: list | str) -> None:
+    """Most queries hold no secret: one search decides it. It must never leave unmasked what
+    parsing every parameter would mask."""
+    if isinstance(query, list):
+        query = "".join(sep + "".join(param) for sep, param in query)[1:]
+    assert _redact_params(query, _NAMES) == _mask_params(query, _NAMES)
 
 
 def test_names_are_whole_and_configurable() -> None:
