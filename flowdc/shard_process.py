@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from flowdc import write_process
 from flowdc.shard_child import MemberData
-from flowdc.write_child import Written
+from flowdc.write_child import Written, note_result
 from flowdc.write_process import ChildLink, WriteProcessDied
 from flowdc.write_queue import write_batch
 from flowdc.writers.base import StoredSample, StoreError
@@ -141,11 +141,7 @@ class ShardProcess:
         self._side ^= 1
         self._checked = {id(sample.body): (i, sample.body) for i, sample in enumerate(samples)}
         for sample, result in zip(samples, results, strict=True):
-            rec = sample.record
-            rec.sha256 = rec.sha256 or result[1]
-            if result[0] == "ok":
-                if result[2] is not None:
-                    rec.width, rec.height, rec.image_format = result[2]
+            if note_result(sample.record, result):
                 sample.checked = True
             else:
                 sample.refused = result[2]

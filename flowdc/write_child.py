@@ -17,11 +17,14 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from flowdc.imagecheck import NotDecodable, inspect_image
 from flowdc.localfiles import write_local
 from flowdc.writers.tarstream import TarStream
+
+if TYPE_CHECKING:
+    from flowdc.ledger import Record
 
 # (final path, archive member or None, offset in the ring or -1, length or the body itself)
 Item = tuple[str, str | None, int, Any]
@@ -135,6 +138,18 @@ def check_body(body: Any, verify: str) -> Result:
     except NotDecodable as exc:
         return ("refused", sha, str(exc))
     return ("ok", sha, None if image is None else (image.width, image.height, image.format))
+
+
+def note_result(rec: Record, result: Result) -> bool:
+    """A body's Result, read by the parent into its record: the sha256 (unless it had one) and, when
+    the body is ok, the image's size and format. Whether it is ok."""
+    if rec.sha256 is None:
+        rec.sha256 = result[1]
+    if result[0] != "ok":
+        return False
+    if result[2] is not None:
+        rec.width, rec.height, rec.image_format = result[2]
+    return True
 
 
 # What a borrowed tar answers once written out: (the archive's length so far, None) or (None, why writing failed)

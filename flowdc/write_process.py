@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 from flowdc.errors import EXIT_FAILURE, FlowdcError
 from flowdc.imagesig import NOT_DECODABLE
-from flowdc.write_child import Item, Result
+from flowdc.write_child import Item, Result, note_result
 from flowdc.writers.base import SampleRefused, StoredSample, StoreError
 
 if TYPE_CHECKING:
@@ -175,11 +175,7 @@ class WriteProcess:
 
     def _settle(self, sample: StoredSample, rel: str, member: str | None, result: Result) -> StoreError | None:
         rec = sample.record
-        if rec.sha256 is None:
-            rec.sha256 = result[1]
-        if result[0] == "ok":
-            if result[2] is not None:
-                rec.width, rec.height, rec.image_format = result[2]
+        if note_result(rec, result):
             self.writer.stored(sample, rel)
             return None
         if member is not None and self.archive is not None:
