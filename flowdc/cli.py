@@ -89,11 +89,18 @@ def config_from_args(cls: type, args: argparse.Namespace) -> Any:
 
 # -- commands -------------------------------------------------------------------------------------
 def cmd_download(args: argparse.Namespace) -> int:
-    from flowdc.download import run_download
-    from flowdc.overview import summary_text
+    from flowdc import child_process
 
     cfg = config_from_args(DownloadConfig, args)
-    overview = run_download(cfg)
+    if child_process.worth_starting_early(cfg):
+        child_process.start_early()  # it loads while this process imports the download's modules
+    try:
+        from flowdc.download import run_download
+        from flowdc.overview import summary_text
+
+        overview = run_download(cfg)
+    finally:
+        child_process.discard_early()
     print(summary_text(overview, overview.get("output", cfg.output)))
     return EXIT_INTERRUPTED if overview.get("interrupted") else 0
 

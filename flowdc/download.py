@@ -25,7 +25,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from flowdc import write_process
+from flowdc import child_process, write_process
 from flowdc.archive import ArchiveBuilder, create_archive, start_archive
 from flowdc.config import DownloadConfig, check_host_budget
 from flowdc.errors import ConfigError, DestinationError
@@ -194,13 +194,13 @@ class DownloadJob:
             return False
         if self.cfg.output_format == "imagefolder":
             return self.dest.local
-        return isinstance(self.writer, WebDatasetWriter) and self.writer.append and write_process.available()
+        return isinstance(self.writer, WebDatasetWriter) and self.writer.append and child_process.available()
 
     @property
     def _in_a_process(self) -> bool:
         """The inline writes move to a write process on a long run (write_process.py); not with a
         gzip archive, whose stream cannot be lent out."""
-        return (self._writes_inline and write_process.available()
+        return (self._writes_inline and child_process.available()
                 and not (self._archiving and self.cfg.archive_format != "tar"))
 
     async def _start_write_process_first(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -357,7 +357,7 @@ class DownloadJob:
         except StoreError as err:
             self._store_failed(err)
             await asyncio.to_thread(self._final_flush)
-        except write_process.WriteProcessDied:
+        except child_process.WriteProcessDied:
             await asyncio.to_thread(self._final_flush)  # the samples it did store are recorded
             raise
         except Exception as exc:

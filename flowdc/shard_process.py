@@ -26,9 +26,9 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from flowdc import write_process
+from flowdc.child_process import WriteProcessDied, link
 from flowdc.shard_child import MemberData
 from flowdc.write_child import Written, note_result
-from flowdc.write_process import ChildLink, WriteProcessDied
 from flowdc.write_queue import write_batch
 from flowdc.writers.base import StoredSample, StoreError
 
@@ -98,7 +98,7 @@ class ShardProcess:
 
     def __init__(self, verify: str, ring_bytes: int | None = None):
         ring_bytes = ring_bytes or write_process.RING_BYTES
-        self._child = ChildLink(ring_bytes, ("shards", verify))
+        self._child = link(ring_bytes, ("shards", verify))
         self.half_bytes = ring_bytes // 2
         self._side = 0
         self._checking = False  # a check is out: its answer is the next message

@@ -18,18 +18,11 @@ when it stops, and it stops when its socket closes, so a stopped run still write
 from __future__ import annotations
 
 import collections
-import contextlib
 import logging
-import mmap
-import os
-import socket
-import subprocess
-import sys
 from collections.abc import Iterator
-from multiprocessing.connection import Connection
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from flowdc.errors import EXIT_FAILURE, FlowdcError
+from flowdc.child_process import WriteProcessDied, link
 from flowdc.imagesig import NOT_DECODABLE
 from flowdc.write_child import Item, Result, note_result
 from flowdc.writers.base import SampleRefused, StoredSample, StoreError
@@ -46,11 +39,6 @@ RING_BYTES = 32 << 20  # room for bodies on their way: a few batches of thumbnai
 START_AFTER = 2048
 READY_TIMEOUT_S = 5.0  # a run waits this long at most for its write process to load
 CLOSE_TIMEOUT_S = 60.0  # the child's answer to "close" comes once it wrote what it was sent
-
-
-def available() -> bool:
-    """Whether the write process can run here and help: a memfd (Linux) and a second core."""
-    return hasattr(os, "memfd_create") and (os.cpu_count() or 1) >= 2
 
 
 class Ring:
@@ -97,13 +85,6 @@ class Ring:
         self.tail = end
 
 
-class WriteProcessDied(FlowdcError, RuntimeError):
-    """The write process is gone (killed, out of memory): samples it had not answered were not
-    recorded, and a rerun fetches them again."""
-
-    exit_code = EXIT_FAILURE
-
-
 class WriteProcess:
     """The parent's side: sends batches, reads the answers, and settles each sample as
     ImageFolderWriter.write and the decode check would have."""
@@ -115,7 +96,7 @@ class WriteProcess:
         self.room_bytes = ring_bytes
         loan = archive.lend() if archive is not None else None
         self._lent = loan is not None
-        self._child = ChildLink(ring_bytes, ("imagefolder", loan, verify))
+        self._child = link(ring_bytes, ("imagefolder", loan, verify))
         self._conn, self._buf = self._child.conn, self._child.ring
         self._ring = Ring(ring_bytes)
         self._sent: collections.deque[list[tuple[StoredSample, str, str | None]]] = collections.deque()
@@ -215,95 +196,3 @@ class WriteProcess:
         return self._child.pid
 
 
-class ChildLink:
-    """A write process and what links the parent to it: its socket and the ring both map. The
-    first message names the child's role and its settings (flowdc.write_child.main)."""
-
-    def __init__(self, ring_bytes: int, role: tuple[Any, ...]):
-        fd = os.memfd_create("flowdc-ring", os.MFD_CLOEXEC)
-        ours, theirs = socket.socketpair()
-        proc: subprocess.Popen[bytes] | None = None
-        try:
-            os.ftruncate(fd, ring_bytes)
-            self._map = mmap.mmap(fd, ring_bytes)
-            proc = start_child(theirs.fileno(), fd)
-            self.conn = Connection(ours.detach())
-            self.conn.send((ring_bytes, *role))
-        except BaseException:
-            ours.close()
-            if proc is not None:
-                proc.kill()
-                proc.wait()
-            raise
-        finally:
-            theirs.close()
-            os.close(fd)
-        assert proc is not None
-        self._proc = proc
-        self.ring = memoryview(self._map)
-        self._ready = False
-
-    def wait_ready(self, timeout: float | None) -> bool:
-        """Whether the child has loaded what its role needs (its first message says so), waiting up
-        to `timeout` seconds (None: for good) for it to say so."""
-        if not self._ready:
-            try:
-                if not self.conn.poll(timeout):
-                    return False
-                self.conn.recv()
-            except (EOFError, OSError):
-                raise WriteProcessDied(self.died()) from None
-            self._ready = True
-        return True
-
-    def ask(self, message: Any) -> Any:
-        """Send a request and wait for its answer."""
-        self.tell(message)
-        return self.receive()
-
-    def receive(self) -> Any:
-        """The next answer, waited for."""
-        try:
-            self.wait_ready(None)
-            return self.conn.recv()
-        except (EOFError, OSError):
-            raise WriteProcessDied(self.died()) from None
-
-    def tell(self, message: Any) -> None:
-        """Send what needs no answer."""
-        try:
-            self.conn.send(message)
-        except OSError:
-            raise WriteProcessDied(self.died()) from None
-
-    def shutdown(self) -> None:
-        """Stop the child whatever it is doing; safe to call twice."""
-        self.conn.close()  # it stops at the end of its pipe
-        try:
-            self._proc.wait(timeout=5.0)
-        except subprocess.TimeoutExpired:
-            self._proc.kill()
-            self._proc.wait()
-        if not self._map.closed:
-            self.ring.release()
-            self._map.close()
-
-    @property
-    def pid(self) -> int:
-        return self._proc.pid
-
-    def died(self) -> str:
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self._proc.wait(timeout=1.0)
-        return (f"the write process stopped (exit code {self._proc.returncode}); what it stored is kept: "
-                "run the same command again to fetch the rest")
-
-
-def start_child(conn_fd: int, ring_fd: int) -> subprocess.Popen[bytes]:
-    """A fresh interpreter running main(), not multiprocessing's spawn: that one imports the
-    parent's __main__ again, and a user's script without a main guard would start a second
-    download in it. It imports the flowdc this process runs, and only the modules it needs."""
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    code = f"import sys; sys.path.insert(0, {root!r}); from flowdc.write_child import main; main()"
-    return subprocess.Popen([sys.executable, "-c", code, str(conn_fd), str(ring_fd)], pass_fds=(conn_fd, ring_fd),
-                            stdin=subprocess.DEVNULL)

@@ -32,11 +32,11 @@ from typing import TYPE_CHECKING, Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from flowdc.child_process import WriteProcessDied
 from flowdc.jsonenc import json_encoder
 from flowdc.ledger import Ledger, Record
 from flowdc.samplemeta import ShardStats, sample_meta
 from flowdc.storage import Destination
-from flowdc.write_process import WriteProcessDied
 from flowdc.writers.base import StoredSample, StoreError
 from flowdc.writers.shardnames import ShardNames
 from flowdc.writers.shardresume import RecordedPrefix, recorded_in_shards, recorded_prefix, retraction

@@ -28,7 +28,7 @@ import pyarrow.parquet as pq
 import pytest
 from aiohttp import web
 
-from flowdc import write_process
+from flowdc import child_process
 from flowdc.config import DownloadConfig
 from flowdc.download import run_download
 from flowdc.ledger import Ledger
@@ -135,7 +135,7 @@ def mixed_images_manifest(tmp_path: Path, farm: FakeHostFarm, rows: int) -> Path
 
 def run_with_a_killed_write_process(
         tmp_path: Path, farm_factory: Callable[[Sequence[HostSpec]], FakeHostFarm],
-        children: list[write_process.ChildLink], ready: Callable[[Path], bool], **options: Any,
+        children: list[child_process.ChildLink], ready: Callable[[Path], bool], **options: Any,
 ) -> tuple[FakeHostFarm, Path, Path, dict[int, dict[str, Any]]]:
     """A run of 1,500 3-KB PNGs from two hosts of 20 ms latency whose write process is SIGKILLed
     once `ready(out)` holds: it must fail with WriteProcessDied. Returns the farm, the manifest,
@@ -155,7 +155,7 @@ def run_with_a_killed_write_process(
     killer = threading.Thread(target=kill_when_ready)
     killer.start()
     try:
-        with pytest.raises(write_process.WriteProcessDied, match="exit code -9"):
+        with pytest.raises(child_process.WriteProcessDied, match="exit code -9"):
             download(manifest, out, **options)
     finally:
         killer.join()
@@ -170,12 +170,12 @@ def size_limited_write_process_script(**config: Any) -> str:
     options = ", ".join(f"{name}={value!r}" for name, value in config.items())
     return textwrap.dedent(f"""
         import resource, signal, sys
-        from flowdc import write_process
+        from flowdc import child_process, write_process
         from flowdc.config import DownloadConfig
         from flowdc.download import run_download
 
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-        real_start = write_process.start_child
+        real_start = child_process.start_child
 
         def start_limited(*args):
             resource.setrlimit(resource.RLIMIT_FSIZE, (1_000_000, resource.RLIM_INFINITY))
@@ -184,7 +184,7 @@ def size_limited_write_process_script(**config: Any) -> str:
             finally:
                 resource.setrlimit(resource.RLIMIT_FSIZE, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
 
-        write_process.start_child = start_limited
+        child_process.start_child = start_limited
         write_process.START_AFTER = 0  # from the first sample on
         cfg = DownloadConfig(input=sys.argv[1], output=sys.argv[2], timeout=5.0, retry_backoff_sec=0.01,
                              quiet=True, {options})
@@ -212,16 +212,16 @@ def tar_samples(out: Path) -> dict[str, dict[str, bytes]]:
 
 
 @pytest.fixture
-def write_children(monkeypatch: pytest.MonkeyPatch) -> list[write_process.ChildLink]:
+def write_children(monkeypatch: pytest.MonkeyPatch) -> list[child_process.ChildLink]:
     """Every write process started, in either role (the run decides; this only keeps them)."""
-    started: list[write_process.ChildLink] = []
-    real_init = write_process.ChildLink.__init__
+    started: list[child_process.ChildLink] = []
+    real_init = child_process.ChildLink.__init__
 
-    def counting_init(self: write_process.ChildLink, *args: Any, **kwargs: Any) -> None:
+    def counting_init(self: child_process.ChildLink, *args: Any, **kwargs: Any) -> None:
         real_init(self, *args, **kwargs)
         started.append(self)
 
-    monkeypatch.setattr(write_process.ChildLink, "__init__", counting_init)
+    monkeypatch.setattr(child_process.ChildLink, "__init__", counting_init)
     return started
 
 

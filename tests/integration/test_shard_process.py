@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from flowdc import write_process, write_queue
+from flowdc import child_process, write_process, write_queue
 from flowdc.download import DownloadJob
 from flowdc.ledger import Record
 from flowdc.shard_process import ShardProcess, ShardWriteLane
@@ -58,7 +58,7 @@ def _leftovers(out: Path) -> list[str]:
 
 def test_the_write_process_writes_the_shards_the_writer_writes_alone(
         tmp_path: Path, two_hosts: FakeHostFarm, monkeypatch: pytest.MonkeyPatch,
-        write_children: list[write_process.ChildLink]) -> None:
+        write_children: list[child_process.ChildLink]) -> None:
     manifest = mixed_images_manifest(tmp_path, two_hosts, 60)
     options = {"label": "label", "output_format": "webdataset", "samples_per_shard": 16}
     monkeypatch.setattr(write_process, "START_AFTER", 10**9)
@@ -91,7 +91,7 @@ def test_the_write_process_writes_the_shards_the_writer_writes_alone(
 
 def test_a_run_of_unknown_length_hands_its_open_shard_over_mid_run(
         tmp_path: Path, two_hosts: FakeHostFarm, monkeypatch: pytest.MonkeyPatch,
-        write_children: list[write_process.ChildLink]) -> None:
+        write_children: list[child_process.ChildLink]) -> None:
     """A CSV manifest has no row count to tell a long run by: the writer appends the first samples
     to the shard itself, then the write process appends to the same open shard."""
     urls = [two_hosts.url(i % 2, f"/csv/{i}.png?size={2000 + 37 * i}") for i in range(400)]
@@ -111,7 +111,7 @@ def test_a_run_of_unknown_length_hands_its_open_shard_over_mid_run(
 
 def test_a_killed_write_process_fails_the_run_and_a_rerun_loses_nothing(
         tmp_path: Path, farm_factory: Callable[[Sequence[HostSpec]], FakeHostFarm],
-        monkeypatch: pytest.MonkeyPatch, write_children: list[write_process.ChildLink]) -> None:
+        monkeypatch: pytest.MonkeyPatch, write_children: list[child_process.ChildLink]) -> None:
     monkeypatch.setattr(write_process, "START_AFTER", 1)
     options = {"output_format": "webdataset", "samples_per_shard": 300, "concurrent_downloads": 64}
     farm, manifest, out, first = run_with_a_killed_write_process(
@@ -157,7 +157,7 @@ def test_nothing_is_asked_of_the_write_process_while_a_check_is_out() -> None:
 
 def test_a_sync_due_while_a_batch_is_out_waits_for_its_answer(
         tmp_path: Path, two_hosts: FakeHostFarm, monkeypatch: pytest.MonkeyPatch,
-        write_children: list[write_process.ChildLink]) -> None:
+        write_children: list[child_process.ChildLink]) -> None:
     """The writer's poll (an appended shard's time to sync) runs on the event loop between batches,
     never while one is out to the child. Here a sync is always due, and a tick comes right after each
     batch is sent."""

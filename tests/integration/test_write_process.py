@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from flowdc import write_process
+from flowdc import child_process, write_process
 from flowdc.testing.fakehosts import FakeHostFarm, HostSpec
 from tests.integration.conftest import (
     download,
@@ -39,7 +39,7 @@ def _archive(out: Path) -> dict[str, bytes]:
 
 def test_the_write_process_stores_what_the_event_loop_stores(
         tmp_path: Path, two_hosts: FakeHostFarm, monkeypatch: pytest.MonkeyPatch,
-        write_children: list[write_process.ChildLink]) -> None:
+        write_children: list[child_process.ChildLink]) -> None:
     manifest = mixed_images_manifest(tmp_path, two_hosts, 60)
     monkeypatch.setattr(write_process, "START_AFTER", 10**9)
     on_loop = tmp_path / "on_loop"
@@ -93,7 +93,7 @@ def test_files_and_an_archive_the_write_process_cannot_write(tmp_path: Path, two
 
 def test_a_killed_write_process_fails_the_run_and_a_rerun_loses_nothing(
         tmp_path: Path, farm_factory: Callable[[Sequence[HostSpec]], FakeHostFarm],
-        monkeypatch: pytest.MonkeyPatch, write_children: list[write_process.ChildLink]) -> None:
+        monkeypatch: pytest.MonkeyPatch, write_children: list[child_process.ChildLink]) -> None:
     monkeypatch.setattr(write_process, "START_AFTER", 1)
     _farm, manifest, out, first = run_with_a_killed_write_process(
         tmp_path, farm_factory, write_children, lambda out: len(list(out.glob("*.png"))) >= 200,
@@ -111,7 +111,7 @@ def test_a_killed_write_process_fails_the_run_and_a_rerun_loses_nothing(
 
 def test_a_run_of_unknown_length_hands_over_mid_run_and_the_archive_goes_on_where_the_loop_left_it(
         tmp_path: Path, two_hosts: FakeHostFarm, monkeypatch: pytest.MonkeyPatch,
-        write_children: list[write_process.ChildLink]) -> None:
+        write_children: list[child_process.ChildLink]) -> None:
     """A CSV manifest has no row count to tell a long run by: the first samples are written on the
     loop (their archive members too), then the write process takes over the same archive stream."""
     urls = [two_hosts.url(i % 2, f"/csv/{i}.png?size={2000 + 37 * i}") for i in range(400)]
@@ -151,3 +151,48 @@ def test_a_write_process_given_up_on_mid_batch_leaves_quietly(tmp_path: Path) ->
     done = subprocess.run([sys.executable, "-c", _GIVE_UP_MID_BATCH, str(tmp_path / "out")],
                           capture_output=True, text=True, timeout=60, env=subprocess_env())
     assert (done.returncode, done.stdout.strip(), done.stderr) == (0, "0", "")
+
+
+def _padded_csv(path: Path, farm: FakeHostFarm, rows: int) -> Path:
+    """A CSV manifest past child_process.EARLY_START_MIN_INPUT_BYTES: long URLs, small PNGs."""
+    pad = "p" * 90
+    path.write_text("url\n" + "\n".join(farm.url(i % 2, f"/early/{i}.png?size=900&pad={pad}")
+                                        for i in range(rows)) + "\n")
+    assert path.stat().st_size >= child_process.EARLY_START_MIN_INPUT_BYTES
+    return path
+
+
+def test_the_cli_starts_the_write_process_early_and_the_run_takes_that_one(
+        tmp_path: Path, two_hosts: FakeHostFarm, monkeypatch: pytest.MonkeyPatch,
+        write_children: list[child_process.ChildLink]) -> None:
+    """`flowdc download` of a big manifest starts its write process before it imports the download's
+    modules; the run uses that child (one child in all) and stores what the loop would."""
+    from flowdc.cli import main
+
+    manifest = _padded_csv(tmp_path / "m.csv", two_hosts, 600)
+    monkeypatch.setattr(write_process, "START_AFTER", 5)  # the run wants a write process
+    early: list[child_process.ChildLink | None] = []
+    start_early = child_process.start_early
+    monkeypatch.setattr(child_process, "start_early", lambda: (start_early(), early.append(child_process._early)))
+    out = tmp_path / "out"
+    assert main(["download", "--input", str(manifest), "--output", str(out), "--quiet", "--timeout", "5"]) == 0
+    assert write_children == early and not write_children[0].running()
+    recs = latest(out)
+    assert [r["status"] for r in recs] == ["ok"] * 600
+    assert all(sha256((out / r["path"]).read_bytes()) == r["sha256"] for r in recs)
+    assert len(_archive(out)) == 601 and not temporaries(out)
+
+
+def test_a_write_process_started_early_that_no_run_takes_is_sent_away(
+        tmp_path: Path, two_hosts: FakeHostFarm, monkeypatch: pytest.MonkeyPatch,
+        write_children: list[child_process.ChildLink]) -> None:
+    """A wrong guess (the run writes on its loop) costs a child that is stopped at the end."""
+    from flowdc.cli import main
+
+    manifest = _padded_csv(tmp_path / "m.csv", two_hosts, 600)
+    monkeypatch.setattr(write_process, "START_AFTER", 10**9)
+    out = tmp_path / "out"
+    assert main(["download", "--input", str(manifest), "--output", str(out), "--quiet", "--timeout", "5"]) == 0
+    assert len(write_children) == 1  # started early, then sent away: the run started none
+    assert write_children[0]._proc.returncode == 0  # it left at the end of its pipe, and was waited for
+    assert [r["status"] for r in latest(out)] == ["ok"] * 600
