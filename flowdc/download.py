@@ -47,7 +47,7 @@ from flowdc.shard_process import ShardWriteLane
 from flowdc.shipping import Shipper, uploader_for
 from flowdc.storage import Destination, is_destination_error
 from flowdc.telemetry import HostSnapshot, RunSnapshot, Snapshot, Telemetry
-from flowdc.urls import host_key, scheme_error, url_redactor
+from flowdc.urls import host_and_problem, host_key, url_redactor
 from flowdc.write_queue import INLINE_MAX_S, Lane, WriteQueue
 from flowdc.writers.base import SampleRefused, SampleWriter, StoredSample, StoreError
 from flowdc.writers.factory import make_writer
@@ -426,7 +426,7 @@ class DownloadJob:
             label = labels[i] if labels else None
             meta = extras[i] if extras else {}
             key = make_key(self.cfg.naming_mode, row, url)
-            problem = "no_url" if not url else scheme_error(url)
+            host, problem = host_and_problem(url) if url else ("", "no_url")
             if problem is None and self.cfg.naming_mode == "url_based":
                 problem = None if self._seen_keys.add(key) else "duplicate_url"
             if problem is not None:
@@ -435,7 +435,7 @@ class DownloadJob:
                 self._final(Record(row, key, self.redact(url), status, label=label, reason=problem,
                                    url_hash=int(hashes[i]), ident=int(idents[i])))
                 continue
-            yield Job(row, key, url, host_key(url), label, meta, url_hash=int(hashes[i]), ident=int(idents[i]))
+            yield Job(row, key, url, host, label, meta, url_hash=int(hashes[i]), ident=int(idents[i]))
 
     def _manifest_end(self) -> int:
         """One past the largest row number of the manifest: rows that must move are numbered from there."""

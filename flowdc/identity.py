@@ -12,6 +12,7 @@ identities fit in a few hundred MB.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -45,14 +46,24 @@ def identity_text(url: str) -> str:
     return plain if plain is not None else _parsed_identity(url)
 
 
+# The same, but '&' and '=' kept: a query of name=value pairs translated whole, as pair by pair.
+_QUOTE_PLUS_PAIRS = {c: q for c, q in _QUOTE_PLUS.items() if chr(c) not in "&="}
+_NOT_PLAIN = re.compile(r"[%+@#\[\]]")
+_PAIRS = re.compile(r"[^&=]+=[^&=]*(?:&[^&=]+=[^&=]*)*")  # each pair has a name and one '=', none empty
+_SECRET_NAME = re.compile("(?:^|&)(?:" + "|".join(map(re.escape, sorted(SECRET_PARAMS))) + ")(?:[=&]|$)",
+                          re.IGNORECASE | re.ASCII)
+
+
 def _plain_query_identity(url: str) -> str | None:
     """What _parsed_identity gives an http(s) URL of printable ASCII with a query and no '%', '+',
     userinfo, fragment or brackets, without the parse (a few microseconds a row); None otherwise."""
     if not url.startswith(("http://", "https://")) or not (url.isascii() and url.isprintable()):
         return None
-    if any(mark in url for mark in "%+@#[]"):
+    if _NOT_PLAIN.search(url):
         return None
     base, _, query = url.partition("?")
+    if _PAIRS.fullmatch(query) and not _SECRET_NAME.search(query) and MASK not in query:
+        return f"{base}?{query.translate(_QUOTE_PLUS_PAIRS)}"  # every pair kept, as the loop below would
     kept = []
     for pair in query.split("&"):
         if not pair:
@@ -149,12 +160,13 @@ class RepeatNumbering:
         if base.size == 0:
             return base.astype(np.int64)
         values, inverse, counts = np.unique(base, return_inverse=True, return_counts=True)
+        seen_before = ~self._seen.add_all(values)
         before = np.zeros(values.size, dtype=np.int64)
-        for k, value in enumerate(values.tolist()):
-            if not self._seen.add_bits(value):
+        for k in np.flatnonzero(seen_before | (counts > 1)).tolist():  # repeats only: few, in most manifests
+            value = int(values[k])
+            if seen_before[k]:
                 before[k] = self._repeats.get(value, 1)
-            if before[k] or counts[k] > 1:
-                self._repeats[value] = int(before[k] + counts[k])
+            self._repeats[value] = int(before[k] + counts[k])
         occurrence = _occurrences(base) + before[inverse]
         out = base.astype(np.int64).copy()
         repeat = occurrence > 0

@@ -43,6 +43,22 @@ class SeenKeys:
             self._merge()
         return True
 
+    def add_all(self, values: np.ndarray) -> np.ndarray:
+        """add_bits for each of `values` (distinct int64s), without a Python call per value: which
+        were new. (A manifest batch's identities: 20k calls of add_bits cost the event loop 25 ms.)"""
+        new = np.ones(values.size, dtype=bool)
+        listed = values.tolist()
+        known = self._recent.intersection(listed)
+        if known:
+            new &= ~np.isin(values, np.fromiter(known, dtype=np.int64, count=len(known)))
+        if self._sorted.size:
+            at = np.minimum(np.searchsorted(self._sorted, values), self._sorted.size - 1)
+            new &= self._sorted[at] != values
+        self._recent.update(values[new].tolist() if known or self._sorted.size else listed)
+        if len(self._recent) >= self._merge_every:
+            self._merge()
+        return new
+
     def nbytes(self) -> int:
         """Roughly what the keys cost: 8 bytes each once merged."""
         return self._sorted.nbytes + 100 * len(self._recent)

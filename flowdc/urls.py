@@ -47,6 +47,16 @@ def _plain_netloc(url: str) -> str | None:
     return url[start:end]
 
 
+def host_and_problem(url: str) -> tuple[str, str | None]:
+    """host_key(url) and scheme_error(url), with one look at the netloc of a plain http(s) URL (a
+    manifest row's; the two would each take it)."""
+    if url[:8].lower().startswith(("http://", "https://")):
+        netloc = _plain_netloc(url.strip())
+        if netloc is not None:
+            return netloc.rpartition("@")[2].lower(), None if netloc else "invalid_url"
+    return host_key(url), scheme_error(url)
+
+
 def scheme_error(url: str) -> str | None:
     """Why a URL will not be fetched, or None when it may be."""
     head = url[:8].lower()
