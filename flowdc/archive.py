@@ -313,17 +313,22 @@ def remove_stale_temporaries(parent: Destination, base: str) -> int:
 
 def stored_files(dest: Destination) -> list[str]:
     """Paths (relative, sorted) of the files under the output an archive holds: not _flowdc/, no temporaries.
-    On a local disk by os.walk, which never enters _flowdc/: fsspec's find costs a dict per file."""
+    On a local disk by os.scandir, which never enters _flowdc/: fsspec's find costs a dict per file
+    (and os.walk a path join per file: 30 ms of a run's tail for 20k files)."""
     if not dest.local:
         prefix = dest.root.rstrip("/") + "/"
         return sorted(rel for p in dest.fs.find(dest.root) if not _skipped(rel := p[len(prefix):]))
-    found = []
-    for folder, dirs, files in os.walk(dest.root):
-        rel_folder = os.path.relpath(folder, dest.root)
-        if rel_folder == ".":
-            dirs[:] = [d for d in dirs if d not in SKIP_TOP]
-            rel_folder = ""
-        found += [posixpath.join(rel_folder, f) for f in files if TMP_MARK not in f]
+    found: list[str] = []
+    folders = [("", dest.root)]
+    while folders:
+        rel, folder = folders.pop()
+        with os.scandir(folder) as entries:
+            for entry in entries:
+                if not entry.is_dir():
+                    if TMP_MARK not in entry.name:
+                        found.append(rel + entry.name)
+                elif not entry.is_symlink() and not (not rel and entry.name in SKIP_TOP):
+                    folders.append((f"{rel}{entry.name}/", entry.path))  # as os.walk: a linked folder is not entered
     return sorted(found)
 
 

@@ -6,6 +6,7 @@ import json
 import time
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -78,25 +79,51 @@ def labels_section(cfg: DownloadConfig, dest: Destination) -> dict[str, Any]:
 
 
 def per_host(latest: pa.Table, host_snapshots: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """Per-host figures from the ledger's latest states, with the controller's last snapshot if any."""
+    """Per-host figures from the ledger's latest states, with the controller's last snapshot if any.
+    Counted with numpy over the host column's codes: a table's group_by loads pyarrow's query
+    engine (10 ms of a run's tail) for a few sums."""
     latest = latest.filter(pc.is_valid(latest["host"])) if latest.num_rows else latest
     if latest.num_rows == 0:
         return {}
-    ok_col = pc.cast(pc.equal(latest["status"], "ok"), pa.int64())
-    table = latest.append_column("is_ok", ok_col)
-    grouped = table.group_by("host").aggregate(
-        [("row", "count"), ("is_ok", "sum"), ("bytes", "sum"), ("ttfb_ms", "approximate_median")]
-    ).sort_by([("row_count", "descending")])
+    hosts_col = latest["host"].combine_chunks()
+    if not pa.types.is_dictionary(hosts_col.type):
+        hosts_col = pc.dictionary_encode(hosts_col)
+    codes = hosts_col.indices.to_numpy(zero_copy_only=False)
+    names = hosts_col.dictionary.to_pylist()
+    rows = np.bincount(codes, minlength=len(names))
+    ok = np.bincount(codes, weights=pc.equal(latest["status"], "ok").to_numpy(zero_copy_only=False),
+                     minlength=len(names))
+    sizes = np.bincount(codes, weights=pc.fill_null(latest["bytes"], 0).to_numpy(zero_copy_only=False),
+                        minlength=len(names))
+    medians = _medians_by_code(codes, latest["ttfb_ms"], len(names))
     hosts: dict[str, dict[str, Any]] = {}
-    for item in grouped.slice(0, MAX_HOSTS_LISTED).to_pylist():
-        name = item["host"]
-        figures = {"rows": item["row_count"], "ok": item["is_ok_sum"], "bytes": item["bytes_sum"] or 0,
-                   "ttfb_median_ms": _round(item["ttfb_ms_approximate_median"])}
+    for code in np.argsort(-rows, kind="stable")[:MAX_HOSTS_LISTED].tolist():
+        if not rows[code]:
+            break  # a dictionary value no row uses
+        name = names[code]
+        figures = {"rows": int(rows[code]), "ok": int(ok[code]), "bytes": int(sizes[code]),
+                   "ttfb_median_ms": None if np.isnan(medians[code]) else _round(float(medians[code]))}
         snap = host_snapshots.get(name)
         if snap:
             figures["controller"] = snap
         hosts[name] = figures
     return hosts
+
+
+def _medians_by_code(codes: np.ndarray, values: pa.ChunkedArray, groups: int) -> np.ndarray:
+    """The median of each group's non-null values (NaN for a group without one)."""
+    valid = values.is_valid().to_numpy(zero_copy_only=False)
+    codes = codes[valid]
+    numbers = pc.drop_null(values).to_numpy(zero_copy_only=False).astype(np.float64)
+    order = np.lexsort((numbers, codes))
+    numbers = numbers[order]
+    counts = np.bincount(codes, minlength=groups)
+    starts = np.cumsum(counts) - counts
+    medians = np.full(groups, np.nan)
+    has = counts > 0
+    low, high = starts[has] + (counts[has] - 1) // 2, starts[has] + counts[has] // 2
+    medians[has] = (numbers[low] + numbers[high]) / 2
+    return medians
 
 
 def _round(value: float | None) -> float | None:
