@@ -49,9 +49,9 @@ def test_figures_per_host_match_a_count_by_hand(seed: int, as_dictionary: bool) 
 
 
 def test_a_host_without_any_time_to_first_byte_and_the_listing_cap() -> None:
-    table = pa.table({"host": [f"h{i}" for i in range(MAX_HOSTS_LISTED + 5)], "status": ["failed"] * (MAX_HOSTS_LISTED + 5),
-                      "bytes": pa.nulls(MAX_HOSTS_LISTED + 5, pa.int64()),
-                      "ttfb_ms": pa.nulls(MAX_HOSTS_LISTED + 5, pa.float64()), "row": range(MAX_HOSTS_LISTED + 5)})
+    n = MAX_HOSTS_LISTED + 5
+    table = pa.table({"host": [f"h{i}" for i in range(n)], "status": ["failed"] * n, "bytes": pa.nulls(n, pa.int64()),
+                      "ttfb_ms": pa.nulls(n, pa.float64()), "row": range(n)})
     hosts = per_host(table, {})
     assert len(hosts) == MAX_HOSTS_LISTED
     assert hosts["h0"] == {"rows": 1, "ok": 0, "bytes": 0, "ttfb_median_ms": None}
