@@ -18,6 +18,10 @@ section is appended to bench/results/latest.md.
 temporary `git worktree` and its `flowdc download` runs beside the current code's, with the same
 options, in the same rounds and in turn first (so a burst of load on a shared machine hits both alike):
 `baseline` with the options of the scenario's first flowdc run, `baseline_wds` with flowdc_wds's.
+
+With `--rounds N` each contender's best or median round is reported, and each ratio (against the
+bare loop, against the baseline) is also given round by round with its median: the runs of one
+round are minutes apart at most, so a slow stretch of this shared machine weighs on both sides.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ import importlib.util
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -84,6 +89,7 @@ class RunResult:
     returncode: int | None = None
     note: str = ""
     errors: dict[str, int] = field(default_factory=dict)
+    round_rates: list[float] = field(default_factory=list)  # images/s of every round, in order (--rounds)
 
     @property
     def wall_images_per_s(self) -> float:
@@ -313,6 +319,7 @@ def pick_rounds(runs: list[RunResult], rounds: int, pick: str = "best") -> list[
         top = max(r.ok for r in mine)
         full = sorted((r for r in mine if r.ok == top), key=lambda r: r.wall_s)
         r = full[0] if pick == "best" else full[(len(full) - 1) // 2]
+        r.round_rates = [x.wall_images_per_s for x in mine]
         if rounds > 1:  # every round's wall time, so a bad round shows even when it is not reported
             walls = ", ".join(f"{x.wall_s:.1f}" for x in mine)
             r.note = (r.note + "; " if r.note else "") + f"{pick} of {rounds} (wall s: {walls})"
@@ -459,6 +466,7 @@ def ratio_lines(scenario: Scenario, results: list[RunResult]) -> list[str]:
         if flowdc and baseline:
             lines.append(f"{ours} / {theirs}, images/s (wall clock): "
                          f"{flowdc.wall_images_per_s / baseline.wall_images_per_s:.3f}x")
+            lines += round_ratio_lines(flowdc, baseline)
     i2d = by.get("img2dataset")
     for name in [r.name for r in results if r.name not in ("bare", "img2dataset")]:
         r = by.get(name)
@@ -474,6 +482,7 @@ def ratio_lines(scenario: Scenario, results: list[RunResult]) -> list[str]:
         if r and bare:
             wall_ratio = r.wall_images_per_s / bare.wall_images_per_s
             lines.append(f"{name} / bare, images/s (wall clock): {wall_ratio:.2f}x")
+            lines += round_ratio_lines(r, bare)
             if r.tool_images_per_s and bare.tool_images_per_s:
                 tool_ratio = r.tool_images_per_s / bare.tool_images_per_s
                 lines.append(f"{name} / bare, images/s (as reported): {tool_ratio:.2f}x")
@@ -481,6 +490,16 @@ def ratio_lines(scenario: Scenario, results: list[RunResult]) -> list[str]:
                 lines.append(f"{name} / bare, CPU per image: {r.cpu_s / r.ok / (bare.cpu_s / bare.ok):.2f}x "
                              f"({r.cpu_s / r.ok * 1e6:.0f} against {bare.cpu_s / bare.ok * 1e6:.0f} us)")
     return lines
+
+
+def round_ratio_lines(ours: RunResult, theirs: RunResult) -> list[str]:
+    """The same ratio taken round by round, and its median: the two ran minutes apart at most, so
+    a slow stretch of a shared machine weighs on both sides of a round's ratio, not on one median."""
+    pairs = [(a / b) for a, b in zip(ours.round_rates, theirs.round_rates, strict=False) if a > 0 and b > 0]
+    if len(pairs) < 2:
+        return []
+    each = ", ".join(f"{x:.2f}" for x in pairs)
+    return [f"{ours.name} / {theirs.name}, images/s round by round: median {statistics.median(pairs):.2f}x ({each})"]
 
 
 def header_lines(scenario: Scenario, info: ManifestInfo, concurrency: int) -> list[str]:

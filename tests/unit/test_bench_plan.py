@@ -14,7 +14,7 @@ BENCH = Path(__file__).resolve().parents[2] / "bench"
 if str(BENCH) not in sys.path:
     sys.path.insert(0, str(BENCH))
 
-from run import RunResult, _cpu_seconds, ratio_lines, round_order  # noqa: E402
+from run import RunResult, _cpu_seconds, pick_rounds, ratio_lines, round_order  # noqa: E402
 from scenarios import DEAD_HOSTS, RESET_HOSTS, SCENARIOS, Scenario, answers_nothing, build_urls  # noqa: E402
 
 
@@ -63,3 +63,18 @@ def test_cpu_per_image_is_compared_with_the_bare_loops() -> None:
     bare = RunResult("bare", ok=2000, wall_s=1.0, cpu_s=2.0)
     lines = ratio_lines(SCENARIOS["realistic"], [flowdc, bare])
     assert "flowdc / bare, CPU per image: 3.00x (3000 against 1000 us)" in lines
+
+
+def test_ratios_are_also_taken_round_by_round() -> None:
+    """A slow stretch slows both runs of its round: the round's ratio keeps the pace between them,
+    while the ratio of the two medians compares rounds that met different stretches."""
+    runs = []
+    for flowdc_s, bare_s in ((5.0, 4.0), (8.0, 6.4), (6.0, 6.25)):
+        runs += [RunResult("flowdc", ok=20_000, wall_s=flowdc_s), RunResult("bare", ok=20_000, wall_s=bare_s)]
+    picked = pick_rounds(runs, 3, "median")
+    assert [r.round_rates for r in picked] == [[4000.0, 2500.0, 20_000 / 6.0], [5000.0, 3125.0, 3200.0]]
+    lines = ratio_lines(SCENARIOS["realistic"], picked)
+    assert "flowdc / bare, images/s (wall clock): 1.04x" in lines  # the medians: 6.0 s and 6.25 s
+    assert "flowdc / bare, images/s round by round: median 0.80x (0.80, 0.80, 1.04)" in lines
+    one_round = pick_rounds(runs[:2], 1)
+    assert not any("round by round" in line for line in ratio_lines(SCENARIOS["realistic"], one_round))
