@@ -72,8 +72,7 @@ class ChildLink:
         except BaseException:
             self.shutdown()
             raise
-        finally:
-            os.close(self._ring_fd)
+        self._close_ring_fd()  # the map keeps the memory; the child has its own descriptor
         self.ring = memoryview(self._map)
         self.tell((ring_bytes, *role))
 
@@ -124,8 +123,12 @@ class ChildLink:
         if self._map is not None and not self._map.closed:
             self.ring.release()
             self._map.close()
-        with contextlib.suppress(OSError):
-            os.close(self._ring_fd)  # a child sent away before its role
+        self._close_ring_fd()  # a child sent away before its role
+
+    def _close_ring_fd(self) -> None:
+        fd, self._ring_fd = self._ring_fd, -1
+        if fd >= 0:
+            os.close(fd)
 
     @property
     def pid(self) -> int:

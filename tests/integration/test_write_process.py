@@ -5,6 +5,7 @@ that was recorded."""
 
 from __future__ import annotations
 
+import errno
 import subprocess
 import sys
 import tarfile
@@ -196,3 +197,14 @@ def test_a_write_process_started_early_that_no_run_takes_is_sent_away(
     assert len(write_children) == 1  # started early, then sent away: the run started none
     assert write_children[0]._proc.returncode == 0  # it left at the end of its pipe, and was waited for
     assert [r["status"] for r in latest(out)] == ["ok"] * 600
+
+
+def test_a_ring_that_cannot_be_made_stops_the_child_and_says_why() -> None:
+    """The ring's own error reaches the caller (not a second close of its descriptor), and the child
+    that waited for its role is gone."""
+    child = child_process.ChildLink()
+    with pytest.raises(OSError) as raised:
+        child.begin(-1, ("imagefolder", None, "none"))
+    assert raised.value.errno == errno.EINVAL
+    assert child._proc.returncode == 0
+    child.shutdown()  # twice is harmless
