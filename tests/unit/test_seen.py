@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numpy as np
+
 from flowdc.seen import SeenKeys
 from flowdc.writers.naming import url_key
 
@@ -22,3 +24,18 @@ def test_keys_cost_about_eight_bytes_each() -> None:
         seen.add(url_key(f"http://host{i % 97}.example/{i}.jpg"))
     assert len(seen) == 200_000
     assert seen.nbytes() < 200_000 * 10  # a set of the key strings takes about 100 bytes a key
+
+
+def test_a_batch_is_new_where_a_set_says_so_across_merges() -> None:
+    """add_all against a plain set: values seen in earlier batches, recent or merged, are not new."""
+    rng = np.random.default_rng(5)
+    seen, reference = SeenKeys(merge_every=7), set()
+    for size in (1, 5, 12, 3, 30, 8, 50, 2):
+        batch = np.unique(rng.integers(-60, 60, size=size)).astype(np.int64)
+        expected = [int(v) not in reference for v in batch]
+        assert seen.add_all(batch).tolist() == expected
+        reference.update(batch.tolist())
+        assert seen.add_bits(1000 + size) == (1000 + size not in reference)  # one at a time, in between
+        reference.add(1000 + size)
+    assert len(seen) == len(reference)
+    assert seen._sorted.size  # the merged array was looked at, not only the recent set
