@@ -20,7 +20,7 @@ import numpy as np
 
 from flowdc.ledger import url_hash as text_hash
 from flowdc.seen import SeenKeys
-from flowdc.urls import DEFAULT_SECRET_PARAMS, MASK, secret_param_names
+from flowdc.urls import DEFAULT_SECRET_PARAMS, MASK, secret_name_pattern, secret_param_names
 
 # Query parameters that carry credentials or expire (signatures, tokens): not part of what the URL names.
 # Every name URL redaction masks is one: a ledger's redacted URL must name the same row as the real one.
@@ -50,8 +50,7 @@ def identity_text(url: str) -> str:
 _QUOTE_PLUS_PAIRS = {c: q for c, q in _QUOTE_PLUS.items() if chr(c) not in "&="}
 _NOT_PLAIN = re.compile(r"[%+@#\[\]]")
 _PAIRS = re.compile(r"[^&=]+=[^&=]*(?:&[^&=]+=[^&=]*)*")  # each pair has a name and one '=', none empty
-_SECRET_NAME = re.compile("(?:^|&)(?:" + "|".join(map(re.escape, sorted(SECRET_PARAMS))) + ")(?:[=&]|$)",
-                          re.IGNORECASE | re.ASCII)
+_SECRET_NAME = secret_name_pattern(SECRET_PARAMS)  # redaction's: in a query of pairs, a secret name before its '='
 
 
 def _plain_query_identity(url: str) -> str | None:

@@ -132,13 +132,14 @@ def redact_url(url: str, secret_params: frozenset[str] = _DEFAULT_NAMES) -> str:
 
 
 def _redact_params(query: str, secret_params: frozenset[str]) -> str:
-    if query.isascii() and "%" not in query and "+" not in query and not _names_in(secret_params).search(query):
+    plain = query.isascii() and "%" not in query and "+" not in query
+    if plain and not secret_name_pattern(secret_params).search(query):
         return query  # no name is encoded, and none is secret: the common case, one search in C
     return _mask_params(query, secret_params)
 
 
 @lru_cache(maxsize=8)
-def _names_in(secret_params: frozenset[str]) -> re.Pattern[str]:
+def secret_name_pattern(secret_params: frozenset[str]) -> re.Pattern[str]:
     """Finds a parameter whose name, stripped and lower-cased, is one of `secret_params` (in a query
     with no percent-encoding or '+': there the name is as written)."""
     names = "|".join(re.escape(name) for name in sorted(secret_params, key=len, reverse=True))
