@@ -90,13 +90,15 @@ def config_from_args(cls: type, args: argparse.Namespace) -> Any:
 # -- commands -------------------------------------------------------------------------------------
 def cmd_download(args: argparse.Namespace) -> int:
     from flowdc import child_process
+    from flowdc.lean import collections_paused
 
     cfg = config_from_args(DownloadConfig, args)
     if child_process.worth_starting_early(cfg):
         child_process.start_early()  # it loads while this process imports the download's modules
     try:
-        from flowdc.download import run_download
-        from flowdc.overview import summary_text
+        with collections_paused():
+            from flowdc.download import run_download
+            from flowdc.overview import summary_text
 
         overview = run_download(cfg)
     finally:

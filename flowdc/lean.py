@@ -6,13 +6,18 @@ command hands pyarrow a pandas object (flowdc has no pandas dependency; it comes
 so a command's own process runs as if pandas were not installed. A process that may use pandas
 later (a notebook, a test calling `flowdc.cli.main`) is left alone: pyarrow would keep believing
 pandas absent there.
+
+A command's modules are also imported with the cyclic collector paused (`collections_paused`),
+which is harmless in any process.
 """
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import importlib.abc
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from importlib.machinery import ModuleSpec
 from types import ModuleType
 
@@ -32,3 +37,20 @@ def hold_back_pandas() -> None:
     if "pandas" in sys.modules or any(isinstance(f, PandasHeldBack) for f in sys.meta_path):
         return
     sys.meta_path.insert(0, PandasHeldBack())
+
+
+@contextlib.contextmanager
+def collections_paused() -> Iterator[None]:
+    """No cyclic collections inside: for importing a command's modules.
+
+    Imports make tens of thousands of long-lived objects and next to no garbage, yet each 700 new
+    ones start a collection: importing the download's modules ran 115 of them, 28-31 ms of a
+    0.36-s import.
+    """
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
