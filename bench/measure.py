@@ -26,6 +26,7 @@ class Measured:
     peak_rss_mb: float
     stdout: str
     stderr: str
+    started_at: float = 0.0  # epoch seconds at the start: the contender's own records are timed by the wall clock
 
 
 def _tree_rss(proc: psutil.Process) -> int:
@@ -63,7 +64,7 @@ def measure(cmd: list[str], timeout_s: float, log_dir: Path, source: Path = ROOT
         env = dict(os.environ, PYTHONPATH=pythonpath)
     peak = 0
     with out_path.open("wb") as out, err_path.open("wb") as err:
-        start = time.monotonic()
+        started_at, start = time.time(), time.monotonic()
         popen = subprocess.Popen(cmd, stdout=out, stderr=err, stdin=subprocess.DEVNULL, env=dict(env), cwd=source)
         proc = psutil.Process(popen.pid)
         returncode: int | None = None
@@ -85,6 +86,7 @@ def measure(cmd: list[str], timeout_s: float, log_dir: Path, source: Path = ROOT
         peak / 2**20,
         out_path.read_text(errors="replace"),
         err_path.read_text(errors="replace"),
+        started_at,
     )
 
 

@@ -37,7 +37,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -48,6 +48,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))  # usable from a checkout that was not pip-installed
 
+from hostends import HostEnds, ends_line, host_ends  # noqa: E402
 from img2dataset_contender import Img2datasetUnavailable, run_img2dataset  # noqa: E402
 from measure import Measured, measure, tail  # noqa: E402
 from realistic import noise_images  # noqa: E402
@@ -55,6 +56,8 @@ from scenarios import (  # noqa: E402
     SCENARIOS,
     ManifestInfo,
     Scenario,
+    host_hold,
+    host_makespan,
     img2dataset_settings,
     slowest_retry_chain,
     write_scenario_manifest,
@@ -90,6 +93,7 @@ class RunResult:
     note: str = ""
     errors: dict[str, int] = field(default_factory=dict)
     round_rates: list[float] = field(default_factory=list)  # images/s of every round, in order (--rounds)
+    ends: HostEnds | None = None  # a flowdc run's first row and each host's last, from its ledger
 
     @property
     def wall_images_per_s(self) -> float:
@@ -120,7 +124,7 @@ def flowdc_names(scenario: Scenario) -> list[str]:
 
 def run_flowdc(
     scenario: Scenario, manifest: Path, out: Path, concurrency: int, timeout_s: float, *, paarc: bool,
-    name: str | None = None, source: Path = ROOT,
+    name: str | None = None, source: Path = ROOT, host_names: Mapping[str, str] | None = None,
 ) -> RunResult:
     name = name or ("flowdc" if paarc else "flowdc_nopaarc")
     result = RunResult(name)
@@ -151,6 +155,8 @@ def run_flowdc(
     result.tool_elapsed_s = ov.get("elapsed_s")
     result.tool_images_per_s = ov.get("images_per_s")
     result.errors = dict(ov.get("errors", {}))
+    if host_names is not None:
+        result.ends = host_ends(out, m.started_at, host_names)
     return result
 
 
@@ -367,16 +373,18 @@ def run_contender(name: str, scenario: Scenario, info: ManifestInfo, farm: FakeH
     print(f"[bench] running {name} ...", flush=True)
     cpu0, children_cpu0 = _cpu_seconds()
     load = os.getloadavg()[0]
+    names = host_names(scenario, farm)
     if name == "bare":
         result = run_bare(scenario, info.path, out, concurrency, timeout_s)
     elif name == "img2dataset":
         result = run_img2dataset_contender(scenario, info, out, concurrency, timeout_s)
     elif name.startswith("baseline"):
         assert baseline is not None
-        result = run_flowdc(scenario, info.path, out, concurrency, timeout_s, paarc=True, name=name, source=baseline)
+        result = run_flowdc(scenario, info.path, out, concurrency, timeout_s, paarc=True, name=name, source=baseline,
+                            host_names=names)
     else:
         result = run_flowdc(scenario, info.path, out, concurrency, timeout_s, paarc=name != "flowdc_nopaarc",
-                            name=name)
+                            name=name, host_names=names)
     result.load_before = round(load, 2)
     cpu1, children_cpu1 = _cpu_seconds()
     if result.wall_s > 0:
@@ -395,6 +403,30 @@ def run_contender(name: str, scenario: Scenario, info: ManifestInfo, farm: FakeH
     if not keep:
         remove_output(out)
     return result
+
+
+def host_names(scenario: Scenario, farm: FakeHostFarm | None) -> dict[str, str] | None:
+    """The ledger's host (host:port) -> the scenario's name for that host; None without a farm."""
+    if farm is None:
+        return None
+    return {host.netloc: spec.name or host.netloc for spec, host in zip(scenario.hosts, farm.hosts, strict=True)}
+
+
+def own_held_ideals(scenario: Scenario, info: ManifestInfo) -> dict[str, float | None]:
+    """Each host's own least makespan with its hold (None where it has no limit): to read a host's
+    last row against."""
+    ideals: dict[str, float | None] = {}
+    for spec, rows in zip(scenario.hosts, info.rows_per_host, strict=True):
+        span = host_makespan(spec, rows) if rows else None
+        ideals[spec.name or spec.ip] = None if span is None else span + host_hold(spec)
+    return ideals
+
+
+def ends_lines(scenario: Scenario, info: ManifestInfo, results: list[RunResult]) -> list[str]:
+    if not info.rows_per_host:
+        return []
+    ideals = own_held_ideals(scenario, info)
+    return [ends_line(r.name, r.ends, ideals) for r in results if r.ends is not None]
 
 
 def remove_output(out: Path) -> None:
@@ -534,7 +566,8 @@ def markdown(scenario: Scenario, info: ManifestInfo, results: list[RunResult], c
     stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     rows = [_row(r, info) for r in results]
     out = [f"## {scenario.name} ({stamp})", "", scenario.about, ""]
-    out += [f"- {line}" for line in header_lines(scenario, info, concurrency) + ratio_lines(scenario, results)]
+    out += [f"- {line}" for line in header_lines(scenario, info, concurrency) + ratio_lines(scenario, results)
+            + ends_lines(scenario, info, results)]
     out += ["", "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     out += ["| " + " | ".join(c.replace("|", "/") for c in r) + " |" for r in rows]
     errors = {r.name: r.errors for r in results if r.errors}
@@ -547,7 +580,7 @@ def report(scenario: Scenario, info: ManifestInfo, results: list[RunResult], con
     print()
     print(f"== {scenario.name}: " + "; ".join(header_lines(scenario, info, concurrency)))
     print(text_table([_row(r, info) for r in results]))
-    for line in ratio_lines(scenario, results):
+    for line in ratio_lines(scenario, results) + ends_lines(scenario, info, results):
         print(line)
     for r in results:
         if r.errors:
