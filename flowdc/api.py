@@ -47,7 +47,7 @@ class RunResult:
     interrupted: bool
     ledger_url: str
     overview_url: str | None  # None with create_overview off
-    hosts: dict[str, dict[str, Any]]  # host -> rows, ok, bytes, ttfb_median_ms, controller (last snapshot)
+    hosts: dict[str, dict[str, Any]]  # host -> rows, ok, bytes, ttfb_median_ms, done_s, controller (last snapshot)
     overview: dict[str, Any] = field(repr=False)  # the whole overview.json dict
     run_id: str = ""
     partition_id: str | None = None

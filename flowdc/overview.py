@@ -21,11 +21,15 @@ OVERVIEW_FILE = "overview.json"
 MAX_HOSTS_LISTED = 1000
 MAX_LABELS_LISTED = 1000  # the whole map is in LABELS_FILE
 CLIENT_BOUND_SHARE = 0.5  # the summary says the client was the bottleneck past this share of the run
+# One host done this long after every other, and this share of the run's time: its own limits set
+# the run's end (a rate-limited host with many rows), which more machines would not shorten.
+LONG_POLE_MIN_S = 5.0
+LONG_POLE_SHARE = 0.2
 
 
 def build_overview(cfg: DownloadConfig, ledger: Ledger, run: RunCounters, host_snapshots: dict[str, dict[str, Any]],
                    started_wall: float, recovery: dict[str, int], interrupted: bool) -> dict[str, Any]:
-    latest = ledger.latest(list(Ledger.SUMMARY_COLUMNS))  # read once, used twice
+    latest = ledger.latest([*Ledger.SUMMARY_COLUMNS, "ts"])  # read once, used three times
     totals = ledger.summary(latest)
     elapsed = run.elapsed()
     attempted = run.ok + run.failed + run.skipped
@@ -57,7 +61,8 @@ def build_overview(cfg: DownloadConfig, ledger: Ledger, run: RunCounters, host_s
         "elapsed_s": round(elapsed, 3),
         "images_per_s": round(run.ok / elapsed, 2),
         "mb_per_s": round(run.bytes / elapsed / 1e6, 3),
-        "hosts": per_host(latest, host_snapshots),
+        "hosts": per_host(latest, host_snapshots, started_wall),
+        "long_pole": None if interrupted else long_pole(latest, started_wall, elapsed),
         **labels_section(cfg, ledger.dest),
         "network": network_summary(cfg),
         "warnings": [INSECURE_WARNING] if cfg.insecure else [],
@@ -78,24 +83,34 @@ def labels_section(cfg: DownloadConfig, dest: Destination) -> dict[str, Any]:
                        "merged": doc.get("merged") or {}}}
 
 
-def per_host(latest: pa.Table, host_snapshots: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """Per-host figures from the ledger's latest states, with the controller's last snapshot if any.
-    Counted with numpy over the host column's codes: a table's group_by loads pyarrow's query
-    engine (10 ms of a run's tail) for a few sums."""
+def _by_host(latest: pa.Table) -> tuple[pa.Table, np.ndarray, list[str]]:
+    """The rows that name a host, each row's host as a code, and the codes' names."""
     latest = latest.filter(pc.is_valid(latest["host"])) if latest.num_rows else latest
     if latest.num_rows == 0:
-        return {}
+        return latest, np.zeros(0, np.int64), []
     hosts_col = latest["host"].combine_chunks()
     if not pa.types.is_dictionary(hosts_col.type):
         hosts_col = pc.dictionary_encode(hosts_col)
-    codes = hosts_col.indices.to_numpy(zero_copy_only=False)
-    names = hosts_col.dictionary.to_pylist()
+    return latest, hosts_col.indices.to_numpy(zero_copy_only=False), hosts_col.dictionary.to_pylist()
+
+
+def per_host(latest: pa.Table, host_snapshots: dict[str, dict[str, Any]],
+             started_wall: float | None = None) -> dict[str, dict[str, Any]]:
+    """Per-host figures from the ledger's latest states, with the controller's last snapshot if any;
+    with `started_wall` (and a ts column) also `done_s`, when the host's last row this run recorded
+    ended (seconds from the run's start; None if this run recorded none). Counted with numpy over
+    the host column's codes: a table's group_by loads pyarrow's query engine (10 ms of a run's tail)
+    for a few sums."""
+    latest, codes, names = _by_host(latest)
+    if latest.num_rows == 0:
+        return {}
     rows = np.bincount(codes, minlength=len(names))
     ok = np.bincount(codes, weights=pc.equal(latest["status"], "ok").to_numpy(zero_copy_only=False),
                      minlength=len(names))
     sizes = np.bincount(codes, weights=pc.fill_null(latest["bytes"], 0).to_numpy(zero_copy_only=False),
                         minlength=len(names))
     medians = _medians_by_code(codes, latest["ttfb_ms"], len(names))
+    done = None if started_wall is None else _done_by_code(codes, latest["ts"], len(names), started_wall)
     hosts: dict[str, dict[str, Any]] = {}
     for code in np.argsort(-rows, kind="stable")[:MAX_HOSTS_LISTED].tolist():
         if not rows[code]:
@@ -103,11 +118,38 @@ def per_host(latest: pa.Table, host_snapshots: dict[str, dict[str, Any]]) -> dic
         name = names[code]
         figures = {"rows": int(rows[code]), "ok": int(ok[code]), "bytes": int(sizes[code]),
                    "ttfb_median_ms": None if np.isnan(medians[code]) else _round(float(medians[code]))}
+        if done is not None:
+            figures["done_s"] = None if np.isnan(done[code]) else _round(float(done[code]))
         snap = host_snapshots.get(name)
         if snap:
             figures["controller"] = snap
         hosts[name] = figures
     return hosts
+
+
+def _done_by_code(codes: np.ndarray, ts: pa.ChunkedArray, groups: int, started_wall: float) -> np.ndarray:
+    """Seconds from the run's start to each group's last row this run recorded (NaN for none: rows
+    done in an earlier run keep their earlier times)."""
+    when = pc.fill_null(ts, 0.0).to_numpy(zero_copy_only=False).astype(np.float64)
+    mine = when >= started_wall
+    last = np.full(groups, -np.inf)
+    np.maximum.at(last, codes[mine], when[mine])
+    return np.where(np.isinf(last), np.nan, last - started_wall)
+
+
+def long_pole(latest: pa.Table, started_wall: float, elapsed_s: float) -> dict[str, Any] | None:
+    """The host done last, when it was done long after every other (LONG_POLE_MIN_S and
+    LONG_POLE_SHARE of the run); over every host, listed or not. None otherwise."""
+    latest, codes, names = _by_host(latest)
+    if len(names) < 2:
+        return None
+    done = _done_by_code(codes, latest["ts"], len(names), started_wall)
+    order = np.argsort(np.nan_to_num(done, nan=-np.inf))
+    last, runner_up = done[order[-1]], done[order[-2]]
+    if np.isnan(runner_up) or last - runner_up < max(LONG_POLE_MIN_S, LONG_POLE_SHARE * elapsed_s):
+        return None
+    return {"host": names[order[-1]], "done_s": _round(float(last)),
+            "after_every_other_s": _round(float(last - runner_up))}
 
 
 def _medians_by_code(codes: np.ndarray, values: pa.ChunkedArray, groups: int) -> np.ndarray:
@@ -130,6 +172,16 @@ def _round(value: float | None) -> float | None:
     return None if value is None else round(value, 2)
 
 
+def _limits_shown(controller: dict[str, Any]) -> str:
+    """' (paced at 2.0/s, 14 refusals)' from a host's last controller snapshot, or ''."""
+    shown = []
+    if controller.get("pace_per_s"):
+        shown.append(f"paced at {controller['pace_per_s']:.1f}/s")
+    if controller.get("n_429_503"):
+        shown.append(f"{controller['n_429_503']} refusals (429/503)")
+    return f" ({', '.join(shown)})" if shown else ""
+
+
 def write_overview(dest: Destination, overview: dict[str, Any]) -> None:
     dest.write_bytes(OVERVIEW_FILE, json.dumps(overview, indent=2, default=str).encode())
 
@@ -147,6 +199,11 @@ def summary_text(overview: dict[str, Any], where: str) -> str:
     if overview["errors"]:
         top = ", ".join(f"{reason} x{n}" for reason, n in list(overview["errors"].items())[:5])
         lines.append(f"  not stored: {top}")
+    pole = overview.get("long_pole")
+    if pole:
+        lines.append(f"  {pole['host']} was done {pole['after_every_other_s']:.0f} s after every other host"
+                     f"{_limits_shown(overview['hosts'].get(pole['host'], {}).get('controller', {}))}: "
+                     "its own limits set the run's end, which more machines would not bring sooner")
     if run.get("client_busy_share", 0.0) >= CLIENT_BOUND_SHARE:
         lines.append(f"  this machine set the pace for {run['client_busy_share']:.0%} of the run, not the hosts: "
                      "split the manifest (flowdc partition) over more machines to go faster")

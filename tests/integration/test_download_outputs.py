@@ -230,6 +230,8 @@ def test_overview_figures_and_no_secrets(tmp_path: Path, two_hosts: FakeHostFarm
     assert set(hosts) == {h.netloc for h in two_hosts.hosts}
     first = hosts[two_hosts.hosts[0].netloc]
     assert (first["rows"], first["ok"], first["bytes"]) == (6, 5, 5000) and first["ttfb_median_ms"] is not None
+    assert all(0 < h["done_s"] <= doc["elapsed_s"] + 1.0 for h in hosts.values())  # from the run's start
+    assert doc["long_pole"] is None  # the two hosts were done together
     for path in visible_files(tmp_path):
         data = path.read_bytes()
         assert b"very-secret-value-42" not in data and b"AKIA-FLOWDC-TEST-KEY" not in data, path
