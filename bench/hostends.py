@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pyarrow.compute as pc
 
 from flowdc.ledger import Ledger
+from flowdc.overview import HostGroups
 from flowdc.storage import Destination
 
 LISTED = 3  # hosts named per run: the last ones done
@@ -30,19 +30,16 @@ class HostEnds:
 
 def host_ends(out: Path, started_at: float, names: Mapping[str, str]) -> HostEnds | None:
     """From the ledger under `out`; `started_at` is the run's start (epoch seconds) and `names` maps
-    the ledger's host (host:port) to the bench's name for it. None without a ledger row."""
+    the ledger's host (host:port) to the bench's name for it. None without a ledger row. Grouped as
+    the overview groups its hosts (HostGroups), from the process's start rather than the run's."""
     latest = Ledger(Destination(str(out))).latest(["host", "ts"])
     if latest.num_rows == 0:
         return None
-    hosts = pc.fill_null(latest["host"], "").combine_chunks()
-    if hasattr(hosts, "dictionary_decode"):
-        hosts = hosts.dictionary_decode()
-    ts = latest["ts"].to_numpy() - started_at
-    done: dict[str, float] = {}
-    for host, end in zip(hosts.to_pylist(), ts.tolist(), strict=True):
-        name = names.get(host, host or "?")
-        done[name] = max(done.get(name, -math.inf), end)
-    return HostEnds(float(np.min(ts)), done)
+    groups = HostGroups.of(latest, started_at)
+    assert groups.done is not None
+    done = {names.get(host, host): float(end) for host, end in zip(groups.names, groups.done.tolist(), strict=True)
+            if not math.isnan(end)}
+    return HostEnds(float(np.min(latest["ts"].to_numpy())) - started_at, done)
 
 
 def ends_line(run: str, ends: HostEnds, own_ideal_s: Mapping[str, float | None]) -> str:

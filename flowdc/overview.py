@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -29,8 +30,9 @@ LONG_POLE_SHARE = 0.2
 
 def build_overview(cfg: DownloadConfig, ledger: Ledger, run: RunCounters, host_snapshots: dict[str, dict[str, Any]],
                    started_wall: float, recovery: dict[str, int], interrupted: bool) -> dict[str, Any]:
-    latest = ledger.latest([*Ledger.SUMMARY_COLUMNS, "ts"])  # read once, used three times
+    latest = ledger.latest([*Ledger.SUMMARY_COLUMNS, "ts"])  # read once, used twice
     totals = ledger.summary(latest)
+    groups = HostGroups.of(latest, started_wall)  # grouped once, for the hosts and the long pole
     elapsed = run.elapsed()
     attempted = run.ok + run.failed + run.skipped
     config = public_dict(cfg)  # URLs redacted, storage option values left out
@@ -61,8 +63,8 @@ def build_overview(cfg: DownloadConfig, ledger: Ledger, run: RunCounters, host_s
         "elapsed_s": round(elapsed, 3),
         "images_per_s": round(run.ok / elapsed, 2),
         "mb_per_s": round(run.bytes / elapsed / 1e6, 3),
-        "hosts": per_host(latest, host_snapshots, started_wall),
-        "long_pole": None if interrupted else long_pole(latest, started_wall, elapsed),
+        "hosts": per_host(groups, host_snapshots),
+        "long_pole": None if interrupted else long_pole(groups, elapsed),
         **labels_section(cfg, ledger.dest),
         "network": network_summary(cfg),
         "warnings": [INSECURE_WARNING] if cfg.insecure else [],
@@ -83,25 +85,37 @@ def labels_section(cfg: DownloadConfig, dest: Destination) -> dict[str, Any]:
                        "merged": doc.get("merged") or {}}}
 
 
-def _by_host(latest: pa.Table) -> tuple[pa.Table, np.ndarray, list[str]]:
-    """The rows that name a host, each row's host as a code, and the codes' names."""
-    latest = latest.filter(pc.is_valid(latest["host"])) if latest.num_rows else latest
-    if latest.num_rows == 0:
-        return latest, np.zeros(0, np.int64), []
-    hosts_col = latest["host"].combine_chunks()
-    if not pa.types.is_dictionary(hosts_col.type):
-        hosts_col = pc.dictionary_encode(hosts_col)
-    return latest, hosts_col.indices.to_numpy(zero_copy_only=False), hosts_col.dictionary.to_pylist()
+@dataclass(frozen=True)
+class HostGroups:
+    """The ledger rows that name a host, grouped once for every per-host figure: each row's host as
+    a code, the codes' names, and with the run's start each host's `done` (seconds from the start
+    to its last row this run recorded; NaN for none: rows done in an earlier run keep their times)."""
+
+    rows: pa.Table
+    codes: np.ndarray
+    names: list[str]
+    done: np.ndarray | None = None
+
+    @classmethod
+    def of(cls, latest: pa.Table, started_wall: float | None = None) -> HostGroups:
+        latest = latest.filter(pc.is_valid(latest["host"])) if latest.num_rows else latest
+        if latest.num_rows == 0:
+            return cls(latest, np.zeros(0, np.int64), [])
+        hosts_col = latest["host"].combine_chunks()
+        if not pa.types.is_dictionary(hosts_col.type):
+            hosts_col = pc.dictionary_encode(hosts_col)
+        codes = hosts_col.indices.to_numpy(zero_copy_only=False)
+        names = hosts_col.dictionary.to_pylist()
+        done = None if started_wall is None else _done_by_code(codes, latest["ts"], len(names), started_wall)
+        return cls(latest, codes, names, done)
 
 
-def per_host(latest: pa.Table, host_snapshots: dict[str, dict[str, Any]],
-             started_wall: float | None = None) -> dict[str, dict[str, Any]]:
-    """Per-host figures from the ledger's latest states, with the controller's last snapshot if any;
-    with `started_wall` (and a ts column) also `done_s`, when the host's last row this run recorded
-    ended (seconds from the run's start; None if this run recorded none). Counted with numpy over
-    the host column's codes: a table's group_by loads pyarrow's query engine (10 ms of a run's tail)
-    for a few sums."""
-    latest, codes, names = _by_host(latest)
+def per_host(groups: HostGroups, host_snapshots: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per-host figures from the ledger's latest states, with the controller's last snapshot if any,
+    and `done_s` when the groups know the run's start (None if this run recorded none of the host's
+    rows). Counted with numpy over the host column's codes: a table's group_by loads pyarrow's query
+    engine (10 ms of a run's tail) for a few sums."""
+    latest, codes, names, done = groups.rows, groups.codes, groups.names, groups.done
     if latest.num_rows == 0:
         return {}
     rows = np.bincount(codes, minlength=len(names))
@@ -110,7 +124,6 @@ def per_host(latest: pa.Table, host_snapshots: dict[str, dict[str, Any]],
     sizes = np.bincount(codes, weights=pc.fill_null(latest["bytes"], 0).to_numpy(zero_copy_only=False),
                         minlength=len(names))
     medians = _medians_by_code(codes, latest["ttfb_ms"], len(names))
-    done = None if started_wall is None else _done_by_code(codes, latest["ts"], len(names), started_wall)
     hosts: dict[str, dict[str, Any]] = {}
     for code in np.argsort(-rows, kind="stable")[:MAX_HOSTS_LISTED].tolist():
         if not rows[code]:
@@ -128,8 +141,6 @@ def per_host(latest: pa.Table, host_snapshots: dict[str, dict[str, Any]],
 
 
 def _done_by_code(codes: np.ndarray, ts: pa.ChunkedArray, groups: int, started_wall: float) -> np.ndarray:
-    """Seconds from the run's start to each group's last row this run recorded (NaN for none: rows
-    done in an earlier run keep their earlier times)."""
     when = pc.fill_null(ts, 0.0).to_numpy(zero_copy_only=False).astype(np.float64)
     mine = when >= started_wall
     last = np.full(groups, -np.inf)
@@ -137,18 +148,18 @@ def _done_by_code(codes: np.ndarray, ts: pa.ChunkedArray, groups: int, started_w
     return np.where(np.isinf(last), np.nan, last - started_wall)
 
 
-def long_pole(latest: pa.Table, started_wall: float, elapsed_s: float) -> dict[str, Any] | None:
+def long_pole(groups: HostGroups, elapsed_s: float) -> dict[str, Any] | None:
     """The host done last, when it was done long after every other (LONG_POLE_MIN_S and
-    LONG_POLE_SHARE of the run); over every host, listed or not. None otherwise."""
-    latest, codes, names = _by_host(latest)
-    if len(names) < 2:
+    LONG_POLE_SHARE of the run); over every host, listed or not. None otherwise (also when the
+    groups do not know the run's start)."""
+    done = groups.done
+    if done is None or len(groups.names) < 2:
         return None
-    done = _done_by_code(codes, latest["ts"], len(names), started_wall)
     order = np.argsort(np.nan_to_num(done, nan=-np.inf))
     last, runner_up = done[order[-1]], done[order[-2]]
     if np.isnan(runner_up) or last - runner_up < max(LONG_POLE_MIN_S, LONG_POLE_SHARE * elapsed_s):
         return None
-    return {"host": names[order[-1]], "done_s": _round(float(last)),
+    return {"host": groups.names[order[-1]], "done_s": _round(float(last)),
             "after_every_other_s": _round(float(last - runner_up))}
 
 

@@ -8,7 +8,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from flowdc.overview import MAX_HOSTS_LISTED, long_pole, per_host, summary_text
+from flowdc.overview import MAX_HOSTS_LISTED, HostGroups, long_pole, per_host, summary_text
 
 
 def _table(rng: np.random.Generator, rows: int, hosts: int, as_dictionary: bool) -> pa.Table:
@@ -41,7 +41,7 @@ def _expected(table: pa.Table) -> dict[str, dict]:
 @pytest.mark.parametrize(("seed", "as_dictionary"), [(1, False), (2, True), (3, True)])
 def test_figures_per_host_match_a_count_by_hand(seed: int, as_dictionary: bool) -> None:
     table = _table(np.random.default_rng(seed), 3000, 40, as_dictionary)
-    hosts = per_host(table, {"h3.example:80": {"limit": 8}})
+    hosts = per_host(HostGroups.of(table), {"h3.example:80": {"limit": 8}})
     expected = _expected(table)
     assert {name: {k: v for k, v in f.items() if k != "controller"} for name, f in hosts.items()} == expected
     assert [f["rows"] for f in hosts.values()] == sorted((f["rows"] for f in hosts.values()), reverse=True)
@@ -52,10 +52,10 @@ def test_a_host_without_any_time_to_first_byte_and_the_listing_cap() -> None:
     n = MAX_HOSTS_LISTED + 5
     table = pa.table({"host": [f"h{i}" for i in range(n)], "status": ["failed"] * n, "bytes": pa.nulls(n, pa.int64()),
                       "ttfb_ms": pa.nulls(n, pa.float64()), "row": range(n)})
-    hosts = per_host(table, {})
+    hosts = per_host(HostGroups.of(table), {})
     assert len(hosts) == MAX_HOSTS_LISTED
     assert hosts["h0"] == {"rows": 1, "ok": 0, "bytes": 0, "ttfb_median_ms": None}
-    assert per_host(table.slice(0, 0), {}) == {}
+    assert per_host(HostGroups.of(table.slice(0, 0)), {}) == {}
 
 
 START = 1_800_000_000.0
@@ -71,9 +71,9 @@ def _timed(hosts_and_ends: list[tuple[str, float]]) -> pa.Table:
 
 def test_each_host_is_done_at_the_last_row_this_run_recorded() -> None:
     table = _timed([("a", 3.0), ("a", 9.5), ("b", 1.0), ("c", -50.0)])  # c's row was done by an earlier run
-    hosts = per_host(table, {}, started_wall=START)
+    hosts = per_host(HostGroups.of(table, START), {})
     assert {name: f["done_s"] for name, f in hosts.items()} == {"a": 9.5, "b": 1.0, "c": None}
-    assert "done_s" not in per_host(table, {})["a"]  # without the run's start, no such figure
+    assert "done_s" not in per_host(HostGroups.of(table), {})["a"]  # without the run's start, no such figure
 
 
 @pytest.mark.parametrize(("ends", "elapsed", "pole"), [
@@ -91,16 +91,17 @@ def test_each_host_is_done_at_the_last_row_this_run_recorded() -> None:
 ])
 def test_the_long_pole_is_one_host_done_long_after_every_other(ends: list[tuple[str, float]], elapsed: float,
                                                                pole: dict | None) -> None:
-    assert long_pole(_timed(ends), START, elapsed) == pole
+    assert long_pole(HostGroups.of(_timed(ends), START), elapsed) == pole
 
 
 def test_the_summary_names_the_long_pole_and_what_held_it() -> None:
     table = _timed([("slow.example", 60.0), ("a.example", 20.0)])
-    hosts = per_host(table, {"slow.example": {"pace_per_s": 2.0, "n_429_503": 14}}, started_wall=START)
+    groups = HostGroups.of(table, START)
+    hosts = per_host(groups, {"slow.example": {"pace_per_s": 2.0, "n_429_503": 14}})
     overview = {"totals": {"ok": 2, "rows": 2, "failed": 0, "skipped": 0}, "success_rate": 1.0,
                 "this_run": {"ok": 2, "failed": 0, "skipped": 0, "already_done": 0, "retries": 0, "bytes": 20},
                 "elapsed_s": 60.0, "images_per_s": 0.03, "mb_per_s": 0.0, "errors": {}, "hosts": hosts,
-                "long_pole": long_pole(table, START, 60.0)}
+                "long_pole": long_pole(groups, 60.0)}
     text = summary_text(overview, "out")
     assert ("  slow.example was done 40 s after every other host (paced at 2.0/s, 14 refusals (429/503)): its own "
             "limits set the run's end, which more machines would not bring sooner") in text.splitlines()
