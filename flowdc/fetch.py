@@ -182,10 +182,11 @@ def content_type_allowed(content_type: str | None, allowed: tuple[str, ...]) -> 
     return (content_type or "").lower().startswith(allowed)  # `allowed` is lower-case: see FetchSettings
 
 
-async def fetch_one(session: aiohttp.ClientSession, url: str, settings: FetchSettings) -> Outcome:
-    """GET one URL's body (the download's request)."""
-    return await exchange(session, "GET", url, settings.timeout, settings.max_redirects,
-                          partial(_read_response, settings=settings), Outcome)
+def fetch_one(session: aiohttp.ClientSession, url: str, settings: FetchSettings) -> Awaitable[Outcome]:
+    """GET one URL's body (the download's request). A plain function handing back exchange's
+    coroutine: a coroutine of its own would be one more frame for every resume of every request."""
+    return exchange(session, "GET", url, settings.timeout, settings.max_redirects,
+                    partial(_read_response, settings=settings), Outcome)
 
 
 async def exchange(session: aiohttp.ClientSession, method: str, url: str, timeout: float, max_redirects: int,

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
+from functools import lru_cache
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import numpy as np
@@ -61,8 +62,16 @@ def _plain_query_identity(url: str) -> str | None:
     if _NOT_PLAIN.search(url):
         return None
     base, _, query = url.partition("?")
+    kept = _kept_query(query)
+    return f"{base}?{kept}" if kept else base
+
+
+@lru_cache(maxsize=1024)
+def _kept_query(query: str) -> str:
+    """A plain query's part of the identity. Cached: the URLs of one site often share their query
+    (a size or format parameter), and this runs for every manifest row."""
     if _PAIRS.fullmatch(query) and not _SECRET_NAME.search(query) and MASK not in query:
-        return f"{base}?{query.translate(_QUOTE_PLUS_PAIRS)}"  # every pair kept, as the loop below would
+        return query.translate(_QUOTE_PLUS_PAIRS)  # every pair kept, as the loop below would
     kept = []
     for pair in query.split("&"):
         if not pair:
@@ -70,7 +79,7 @@ def _plain_query_identity(url: str) -> str | None:
         name, _, value = pair.partition("=")
         if name.lower() not in SECRET_PARAMS and value != MASK:
             kept.append(f"{name.translate(_QUOTE_PLUS)}={value.translate(_QUOTE_PLUS)}")
-    return f"{base}?{'&'.join(kept)}" if kept else base
+    return "&".join(kept)
 
 
 def _parsed_identity(url: str) -> str:

@@ -108,6 +108,7 @@ class Scheduler:
         self._idle: collections.OrderedDict[str, HostState] = collections.OrderedDict()
         self._active: dict[str, HostState] = {}  # hosts with work; ticks visit only these
         self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+        self._wake_due = False  # a _wake_for_ready is scheduled
         self._room = asyncio.Event()
         self._room.set()
         self.pending = 0  # jobs queued, in flight or waiting to retry
@@ -206,7 +207,7 @@ class Scheduler:
             elif paced:  # it answered: the unanswered run's pace is over, the policy's own is not
                 host.next_send = host.last_sent + host.policy.min_gap(now)
             self._declare_down_if_silent(host, now)
-        self._offer(host)
+        self._offer(host, soon=True)  # its own worker is about to come back for a job
 
     def is_down(self, name: str) -> bool:
         host = self.hosts.get(name)
@@ -357,11 +358,29 @@ class Scheduler:
         host.wake_armed = False
         self._offer(host)
 
-    def _offer(self, host: HostState) -> None:
+    def _offer(self, host: HostState, soon: bool = False) -> None:
+        """Put `host` in the ring if it may be sent a job now, and wake a waiting worker for it:
+        at once, or (`soon`) once the running step is over."""
         if not host.offered and self._eligible(host):
             host.offered = True
             self._ready.append(host)
-            self._notify()
+            if not soon:
+                self._notify()
+            elif not self._wake_due:
+                self._wake_due = True
+                self.loop.call_soon(self._wake_for_ready)
+
+    def _wake_for_ready(self) -> None:
+        """Wake a waiting worker for each host still offered. Offered as a request ended, a host's
+        next job is most often taken by that request's own worker before it next waits: a worker
+        woken at the offer (one per request) found nothing and went back to waiting."""
+        self._wake_due = False
+        wanted = len(self._ready)
+        while wanted and self._waiters:
+            fut = self._waiters.popleft()
+            if not fut.done():
+                fut.set_result(None)
+                wanted -= 1
 
     def _release_stalled(self, host: HostState, now: float) -> None:
         """Stop counting requests stuck far past the host's usual latency toward its limit, up to

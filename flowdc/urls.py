@@ -131,6 +131,7 @@ def redact_url(url: str, secret_params: frozenset[str] = _DEFAULT_NAMES) -> str:
     return head + query_mark + query + hash_mark + fragment
 
 
+@lru_cache(maxsize=1024)  # the URLs of one site often share their query; this runs for every record
 def _redact_params(query: str, secret_params: frozenset[str]) -> str:
     plain = query.isascii() and "%" not in query and "+" not in query
     if plain and not secret_name_pattern(secret_params).search(query):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import re
 import threading
+from functools import lru_cache
 from pathlib import PurePosixPath
 from urllib.parse import urlsplit
 
@@ -154,14 +155,20 @@ def _order(label: str | None) -> tuple[bool, str]:
 
 
 def extension_for(content_type: str | None, url: str) -> str:
-    ctype = (content_type or "").split(";")[0].strip().lower()
-    if ctype in _EXT_BY_TYPE:
-        return _EXT_BY_TYPE[ctype]
+    ext = _extension_of_type(content_type)
+    if ext is not None:
+        return ext
     try:
         suffix = PurePosixPath(urlsplit(url).path).suffix.lower()
     except ValueError:
         suffix = ""
     return ".jpg" if suffix == ".jpeg" else suffix if suffix in _KNOWN_EXTS else ".bin"
+
+
+@lru_cache(maxsize=256)
+def _extension_of_type(content_type: str | None) -> str | None:
+    # Cached: a run's replies carry a handful of distinct Content-Types, and this runs for every sample.
+    return _EXT_BY_TYPE.get((content_type or "").split(";")[0].strip().lower())
 
 
 def sample_path(key: str, folder: str | None, ext: str) -> str:

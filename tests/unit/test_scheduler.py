@@ -159,3 +159,45 @@ def test_a_request_that_never_reached_the_host_tells_its_controller_nothing() ->
         assert host.policy.seen == [Signal.CONN_ERROR] * 4
 
     asyncio.run(main())
+
+
+class CountingLoop:
+    """The running loop, counting the futures asked of it (a worker's wait for a job is one)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self.futures = 0
+
+    def create_future(self) -> asyncio.Future[Any]:
+        self.futures += 1
+        return self._loop.create_future()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._loop, name)
+
+
+def test_a_request_ending_wakes_no_worker_for_the_job_its_own_worker_takes() -> None:
+    """A host offered as its request ends gets its next job sent by that request's worker: waking
+    a waiting worker for it too (as once, for every request) only sent that one back to waiting."""
+    async def main() -> int:
+        sched = Scheduler(lambda host, now: FixedLimit(2), max_pending=1000)
+        counting = CountingLoop(asyncio.get_running_loop())
+        sched.loop = counting  # type: ignore[assignment]
+        for job in jobs(200):
+            sched.add(job)
+        sched.close()
+        done = []
+
+        async def worker() -> None:
+            while (job := await sched.next_job()) is not None:
+                await asyncio.sleep(0)  # the request
+                sched.finished(job, Signal.OK, 0.001, None)
+                sched.done(job)
+                done.append(job)
+
+        await asyncio.gather(*(worker() for _ in range(8)))
+        assert len(done) == 200
+        return counting.futures
+
+    waits = asyncio.run(main())
+    assert waits < 40, waits  # one a request before: 200 and more
