@@ -60,6 +60,7 @@ STEP_DOWN = 0.25  # an early PROBE_RTT steps the limit down by this share (at le
 STEP_HOLD = 0.9  # ... while the rate by Little's law holds to this share of the step before
 QUEUE_TOL = 0.1  # mean latency this far above base_lat means our own requests are queueing
 QUEUE_TOL_SE = 4.0  # ... or this many standard errors of the difference (this interval's and the baseline's)
+HINT_SE = 2.0  # a STARTUP doubling whose mean rose this many (and QUEUE_TOL) grows by half (_step_startup)
 SEVERE = 1.2  # inflation this far past theta_50/theta_95 acts at once; milder must repeat
 CUT_EFFECT = 0.05  # after a latency cut, mean latency must fall this much, or the slowness isn't ours
 JUMP = 1.3  # a raise by more than this (a probe is 1.25x) leaves the next interval's queue half grown
@@ -699,7 +700,11 @@ class PaarcController:
                 # Only a cohort proves a level: an interval closed on its first replies mostly holds
                 # requests sent before the raise (a 100-slot host "showed no queue" at 256).
                 self.clean_level = self._limit
-            self._grow()
+            # A mean up by a tenth, short of proof over a STARTUP interval's few replies, most often
+            # is the knee: the interval mixes replies to requests sent before the doubling with a few
+            # queued ones. Doubled again from there, an 8-slot host with a hard cap of 24 met it (a
+            # 2-s Retry-After) in half the runs; half again more stays under a cap of 3x capacity.
+            self._grow(LAG_GAIN if self._mean_rose(s, HINT_SE, QUEUE_TOL) else STARTUP_GAIN)
 
     def _slow(self) -> bool:
         """A host whose round trip is long enough (COHORT_MIN_RTPROP_S) for its cohorts to be
