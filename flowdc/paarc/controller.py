@@ -703,7 +703,7 @@ class PaarcController:
             # A mean up by a tenth, short of proof over a STARTUP interval's few replies, most often
             # is the knee: the interval mixes replies to requests sent before the doubling with a few
             # queued ones. Doubled again from there, an 8-slot host with a hard cap of 24 met it (a
-            # 2-s Retry-After) in half the runs; half again more stays under a cap of 3x capacity.
+            # 2-s Retry-After) in most polite runs; half again more stays under a cap of 3x capacity.
             self._grow(LAG_GAIN if self._mean_rose(s, HINT_SE, QUEUE_TOL) else STARTUP_GAIN)
 
     def _slow(self) -> bool:
