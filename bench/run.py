@@ -65,7 +65,7 @@ from scenarios import (  # noqa: E402
 )
 from verify import Verified, expected_bodies, verify_imagefolder, verify_resized, verify_webdataset  # noqa: E402
 
-from flowdc.testing.fakehosts import FakeHostFarm, run_farm_in_thread  # noqa: E402
+from flowdc.testing.fakehosts import FakeHostFarm, HostSpec, run_farm_in_thread  # noqa: E402
 
 RESULTS_MD = ROOT / "bench" / "results" / "latest.md"
 CONTENDERS = ("flowdc", "flowdc_wds", "flowdc_nopaarc", "bare", "baseline", "baseline_wds", "img2dataset")
@@ -409,7 +409,12 @@ def host_names(scenario: Scenario, farm: FakeHostFarm | None) -> dict[str, str] 
     """The ledger's host (host:port) -> the scenario's name for that host; None without a farm."""
     if farm is None:
         return None
-    return {host.netloc: spec.name or host.netloc for spec, host in zip(scenario.hosts, farm.hosts, strict=True)}
+    return {host.netloc: host_label(spec) for spec, host in zip(scenario.hosts, farm.hosts, strict=True)}
+
+
+def host_label(spec: HostSpec) -> str:
+    """A host's name in the bench's lines: the scenario's, else its address."""
+    return spec.name or spec.ip
 
 
 def own_held_ideals(scenario: Scenario, info: ManifestInfo) -> dict[str, float | None]:
@@ -418,7 +423,7 @@ def own_held_ideals(scenario: Scenario, info: ManifestInfo) -> dict[str, float |
     ideals: dict[str, float | None] = {}
     for spec, rows in zip(scenario.hosts, info.rows_per_host, strict=True):
         span = host_makespan(spec, rows) if rows else None
-        ideals[spec.name or spec.ip] = None if span is None else span + host_hold(spec)
+        ideals[host_label(spec)] = None if span is None else span + host_hold(spec)
     return ideals
 
 

@@ -375,12 +375,7 @@ class Scheduler:
         next job is most often taken by that request's own worker before it next waits: a worker
         woken at the offer (one per request) found nothing and went back to waiting."""
         self._wake_due = False
-        wanted = len(self._ready)
-        while wanted and self._waiters:
-            fut = self._waiters.popleft()
-            if not fut.done():
-                fut.set_result(None)
-                wanted -= 1
+        self._notify(len(self._ready))
 
     def _release_stalled(self, host: HostState, now: float) -> None:
         """Stop counting requests stuck far past the host's usual latency toward its limit, up to
@@ -397,18 +392,18 @@ class Scheduler:
                 host.inflight -= 1
                 room -= 1
 
-    def _notify(self, every: bool = False) -> None:
-        """Wake the longest-waiting worker (or all of them), skipping any that gave up waiting."""
-        while self._waiters:
+    def _notify(self, wanted: float = 1) -> None:
+        """Wake the `wanted` longest-waiting workers (math.inf: all of them), skipping any that gave
+        up waiting."""
+        while wanted and self._waiters:
             fut = self._waiters.popleft()
             if not fut.done():
                 fut.set_result(None)
-                if not every:
-                    return
+                wanted -= 1
 
     def _maybe_finish(self) -> None:
         if self.closed and self.pending == 0:
-            self._notify(every=True)
+            self._notify(math.inf)
 
     def _mark_idle(self, host: HostState) -> None:
         self._active.pop(host.name, None)
