@@ -34,7 +34,7 @@ import pyarrow.compute as pc
 import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
 
-from flowdc.jsonenc import json_encoder
+from flowdc.jsonenc import encode_json
 from flowdc.storage import Destination
 
 LEDGER_DIR = "_flowdc/ledger"
@@ -451,8 +451,5 @@ def latest_positions(table: pa.Table) -> np.ndarray:
     return order[last]
 
 
-_META_ENCODER = json_encoder(ensure_ascii=False)  # built once: it is per sample
-
-
 def meta_json(extra: dict[str, Any]) -> str | None:
-    return _META_ENCODER(extra) if extra else None
+    return encode_json(extra).decode() if extra else None

@@ -33,7 +33,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from flowdc.child_process import WriteProcessDied
-from flowdc.jsonenc import json_encoder
+from flowdc.jsonenc import encode_json
 from flowdc.ledger import Ledger, Record
 from flowdc.samplemeta import ShardStats, sample_meta
 from flowdc.storage import Destination
@@ -45,7 +45,6 @@ from flowdc.writers.tarstream import TarStream
 if TYPE_CHECKING:
     from flowdc.shard_process import RemoteTar, ShardProcess
 
-_SAMPLE_ENCODER = json_encoder()  # built once: it is per sample
 SYNC_SECONDS = 0.5  # an appended shard's new samples reach the file and the ledger this often (as the journal)
 
 
@@ -212,7 +211,7 @@ class WebDatasetWriter:
         meta_doc = sample_meta(rec, sample.meta)
         now = int(time.time())
         self._tar.add(media, sample.body, now)
-        self._tar.add(rec.key + ".json", _SAMPLE_ENCODER(meta_doc).encode(), now)
+        self._tar.add(rec.key + ".json", encode_json(meta_doc), now)
         self._records.append(rec)
         self._metas.append(meta_doc)
         clock = time.monotonic()

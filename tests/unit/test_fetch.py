@@ -15,8 +15,10 @@ import time
 from collections.abc import Iterator
 from email.utils import formatdate
 from typing import Any
+from urllib.parse import unquote
 
 import pytest
+from yarl import URL
 
 from flowdc.config import DownloadConfig
 from flowdc.fetch import (
@@ -31,6 +33,7 @@ from flowdc.fetch import (
     fetch_one,
     make_session,
     parse_retry_after,
+    request_url,
 )
 from flowdc.signals import Signal
 from flowdc.testing.fakehosts import FakeHostFarm, HostSpec, make_png, run_farm_in_thread
@@ -209,3 +212,37 @@ def test_content_type_is_checked(farm: FakeHostFarm) -> None:
     url = farm.url(0, "/u/page.png?ctype=text/html;%20charset=utf-8")
     assert fetch(url).reason == "content_type:text/html"
     assert fetch(url, content_types=()).ok
+
+
+@pytest.mark.parametrize(("tail", "as_written"), [
+    ("/img/00000001.jpg?ctype=image/jpeg", True), ("/a%2Fb/%41.png?q=a+b&c=%7e;d=@:", True), ("?only=query", True),
+    ("/UP.png", True), ("/a/../b.png", False), ("/a b.png", False), ("/%zz.png", False), ("/caf\u00e9.png", False),
+    ("/x.png#frag", False)])
+def test_a_url_sent_as_written_asks_for_what_a_full_parse_asks_for(tail: str, as_written: bool) -> None:
+    """request_url skips yarl's requoting only where it would change nothing the server reads."""
+    targets: list[str] = []
+    body = make_png("/x.png", 100)
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        targets.append(head.split(b" ")[1].decode("ascii"))
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: image/png\r\nConnection: close\r\n"
+                     b"Content-Length: %d\r\n\r\n" % len(body) + body)
+        await writer.drain()
+        writer.close()
+
+    async def go() -> tuple[str, Outcome]:
+        server = await asyncio.start_server(serve, "127.0.0.2", 0)
+        url = f"http://127.0.0.2:{server.sockets[0].getsockname()[1]}{tail}"
+        async with server, make_session(4) as session:
+            return url, await fetch_one(session, url, settings())
+
+    url, outcome = asyncio.run(go())
+    assert outcome.ok and outcome.body == body
+    assert isinstance(request_url(url), URL) == as_written
+    parsed = URL(url).raw_path_qs  # what the request asked for before request_url
+    if as_written:
+        assert targets == [tail if tail.startswith("/") else "/" + tail]
+        assert unquote(targets[0]) == unquote(parsed)
+    else:
+        assert targets == [parsed]
