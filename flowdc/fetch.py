@@ -19,13 +19,14 @@ import time
 import weakref
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from functools import lru_cache, partial
+from functools import partial
 from typing import Any, NamedTuple, TypeVar
 
 import aiohttp
 from yarl import URL
 
 from flowdc.addresses import BlockedAddress
+from flowdc.deadlines import deadlines
 from flowdc.imagesig import NOT_AN_IMAGE, SNIFF_BYTES, image_format_ok
 from flowdc.network import make_connector, watch_of
 from flowdc.politeness import DEFAULT_DISALLOWED, disallowed_directive, user_agent
@@ -212,24 +213,31 @@ async def exchange(session: aiohttp.ClientSession, method: str, url: str, timeou
     failure becomes one too, with its reason named by `failure_of` (the one mapping)."""
     ttfb: float | None = None  # set once headers arrived
     start = time.perf_counter()
+    clock = deadlines()  # the total timeout (flowdc/deadlines.py says why not aiohttp's)
+    deadline = clock.start(timeout)
     try:
         async with session.request(
             method, request_url(url), headers=headers,
             # aiohttp raises on reaching its max_redirects (and treats 0 as unlimited); ours counts
             # redirects followed, so N follows N and refuses the N+1th, and 0 follows none.
             max_redirects=max_redirects + 1,
-            timeout=_total_timeout(timeout),
+            timeout=_NO_TIMEOUT,
         ) as resp:
             ttfb = time.perf_counter() - start
             fresh = opened_for(resp)
             outcome = await read(resp)
             outcome.ttfb = ttfb
             outcome.fresh_connection = fresh
-    except Exception as exc:  # every client failure becomes a reason; nothing escapes a worker
-        f = failure_of(exc, headers_arrived=ttfb is not None)
+    except (Exception, asyncio.CancelledError) as exc:  # every client failure becomes a reason
+        if isinstance(exc, asyncio.CancelledError) and not deadline.absorbs():
+            raise  # cancelled from outside: the worker is being stopped
+        timed_out = isinstance(exc, asyncio.CancelledError)
+        f = failure_of(TimeoutError() if timed_out else exc, headers_arrived=ttfb is not None)
         outcome = kind(f.signal, status=f.status, reason=f.reason, retryable=f.retryable, ttfb=ttfb,
                        retry_now=f.retry_now)
         drop_tracebacks(exc)
+    finally:
+        clock.end(deadline)
     watch = watch_of(session)
     if watch is not None and not watch.settled:
         watch.note(url, outcome.reason, outcome.status)  # raises ProxyError when the proxy refuses everything
@@ -255,9 +263,7 @@ def drop_tracebacks(exc: BaseException) -> None:
             chained += (error.__cause__, error.__context__)
 
 
-@lru_cache(maxsize=16)
-def _total_timeout(seconds: float) -> aiohttp.ClientTimeout:
-    return aiohttp.ClientTimeout(total=seconds)  # frozen, so one per value serves every request
+_NO_TIMEOUT = aiohttp.ClientTimeout()  # none of aiohttp's: the deadline times the whole request
 
 
 def failure_of(exc: BaseException, headers_arrived: bool) -> Failure:
