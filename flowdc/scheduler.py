@@ -415,6 +415,6 @@ class Scheduler:
 async def sleep_noting_lag(seconds: float, load: ClientLoad) -> None:
     """Sleep, then note in `load` how late the event loop woke us: its lag."""
     loop = asyncio.get_running_loop()
-    due = loop.time() + seconds
+    due = load.next_due = loop.time() + seconds
     await asyncio.sleep(seconds)
     load.observe(loop.time() - due)

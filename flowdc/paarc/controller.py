@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 
 from flowdc.paarc.bucketfit import RevealLog
-from flowdc.paarc.limit import ClientLoad, HostCounters
+from flowdc.paarc.limit import LOOP_BUSY_LAG_S, ClientLoad, HostCounters
 from flowdc.paarc.params import PaarcParams
 from flowdc.paarc.pushback import PACE_STEP_S, Pushback
 from flowdc.paarc.window import (
@@ -774,8 +774,9 @@ class PaarcController:
         return self.base_lat is not None and client.lag_s > QUEUE_TOL * self.base_lat
 
     def _saturated_this_interval(self, client: ClientLoad) -> bool:
-        """Our loop is saturated now, or was at some tick since this interval began."""
-        return client.busy or client.busy_ticks > self.busy_mark
+        """Our loop is saturated now, or was at some tick since this interval began, or has stalled
+        past its next tick (which has yet to run)."""
+        return client.busy or client.busy_ticks > self.busy_mark or client.overdue(self.now) > LOOP_BUSY_LAG_S
 
     def _lag_hides_queue(self, latency: float | None = None) -> bool:
         """Our own lag is, or was at some tick of the current interval, a fair share of this host's
@@ -789,10 +790,11 @@ class PaarcController:
         if client is None:
             return False
         busy_here = self._saturated_this_interval(client)
+        lag_now = max(client.lag_s, client.overdue(self.now))
         if self.base_lat is None:
-            return busy_here and (latency is None or max(self.lag_peak, client.lag_s) > QUEUE_TOL * latency)
+            return busy_here and (latency is None or max(self.lag_peak, lag_now) > QUEUE_TOL * latency)
         fair_share = QUEUE_TOL * self.base_lat
-        return client.lag_s > fair_share or (busy_here and self.lag_peak > fair_share)
+        return lag_now > fair_share or (busy_here and max(self.lag_peak, lag_now) > fair_share)
 
     def _reset_window(self, now: float) -> None:
         self.win.reset(now, self.rtprop)

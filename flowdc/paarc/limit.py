@@ -88,11 +88,18 @@ class ClientLoad:
     loop served more replies; see docs/benchmarks.md.)
     """
 
-    __slots__ = ("busy_ticks", "lag_s", "ticks")
+    __slots__ = ("busy_ticks", "lag_s", "next_due", "ticks")
 
     def __init__(self) -> None:
         self.lag_s = 0.0
         self.ticks = self.busy_ticks = 0
+        self.next_due = math.inf  # when the next tick is due (loop time)
+
+    def overdue(self, now: float) -> float:
+        """How late the next tick already is at `now`: a stall the ticks have yet to see. The replies
+        that waited out a stall of our loop (a shard's commit held it 150-200 ms) are handled
+        before the late tick is, and each host would judge their latency as its own."""
+        return max(0.0, now - self.next_due)
 
     def observe(self, lag_s: float) -> None:
         """One tick came `lag_s` seconds after it was due."""

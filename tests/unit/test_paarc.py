@@ -652,6 +652,25 @@ def test_latency_added_by_our_own_lagging_loop_cuts_nothing() -> None:
     assert min(f.intervals(4, ttfb=3 * TTFB)) < SMALL.C_max
 
 
+@pytest.mark.parametrize(("stalled", "cuts"), [(True, False), (False, True)], ids=["stalled", "on-time"])
+def test_replies_that_waited_out_a_stall_of_our_loop_cut_nothing(stalled: bool, cuts: bool) -> None:
+    """Our loop stalled (a shard's commit held it 150-200 ms), so every reply that came meanwhile
+    is read late; they are handled before the late tick is, so the ticks' lag has not seen the
+    stall yet. The tick's overdue due time tells it: no cut. The same latency with the tick on time
+    is the host's, and cuts. (In the polite bench the stall cut a 12-slot capped host to 5 for 3 s.)"""
+    client = ClientLoad()
+    f = Feeder(PaarcController(SMALL, 0.0, client))
+    f.intervals(12)
+    assert f.ctl.limit() == SMALL.C_max
+    limits = []
+    for _ in range(2):  # a cruise cuts on marginal signs only when two intervals agree; this is severe
+        client.next_due = f.now - 0.150 if stalled else f.now + 0.1
+        f.interval(ttfb=3 * TTFB)
+        limits.append(f.ctl.limit())
+    assert client.busy_ticks == 0 and not client.busy  # no tick has seen the stall
+    assert (min(limits) < SMALL.C_max) is cuts, limits
+
+
 @pytest.mark.parametrize(("lag_s", "cuts"), [(0.006, False), (0.001, True)], ids=["fair-share", "small"])
 def test_a_loop_lag_short_of_saturation_mutes_latency_only_where_it_is_a_fair_share(lag_s: float, cuts: bool) -> None:
     """Our loop runs late without being saturated (under LOOP_BUSY_LAG_S). At a 50-ms host a 6-ms
