@@ -177,6 +177,8 @@ class Scheduler:
                     host.next_send = now + self.down_probe_s
             elif (gap := max(host.policy.min_gap(now), host.unanswered.gap)) > 0:
                 host.next_send = next_paced_send(host.next_send, now, gap)
+                if self.closed:
+                    host.policy.rows_left(len(host.queue) + len(host.retrying))
             self._offer(host)  # back of the ring if it can take more: round-robin between hosts
             return job
         return None

@@ -203,6 +203,10 @@ class PaarcController:
             return push.ramp_gap(self.now if now is None else max(now, self.now), self._hold)
         return 1.0 / push.pace
 
+    def rows_left(self, left: int) -> None:
+        if self.push is not None and self.push.pace > 0:
+            self.push.rows_left(left)
+
     def stall_after(self) -> float:
         """After this long unanswered a request is stuck on its object and waits for its timeout
         without a slot: a few stuck URLs cannot block a host."""

@@ -28,6 +28,10 @@ class HostLimit(Protocol):
         """Seconds after which a request still unanswered stops counting toward limit() (inf: never)."""
         ...
 
+    def rows_left(self, left: int) -> None:
+        """The manifest is read: `left` rows of this host remain (told as a paced host sends)."""
+        ...
+
     def on_sample(self, now: float, sample: Sample) -> None: ...
 
     def tick(self, now: float) -> None: ...
@@ -136,6 +140,9 @@ class FixedLimit:
 
     def stall_after(self) -> float:
         return math.inf  # a fixed limit means exactly that many connections, stalled or not
+
+    def rows_left(self, left: int) -> None:
+        pass  # never paced
 
     def on_sample(self, now: float, sample: Sample) -> None:
         self.counters.count(sample.signal)

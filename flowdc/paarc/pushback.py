@@ -41,6 +41,7 @@ RAMP_DOUBLING_S = 0.1  # the reveal's ramp doubles the pace this often (0.05: ov
 RAMP_MIN_BURST = 1  # ... from what the host served from cold per Retry-After, taken as at least this many
 RECALL_SLACK = 1.25  # refused again within this factor of what a forgotten lesson said: the limit stands
 MEMORY_MAX_PERIODS = 8  # a lesson confirmed again and again is kept up to this many probe_rtt_periods
+TAIL_S = 2.0  # a paced host's last rows, this many seconds of them at its pace, go out at no more than its rate
 
 
 class Pushback:
@@ -50,7 +51,7 @@ class Pushback:
     __slots__ = ("acted_at", "best_rate", "burst", "cap", "creep", "floor", "grown_at", "meter_ok", "meter_start",
                  "ok_level", "pace", "ramp_from", "ramp_ok", "ramp_read", "ramp_start", "ramping", "rate_cap",
                  "recalled", "refused_at", "replies", "reveal_s", "reveal_wait", "seeking", "served_since", "share",
-                 "streak", "until")
+                 "streak", "tail", "until")
 
     def __init__(self, best_rate: float = 0.0, ok_level: int = 0) -> None:
         self.cap = 0  # in-flight count at the 429 (that request included)
@@ -82,6 +83,7 @@ class Pushback:
         self.ramp_start = math.inf  # when the ramp began (the hold's end)
         self.ramp_ok = 0  # OK replies on the ramp: the sends it made (until the bucket runs dry, all taken)
         self.ramp_read = False  # rate_cap was read from the ramp's end, not from the meter
+        self.tail = False  # the host's last rows: the pace stays at or under the measured rate
 
     def reply(self, refused: bool, retried: bool = False) -> None:
         self.replies += 1
@@ -280,6 +282,18 @@ class Pushback:
         self.seeking = self.pace <= 0 and accepted is None
         self.pace = new_pace if self.pace <= 0 else min(self.pace, new_pace)
 
+    def rows_left(self, left: int) -> None:
+        """The manifest is read and `left` of the host's rows remain. Within the last TAIL_S seconds
+        of them at the pace, the pace stops growing and comes down to the measured rate: a refusal
+        there makes its row wait out a Retry-After with nothing else left to send, which ended the
+        polite bench's 100/s bucket up to a second late (its creep refused it 7-10 times in the run's
+        last three seconds). Creeping on could only gain a share of those seconds."""
+        if self.tail or left > self.pace * TAIL_S:
+            return
+        self.tail = True
+        if self.rate_cap > 0:
+            self.pace = min(self.pace, max(self.rate_cap, self.floor))
+
     def grow_pace(self, now: float, hold_until: float, send_rate: float) -> bool:
         """A quiet interval or PACE_STEP_S: offer a little more, up to the ceiling, which creeps up
         while the host stays quiet. True when the record is spent (memory expired, pace dropped)."""
@@ -295,7 +309,7 @@ class Pushback:
                 self.seeking = False
                 self.pace = 0.0
             return False
-        if self.pace > 0 and now >= hold_until:
+        if self.pace > 0 and now >= hold_until and not self.tail:
             ceiling = float("inf")
             if self.rate_cap > 0:
                 # A measured rate is never forgotten, only crept past.

@@ -34,6 +34,7 @@ from flowdc.paarc import (
     make_host_limit,
     policy_factory,
 )
+from flowdc.paarc.pushback import TAIL_S
 from flowdc.paarc.window import Window
 from flowdc.signals import Sample, Signal
 
@@ -933,3 +934,22 @@ def test_refusals_trim_a_pace_measured_high_but_never_under_its_floor() -> None:
     for _ in range(10):
         bogus.refused(0.0)
     assert bogus.pace == 398.0
+
+
+@pytest.mark.parametrize(("left", "tail"), [(1000, False), (150, True)], ids=["many-rows-left", "last-rows"])
+def test_a_paced_hosts_last_rows_go_out_at_its_measured_rate(left: int, tail: bool) -> None:
+    """The creep lifts a quiet pace past the rate the host was measured to accept (a low reading is
+    made up that way), and the host refuses now and then. In its last TAIL_S seconds of rows a
+    refusal makes its row wait out the Retry-After with nothing else to send: the pace comes down to
+    the measured rate there and grows no more. With many rows left it creeps on."""
+    push = Pushback()
+    push.rate_cap, push.pace, push.floor, push.creep = 100.0, 110.0, 50.0, 1.16
+    push.refused_at, push.served_since = -10.0, 500  # quiet for long: the creep runs fast
+    push.rows_left(left)
+    for step in range(20):
+        push.grow_pace(float(step) / 10, 0.0, send_rate=1000.0)
+    assert (left <= 110.0 * TAIL_S) is tail
+    if tail:
+        assert push.pace == 100.0
+    else:
+        assert push.pace > 110.0
