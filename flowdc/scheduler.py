@@ -419,4 +419,5 @@ async def sleep_noting_lag(seconds: float, load: ClientLoad) -> None:
     loop = asyncio.get_running_loop()
     due = load.next_due = loop.time() + seconds
     await asyncio.sleep(seconds)
+    load.next_due = math.inf  # no tick is pending while the caller works between two (the ledger's flush)
     load.observe(loop.time() - due)

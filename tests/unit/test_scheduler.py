@@ -122,6 +122,26 @@ def test_a_blocked_loop_shows_as_lag() -> None:
     asyncio.run(main())
 
 
+def test_a_stall_shows_before_its_late_tick_runs_and_only_while_a_tick_is_pending() -> None:
+    """Replies handled after a stall come before the late tick: its due time tells the stall to
+    whoever judges them then. Between ticks (the caller's own work after one) nothing is overdue."""
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        load = ClientLoad()
+        seen: list[float] = []
+
+        def stall_then_look() -> None:
+            time.sleep(0.05)  # the loop is held past the tick's due time
+            seen.append(load.overdue(loop.time()))
+
+        loop.call_later(0.005, stall_then_look)
+        await sleep_noting_lag(0.01, load)
+        assert seen and seen[0] > 0.03
+        assert load.overdue(loop.time() + 10.0) == 0.0  # no tick pending now
+
+    asyncio.run(main())
+
+
 def test_pacing_makes_up_a_little_lateness_but_never_bursts_after_idle() -> None:
     gap = 0.1
     assert next_paced_send(10.0, 10.0, gap) == pytest.approx(10.1)  # on time
