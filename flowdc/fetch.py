@@ -229,9 +229,9 @@ async def exchange(session: aiohttp.ClientSession, method: str, url: str, timeou
             outcome.ttfb = ttfb
             outcome.fresh_connection = fresh
     except (Exception, asyncio.CancelledError) as exc:  # every client failure becomes a reason
-        if isinstance(exc, asyncio.CancelledError) and not deadline.absorbs():
+        timed_out = isinstance(exc, asyncio.CancelledError)  # by the deadline, or from outside
+        if timed_out and not deadline.absorbs():
             raise  # cancelled from outside: the worker is being stopped
-        timed_out = isinstance(exc, asyncio.CancelledError)
         f = failure_of(TimeoutError() if timed_out else exc, headers_arrived=ttfb is not None)
         outcome = kind(f.signal, status=f.status, reason=f.reason, retryable=f.retryable, ttfb=ttfb,
                        retry_now=f.retry_now)

@@ -798,7 +798,7 @@ class PaarcController:
         if self.base_lat is None:
             return busy_here and (latency is None or max(self.lag_peak, lag_now) > QUEUE_TOL * latency)
         fair_share = QUEUE_TOL * self.base_lat
-        return lag_now > fair_share or (busy_here and max(self.lag_peak, lag_now) > fair_share)
+        return lag_now > fair_share or (busy_here and self.lag_peak > fair_share)
 
     def _reset_window(self, now: float) -> None:
         self.win.reset(now, self.rtprop)
