@@ -73,6 +73,10 @@ SCHEMA = pa.schema(
 )
 FIELDS = tuple(SCHEMA.names)
 LOW_CARDINALITY = frozenset({"status", "reason", "host"})
+# A part's columns that Parquet dictionary-encodes. The others are mostly unique (keys, URLs,
+# digests, times): a dictionary tried on them and dropped took a third of a part's write (20k
+# records: 30 ms against 20 ms), and the part came out a fifth larger.
+DICTIONARY_COLUMNS = [*sorted(LOW_CARDINALITY), "label", "image_format"]
 
 
 def url_hash(url: str) -> int:
@@ -324,7 +328,7 @@ class Ledger:
 
     def _write_table(self, name: str, table: pa.Table) -> None:
         with self.dest.open_atomic(f"{LEDGER_DIR}/{name}") as fh:
-            pq.write_table(table, fh, compression="zstd")
+            pq.write_table(table, fh, compression="zstd", use_dictionary=DICTIONARY_COLUMNS)
 
     # -- reading --------------------------------------------------------------------------------
     def part_names(self) -> list[str]:

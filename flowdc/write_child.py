@@ -7,6 +7,7 @@ It loads only what that needs (no aiohttp, pyarrow or fsspec): its start is part
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import mmap
 import os
@@ -30,6 +31,11 @@ if TYPE_CHECKING:
 Item = tuple[str, str | None, int, Any]
 # ("ok", sha256, (width, height, format) or None) | ("refused", sha256, why) | ("error", sha256, errno, message)
 Result = tuple[Any, ...]
+
+# Where the two compete for a core, the event loop goes first: its reply times are what PAARC
+# judges hosts by, and a write done a few ms later costs nothing (the ring holds the bodies). On
+# the realistic bench (2 cores, shared with the fake hosts) a download ended 3-6% sooner.
+NICENESS = 10
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +62,8 @@ def main() -> None:
 def _serve_from_argv() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    with contextlib.suppress(OSError):  # a container may forbid it: the child only runs at par then
+        os.nice(NICENESS)
     conn, ring_fd = Connection(int(sys.argv[1])), int(sys.argv[2])
     try:
         ring_bytes, role, *settings = conn.recv()

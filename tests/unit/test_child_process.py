@@ -3,6 +3,7 @@ download will want a write process."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -47,3 +48,17 @@ def test_a_remote_output_a_small_manifest_or_none_is_not(big_manifest: Path, tmp
     small.write_text("url\nhttp://127.0.0.2/x.jpg\n")
     assert not child_process.worth_starting_early(_cfg(small))
     assert not child_process.worth_starting_early(_cfg(tmp_path / "missing.csv"))
+
+
+@pytest.mark.skipif(not child_process.available(), reason="no write process here (memfd, two cores)")
+def test_the_write_process_gives_way_to_the_event_loop() -> None:
+    from flowdc.write_child import NICENESS
+
+    child = child_process.link(1 << 16, ("imagefolder", None, "header"))
+    try:
+        assert child.wait_ready(10.0)
+        ours = os.getpriority(os.PRIO_PROCESS, 0)
+        assert os.getpriority(os.PRIO_PROCESS, child.pid) == min(19, ours + NICENESS)
+    finally:
+        child.shutdown()
+    assert not child.running()

@@ -175,3 +175,18 @@ def test_object_stores_get_no_journal(tmp_path: Path) -> None:
     assert led.journal_names() == []
     led.flush()
     assert led.latest()["row"].to_pylist() == [0]
+
+
+def test_a_part_keeps_dictionaries_for_its_repeating_columns_only(tmp_path: Path) -> None:
+    """Keys, URLs and digests are mostly unique: a dictionary on them is only tried and dropped."""
+    import pyarrow.parquet as pq
+
+    led = make_ledger(tmp_path)
+    for row in range(50):
+        led.add(Record(row, f"{row:08d}", f"http://a/{row}", "ok", sha256=f"{row:064x}", host="a", ts=1.0))
+    led.flush()
+    (part,) = led.part_names()
+    meta = pq.ParquetFile(os.path.join(led.dest.root, LEDGER_DIR, part)).metadata.row_group(0)
+    encodings = {meta.column(i).path_in_schema: meta.column(i).encodings for i in range(meta.num_columns)}
+    assert any("DICTIONARY" in e for e in encodings["status"]) and any("DICTIONARY" in e for e in encodings["host"])
+    assert not any("DICTIONARY" in e for column in ("key", "url", "sha256") for e in encodings[column])
