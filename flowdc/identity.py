@@ -63,6 +63,8 @@ def _plain_query_identity(url: str) -> str | None:
         return None
     base, _, query = url.partition("?")
     kept = _kept_query(query)
+    if kept and kept == query:
+        return url  # the URL itself: its hash, taken as the manifest was read, is reused (base_hashes)
     return f"{base}?{kept}" if kept else base
 
 

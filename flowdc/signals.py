@@ -23,6 +23,10 @@ class Signal(Enum):
     # CONNECT. The scheduler frees the slot and tells the host's controller nothing.
     NOT_SENT = "not_sent"
 
+    # Enum's own hash is a Python call (of the member's name), and the controller looks signals up in
+    # sets for every reply. A member is its only instance, so its identity hashes it as well.
+    __hash__ = object.__hash__
+
 
 @dataclass(frozen=True, slots=True)
 class Sample:

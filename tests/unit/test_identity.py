@@ -110,3 +110,13 @@ def test_known_url_hashes_give_the_same_identities() -> None:
     assert (base_hashes(urls, url_hashes=known) == base_hashes(urls)).all()
     ids = ["x", None, None, "y", None, None]
     assert (base_hashes(urls, ids, known) == base_hashes(urls, ids)).all()
+
+
+def test_a_url_whose_query_is_kept_whole_reuses_its_known_hash() -> None:
+    """A plain query with nothing secret in it leaves the URL as it is, so the hash the download took
+    of it is the identity's: one hash a row, not two. A query that loses a parameter is hashed anew."""
+    whole, trimmed, bare_path = "https://h/a.jpg?size=large&w=2", "https://h/a.jpg?w=1&sig=S", "https://h/b.jpg"
+    marked = [11, 22, 33]  # not the URLs' hashes: where they come back, they were reused
+    assert base_hashes([whole, trimmed, bare_path], url_hashes=marked).tolist() == \
+        [11, url_hash("https://h/a.jpg?w=1"), 33]
+    assert identity_text(whole) == whole
