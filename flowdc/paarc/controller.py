@@ -205,7 +205,7 @@ class PaarcController:
 
     def rows_left(self, left: int) -> None:
         if self.push is not None and self.push.pace > 0:
-            self.push.rows_left(left)
+            self.push.rows_left(left, self.now)
 
     def stall_after(self) -> float:
         """After this long unanswered a request is stuck on its object and waits for its timeout

@@ -24,7 +24,9 @@ PACE_SEEK_GAIN = 1.06  # ... or this much while no refusal has yet shown the rat
 PACE_STEP_S = 0.1  # ... and at least this often while quiet, whatever the intervals do
 PACE_CAP_MARGIN = 0.95  # ... but not past this share of the rate that drew 429s (the ceiling; it creeps)
 PACE_DROP = 1.5  # an expired record whose pace is this far over what the limit allows no longer binds: dropped
-CREEP_QUIET_S = 2.0  # a paced host quiet this long at its ceiling lets the ceiling creep up...
+# A paced host quiet this long at its ceiling lets the ceiling creep up (after 2 s, a bucket read 12%
+# low took 7 s to reach its rate)...
+CREEP_QUIET_S = 1.0
 CREEP_QUIET_REPLIES = 50  # ... and this many replies long (a 2/s host would be refused every few s)
 CREEP_STEP = 1.002  # ... by this much per pace step (2%/s) at first...
 CREEP_GIVEBACK = 1.02  # ... and each refusal takes 2% back...
@@ -282,17 +284,23 @@ class Pushback:
         self.seeking = self.pace <= 0 and accepted is None
         self.pace = new_pace if self.pace <= 0 else min(self.pace, new_pace)
 
-    def rows_left(self, left: int) -> None:
+    def rows_left(self, left: int, now: float) -> None:
         """The manifest is read and `left` of the host's rows remain. Within the last TAIL_S seconds
-        of them at the pace, the pace stops growing and comes down to the measured rate: a refusal
-        there makes its row wait out a Retry-After with nothing else left to send, which ended the
-        polite bench's 100/s bucket up to a second late (its creep refused it 7-10 times in the run's
-        last three seconds). Creeping on could only gain a share of those seconds."""
+        of them at the pace, the pace stops growing and comes down to the rate the host accepts: a
+        refusal there makes its row wait out a Retry-After with nothing else left to send, which
+        ended the polite bench's 100/s bucket up to a second late (its creep refused it 7-10 times
+        in the run's last three seconds). Creeping on could only gain a share of those seconds.
+
+        That rate is the higher of the reading and what the meter saw accepted lately: a creep past
+        the rate is refused down to it, a quiet one is all accepted. The reading alone can be seconds
+        stale and low (a ramp's cold start read the bench's 100/s bucket as 86/s, crept to 100/s
+        since): paced at it, that bucket's last 2 s of rows ended 0.3 s late."""
         if self.tail or left > self.pace * TAIL_S:
             return
         self.tail = True
         if self.rate_cap > 0:
-            self.pace = min(self.pace, max(self.rate_cap, self.floor))
+            accepted = self.accepted_rate(now) or 0.0
+            self.pace = min(self.pace, max(self.rate_cap, self.floor, accepted))
 
     def grow_pace(self, now: float, hold_until: float, send_rate: float) -> bool:
         """A quiet interval or PACE_STEP_S: offer a little more, up to the ceiling, which creeps up

@@ -945,7 +945,7 @@ def test_a_paced_hosts_last_rows_go_out_at_its_measured_rate(left: int, tail: bo
     push = Pushback()
     push.rate_cap, push.pace, push.floor, push.creep = 100.0, 110.0, 50.0, 1.16
     push.refused_at, push.served_since = -10.0, 500  # quiet for long: the creep runs fast
-    push.rows_left(left)
+    push.rows_left(left, 2.0)  # no replies metered: the reading is the rate
     for step in range(20):
         push.grow_pace(float(step) / 10, 0.0, send_rate=1000.0)
     assert (left <= 110.0 * TAIL_S) is tail
@@ -953,3 +953,40 @@ def test_a_paced_hosts_last_rows_go_out_at_its_measured_rate(left: int, tail: bo
         assert push.pace == 100.0
     else:
         assert push.pace > 110.0
+
+
+@pytest.mark.parametrize(("pace", "served", "tail_pace"),
+                         [(103.0, 100.0, 100.0), (95.0, 95.0, 95.0), (120.0, 80.0, 86.0)],
+                         ids=["crept-past-the-rate", "quiet-under-it", "refused-down-to-less"])
+def test_a_paced_hosts_last_rows_go_out_at_what_it_accepts_lately(pace: float, served: float, tail_pace: float) -> None:
+    """A ramp's reading can be low and seconds old (the bench's 100/s bucket read as 86/s) while the
+    creep has since shown the host accepting more. The last rows go out at the higher of the reading
+    and what the meter saw accepted lately (never faster than the pace, never slower than the
+    reading): paced at the old reading, that bucket's last 2 s of rows ended 0.3 s late."""
+    push = Pushback()
+    push.rate_cap, push.pace, push.floor = 86.0, pace, 40.0
+    push.restart_meter(10.0)
+    for i in range(int(served * 1.5)):  # 1.5 s of OK replies at the rate the host accepted
+        push.count_ok(10.0 + (i + 1) / served)
+    push.rows_left(100, 11.5)
+    assert push.tail
+    assert push.pace == pytest.approx(tail_pace, rel=0.02)
+
+
+def test_a_bucket_read_low_creeps_up_to_its_rate_within_a_few_seconds() -> None:
+    """A ramp's reading can be 12% low (the polite bench's 100/s bucket read as 86-88/s when its cold
+    start went out late). Paced at 0.95x that and quiet, it creeps: after 1 s quiet at 2%/s, the
+    speed doubling every further quiet second, it passes the rate within 5 s (it took 7 s when
+    the creep waited 2 s and doubled every 2 s, and the bucket ended 0.3-0.6 s late)."""
+    push = Pushback()
+    push.rate_cap, push.floor, push.refused_at = 87.0, 40.0, 0.0
+    push.pace = push.ceiling()  # 0.95x the reading
+    reached = None
+    for step in range(1, 81):  # a pace step every 0.1 s, each with the replies it brought, none refused
+        now = step / 10
+        for _ in range(int(push.pace / 10)):
+            push.reply(refused=False)
+        push.grow_pace(now, 0.0, send_rate=1000.0)
+        if reached is None and push.pace >= 100.0:
+            reached = now
+    assert reached is not None and reached <= 5.0, reached
