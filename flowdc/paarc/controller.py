@@ -72,6 +72,7 @@ STALL_MIN_S = 1.0  # ... and never sooner than this
 FRESH_START_SHARE = 0.5  # first baselines from more replies on new connections than this are provisional
 COHORT_MIN_RTPROP_S = 0.15  # a STARTUP step of a host this slow may be judged on its cohort's first replies...
 COHORT_SPREAD = 1.2  # ... when its p95 is within this of its p50
+RUN_GAP_RTPROPS = 2.0  # refusals this many RTprops apart or closer are one run (a burst or a storm)
 RATE_EVIDENCE = 0.8  # refused under this share of a load lately served: the host limits by rate
 
 
@@ -338,15 +339,19 @@ class PaarcController:
             # A record made afresh keeps the pace's floor, and the load last served (a refusal under
             # it next says "by rate").
             self.push = Pushback(best_rate=self.goodput, ok_level=self.last_ok_inflight)
-            self.push.refused(self.now, retried)
+            self.push.refused(self.now, retried, self._run_gap())
             # Only a host's very first refusal counts unseen: once its record has expired, a
             # refusal at whatever load we happen to run must show a share like any other.
             first, self.refused_before = not self.refused_before, True
             return first
-        push.refused(self.now, retried)
+        push.refused(self.now, retried, self._run_gap())
         if self.state == BACKOFF and self._before_cut(sent):
             return True  # the rest of the burst that made us back off: it lowers the remembered cap
         return push.speaks_for_host(sent)
+
+    def _run_gap(self) -> float:
+        """Refusals closer than this belong to one run: a burst's come within a round trip."""
+        return RUN_GAP_RTPROPS * (self.rtprop or UNKNOWN_RTPROP_S)
 
     def _remember_pushback(self, now: float, sent: float | None, inflight: int,
                            retry_after: float | None = None) -> float | None:
@@ -356,7 +361,7 @@ class PaarcController:
         assert push is not None  # _refusal_is_about_host made it
         remembered = now < push.until and push.cap > 0
         if self.state == BACKOFF and self._before_cut(sent):
-            if remembered and push.cap > self.p.C_min and not push.recalled:
+            if remembered and push.cap > self.p.C_min and not push.recalled and push.sent_before_run(sent):
                 push.cap -= 1  # one more of the same burst refused: the host took one fewer
                 self._set_limit(self._limit)  # and stay under it from now on
             if push.reveal_wait and not push.ramping and push.pace <= 0:

@@ -52,8 +52,8 @@ class Pushback:
 
     __slots__ = ("acted_at", "best_rate", "burst", "cap", "creep", "floor", "grown_at", "meter_ok", "meter_start",
                  "ok_level", "pace", "ramp_from", "ramp_ok", "ramp_read", "ramp_start", "ramping", "rate_cap",
-                 "recalled", "refused_at", "replies", "reveal_s", "reveal_wait", "seeking", "served_since", "share",
-                 "streak", "tail", "until")
+                 "recalled", "refused_at", "replies", "reveal_s", "reveal_wait", "run_from", "seeking", "served_since",
+                 "share", "streak", "tail", "until")
 
     def __init__(self, best_rate: float = 0.0, ok_level: int = 0) -> None:
         self.cap = 0  # in-flight count at the 429 (that request included)
@@ -63,6 +63,7 @@ class Pushback:
         self.rate_cap = 0.0  # accepted rate when the pace last drew a 429
         self.creep = 1.0  # how far quiet time has raised the pace's ceiling above rate_cap
         self.refused_at = -math.inf  # the latest 429/503, counted or not
+        self.run_from = -math.inf  # when the run of refusals that goes on now began (its first arrival)
         self.meter_start = 0.0
         self.meter_ok = 0
         self.replies = 0  # replies with headers since the record was made
@@ -96,8 +97,11 @@ class Pushback:
             self.streak = self.streak + 1 if refused else 0
         self.served_since = 0 if refused else self.served_since + 1
 
-    def refused(self, now: float, retried: bool = False) -> None:
+    def refused(self, now: float, retried: bool = False, run_gap: float = 0.0) -> None:
+        """Count a 429/503. One that comes within `run_gap` of the one before continues its run."""
         self.reply(refused=True, retried=retried)
+        if now - self.refused_at > run_gap:
+            self.run_from = now
         self.refused_at = now
         if self.rate_cap > 0:
             if self.creep > CREEP_MIN:
@@ -114,6 +118,12 @@ class Pushback:
             # Never under the pace's floor: a rate measured while we barely sent can be far under
             # what the host serves.
             self.pace = min(self.pace, max(self.ceiling(), self.floor))
+
+    def sent_before_run(self, sent: float | None) -> bool:
+        """Whether a refused request went out before its run's first refusal came back: one of a
+        burst the host took fewer of. One sent later was a refused request's replacement (a storm:
+        one slot refused over and over), and tells nothing new about the cap."""
+        return sent is None or sent < self.run_from
 
     def ceiling(self) -> float:
         """The most the pace may grow to: a share of the measured rate, crept up while quiet."""

@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 
 from flowdc.paarc import PROBE_RTT, ClientLoad, FixedLimit, PaarcController, PaarcParams
-from flowdc.signals import Sample
+from flowdc.signals import Sample, Signal
 from tests.paarc_sim import HostSpec, SimResult, TraceRow, simulate
 
 CONVERGE_INTERVALS = 16  # controller intervals (each ~4 RTprop = 0.2 s here) to reach the band
@@ -176,6 +176,27 @@ def test_a_hard_cap_found_again_is_probed_ever_less_often() -> None:
     gaps = [b - a for a, b in itertools.pairwise(episodes[1:])]
     assert gaps == [pytest.approx(60.0, abs=2.0), pytest.approx(120.0, abs=2.0)], episodes
     assert res.frac_429 < 0.01
+
+
+def test_a_refusal_storm_under_a_remembered_cap_lowers_it_no_further_than_the_level_refused() -> None:
+    """A cold start's burst can leave a hard cap remembered one high (the sim's cap 13 as 14; polite's
+    cap12 as 14). Probed to 13 on a host that takes 12, the 13th is refused, its slot goes at once
+    to the next request, and that one is refused too: a storm of refusals at 13 in flight, several
+    slots at a time, since the host counts a reply's request a little after our client does. Each
+    refusal that came back after the cut lowered the cap as "one more of the same burst", down to 2.
+    Only requests sent before their run's first refusal came back are a burst the host took fewer
+    of; a replacement sent after it says nothing new."""
+    ctl = PaarcController()
+    simulate(ctl, HostSpec(capacity=13, hard_cap_ratio=1.0, service_time=0.04, retry_after=1.0,
+                           reject_time=0.0002), 3.9)
+    assert ctl.snapshot()["cap_seen"] == 14 and ctl.limit() == 13  # one high: the burst took 13
+    start, bouncing = 3.95, 4
+    arrivals = [start + i * 1e-4 for i in range(40)]
+    for i, now in enumerate(arrivals):
+        sent = start - 2e-4 if i == 0 else arrivals[max(0, i - bouncing)]  # each, a refused one's replacement
+        ctl.on_sample(now, Sample(Signal.OVERLOAD, now - sent, 13, 1.0))
+    assert ctl.snapshot()["cap_seen"] == 13
+    assert ctl.hold_until() == pytest.approx(arrivals[-1] + 1.0, abs=0.01)
 
 
 # -- hosts whose latency spreads widely ------------------------------------------------------------
