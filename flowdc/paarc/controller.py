@@ -118,6 +118,7 @@ class PaarcController:
         "pooled",
         "probe_countdown",
         "push",
+        "raised_at",
         "raised_by",
         "ramp",
         "refused_before",
@@ -147,6 +148,7 @@ class PaarcController:
         self.cooldown_until = 0.0
         self.cut_at = 0.0
         self.lowered_at = 0.0  # when the limit last went down: replies to older requests are stale
+        self.raised_at = 0.0  # when the limit last went up: older requests went out under less
         self.raised_by = 1.0  # the factor of the last change of the limit if it rose, else 1
         self.clean_level = 0  # the highest STARTUP limit whose cohort showed no queue (0: none yet)
         self.cut_mean: float | None = None  # mean latency when latency last made us cut
@@ -329,7 +331,10 @@ class PaarcController:
         burst a refusal cut: the same count drew the refusal."""
         if self.state == INIT:
             return False
-        return not (self.state == BACKOFF and self._before_cut(None if ttfb is None else now - ttfb))
+        sent = None if ttfb is None else now - ttfb
+        if sent is not None and sent < self.raised_at:
+            return False  # sent under a lower limit: the count holds requests sent since
+        return not (self.state == BACKOFF and self._before_cut(sent))
 
     def _refusal_is_about_host(self, sent: float | None, retried: bool = False) -> bool:
         """Count a 429/503 and tell whether it speaks for the host or only for its URL (docs/paarc.md:
@@ -393,6 +398,11 @@ class PaarcController:
                 # keep the earlier finding, or the limit would not be pinned under it.
                 found_again = min(prior_cap, inflight)
         if remembered:
+            if not by_rate and push.ok_level < inflight < push.cap:
+                # Refused past every load the host served, under the cap remembered: the cap, found
+                # lower (a cold start's burst counts one high when a reply frees a slot while it
+                # goes out). Back to what it served, not a blind cut.
+                found_again = inflight
             push.cap = min(push.cap, inflight)
         else:
             push.cap = inflight if found_again is None else found_again
@@ -969,6 +979,8 @@ class PaarcController:
         limit = max(self.p.C_min, min(self.p.C_max, round(value)))
         if limit < self._limit:
             self.lowered_at = self.now
+        elif limit > self._limit:
+            self.raised_at = self.now
         if limit != self._limit:
             self.raised_by = max(1.0, limit / self._limit)
         self._limit = limit

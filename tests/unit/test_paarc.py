@@ -990,3 +990,44 @@ def test_a_bucket_read_low_creeps_up_to_its_rate_within_a_few_seconds() -> None:
         if reached is None and push.pace >= 100.0:
             reached = now
     assert reached is not None and reached <= 5.0, reached
+
+
+def test_a_cap_a_cold_start_counted_one_high_is_found_lower_without_a_blind_cut() -> None:
+    """The polite bench's cap12 (a hard cap of 12, 40 ms, Retry-After 1), as traced: the cold start's
+    burst of 16 was refused three times, so the cap was remembered as 14, and a probe to 13 drew a
+    refusal storm. A cut by beta took it to 7, under C_init, so an early PROBE_RTT stepped it down
+    to 5, and it was back at 12 three seconds later. Refused past every load the host served, under
+    the cap remembered, is the cap found lower: the limit goes back to what the host served. (The
+    cold start's OKs at 16 in flight do not count as served: they went out while the limit was 8.)"""
+    ctl = PaarcController(PaarcParams(), 0.0)
+    now = 0.04
+    while ctl.limit() == 8:  # INIT's replies, until its interval closes and the limit doubles
+        now += 0.04 / 8
+        ctl.on_sample(now, Sample(Signal.OK, 0.04, 8))
+        ctl.tick(now)
+    for _ in range(7):  # INIT's other replies, counted with the doubling's sends
+        now += 0.0005
+        ctl.on_sample(now, Sample(Signal.OK, 0.04, 16))
+    for inflight in (16, 15, 14):  # three of the doubling's burst refused
+        now += 0.0003
+        ctl.on_sample(now, Sample(Signal.OVERLOAD, 0.002, inflight, 1.0))
+    assert ctl.push is not None and ctl.push.ok_level == 0 and ctl.push.cap == 14
+    now, after_storm = ctl.hold_until(), []
+    while now < 6.0:  # the host takes 12; a 13th in flight is refused, the slot refused over and over
+        now += 0.04 / 12
+        if now >= ctl.hold_until():
+            limit = ctl.limit()
+            if limit > 12:
+                while ctl.snapshot()["state"] != BACKOFF:
+                    now += 0.0002
+                    ctl.on_sample(now, Sample(Signal.OVERLOAD, 0.0002, limit, 1.0))
+                after_storm.append(ctl.limit())
+            else:
+                ctl.on_sample(now, Sample(Signal.OK, 0.04, limit))
+            if after_storm:
+                after_storm.append(ctl.limit())
+        ctl.tick(now)
+    assert after_storm, "no probe reached the host's cap"
+    assert ctl.snapshot()["cap_seen"] == 13
+    assert min(after_storm) == 11  # what the host served, not a cut by beta to 7
+    assert ctl.limit() == 12
