@@ -11,6 +11,7 @@ import itertools
 import os
 
 TMP_MARK = ".tmp-"
+TMP_NAME_ROOM = 32  # bytes temporary_name adds to a name, at most: a dot, the mark, a pid and a count
 _counter = itertools.count()
 # os.getpid() is a system call each time (glibc stopped caching it), one per file written; a
 # forked child (a resize pool's worker) learns its own.

@@ -13,6 +13,8 @@ from functools import lru_cache
 from pathlib import PurePosixPath
 from urllib.parse import urlsplit
 
+from flowdc.localfiles import TMP_NAME_ROOM
+
 KEY_WIDTH = 8
 # Rows whose label is missing (null or empty) form their own class in this folder. Folders of real
 # labels never start with "_" (see label_folder), so no label, not even "unlabeled" or "_unlabeled",
@@ -20,7 +22,8 @@ KEY_WIDTH = 8
 MISSING_LABEL_FOLDER = "_unlabeled"
 LABEL_HASH_CHARS = 12  # 48 bits of SHA-256, only ever told apart among labels that clean alike
 MAX_LABEL_CHARS = 120
-MAX_LABEL_BYTES = 200  # a file name holds at most 255 bytes; room is left for the hash suffix
+MAX_NAME_BYTES = 255  # the longest file name ext4, XFS and most others take, in bytes
+MAX_LABEL_BYTES = 200  # room is left under MAX_NAME_BYTES for the hash suffix
 _UNSAFE = re.compile(r"[^\w\-. ,()+&']+", re.UNICODE)
 _HASHED = re.compile(rf".+_[0-9a-f]{{{LABEL_HASH_CHARS}}}", re.DOTALL)  # the shape label_folder gives a changed label
 _EXT_BY_TYPE = {
@@ -85,7 +88,7 @@ def hashed_label_folder(text: str, clean: str | None = None, salt: str = "") -> 
 def is_inner_component(name: object) -> bool:
     """One path component that stays inside its folder and that file systems accept."""
     return (isinstance(name, str) and name not in ("", ".", "..") and not any(c in name for c in "/\\\x00")
-            and len(name.encode("utf-8", "surrogatepass")) <= 255)
+            and len(name.encode("utf-8", "surrogatepass")) <= MAX_NAME_BYTES)
 
 
 def _clean(text: str) -> str:
@@ -176,4 +179,8 @@ def sample_path(key: str, folder: str | None, ext: str) -> str:
     name = f"{key}{ext}"
     if "/" in name or "\\" in name or name.startswith(".") or "\x00" in name:
         raise ValueError(f"unsafe key {key!r}")
+    if len(name.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES - TMP_NAME_ROOM:
+        # Refused before any write: the file system would refuse it, or its temporary, after its
+        # folder was made.
+        raise ValueError(f"key too long for a file name ({len(key)} characters)")
     return f"{folder}/{name}" if folder is not None else name

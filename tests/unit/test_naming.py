@@ -178,9 +178,10 @@ def test_random_labels_and_keys_stay_inside_and_never_merge(samples: list[tuple[
         assert {p for p in os.listdir(root) if p != "_flowdc"} == set(folder_of.values())
 
 
-@pytest.mark.parametrize("key", ["../x", "a/b", ".hidden", "a\\b", "a\x00b", ""])
+@pytest.mark.parametrize("key", ["../x", "a/b", ".hidden", "a\\b", "a\x00b", "", "\x80" * 112])
 def test_unsafe_keys_are_refused(key: str) -> None:
-    """A key that would escape or hide is rejected rather than written."""
+    """A key that would escape or hide, or whose file (or its temporary) no file system could name,
+    is rejected rather than written."""
     with pytest.raises(ValueError):
         sample_path(key, "cat", ".png")
 
