@@ -23,6 +23,7 @@ MISSING_LABEL_FOLDER = "_unlabeled"
 LABEL_HASH_CHARS = 12  # 48 bits of SHA-256, only ever told apart among labels that clean alike
 MAX_LABEL_CHARS = 120
 MAX_NAME_BYTES = 255  # the longest file name ext4, XFS and most others take, in bytes
+_SHORT_NAME_CHARS = (MAX_NAME_BYTES - TMP_NAME_ROOM) // 4  # no name this short can be too long in UTF-8
 MAX_LABEL_BYTES = 200  # room is left under MAX_NAME_BYTES for the hash suffix
 _UNSAFE = re.compile(r"[^\w\-. ,()+&']+", re.UNICODE)
 _HASHED = re.compile(rf".+_[0-9a-f]{{{LABEL_HASH_CHARS}}}", re.DOTALL)  # the shape label_folder gives a changed label
@@ -179,7 +180,7 @@ def sample_path(key: str, folder: str | None, ext: str) -> str:
     name = f"{key}{ext}"
     if "/" in name or "\\" in name or name.startswith(".") or "\x00" in name:
         raise ValueError(f"unsafe key {key!r}")
-    if len(name.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES - TMP_NAME_ROOM:
+    if len(name) > _SHORT_NAME_CHARS and len(name.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES - TMP_NAME_ROOM:
         # Refused before any write: the file system would refuse it, or its temporary, after its
         # folder was made.
         raise ValueError(f"key too long for a file name ({len(key)} characters)")
