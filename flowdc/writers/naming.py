@@ -23,7 +23,6 @@ MISSING_LABEL_FOLDER = "_unlabeled"
 LABEL_HASH_CHARS = 12  # 48 bits of SHA-256, only ever told apart among labels that clean alike
 MAX_LABEL_CHARS = 120
 MAX_NAME_BYTES = 255  # the longest file name ext4, XFS and most others take, in bytes
-_SHORT_NAME_CHARS = (MAX_NAME_BYTES - TMP_NAME_ROOM) // 4  # no name this short can be too long in UTF-8
 MAX_LABEL_BYTES = 200  # room is left under MAX_NAME_BYTES for the hash suffix
 _UNSAFE = re.compile(r"[^\w\-. ,()+&']+", re.UNICODE)
 _HASHED = re.compile(rf".+_[0-9a-f]{{{LABEL_HASH_CHARS}}}", re.DOTALL)  # the shape label_folder gives a changed label
@@ -86,10 +85,12 @@ def hashed_label_folder(text: str, clean: str | None = None, salt: str = "") -> 
     return f"{(_clean(text) if clean is None else clean) or 'label'}_{digest}"
 
 
-def is_inner_component(name: object) -> bool:
-    """One path component that stays inside its folder and that file systems accept."""
-    return (isinstance(name, str) and name not in ("", ".", "..") and not any(c in name for c in "/\\\x00")
-            and len(name.encode("utf-8", "surrogatepass")) <= MAX_NAME_BYTES)
+def is_inner_component(name: object, max_bytes: int = MAX_NAME_BYTES) -> bool:
+    """One path component that stays inside its folder and that file systems accept (within
+    `max_bytes` in UTF-8: less where a longer temporary name must fit too)."""
+    return (isinstance(name, str) and name not in ("", ".", "..")
+            and "/" not in name and "\\" not in name and "\x00" not in name
+            and (len(name) <= max_bytes // 4 or len(name.encode("utf-8", "surrogatepass")) <= max_bytes))
 
 
 def _clean(text: str) -> str:
@@ -178,10 +179,8 @@ def _extension_of_type(content_type: str | None) -> str | None:
 def sample_path(key: str, folder: str | None, ext: str) -> str:
     """Relative path of an imagefolder sample: in its class folder, or at the root when None."""
     name = f"{key}{ext}"
-    if "/" in name or "\\" in name or name.startswith(".") or "\x00" in name:
+    # Refused before any write: a name that escapes or hides, or that the file system would refuse
+    # (or refuse its temporary) after the folder was made.
+    if name.startswith(".") or not is_inner_component(name, MAX_NAME_BYTES - TMP_NAME_ROOM):
         raise ValueError(f"unsafe key {key!r}")
-    if len(name) > _SHORT_NAME_CHARS and len(name.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES - TMP_NAME_ROOM:
-        # Refused before any write: the file system would refuse it, or its temporary, after its
-        # folder was made.
-        raise ValueError(f"key too long for a file name ({len(key)} characters)")
     return f"{folder}/{name}" if folder is not None else name
