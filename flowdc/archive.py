@@ -51,17 +51,6 @@ def archive_names(dest: Destination, fmt: str = "tar") -> Iterator[str]:
         yield f"{base}.flowdc-{n}{suffix}"
 
 
-def fingerprint(parent: Destination, name: str) -> str | None:
-    """Size and the store's version of a file (ETag, generation or mtime); None when absent."""
-    try:
-        parent.fs.invalidate_cache(parent.path(name))
-        info = parent.fs.info(parent.path(name))
-    except FileNotFoundError:
-        return None
-    version = info.get("ETag") or info.get("generation") or info.get("mtime") or ""
-    return f"{info.get('size')}:{version}"
-
-
 def our_archive(dest: Destination) -> str | None:
     """The name of the archive flowdc last wrote for this output, if it is still as written."""
     try:
@@ -71,7 +60,7 @@ def our_archive(dest: Destination) -> str | None:
         return None
     if "/" in name or name in ("", ".", ".."):
         return None
-    return name if fingerprint(dest.parent(), name) == record.get("fingerprint") else None
+    return name if dest.parent().version(name) == record.get("fingerprint") else None
 
 
 def free_names(dest: Destination, fmt: str = "tar") -> Iterator[tuple[str, bool]]:
@@ -132,7 +121,7 @@ class _Packer:
         """Every file under the output not added yet (not the ledger, not temporaries), read from the store."""
         for rel in stored_files(self.dest):
             if rel not in self.added:
-                with self.dest.fs.open(self.dest.path(rel), "rb") as src:
+                with self.dest.open_read(rel) as src:
                     self.add(rel, src.read())
 
     @property
@@ -285,7 +274,7 @@ def _recorded(dest: Destination, name: str, fmt: str) -> str:
     """Record the archive as ours; an earlier archive of ours under another name (another format,
     or a name taken meanwhile) is stale now and goes."""
     parent, earlier = dest.parent(), our_archive(dest)
-    dest.write_bytes(RECORD, json.dumps({"name": name, "fingerprint": fingerprint(parent, name)}).encode())
+    dest.write_bytes(RECORD, json.dumps({"name": name, "fingerprint": parent.version(name)}).encode())
     if earlier is not None and earlier != name:
         parent.remove(earlier)
     first = next(archive_names(dest, fmt))

@@ -340,7 +340,7 @@ class Ledger:
     def _read_journal(self, name: str) -> pa.Table:
         """A journal's whole batches; a batch torn by a kill (the last one) and what follows are ignored."""
         batches = []
-        with self.dest.fs.open(self.dest.path(f"{LEDGER_DIR}/{name}"), "rb") as fh:
+        with self.dest.open_read(f"{LEDGER_DIR}/{name}") as fh:
             try:
                 reader = ipc.open_stream(fh)
                 while True:
@@ -361,7 +361,7 @@ class Ledger:
             if name.endswith(JOURNAL_EXT):
                 table = self._read_journal(name)
             else:
-                with self.dest.fs.open(self.dest.path(f"{LEDGER_DIR}/{name}"), "rb") as fh:
+                with self.dest.open_read(f"{LEDGER_DIR}/{name}") as fh:
                     part = pq.ParquetFile(fh)
                     have = part.schema_arrow.names
                     table = part.read(columns=None if columns is None else [c for c in columns if c in have])

@@ -11,9 +11,6 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 
-from tqdm import tqdm
-from tqdm.auto import tqdm as auto_tqdm
-
 
 @dataclass
 class RunCounters:
@@ -60,7 +57,12 @@ class ProgressBar:
 
     def __init__(self, desc: str = "download", *, notebook: bool = False):
         # notebook: tqdm.auto draws a widget in Jupyter (plain text elsewhere); the CLI keeps stderr.
-        make = auto_tqdm if notebook else tqdm
+        # Imported here, not with the module: a quiet run (a task on a cluster, a bench) draws no
+        # bar, and tqdm's import reads its own package metadata, 40-50 ms of a download's start.
+        if notebook:
+            from tqdm.auto import tqdm as make
+        else:
+            from tqdm import tqdm as make
         where = {} if notebook else {"file": sys.stderr, "dynamic_ncols": True}
         self._bar = make(total=None, desc=desc, unit="img", mininterval=0.5, smoothing=0.1, **where)
 

@@ -1,5 +1,9 @@
 """Where outputs go: a local folder or an fsspec URL (s3://, gs://, memory://, ...).
 
+A local folder is read and written with os calls, and fsspec is imported only for a store (or for
+an fsspec call a local destination has no os path for): importing it scans every installed
+package's entry points, a tenth of a download's start-up in a well-stocked environment.
+
 Every write is atomic as seen by readers: on a local disk a file is written under a hidden
 temporary name and renamed; object stores only show an object once its upload completes, so
 there the final name is written directly.
@@ -12,12 +16,11 @@ import contextlib
 import logging
 import os
 import posixpath
+import shutil
 from collections.abc import Iterator
 from typing import IO, Any
 
 import aiohttp
-import fsspec
-from fsspec.core import url_to_fs
 
 from flowdc.localfiles import TMP_MARK, link_or_replace, temporary_name, write_local
 from flowdc.urls import redact_url
@@ -44,19 +47,34 @@ def quiet_orphaned_connection_errors() -> None:
 
 class Destination:
     def __init__(self, url: str, storage_options: dict[str, Any] | None = None):
+        self._fs: Any = None
         if "://" not in url:
-            url = os.path.abspath(url)
-        self.fs, root = url_to_fs(url, **(storage_options or {}))
+            url = root = os.path.abspath(url)
+            self.local = True
+        else:
+            from fsspec.core import url_to_fs
+            from fsspec.implementations.local import LocalFileSystem
+
+            self._fs, root = url_to_fs(url, **(storage_options or {}))
+            self.local = isinstance(self._fs, LocalFileSystem)  # file:// too
+            if getattr(self._fs, "async_impl", False):
+                quiet_orphaned_connection_errors()
         self.root = root.rstrip("/") or "/"
-        self.local = isinstance(self.fs, fsspec.implementations.local.LocalFileSystem)
-        if getattr(self.fs, "async_impl", False):
-            quiet_orphaned_connection_errors()
         self.display = redact_url(url) if "://" in url else self.root  # for messages: no credentials
+
+    @property
+    def fs(self) -> Any:
+        """The fsspec file system (for a local folder, made on first use)."""
+        if self._fs is None:
+            from fsspec.implementations.local import LocalFileSystem
+
+            self._fs = LocalFileSystem()
+        return self._fs
 
     def parent(self) -> Destination:
         """The folder that holds this destination (for siblings such as OUTPUT.tar.gz)."""
         up = object.__new__(Destination)
-        up.fs, up.local = self.fs, self.local
+        up._fs, up.local = self._fs, self.local
         up.root = posixpath.dirname(self.root) or "/"
         up.display = up.root
         return up
@@ -119,23 +137,66 @@ class Destination:
 
     # -- reads and housekeeping -----------------------------------------------------------------
     def exists(self, rel: str) -> bool:
+        if self.local:
+            return os.path.exists(self.path(rel))
         return bool(self.fs.exists(self.path(rel)))
 
+    def open_read(self, rel: str) -> IO[bytes]:
+        if self.local:
+            return open(self.path(rel), "rb")
+        return self.fs.open(self.path(rel), "rb")  # type: ignore[no-any-return]
+
     def read_bytes(self, rel: str) -> bytes:
+        if self.local:
+            with open(self.path(rel), "rb") as fh:
+                return fh.read()
         return bytes(self.fs.cat_file(self.path(rel)))
 
     def list(self, rel: str = "") -> list[str]:
-        """Names (not paths) directly under `rel`; empty when it does not exist."""
-        self.fs.invalidate_cache(self.path(rel))  # object stores cache listings; we just wrote here
+        """Names (not paths) directly under `rel`; empty when it does not exist (a file: its own name)."""
+        path = self.path(rel)
+        if self.local:
+            try:
+                return sorted(os.listdir(path))
+            except NotADirectoryError:
+                return [posixpath.basename(path)]
+            except FileNotFoundError:
+                return []
+        self.fs.invalidate_cache(path)  # object stores cache listings; we just wrote here
         try:
-            entries = self.fs.ls(self.path(rel), detail=False)
+            entries = self.fs.ls(path, detail=False)
         except FileNotFoundError:
             return []
         return sorted(posixpath.basename(str(e).rstrip("/")) for e in entries)
 
+    def version(self, rel: str) -> str | None:
+        """Size and the store's version of a file (ETag, generation or mtime); None when absent."""
+        path = self.path(rel)
+        if self.local:
+            try:
+                st = os.stat(path)
+            except FileNotFoundError:
+                return None
+            return f"{st.st_size}:{st.st_mtime}"  # as fsspec's local info() gives them
+        try:
+            self.fs.invalidate_cache(path)
+            info = self.fs.info(path)
+        except FileNotFoundError:
+            return None
+        version = info.get("ETag") or info.get("generation") or info.get("mtime") or ""
+        return f"{info.get('size')}:{version}"
+
     def remove(self, rel: str) -> None:
+        path = self.path(rel)
+        if self.local:
+            with contextlib.suppress(FileNotFoundError):
+                if os.path.isdir(path) and not os.path.islink(path):
+                    shutil.rmtree(path)
+                else:
+                    os.remove(path)
+            return
         with contextlib.suppress(FileNotFoundError):
-            self.fs.rm(self.path(rel), recursive=True)
+            self.fs.rm(path, recursive=True)
 
     def remove_temporaries(self) -> int:
         """Delete what a killed run left half-written: temporary files on a local disk, unfinished

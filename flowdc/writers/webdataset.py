@@ -158,7 +158,7 @@ class WebDatasetWriter:
         None when the shard is gone (shipped elsewhere) or starts with no raster image."""
         for name in (self.names.name(shard, "tar"), self.names.open(shard)):
             try:
-                with self.dest.fs.open(self.dest.path(name), "rb") as fh:
+                with self.dest.open_read(name) as fh:
                     member = fh.read(100).split(b"\0")[0].decode("utf-8", "replace")
             except FileNotFoundError:
                 continue

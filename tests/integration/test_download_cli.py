@@ -422,6 +422,35 @@ def test_telemetry_file_in_a_new_folder(tmp_path: Path, two_hosts: FakeHostFarm)
     assert all({"t", "limit", "inflight"} <= set(line) for line in lines)
 
 
+def imported_modules(importtime_report: str) -> set[str]:
+    """Module names from `python -X importtime`'s report (on stderr, the run's own lines among them)."""
+    return {line.rsplit("|", 1)[1].strip() for line in importtime_report.splitlines()
+            if line.startswith("import time:") and "|" in line}
+
+
+@pytest.mark.parametrize("output_format", ["imagefolder", "webdataset"])
+def test_a_quiet_local_download_loads_neither_fsspec_nor_tqdm(tmp_path: Path, two_hosts: FakeHostFarm,
+                                                             output_format: str) -> None:
+    """Each costs a start-up that is all overhead here: fsspec scans every installed package's entry
+    points, tqdm reads its own metadata. A first run with an archive, its rerun (the ledger read
+    back, the archive checked) and a --force over it need neither for a local folder; a shown bar
+    still loads tqdm."""
+    manifest = write_manifest(tmp_path / "m.parquet", urls_on(two_hosts, 12), labels=["a", "b", "c"] * 4)
+    base = ["-X", "importtime", "-m", "flowdc", "download", "--input", str(manifest), "--label", "label",
+            "--output", str(tmp_path / "out"), "--output_format", output_format, "--create_tar"]
+    for extra in ([], [], ["--force"]):
+        proc = subprocess.run([sys.executable, *base, *extra, "--quiet"], capture_output=True, text=True,
+                              timeout=60, cwd=REPO, env=subprocess_env())
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        loaded = imported_modules(proc.stderr)
+        assert "flowdc.download" in loaded  # the control: the report is read right
+        assert not {"fsspec", "tqdm"} & loaded, extra
+    shown = subprocess.run([sys.executable, *base, "--force"], capture_output=True, text=True, timeout=60,
+                           cwd=REPO, env=subprocess_env())
+    assert shown.returncode == 0 and "tqdm" in imported_modules(shown.stderr)
+    assert len(list((tmp_path / "out").rglob("*.png"))) == (12 if output_format == "imagefolder" else 0)
+
+
 # -- the Python API and the demo ----------------------------------------------------------------
 def test_python_api(tmp_path: Path, two_hosts: FakeHostFarm) -> None:
     """run_download, DownloadConfig, load_input_file and the async download_single work as documented."""

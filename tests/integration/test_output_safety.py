@@ -236,7 +236,7 @@ def test_two_runs_on_one_s3_prefix_and_a_killed_holders_lease(tmp_path: Path, sl
     exits 2 naming the holder. A SIGKILLed holder's lease, seen from another machine (another
     process space), refuses others until its TTL has passed since its last heartbeat; on this
     machine its pid is gone, and a rerun takes it over at once and finishes the job."""
-    from flowdc.leases import StoreLease
+    from flowdc.storelease import StoreLease
     options = s3_options(s3_endpoint)
     dest = Destination("s3://lease-bkt/ds", options)
     dest.fs.mkdir("lease-bkt")
@@ -282,7 +282,7 @@ def test_lease_takeover_rules(store: str, s3_endpoint: str, gcs_endpoint: str) -
     """A live lease refuses another run; the same run id (a resubmitted task) takes it over at
     once; a lease whose heartbeat stopped is taken over after its TTL; a holder that lost its
     lease is told. Works per prefix: two partitions' prefixes do not block each other."""
-    from flowdc.leases import StoreLease
+    from flowdc.storelease import StoreLease
     options = s3_options(s3_endpoint) if store == "s3" else gcs_options(gcs_endpoint)
     part0 = Destination(f"{store}://lease-rules/plan/part-00000", options)
     part1 = Destination(f"{store}://lease-rules/plan/part-00001", options)
