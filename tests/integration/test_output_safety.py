@@ -308,6 +308,49 @@ def test_lease_takeover_rules(store: str, s3_endpoint: str, gcs_endpoint: str) -
     assert not part0.exists(LEASE_FILE) and not part1.exists(LEASE_FILE)
 
 
+def test_a_heartbeat_whose_answer_was_lost_keeps_the_lease(s3_endpoint: str) -> None:
+    """A heartbeat lands on the store but a reset loses its answer (a flapping endpoint): the next
+    one, made with the version before it, meets a conflict. The lease object then holds our own
+    heartbeat, so the lease is still ours: renewed from there, and released at the end."""
+    from flowdc.conditional import ObjectSlot, Versioned, slot_for
+    from flowdc.leases import Holder
+    from flowdc.storelease import StoreLease
+
+    class AnswerLost(ObjectSlot):
+        """The real S3 slot, whose second and fourth replaces land and then fail as a reset would."""
+
+        def __init__(self, real: ObjectSlot):
+            self.real, self.kind, self.replaces = real, real.kind, 0
+
+        def read(self) -> Versioned | None:
+            return self.real.read()
+
+        def create(self, data: bytes) -> str:
+            return self.real.create(data)
+
+        def replace(self, data: bytes, version: str) -> str:
+            self.replaces += 1
+            new_version = self.real.replace(data, version)
+            if self.replaces in (2, 4):
+                raise ConnectionResetError("connection reset by peer")
+            return new_version
+
+        def delete(self, version: str) -> None:
+            self.real.delete(version)
+
+    dest = Destination("s3://lease-lost-answer/ds", s3_options(s3_endpoint))
+    dest.fs.mkdir("lease-lost-answer")
+    slot = AnswerLost(slot_for(dest, LEASE_FILE))
+    lost: list[str] = []
+    lease = StoreLease(dest, "run-1", ttl_s=0.3, on_lost=lost.append, slot=slot)
+    wait_for(lambda: slot.replaces >= 7, "seven heartbeats", timeout=10)
+    assert not lost, lost
+    beat = Holder.parse(dest.read_bytes(LEASE_FILE))
+    assert beat is not None and beat.run_id == "run-1" and time.time() - beat.heartbeat < 0.3
+    lease.release()
+    assert not dest.exists(LEASE_FILE)
+
+
 def test_a_holder_whose_lease_was_taken_over_stops(tmp_path: Path, slow_host: FakeHostFarm, s3_endpoint: str) -> None:
     """When another run has taken the lease (this run's heartbeats had stopped reaching the store
     for a TTL), the holder's next heartbeat finds out: the run stops at once as if interrupted,
