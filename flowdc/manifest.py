@@ -27,6 +27,8 @@ import pyarrow.parquet as pq
 from flowdc.errors import ConfigError
 
 ROW_COLUMN = "row"
+ROW_RULE = (f"column {ROW_COLUMN!r} is reserved for row numbers: whole numbers from 0 up, each larger than the one "
+            "before (as `flowdc partition` writes them); rename the column")
 FORMATS_BY_SUFFIX = {
     ".parquet": "parquet",
     ".pq": "parquet",
@@ -95,13 +97,17 @@ class Manifest:
 
     def batches(self) -> Iterator[pa.RecordBatch]:
         readers = {"parquet": self._parquet, "csv": self._csv, "excel": self._excel, "xml": self._xml}
-        start = 0
+        start, last_row = 0, -1
         try:
             for batch in readers[self.format]():
                 if batch.num_rows == 0:
                     continue
-                yield _with_row_numbers(batch, start)
+                batch = _with_row_numbers(batch, start, last_row)
+                last_row = batch.column(ROW_COLUMN)[-1].as_py()
+                yield batch
                 start += batch.num_rows
+        except ConfigError:
+            raise
         except (pa.ArrowInvalid, OSError, ValueError) as exc:
             at = self._csv_error_row(exc) or f"near row {start}"
             raise ConfigError(f"cannot read {self.path} as {self.format} {at}: {_first_line(exc)}") from None
@@ -241,16 +247,25 @@ def _rebatch(reader: Any, size: int) -> Iterator[pa.RecordBatch]:
             yield batch.slice(offset, size)
 
 
-def _with_row_numbers(batch: pa.RecordBatch, start: int) -> pa.RecordBatch:
-    if ROW_COLUMN in batch.schema.names:
-        # A partition written by `flowdc partition` keeps the original manifest's row numbers.
-        idx = batch.schema.get_field_index(ROW_COLUMN)
-        try:
-            rows = batch.column(idx).cast(pa.int64())
-        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-            raise ConfigError(f"column {ROW_COLUMN!r} is reserved for row numbers and must hold integers") from None
-        return batch.set_column(idx, ROW_COLUMN, rows)
-    return batch.append_column(ROW_COLUMN, pa.array(np.arange(start, start + batch.num_rows, dtype=np.int64)))
+def _with_row_numbers(batch: pa.RecordBatch, start: int, last_row: int) -> pa.RecordBatch:
+    """The batch with its row numbers: counted from `start`, or the manifest's own `row` column,
+    checked to follow `last_row` (the previous batch's last)."""
+    if ROW_COLUMN not in batch.schema.names:
+        return batch.append_column(ROW_COLUMN, pa.array(np.arange(start, start + batch.num_rows, dtype=np.int64)))
+    # A partition written by `flowdc partition` keeps the original manifest's row numbers, in
+    # increasing order. Any other column of that name would be taken for them: two rows of one
+    # number would share one sample, so such a column is refused rather than trusted.
+    idx = batch.schema.get_field_index(ROW_COLUMN)
+    try:
+        rows = batch.column(idx).cast(pa.int64())
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        raise ConfigError(ROW_RULE + " (it holds values that are not whole numbers)") from None
+    if rows.null_count:
+        raise ConfigError(ROW_RULE + f" (it has an empty value near row {start})") from None
+    values = rows.to_numpy()
+    if values[0] <= last_row or (np.diff(values) <= 0).any():
+        raise ConfigError(ROW_RULE + f" (near row {start} they repeat, go down or are negative)")
+    return batch.set_column(idx, ROW_COLUMN, rows)
 
 
 def _rows_to_batches(rows: Iterator[dict[str, Any]], size: int) -> Iterator[pa.RecordBatch]:

@@ -137,6 +137,16 @@ def _case_ragged_csv(tmp: Path) -> list[str]:
     return ["--input", str(tmp / "m.csv")]
 
 
+def _row_column_case(*rows: str, batch_rows: int = 1000) -> Callable[[Path], list[str]]:
+    """A manifest of its own with a `row` column: taken for flowdc's row numbers, so checked."""
+    def build(tmp: Path) -> list[str]:
+        lines = ["url,row", *(f"{DEAD}/{i}.png,{row}" for i, row in enumerate(rows))]
+        (tmp / "m.csv").write_text("\n".join(lines) + "\n")
+        return ["--input", str(tmp / "m.csv"), "--batch_rows", str(batch_rows)]
+
+    return build
+
+
 def _xml_case(text: str) -> Callable[[Path], list[str]]:
     def build(tmp: Path) -> list[str]:
         (tmp / "m.xml").write_text(text)
@@ -180,6 +190,12 @@ BAD_INPUTS: list[tuple[str, Callable[[Path], list[str]], str]] = [
     ("xml_external_entity", _xml_case(XXE), "refused"),
     ("xml_malformed", _xml_case(BROKEN), "not well-formed"),
     ("telemetry_unwritable", _case_telemetry_unwritable, "cannot write the telemetry file"),
+    ("row_column_repeated", _row_column_case("1", "1", "2", "2"), "near row 0 they repeat"),
+    ("row_column_repeated_across_batches", _row_column_case("0", "1", "1", "2", batch_rows=2),
+     "near row 2 they repeat"),
+    ("row_column_empty", _row_column_case("3", ""), "it has an empty value"),
+    ("row_column_negative", _row_column_case("-5"), "reserved for row numbers"),
+    ("row_column_not_whole", _row_column_case("1.5"), "not whole numbers"),
 ]
 
 
