@@ -244,7 +244,8 @@ class DownloadJob:
         self.rows_total = self.manifest.num_rows_hint()
         # From here on the output is this run's (mark, lock or lease, --force) until run() ends.
         self.claim = claim_output(self.dest, run_id=self.run_id, force=cfg.force, lease_ttl_s=cfg.lease_ttl_s,
-                                  on_lost=lambda _message: self.stop())
+                                  on_lost=lambda _message: self.stop(),
+                                  layout={"output_format": cfg.output_format, "key_col": cfg.key_col})
         if cfg.telemetry or cfg.telemetry_push:  # after the claim: the telemetry file may be inside the output
             try:
                 self._own_telemetry = Telemetry(cfg.telemetry, push_url=cfg.telemetry_push,

@@ -40,6 +40,7 @@ LITTER = frozenset({".DS_Store", "Thumbs.db", "desktop.ini", "lost+found"})
 REFUSING = {errno.EROFS: "a read-only file system", errno.EACCES: "permission denied",
             errno.EPERM: "operation not permitted"}
 DELETE_BATCH = 1000
+Layout = dict[str, Any]  # option name -> value, as the owner mark records it
 
 
 @dataclass
@@ -56,13 +57,15 @@ class OutputClaim:
 
 
 def claim_output(dest: Destination, *, run_id: str, force: bool, lease_ttl_s: float,
-                 on_lost: Callable[[str], None] | None = None) -> OutputClaim:
+                 on_lost: Callable[[str], None] | None = None, layout: Layout | None = None) -> OutputClaim:
     """Check ownership, mark the output, take its lock or lease, probe that it takes writes, and
-    for --force (or a --force that was cut short) remove what flowdc wrote there before."""
+    for --force (or a --force that was cut short) remove what flowdc wrote there before.
+    `layout`: the settings every run of this output must share (see check_layout)."""
+    layout = layout or {}
     try:
         check_ours(dest, force=force)
         if not dest.exists(MARK):
-            write_mark(dest, run_id)  # before the lock file, which would otherwise be an unmarked write
+            write_mark(dest, run_id, layout)  # before the lock file, which would otherwise be an unmarked write
         hold = hold_output(dest, run_id, lease_ttl_s, on_lost)
     except Exception as exc:
         raise _as_user_facing(dest, exc) from None
@@ -74,7 +77,9 @@ def claim_output(dest: Destination, *, run_id: str, force: bool, lease_ttl_s: fl
             if not force:
                 log.warning("finishing the --force that an earlier run of %s did not complete", dest.display)
             cleared = clear_ours(dest)
-            write_mark(dest, run_id)  # a fresh output from here on
+            write_mark(dest, run_id, layout)  # a fresh output from here on
+        else:
+            check_layout(dest, run_id, layout)
     except BaseException as exc:
         hold.release()
         if isinstance(exc, Exception):
@@ -110,11 +115,36 @@ def _other_entries(dest: Destination) -> bool:
     return bool(set(dest.list()) - ignored)
 
 
-def write_mark(dest: Destination, run_id: str) -> None:
+def write_mark(dest: Destination, run_id: str, layout: Layout | None = None) -> None:
     mark = {"tool": "flowdc", "version": __version__, "run_id": run_id,
-            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "layout": dict(layout or {})}
     dest.makedirs()
     dest.write_bytes(MARK, json.dumps(mark, indent=1).encode())
+
+
+def check_layout(dest: Destination, run_id: str, layout: Layout) -> None:
+    """Refuse a run whose layout differs from the one the output was written with: another
+    --output_format would put samples the ledger holds as stored where the output has none, and
+    another --key_col gives every row a new identity, so each would be stored a second time. A
+    mark without a layout (an older flowdc) takes this run's."""
+    try:
+        recorded = json.loads(dest.read_bytes(MARK)).get("layout")
+    except (ValueError, AttributeError):
+        recorded = None
+    if not isinstance(recorded, dict):
+        write_mark(dest, run_id, layout)
+        return
+    for name, value in layout.items():
+        if name in recorded and recorded[name] != value:
+            raise UserError(f"--output {dest.display} was written with {_setting(name, recorded[name])} and this run "
+                            f"asks for {_setting(name, value)}; every run of an output keeps its --output_format and "
+                            "--key_col: give the same, another --output, or --force to start over")
+
+
+def _setting(name: str, value: Any) -> str:
+    if value is None:
+        return f"no --{name}"
+    return f"--{name} {value}"
 
 
 def probe_writes(dest: Destination) -> None:

@@ -256,6 +256,37 @@ def test_bad_rerun_loses_nothing(tmp_path: Path, two_hosts: FakeHostFarm) -> Non
         assert snapshot_tree(tmp_path) == before, args
 
 
+def test_a_rerun_must_keep_the_outputs_format_and_row_identity(tmp_path: Path, two_hosts: FakeHostFarm) -> None:
+    """Another --output_format would leave the rows the ledger holds as stored out of the new
+    layout, and another --key_col gives every row a new identity (each would be stored twice): both
+    are refused (one line, exit 2, nothing touched). --force starts over with the new settings; a
+    mark from before layouts were recorded takes the next run's."""
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("url,id\n" + "".join(f"{u},id{i}\n" for i, u in enumerate(urls_on(two_hosts, 6))))
+    out = tmp_path / "out"
+    first = run_flowdc("download", "--input", str(manifest), "--output", str(out), "--quiet")
+    assert first.returncode == 0, first.stderr
+    before = snapshot_tree(tmp_path)
+    for change, expected in ((["--output_format", "webdataset"], "--output_format imagefolder"),
+                             (["--key_col", "id"], "no --key_col")):
+        proc = run_flowdc("download", "--input", str(manifest), "--output", str(out), "--quiet", *change)
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+        assert len(proc.stderr.strip().splitlines()) == 1 and expected in proc.stderr, proc.stderr
+        assert snapshot_tree(tmp_path) == before, change
+    forced = run_flowdc("download", "--input", str(manifest), "--output", str(out), "--quiet", "--force",
+                        "--key_col", "id", "--output_format", "webdataset")
+    assert forced.returncode == 0, forced.stderr
+    assert sorted(p.name for p in out.glob("*.tar")) == ["000000.tar"] and not list(out.rglob("*.png"))
+    mark = out / "_flowdc" / "owner.json"
+    record = json.loads(mark.read_text())
+    assert record["layout"] == {"output_format": "webdataset", "key_col": "id"}
+    mark.write_text(json.dumps({k: v for k, v in record.items() if k != "layout"}))  # an older flowdc's mark
+    again = run_flowdc("download", "--input", str(manifest), "--output", str(out), "--quiet",
+                       "--output_format", "webdataset", "--key_col", "id")
+    assert again.returncode == 0 and "6 already done" in again.stdout, again.stdout + again.stderr
+    assert json.loads(mark.read_text())["layout"] == {"output_format": "webdataset", "key_col": "id"}
+
+
 def test_force_never_deletes_the_input_manifest(tmp_path: Path, two_hosts: FakeHostFarm) -> None:
     """--force on an output that holds the manifest itself is refused (exit 2, one line), so
     starting over can never delete the input it is about to read; the output stays as it was."""
