@@ -58,7 +58,8 @@ def our_archive(dest: Destination) -> str | None:
         name = str(record["name"])
     except (FileNotFoundError, ValueError, KeyError, TypeError):
         return None
-    if "/" in name or name in ("", ".", ".."):
+    # A copied output carries the original's record: that archive, beside the original, is not ours.
+    if not any(name in archive_names(dest, fmt) for fmt in FORMATS):
         return None
     return name if dest.parent().version(name) == record.get("fingerprint") else None
 

@@ -344,6 +344,9 @@ class DownloadJob:
             overview["archive"] = await asyncio.to_thread(
                 self.archive.finish if self.archive is not None else partial(create_archive, self.dest,
                                                                              cfg.archive_format))
+            if self.cfg.create_overview and overview["archive"]:
+                # Again, now naming the archive: the archive holds the overview as it was before.
+                await asyncio.to_thread(write_overview, self.dest, overview)
         if self.shipper is not None:
             await self._ship_the_rest(overview)
         return overview

@@ -409,6 +409,7 @@ def test_archive_never_overwrites_and_an_empty_run_makes_none(tmp_path: Path, tw
     first = download(manifest, tmp_path / "out", label="label", create_tar=True)
     assert mine.read_bytes() == b"the user's own backup"
     assert first["archive"].endswith("out.flowdc-2.tar")
+    assert json.loads((tmp_path / "out" / "overview.json").read_text())["archive"] == first["archive"]
     with tarfile.open(tmp_path / "out.flowdc-2.tar") as tar:
         assert len([n for n in tar.getnames() if n.startswith("out/x/")]) == 5
     download(manifest, tmp_path / "out", label="label", create_tar=True)
@@ -419,6 +420,22 @@ def test_archive_never_overwrites_and_an_empty_run_makes_none(tmp_path: Path, tw
     empty = download(gone, tmp_path / "empty", create_tar=True)
     assert empty["totals"]["ok"] == 0 and not empty.get("archive")
     assert not list(tmp_path.glob("empty*.tar*")) and not list(tmp_path.glob(".empty*"))
+
+
+def test_a_copied_output_leaves_the_originals_archive_alone(tmp_path: Path, two_hosts: FakeHostFarm) -> None:
+    """A copy of a finished output (cp -a) carries the original's archive record, which names the
+    original's archive beside it, unchanged. A rerun or --force on the copy writes the copy's own
+    archive and never removes the original's."""
+    manifest = write_manifest(tmp_path / "m.parquet", urls_on(two_hosts, 4, "copied"), labels=["x"] * 4)
+    download(manifest, tmp_path / "orig", label="label", create_tar=True)
+    original = (tmp_path / "orig.tar").read_bytes()
+    shutil.copytree(tmp_path / "orig", tmp_path / "copy", copy_function=shutil.copy2)
+    for force in (False, True):
+        overview = download(manifest, tmp_path / "copy", label="label", create_tar=True, force=force)
+        assert overview["archive"] == str(tmp_path / "copy.tar"), force
+        assert (tmp_path / "orig.tar").read_bytes() == original, force
+    with tarfile.open(tmp_path / "copy.tar") as tar:
+        assert len([n for n in tar.getnames() if n.startswith("copy/x/")]) == 4
 
 
 # -- 8. a read-only output ------------------------------------------------------------------------
