@@ -17,8 +17,8 @@ from flowdc.network import INSECURE_WARNING, network_summary
 from flowdc.progress import RunCounters
 from flowdc.storage import Destination
 from flowdc.writers.labelmap import LABELS_FILE, read_label_map
+from flowdc.writers.naming import OVERVIEW_FILE
 
-OVERVIEW_FILE = "overview.json"
 MAX_HOSTS_LISTED = 1000
 MAX_LABELS_LISTED = 1000  # the whole map is in LABELS_FILE
 CLIENT_BOUND_SHARE = 0.5  # the summary says the client was the bottleneck past this share of the run

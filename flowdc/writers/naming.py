@@ -20,6 +20,7 @@ KEY_WIDTH = 8
 # labels never start with "_" (see label_folder), so no label, not even "unlabeled" or "_unlabeled",
 # can share it; "_" names are flowdc's own (`_flowdc/` too).
 MISSING_LABEL_FOLDER = "_unlabeled"
+OVERVIEW_FILE = "overview.json"  # beside the class folders at the output's top (flowdc.overview)
 LABEL_HASH_CHARS = 12  # 48 bits of SHA-256, only ever told apart among labels that clean alike
 MAX_LABEL_CHARS = 120
 MAX_NAME_BYTES = 255  # the longest file name ext4, XFS and most others take, in bytes
@@ -65,15 +66,17 @@ def label_folder(label: str | None) -> str:
 
     A label that cleaning leaves as it is keeps its own name. Any other label gets its cleaned
     name plus "_" and a hash of the whole label: so do labels that already end like that, so a
-    plain name can never equal another label's hashed one. Cleaning turns characters other than
-    letters, digits and `-._ ,()+&'` into "_", trims leading " ._" and trailing " .", and bounds
-    the length; so a plain name never starts with "_" and MISSING_LABEL_FOLDER stays free.
+    plain name can never equal another label's hashed one, and a label named like the overview.
+    Cleaning turns characters other than letters, digits and `-._ ,()+&'` into "_", trims leading
+    " ._" and trailing " .", and bounds the length; so a plain name never starts with "_" and
+    MISSING_LABEL_FOLDER stays free.
     """
     if is_missing_label(label):
         return MISSING_LABEL_FOLDER
     text = str(label)
     clean = _clean(text)
-    if clean == text and not _HASHED.fullmatch(text):
+    # The overview's name is taken (in any case: some file systems ignore it), so that label is hashed.
+    if clean == text and not _HASHED.fullmatch(text) and text.casefold() != OVERVIEW_FILE:
         return text
     return hashed_label_folder(text, clean)
 

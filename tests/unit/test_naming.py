@@ -89,6 +89,15 @@ def test_ordinary_and_missing_labels() -> None:
     assert sample_path("00000003", "cat", ".jpg") == "cat/00000003.jpg"
 
 
+def test_a_label_named_like_the_overview_is_hashed() -> None:
+    """overview.json sits beside the class folders: a class of that name (in any case) must not
+    take it, or every later run failed to write its overview."""
+    for label in ("overview.json", "Overview.JSON"):
+        folder = label_folder(label)
+        assert folder.casefold() != "overview.json" and folder.startswith(label + "_"), folder
+    assert label_folder("overview.json.bak") == "overview.json.bak"
+
+
 def test_a_label_shaped_like_a_hashed_folder_is_hashed_too() -> None:
     """A plain label that already ends in `_` and 12 hex digits could equal another label's hashed
     folder, so it is hashed as well: a plain name never takes a hashed one."""
