@@ -432,7 +432,9 @@ class Ledger:
         if not_ok.num_rows:
             for item in pc.value_counts(pc.fill_null(not_ok["reason"], "unknown")).to_pylist():
                 reasons[item["values"]] = item["counts"]
-        total_bytes = pc.sum(latest["bytes"]).as_py() if latest.num_rows else 0
+        # Bytes stored: a refused body (not decodable, say) keeps its size in the ledger, but none on disk.
+        total_bytes = pc.sum(pc.if_else(pc.equal(latest["status"], "ok"), latest["bytes"], 0)).as_py() \
+            if latest.num_rows else 0
         return {"rows": latest.num_rows, **counts, "bytes": total_bytes or 0,
                 "errors": dict(sorted(reasons.items(), key=lambda kv: -kv[1]))}
 

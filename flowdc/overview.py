@@ -119,9 +119,10 @@ def per_host(groups: HostGroups, host_snapshots: dict[str, dict[str, Any]]) -> d
     if latest.num_rows == 0:
         return {}
     rows = np.bincount(codes, minlength=len(names))
-    ok = np.bincount(codes, weights=pc.equal(latest["status"], "ok").to_numpy(zero_copy_only=False),
-                     minlength=len(names))
-    sizes = np.bincount(codes, weights=pc.fill_null(latest["bytes"], 0).to_numpy(zero_copy_only=False),
+    stored = pc.equal(latest["status"], "ok").to_numpy(zero_copy_only=False)
+    ok = np.bincount(codes, weights=stored, minlength=len(names))
+    # Bytes stored: a refused body (not decodable, say) has its size in the ledger, but none on disk.
+    sizes = np.bincount(codes, weights=pc.fill_null(latest["bytes"], 0).to_numpy(zero_copy_only=False) * stored,
                         minlength=len(names))
     medians = _medians_by_code(codes, latest["ttfb_ms"], len(names))
     hosts: dict[str, dict[str, Any]] = {}

@@ -50,7 +50,11 @@ def test_sizes_and_formats_recorded_and_undecodable_bodies_fail(tmp_path: Path, 
         assert (cut["status"], cut["width"], cut["image_format"]) == ("ok", 64, "JPEG")
     assert overview["errors"].get("not_decodable") == (2 if verify == "full" else 1)
     with tarfile.open(out / "000000.tar") as tar:
-        metas = [json.load(tar.extractfile(m)) for m in tar.getmembers() if m.name.endswith(".json")]
+        members = tar.getmembers()
+        metas = [json.load(tar.extractfile(m)) for m in members if m.name.endswith(".json")]
+    # bytes stored: the refused bodies' sizes stay in the ledger, but not in the overview's totals
+    images = sum(m.size for m in members if not m.name.endswith(".json"))
+    assert recs[4]["bytes"] and overview["bytes"] == images == sum(h["bytes"] for h in overview["hosts"].values())
     by_key = {m["key"]: m for m in metas}
     assert by_key[recs[0]["key"]]["width"] == 30 and by_key[recs[0]["key"]]["image_format"] == "JPEG"
     assert recs[4]["key"] not in by_key
