@@ -28,7 +28,7 @@ import pyarrow.compute as pc
 from flowdc import child_process, write_process
 from flowdc.archive import ArchiveBuilder, create_archive, start_archive
 from flowdc.config import DownloadConfig, check_host_budget
-from flowdc.errors import ConfigError, DestinationError
+from flowdc.errors import NO_SPACE, ConfigError, DestinationError, failure_words
 from flowdc.fetch import FetchSettings, Outcome, digest, fetch_one
 from flowdc.identity import RepeatNumbering, base_hashes
 from flowdc.images import check_sample, resize_batch, start_resize
@@ -173,6 +173,7 @@ class DownloadJob:
         self._seen_keys = SeenKeys()  # url_based mode: keys already taken, to catch duplicate URLs
         self._identities = RepeatNumbering()  # each manifest row's identity, repeats numbered in order
         self._store_failures: dict[int, int] = {}
+        self._full: DestinationError | None = None  # the destination ran out of space: the run stops with this
         self._kept_by_hash: dict[str, str] = {}  # --dedupe sha256: sha256 -> the key that holds those bytes
         self._polling: asyncio.Future[None] | None = None  # the writer's poll, at most one queued
         self._shard_lane: ShardWriteLane | None = None  # a webdataset's write process, once started
@@ -327,6 +328,8 @@ class DownloadJob:
         finally:
             self.scheduler.closed_for_good = True
             await self._close_writer(loop)
+        if self._full is not None:
+            raise self._full
         self.counters.client_busy_share = self.client_load.busy_share
         try:
             overview = await asyncio.to_thread(
@@ -338,7 +341,7 @@ class DownloadJob:
         except Exception as exc:
             if not is_destination_error(exc):
                 raise
-            raise DestinationError(f"cannot write the overview to {self.dest.display}: {type(exc).__name__}; the "
+            raise DestinationError(f"cannot write the overview to {self.dest.display}: {failure_words(exc)}; the "
                                    "samples are stored, run the same command again when it is reachable") from None
         if self._archiving and not self.interrupted:
             overview["archive"] = await asyncio.to_thread(
@@ -369,7 +372,7 @@ class DownloadJob:
                 raise
             with contextlib.suppress(DestinationError):
                 await asyncio.to_thread(self._final_flush)  # keep the records that can still be kept
-            raise DestinationError(f"cannot finish writing to {self.dest.display}: {type(exc).__name__}; "
+            raise DestinationError(f"cannot finish writing to {self.dest.display}: {failure_words(exc)}; "
                                    "run the same command again when it is reachable") from None
         finally:
             self.write_queue.abort()  # a failed run's write process stops here (a good run's has)
@@ -517,8 +520,19 @@ class DownloadJob:
     def _store_failed(self, err: StoreError) -> None:
         """The destination lost these samples (an outage, a full disk): fetch them again later in
         this run, or, after too many tries, leave them as transient failures for the next run."""
+        full = getattr(err.cause, "errno", None) in NO_SPACE
+        if full and self._full is None:
+            # Every further sample would fail alike, and a retry loop only fills the ledger: stop.
+            self._full = DestinationError(f"{self.dest.display} is full ({failure_words(err.cause)}); what is stored "
+                                          "is kept: free space, then run the same command again to resume")
+            self.stop()
         for rec in err.records:
             self.counters.unrecord_ok(rec.bytes or 0)
+            if full:
+                rec.status, rec.reason, rec.retryable, rec.path, rec.shard = "failed", "store_error:no_space", True, \
+                    None, None
+                self._final(rec)
+                continue
             if isinstance(err, SampleRefused):  # the body's fault: final, never fetched again
                 if self._kept_by_hash.get(rec.sha256 or "") == rec.key:
                     del self._kept_by_hash[rec.sha256 or ""]  # not stored: these bytes are kept nowhere
@@ -548,7 +562,7 @@ class DownloadJob:
         try:
             self.ledger.flush()
         except Exception as exc:
-            raise DestinationError(f"cannot write the ledger to {self.dest.display}: {type(exc).__name__}; "
+            raise DestinationError(f"cannot write the ledger to {self.dest.display}: {failure_words(exc)}; "
                                    "run the same command again when it is reachable") from None
 
     def _final(self, rec: Record) -> None:

@@ -6,6 +6,9 @@ traceback. Lower layers raise these instead of importing the CLI or the config m
 
 from __future__ import annotations
 
+import errno
+import os
+
 EXIT_OK = 0
 EXIT_FAILURE = 1  # the destination (or another service) cannot be reached; a rerun resumes
 EXIT_USAGE = 2  # the user's input is wrong: config, options, manifest, output folder
@@ -53,3 +56,15 @@ class InterruptedRun(FlowdcError):
     """The run was stopped by a signal after keeping what it had stored."""
 
     exit_code = EXIT_INTERRUPTED
+
+
+NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT})  # the destination is full: no retry of a sample helps
+
+
+def failure_words(exc: BaseException) -> str:
+    """What went wrong, for a one-line error: the system's words for an OS error ("No space left
+    on device"), else the error's type."""
+    code = getattr(exc, "errno", None)
+    if isinstance(exc, OSError) and isinstance(code, int) and code > 0:
+        return os.strerror(code)
+    return type(exc).__name__

@@ -10,6 +10,7 @@ the open shard and its resume follow that name.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -100,3 +101,50 @@ def test_kill_9_loses_at_most_a_second_of_fetched_work(tmp_path: Path, farm_fact
     read_back = [s["__key__"] for s in wds.WebDataset(sorted(str(p) for p in out.glob("*.tar")),
                                                       shardshuffle=False, empty_check=False)]
     assert sorted(read_back) == sorted(ok_keys)
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path):  # type: ignore[no-untyped-def]
+    """A 1-MB tmpfs (root only): a destination that fills up mid-run, and can be grown afterwards."""
+    mount = tmp_path / "small"
+    mount.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)],
+                                           capture_output=True).returncode != 0:
+        pytest.skip("needs root and tmpfs mounts")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], capture_output=True)
+
+
+@pytest.mark.parametrize("fmt", ["imagefolder", "webdataset"])
+def test_a_full_disk_stops_the_run_with_one_line_and_a_rerun_resumes(small_disk: Path, tmp_path: Path,
+                                                                       farm_factory, fmt: str) -> None:  # type: ignore[no-untyped-def]
+    """No retry helps once the destination is full: the run stops at once with one line that says
+    so (exit 1), keeps what it stored, and records the rest as retryable. With room again, the
+    rerun stores every row exactly once."""
+    farm = farm_factory([HostSpec("127.0.0.2", image_bytes=6000), HostSpec("127.0.0.3", image_bytes=6000)])
+    urls = [farm.url(i % 2, f"/full/{i:04d}.png") for i in range(400)]  # 2.4 MB into 1 MB
+    manifest = write_manifest(tmp_path / "m.parquet", urls)
+    out = small_disk / "out"
+    cmd = [sys.executable, "-m", "flowdc", "download", "--input", str(manifest), "--output", str(out),
+           "--output_format", fmt, "--samples_per_shard", "50", "--timeout", "5", "--quiet", "--no_create_tar"]
+    started = time.monotonic()
+    full = subprocess.run(cmd, cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=120)
+    assert full.returncode == 1, full.stderr
+    assert full.stderr.count("\n") == 1 and "No space left on device" in full.stderr, full.stderr
+    assert time.monotonic() - started < 30, "stopped at once, not after every row's retries"
+    subprocess.run(["mount", "-o", "remount,size=8m", str(small_disk)], check=True)
+    again = subprocess.run(cmd, cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0, again.stderr
+    records = latest(out)
+    assert [r["status"] for r in records] == ["ok"] * 400 and [r["row"] for r in records] == list(range(400))
+    if fmt == "webdataset":
+        counts: dict[str, int] = {}
+        for tar in out.glob("*.tar"):
+            for sample in wds.WebDataset(str(tar), shardshuffle=False):
+                counts[sample["__key__"]] = counts.get(sample["__key__"], 0) + 1
+        assert len(counts) == 400 and set(counts.values()) == {1}
+    else:
+        assert len(list(out.rglob("*.png"))) == 400
+    assert not temporaries(out)
