@@ -21,7 +21,9 @@ from flowdc.writers.naming import OVERVIEW_FILE
 
 MAX_HOSTS_LISTED = 1000
 MAX_LABELS_LISTED = 1000  # the whole map is in LABELS_FILE
-CLIENT_BOUND_SHARE = 0.5  # the summary says the client was the bottleneck past this share of the run
+CLIENT_BOUND_SHARE = 0.5  # the summary says the client was the bottleneck past this share of the run...
+CLIENT_ADVICE_MIN_S = 5.0  # ... of a run this long at least: a short one's few ticks say little, and it gains nothing
+REASONS_LISTED = 5  # the summary's "not stored" line names this many reasons, the most frequent
 # One host done this long after every other, and this share of the run's time: its own limits set
 # the run's end (a rate-limited host with many rows), which more machines would not shorten.
 LONG_POLE_MIN_S = 5.0
@@ -209,14 +211,17 @@ def summary_text(overview: dict[str, Any], where: str) -> str:
         f"({overview['images_per_s']:.0f} img/s, {overview['mb_per_s']:.1f} MB/s)",
     ]
     if overview["errors"]:
-        top = ", ".join(f"{reason} x{n}" for reason, n in list(overview["errors"].items())[:5])
-        lines.append(f"  not stored: {top}")
+        reasons = list(overview["errors"].items())
+        top = ", ".join(f"{reason} x{n}" for reason, n in reasons[:REASONS_LISTED])
+        left_out = len(reasons) - REASONS_LISTED
+        more = f" and {left_out} more reasons (overview.json)" if left_out > 0 else ""
+        lines.append(f"  not stored: {top}{more}")
     pole = overview.get("long_pole")
     if pole:
         lines.append(f"  {pole['host']} was done {pole['after_every_other_s']:.0f} s after every other host"
                      f"{_limits_shown(overview['hosts'].get(pole['host'], {}).get('controller', {}))}: "
                      "its own limits set the run's end, which more machines would not bring sooner")
-    if run.get("client_busy_share", 0.0) >= CLIENT_BOUND_SHARE:
+    if run.get("client_busy_share", 0.0) >= CLIENT_BOUND_SHARE and overview["elapsed_s"] >= CLIENT_ADVICE_MIN_S:
         lines.append(f"  this machine set the pace for {run['client_busy_share']:.0%} of the run, not the hosts: "
                      "split the manifest (flowdc partition) over more machines to go faster")
     for warning in overview.get("warnings", []):
