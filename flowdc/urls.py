@@ -47,13 +47,20 @@ def _plain_netloc(url: str) -> str | None:
     return url[start:end]
 
 
+def _usable_netloc(netloc: str) -> bool:
+    """A plain netloc a request can be made to: not empty, and any port within 0-65535 (aiohttp
+    refuses others only when the request is made, with a ValueError)."""
+    _host, colon, port = netloc.rpartition("@")[2].partition(":")
+    return bool(netloc) and (not colon or not port or (port.isdigit() and int(port) <= 65535))
+
+
 def host_and_problem(url: str) -> tuple[str, str | None]:
     """host_key(url) and scheme_error(url), with one look at the netloc of a plain http(s) URL (a
     manifest row's; the two would each take it)."""
     if url[:8].lower().startswith(("http://", "https://")):
         netloc = _plain_netloc(url.strip())
         if netloc is not None:
-            return netloc.rpartition("@")[2].lower(), None if netloc else "invalid_url"
+            return netloc.rpartition("@")[2].lower(), None if _usable_netloc(netloc) else "invalid_url"
     return host_key(url), scheme_error(url)
 
 
@@ -70,9 +77,10 @@ def scheme_error(url: str) -> str | None:
     url = url.strip()
     netloc = _plain_netloc(url)
     if netloc is not None:
-        return None if netloc else "invalid_url"
+        return None if _usable_netloc(netloc) else "invalid_url"
     try:
         parts = urlsplit(url)
+        parts.port  # noqa: B018 -- raises ValueError for a port out of range
     except ValueError:
         return "invalid_url"
     if parts.scheme.lower() not in FETCHABLE_SCHEMES:

@@ -14,6 +14,7 @@ from flowdc.urls import (
     DEFAULT_SECRET_PARAMS,
     _mask_params,
     _redact_params,
+    host_and_problem,
     host_key,
     redact_url,
     redact_urls_in,
@@ -105,9 +106,13 @@ def test_host_key_and_scheme_check_agree_with_a_full_parse() -> None:
         assert host_key(url) == _full_parse_host(url), url
         try:
             parsed = urlsplit(url.strip())
+            parsed.port  # noqa: B018 -- a port out of range (or not a number) raises, as aiohttp's check does
             expected = None if parsed.netloc else "invalid_url"
         except ValueError:
             expected = "invalid_url"
         assert scheme_error(url) == expected, url
+        assert host_and_problem(url) == (host_key(url), expected), url
     assert host_key("http://User:pw@Img.Example.org:8080/a.jpg?x=1") == "img.example.org:8080"
     assert scheme_error("http:///a.jpg") == "invalid_url"
+    assert scheme_error("http://127.0.0.2:99999/p.png") == "invalid_url"  # aiohttp: error:ValueError, late
+    assert scheme_error("http://h.example:65535/p.png") is None and scheme_error("http://h.example:/p") is None
