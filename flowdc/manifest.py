@@ -60,10 +60,10 @@ class Manifest:
                  storage_options: dict[str, Any] | None = None):
         self.path = path
         self.url_column = url_column
+        self.storage_options = storage_options or {}
+        _check_exists(path, self.storage_options)  # first: a missing file or a folder is the clearer news
         self.format = detect_format(_path_part(path), input_format)
         self.batch_rows = batch_rows
-        self.storage_options = storage_options or {}
-        _check_exists(path, self.storage_options)
         self.columns = self._read_columns()
         if url_column not in self.columns:
             raise ConfigError(
@@ -183,7 +183,10 @@ def _path_part(path: str) -> str:
 
 def _check_exists(path: str, storage_options: dict[str, Any]) -> None:
     if not is_remote(path):
-        if not Path(path.removeprefix("file://")).is_file():
+        local = Path(path.removeprefix("file://"))
+        if local.is_dir():
+            raise ConfigError(f"--input {path} is a folder: give the manifest file (for partitions, flowdc distribute)")
+        if not local.is_file():
             raise ConfigError(f"input file not found: {path}")
         return
     import fsspec

@@ -22,7 +22,7 @@ from typing import Any
 
 from flowdc import __version__
 from flowdc.archive import remove_our_archive
-from flowdc.errors import DestinationError, FlowdcError, OutputNotOursError, UserError
+from flowdc.errors import DestinationError, FlowdcError, OutputNotOursError, UserError, failure_words
 from flowdc.leases import LEASE_FILE, LOCK_FILE, OutputHold, hold_output
 from flowdc.ledger import LEDGER_DIR, Ledger
 from flowdc.storage import TMP_MARK, Destination, is_destination_error
@@ -39,6 +39,8 @@ OWN_ROOT_JSON = ("overview.json",)
 LITTER = frozenset({".DS_Store", "Thumbs.db", "desktop.ini", "lost+found"})
 REFUSING = {errno.EROFS: "a read-only file system", errno.EACCES: "permission denied",
             errno.EPERM: "operation not permitted"}
+# A local path that cannot exist as given (a name too long, a folder under /proc): the user's to change.
+UNMAKEABLE = frozenset({errno.ENAMETOOLONG, errno.ENOENT, errno.ENOTDIR})
 DELETE_BATCH = 1000
 Layout = dict[str, Any]  # option name -> value, as the owner mark records it
 
@@ -165,6 +167,8 @@ def _as_user_facing(dest: Destination, exc: Exception) -> Exception:
     if why is not None:
         return UserError(f"--output {dest.display} refuses writes ({why}); give a writable folder or fix its "
                          "permissions")
+    if dest.local and getattr(exc, "errno", None) in UNMAKEABLE:
+        return UserError(f"--output {dest.display} cannot be made ({failure_words(exc)}); give another folder")
     if is_destination_error(exc):
         return DestinationError(f"cannot prepare {dest.display}: {type(exc).__name__}: {exc}")
     return exc

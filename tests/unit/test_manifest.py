@@ -170,10 +170,11 @@ def test_csv_streams_in_batches_with_continuous_row_numbers(tmp_path: Path) -> N
 
 
 def test_an_existing_row_column_is_kept(tmp_path: Path) -> None:
-    """A partition's own `row` numbers survive, so its keys match the original manifest's."""
+    """A partition's own `row` numbers survive, so its keys match the original manifest's (a
+    partition keeps the manifest's order: they increase)."""
     path = tmp_path / "part.parquet"
-    pq.write_table(pa.table({"url": ["http://a/9.png", "http://a/4.png"], "row": [9, 4]}), path)
-    assert [r["row"] for r in read_all(path)] == [9, 4]
+    pq.write_table(pa.table({"url": ["http://a/4.png", "http://a/9.png"], "row": [4, 9]}), path)
+    assert [r["row"] for r in read_all(path)] == [4, 9]
 
 
 def test_load_input_file_api(tmp_path: Path) -> None:
