@@ -225,7 +225,11 @@ class Distributor:
 
     def _settle(self, run: PartitionRun, outcome: TaskOutcome) -> None:
         self._take_back_state(run)
-        run.history.append({"ran": outcome.ran, "exit_code": outcome.exit_code, "detail": outcome.detail,
+        # A run that ended non-zero says why in its last line: the detail keeps it (engines only
+        # fill detail for runs that did not run to their end).
+        failed_run = outcome.ran and outcome.exit_code != 0
+        detail = _last_line(outcome.output) if failed_run else outcome.detail
+        run.history.append({"ran": outcome.ran, "exit_code": outcome.exit_code, "detail": detail,
                             "worker": outcome.worker, "t": round(time.time(), 3)})
         if outcome.ran and outcome.exit_code == 0:
             run.state = "done"
@@ -237,7 +241,7 @@ class Distributor:
         else:
             run.failures += 1
             again = outcome.exit_code != EXIT_USAGE and run.failures <= self.cfg.task_retries
-            why = f"exited {outcome.exit_code}: {_last_line(outcome.output)}"
+            why = f"exited {outcome.exit_code}: {detail}"
         if again:
             self._note(f"flowdc: {run.part.name} {why}; resubmitting (it resumes from its ledger)")
             self._submit(run)

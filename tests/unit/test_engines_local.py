@@ -70,7 +70,7 @@ def stand_in_python(tmp_path: Path, code: int) -> str:
     return str(path)
 
 
-@pytest.mark.parametrize("code, runs", [(1, 3), (2, 1), (0, 1)])
+@pytest.mark.parametrize("code, runs", [(1, 3), (2, 1), (75, 3), (0, 1)])
 def test_failed_tasks_are_retried_but_config_errors_are_not(tmp_path: Path, one_partition: Path, code: int,
                                                             runs: int) -> None:
     cfg = build_config(DistributeConfig, None, {
@@ -80,6 +80,9 @@ def test_failed_tasks_are_retried_but_config_errors_are_not(tmp_path: Path, one_
     (part,) = summary["partitions"]
     assert [r["exit_code"] for r in part["runs"]] == [code] * runs
     assert part["state"] == ("done" if code == 0 else "failed")
+    # A failed run's detail is the message its task printed; a run that succeeded has none.
+    expected = f"stand-in task exits {code}" if code else ""
+    assert [r["detail"] for r in part["runs"]] == [expected] * runs
     assert (tmp_path / "out" / "_flowdc" / "distribute.json").is_file()
 
 
