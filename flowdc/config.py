@@ -262,6 +262,9 @@ class DistributeConfig(DownloadConfig):
                       "gs://).", aliases=("output_directory",))
     create_tar: bool = opt(False, "Also pack each partition into DEST/part-NNNNN.tar (imagefolder only; "
                            "archive_format tar.gz: .tar.gz).")
+    force: bool = opt(False, "Start over: delete what flowdc wrote in DEST (every partition, the recorded plan, "
+                      "summary, telemetry, index) once, before the first task; never other files. A task run "
+                      "again after a lost or failed run still resumes.")
     engine: str = opt("local", "Where tasks run: local processes, Work Queue workers or TaskVine workers.",
                       choices=ENGINES)
     workers: int = opt(0, "local engine: partitions run at once (0 = one per CPU core).")

@@ -23,6 +23,7 @@ from flowdc.config import DistributeConfig, DownloadConfig, public_dict
 from flowdc.engines import make_engine
 from flowdc.engines.base import Engine, TaskOutcome, TaskSpec
 from flowdc.engines.collector import Collector
+from flowdc.engines.dest import PARTITIONS_DIR, SUMMARY_FILE, TELEMETRY_FILE, claim_plan, clear_dest
 from flowdc.engines.live import LiveView
 from flowdc.engines.plan import Partition, load_partitions
 from flowdc.engines.state import STATE_FILE, unpack_state
@@ -31,10 +32,7 @@ from flowdc.storage import Destination
 
 MAX_LOST_RUNS = 20  # runs of one partition lost with their worker before it counts as failed
 WAIT_S = 1.0
-SUMMARY_FILE = "_flowdc/distribute.json"
-TELEMETRY_FILE = "_flowdc/telemetry.jsonl"
 TOKEN_ENV = "FLOWDC_TELEMETRY_TOKEN"
-PARTITIONS_DIR = "_flowdc/partitions"  # staged partitions' state files, as their tasks returned them
 DOWNLOAD_FIELDS = tuple(f.name for f in dataclasses.fields(DownloadConfig))
 
 
@@ -59,8 +57,9 @@ def task_config(cfg: DistributeConfig, dest: Destination, part: Partition, input
     """
     doc = {name: getattr(cfg, name) for name in DOWNLOAD_FIELDS}
     # Staged (cloud_tool): the task downloads into its sandbox and ships; its state comes back to DEST.
+    # --force cleared DEST once, before the first task: a resubmitted task resumes like any other.
     doc.update(input=input_name, output=part.name if staged(cfg) else dest.url(part.name), quiet=True,
-               telemetry=None, run_id=run_id, partition_id=part.name,
+               force=False, telemetry=None, run_id=run_id, partition_id=part.name,
                shard_prefix=f"{cfg.shard_prefix}{part.name}-")  # shard names unique across the dataset
     shares = {host: share * cfg.host_budget.get(host, 1.0) for host, share in part.host_budget.items()}
     doc["host_budget"] = {**cfg.host_budget, **shares}
@@ -116,6 +115,9 @@ def run_distribute(cfg: DistributeConfig, engine: Engine | None = None) -> dict[
     try:
         if cfg.dry_run:
             return _dry_run(cfg, dest, parts, staging)
+        if cfg.force:
+            clear_dest(dest, cfg.storage_options, cfg.lease_ttl_s)
+        claim_plan(dest, parts)
         return Distributor(cfg, dest, parts, staging, engine).run()
     finally:
         shutil.rmtree(staging, ignore_errors=True)

@@ -308,10 +308,13 @@ def test_taskvine_survives_a_killed_worker(tmp_path: Path, farm: FakeHostFarm, p
     run_cctools_scenario(tmp_path, farm, parts, "taskvine", worker, "webdataset", subprocess_env())
 
 
-def test_local_engine_survives_a_killed_task_process(tmp_path: Path, farm: FakeHostFarm, parts: Path) -> None:
+@pytest.mark.parametrize("force", [False, True], ids=["resume", "force"])
+def test_local_engine_survives_a_killed_task_process(tmp_path: Path, farm: FakeHostFarm, parts: Path,
+                                                     force: bool) -> None:
     out = tmp_path / "out"
+    # --force clears DEST once, at the start: the killed partition's rerun still resumes.
     manager = Manager(["--engine", "local", "--workers", "2", "--input", str(parts), "--output", str(out),
-                       "--label_col", "label", *TASK_OPTIONS], subprocess_env())
+                       "--label_col", "label", *TASK_OPTIONS, *(["--force"] if force else [])], subprocess_env())
     try:
         root = psutil.Process(manager.proc.pid)
         victim = wait_for("a task with stored rows",
