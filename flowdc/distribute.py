@@ -8,6 +8,7 @@ retried task_retries times, except for a configuration error, which no rerun can
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -33,6 +34,7 @@ from flowdc.storage import Destination
 MAX_LOST_RUNS = 20  # runs of one partition lost with their worker before it counts as failed
 WAIT_S = 1.0
 TOKEN_ENV = "FLOWDC_TELEMETRY_TOKEN"
+STAGING_PREFIX = "flowdc-distribute-"  # then the manager's pid: a later run removes a dead manager's
 DOWNLOAD_FIELDS = tuple(f.name for f in dataclasses.fields(DownloadConfig))
 
 
@@ -111,7 +113,8 @@ def run_distribute(cfg: DistributeConfig, engine: Engine | None = None) -> dict[
     parts = load_partitions(cfg.input)
     check_columns(cfg, parts)
     dest = Destination(cfg.output, cfg.storage_options)
-    staging = tempfile.mkdtemp(prefix="flowdc-distribute-")
+    sweep_stale_staging()
+    staging = tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{os.getpid()}-")
     try:
         if cfg.dry_run:
             return _dry_run(cfg, dest, parts, staging)
@@ -121,6 +124,32 @@ def run_distribute(cfg: DistributeConfig, engine: Engine | None = None) -> dict[
         return Distributor(cfg, dest, parts, staging, engine).run()
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def sweep_stale_staging() -> None:
+    """Remove the staging folders of managers that died without cleaning up (kill -9): each is
+    named after its manager's pid, and one whose pid still runs (perhaps reused) is kept."""
+    root = tempfile.gettempdir()
+    try:
+        names = [n for n in os.listdir(root) if n.startswith(STAGING_PREFIX)]
+    except OSError:
+        return
+    for name in names:
+        pid = name[len(STAGING_PREFIX):].split("-", 1)[0]
+        path = os.path.join(root, name)
+        with contextlib.suppress(OSError):
+            if pid.isdigit() and os.stat(path).st_uid == os.getuid() and not _running(int(pid)):
+                shutil.rmtree(path, ignore_errors=True)
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # another user's process
+    return True
 
 
 def check_columns(cfg: DistributeConfig, parts: list[Partition]) -> None:
