@@ -192,7 +192,7 @@ class Distributor:
         telemetry = dest.path(TELEMETRY_FILE) if dest.local else os.path.join(staging, "telemetry.jsonl")
         self.collector = Collector(telemetry, cfg.telemetry_host, cfg.telemetry_port)
         self.runs: dict[str, PartitionRun] = {}
-        self.run_id = uuid.uuid4().hex[:12]
+        self.run_id = cfg.run_id or uuid.uuid4().hex[:12]
         self.live: LiveView | None = None
 
     def run(self) -> dict[str, Any]:
