@@ -47,6 +47,7 @@ class PartitionRun:
     lost: int = 0  # runs lost with their worker (or killed, or over the wall-time limit)
     history: list[dict[str, Any]] = field(default_factory=list)
     state_stamp: int = 0  # mtime of the state file last unpacked (staged partitions)
+    totals: dict[str, Any] | None = None  # its overview's row totals, read once it is settled
 
 
 def task_config(cfg: DistributeConfig, dest: Destination, part: Partition, input_name: str,
@@ -263,7 +264,7 @@ class Distributor:
         run.history.append({"ran": outcome.ran, "exit_code": outcome.exit_code, "detail": detail,
                             "worker": outcome.worker, "t": round(time.time(), 3)})
         if outcome.ran and outcome.exit_code == 0:
-            run.state = "done"
+            self._finish(run, "done")
             return
         if not outcome.ran:
             run.lost += 1
@@ -277,9 +278,16 @@ class Distributor:
             self._note(f"flowdc: {run.part.name} {why}; resubmitting (it resumes from its ledger)")
             self._submit(run)
         else:
-            run.state = "failed"
+            self._finish(run, "failed")
             run.history[-1]["output"] = outcome.output
             self._note(f"flowdc: {run.part.name} failed for good: {why}")
+
+    def _finish(self, run: PartitionRun, state: str) -> None:
+        run.state = state
+        run.totals = self._row_totals(run.part)
+
+    def _row_totals(self, part: Partition) -> dict[str, Any]:
+        return dict((self._overview(part) or {}).get("totals", {}))
 
     def _note(self, line: str) -> None:
         from tqdm import tqdm
@@ -295,14 +303,30 @@ class Distributor:
 
     def _refresh(self) -> None:
         assert self.live is not None
-        self.live.update(**self.counts(), workers=self.engine.workers(), totals=self.collector.latest()["totals"])
+        self.live.update(**self.counts(), workers=self.engine.workers(), totals=self.live_totals())
+
+    def live_totals(self) -> dict[str, Any]:
+        """The collector's totals, with each settled partition's rows taken from its overview.
+
+        A task's telemetry counts only what that run stored: a run resubmitted after a lost one
+        starts from 0, its predecessor's stored rows in its already_done. The overview counts the
+        ledger, as the summary does, so the line ends on the summary's figures.
+        """
+        latest = self.collector.latest()
+        totals = dict(latest["totals"])
+        for run in self.runs.values():
+            if run.totals is None:
+                continue
+            pushed = latest["partitions"].get(f"{self.run_id}/{run.part.name}", {})
+            for key in ("ok", "failed", "skipped"):
+                totals[key] = totals.get(key, 0) - _count(pushed.get(key)) + _count(run.totals.get(key))
+        return totals
 
     def _summary(self, started: float, interrupted: bool) -> dict[str, Any]:
         totals = {"ok": 0, "failed": 0, "skipped": 0, "rows": 0}
         partitions = []
         for run in self.runs.values():
-            overview = self._overview(run.part)
-            row_totals = (overview or {}).get("totals", {})
+            row_totals = run.totals if run.totals is not None else self._row_totals(run.part)
             for key in totals:
                 totals[key] += int(row_totals.get(key, 0) or 0)
             partitions.append({"name": run.part.name, "partition": run.part.number, "state": run.state,
@@ -328,6 +352,10 @@ class Distributor:
         if not self.dest.local and os.path.isfile(self.collector.jsonl_path):
             with open(self.collector.jsonl_path, "rb") as fh:
                 self.dest.write_bytes(TELEMETRY_FILE, fh.read())
+
+
+def _count(value: Any) -> int:
+    return int(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else 0
 
 
 def _last_line(text: str) -> str:

@@ -312,9 +312,11 @@ def test_taskvine_survives_a_killed_worker(tmp_path: Path, farm: FakeHostFarm, p
 def test_local_engine_survives_a_killed_task_process(tmp_path: Path, farm: FakeHostFarm, parts: Path,
                                                      force: bool) -> None:
     out = tmp_path / "out"
-    # --force clears DEST once, at the start: the killed partition's rerun still resumes.
+    # --force clears DEST once, at the start: the killed partition's rerun still resumes. The
+    # manager draws its live line (tasks are quiet whatever it is given).
+    options = [o for o in TASK_OPTIONS if o != "--quiet"]
     manager = Manager(["--engine", "local", "--workers", "2", "--input", str(parts), "--output", str(out),
-                       "--label_col", "label", *TASK_OPTIONS, *(["--force"] if force else [])], subprocess_env())
+                       "--label_col", "label", *options, *(["--force"] if force else [])], subprocess_env())
     try:
         root = psutil.Process(manager.proc.pid)
         victim = wait_for("a task with stored rows",
@@ -327,6 +329,9 @@ def test_local_engine_survives_a_killed_task_process(tmp_path: Path, farm: FakeH
             manager.proc.kill()
     summary = check_dataset(out, farm, stored_at_kill, "imagefolder")
     assert sum(p["lost"] for p in summary["partitions"]) == 1, "the killed run was not reported as lost"
+    # The live line ends where the summary does: the lost run's stored rows still count.
+    bar = re.findall(r"done=(\d+) .*? ok=(\d+) ", "".join(manager.stderr))
+    assert bar and bar[-1] == (str(GROUPS), str(summary["totals"]["ok"])), bar[-3:]
 
 
 def test_a_killed_local_manager_leaves_no_task_running_and_its_rerun_resumes(
