@@ -262,6 +262,17 @@ class DistributeConfig(DownloadConfig):
                       "gs://).", aliases=("output_directory",))
     create_tar: bool = opt(False, "Also pack each partition into DEST/part-NNNNN.tar (imagefolder only; "
                            "archive_format tar.gz: .tar.gz).")
+    run_id: str | None = opt(None, "Name of this distribute run: distribute.json and every task carry it (their "
+                             "telemetry, their object-store leases, so a rerun with the same run_id takes over a "
+                             "crashed run's leases at once). Default: a new id per run.")
+    telemetry: str | None = opt(None, "Not for distribute (refused): the manager writes every task's telemetry to "
+                                "DEST/_flowdc/telemetry.jsonl.")
+    telemetry_push: str | None = opt(None, "Not for distribute (refused): tasks push to the manager's collector "
+                                     "(telemetry_host, telemetry_port).")
+    partition_id: str | None = opt(None, "Not for distribute (refused): each task's is its partition, part-NNNNN.")
+    force: bool = opt(False, "Start over: delete what flowdc wrote in DEST (every partition, the recorded plan, "
+                      "summary, telemetry, index) once, before the first task; never other files. A task run "
+                      "again after a lost or failed run still resumes.")
     engine: str = opt("local", "Where tasks run: local processes, Work Queue workers or TaskVine workers.",
                       choices=ENGINES)
     workers: int = opt(0, "local engine: partitions run at once (0 = one per CPU core).")
@@ -279,6 +290,12 @@ class DistributeConfig(DownloadConfig):
 
     def check(self) -> None:
         super().check()
+        # Download options distribute sets for each task itself: silently overwritten, they would mislead.
+        for name, why in (("telemetry", "every task's telemetry goes to DEST/_flowdc/telemetry.jsonl"),
+                          ("telemetry_push", "tasks push to the manager's collector (telemetry_host, telemetry_port)"),
+                          ("partition_id", "each task's partition_id is its partition, part-NNNNN")):
+            if getattr(self, name) is not None:
+                raise ConfigError(f"{name} is not an option of distribute: {why}")
         for name in ("workers", "port_number", "task_cores", "task_memory_mb", "task_disk_mb", "task_retries",
                      "telemetry_port"):
             if getattr(self, name) < 0:

@@ -8,6 +8,7 @@ retried task_retries times, except for a configuration error, which no rerun can
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -23,6 +24,7 @@ from flowdc.config import DistributeConfig, DownloadConfig, public_dict
 from flowdc.engines import make_engine
 from flowdc.engines.base import Engine, TaskOutcome, TaskSpec
 from flowdc.engines.collector import Collector
+from flowdc.engines.dest import PARTITIONS_DIR, SUMMARY_FILE, TELEMETRY_FILE, claim_plan, clear_dest
 from flowdc.engines.live import LiveView
 from flowdc.engines.plan import Partition, load_partitions
 from flowdc.engines.state import STATE_FILE, unpack_state
@@ -31,10 +33,8 @@ from flowdc.storage import Destination
 
 MAX_LOST_RUNS = 20  # runs of one partition lost with their worker before it counts as failed
 WAIT_S = 1.0
-SUMMARY_FILE = "_flowdc/distribute.json"
-TELEMETRY_FILE = "_flowdc/telemetry.jsonl"
 TOKEN_ENV = "FLOWDC_TELEMETRY_TOKEN"
-PARTITIONS_DIR = "_flowdc/partitions"  # staged partitions' state files, as their tasks returned them
+STAGING_PREFIX = "flowdc-distribute-"  # then the manager's pid: a later run removes a dead manager's
 DOWNLOAD_FIELDS = tuple(f.name for f in dataclasses.fields(DownloadConfig))
 
 
@@ -47,6 +47,7 @@ class PartitionRun:
     lost: int = 0  # runs lost with their worker (or killed, or over the wall-time limit)
     history: list[dict[str, Any]] = field(default_factory=list)
     state_stamp: int = 0  # mtime of the state file last unpacked (staged partitions)
+    totals: dict[str, Any] | None = None  # its overview's row totals, read once it is settled
 
 
 def task_config(cfg: DistributeConfig, dest: Destination, part: Partition, input_name: str,
@@ -59,8 +60,9 @@ def task_config(cfg: DistributeConfig, dest: Destination, part: Partition, input
     """
     doc = {name: getattr(cfg, name) for name in DOWNLOAD_FIELDS}
     # Staged (cloud_tool): the task downloads into its sandbox and ships; its state comes back to DEST.
+    # --force cleared DEST once, before the first task: a resubmitted task resumes like any other.
     doc.update(input=input_name, output=part.name if staged(cfg) else dest.url(part.name), quiet=True,
-               telemetry=None, run_id=run_id, partition_id=part.name,
+               force=False, telemetry=None, run_id=run_id, partition_id=part.name,
                shard_prefix=f"{cfg.shard_prefix}{part.name}-")  # shard names unique across the dataset
     shares = {host: share * cfg.host_budget.get(host, 1.0) for host, share in part.host_budget.items()}
     doc["host_budget"] = {**cfg.host_budget, **shares}
@@ -112,13 +114,43 @@ def run_distribute(cfg: DistributeConfig, engine: Engine | None = None) -> dict[
     parts = load_partitions(cfg.input)
     check_columns(cfg, parts)
     dest = Destination(cfg.output, cfg.storage_options)
-    staging = tempfile.mkdtemp(prefix="flowdc-distribute-")
+    sweep_stale_staging()
+    staging = tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{os.getpid()}-")
     try:
         if cfg.dry_run:
             return _dry_run(cfg, dest, parts, staging)
+        if cfg.force:
+            clear_dest(dest, cfg.storage_options, cfg.lease_ttl_s)
+        claim_plan(dest, parts)
         return Distributor(cfg, dest, parts, staging, engine).run()
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def sweep_stale_staging() -> None:
+    """Remove the staging folders of managers that died without cleaning up (kill -9): each is
+    named after its manager's pid, and one whose pid still runs (perhaps reused) is kept."""
+    root = tempfile.gettempdir()
+    try:
+        names = [n for n in os.listdir(root) if n.startswith(STAGING_PREFIX)]
+    except OSError:
+        return
+    for name in names:
+        pid = name[len(STAGING_PREFIX):].split("-", 1)[0]
+        path = os.path.join(root, name)
+        with contextlib.suppress(OSError):
+            if pid.isdigit() and os.stat(path).st_uid == os.getuid() and not _running(int(pid)):
+                shutil.rmtree(path, ignore_errors=True)
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # another user's process
+    return True
 
 
 def check_columns(cfg: DistributeConfig, parts: list[Partition]) -> None:
@@ -161,7 +193,7 @@ class Distributor:
         telemetry = dest.path(TELEMETRY_FILE) if dest.local else os.path.join(staging, "telemetry.jsonl")
         self.collector = Collector(telemetry, cfg.telemetry_host, cfg.telemetry_port)
         self.runs: dict[str, PartitionRun] = {}
-        self.run_id = uuid.uuid4().hex[:12]
+        self.run_id = cfg.run_id or uuid.uuid4().hex[:12]
         self.live: LiveView | None = None
 
     def run(self) -> dict[str, Any]:
@@ -225,10 +257,14 @@ class Distributor:
 
     def _settle(self, run: PartitionRun, outcome: TaskOutcome) -> None:
         self._take_back_state(run)
-        run.history.append({"ran": outcome.ran, "exit_code": outcome.exit_code, "detail": outcome.detail,
+        # A run that ended non-zero says why in its last line: the detail keeps it (engines only
+        # fill detail for runs that did not run to their end).
+        failed_run = outcome.ran and outcome.exit_code != 0
+        detail = _last_line(outcome.output) if failed_run else outcome.detail
+        run.history.append({"ran": outcome.ran, "exit_code": outcome.exit_code, "detail": detail,
                             "worker": outcome.worker, "t": round(time.time(), 3)})
         if outcome.ran and outcome.exit_code == 0:
-            run.state = "done"
+            self._finish(run, "done")
             return
         if not outcome.ran:
             run.lost += 1
@@ -237,14 +273,21 @@ class Distributor:
         else:
             run.failures += 1
             again = outcome.exit_code != EXIT_USAGE and run.failures <= self.cfg.task_retries
-            why = f"exited {outcome.exit_code}: {_last_line(outcome.output)}"
+            why = f"exited {outcome.exit_code}: {detail}"
         if again:
             self._note(f"flowdc: {run.part.name} {why}; resubmitting (it resumes from its ledger)")
             self._submit(run)
         else:
-            run.state = "failed"
+            self._finish(run, "failed")
             run.history[-1]["output"] = outcome.output
             self._note(f"flowdc: {run.part.name} failed for good: {why}")
+
+    def _finish(self, run: PartitionRun, state: str) -> None:
+        run.state = state
+        run.totals = self._row_totals(run.part)
+
+    def _row_totals(self, part: Partition) -> dict[str, Any]:
+        return dict((self._overview(part) or {}).get("totals", {}))
 
     def _note(self, line: str) -> None:
         from tqdm import tqdm
@@ -260,14 +303,30 @@ class Distributor:
 
     def _refresh(self) -> None:
         assert self.live is not None
-        self.live.update(**self.counts(), workers=self.engine.workers(), totals=self.collector.latest()["totals"])
+        self.live.update(**self.counts(), workers=self.engine.workers(), totals=self.live_totals())
+
+    def live_totals(self) -> dict[str, Any]:
+        """The collector's totals, with each settled partition's rows taken from its overview.
+
+        A task's telemetry counts only what that run stored: a run resubmitted after a lost one
+        starts from 0, its predecessor's stored rows in its already_done. The overview counts the
+        ledger, as the summary does, so the line ends on the summary's figures.
+        """
+        latest = self.collector.latest()
+        totals = dict(latest["totals"])
+        for run in self.runs.values():
+            if run.totals is None:
+                continue
+            pushed = latest["partitions"].get(f"{self.run_id}/{run.part.name}", {})
+            for key in ("ok", "failed", "skipped"):
+                totals[key] = totals.get(key, 0) - _count(pushed.get(key)) + _count(run.totals.get(key))
+        return totals
 
     def _summary(self, started: float, interrupted: bool) -> dict[str, Any]:
         totals = {"ok": 0, "failed": 0, "skipped": 0, "rows": 0}
         partitions = []
         for run in self.runs.values():
-            overview = self._overview(run.part)
-            row_totals = (overview or {}).get("totals", {})
+            row_totals = run.totals if run.totals is not None else self._row_totals(run.part)
             for key in totals:
                 totals[key] += int(row_totals.get(key, 0) or 0)
             partitions.append({"name": run.part.name, "partition": run.part.number, "state": run.state,
@@ -293,6 +352,10 @@ class Distributor:
         if not self.dest.local and os.path.isfile(self.collector.jsonl_path):
             with open(self.collector.jsonl_path, "rb") as fh:
                 self.dest.write_bytes(TELEMETRY_FILE, fh.read())
+
+
+def _count(value: Any) -> int:
+    return int(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else 0
 
 
 def _last_line(text: str) -> str:

@@ -184,7 +184,7 @@ def clear_ours(dest: Destination) -> dict[str, int]:
     shard_files = [name for p in sorted(prefixes) for s in sorted(shards) for name in ShardNames(p).files(s)]
     removed["shard_files"] = _remove_files(dest, shard_files)
     removed["folders"] = _remove_empty_folders(dest, files)
-    removed["bookkeeping"] = sum(_remove_if_ours(dest, name) for name in OWN_ROOT_JSON)
+    removed["bookkeeping"] = sum(remove_if_ours(dest, name) for name in OWN_ROOT_JSON)
     removed["archive"] = int(remove_our_archive(dest))
     removed["temporaries"] = dest.remove_temporaries()
     for name in dest.list(META_DIR):
@@ -247,7 +247,8 @@ def _remove_empty_folders(dest: Destination, files: Iterable[str]) -> int:
     return removed
 
 
-def _remove_if_ours(dest: Destination, name: str) -> int:
+def remove_if_ours(dest: Destination, name: str) -> int:
+    """Remove the JSON file `name` if flowdc wrote it (its "tool" says so); 1 if removed."""
     try:
         doc: Any = json.loads(dest.read_bytes(name))
     except (FileNotFoundError, ValueError):

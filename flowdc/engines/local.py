@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass
 
 from flowdc.engines.base import OUTPUT_TAIL_CHARS, TaskOutcome, TaskSpec, tail
+from flowdc.engines.task import MANAGER_ENV, owner_stamp
 
 POLL_S = 0.05
 STOP_GRACE_S = 5.0
@@ -99,7 +100,9 @@ class LocalEngine:
             log = open(os.path.join(sandbox, "task.log"), "wb")  # noqa: SIM115 (the child owns it)
             with log:
                 # A session of its own: a Ctrl-C meant for the manager does not hit the tasks twice.
-                proc = subprocess.Popen(spec.argv, cwd=sandbox, env={**os.environ, **spec.env}, stdout=log,
+                # The task watches this process: killed, it leaves no task running (engines/task.py).
+                env = {**os.environ, **spec.env, MANAGER_ENV: owner_stamp()}
+                proc = subprocess.Popen(spec.argv, cwd=sandbox, env=env, stdout=log,
                                         stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
             self._running.append(_Running(spec, proc, sandbox))
 

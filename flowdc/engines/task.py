@@ -6,9 +6,11 @@ or shared folder, and `_time_limit_s`. Around the download it adds what a distri
 
 - one writer per partition: a rerun waits for the lock, which a process holds until it exits
   (kill -9 included), so a resubmitted task never writes beside a run that is still going;
-- no orphans: when the worker process that started this task dies, a killed worker leaves its
-  task running, and the manager has already resubmitted it elsewhere, so the task stops itself
-  (SIGTERM: the download stops cleanly and keeps what it stored);
+- no orphans: when the process that owns this task dies (the Work Queue or TaskVine worker that
+  started it, or the local engine's manager, which names itself in FLOWDC_MANAGER), the task
+  stops itself (SIGTERM: the download stops cleanly and keeps what it stored). A killed worker's
+  task has already been resubmitted elsewhere; a killed manager's is resumed by the next run,
+  which would otherwise wait for the partition's lock;
 - the wall-time limit (timeout_minutes), kept here for every engine alike: Debian's Work Queue
   (9.9) kills a task with any wall-time limit after a few seconds. Over the limit, the download
   stops cleanly and the task exits EXIT_WALL_TIME; its rerun resumes.
@@ -43,6 +45,7 @@ LOCK_WAIT_S = 120.0
 WATCH_S = 0.5
 ORPHAN_GRACE_S = 30.0  # after SIGTERM, how long a clean stop may take before a hard exit
 WORKER_NAMES = ("work_queue_worker", "vine_worker")
+MANAGER_ENV = "FLOWDC_MANAGER"  # set by the local engine: the manager process this task belongs to
 
 
 def main(argv: list[str]) -> int:
@@ -58,9 +61,9 @@ def main(argv: list[str]) -> int:
     lock_path = doc.pop("_lock", None)
     time_limit = float(doc.pop("_time_limit_s", 0) or 0)
     state = doc.pop("_state", None)
-    worker = worker_ancestor()
-    if worker is not None:
-        threading.Thread(target=_watch_worker, args=(worker,), name="flowdc-worker-watch", daemon=True).start()
+    owner = task_owner()
+    if owner is not None:
+        threading.Thread(target=_watch_owner, args=owner, name="flowdc-owner-watch", daemon=True).start()
     over_time = threading.Event()
     if time_limit > 0:
         timer = threading.Timer(time_limit, _stop_over_time, args=(over_time, time_limit))
@@ -154,10 +157,28 @@ def worker_ancestor(pid: int | None = None) -> int | None:
     return None
 
 
-def _watch_worker(pid: int) -> None:
-    while _alive(pid):
+def owner_stamp() -> str:
+    """This process as a task's owner, for MANAGER_ENV: PID:START (start in clock ticks since boot)."""
+    return f"{os.getpid()}:{_start_ticks(os.getpid())}"
+
+
+def task_owner() -> tuple[int, int, str] | None:
+    """(pid, start time, what) of the process whose death ends this task: the local engine's
+    manager (its stamp, taken before the task started, so a manager already gone is seen), or
+    the worker this task runs under; None when there is neither."""
+    pid, _, start = os.environ.get(MANAGER_ENV, "").partition(":")
+    if pid.isdigit() and start.isdigit():
+        return int(pid), int(start), "the distribute manager"
+    worker = worker_ancestor()
+    ticks = _start_ticks(worker) if worker is not None else None
+    return None if worker is None or ticks is None else (worker, ticks, "the worker")
+
+
+def _watch_owner(pid: int, start: int, what: str) -> None:
+    # The start time tells the owner from a new process that got its pid after it died.
+    while _start_ticks(pid) == start:
         time.sleep(WATCH_S)
-    print(f"flowdc: worker process {pid} is gone; stopping this task (the manager runs it again)", file=sys.stderr)
+    print(f"flowdc: {what} (process {pid}) is gone; stopping this task (a rerun resumes it)", file=sys.stderr)
     os.kill(os.getpid(), signal.SIGTERM)
     time.sleep(ORPHAN_GRACE_S)
     os._exit(EXIT_LOCK_TIMEOUT)
@@ -172,13 +193,14 @@ def _stop_over_time(flag: threading.Event, limit_s: float) -> None:
     os._exit(EXIT_WALL_TIME)
 
 
-def _alive(pid: int) -> bool:
+def _start_ticks(pid: int) -> int | None:
+    """When `pid` started (clock ticks since boot), or None when it is gone or a zombie (Linux /proc)."""
     try:
         with open(f"/proc/{pid}/stat", encoding="utf-8", errors="replace") as fh:
-            state = fh.read().rsplit(")", 1)[1].split()[0]
+            fields = fh.read().rsplit(")", 1)[1].split()
     except OSError:
-        return False
-    return state not in ("Z", "X")  # a zombie worker is a dead one
+        return None
+    return None if fields[0] in ("Z", "X") else int(fields[19])  # a zombie owner is a dead one
 
 
 if __name__ == "__main__":

@@ -308,10 +308,15 @@ def test_taskvine_survives_a_killed_worker(tmp_path: Path, farm: FakeHostFarm, p
     run_cctools_scenario(tmp_path, farm, parts, "taskvine", worker, "webdataset", subprocess_env())
 
 
-def test_local_engine_survives_a_killed_task_process(tmp_path: Path, farm: FakeHostFarm, parts: Path) -> None:
+@pytest.mark.parametrize("force", [False, True], ids=["resume", "force"])
+def test_local_engine_survives_a_killed_task_process(tmp_path: Path, farm: FakeHostFarm, parts: Path,
+                                                     force: bool) -> None:
     out = tmp_path / "out"
+    # --force clears DEST once, at the start: the killed partition's rerun still resumes. The
+    # manager draws its live line (tasks are quiet whatever it is given).
+    options = [o for o in TASK_OPTIONS if o != "--quiet"]
     manager = Manager(["--engine", "local", "--workers", "2", "--input", str(parts), "--output", str(out),
-                       "--label_col", "label", *TASK_OPTIONS], subprocess_env())
+                       "--label_col", "label", *options, *(["--force"] if force else [])], subprocess_env())
     try:
         root = psutil.Process(manager.proc.pid)
         victim = wait_for("a task with stored rows",
@@ -324,6 +329,48 @@ def test_local_engine_survives_a_killed_task_process(tmp_path: Path, farm: FakeH
             manager.proc.kill()
     summary = check_dataset(out, farm, stored_at_kill, "imagefolder")
     assert sum(p["lost"] for p in summary["partitions"]) == 1, "the killed run was not reported as lost"
+    # The live line ends where the summary does: the lost run's stored rows still count.
+    bar = re.findall(r"done=(\d+) .*? ok=(\d+) ", "".join(manager.stderr))
+    assert bar and bar[-1] == (str(GROUPS), str(summary["totals"]["ok"])), bar[-3:]
+
+
+def test_a_killed_local_manager_leaves_no_task_running_and_its_rerun_resumes(
+        tmp_path: Path, farm_factory: Callable[[list[HostSpec]], FakeHostFarm]) -> None:
+    slow = farm_factory([HostSpec("127.0.0.5", latency_s=0.2)])
+    rows = 100
+    write_manifest(tmp_path / "parts" / "part-00000.parquet", [slow.url(0, f"/img/{i:05d}.png") for i in range(rows)])
+    out = tmp_path / "out"
+    args = ["--input", str(tmp_path / "parts"), "--output", str(out), "--workers", "1", "--disable_paarc",
+            "--quiet", "--task_retries", "0"]
+    # 2 in flight at 0.2 s: 10 s of fetching, and the kill lands about a second in.
+    manager = Manager([*args, "--C_init", "2", "--concurrent_downloads", "2"], subprocess_env())
+    task: psutil.Process | None = None
+    try:
+        root = psutil.Process(manager.proc.pid)
+        task = wait_for("a task with stored rows", lambda: len(stored_rows(out)) >= 4 and next(
+            iter(task_processes(root)), None))
+        staging = Path(task.cwd()).parents[1]
+        manager.proc.kill()
+        manager.proc.wait(10)
+        # The task sees its manager gone, stops the clean way and keeps what it stored.
+        wait_for("the orphaned task to stop", lambda: not task.is_running() or task.status() == psutil.STATUS_ZOMBIE,
+                 timeout_s=5.0, state=lambda: f"stored={len(stored_rows(out))}")
+    finally:
+        if manager.proc.poll() is None:
+            manager.proc.kill()
+        if task is not None:
+            with contextlib.suppress(psutil.Error):
+                task.kill()
+    stored_at_kill = stored_rows(out)
+    assert 4 <= len(stored_at_kill) < rows
+    # The rerun finds the partition unlocked at once and resumes; the dead manager's staging is removed.
+    Manager([*args, "--C_init", "10", "--concurrent_downloads", "10"], subprocess_env()).finish(timeout_s=60)
+    records = Ledger(Destination(str(out / "part-00000"))).latest().to_pylist()
+    assert sorted(r["row"] for r in records) == list(range(rows)) and {r["status"] for r in records} == {"ok"}
+    counts = requested_urls(slow)
+    urls = {r["row"]: r["url"] for r in records}
+    assert all(counts[urls[row]] == 1 for row in stored_at_kill)
+    assert staging.name.startswith("flowdc-distribute-") and not staging.exists()
 
 
 def test_a_task_over_its_wall_time_stops_cleanly_and_its_rerun_resumes(

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import stat
 import subprocess
@@ -70,7 +71,7 @@ def stand_in_python(tmp_path: Path, code: int) -> str:
     return str(path)
 
 
-@pytest.mark.parametrize("code, runs", [(1, 3), (2, 1), (0, 1)])
+@pytest.mark.parametrize("code, runs", [(1, 3), (2, 1), (75, 3), (0, 1)])
 def test_failed_tasks_are_retried_but_config_errors_are_not(tmp_path: Path, one_partition: Path, code: int,
                                                             runs: int) -> None:
     cfg = build_config(DistributeConfig, None, {
@@ -80,6 +81,9 @@ def test_failed_tasks_are_retried_but_config_errors_are_not(tmp_path: Path, one_
     (part,) = summary["partitions"]
     assert [r["exit_code"] for r in part["runs"]] == [code] * runs
     assert part["state"] == ("done" if code == 0 else "failed")
+    # A failed run's detail is the message its task printed; a run that succeeded has none.
+    expected = f"stand-in task exits {code}" if code else ""
+    assert [r["detail"] for r in part["runs"]] == [expected] * runs
     assert (tmp_path / "out" / "_flowdc" / "distribute.json").is_file()
 
 
@@ -106,3 +110,33 @@ def test_the_task_finds_the_worker_it_runs_under(tmp_path: Path) -> None:
     out, _ = proc.communicate(timeout=30)
     assert out.strip() == str(proc.pid)
     assert worker_ancestor() is None  # pytest does not run under a worker
+
+
+@pytest.mark.parametrize("option, value", [("telemetry", "t.jsonl"), ("telemetry_push", "http://127.0.0.1:9"),
+                                           ("partition_id", "part-00007")])
+def test_distribute_refuses_download_options_it_sets_per_task(tmp_path: Path, one_partition: Path, option: str,
+                                                              value: str) -> None:
+    """Each task's telemetry goes to the manager and its partition_id is its partition: given to
+    distribute, these would be ignored, so they are refused (one line, exit 2) before anything runs."""
+    out = tmp_path / "out"
+    done = subprocess.run([sys.executable, "-m", "flowdc", "distribute", "--input", str(one_partition), "--output",
+                           str(out), "--quiet", f"--{option}", value], capture_output=True, text=True, timeout=60,
+                          cwd=Path(__file__).resolve().parents[2])
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    (line,) = done.stderr.strip().splitlines()
+    assert option in line and "distribute" in line
+    assert not out.exists()
+
+
+def test_distribute_run_id_names_the_run_and_every_task(tmp_path: Path, one_partition: Path) -> None:
+    seen = tmp_path / "seen.json"
+    python = tmp_path / "python-records-its-task"
+    python.write_text(f"#!/bin/sh\ncp task.json '{seen}'\n")  # a stand-in task: keeps its config, exits 0
+    python.chmod(python.stat().st_mode | stat.S_IXUSR)
+    cfg = build_config(DistributeConfig, None, {
+        "input": str(one_partition), "output": str(tmp_path / "out"), "quiet": True, "run_id": "weekly-42",
+        "worker_python": str(python)})
+    summary = run_distribute(cfg)
+    assert summary["run_id"] == "weekly-42"
+    task = json.loads(seen.read_text())
+    assert (task["run_id"], task["partition_id"]) == ("weekly-42", "part-00000")
