@@ -214,7 +214,7 @@ def _host_tables(dest: Destination, parts: list[PartOutput], index: pl.DataFrame
         for host, figures in (ov.get("hosts") or {}).items():
             ctl = figures.get("controller") or {}
             entry = refused.setdefault(host, {"refusals": 0, "requests": 0})
-            entry["refusals"] += int(ctl.get("overload", 0) or 0)
+            entry["refusals"] += int(ctl.get("n_429_503", 0) or 0)
             entry["requests"] += int(ctl.get("requests", 0) or 0)
     finals = (fetched.filter(pl.col("http_status").is_in([429, 503]) & (pl.col("status") != "ok"))
               .group_by("host").len().iter_rows())

@@ -87,6 +87,25 @@ def test_index_of_partitions_matches_their_ledgers(tmp_path: Path, farm_factory:
     assert throttled and all(t["refusals"] > 0 or t["failed_429_503"] > 0 for t in throttled)
 
 
+def test_refusals_retried_to_success_count_as_throttling(tmp_path: Path, farm_factory: FarmFactory) -> None:
+    """Every refused row got through on its retry: only the controllers' 429/503 counts show the
+    throttling, and they are what most_throttled lists. (The retries trickle for 0.8 s, so the
+    download's half-second snapshot catches the controller's count for its overview.)"""
+    farm = farm_factory([HostSpec("127.0.0.2", image_bytes=200, retry_after_s=0.05),
+                         HostSpec("127.0.0.3", image_bytes=200)])
+    dest = tmp_path / "ds"
+    for p in range(2):
+        urls = [farm.url(0, f"/t/{p}-{i}.png?fail=429x1&slowbody=0.8") for i in range(4)] + \
+               [farm.url(1, f"/t/{p}-{i}.png") for i in range(4)]
+        manifest = write_manifest(tmp_path / f"part-{p:05d}.parquet", urls)
+        download(manifest, dest / f"part-{p:05d}", retry_backoff_sec=0.01)
+    overview = consolidate(str(dest))
+    assert overview["totals"]["ok"] == 16
+    [throttled] = overview["hosts"]["most_throttled"]
+    assert (throttled["host"], throttled["refusals"], throttled["failed_429_503"]) == (farm.hosts[0].netloc, 8, 0)
+    assert 8 <= throttled["requests"] <= 16  # as of the last snapshot: the retries may still be on their way
+
+
 def test_removed_rows_are_marked_and_kept(tmp_path: Path, farm_factory: FarmFactory) -> None:
     farm = farm_factory([HostSpec("127.0.0.2", image_bytes=200)])
     urls = [farm.url(0, f"/r/{i}.png") for i in range(30)]
