@@ -13,12 +13,15 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
+from flowdc.cli import main
 from flowdc.consolidate import DATASET_FILE, INDEX_FILE, consolidate
 from flowdc.identity import idents
 from flowdc.ledger import Ledger
 from flowdc.storage import Destination
 from flowdc.testing.fakehosts import FakeHostFarm, HostSpec
-from tests.integration.conftest import download, run_flowdc, write_manifest
+from tests.cloud_servers import s3_filesystem
+from tests.integration.conftest import download, free_port, run_flowdc, write_manifest
+from tests.integration.sinks_helpers import s3_options
 
 FarmFactory = Callable[[Sequence[HostSpec]], FakeHostFarm]
 
@@ -142,3 +145,52 @@ def test_consolidate_command(tmp_path: Path, farm_factory: FarmFactory) -> None:
     nothing = run_flowdc("consolidate", str(tmp_path / "empty"))
     assert nothing.returncode == 2 and nothing.stderr.count("\n") == 1 and "no flowdc output" in nothing.stderr
     assert not (tmp_path / "empty").exists()
+
+
+def one_error_line(capsys: pytest.CaptureFixture[str]) -> str:
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("flowdc: error: ") and "Traceback" not in err, err
+    return err
+
+
+def test_bad_input_is_one_line_and_exit_2(tmp_path: Path, farm_factory: FarmFactory,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    farm = farm_factory([HostSpec("127.0.0.2", image_bytes=200)])
+    manifest = write_manifest(tmp_path / "m.parquet", [farm.url(0, f"/j/{i}.png") for i in range(6)])
+    assert main(["consolidate", str(manifest)]) == 2
+    assert "is a file, not a folder" in one_error_line(capsys)
+
+    download(manifest, tmp_path / "ds" / "part-00000")
+    junk = tmp_path / "ds" / "part-00001" / "_flowdc" / "ledger" / "x.parquet"
+    junk.parent.mkdir(parents=True)
+    junk.write_bytes(b"junk!")
+    assert main(["consolidate", str(tmp_path / "ds")]) == 2
+    assert str(junk) in one_error_line(capsys)
+    assert not (tmp_path / "ds" / INDEX_FILE).exists()
+    assert Ledger(Destination(str(tmp_path / "ds" / "part-00000"))).summary()["ok"] == 6  # nothing lost
+
+
+def test_a_junk_ledger_part_on_a_store_is_named(s3_endpoint: str, capsys: pytest.CaptureFixture[str]) -> None:
+    fs = s3_filesystem(s3_endpoint)
+    fs.mkdir("junk-ledger")
+    fs.pipe("junk-ledger/ds/part-00000/_flowdc/ledger/x.parquet", b"junk!")
+    options = json.dumps(s3_options(s3_endpoint))
+    assert main(["consolidate", "s3://junk-ledger/ds", "--storage_options", options]) == 2
+    assert "s3://junk-ledger/ds/part-00000/_flowdc/ledger/x.parquet" in one_error_line(capsys)
+
+
+def test_a_store_that_cannot_be_reached_is_one_line_like_download(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], s3_endpoint: str) -> None:
+    """The line and exit code of a download whose output cannot be reached (1: a rerun may work)."""
+    nobody = f"http://127.0.0.1:{free_port('127.0.0.1')}"
+    options = s3_options(nobody, connect_timeout=1, retries={"total_max_attempts": 1})
+    assert main(["consolidate", "s3://bucket/x", "--storage_options", json.dumps(options)]) == 1
+    assert "cannot read s3://bucket/x: EndpointConnectionError" in one_error_line(capsys)
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
+    monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent")
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")  # no asking a metadata service off loopback
+    no_credentials = json.dumps({"client_kwargs": {"endpoint_url": s3_endpoint}})
+    assert main(["consolidate", "s3://bucket/y", "--storage_options", no_credentials]) == 1
+    assert "NoCredentialsError" in one_error_line(capsys)
