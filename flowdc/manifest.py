@@ -62,6 +62,7 @@ class Manifest:
         self.batch_rows = batch_rows
         self.storage_options = storage_options or {}
         _check_exists(path, self.storage_options)
+        self.url_type: pa.DataType | None = None  # parquet declares it; the other formats are read as text
         self.columns = self._read_columns()
         if url_column not in self.columns:
             raise ConfigError(
@@ -71,6 +72,17 @@ class Manifest:
     def require_column(self, name: str, what: str) -> None:
         if name not in self.columns:
             raise ConfigError(f"{what} column {name!r} not in {self.path}; columns are: {', '.join(self.columns)}")
+
+    def require_text_urls(self) -> None:
+        """A URL column of numbers (or anything but text) is the wrong column: refused as a whole."""
+        kind = self.url_type
+        if kind is None or pa.types.is_null(kind):
+            return
+        if pa.types.is_dictionary(kind):
+            kind = kind.value_type
+        if not (pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_string_view(kind)):
+            raise ConfigError(f"URL column {self.url_column!r} holds {kind}, not text (URLs): is it the right "
+                              "column?")
 
     def num_rows_hint(self) -> int | None:
         """Row count when it is cheap to know (parquet metadata), else None."""
@@ -100,7 +112,7 @@ class Manifest:
             for batch in readers[self.format]():
                 if batch.num_rows == 0:
                     continue
-                yield _with_row_numbers(batch, start)
+                yield with_row_numbers(batch, start)
                 start += batch.num_rows
         except (pa.ArrowInvalid, OSError, ValueError) as exc:
             at = self._csv_error_row(exc) or f"near row {start}"
@@ -111,7 +123,10 @@ class Manifest:
         try:
             if self.format == "parquet":
                 with self.open() as src:
-                    return list(pq.ParquetFile(src).schema_arrow.names)
+                    schema = pq.ParquetFile(src).schema_arrow
+                if self.url_column in schema.names:
+                    self.url_type = schema.field(self.url_column).type
+                return list(schema.names)
             if self.format == "csv":
                 with self.open() as src, _open_csv(src, 1024, self.path) as reader:
                     return list(reader.schema.names)
@@ -241,7 +256,8 @@ def _rebatch(reader: Any, size: int) -> Iterator[pa.RecordBatch]:
             yield batch.slice(offset, size)
 
 
-def _with_row_numbers(batch: pa.RecordBatch, start: int) -> pa.RecordBatch:
+def with_row_numbers(batch: pa.RecordBatch, start: int) -> pa.RecordBatch:
+    """The batch with its `row` column: the manifest's own (as int64), else numbered from start."""
     if ROW_COLUMN in batch.schema.names:
         # A partition written by `flowdc partition` keeps the original manifest's row numbers.
         idx = batch.schema.get_field_index(ROW_COLUMN)

@@ -39,7 +39,7 @@ import pyarrow.parquet as pq
 
 from flowdc.config import PartitionConfig
 from flowdc.errors import ConfigError
-from flowdc.manifest import Manifest
+from flowdc.manifest import ROW_COLUMN, Manifest, with_row_numbers
 from flowdc.urls import host_key
 
 BATCH_ROWS = 1 << 19
@@ -188,6 +188,7 @@ class Source:
         self.fmt = self.manifest.format
         self.columns = list(self.manifest.columns)  # as in the file, before a `row` column is added
         self.num_rows = self.manifest.num_rows_hint()
+        self.manifest.require_text_urls()  # else every host is "" and the partitions mean nothing
         if cfg.method == "greedy" and cfg.group_col:
             self.manifest.require_column(cfg.group_col, "group")
 
@@ -199,10 +200,8 @@ class Source:
             return
         start = 0
         for batch in self.columns_only(None):
-            if "row" not in batch.schema.names:
-                batch = batch.append_column("row", pa.array(np.arange(start, start + batch.num_rows)))
+            yield with_row_numbers(batch, start)
             start += batch.num_rows
-            yield batch
 
     def columns_only(self, names: list[str] | None) -> Iterator[pa.RecordBatch]:
         """Pass one needs one or two columns; parquet can skip decoding the others (None: all)."""
@@ -302,10 +301,13 @@ class Scan:
 
 def _scan(cfg: PartitionConfig, source: Source, tick: Progress) -> Scan:
     group_col = cfg.group_col if cfg.method == "greedy" else None
-    columns = list(dict.fromkeys([cfg.url_col, *([group_col] if group_col else [])]))
+    rows = [ROW_COLUMN] if ROW_COLUMN in source.columns else []
+    columns = list(dict.fromkeys([cfg.url_col, *([group_col] if group_col else []), *rows]))
     keys = Codebook(source.num_rows)
     groups = Codebook(source.num_rows) if group_col else None
     for batch in source.columns_only(columns):
+        if rows:
+            with_row_numbers(batch, 0)  # the download's rule for a `row` column, before anything is written
         keys.add(url_keys(_to_polars(batch.column(cfg.url_col))))
         if groups is not None:
             groups.add(_to_polars(batch.column(group_col)).rename(str(group_col)))
