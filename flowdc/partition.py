@@ -39,6 +39,7 @@ import pyarrow.parquet as pq
 
 from flowdc.config import PartitionConfig
 from flowdc.errors import ConfigError
+from flowdc.localfiles import local_folder_problem
 from flowdc.manifest import ROW_COLUMN, Manifest, with_row_numbers
 from flowdc.urls import host_key
 
@@ -231,8 +232,9 @@ def _check_config(cfg: PartitionConfig) -> None:
         if getattr(cfg, name) not in allowed:
             raise ConfigError(f"{name} must be one of {', '.join(allowed)}; got {getattr(cfg, name)!r}")
     out = Path(cfg.output_folder)
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"output folder {cfg.output_folder} exists and is not a folder")
+    problem = local_folder_problem(cfg.output_folder)
+    if problem:
+        raise ConfigError(f"--output_folder {cfg.output_folder}: {problem}")
     # Partition files there get replaced or removed, and the input may be one of them.
     if Path(cfg.input).resolve().parent == out.resolve():
         raise ConfigError(f"the input {cfg.input} is inside output_folder; write the partitions elsewhere")

@@ -357,6 +357,15 @@ def test_greedy_needs_an_existing_group_column(tmp_path: Path) -> None:
         run(tmp_path, manifest, method="greedy")
 
 
+def test_output_folder_at_or_under_a_file_is_refused(tmp_path: Path) -> None:
+    manifest = write_manifest(tmp_path, ["http://a.com/"])
+    (tmp_path / "file").write_text("mine")
+    with pytest.raises(ConfigError, match="is a file, not a folder"):
+        run_partition(PartitionConfig(input=str(manifest), output_folder=str(tmp_path / "file"), groups=2))
+    with pytest.raises(ConfigError, match="file is a file, not a folder"):
+        run_partition(PartitionConfig(input=str(manifest), output_folder=str(tmp_path / "file" / "out"), groups=2))
+
+
 def test_input_inside_the_output_folder_is_refused(tmp_path: Path) -> None:
     (tmp_path / "out").mkdir()
     manifest = write_manifest(tmp_path / "out", ["http://a.com/"])

@@ -248,6 +248,9 @@ def test_unknown_output_type_is_a_config_error(telemetry: Path, tmp_path: Path) 
         render_report(telemetry, str(tmp_path / "report.pdf"))
     with pytest.raises(ConfigError, match="does not exist"):
         render_report(telemetry, str(tmp_path / "missing" / "report.png"))
+    (tmp_path / "taken.png").mkdir()
+    with pytest.raises(ConfigError, match="is a folder, not a file"):  # said before the log is read
+        render_report(telemetry, str(tmp_path / "taken.png"))
     odd_name = tmp_path / "telemetry.png"  # the default output would be the input itself
     odd_name.write_bytes(telemetry.read_bytes())
     with pytest.raises(ConfigError, match="overwrite"):
