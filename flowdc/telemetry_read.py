@@ -87,8 +87,9 @@ class ReadStats:
     truncated_tail: bool = False  # last line cut short: the run was killed mid-write
 
 
-def records(src: TelemetrySource, stats: ReadStats) -> Iterator[dict[str, Any]]:
-    """Yield host snapshot records one at a time; ConfigError if the log is not telemetry."""
+def records(src: TelemetrySource, stats: ReadStats, *, allow_empty: bool = False) -> Iterator[dict[str, Any]]:
+    """Yield host snapshot records one at a time; ConfigError if the log is not telemetry, or
+    holds no host snapshot unless allow_empty (a run shorter than one snapshot interval)."""
     seen = 0
     pending_bad = False  # a bad line only counts as "truncated" if nothing follows it
     for lineno, line in enumerate(src.lines(), 1):  # every file of the log, in order
@@ -110,7 +111,7 @@ def records(src: TelemetrySource, stats: ReadStats) -> Iterator[dict[str, Any]]:
         yield record
     if pending_bad:
         stats.truncated_tail = True
-    if seen == 0:
+    if seen == 0 and not allow_empty:
         raise ConfigError(f"telemetry file has no snapshots: {src.display}")
 
 
