@@ -164,9 +164,10 @@ def cmd_consolidate(args: argparse.Namespace) -> int:
 
     overview = consolidate(args.output, args.storage_options)
     t = overview["totals"]
+    where = args.output.rstrip("/")  # `dataset/` as typed, without a doubled slash ("/" gives "")
     print(f"flowdc: {t['ok']}/{t['rows']} rows stored ({overview['success_rate']:.1%}) in "
           f"{len(overview['partitions'])} outputs, {t['removed']} removed from the manifest\n"
-          f"  index:   {args.output}/{INDEX_FILE}\n  dataset: {args.output}/{DATASET_FILE}")
+          f"  index:   {where}/{INDEX_FILE}\n  dataset: {where}/{DATASET_FILE}")
     return 0
 
 

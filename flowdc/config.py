@@ -305,7 +305,7 @@ def check_host_budget(budget: Mapping[str, float]) -> dict[str, float]:
 
 @dataclass
 class PartitionConfig:
-    input: str = opt("", "Manifest to split (parquet or csv).", aliases=("parquet",))
+    input: str = opt("", "Manifest to split: parquet, csv, tsv, excel (.xlsx/.xls) or xml.", aliases=("parquet",))
     url_col: str = opt("url", "Column holding the URLs.", aliases=("url",))
     groups: int = opt(0, "Number of partitions (or give --rows_per_partition).")
     rows_per_partition: int = opt(0, "Rows per partition; sets the number of groups.")

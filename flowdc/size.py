@@ -338,6 +338,7 @@ class SizeJob:
         feed = partial(self._feed_sample, sample) if sample is not None else self._feed_all
         try:
             await self.requests.run(feed, self._probe, self._settle, self._on_tick)
+            self._show_counts(refresh=True)  # the last tick's counts are up to half a second old
         finally:
             self.bar.close()
         report = build_report(self.cfg, self.paths, self.tally, self.rows_total, sample is not None,
@@ -413,10 +414,13 @@ class SizeJob:
             self.bar.update(1)
 
     async def _on_tick(self) -> None:
+        self._show_counts(refresh=False)
+
+    def _show_counts(self, refresh: bool) -> None:
         if self.bar is not None and not self.cfg.quiet:
             t = self.tally
             self.bar.set_postfix_str(f"resolved={t.resolved} unresolved={t.asked - t.resolved} "
-                                     f"{human_bytes(t.bytes)}", refresh=False)
+                                     f"{human_bytes(t.bytes)}", refresh=refresh)
 
 
 def _retry_delay(attempts: int, retry_after: float | None) -> float:

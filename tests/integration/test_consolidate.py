@@ -138,9 +138,10 @@ def test_consolidate_command(tmp_path: Path, farm_factory: FarmFactory) -> None:
     manifests = split_manifest(tmp_path, farm, rows=20, parts=2)
     for p, (manifest, _urls) in enumerate(manifests):
         download(manifest, tmp_path / "ds" / f"part-{p:05d}", max_retry_attempts=0)
-    done = run_flowdc("consolidate", str(tmp_path / "ds"))
+    done = run_flowdc("consolidate", f"{tmp_path / 'ds'}/")
     assert done.returncode == 0, done.stderr
     assert "rows stored" in done.stdout and (tmp_path / "ds" / INDEX_FILE).is_file()
+    assert f"index:   {tmp_path / 'ds' / INDEX_FILE}\n" in done.stdout and "//" not in done.stdout
     assert pq.read_metadata(tmp_path / "ds" / INDEX_FILE).num_rows == 20
     nothing = run_flowdc("consolidate", str(tmp_path / "empty"))
     assert nothing.returncode == 2 and nothing.stderr.count("\n") == 1 and "no flowdc output" in nothing.stderr

@@ -328,6 +328,15 @@ def test_options_that_cannot_work_exit_2(tmp_path: Path, option: str, value: str
     assert not (tmp_path / "size_report.json").exists()
 
 
+def test_the_bar_ends_with_the_final_counts(farm: FakeHostFarm, tmp_path: Path,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    """The bar's last figures are the run's, not those of its last half-second tick."""
+    urls = [farm.url(i % 2, f"/bar-{i}.png?size=1000") for i in range(30)] + [farm.url(0, "/gone.png?fail=404")]
+    size(tmp_path, urls, quiet=False)
+    last = capsys.readouterr().err.replace("\r", "\n").strip().splitlines()[-1]
+    assert "31/31" in last and "resolved=30 unresolved=1" in last, last
+
+
 def test_cli_end_to_end(farm: FakeHostFarm, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     urls = [farm.url(i % 2, f"/cli-{i}.png?size={2048 + i}") for i in range(40)]
     manifest = write_manifest(tmp_path / "dataset.csv", urls)

@@ -401,6 +401,15 @@ def test_a_row_column_of_digits_is_written_as_int64(tmp_path: Path) -> None:
     assert sorted(r for p in parts for r in p["row"].to_list()) == [7, 9]
 
 
+def test_help_names_every_input_format(capsys: pytest.CaptureFixture[str]) -> None:
+    from flowdc.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["partition", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "Manifest to split: parquet, csv, tsv, excel (.xlsx/.xls) or xml" in text
+
+
 def test_xml_input_is_read_through_the_manifest_reader(tmp_path: Path) -> None:
     path = tmp_path / "m.xml"
     rows = "".join(f'<row url="http://h{i % 3}.com/{i}" label="c{i % 2}"/>' for i in range(9))
