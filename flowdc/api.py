@@ -224,19 +224,13 @@ def report(telemetry_path: str | Path, out: str | None = None) -> ReportResult:
 
 def read_telemetry(path: str | Path) -> pl.DataFrame:
     """The host lines of a telemetry JSONL file as a polars DataFrame (t, host, state, limit, inflight, ...),
-    sorted by time; run lines (kind "run"), if the file has them, are left out. For your own plots."""
-    import json
-
+    sorted by time; run lines (kind "run"), if the file has them, are left out. For your own plots.
+    Read as `report` reads it (a folder of parts too); a missing or foreign file is a ConfigError."""
     import polars as pl
 
-    rows = []
-    with open(path, encoding="utf-8") as lines:
-        for line in lines:
-            line = line.strip()
-            if line:
-                rec = json.loads(line)
-                if rec.get("kind", "host") == "host":
-                    rows.append(rec)
+    from flowdc.telemetry_read import ReadStats, TelemetrySource, records
+
+    rows = list(records(TelemetrySource(path), ReadStats(), allow_empty=True))
     if not rows:  # a run shorter than one snapshot interval
         return pl.DataFrame(schema={"t": pl.Float64, "host": pl.String, "limit": pl.Float64})
     return pl.from_dicts(rows, infer_schema_length=None).sort("t", maintain_order=True)

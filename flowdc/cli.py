@@ -44,6 +44,21 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
+class Switch(argparse.Action):
+    """A boolean option and its --no_ spellings as one argument, so usage and help show them all
+    together; a spelling that starts with --no_ (or is --disable_paarc) turns it off."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, **kwargs)
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        setattr(namespace, self.dest, not (option_string or "").startswith(("--no_", "--disable_")))
+
+    def format_usage(self) -> str:
+        return " | ".join(self.option_strings)
+
+
 def add_config_options(parser: argparse.ArgumentParser, cls: type) -> None:
     parser.add_argument("--config", help="JSON file with any of the options below (CLI options win).")
     for f in dataclasses.fields(cls):
@@ -51,14 +66,12 @@ def add_config_options(parser: argparse.ArgumentParser, cls: type) -> None:
         names = [f"--{f.name}", *(f"--{a}" for a in meta.get("aliases", ()))]
         kind = str(f.type)
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
-        help_text = f"{meta.get('help', '')} (default: {default})".replace("%", "%%")  # argparse formats help
         if kind.startswith("bool"):
-            group = parser.add_mutually_exclusive_group()
-            group.add_argument(*names, dest=f.name, action="store_const", const=True, default=None, help=help_text)
             negatives = [f"--no_{f.name}"] + (["--disable_paarc"] if f.name == "enable_paarc" else [])
-            group.add_argument(*negatives, dest=f.name, action="store_const", const=False, help=argparse.SUPPRESS
-                               if f.name != "enable_paarc" else "Fixed per-host concurrency (C_init), no PAARC.")
+            help_text = f"{meta.get('help', '')} (default: {'on' if default else 'off'})".replace("%", "%%")
+            parser.add_argument(*names, *negatives, dest=f.name, action=Switch, default=None, help=help_text)
             continue
+        help_text = f"{meta.get('help', '')} (default: {default})".replace("%", "%%")  # argparse formats help
         kwargs: dict[str, Any] = {"dest": f.name, "default": None, "help": help_text}
         if meta.get("choices"):
             kwargs["choices"] = meta["choices"]
@@ -151,9 +164,10 @@ def cmd_consolidate(args: argparse.Namespace) -> int:
 
     overview = consolidate(args.output, args.storage_options)
     t = overview["totals"]
+    where = args.output.rstrip("/")  # `dataset/` as typed, without a doubled slash ("/" gives "")
     print(f"flowdc: {t['ok']}/{t['rows']} rows stored ({overview['success_rate']:.1%}) in "
           f"{len(overview['partitions'])} outputs, {t['removed']} removed from the manifest\n"
-          f"  index:   {args.output}/{INDEX_FILE}\n  dataset: {args.output}/{DATASET_FILE}")
+          f"  index:   {where}/{INDEX_FILE}\n  dataset: {where}/{DATASET_FILE}")
     return 0
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from flowdc.errors import ConfigError
+from flowdc.localfiles import local_file_problem, local_folder_problem
 from flowdc.paarc import PaarcParams
 from flowdc.urls import DEFAULT_SECRET_PARAMS, redact_url, redact_urls_in, secret_param_names
 from flowdc.writers.shardnames import check_prefix
@@ -321,7 +322,7 @@ def check_host_budget(budget: Mapping[str, float]) -> dict[str, float]:
 
 @dataclass
 class PartitionConfig:
-    input: str = opt("", "Manifest to split (parquet or csv).", aliases=("parquet",))
+    input: str = opt("", "Manifest to split: parquet, csv, tsv, excel (.xlsx/.xls) or xml.", aliases=("parquet",))
     url_col: str = opt("url", "Column holding the URLs.", aliases=("url",))
     groups: int = opt(0, "Number of partitions (or give --rows_per_partition).")
     rows_per_partition: int = opt(0, "Rows per partition; sets the number of groups.")
@@ -346,6 +347,9 @@ class PartitionConfig:
             raise ConfigError("method greedy needs --group_col (the column to balance)")
 
 
+SIZE_REPORT_NAME = "size_report.json"
+
+
 @dataclass
 class SizeConfig(PolitenessOptions, NetworkOptions, RedactOptions, PaarcOptions):
     input: str | None = opt(None, "One manifest to estimate.")
@@ -359,16 +363,29 @@ class SizeConfig(PolitenessOptions, NetworkOptions, RedactOptions, PaarcOptions)
     timeout: float = opt(15.0, "Seconds allowed per request.")
     max_redirects: int = opt(5, "Redirects followed per URL.")
     rate_mb_s: float = opt(100.0, "Download rate used for the time estimate, in MB/s.")
-    report: str | None = opt(None, "Write the JSON report here (default: size_report.json beside the input).")
+    report: str | None = opt(None, "Write the JSON report here (default: size_report.json beside the input, or "
+                             "in the --directory).")
     quiet: bool = opt(False, "No progress bar.")
+
+    def report_path(self) -> str:
+        if self.report:
+            return self.report
+        if self.directory:
+            return os.path.join(self.directory, SIZE_REPORT_NAME)
+        return os.path.join(os.path.dirname(self.input or ""), SIZE_REPORT_NAME)
 
     def check(self) -> None:
         if bool(self.input) == bool(self.directory):
             raise ConfigError("give exactly one of --input and --directory")
         if self.sample < 0:
             raise ConfigError("--sample must be >= 0")
-        if self.timeout <= 0:
-            raise ConfigError(f"timeout must be > 0, got {self.timeout}")
+        for name in ("concurrent_requests", "timeout", "rate_mb_s"):
+            if not getattr(self, name) > 0:  # 0 requests ask nothing; a rate of 0 or less times nothing
+                raise ConfigError(f"{name} must be > 0, got {getattr(self, name)}")
+        # Checked before the first request: the report is written only after the last one.
+        problem = local_file_problem(self.report_path())
+        if problem:
+            raise ConfigError(f"--report {self.report_path()}: {problem}")
         if self.max_redirects < 0:
             raise ConfigError(f"max_redirects must be >= 0, got {self.max_redirects}")
         self.check_paarc()
@@ -378,24 +395,6 @@ class SizeConfig(PolitenessOptions, NetworkOptions, RedactOptions, PaarcOptions)
 C = TypeVar("C")
 _TYPE_NAMES = {"bool": "true or false", "int": "an integer", "float": "a number", "list": "a list of strings",
                "dict": "a JSON object", "str": "text"}
-
-
-def local_folder_problem(output: str) -> str | None:
-    """Why a local output cannot be a folder (a file sits at it or above it), or None.
-
-    Remote stores have no such conflict: an object and a prefix of the same name live side by side.
-    """
-    if "://" in output and not output.startswith("file://"):
-        return None
-    target = path = os.path.abspath(output.removeprefix("file://"))
-    while not os.path.isdir(path):
-        if os.path.exists(path):
-            return "is a file, not a folder" if path == target else f"{path} is a file, not a folder"
-        parent = os.path.dirname(path)
-        if parent == path:
-            return None
-        path = parent
-    return None
 
 
 def cli_fields(cls: type) -> list[dataclasses.Field[Any]]:

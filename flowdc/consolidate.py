@@ -26,11 +26,13 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from flowdc.errors import UserError
+from flowdc.errors import DestinationError, UserError
 from flowdc.identity import base_hashes, number_repeats
 from flowdc.ledger import LEDGER_DIR, Ledger
+from flowdc.localfiles import local_folder_problem
 from flowdc.overview import OVERVIEW_FILE
-from flowdc.storage import Destination
+from flowdc.storage import Destination, is_destination_error
+from flowdc.urls import redact_url
 
 INDEX_FILE = "_flowdc/index.parquet"
 DATASET_FILE = "dataset.json"
@@ -214,7 +216,7 @@ def _host_tables(dest: Destination, parts: list[PartOutput], index: pl.DataFrame
         for host, figures in (ov.get("hosts") or {}).items():
             ctl = figures.get("controller") or {}
             entry = refused.setdefault(host, {"refusals": 0, "requests": 0})
-            entry["refusals"] += int(ctl.get("overload", 0) or 0)
+            entry["refusals"] += int(ctl.get("n_429_503", 0) or 0)
             entry["requests"] += int(ctl.get("requests", 0) or 0)
     finals = (fetched.filter(pl.col("http_status").is_in([429, 503]) & (pl.col("status") != "ok"))
               .group_by("host").len().iter_rows())
@@ -269,13 +271,23 @@ def consolidate(output: str, storage_options: dict[str, Any] | None = None, *, c
     `current`: the identities of the manifest as it is now; index entries outside it are marked
     removed (in run `run_label`). None keeps the marks of the last index.
     """
-    dest = Destination(output, storage_options)
-    parts = find_outputs(dest)
-    if not parts and not dest.exists(INDEX_FILE):
-        raise UserError(f"no flowdc output under {dest.display} (no _flowdc/ledger in it, its part-NNNNN/ "
-                        "or run-ID/part-NNNNN/ folders)")
-    index, records = build_index(dest, parts, current, run_label, storage_options)
-    write_index(dest, index)
-    overview = dataset_overview(dest, parts, index, records)
-    dest.write_bytes(DATASET_FILE, json.dumps(overview, indent=2, default=str).encode())
+    problem = local_folder_problem(output)
+    if problem:
+        raise UserError(f"{output} {problem} (consolidate takes the dataset's folder)")
+    try:
+        dest = Destination(output, storage_options)
+        parts = find_outputs(dest)
+        if not parts and not dest.exists(INDEX_FILE):
+            raise UserError(f"no flowdc output under {dest.display} (no _flowdc/ledger in it, its part-NNNNN/ "
+                            "or run-ID/part-NNNNN/ folders)")
+        index, records = build_index(dest, parts, current, run_label, storage_options)
+        write_index(dest, index)
+        overview = dataset_overview(dest, parts, index, records)
+        dest.write_bytes(DATASET_FILE, json.dumps(overview, indent=2, default=str).encode())
+    except Exception as exc:
+        if not is_destination_error(exc):
+            raise
+        # As a download words a store it cannot reach: one line, exit 1 (a rerun may work).
+        where = redact_url(output) if "://" in output else output
+        raise DestinationError(f"cannot read {where}: {type(exc).__name__}: {exc}") from None
     return overview

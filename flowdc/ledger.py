@@ -34,6 +34,7 @@ import pyarrow.compute as pc
 import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
 
+from flowdc.errors import UserError
 from flowdc.jsonenc import encode_json
 from flowdc.storage import Destination
 
@@ -350,6 +351,17 @@ class Ledger:
         # The stream's own schema: a journal of an older flowdc may lack later columns (read() adds them).
         return pa.Table.from_batches(batches, schema=reader.schema) if batches else SCHEMA.empty_table()
 
+    def _read_part(self, name: str, columns: list[str] | None) -> pa.Table:
+        try:
+            with self.dest.open_read(f"{LEDGER_DIR}/{name}") as fh:
+                part = pq.ParquetFile(fh)
+                have = part.schema_arrow.names
+                return part.read(columns=None if columns is None else [c for c in columns if c in have])
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+            # Ours are written whole (temporary name, then rename): this one came from elsewhere.
+            raise UserError(f"ledger part {self.dest.url(f'{LEDGER_DIR}/{name}')} is not a readable parquet "
+                            f"file ({exc}); move it away or restore it") from None
+
     def committed_shards(self) -> set[int]:
         return {int(n[6:12]) for n in self.part_names() if n.startswith("shard-")}
 
@@ -358,13 +370,7 @@ class Ledger:
         tables = []
         names = self.dest.list(LEDGER_DIR)  # one listing: an object store lists by request
         for name in [n for n in names if n.endswith((".parquet", JOURNAL_EXT)) and not n.startswith(".")]:
-            if name.endswith(JOURNAL_EXT):
-                table = self._read_journal(name)
-            else:
-                with self.dest.open_read(f"{LEDGER_DIR}/{name}") as fh:
-                    part = pq.ParquetFile(fh)
-                    have = part.schema_arrow.names
-                    table = part.read(columns=None if columns is None else [c for c in columns if c in have])
+            table = self._read_journal(name) if name.endswith(JOURNAL_EXT) else self._read_part(name, columns)
             have = table.schema.names
             for name_ in (columns or FIELDS):  # columns added to the schema later: null in older parts
                 if name_ not in have:

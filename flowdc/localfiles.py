@@ -77,3 +77,33 @@ def _link_exclusive(tmp: str, final: str) -> None:
         if os.path.lexists(final):
             raise FileExistsError(final) from None
         os.replace(tmp, final)
+
+
+def local_folder_problem(output: str) -> str | None:
+    """Why a local output cannot be a folder (a file sits at it or above it), or None.
+
+    Remote stores have no such conflict: an object and a prefix of the same name live side by side.
+    """
+    if "://" in output and not output.startswith("file://"):
+        return None
+    target = path = os.path.abspath(output.removeprefix("file://"))
+    while not os.path.isdir(path):
+        if os.path.exists(path):
+            return "is a file, not a folder" if path == target else f"{path} is a file, not a folder"
+        parent = os.path.dirname(path)
+        if parent == path:
+            return None
+        path = parent
+    return None
+
+
+def local_file_problem(path: str) -> str | None:
+    """Why a file cannot be written at a local path (a folder sits at it, a file above it), or None."""
+    if "://" in path and not path.startswith("file://"):
+        return None
+    target = os.path.abspath(path.removeprefix("file://"))
+    if os.path.isdir(target):
+        return "is a folder, not a file"
+    parent = os.path.dirname(target)
+    problem = local_folder_problem(parent)
+    return f"{parent} {problem}" if problem and problem.startswith("is ") else problem

@@ -64,6 +64,7 @@ class Manifest:
         _check_exists(path, self.storage_options)  # first: a missing file or a folder is the clearer news
         self.format = detect_format(_path_part(path), input_format)
         self.batch_rows = batch_rows
+        self.url_type: pa.DataType | None = None  # parquet declares it; the other formats are read as text
         self.columns = self._read_columns()
         if url_column not in self.columns:
             raise ConfigError(
@@ -73,6 +74,17 @@ class Manifest:
     def require_column(self, name: str, what: str) -> None:
         if name not in self.columns:
             raise ConfigError(f"{what} column {name!r} not in {self.path}; columns are: {', '.join(self.columns)}")
+
+    def require_text_urls(self) -> None:
+        """A URL column of numbers (or anything but text) is the wrong column: refused as a whole."""
+        kind = self.url_type
+        if kind is None or pa.types.is_null(kind):
+            return
+        if pa.types.is_dictionary(kind):
+            kind = kind.value_type
+        if not (pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_string_view(kind)):
+            raise ConfigError(f"URL column {self.url_column!r} holds {kind}, not text (URLs): is it the right "
+                              "column?")
 
     def num_rows_hint(self) -> int | None:
         """Row count when it is cheap to know (parquet metadata), else None."""
@@ -97,19 +109,16 @@ class Manifest:
 
     def batches(self) -> Iterator[pa.RecordBatch]:
         readers = {"parquet": self._parquet, "csv": self._csv, "excel": self._excel, "xml": self._xml}
-        start, last_row = 0, -1
+        numbering = RowNumbering()
         try:
             for batch in readers[self.format]():
                 if batch.num_rows == 0:
                     continue
-                batch = _with_row_numbers(batch, start, last_row)
-                last_row = batch.column(ROW_COLUMN)[-1].as_py()
-                yield batch
-                start += batch.num_rows
+                yield numbering(batch)
         except ConfigError:
             raise
         except (pa.ArrowInvalid, OSError, ValueError) as exc:
-            at = self._csv_error_row(exc) or f"near row {start}"
+            at = self._csv_error_row(exc) or f"near row {numbering.start}"
             raise ConfigError(f"cannot read {self.path} as {self.format} {at}: {_first_line(exc)}") from None
 
     # -- per-format readers -------------------------------------------------------------------
@@ -117,7 +126,10 @@ class Manifest:
         try:
             if self.format == "parquet":
                 with self.open() as src:
-                    return list(pq.ParquetFile(src).schema_arrow.names)
+                    schema = pq.ParquetFile(src).schema_arrow
+                if self.url_column in schema.names:
+                    self.url_type = schema.field(self.url_column).type
+                return list(schema.names)
             if self.format == "csv":
                 with self.open() as src, _open_csv(src, 1024, self.path) as reader:
                     return list(reader.schema.names)
@@ -250,7 +262,7 @@ def _rebatch(reader: Any, size: int) -> Iterator[pa.RecordBatch]:
             yield batch.slice(offset, size)
 
 
-def _with_row_numbers(batch: pa.RecordBatch, start: int, last_row: int) -> pa.RecordBatch:
+def with_row_numbers(batch: pa.RecordBatch, start: int, last_row: int = -1) -> pa.RecordBatch:
     """The batch with its row numbers: counted from `start`, or the manifest's own `row` column,
     checked to follow `last_row` (the previous batch's last)."""
     if ROW_COLUMN not in batch.schema.names:
@@ -269,6 +281,22 @@ def _with_row_numbers(batch: pa.RecordBatch, start: int, last_row: int) -> pa.Re
     if values[0] <= last_row or (np.diff(values) <= 0).any():
         raise ConfigError(ROW_RULE + f" (near row {start} they repeat, go down or are negative)")
     return batch.set_column(idx, ROW_COLUMN, rows)
+
+
+class RowNumbering:
+    """Gives a manifest's batches, in order, their row numbers (with_row_numbers), keeping where
+    the count and the manifest's own numbers got to."""
+
+    def __init__(self) -> None:
+        self.start = 0  # rows numbered so far
+        self.last_row = -1
+
+    def __call__(self, batch: pa.RecordBatch) -> pa.RecordBatch:
+        batch = with_row_numbers(batch, self.start, self.last_row)
+        self.start += batch.num_rows
+        if batch.num_rows:
+            self.last_row = batch.column(ROW_COLUMN)[-1].as_py()
+        return batch
 
 
 def _rows_to_batches(rows: Iterator[dict[str, Any]], size: int) -> Iterator[pa.RecordBatch]:

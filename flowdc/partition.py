@@ -39,7 +39,8 @@ import pyarrow.parquet as pq
 
 from flowdc.config import PartitionConfig
 from flowdc.errors import ConfigError
-from flowdc.manifest import Manifest
+from flowdc.localfiles import local_folder_problem
+from flowdc.manifest import ROW_COLUMN, Manifest, RowNumbering
 from flowdc.urls import host_key
 
 BATCH_ROWS = 1 << 19
@@ -188,6 +189,7 @@ class Source:
         self.fmt = self.manifest.format
         self.columns = list(self.manifest.columns)  # as in the file, before a `row` column is added
         self.num_rows = self.manifest.num_rows_hint()
+        self.manifest.require_text_urls()  # else every host is "" and the partitions mean nothing
         if cfg.method == "greedy" and cfg.group_col:
             self.manifest.require_column(cfg.group_col, "group")
 
@@ -197,12 +199,9 @@ class Source:
         if self.fmt != "parquet":
             yield from self.manifest.batches()
             return
-        start = 0
+        numbering = RowNumbering()
         for batch in self.columns_only(None):
-            if "row" not in batch.schema.names:
-                batch = batch.append_column("row", pa.array(np.arange(start, start + batch.num_rows)))
-            start += batch.num_rows
-            yield batch
+            yield numbering(batch)
 
     def columns_only(self, names: list[str] | None) -> Iterator[pa.RecordBatch]:
         """Pass one needs one or two columns; parquet can skip decoding the others (None: all)."""
@@ -232,8 +231,9 @@ def _check_config(cfg: PartitionConfig) -> None:
         if getattr(cfg, name) not in allowed:
             raise ConfigError(f"{name} must be one of {', '.join(allowed)}; got {getattr(cfg, name)!r}")
     out = Path(cfg.output_folder)
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"output folder {cfg.output_folder} exists and is not a folder")
+    problem = local_folder_problem(cfg.output_folder)
+    if problem:
+        raise ConfigError(f"--output_folder {cfg.output_folder}: {problem}")
     # Partition files there get replaced or removed, and the input may be one of them.
     if Path(cfg.input).resolve().parent == out.resolve():
         raise ConfigError(f"the input {cfg.input} is inside output_folder; write the partitions elsewhere")
@@ -302,10 +302,14 @@ class Scan:
 
 def _scan(cfg: PartitionConfig, source: Source, tick: Progress) -> Scan:
     group_col = cfg.group_col if cfg.method == "greedy" else None
-    columns = list(dict.fromkeys([cfg.url_col, *([group_col] if group_col else [])]))
+    rows = [ROW_COLUMN] if ROW_COLUMN in source.columns else []
+    columns = list(dict.fromkeys([cfg.url_col, *([group_col] if group_col else []), *rows]))
     keys = Codebook(source.num_rows)
     groups = Codebook(source.num_rows) if group_col else None
+    numbering = RowNumbering()
     for batch in source.columns_only(columns):
+        if rows:
+            numbering(batch)  # the download's rule for a `row` column, before anything is written
         keys.add(url_keys(_to_polars(batch.column(cfg.url_col))))
         if groups is not None:
             groups.add(_to_polars(batch.column(group_col)).rename(str(group_col)))

@@ -31,6 +31,7 @@ from matplotlib.patches import Patch, Rectangle
 from matplotlib.ticker import MaxNLocator
 
 from flowdc.errors import ConfigError
+from flowdc.localfiles import local_file_problem
 from flowdc.telemetry_read import (
     COUNTERS,
     HostSeries,
@@ -439,6 +440,9 @@ def _output_path(src: TelemetrySource, out: str | None) -> Path:
         raise ConfigError(f"--out must end in .png or .html, got {out}")
     if not target.parent.is_dir():
         raise ConfigError(f"output folder does not exist: {target.parent}")
+    problem = local_file_problem(str(target))
+    if problem:  # before the log is read: a long log takes a while
+        raise ConfigError(f"--out {target}: {problem}")
     return target
 
 

@@ -36,7 +36,7 @@ import pyarrow as pa
 from tqdm import tqdm
 
 from flowdc.config import SizeConfig, public_dict
-from flowdc.errors import ConfigError
+from flowdc.errors import ConfigError, DestinationError
 from flowdc.fetch import Outcome, exchange, status_outcome
 from flowdc.loops import run_sync
 from flowdc.manifest import FORMATS_BY_SUFFIX, Manifest
@@ -53,7 +53,6 @@ QUANTILE_CAP = 1_000_000  # sizes kept for median/p95; exact below this, a unifo
 HOSTS_LISTED = 1000  # per-host rows in the JSON report (by rows asked); the count of all is kept
 TOP_HOSTS_SHOWN = 5
 Z95 = 1.959963984540054
-REPORT_NAME = "size_report.json"
 ASSUMPTION = "unresolved rows have the same mean size as resolved rows"
 
 # identity: Content-Length must be the stored object's size, not a compressed transfer's.
@@ -195,14 +194,6 @@ def manifest_paths(cfg: SizeConfig) -> list[str]:
     return paths
 
 
-def default_report_path(cfg: SizeConfig) -> Path:
-    if cfg.report:
-        return Path(cfg.report)
-    if cfg.directory:
-        return Path(cfg.directory) / REPORT_NAME
-    return Path(cfg.input or ".").parent / REPORT_NAME
-
-
 # -- tallies -------------------------------------------------------------------------------------
 class Tally:
     """Running totals over finished rows; cheap per row, bounded memory."""
@@ -331,7 +322,7 @@ class SizeJob:
         self.paths = manifest_paths(cfg)
         # Opening checks existence, format and the URL column of every file before any request.
         self.manifests = [Manifest(p, cfg.url_column, cfg.input_format) for p in self.paths]
-        self.report_path = default_report_path(cfg)
+        self.report_path = Path(cfg.report_path())
         self.tally = Tally(cfg.seed, url_redactor(cfg.redact_urls, cfg.redact_params))
         self.rows_total = 0
         self.bar: tqdm[Any] | None = None
@@ -347,6 +338,7 @@ class SizeJob:
         feed = partial(self._feed_sample, sample) if sample is not None else self._feed_all
         try:
             await self.requests.run(feed, self._probe, self._settle, self._on_tick)
+            self._show_counts(refresh=True)  # the last tick's counts are up to half a second old
         finally:
             self.bar.close()
         report = build_report(self.cfg, self.paths, self.tally, self.rows_total, sample is not None,
@@ -422,10 +414,13 @@ class SizeJob:
             self.bar.update(1)
 
     async def _on_tick(self) -> None:
+        self._show_counts(refresh=False)
+
+    def _show_counts(self, refresh: bool) -> None:
         if self.bar is not None and not self.cfg.quiet:
             t = self.tally
             self.bar.set_postfix_str(f"resolved={t.resolved} unresolved={t.asked - t.resolved} "
-                                     f"{human_bytes(t.bytes)}", refresh=False)
+                                     f"{human_bytes(t.bytes)}", refresh=refresh)
 
 
 def _retry_delay(attempts: int, retry_after: float | None) -> float:
@@ -491,10 +486,14 @@ def _download_time(report: dict[str, Any], rate_mb_s: float) -> dict[str, Any]:
 
 def write_report(path: Path, report: dict[str, Any]) -> None:
     """Write to a temporary name, then rename: a reader never sees half a report."""
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError as exc:  # checked before the requests; what changed since (permissions, a full disk)
+        tmp.unlink(missing_ok=True)
+        raise DestinationError(f"cannot write the report {path}: {exc.strerror or exc}") from None
 
 
 # -- human text ----------------------------------------------------------------------------------

@@ -87,8 +87,9 @@ class ReadStats:
     truncated_tail: bool = False  # last line cut short: the run was killed mid-write
 
 
-def records(src: TelemetrySource, stats: ReadStats) -> Iterator[dict[str, Any]]:
-    """Yield host snapshot records one at a time; ConfigError if the log is not telemetry."""
+def records(src: TelemetrySource, stats: ReadStats, *, allow_empty: bool = False) -> Iterator[dict[str, Any]]:
+    """Yield host snapshot records one at a time; ConfigError if the log is not telemetry, or
+    holds no host snapshot unless allow_empty (a run shorter than one snapshot interval)."""
     seen = 0
     pending_bad = False  # a bad line only counts as "truncated" if nothing follows it
     for lineno, line in enumerate(src.lines(), 1):  # every file of the log, in order
@@ -110,7 +111,7 @@ def records(src: TelemetrySource, stats: ReadStats) -> Iterator[dict[str, Any]]:
         yield record
     if pending_bad:
         stats.truncated_tail = True
-    if seen == 0:
+    if seen == 0 and not allow_empty:
         raise ConfigError(f"telemetry file has no snapshots: {src.display}")
 
 
@@ -151,6 +152,49 @@ def _restarted(prev: dict[str, float], rec: dict[str, Any]) -> bool:
     return _num(rec.get("requests")) < prev["requests"]  # False while either is NaN
 
 
+GAUGES = ("limit", "inflight", "goodput")  # a host's figure is the sum over its live downloads
+LIVE_S = 1.5  # a download's last gauges count toward its host's this long: three snapshot ticks
+
+
+def _nansum(values: list[float]) -> float:
+    known = [v for v in values if not math.isnan(v)]
+    return math.fsum(known) if known else math.nan
+
+
+class _HostStreams:
+    """One host's downloads, each a (run_id, partition_id) stream with counters of its own.
+
+    A host split over partitions is fetched by several downloads at once (distribute), and one
+    after the other by sequential runs; each counts from 0. Read as one stream, every drop between
+    two of them looked like a restart and the whole count was added again. So counters are followed
+    per stream and their increases added up; the gauges are summed over the streams heard from in
+    the last LIVE_S seconds, which is what the host carried then. Lines without run_id and
+    partition_id (older logs) make one stream per host.
+    """
+
+    def __init__(self) -> None:
+        self.last: dict[tuple[str, str], dict[str, float]] = {}
+        self.gauges: dict[tuple[str, str], tuple[float, dict[str, float]]] = {}
+
+    def step(self, rec: dict[str, Any]) -> tuple[dict[str, float], dict[str, float]]:
+        """This line's counter increases, and the host's gauges summed over its live streams."""
+        key = (str(rec.get("run_id")), str(rec.get("partition_id")))
+        last = self.last.setdefault(key, dict.fromkeys(COUNTERS, math.nan))
+        restarted = _restarted(last, rec)
+        increases: dict[str, float] = {}
+        for name in COUNTERS:
+            value = _num(rec.get(name))
+            increases[name] = _counter_step(last[name], value, restarted)
+            if not math.isnan(value):
+                last[name] = value
+        t = float(rec["t"])
+        self.gauges[key] = (t, {name: _num(rec.get(name)) for name in GAUGES})
+        for gone in [k for k, (seen, _) in self.gauges.items() if seen < t - LIVE_S]:
+            del self.gauges[gone]  # bounded by the streams live at once, not by all there were
+        live = [g for _, g in self.gauges.values()]
+        return increases, {name: _nansum([g[name] for g in live]) for name in GAUGES}
+
+
 # -- summary (pass 1) -----------------------------------------------------------------------------
 @dataclass
 class _HostTotals:
@@ -163,32 +207,29 @@ class _HostTotals:
     inflight_sum: float = 0.0
     inflight_n: int = 0
     p50s: array[float] = field(default_factory=lambda: array("d"))  # 8 bytes a snapshot, for the median
-    last: dict[str, float] = field(default_factory=lambda: dict.fromkeys(COUNTERS, math.nan))
+    streams: _HostStreams = field(default_factory=_HostStreams)
     totals: dict[str, float] = field(default_factory=lambda: dict.fromkeys(COUNTERS, 0.0))
 
     def add(self, rec: dict[str, Any]) -> None:
         t = float(rec["t"])
         self.snapshots += 1
         self.first_t, self.last_t = min(self.first_t, t), max(self.last_t, t)
-        limit = _num(rec.get("limit"))
+        increases, gauges = self.streams.step(rec)
+        for key in COUNTERS:
+            self.totals[key] += increases[key]
+        limit = gauges["limit"]
         if not math.isnan(limit):
             self.final_limit = limit
             self.max_limit = limit if math.isnan(self.max_limit) else max(self.max_limit, limit)
         if isinstance(rec.get("state"), str):
             self.final_state = rec["state"]
-        inflight = _num(rec.get("inflight"))
+        inflight = gauges["inflight"]
         if not math.isnan(inflight):
             self.inflight_sum += inflight
             self.inflight_n += 1
         p50 = _num(rec.get("p50_ms"))
         if not math.isnan(p50):
             self.p50s.append(p50)
-        restarted = _restarted(self.last, rec)
-        for key in COUNTERS:
-            value = _num(rec.get(key))
-            self.totals[key] += _counter_step(self.last[key], value, restarted)
-            if not math.isnan(value):
-                self.last[key] = value
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -245,14 +286,20 @@ class HostSeries:
 def load_series(where: str | Path | TelemetrySource, hosts: set[str]) -> dict[str, HostSeries]:
     cols: dict[str, dict[str, array[float]]] = {h: {k: array("d") for k in ("t", *SERIES, *COUNTERS)} for h in hosts}
     states: dict[str, list[str | None]] = {h: [] for h in hosts}
+    streams = {h: _HostStreams() for h in hosts}
     for rec in records(source_of(where), ReadStats()):
         host = rec["host"]
         if host not in hosts:
             continue
         c = cols[host]
         c["t"].append(float(rec["t"]))
-        for key in (*SERIES, *COUNTERS):
-            c[key].append(_num(rec.get(key)))
+        # In file order: a stream's lines are written in its own order, so its increases are sound
+        # even where two streams' lines interleave slightly in time.
+        increases, gauges = streams[host].step(rec)
+        for key in SERIES:
+            c[key].append(gauges[key] if key in gauges else _num(rec.get(key)))
+        for key in COUNTERS:
+            c[key].append(increases[key])
         state = rec.get("state")
         states[host].append(state if isinstance(state, str) else None)
     return {h: _to_series(cols[h], states[h]) for h in hosts}
@@ -263,8 +310,8 @@ def _to_series(cols: dict[str, array[float]], states: list[str | None]) -> HostS
     order = np.argsort(t, kind="stable")  # two runs appending at once can interleave slightly
     t = t[order]
     values = {k: np.frombuffer(cols[k], dtype=float)[order] for k in SERIES}
-    cumulative = {k: np.frombuffer(cols[k], dtype=float)[order] for k in COUNTERS}
-    return HostSeries(t, values, _increases(cumulative), _covered(t), _state_runs(t, [states[i] for i in order]))
+    deltas = {k: np.frombuffer(cols[k], dtype=float)[order] for k in COUNTERS}
+    return HostSeries(t, values, deltas, _covered(t), _state_runs(t, [states[i] for i in order]))
 
 
 def _covered(t: np.ndarray) -> np.ndarray:
@@ -273,20 +320,6 @@ def _covered(t: np.ndarray) -> np.ndarray:
     step = typical_step(t)
     gaps = np.diff(t, prepend=t[0] - step) if len(t) else np.zeros(0)
     return np.where(gaps > gap_threshold(t), step, gaps)
-
-
-def _increases(cumulative: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Per-snapshot increases of each counter, with the same restart rule as the summary."""
-    out = {k: np.zeros(len(v)) for k, v in cumulative.items()}
-    last = dict.fromkeys(COUNTERS, math.nan)
-    for i in range(len(cumulative["requests"])):
-        rec = {k: cumulative[k][i] for k in COUNTERS}
-        restarted = _restarted(last, rec)
-        for key in COUNTERS:
-            out[key][i] = _counter_step(last[key], rec[key], restarted)
-            if not math.isnan(rec[key]):
-                last[key] = rec[key]
-    return out
 
 
 def typical_step(t: np.ndarray) -> float:

@@ -301,6 +301,42 @@ def test_cli_errors_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
     assert len(err) == 3 and all(line.startswith("flowdc: error:") for line in err)
 
 
+@pytest.mark.parametrize("where", ["folder", "under_a_file"])
+def test_unwritable_report_path_is_refused_before_any_request(farm: FakeHostFarm, tmp_path: Path, where: str,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    """Not after asking every URL: the report's path is checked first, one line, exit 2."""
+    manifest = write_manifest(tmp_path / "m.parquet", [farm.url(0, f"/r-{i}.png") for i in range(5)])
+    (tmp_path / "taken").mkdir()
+    report = tmp_path / "taken" if where == "folder" else manifest / "r.json"
+    farm.reset_stats()
+    assert main(["size", "--input", str(manifest), "--report", str(report), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"flowdc: error: --report {report}: ")
+    assert farm.totals()["requests"] == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.parquet", "taken"]  # no temporary left
+
+
+@pytest.mark.parametrize(("option", "value"), [("concurrent_requests", "0"), ("concurrent_requests", "-1"),
+                                               ("rate_mb_s", "0"), ("rate_mb_s", "-3")])
+def test_options_that_cannot_work_exit_2(tmp_path: Path, option: str, value: str,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    manifest = write_manifest(tmp_path / "m.parquet", ["http://127.0.0.61:1/x.png"])
+    assert main(["size", "--input", str(manifest), f"--{option}", value, "--quiet"]) == 2
+    err = capsys.readouterr().err
+    shown = float(value) if option == "rate_mb_s" else int(value)
+    assert err.count("\n") == 1 and f"{option} must be > 0, got {shown}" in err
+    assert not (tmp_path / "size_report.json").exists()
+
+
+def test_the_bar_ends_with_the_final_counts(farm: FakeHostFarm, tmp_path: Path,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    """The bar's last figures are the run's, not those of its last half-second tick."""
+    urls = [farm.url(i % 2, f"/bar-{i}.png?size=1000") for i in range(30)] + [farm.url(0, "/gone.png?fail=404")]
+    size(tmp_path, urls, quiet=False)
+    last = capsys.readouterr().err.replace("\r", "\n").strip().splitlines()[-1]
+    assert "31/31" in last and "resolved=30 unresolved=1" in last, last
+
+
 def test_cli_end_to_end(farm: FakeHostFarm, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     urls = [farm.url(i % 2, f"/cli-{i}.png?size={2048 + i}") for i in range(40)]
     manifest = write_manifest(tmp_path / "dataset.csv", urls)

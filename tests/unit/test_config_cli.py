@@ -46,6 +46,28 @@ def test_help_documents_every_option(capsys: pytest.CaptureFixture[str]) -> None
     assert "(default: 1000)" in text and "(default: imagefolder)" in text
 
 
+def test_boolean_options_show_both_spellings(capsys: pytest.CaptureFixture[str]) -> None:
+    """Usage and help name --X and --no_X (and --disable_paarc) for every switch, with its default as
+    on or off; each spelling still sets the config."""
+    with pytest.raises(SystemExit):
+        main(["download", "--help"])
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines anywhere
+    usage = text.split(" options: ")[0]
+    for f in dataclasses.fields(DownloadConfig):
+        if str(f.type).startswith("bool"):
+            assert f"[--{f.name} | --no_{f.name}" in usage, f.name
+            assert f"--{f.name}, --no_{f.name}" in text, f.name
+    assert "[--enable_paarc | --no_enable_paarc | --disable_paarc]" in usage
+    assert "(default: True)" not in text and "(default: False)" not in text
+    assert "masked (whole names, any case). (default:" in text  # other options keep their defaults
+    assert "--no_redact_urls keeps URLs whole. (default: on)" in text and "(default: off)" in text
+    io = ("--input", "m.parquet", "--output", "out")
+    for argv, expected in ((["--no_create_overview"], False), (["--create_overview"], True), ([], True)):
+        assert parse(*io, *argv).create_overview is expected
+    assert parse(*io, "--disable_paarc").enable_paarc is False and parse(*io, "--no_insecure").insecure is False
+    assert parse(*io, "--no_block_link_local").block_link_local is False
+
+
 def test_every_seed_option_reaches_the_config() -> None:
     """Each seed option given on the command line lands in the DownloadConfig unchanged."""
     cfg = parse(

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from flowdc.api import read_telemetry
+from flowdc.api import read_telemetry, report
+from flowdc.errors import ConfigError
 from flowdc.loops import in_running_loop, run_sync
 
 
@@ -43,3 +44,16 @@ def test_read_telemetry_keeps_host_lines_in_time_order(tmp_path: Path) -> None:
     assert table["host"].to_list() == ["b:1", "a:1"] and table["limit"].to_list() == [4, 9]
     (tmp_path / "empty.jsonl").write_text("")
     assert read_telemetry(tmp_path / "empty.jsonl").height == 0
+
+
+@pytest.mark.parametrize("content", [None, "time,host\n1,a\n"], ids=["missing", "not-telemetry"])
+def test_read_telemetry_and_report_refuse_the_same_input_alike(tmp_path: Path, content: str | None) -> None:
+    """Both ConfigError (docs/api.md), with the same message: one reader behind both."""
+    path = tmp_path / "t.jsonl"
+    if content is not None:
+        path.write_text(content)
+    with pytest.raises(ConfigError) as by_report:
+        report(path)
+    with pytest.raises(ConfigError) as by_reader:
+        read_telemetry(path)
+    assert str(by_reader.value) == str(by_report.value)

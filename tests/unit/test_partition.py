@@ -357,11 +357,57 @@ def test_greedy_needs_an_existing_group_column(tmp_path: Path) -> None:
         run(tmp_path, manifest, method="greedy")
 
 
+def test_output_folder_at_or_under_a_file_is_refused(tmp_path: Path) -> None:
+    manifest = write_manifest(tmp_path, ["http://a.com/"])
+    (tmp_path / "file").write_text("mine")
+    with pytest.raises(ConfigError, match="is a file, not a folder"):
+        run_partition(PartitionConfig(input=str(manifest), output_folder=str(tmp_path / "file"), groups=2))
+    with pytest.raises(ConfigError, match="file is a file, not a folder"):
+        run_partition(PartitionConfig(input=str(manifest), output_folder=str(tmp_path / "file" / "out"), groups=2))
+
+
 def test_input_inside_the_output_folder_is_refused(tmp_path: Path) -> None:
     (tmp_path / "out").mkdir()
     manifest = write_manifest(tmp_path / "out", ["http://a.com/"])
     with pytest.raises(ConfigError, match="inside output_folder"):
         run(tmp_path, manifest)
+
+
+@pytest.mark.parametrize(("name", "columns", "message"), [
+    ("strrow.parquet", {"url": ["http://a/1", "http://b/2"], "row": ["x", "y"]}, "'row' is reserved for row numbers"),
+    ("strrow.csv", {"url": ["http://a/1", "http://b/2"], "row": ["1", "y"]}, "'row' is reserved for row numbers"),
+    ("inturl.parquet", {"url": [1, 2]}, "URL column 'url' holds int64, not text"),
+])
+def test_columns_the_download_would_refuse_exit_2_before_anything_is_written(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], name: str, columns: dict[str, list[Any]],
+        message: str) -> None:
+    from flowdc.cli import main
+
+    path = tmp_path / name
+    frame = pl.DataFrame(columns)
+    frame.write_csv(path) if name.endswith(".csv") else frame.write_parquet(path)
+    assert main(["partition", "--input", str(path), "--groups", "2", "--output_folder", str(tmp_path / "out"),
+                 "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("flowdc: error: ") and message in err
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_a_row_column_of_digits_is_written_as_int64(tmp_path: Path) -> None:
+    path = tmp_path / "m.parquet"
+    pl.DataFrame({"url": ["http://a/1", "http://b/2"], "row": ["7", "9"]}).write_parquet(path)
+    _, parts = run(tmp_path, path, groups=2, method="simple")
+    assert all(p["row"].dtype == pl.Int64 for p in parts)
+    assert sorted(r for p in parts for r in p["row"].to_list()) == [7, 9]
+
+
+def test_help_names_every_input_format(capsys: pytest.CaptureFixture[str]) -> None:
+    from flowdc.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["partition", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "Manifest to split: parquet, csv, tsv, excel (.xlsx/.xls) or xml" in text
 
 
 def test_xml_input_is_read_through_the_manifest_reader(tmp_path: Path) -> None:

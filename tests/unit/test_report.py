@@ -182,6 +182,41 @@ def test_ok_rate_has_no_dips_where_the_snapshot_clock_drifts_against_the_bins(tm
     assert shown.min() == pytest.approx(rate, rel=0.01) and shown.max() == pytest.approx(rate, rel=0.01)
 
 
+def _partition_lines(partition: str, start: float, seconds: float, ok_per_step: int) -> list[dict[str, Any]]:
+    """One download's snapshots of FAST: its own controller and counters from 0, as distribute's tasks write them."""
+    host = _Host(FAST, random.Random(partition))
+    lines = []
+    for i in range(int(seconds / STEP)):
+        host.serve(4, ok=ok_per_step)  # the first snapshot comes up to a tick after the first replies
+        lines.append({**host.paarc(start + i * STEP, "PROBE_BW", 4, 30.0), "run_id": "r1", "partition_id": partition})
+    return lines
+
+
+@pytest.mark.parametrize("concurrent", [True, False], ids=["at-once", "one-after-another"])
+def test_a_host_split_over_partitions_adds_up_per_partition(tmp_path: Path, concurrent: bool) -> None:
+    """Three partitions fetch one host, at once (distribute) or in turn; each counts from 0. Read as
+    one stream, every drop looked like a restart: at once, the counts were added again and again;
+    in turn, a partition whose first snapshot was above where the last one ended was undercounted."""
+    starts = [T0, T0 + 0.1, T0 + 0.2] if concurrent else [T0, T0 + 21.5, T0 + 43]  # a task starts in ~2 s
+    ok_per_step = [5, 3, 9] if concurrent else [1, 50, 9]  # ok/s: twice these
+    lines = [rec for part, (start, ok) in enumerate(zip(starts, ok_per_step, strict=True))
+             for rec in _partition_lines(f"part-{part:05d}", start, 20.0, ok)]
+    lines.sort(key=lambda rec: rec["t"])
+    path = write_telemetry(tmp_path / "split.jsonl", [json.dumps(rec) for rec in lines])
+    info = summarize(path)[FAST]
+    assert info["ok"] == info["requests"] == sum(40 * ok for ok in ok_per_step)
+    series = load_series(path, {FAST})
+    s = series[FAST]
+    rates = _bins(s, _time_axis(summarize(path), [FAST], series)).rate(s.deltas["ok"], s.covered)
+    shown = rates[~np.isnan(rates)]
+    if concurrent:  # the host's rate is the three partitions' together; its limit, their three limits
+        # (the first bin reads a little high: the first snapshots' replies came before the first tick)
+        assert np.median(shown) == pytest.approx(34, rel=0.05) and shown.max() < 45
+        assert info["max_limit"] == 12
+    else:
+        assert shown.max() == pytest.approx(100, rel=0.05) and info["max_limit"] == 4
+
+
 # -- damaged, missing and wrong input -------------------------------------------------------------
 def test_truncated_last_line_is_tolerated(tmp_path: Path) -> None:
     lines = synthetic_lines()
@@ -213,6 +248,9 @@ def test_unknown_output_type_is_a_config_error(telemetry: Path, tmp_path: Path) 
         render_report(telemetry, str(tmp_path / "report.pdf"))
     with pytest.raises(ConfigError, match="does not exist"):
         render_report(telemetry, str(tmp_path / "missing" / "report.png"))
+    (tmp_path / "taken.png").mkdir()
+    with pytest.raises(ConfigError, match="is a folder, not a file"):  # said before the log is read
+        render_report(telemetry, str(tmp_path / "taken.png"))
     odd_name = tmp_path / "telemetry.png"  # the default output would be the input itself
     odd_name.write_bytes(telemetry.read_bytes())
     with pytest.raises(ConfigError, match="overwrite"):

@@ -85,16 +85,17 @@ def test_a_failing_subscriber_is_contained() -> None:
 
 
 def test_a_log_mixing_old_and_new_lines_is_summarized(tmp_path: Path) -> None:
-    """Host lines with or without "kind" count; run lines are stepped over, even as the first line."""
+    """Host lines with or without "kind" count; run lines are stepped over, even as the first line.
+    The old line is an earlier run's (no run id): the later run's counters add to its own."""
     lines = [RunSnapshot(0.5, "r").to_dict(),
              {"t": 1.0, "host": "a:1", "limit": 4, "requests": 10, "ok": 9},  # a line from before "kind"
-             HostSnapshot(1.5, "a:1", "r", limit=6, requests=30, ok=28).to_dict(),
-             RunSnapshot(1.5, "r", ok=28, done=True).to_dict()]
+             HostSnapshot(5.0, "a:1", "r", limit=6, requests=30, ok=28).to_dict(),
+             RunSnapshot(5.0, "r", ok=28, done=True).to_dict()]
     log = tmp_path / "t.jsonl"
     log.write_text("".join(json.dumps(line) + "\n" for line in lines))
     summary = summarize(log)
     assert list(summary) == ["a:1"]
-    assert (summary["a:1"]["requests"], summary["a:1"]["max_limit"], summary["a:1"]["snapshots"]) == (30, 6, 2)
+    assert (summary["a:1"]["requests"], summary["a:1"]["max_limit"], summary["a:1"]["snapshots"]) == (40, 6, 2)
 
 
 def test_reading_a_log_loads_no_plotting_library() -> None:
