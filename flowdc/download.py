@@ -334,7 +334,7 @@ class DownloadJob:
         try:
             overview = await asyncio.to_thread(
                 build_overview, self.cfg, self.ledger, self.counters, self.host_snapshots, started_wall,
-                recovery, self.interrupted,
+                recovery, self.interrupted, self.rows_total,
             )
             if self.cfg.create_overview:
                 await asyncio.to_thread(write_overview, self.dest, overview)

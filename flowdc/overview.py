@@ -31,7 +31,9 @@ LONG_POLE_SHARE = 0.2
 
 
 def build_overview(cfg: DownloadConfig, ledger: Ledger, run: RunCounters, host_snapshots: dict[str, dict[str, Any]],
-                   started_wall: float, recovery: dict[str, int], interrupted: bool) -> dict[str, Any]:
+                   started_wall: float, recovery: dict[str, int], interrupted: bool,
+                   manifest_rows: int | None = None) -> dict[str, Any]:
+    """`manifest_rows`: the manifest's row count where its format tells it (parquet), else None."""
     latest = ledger.latest([*Ledger.SUMMARY_COLUMNS, "ts"])  # read once, used twice
     totals = ledger.summary(latest)
     groups = HostGroups.of(latest, started_wall)  # grouped once, for the hosts and the long pole
@@ -46,6 +48,7 @@ def build_overview(cfg: DownloadConfig, ledger: Ledger, run: RunCounters, host_s
         "interrupted": interrupted,
         "config": config,
         "totals": {k: totals[k] for k in ("rows", "ok", "failed", "skipped")},
+        "manifest_rows": manifest_rows,
         "success_rate": round(totals["ok"] / totals["rows"], 6) if totals["rows"] else 0.0,
         "bytes": totals["bytes"],
         "errors": totals["errors"],
@@ -203,8 +206,10 @@ def write_overview(dest: Destination, overview: dict[str, Any]) -> None:
 def summary_text(overview: dict[str, Any], where: str) -> str:
     t = overview["totals"]
     run = overview["this_run"]
+    # An interrupted run's ledger holds only the rows read so far; the manifest may say how many it has.
+    rows = max(t["rows"], overview.get("manifest_rows") or 0)
     lines = [
-        f"flowdc: {t['ok']}/{t['rows']} rows stored ({overview['success_rate']:.1%}), "
+        f"flowdc: {t['ok']}/{rows} rows stored ({t['ok'] / rows if rows else 0.0:.1%}), "
         f"{t['failed']} failed, {t['skipped']} skipped — output: {where}",
         f"  this run: {run['ok']} ok, {run['failed']} failed, {run['skipped']} skipped, {run['already_done']} already "
         f"done, {run['retries']} retries, {run['bytes'] / 1e6:.1f} MB in {overview['elapsed_s']:.1f}s "

@@ -25,3 +25,13 @@ def test_the_summary_says_how_many_reasons_it_leaves_out() -> None:
     text = summary_text(overview, "out")
     assert "http_400 x10" in text and "http_404 x6" in text and "http_405" not in text
     assert "and 2 more reasons (overview.json)" in text
+
+
+def test_an_interrupted_runs_summary_counts_the_manifests_rows() -> None:
+    """Stopped after 1,552 of a 3,000-row parquet manifest's rows: not "1552/1552 (100.0%)"."""
+    overview = {"totals": {"ok": 1552, "rows": 1552, "failed": 0, "skipped": 0}, "success_rate": 1.0, "errors": {},
+                "manifest_rows": 3000, "elapsed_s": 3.0, "images_per_s": 517.0, "mb_per_s": 1.0, "interrupted": True,
+                "this_run": {"ok": 1552, "failed": 0, "skipped": 0, "already_done": 0, "retries": 0, "bytes": 10**6}}
+    assert summary_text(overview, "out").startswith("flowdc: 1552/3000 rows stored (51.7%)")
+    overview["manifest_rows"] = None  # csv: not known up front
+    assert summary_text(overview, "out").startswith("flowdc: 1552/1552 rows stored (100.0%)")
