@@ -28,7 +28,7 @@ import pyarrow.compute as pc
 from flowdc import child_process, write_process
 from flowdc.archive import ArchiveBuilder, create_archive, start_archive
 from flowdc.config import DownloadConfig, check_host_budget
-from flowdc.errors import NO_SPACE, ConfigError, DestinationError, failure_words
+from flowdc.errors import NO_SPACE, REFUSED, ConfigError, DestinationError, failure_words
 from flowdc.fetch import FetchSettings, Outcome, digest, fetch_one
 from flowdc.identity import RepeatNumbering, base_hashes
 from flowdc.images import check_sample, resize_batch, start_resize
@@ -521,6 +521,8 @@ class DownloadJob:
         """The destination lost these samples (an outage, a full disk): fetch them again later in
         this run, or, after too many tries, leave them as transient failures for the next run."""
         full = getattr(err.cause, "errno", None) in NO_SPACE
+        # A folder that refuses writes (a label's, say) refuses the retries too: left to the next run.
+        refused = getattr(err.cause, "errno", None) in REFUSED
         if full and self._full is None:
             # Every further sample would fail alike, and a retry loop only fills the ledger: stop.
             self._full = DestinationError(f"{self.dest.display} is full ({failure_words(err.cause)}); what is stored "
@@ -540,7 +542,7 @@ class DownloadJob:
                 self._final(rec)
                 continue
             tries = self._store_failures[rec.row] = self._store_failures.get(rec.row, 0) + 1
-            if tries <= MAX_STORE_TRIES and not self.scheduler.closed_for_good:
+            if tries <= MAX_STORE_TRIES and not refused and not self.scheduler.closed_for_good:
                 self.counters.retries += 1
                 self.scheduler.add_later(job_of(rec), self.cfg.retry_backoff_sec * 2 ** (tries - 1) + 1.0)
                 continue

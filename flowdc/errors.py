@@ -59,6 +59,7 @@ class InterruptedRun(FlowdcError):
 
 
 NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT})  # the destination is full: no retry of a sample helps
+REFUSED = frozenset({errno.EACCES, errno.EPERM, errno.EROFS})  # this write is refused: so would its retries be
 
 
 def failure_words(exc: BaseException) -> str:

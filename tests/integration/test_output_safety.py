@@ -31,6 +31,7 @@ from tests.integration.conftest import (
     REPO,
     download,
     latest,
+    requested_urls,
     run_flowdc,
     snapshot_tree,
     subprocess_env,
@@ -462,3 +463,29 @@ def test_read_only_output_says_so_early_and_once(tmp_path: Path, two_hosts: Fake
     finally:
         subprocess.run(["chattr", "-i", str(out)], check=True)
 
+
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("chattr") is None,
+                    reason="needs root and chattr: root ignores chmod 555, an immutable folder is the read-only case")
+def test_a_label_folder_that_refuses_writes_fails_its_rows_without_retries(tmp_path: Path,
+                                                                         two_hosts: FakeHostFarm) -> None:
+    """One class folder is immutable: its rows fail as store errors (retryable: a later run tries
+    them again) after one request each, not after five refetches with backoff; the rest are stored."""
+    urls = urls_on(two_hosts, 8, "lockedlabel")
+    manifest = write_manifest(tmp_path / "m.parquet", urls, labels=["free", "locked"] * 4)
+    out = tmp_path / "out"
+    download(write_manifest(tmp_path / "first.parquet", urls[:1], labels=["free"]), out, label="label")
+    (out / "locked").mkdir()
+    if subprocess.run(["chattr", "+i", str(out / "locked")], capture_output=True).returncode != 0:
+        pytest.skip("this file system has no immutable attribute")
+    try:
+        started = time.monotonic()
+        overview = download(manifest, out, label="label", max_retry_attempts=0)
+        elapsed = time.monotonic() - started
+    finally:
+        subprocess.run(["chattr", "-i", str(out / "locked")], check=True)
+    records = {r["url"]: r for r in latest(out)}
+    assert [records[u]["status"] for u in urls] == ["ok", "failed"] * 4
+    assert {records[u]["reason"] for u in urls[1::2]} == {"store_error:PermissionError"}
+    assert all(records[u]["retryable"] for u in urls[1::2]) and overview["totals"]["ok"] == 4
+    requested = requested_urls(two_hosts)
+    assert [requested[u] for u in urls[1::2]] == [1] * 4 and elapsed < 10, (requested, elapsed)
