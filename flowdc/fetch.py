@@ -323,12 +323,24 @@ async def _read_response(resp: aiohttp.ClientResponse, settings: FetchSettings) 
         body = b"".join(parts)
     if declared is not None and len(body) != declared and not encoded:
         return Outcome(Signal.CONN_ERROR, status, "truncated", True, content_type=ctype)
+    if status == 206 and not _whole_range(resp.headers.get("Content-Range"), len(body)):
+        # Part of a body nobody asked part of (a broken cache, say): a header check could pass it.
+        return Outcome(Signal.OBJECT_ERROR, status, "partial_content", True, content_type=ctype)
     if not body:
         return Outcome(Signal.OBJECT_ERROR, status, "empty_body", content_type=ctype)
     if (ctype or "").lower().startswith("image/") and not image_format_ok(body[:SNIFF_BYTES], ctype):
         # Served as an image but not one (an HTML error page as image/jpeg): final, a retry gets the same.
         return Outcome(Signal.OBJECT_ERROR, status, NOT_AN_IMAGE, content_type=ctype)
     return Outcome(Signal.OK, status, None, False, body=body, content_type=ctype)
+
+
+def _whole_range(content_range: str | None, size: int) -> bool:
+    """Whether a 206's Content-Range (`bytes 0-N/TOTAL`) covers the whole body of `size` bytes."""
+    unit, _, spec = (content_range or "").partition(" ")
+    span, _, total = spec.partition("/")
+    first, _, last = span.partition("-")
+    return unit.strip().lower() == "bytes" and first == "0" and last.isdigit() and total.isdigit() \
+        and int(last) + 1 == int(total) == size
 
 
 GIL_FREE_HASH_BYTES = 2048  # hashlib lets go of the GIL for one update of this many bytes or more

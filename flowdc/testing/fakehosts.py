@@ -23,6 +23,7 @@ token bucket. Faults come either at random (seeded) or scripted per URL in the q
     ?slowbody=S           headers at once, body trickles over S seconds
     ?head=405             HEAD answers 405 (GET still works)
     ?robots=VALUE         an X-Robots-Tag header with VALUE (repeat the parameter for several headers)
+    ?partial=N            a 206 with only the body's first N bytes (and a Content-Range saying so), asked or not
 
 GET with `Range: bytes=A-B` answers 206 with Content-Range; HEAD answers the Content-Length.
 
@@ -485,6 +486,8 @@ class FakeHost:
             headers["Content-Length"] = str(len(body))
             return web.Response(status=200, headers=headers)  # aiohttp sends no body on HEAD
         ranged = _parse_range(request.headers.get("Range"), len(body))
+        if "partial" in query:  # a broken cache or server: part of the body, unasked
+            ranged = (0, min(int(query["partial"]), len(body)) - 1)
         if ranged is not None:
             start, end = ranged
             headers["Content-Range"] = f"bytes {start}-{end}/{len(body)}"

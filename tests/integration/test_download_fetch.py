@@ -162,6 +162,8 @@ def test_object_outcomes(tmp_path: Path, two_hosts: FakeHostFarm, status_host: S
         f.url(1, "/o/r4.png?redirect=4&size=3000"): ("ok", None, 1),
         f.url(0, "/o/r5.png?redirect=5&size=3000"): ("failed", "too_many_redirects", 1),
         f.url(1, "/o/trunc.png?fail=truncate&size=3000"): ("failed", "truncated", 3),
+        f.url(0, "/o/part.png?partial=1000&size=3000"): ("failed", "partial_content", 3),  # a 206 unasked
+        f.url(1, "/o/whole206.png?partial=3000&size=3000"): ("ok", None, 1),  # a 206 of the whole body
         "ftp://127.0.0.2/a.png": ("failed", "unsupported_scheme:ftp", 0),
         "file:///etc/passwd": ("failed", "unsupported_scheme:file", 0),
         "javascript:alert(1)": ("failed", "unsupported_scheme:javascript", 0),
