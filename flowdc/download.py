@@ -485,7 +485,7 @@ class DownloadJob:
             self._final(rec)
             self.scheduler.done(job)
             return
-        sample = StoredSample(rec, outcome.body, extension_for(outcome.content_type, job.url), job.meta)
+        sample = StoredSample(rec, outcome.body, extension_for(outcome.content_type, job.url, outcome.body), job.meta)
         if self.resize_pool is not None:
             start_resize(sample, self.resize_pool, self.resize)
         await self.write_queue.put(sample, partial(self.scheduler.done, job))

@@ -406,7 +406,7 @@ async def download_single(
     result: dict[str, Any] = {"key": key, "url": url, "class_name": class_name, "status": outcome.status,
                               "ok": outcome.ok, "reason": outcome.reason, "ttfb": outcome.ttfb}
     if outcome.ok and outcome.body is not None:
-        ext = extension_for(outcome.content_type, url)
+        ext = extension_for(outcome.content_type, url, outcome.body)
         dest = Destination(output_folder)
         labelled = output_format == "imagefolder" and class_name is not None
         rel = sample_path(key, label_folder(class_name) if labelled else None, ext)

@@ -195,8 +195,21 @@ def test_unsafe_keys_are_refused(key: str) -> None:
         sample_path(key, "cat", ".png")
 
 
+def test_extension_from_the_bodys_format_first() -> None:
+    """A raster body's first bytes decide, whatever the server called it: a PNG served as
+    image/svg+xml or octet-stream is stored as .png, which loaders that go by extension read."""
+    png, jpeg = b"\x89PNG\r\n\x1a\n" + bytes(8), b"\xff\xd8\xff\xe0" + bytes(8)
+    assert extension_for("image/svg+xml", "http://a/x.svg", png) == ".png"
+    assert extension_for("application/octet-stream", "http://a/x", png) == ".png"
+    assert extension_for("image/png", "http://a/x.png", jpeg) == ".jpg"
+    assert extension_for(None, "http://a/x", b"RIFF\x00\x00\x00\x00WEBPVP8 ") == ".webp"
+    assert extension_for(None, "http://a/x", b"GIF89a") == ".gif"
+    assert extension_for("image/svg+xml", "http://a/x", b"<svg xmlns='...'>") == ".svg"  # not a raster
+
+
 def test_extension_from_content_type_then_url() -> None:
-    """Content-Type decides the extension; the URL suffix is the fallback; unknown is '.bin'."""
+    """Without a raster body: Content-Type decides the extension; the URL suffix is the fallback;
+    unknown is '.bin'."""
     assert extension_for("image/jpeg; charset=binary", "http://a/x") == ".jpg"
     assert extension_for("image/png", "http://a/x.jpg") == ".png"
     assert extension_for(None, "http://a/x.JPEG?q=1") == ".jpg"
