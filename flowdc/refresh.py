@@ -13,15 +13,18 @@ honours) and their identities into DEST/run-<id>/_flowdc/rows.parquet, which con
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import polars as pl
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from flowdc.consolidate import ROWS_FILE, read_index
@@ -84,7 +87,9 @@ def plan_run(manifest_url: str, output: str, work_dir: str, *, url_col: str = "u
     os.makedirs(work_dir, exist_ok=True)
     path = os.path.join(work_dir, RUN_MANIFEST) if fetch.any() else ""
     if path:
-        _write_run_manifest(manifest, fetch, rows, path)
+        # New rows are numbered after every old one, so they are the largest (flowdc.refresh._select).
+        first_new = int(rows.max()) - n_new + 1
+        _write_run_manifest(manifest, fetch, rows, first_new, path)
         table = pa.table({"row": pa.array(rows, pa.int64()), "ident": pa.array(current[fetch], pa.int64())})
         buf = io.BytesIO()
         pq.write_table(table, buf, compression="zstd")
@@ -116,11 +121,15 @@ def _select(current: np.ndarray, index: pl.DataFrame | None) -> tuple[np.ndarray
     return fetch, rows[fetch], int(new.sum()), int(retry.sum()), int(gone.sum())
 
 
-def _write_run_manifest(manifest: Manifest, fetch: np.ndarray, rows: np.ndarray, path: str) -> None:
-    """The manifest's rows to fetch, every column kept, `row` set to their dataset row numbers."""
-    writer: pq.ParquetWriter | None = None
+def _write_run_manifest(manifest: Manifest, fetch: np.ndarray, rows: np.ndarray, first_new: int, path: str) -> None:
+    """The manifest's rows to fetch, every column kept, `row` set to their dataset row numbers, in
+    increasing order (as the download requires of a `row` column). New rows are numbered from
+    `first_new` in manifest order, so they stream through a file of their own; retried rows keep
+    their old numbers, in any order, so they are held and sorted (a run retries few rows)."""
+    retried: list[pa.Table] = []
     start = taken = 0
-    tmp = f"{path}.tmp-{os.getpid()}"
+    new_part = _ParquetAppender(f"{path}.new-{os.getpid()}")
+    out = _ParquetAppender(f"{path}.tmp-{os.getpid()}")
     try:
         for batch in manifest.batches():
             mask = fetch[start:start + batch.num_rows]
@@ -129,18 +138,57 @@ def _write_run_manifest(manifest: Manifest, fetch: np.ndarray, rows: np.ndarray,
                 continue
             chosen = batch.filter(pa.array(mask))
             chosen = chosen.drop_columns([ROW_COLUMN]) if ROW_COLUMN in chosen.schema.names else chosen
-            n = chosen.num_rows
-            chosen = chosen.append_column(ROW_COLUMN, pa.array(rows[taken:taken + n], pa.int64()))
-            taken += n
-            table = pa.Table.from_batches([chosen])
-            if writer is None:
-                writer = pq.ParquetWriter(tmp, table.schema, compression="zstd")
-            elif table.schema != writer.schema:
-                table = table.cast(writer.schema)
-            writer.write_table(table)
+            numbers = rows[taken:taken + chosen.num_rows]
+            taken += chosen.num_rows
+            table = pa.Table.from_batches([chosen.append_column(ROW_COLUMN, pa.array(numbers, pa.int64()))])
+            old = pa.array(numbers < first_new)
+            retried.append(table.filter(old))
+            new_part.write(table.filter(pc.invert(old)))
         if start != fetch.size:
             raise ConfigError(f"{manifest.path} changed while it was read; run again")
+        new_part.close()
+        if retried:
+            out.write(pa.concat_tables(retried, promote_options="permissive").sort_by(ROW_COLUMN))
+        for group in new_part.read_back():
+            out.write(group)
+        out.close()
+        os.replace(out.path, path)
     finally:
-        if writer is not None:
-            writer.close()
-    os.replace(tmp, path)
+        for part in (new_part, out):
+            part.discard()
+
+
+class _ParquetAppender:
+    """A parquet file written table by table (the first non-empty one sets the schema)."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self.schema: pa.Schema | None = None  # set by the first rows written
+        self._writer: pq.ParquetWriter | None = None
+
+    def write(self, table: pa.Table) -> None:
+        if table.num_rows == 0:
+            return
+        if self._writer is None:
+            self.schema = table.schema
+            self._writer = pq.ParquetWriter(self.path, table.schema, compression="zstd")
+        elif table.schema != self.schema:
+            table = table.cast(self.schema)
+        self._writer.write_table(table)
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+    def read_back(self) -> Iterator[pa.Table]:
+        if self.schema is None:
+            return
+        part = pq.ParquetFile(self.path)
+        for i in range(part.num_row_groups):
+            yield part.read_row_group(i)
+
+    def discard(self) -> None:
+        self.close()
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(self.path)

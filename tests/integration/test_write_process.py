@@ -6,6 +6,7 @@ that was recorded."""
 from __future__ import annotations
 
 import errno
+import json
 import subprocess
 import sys
 import tarfile
@@ -125,8 +126,10 @@ def test_a_run_of_unknown_length_hands_over_mid_run_and_the_archive_goes_on_wher
     recs = latest(out)
     assert [r["status"] for r in recs] == ["ok"] * 400
     archive = _archive(out)
-    assert archive == {**{f"out/{r['path']}": (out / r["path"]).read_bytes() for r in recs},
-                       "out/overview.json": (out / "overview.json").read_bytes()}
+    packed = json.loads(archive.pop("out/overview.json"))
+    assert archive == {f"out/{r['path']}": (out / r["path"]).read_bytes() for r in recs}
+    # The overview as packed, before it could name the archive; the output's names it since.
+    assert {**packed, "archive": str(tmp_path / "out.tar")} == json.loads((out / "overview.json").read_text())
 
 
 _GIVE_UP_MID_BATCH = textwrap.dedent("""

@@ -33,7 +33,7 @@ def _expected(table: pa.Table) -> dict[str, dict]:
     for name, recs in by.items():
         ttfbs = [r["ttfb_ms"] for r in recs if r["ttfb_ms"] is not None]
         out[name] = {"rows": len(recs), "ok": sum(r["status"] == "ok" for r in recs),
-                     "bytes": sum(r["bytes"] or 0 for r in recs),
+                     "bytes": sum(r["bytes"] or 0 for r in recs if r["status"] == "ok"),  # bytes stored
                      "ttfb_median_ms": round(statistics.median(ttfbs), 2) if ttfbs else None}
     return out
 
