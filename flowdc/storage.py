@@ -19,6 +19,7 @@ import aiohttp
 import fsspec
 from fsspec.core import url_to_fs
 
+from flowdc.errors import FlowdcError
 from flowdc.localfiles import TMP_MARK, link_or_replace, temporary_name, write_local
 from flowdc.urls import redact_url
 
@@ -193,7 +194,10 @@ def is_unreachable(exc: BaseException) -> bool:
 
 def is_destination_error(exc: BaseException) -> bool:
     """Whether a storage call failed because of the destination: fsspec backends turn most errors
-    into OSError, but connection errors of botocore (s3fs) and gcsfs come through as their own."""
+    into OSError, but connection errors of botocore (s3fs) and gcsfs come through as their own.
+    A FlowdcError (a UserError is a ValueError) already says what is wrong, with its own exit code."""
+    if isinstance(exc, FlowdcError):
+        return False
     if isinstance(exc, (OSError, ValueError, aiohttp.ClientError, asyncio.TimeoutError)):
         return True
     return any(cls.__module__.split(".")[0] in ("botocore", "aiobotocore", "gcsfs") for cls in type(exc).__mro__)

@@ -37,6 +37,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from flowdc.child_process import WriteProcessDied
+from flowdc.errors import ConfigError
 from flowdc.jsonenc import encode_json
 from flowdc.ledger import Ledger, Record
 from flowdc.samplemeta import ShardStats, sample_meta
@@ -107,6 +108,8 @@ class WebDatasetWriter:
         opened = sorted(s for n in names if (s := self.names.open_number(n)) is not None)
         started = self.ledger.started_shards()
         recorded = recorded_in_shards(self.ledger, uncommitted | set(opened))
+        stored_key = self._stored_image_key(min(committed | set(recorded), default=None))
+        self._check_image_key(stored_key)  # before this run changes anything
         # A shard-named file is flowdc's to remove only if flowdc began that shard: noted in the
         # ledger first, open under our hidden name, or (outputs of older versions) recorded samples
         # name it. Anything else (a user's look-alike 000099.tar, a stray _stats.json) stays.
@@ -154,8 +157,8 @@ class WebDatasetWriter:
         # the shards stay 000000..N with no gap (a brace pattern over them finds every file).
         kept_shards = self.ledger.committed_shards() | in_flight
         self.next_shard = max(kept_shards) + 1 if kept_shards else 0
-        if self.image_key is None and kept_shards:
-            self.image_key = self._stored_image_key(min(kept_shards))
+        if self.image_key is None:
+            self.image_key = stored_key
         return {**stats, "samples_taken_back": len(taken_back), "journals_compacted": compacted,
                 "temporaries_removed": self.dest.remove_temporaries()}
 
@@ -175,9 +178,19 @@ class WebDatasetWriter:
         os.replace(self.dest.path(self.names.open(shard)), self.dest.path(self.names.name(shard, "tar")))
         self.ledger.commit_shard(shard, [])
 
-    def _stored_image_key(self, shard: int) -> str | None:
+    def _check_image_key(self, stored: str | None) -> None:
+        """An explicit --image_key must be the one the stored shards use: Hugging Face's builder
+        takes its columns from the first samples and silently drops another extension's images."""
+        if self.image_key is not None and stored is not None and stored != self.image_key:
+            raise ConfigError(f"--image_key {self.image_key}: the shards in {self.dest.display} hold their images as "
+                              f".{stored} (one image key per dataset); rerun with --image_key {stored} or auto, or "
+                              "give a new --output")
+
+    def _stored_image_key(self, shard: int | None) -> str | None:
         """The extension of the shard's first member (a ustar name: the header's first 100 bytes);
-        None when the shard is gone (shipped elsewhere) or starts with no raster image."""
+        None when there is no shard, it is gone (shipped elsewhere) or starts with no raster image."""
+        if shard is None:
+            return None
         for name in (self.names.name(shard, "tar"), self.names.open(shard)):
             try:
                 with self.dest.fs.open(self.dest.path(name), "rb") as fh:
