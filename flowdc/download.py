@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import gc
 import json
+import logging
 import multiprocessing as mp
 import os
 import random
@@ -41,6 +42,7 @@ from flowdc.ownership import OutputClaim, claim_output
 from flowdc.progress import ProgressBar, RunCounters
 from flowdc.requestloop import RequestLoop
 from flowdc.resize import ResizeSettings
+from flowdc.samplemeta import MANIFEST, kept_apart
 from flowdc.scheduler import Job
 from flowdc.seen import SeenKeys
 from flowdc.shard_process import ShardWriteLane
@@ -55,6 +57,8 @@ from flowdc.writers.imagefolder import ImageFolderWriter
 from flowdc.writers.naming import extension_for, make_key, url_key
 from flowdc.writers.shardnames import ShardNames
 from flowdc.writers.webdataset import WebDatasetWriter
+
+log = logging.getLogger(__name__)
 
 MAX_STORE_TRIES = 5
 SNAPSHOT_S = 0.5
@@ -241,6 +245,9 @@ class DownloadJob:
         self.ledger = Ledger(self.dest)
         self.uploader = uploader_for(cfg)
         self.extra_columns = [c for c in self.manifest.columns if c not in {cfg.url, cfg.label, ROW_COLUMN}]
+        if cfg.output_format == "webdataset" and (apart := kept_apart(self.extra_columns)):
+            log.warning("manifest columns named like flowdc's sample fields are kept under %r in each sample's .json "
+                        "and shard parquet: %s", MANIFEST, ", ".join(apart))
         self.rows_total = self.manifest.num_rows_hint()
         # From here on the output is this run's (mark, lock or lease, --force) until run() ends.
         self.claim = claim_output(self.dest, run_id=self.run_id, force=cfg.force, lease_ttl_s=cfg.lease_ttl_s,
