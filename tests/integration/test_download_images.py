@@ -17,7 +17,7 @@ import pytest
 
 from flowdc import __version__
 from flowdc.testing.fakehosts import FakeHostFarm
-from tests.integration.conftest import download, latest, write_manifest
+from tests.integration.conftest import StatusHost, download, latest, write_manifest
 
 FORMATS = {"jpeg": "JPEG", "png": "PNG", "webp": "WEBP", "gif": "GIF"}
 
@@ -103,6 +103,26 @@ def test_img2dataset_fields_in_json_parquet_and_stats(tmp_path: Path, two_hosts:
     assert (stats["count"], stats["successes"], stats["failed_to_download"], stats["failed_to_resize"]) == (8, 6, 1, 1)
     assert stats["status_dict"] == {"success": 6, "http_404": 1, "not_decodable": 1}
     assert stats["end_time"] >= stats["start_time"] and stats["duration"] >= 0
+
+
+def test_a_row_a_later_run_retries_is_listed_in_each_shard_it_ended_in(tmp_path: Path, two_hosts: FakeHostFarm,
+                                                                       status_host: StatusHost) -> None:
+    """Shard parquets and stats are what happened while each shard was open, and a committed shard
+    never changes: a row that failed transiently (503) in one run and is stored by the next is a
+    failed row of the first run's shard and a success of the second's. So the stats' `count`s add
+    up to more than the rows, while their `successes` add up to the samples stored (docs/outputs.md)."""
+    urls = [two_hosts.url(i, f"/later/{i}.png") for i in range(2)] + [status_host.url(503, 1, "later")]
+    manifest = _manifest(tmp_path, urls)
+    out = tmp_path / "out"
+    for _ in range(2):
+        download(manifest, out, output_format="webdataset", samples_per_shard=100, max_retry_attempts=0)
+    listed = {shard.name: {r["row"]: r["status"] for r in pq.read_table(shard).to_pylist()}
+              for shard in sorted(out.glob("*.parquet"))}
+    assert listed == {"000000.parquet": {0: "success", 1: "success", 2: "failed_to_download"},
+                      "000001.parquet": {2: "success"}}
+    stats = [json.loads(p.read_text()) for p in sorted(out.glob("*_stats.json"))]
+    assert sum(s["count"] for s in stats) == 4 and sum(s["successes"] for s in stats) == 3
+    assert sorted(r["status"] for r in latest(out)) == ["ok"] * 3
 
 
 def test_manifest_columns_named_like_our_fields_are_kept_under_manifest(tmp_path: Path, two_hosts: FakeHostFarm,
