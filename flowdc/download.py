@@ -245,9 +245,6 @@ class DownloadJob:
         self.ledger = Ledger(self.dest)
         self.uploader = uploader_for(cfg)
         self.extra_columns = [c for c in self.manifest.columns if c not in {cfg.url, cfg.label, ROW_COLUMN}]
-        if cfg.output_format == "webdataset" and (apart := kept_apart(self.extra_columns)):
-            log.warning("manifest columns named like flowdc's sample fields are kept under %r in each sample's .json "
-                        "and shard parquet: %s", MANIFEST, ", ".join(apart))
         self.rows_total = self.manifest.num_rows_hint()
         # From here on the output is this run's (mark, lock or lease, --force) until run() ends.
         self.claim = claim_output(self.dest, run_id=self.run_id, force=cfg.force, lease_ttl_s=cfg.lease_ttl_s,
@@ -319,6 +316,10 @@ class DownloadJob:
             if not is_destination_error(exc):
                 raise
             raise DestinationError(f"cannot read {self.dest.display}: {type(exc).__name__}: {exc}") from None
+        if cfg.output_format == "webdataset" and (apart := kept_apart(self.extra_columns)):
+            # Once the output is known good: a refused run says its one line and nothing else.
+            log.warning("manifest columns named like flowdc's sample fields are kept under %r in each sample's .json "
+                        "and shard parquet: %s", MANIFEST, ", ".join(apart))
         if self.shipper is not None and cfg.output_format == "webdataset":
             recovery["shards_left_to_ship"] = self.shipper.ship_leftovers(self.ledger.committed_shards())
         self.requests: RequestLoop[Outcome] = RequestLoop(cfg, cfg.concurrent_downloads, Outcome, self.host_budget)
