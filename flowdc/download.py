@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import gc
 import json
+import logging
 import multiprocessing as mp
 import os
 import random
@@ -41,6 +42,7 @@ from flowdc.ownership import OutputClaim, claim_output
 from flowdc.progress import ProgressBar, RunCounters
 from flowdc.requestloop import RequestLoop
 from flowdc.resize import ResizeSettings
+from flowdc.samplemeta import MANIFEST, kept_apart
 from flowdc.scheduler import Job
 from flowdc.seen import SeenKeys
 from flowdc.shard_process import ShardWriteLane
@@ -55,6 +57,8 @@ from flowdc.writers.imagefolder import ImageFolderWriter
 from flowdc.writers.naming import extension_for, make_key, url_key
 from flowdc.writers.shardnames import ShardNames
 from flowdc.writers.webdataset import WebDatasetWriter
+
+log = logging.getLogger(__name__)
 
 MAX_STORE_TRIES = 5
 SNAPSHOT_S = 0.5
@@ -314,6 +318,10 @@ class DownloadJob:
             if not is_destination_error(exc):
                 raise
             raise DestinationError(f"cannot read {self.dest.display}: {type(exc).__name__}: {exc}") from None
+        if cfg.output_format == "webdataset" and (apart := kept_apart(self.extra_columns)):
+            # Once the output is known good: a refused run says its one line and nothing else.
+            log.warning("manifest columns named like flowdc's sample fields are kept under %r in each sample's .json "
+                        "and shard parquet: %s", MANIFEST, ", ".join(apart))
         if self.shipper is not None and cfg.output_format == "webdataset":
             recovery["shards_left_to_ship"] = self.shipper.ship_leftovers(self.ledger.committed_shards())
         self.requests: RequestLoop[Outcome] = RequestLoop(cfg, cfg.concurrent_downloads, Outcome, self.host_budget)

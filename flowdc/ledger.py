@@ -39,6 +39,7 @@ from flowdc.jsonenc import encode_json
 from flowdc.storage import Destination
 
 LEDGER_DIR = "_flowdc/ledger"
+STARTED = ".started"  # a shard begun and not yet committed: Ledger.start_shard
 JOURNAL_EXT = ".journal"
 JOURNAL_SECONDS = 0.5  # how often pending records reach the journal: the bound on what a kill -9 loses
 JOURNAL_BUFFER_BYTES = 1 << 20  # a sync's records, written out at once
@@ -320,12 +321,24 @@ class Ledger:
             done += 1
         return done
 
+    def start_shard(self, shard: int) -> None:
+        """Note a shard before its first file exists: until its commit, this note is how a rerun
+        (and --force) tells a shard flowdc began from a file that only looks like one."""
+        self.dest.write_bytes(f"{LEDGER_DIR}/{_started(shard)}", b"")
+
     def commit_shard(self, shard: int, records: list[Record]) -> None:
         self._write_table(_shard_part(shard), records_table(records))
+        self.forget_shard(shard)  # the commit part names it from now on
 
     def uncommit_shard(self, shard: int) -> None:
-        """Remove a shard's commit (its ledger part), if it was written."""
+        """Remove a shard's commit (its ledger part), if it was written; the shard stays noted as
+        begun, so its files stay flowdc's to remove until forget_shard()."""
+        self.start_shard(shard)
         self.dest.remove(f"{LEDGER_DIR}/{_shard_part(shard)}")
+
+    def forget_shard(self, shard: int) -> None:
+        """Drop a shard's note once it is committed or every file of it is gone."""
+        self.dest.remove(f"{LEDGER_DIR}/{_started(shard)}")
 
     def _write_table(self, name: str, table: pa.Table) -> None:
         with self.dest.open_atomic(f"{LEDGER_DIR}/{name}") as fh:
@@ -364,6 +377,10 @@ class Ledger:
 
     def committed_shards(self) -> set[int]:
         return {int(n[6:12]) for n in self.part_names() if n.startswith("shard-")}
+
+    def started_shards(self) -> set[int]:
+        """Shards begun and not (or not yet known to be) committed: see start_shard()."""
+        return {int(n[6:12]) for n in self.dest.list(LEDGER_DIR) if n.startswith("shard-") and n.endswith(STARTED)}
 
     def read(self, columns: list[str] | None = None) -> pa.Table:
         """Every record ever written (all runs), as one table."""
@@ -447,6 +464,10 @@ class Ledger:
 
 def _shard_part(shard: int) -> str:
     return f"shard-{shard:06d}.parquet"  # committed_shards() reads the number back from [6:12]
+
+
+def _started(shard: int) -> str:
+    return f"shard-{shard:06d}{STARTED}"  # not .parquet: never read as records
 
 
 def latest_positions(table: pa.Table) -> np.ndarray:

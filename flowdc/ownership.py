@@ -198,7 +198,8 @@ def recorded_outputs(ledger: Ledger) -> tuple[set[str], set[int], set[str]]:
     """Sample files (imagefolder), shard numbers and shard name prefixes (webdataset) the ledger
     says flowdc wrote (a prefix is read back from the shards its samples name)."""
     table = ledger.read(["path", "shard"])
-    shards = {int(s) for s in table["shard"].drop_null().to_pylist()} | ledger.committed_shards()
+    shards = {int(s) for s in table["shard"].drop_null().to_pylist()} | ledger.committed_shards() \
+        | ledger.started_shards()  # begun, never committed: a killed run's staged shard
     paths = table["path"].drop_null().unique().to_pylist()
     files = {p for p in paths if ":" not in p and _inside(p)}
     prefixes = {""} | {prefix_of_tar(p.split(":", 1)[0]) for p in paths if ":" in p}

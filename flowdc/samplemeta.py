@@ -3,8 +3,9 @@
 Tools written for img2dataset read `status == "success"`, `error_message`, `width`, `height`,
 `original_width`, `original_height`, `caption` and `sha256` from each sample's .json and each
 shard's parquet; flowdc writes those names with the same meanings and keeps its own beside them
-(`http_status`, `label`, `size`, `row`, `image_format`, the manifest's other columns). The
-mapping is written down in docs/outputs.md.
+(`http_status`, `label`, `size`, `row`, `image_format`, the manifest's other columns). A manifest
+column with one of these names is not overwritten: it is kept under `manifest`. The mapping is
+written down in docs/outputs.md.
 """
 
 from __future__ import annotations
@@ -31,8 +32,9 @@ def img2dataset_status(rec: Record) -> str:
 
 
 def sample_meta(rec: Record, extra: dict[str, Any]) -> dict[str, Any]:
-    """The .json of a sample (and its row in the shard parquet); `extra`: the manifest's other columns."""
-    return {
+    """The .json of a sample (and its row in the shard parquet); `extra`: the manifest's other columns.
+    A manifest column named like one of our fields keeps its value under MANIFEST (kept_apart())."""
+    doc = {
         **extra,
         "key": rec.key, "url": rec.url, "caption": rec.label, "label": rec.label,
         "status": img2dataset_status(rec), "error_message": rec.reason,
@@ -43,6 +45,22 @@ def sample_meta(rec: Record, extra: dict[str, Any]) -> dict[str, Any]:
         "http_status": rec.http_status, "size": rec.bytes, "row": rec.row, "image_format": rec.image_format,
         "duplicate_of": rec.duplicate_of,
     }  # fmt: skip
+    # Sizes tell whether a name was shared, without a look-up per column: this runs for every sample.
+    if len(doc) < len(extra) + len(FIELDS):
+        doc[MANIFEST] = {name: value for name, value in extra.items() if name in FIELDS or name == MANIFEST}
+    return doc
+
+
+MANIFEST = "manifest"  # where manifest columns named like our fields are kept, so no value is lost
+FIELDS: frozenset[str] = frozenset()  # our field names, read from sample_meta itself (empty, it nests nothing)
+FIELDS = frozenset(sample_meta(Record(0, "", "", "ok"), {}))
+
+
+def kept_apart(columns: list[str]) -> list[str]:
+    """The manifest columns a sample's .json keeps under MANIFEST instead of at the top level (a
+    column named MANIFEST goes with them only when another one does)."""
+    shared = [c for c in columns if c in FIELDS]
+    return [*shared, *(c for c in columns if c == MANIFEST)] if shared else []
 
 
 class ShardStats:

@@ -256,7 +256,7 @@ def is_unreachable(exc: BaseException) -> bool:
 def is_destination_error(exc: BaseException) -> bool:
     """Whether a storage call failed because of the destination: fsspec backends turn most errors
     into OSError, but connection errors of botocore (s3fs) and gcsfs come through as their own.
-    A FlowdcError (a ValueError at times) is already worded for the user: not the store's."""
+    A FlowdcError (a UserError is a ValueError) already says what is wrong, with its own exit code."""
     if isinstance(exc, FlowdcError):
         return False
     if isinstance(exc, (OSError, ValueError, aiohttp.ClientError, asyncio.TimeoutError)):

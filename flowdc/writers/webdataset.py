@@ -2,9 +2,12 @@
 (each name after an optional shard_prefix, unique across a distributed dataset: shardnames.py).
 
 A shard becomes part of the dataset in three steps: its tar is completed under its final name,
-its metadata parquet is written, and then its ledger part is committed. On restart, a tar or
-parquet without a ledger part is an orphan of a killed run and is removed; its samples were never
-recorded as ok, so they are fetched again: nothing is lost and nothing is stored twice.
+its metadata parquet is written, and then its ledger part is committed. The ledger notes the
+shard before its first file (Ledger.start_shard). On restart, a tar or parquet of a noted shard
+without a ledger part is an orphan of a killed run and is removed; its samples were never
+recorded as ok, so they are fetched again: nothing is lost and nothing is stored twice. A file
+that only looks like a shard is never removed nor written over; new shards take the numbers after
+the last one left, so the shards stay 000000..N without a gap.
 When a commit fails, any of the three may still have reached the store (a connection can break
 after the store took a write), so the shard is removed again before any later shard commits.
 Where shards are staged whole (object stores, cloud_tool), a shard is also committed once it has
@@ -22,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import logging
 import os
 import threading
 import time
@@ -33,6 +37,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from flowdc.child_process import WriteProcessDied
+from flowdc.errors import ConfigError
 from flowdc.jsonenc import encode_json
 from flowdc.ledger import Ledger, Record
 from flowdc.samplemeta import ShardStats, sample_meta
@@ -45,6 +50,7 @@ from flowdc.writers.tarstream import TarStream
 if TYPE_CHECKING:
     from flowdc.shard_process import RemoteTar, ShardProcess
 
+log = logging.getLogger(__name__)
 SYNC_SECONDS = 0.5  # an appended shard's new samples reach the file and the ledger this often (as the journal)
 
 
@@ -80,6 +86,7 @@ class WebDatasetWriter:
         self.ledger = ledger
         self.samples_per_shard = samples_per_shard
         self.next_shard = 0
+        self._foreign: set[int] = set()  # numbers of shard-named files flowdc did not write: never reused
         self._shard: int | None = None
         self._stack: ExitStack | None = None  # holds the open shard file until commit or abort
         self._tar: TarStream | RemoteTar | None = None  # the open shard's archive
@@ -99,20 +106,33 @@ class WebDatasetWriter:
         names = set(self.dest.list())
         uncommitted = {s for n in names if (s := self.names.number(n)) is not None} - committed
         opened = sorted(s for n in names if (s := self.names.open_number(n)) is not None)
+        started = self.ledger.started_shards()
         recorded = recorded_in_shards(self.ledger, uncommitted | set(opened))
+        stored_key = self._stored_image_key(min(committed | set(recorded), default=None))
+        self._check_image_key(stored_key)  # before this run changes anything
+        # A shard-named file is flowdc's to remove only if flowdc began that shard: noted in the
+        # ledger first, open under our hidden name, or (outputs of older versions) recorded samples
+        # name it. Anything else (a user's look-alike 000099.tar, a stray _stats.json) stays.
+        ours = uncommitted & (started | set(opened) | set(recorded))
+        self._foreign = uncommitted - ours
+        if self._foreign:
+            log.warning("%s: %s look like shards but flowdc never began them; they stay, and their numbers are "
+                        "skipped", self.dest.display, ", ".join(sorted(n for n in names if self.names.number(n)
+                                                                      in self._foreign)))
         stats = {"orphan_shard_files_removed": 0, "shards_completed": 0}
         taken_back: list[Record] = []  # ok records whose sample is not in the output after all
-        for shard in sorted(uncommitted):
-            if shard in recorded and self.names.name(shard, "tar") in names:
+        for shard in sorted(ours):
+            if shard not in opened and shard in recorded and self.names.name(shard, "tar") in names:
                 # Killed between an appended shard's rename and its commit part: the shard is whole.
                 self._complete_renamed(shard)
                 stats["shards_completed"] += 1
                 continue
-            for name in self.names.files(shard):
+            for name in self.names.files(shard):  # an open shard's: metadata written just before its rename
                 if name in names:
                     self.dest.remove(name)
                     stats["orphan_shard_files_removed"] += 1
-            taken_back += recorded.get(shard, [])
+            if shard not in opened:  # an open shard's records are weighed against its file below
+                taken_back += recorded.get(shard, [])
         for shard in opened:
             recs = recorded.get(shard, [])
             prefix = recorded_prefix(self.dest.path(self.names.open(shard)), {_member(r) for r in recs})
@@ -130,10 +150,15 @@ class WebDatasetWriter:
             # Before done_index() reads the ledger, so these rows are fetched again.
             self.ledger.supersede([retraction(r, "store_lost") for r in taken_back])
             self.ledger.flush()
-        seen = committed | uncommitted | set(opened)
-        self.next_shard = max(seen) + 1 if seen else 0
-        if self.image_key is None and (committed or opened):
-            self.image_key = self._stored_image_key(min(committed | set(opened)))
+        in_flight = {self._resume[0]} if self._resume is not None else set()
+        for shard in started - in_flight:  # committed, or nothing of it is left
+            self.ledger.forget_shard(shard)
+        # Numbers follow the shards that are left, so a removed orphan's number is used again and
+        # the shards stay 000000..N with no gap (a brace pattern over them finds every file).
+        kept_shards = self.ledger.committed_shards() | in_flight
+        self.next_shard = max(kept_shards) + 1 if kept_shards else 0
+        if self.image_key is None:
+            self.image_key = stored_key
         return {**stats, "samples_taken_back": len(taken_back), "journals_compacted": compacted,
                 "temporaries_removed": self.dest.remove_temporaries()}
 
@@ -153,9 +178,19 @@ class WebDatasetWriter:
         os.replace(self.dest.path(self.names.open(shard)), self.dest.path(self.names.name(shard, "tar")))
         self.ledger.commit_shard(shard, [])
 
-    def _stored_image_key(self, shard: int) -> str | None:
+    def _check_image_key(self, stored: str | None) -> None:
+        """An explicit --image_key must be the one the stored shards use: Hugging Face's builder
+        takes its columns from the first samples and silently drops another extension's images."""
+        if self.image_key is not None and stored is not None and stored != self.image_key:
+            raise ConfigError(f"--image_key {self.image_key}: the shards in {self.dest.display} hold their images as "
+                              f".{stored} (one image key per dataset); rerun with --image_key {stored} or auto, or "
+                              "give a new --output")
+
+    def _stored_image_key(self, shard: int | None) -> str | None:
         """The extension of the shard's first member (a ustar name: the header's first 100 bytes);
-        None when the shard is gone (shipped elsewhere) or starts with no raster image."""
+        None when there is no shard, it is gone (shipped elsewhere) or starts with no raster image."""
+        if shard is None:
+            return None
         for name in (self.names.name(shard, "tar"), self.names.open(shard)):
             try:
                 with self.dest.open_read(name) as fh:
@@ -310,8 +345,11 @@ class WebDatasetWriter:
             self._metas = list(prefix.metas)
             self._tar = self._shard_stream(prefix.end)
             return
+        while self.next_shard in self._foreign:  # a look-alike holds it: never overwritten
+            self.next_shard += 1
         self._shard = self.next_shard
         self.next_shard += 1
+        self.ledger.start_shard(self._shard)  # before its first file: a rerun knows the shard is ours
         if self.append:
             self.dest.makedirs()
             self._file = self._stack.enter_context(open(self.dest.path(self.names.open(self._shard)), "wb"))  # noqa: SIM115
@@ -390,6 +428,7 @@ class WebDatasetWriter:
                 self.dest.remove(name)
             if self.append:
                 self.dest.remove(self.names.open(shard))
+            self.ledger.forget_shard(shard)
             self._doubtful.discard(shard)
 
     def _reset(self) -> None:

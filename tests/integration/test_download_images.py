@@ -9,6 +9,7 @@ import io
 import json
 import tarfile
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -16,7 +17,7 @@ import pytest
 
 from flowdc import __version__
 from flowdc.testing.fakehosts import FakeHostFarm
-from tests.integration.conftest import download, latest
+from tests.integration.conftest import StatusHost, download, latest, write_manifest
 
 FORMATS = {"jpeg": "JPEG", "png": "PNG", "webp": "WEBP", "gif": "GIF"}
 
@@ -106,6 +107,61 @@ def test_img2dataset_fields_in_json_parquet_and_stats(tmp_path: Path, two_hosts:
     assert (stats["count"], stats["successes"], stats["failed_to_download"], stats["failed_to_resize"]) == (8, 6, 1, 1)
     assert stats["status_dict"] == {"success": 6, "http_404": 1, "not_decodable": 1}
     assert stats["end_time"] >= stats["start_time"] and stats["duration"] >= 0
+
+
+def test_a_row_a_later_run_retries_is_listed_in_each_shard_it_ended_in(tmp_path: Path, two_hosts: FakeHostFarm,
+                                                                       status_host: StatusHost) -> None:
+    """Shard parquets and stats are what happened while each shard was open, and a committed shard
+    never changes: a row that failed transiently (503) in one run and is stored by the next is a
+    failed row of the first run's shard and a success of the second's. So the stats' `count`s add
+    up to more than the rows, while their `successes` add up to the samples stored (docs/outputs.md)."""
+    urls = [two_hosts.url(i, f"/later/{i}.png") for i in range(2)] + [status_host.url(503, 1, "later")]
+    manifest = _manifest(tmp_path, urls)
+    out = tmp_path / "out"
+    for _ in range(2):
+        download(manifest, out, output_format="webdataset", samples_per_shard=100, max_retry_attempts=0)
+    listed = {shard.name: {r["row"]: r["status"] for r in pq.read_table(shard).to_pylist()}
+              for shard in sorted(out.glob("*.parquet"))}
+    assert listed == {"000000.parquet": {0: "success", 1: "success", 2: "failed_to_download"},
+                      "000001.parquet": {2: "success"}}
+    stats = [json.loads(p.read_text()) for p in sorted(out.glob("*_stats.json"))]
+    assert sum(s["count"] for s in stats) == 4 and sum(s["successes"] for s in stats) == 3
+    assert sorted(r["status"] for r in latest(out)) == ["ok"] * 3
+
+
+def test_manifest_columns_named_like_our_fields_are_kept_under_manifest(tmp_path: Path, two_hosts: FakeHostFarm,
+                                                                         caplog: pytest.LogCaptureFixture) -> None:
+    """A manifest's own `key`, `status`, `width`, `size`, `caption` (and, with them, its `manifest`)
+    keep their values under `manifest` in each sample's .json and the shard parquet, failed rows
+    too; flowdc's fields keep their names and meanings; other columns stay at the top; one warning
+    names the columns at the start; the ledger's meta keeps every column under its own name."""
+    urls = [two_hosts.url(i % 2, f"/clash/{i}.png?fmt=png&w={30 + i}&h=20") for i in range(3)]
+    urls.append(two_hosts.url(0, "/clash/gone.png?fail=404"))
+    theirs: dict[str, list[Any]] = {
+        "key": ["K0", "K1", "K2", "K3"], "status": ["research", "casual", "x", "y"], "width": [1000, 2000, 3000, 4000],
+        "size": ["big", "small", "mid", "tiny"], "caption": ["c0", "c1", "c2", "c3"],
+        "manifest": ["m0", "m1", "m2", "m3"], "note": ["n0", "n1", "n2", "n3"]}
+    manifest = write_manifest(tmp_path / "m.parquet", urls, labels=["a", "b", "c", "d"], extra_columns=theirs)
+    out = tmp_path / "out"
+    with caplog.at_level("WARNING"):
+        download(manifest, out, label="label", output_format="webdataset", samples_per_shard=100)
+    assert [r.getMessage() for r in caplog.records if "kept under" in r.getMessage()] == [
+        "manifest columns named like flowdc's sample fields are kept under 'manifest' in each sample's .json and "
+        "shard parquet: key, status, width, size, caption, manifest"]
+    with tarfile.open(out / "000000.tar") as tar:
+        metas = [json.load(tar.extractfile(m)) for m in tar.getmembers() if m.name.endswith(".json")]
+    rows = {r["row"]: r for r in [*metas, *pq.read_table(out / "000000.parquet").to_pylist()]}
+    assert sorted(rows) == [0, 1, 2, 3] and len(metas) == 3
+    for row, meta in rows.items():
+        assert meta["manifest"] == {name: theirs[name][row] for name in ("key", "status", "width", "size", "caption",
+                                                                          "manifest")}
+        assert (meta["key"], meta["caption"], meta["note"]) == (f"{row + 1:08d}", "abcd"[row], f"n{row}")
+        assert meta["status"] == ("success" if row < 3 else "failed_to_download")
+        assert meta["width"] == (30 + row if row < 3 else None)
+    for meta in metas:
+        assert rows[meta["row"]] == meta  # the parquet row is the sample's .json
+    assert {r["row"]: json.loads(r["meta"]) for r in latest(out)} == {
+        row: {name: values[row] for name, values in theirs.items()} for row in range(4)}
 
 
 def test_x_robots_tag_opt_outs_are_skipped_and_the_user_agent_names_us(tmp_path: Path,

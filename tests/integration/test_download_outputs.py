@@ -31,6 +31,7 @@ from tests.integration.conftest import (
     download,
     expected_png,
     latest,
+    run_flowdc,
     sha256,
     tar_samples,
     visible_files,
@@ -134,6 +135,28 @@ def test_webdataset_shards_and_metadata(tmp_path: Path, two_hosts: FakeHostFarm)
         listed_failures += table.filter(pc.not_equal(table["status"], "success")).column("key").to_pylist()
         assert {"license", "photo_id", "score", "url", "sha256", "label"} <= set(table.column_names)
     assert listed_failures == [r["key"] for r in latest(out) if r["status"] == "failed"]  # in one shard's parquet
+
+
+def test_a_resume_with_another_image_key_is_refused(tmp_path: Path, two_hosts: FakeHostFarm) -> None:
+    """One image key per dataset: a rerun whose --image_key is not the one the stored shards use
+    would mix extensions (HF's builder drops the other one's images), so it is refused with one
+    line and exit 2, before anything changes; the same key, or auto, goes on."""
+    urls = [two_hosts.url(i % 2, f"/key/{i}.png?size={600 + i}") for i in range(8)]
+    out = tmp_path / "out"
+    download(write_manifest(tmp_path / "first.parquet", urls[:4]), out, output_format="webdataset",
+             samples_per_shard=3)
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    manifest = write_manifest(tmp_path / "all.parquet", urls)
+    args = ["download", "--input", str(manifest), "--output", str(out), "--output_format", "webdataset",
+            "--samples_per_shard", "3", "--quiet", "--no_create_tar"]
+    refused = run_flowdc(*args, "--image_key", "jpg")
+    lines = refused.stderr.strip().splitlines()
+    assert refused.returncode == 2 and len(lines) == 1 and "Traceback" not in refused.stderr, refused.stderr
+    assert "--image_key jpg" in lines[0] and "png" in lines[0]
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
+    assert run_flowdc(*args, "--image_key", "png").returncode == 0
+    extensions = {name.rsplit(".", 1)[1] for shard in out.glob("*.tar") for name in tar_names(shard)}
+    assert extensions == {"png", "json"} and len(tar_samples(out)) == 8
 
 
 def test_sequential_keys_are_row_numbers_stable_across_runs_and_retries(tmp_path: Path,

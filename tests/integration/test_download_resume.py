@@ -119,6 +119,8 @@ def check_final_output(out: Path, fmt: str, urls: list[str]) -> None:
     for key, parts in samples.items():
         assert hashlib.sha256(parts["png"]).hexdigest() == ok[key]["sha256"]
         assert json.loads(parts["json"])["url"] == ok[key]["url"]
+    shards = sorted(p.name for p in out.glob("*.tar"))
+    assert shards == [f"{n:06d}.tar" for n in range(len(shards))], shards  # no gap: a brace pattern finds all
     for shard in out.glob("*.tar"):
         assert shard.with_suffix(".parquet").is_file()
         assert (out / LEDGER_DIR / f"shard-{shard.stem}.parquet").is_file()

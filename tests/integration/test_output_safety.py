@@ -145,6 +145,23 @@ def test_force_removes_only_what_flowdc_wrote(tmp_path: Path, two_hosts: FakeHos
     assert (out / "cats" / "my_own_cat.jpg").read_text() == "mine" and (out / "README.txt").is_file()
 
 
+def test_webdataset_look_alikes_survive_a_rerun_and_force(tmp_path: Path, two_hosts: FakeHostFarm) -> None:
+    """A `000099.tar` and a `000042_stats.json` that flowdc never wrote stay through a plain rerun
+    and through --force, and flowdc's own shards are still numbered from 000000 without a gap."""
+    manifest = write_manifest(tmp_path / "m.parquet", urls_on(two_hosts, 8, "look"))
+    out = tmp_path / "out"
+    wds = {"output_format": "webdataset", "samples_per_shard": 4}
+    download(manifest, out, **wds)
+    mine = {"000099.tar": "a user's tar named like a shard", "000042_stats.json": "my notes"}
+    for name, text in mine.items():
+        (out / name).write_text(text)
+    for extra in ({}, {"force": True}):
+        download(manifest, out, **wds, **extra)
+        assert {name: (out / name).read_text() for name in mine} == mine, extra
+        assert sorted(p.name for p in out.glob("*.tar")) == ["000000.tar", "000001.tar", "000099.tar"], extra
+    assert sorted(r["shard"] for r in latest(out)) == [0] * 4 + [1] * 4
+
+
 def test_an_older_flowdc_output_and_a_run_killed_before_its_first_flush_resume(tmp_path: Path,
                                                                               slow_host: FakeHostFarm) -> None:
     """An output with a ledger but no owner.json (written by an older flowdc) is ours; a run
