@@ -192,7 +192,7 @@ def _partition_table(dest: Destination, parts: list[PartOutput], records: pl.Dat
     for part in parts:
         mine = records.filter(pl.col("run_id").eq_missing(part.run_id) & pl.col("partition").eq_missing(part.partition))
         figures = _counts(mine)
-        ov = _read_json(dest, f"{part.rel}/{OVERVIEW_FILE}" if part.rel else OVERVIEW_FILE)
+        ov = dest.read_json(f"{part.rel}/{OVERVIEW_FILE}" if part.rel else OVERVIEW_FILE)
         rows.append({
             "run_id": part.run_id, "partition": part.partition, "folder": part.rel or ".",
             **figures, "bytes": int(mine["bytes"].sum() or 0),
@@ -212,7 +212,7 @@ def _host_tables(dest: Destination, parts: list[PartOutput], index: pl.DataFrame
             .sort(["ttfb_median_ms", "host"], descending=[True, False]).head(HOSTS_LISTED))
     refused: dict[str, dict[str, int]] = {}
     for part in parts:
-        ov = _read_json(dest, f"{part.rel}/{OVERVIEW_FILE}" if part.rel else OVERVIEW_FILE)
+        ov = dest.read_json(f"{part.rel}/{OVERVIEW_FILE}" if part.rel else OVERVIEW_FILE)
         for host, figures in (ov.get("hosts") or {}).items():
             ctl = figures.get("controller") or {}
             entry = refused.setdefault(host, {"refusals": 0, "requests": 0})
@@ -231,14 +231,6 @@ def _host_tables(dest: Destination, parts: list[PartOutput], index: pl.DataFrame
 
 def _clean(row: dict[str, Any]) -> dict[str, Any]:
     return {k: round(v, 2) if isinstance(v, float) else v for k, v in row.items()}
-
-
-def _read_json(dest: Destination, rel: str) -> dict[str, Any]:
-    try:
-        data = json.loads(dest.read_bytes(rel))
-    except (FileNotFoundError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
 
 
 def dataset_overview(dest: Destination, parts: list[PartOutput], index: pl.DataFrame,

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import posixpath
@@ -152,6 +153,14 @@ class Destination:
             with open(self.path(rel), "rb") as fh:
                 return fh.read()
         return bytes(self.fs.cat_file(self.path(rel)))
+
+    def read_json(self, rel: str) -> dict[str, Any]:
+        """A JSON object flowdc wrote here; {} when it is missing, unreadable or not an object."""
+        try:
+            doc = json.loads(self.read_bytes(rel))
+        except (FileNotFoundError, ValueError):
+            return {}
+        return doc if isinstance(doc, dict) else {}
 
     def list(self, rel: str = "") -> list[str]:
         """Names (not paths) directly under `rel`; empty when it does not exist (a file: its own name)."""

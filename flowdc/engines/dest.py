@@ -46,7 +46,7 @@ def _digest(path: str) -> str | None:
 def claim_plan(dest: Destination, parts: list[Partition]) -> None:
     """Refuse a DEST that holds another plan's partitions (UserError); record this plan where none is."""
     mine = plan_record(parts)
-    recorded = _read_json(dest, PLAN_RECORD)
+    recorded = dest.read_json(PLAN_RECORD)
     problem = _difference(recorded.get("partitions", {}), mine) if recorded else _unrecorded_difference(dest, mine)
     if problem:
         raise UserError(f"--output {dest.display} holds the partitions of another plan ({problem}); give another "
@@ -72,7 +72,7 @@ def _unrecorded_difference(dest: Destination, mine: dict[str, dict[str, Any]]) -
              and dest.list(f"{name}/{LEDGER_DIR}")]
     if stray:
         return f"{_names(stray)} not in this plan"
-    summary = _read_json(dest, SUMMARY_FILE)
+    summary = dest.read_json(SUMMARY_FILE)
     rows = {p.get("name"): p.get("rows") for p in summary.get("partitions", []) if isinstance(p, dict)}
     changed = sorted(name for name, entry in mine.items() if isinstance(rows.get(name), int)
                      and entry["rows"] is not None and rows[name] != entry["rows"])
@@ -82,14 +82,6 @@ def _unrecorded_difference(dest: Destination, mine: dict[str, dict[str, Any]]) -
 def _names(names: list[str]) -> str:
     more = f" and {len(names) - SHOWN} more" if len(names) > SHOWN else ""
     return ", ".join(names[:SHOWN]) + more + (" is" if len(names) == 1 else " are")
-
-
-def _read_json(dest: Destination, rel: str) -> dict[str, Any]:
-    try:
-        doc = json.loads(dest.read_bytes(rel))
-    except (FileNotFoundError, ValueError):
-        return {}
-    return doc if isinstance(doc, dict) else {}
 
 
 def clear_dest(dest: Destination, storage_options: dict[str, Any], lease_ttl_s: float) -> None:

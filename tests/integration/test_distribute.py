@@ -334,12 +334,19 @@ def test_local_engine_survives_a_killed_task_process(tmp_path: Path, farm: FakeH
     assert bar and bar[-1] == (str(GROUPS), str(summary["totals"]["ok"])), bar[-3:]
 
 
+def one_slow_partition(tmp_path: Path, farm_factory: Callable[[list[HostSpec]], FakeHostFarm], latency_s: float,
+                       rows: int) -> tuple[FakeHostFarm, Path]:
+    """tmp_path/parts/part-00000.parquet: `rows` URLs on one host that answers after `latency_s`;
+    returns the host and the output folder to distribute into."""
+    slow = farm_factory([HostSpec("127.0.0.5", latency_s=latency_s)])
+    write_manifest(tmp_path / "parts" / "part-00000.parquet", [slow.url(0, f"/img/{i:05d}.png") for i in range(rows)])
+    return slow, tmp_path / "out"
+
+
 def test_a_killed_local_manager_leaves_no_task_running_and_its_rerun_resumes(
         tmp_path: Path, farm_factory: Callable[[list[HostSpec]], FakeHostFarm]) -> None:
-    slow = farm_factory([HostSpec("127.0.0.5", latency_s=0.2)])
     rows = 100
-    write_manifest(tmp_path / "parts" / "part-00000.parquet", [slow.url(0, f"/img/{i:05d}.png") for i in range(rows)])
-    out = tmp_path / "out"
+    slow, out = one_slow_partition(tmp_path, farm_factory, 0.2, rows)
     args = ["--input", str(tmp_path / "parts"), "--output", str(out), "--workers", "1", "--disable_paarc",
             "--quiet", "--task_retries", "0"]
     # 2 in flight at 0.2 s: 10 s of fetching, and the kill lands about a second in.
@@ -375,10 +382,8 @@ def test_a_killed_local_manager_leaves_no_task_running_and_its_rerun_resumes(
 
 def test_a_task_over_its_wall_time_stops_cleanly_and_its_rerun_resumes(
         tmp_path: Path, farm_factory: Callable[[list[HostSpec]], FakeHostFarm]) -> None:
-    slow = farm_factory([HostSpec("127.0.0.5", latency_s=0.3)])
     rows = 60
-    write_manifest(tmp_path / "parts" / "part-00000.parquet", [slow.url(0, f"/img/{i:05d}.png") for i in range(rows)])
-    out = tmp_path / "out"
+    slow, out = one_slow_partition(tmp_path, farm_factory, 0.3, rows)
     # 2 in flight at 0.3 s: 9 s of fetching against a 6 s limit per run.
     manager = Manager(["--input", str(tmp_path / "parts"), "--output", str(out), "--workers", "1",
                        "--timeout_minutes", "0.1", "--task_retries", "10", "--disable_paarc", "--C_init", "2",
