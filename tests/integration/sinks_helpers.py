@@ -232,7 +232,7 @@ def samples_in_shards(dest: Destination) -> Counter[str]:
 
 def committed_shard_files(dest: Destination) -> list[str]:
     """The shard files (tar, parquet and stats) whose ledger part exists."""
-    parts = [n for n in dest.list(LEDGER_DIR) if n.startswith("shard-")]
+    parts = [n for n in dest.list(LEDGER_DIR) if n.startswith("shard-") and n.endswith(".parquet")]  # not .started
     return sorted(name for p in parts for name in ShardNames().files(int(p[6:12])))
 
 
