@@ -70,19 +70,21 @@ class Manifest:
             raise ConfigError(
                 f"URL column {url_column!r} not in {path}; columns are: {', '.join(self.columns) or '(none)'}"
             )
+        self._require_text_urls()
 
     def require_column(self, name: str, what: str) -> None:
         if name not in self.columns:
             raise ConfigError(f"{what} column {name!r} not in {self.path}; columns are: {', '.join(self.columns)}")
 
-    def require_text_urls(self) -> None:
-        """A URL column of numbers (or anything but text) is the wrong column: refused as a whole."""
+    def _require_text_urls(self) -> None:
+        """A URL column of numbers, dates or booleans is the wrong column: refused as a whole, not
+        row by row (every row would fail as unsupported_scheme:none; partition would put every row
+        on host ""). Text and bytes (URLs as UTF-8) pass."""
         kind = self.url_type
-        if kind is None or pa.types.is_null(kind):
-            return
-        if pa.types.is_dictionary(kind):
+        if kind is not None and pa.types.is_dictionary(kind):
             kind = kind.value_type
-        if not (pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_string_view(kind)):
+        if kind is not None and (pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_boolean(kind)
+                                 or pa.types.is_decimal(kind) or pa.types.is_temporal(kind)):
             raise ConfigError(f"URL column {self.url_column!r} holds {kind}, not text (URLs): is it the right "
                               "column?")
 

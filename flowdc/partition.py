@@ -189,7 +189,6 @@ class Source:
         self.fmt = self.manifest.format
         self.columns = list(self.manifest.columns)  # as in the file, before a `row` column is added
         self.num_rows = self.manifest.num_rows_hint()
-        self.manifest.require_text_urls()  # else every host is "" and the partitions mean nothing
         if cfg.method == "greedy" and cfg.group_col:
             self.manifest.require_column(cfg.group_col, "group")
 

@@ -137,6 +137,11 @@ def _case_ragged_csv(tmp: Path) -> list[str]:
     return ["--input", str(tmp / "m.csv")]
 
 
+def _numbers_as_urls(tmp: Path) -> Path:
+    pq.write_table(pa.table({"url": [1, 2, 3], "link": [f"{DEAD}/{i}.png" for i in range(3)]}), tmp / "n.parquet")
+    return tmp / "n.parquet"
+
+
 def _row_column_case(*rows: str, batch_rows: int = 1000) -> Callable[[Path], list[str]]:
     """A manifest of its own with a `row` column: taken for flowdc's row numbers, so checked."""
     def build(tmp: Path) -> list[str]:
@@ -193,6 +198,7 @@ BAD_INPUTS: list[tuple[str, Callable[[Path], list[str]], str]] = [
     ("output_name_too_long", _cli_case("--output", "/tmp/" + "x" * 300), "cannot be made (File name too long)"),
     ("output_under_proc", _cli_case("--output", "/proc/flowdc-out"), "cannot be made (No such file or directory)"),
     ("input_is_a_folder", lambda tmp: ["--input", str(tmp)], "is a folder: give the manifest file"),
+    ("url_column_of_numbers", lambda tmp: ["--input", str(_numbers_as_urls(tmp))], "holds int64, not text"),
     ("row_column_repeated", _row_column_case("1", "1", "2", "2"), "near row 0 they repeat"),
     ("row_column_repeated_across_batches", _row_column_case("0", "1", "1", "2", batch_rows=2),
      "near row 2 they repeat"),
