@@ -53,13 +53,10 @@ def archive_names(dest: Destination, fmt: str = "tar") -> Iterator[str]:
 
 def our_archive(dest: Destination) -> str | None:
     """The name of the archive flowdc last wrote for this output, if it is still as written."""
-    try:
-        record = json.loads(dest.read_bytes(RECORD))
-        name = str(record["name"])
-    except (FileNotFoundError, ValueError, KeyError, TypeError):
-        return None
+    record = dest.read_json(RECORD)
+    name = record.get("name")
     # A copied output carries the original's record: that archive, beside the original, is not ours.
-    if not any(name in archive_names(dest, fmt) for fmt in FORMATS):
+    if not isinstance(name, str) or not any(name in archive_names(dest, fmt) for fmt in FORMATS):
         return None
     return name if dest.parent().version(name) == record.get("fingerprint") else None
 

@@ -29,6 +29,7 @@ from flowdc.engines.live import LiveView
 from flowdc.engines.plan import Partition, load_partitions
 from flowdc.engines.state import STATE_FILE, unpack_state
 from flowdc.errors import EXIT_USAGE
+from flowdc.leases import process_gone
 from flowdc.storage import Destination
 
 MAX_LOST_RUNS = 20  # runs of one partition lost with their worker before it counts as failed
@@ -139,18 +140,8 @@ def sweep_stale_staging() -> None:
         pid = name[len(STAGING_PREFIX):].split("-", 1)[0]
         path = os.path.join(root, name)
         with contextlib.suppress(OSError):
-            if pid.isdigit() and os.stat(path).st_uid == os.getuid() and not _running(int(pid)):
+            if pid.isdigit() and os.stat(path).st_uid == os.getuid() and process_gone(int(pid)):
                 shutil.rmtree(path, ignore_errors=True)
-
-
-def _running(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass  # another user's process
-    return True
 
 
 def check_columns(cfg: DistributeConfig, parts: list[Partition]) -> None:

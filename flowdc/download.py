@@ -528,21 +528,18 @@ class DownloadJob:
     def _store_failed(self, err: StoreError) -> None:
         """The destination lost these samples (an outage, a full disk): fetch them again later in
         this run, or, after too many tries, leave them as transient failures for the next run."""
-        full = getattr(err.cause, "errno", None) in NO_SPACE
-        # A folder that refuses writes (a label's, say) refuses the retries too: left to the next run.
-        refused = getattr(err.cause, "errno", None) in REFUSED
-        if full and self._full is None:
+        code = getattr(err.cause, "errno", None)
+        if code in NO_SPACE and self._full is None:
             # Every further sample would fail alike, and a retry loop only fills the ledger: stop.
             self._full = DestinationError(f"{self.dest.display} is full ({failure_words(err.cause)}); what is stored "
                                           "is kept: free space, then run the same command again to resume")
             self.stop()
+        # A full destination, or a folder that refuses writes (a label's, say), refuses the retries
+        # too: such samples are left to the next run at once.
+        retrying = code not in NO_SPACE and code not in REFUSED
+        reason = "store_error:no_space" if code in NO_SPACE else f"store_error:{type(err.cause).__name__}"
         for rec in err.records:
             self.counters.unrecord_ok(rec.bytes or 0)
-            if full:
-                rec.status, rec.reason, rec.retryable, rec.path, rec.shard = "failed", "store_error:no_space", True, \
-                    None, None
-                self._final(rec)
-                continue
             if isinstance(err, SampleRefused):  # the body's fault: final, never fetched again
                 if self._kept_by_hash.get(rec.sha256 or "") == rec.key:
                     del self._kept_by_hash[rec.sha256 or ""]  # not stored: these bytes are kept nowhere
@@ -550,12 +547,11 @@ class DownloadJob:
                 self._final(rec)
                 continue
             tries = self._store_failures[rec.row] = self._store_failures.get(rec.row, 0) + 1
-            if tries <= MAX_STORE_TRIES and not refused and not self.scheduler.closed_for_good:
+            if retrying and tries <= MAX_STORE_TRIES and not self.scheduler.closed_for_good:
                 self.counters.retries += 1
                 self.scheduler.add_later(job_of(rec), self.cfg.retry_backoff_sec * 2 ** (tries - 1) + 1.0)
                 continue
-            rec.status, rec.reason, rec.retryable = "failed", f"store_error:{type(err.cause).__name__}", True
-            rec.path = rec.shard = None
+            rec.status, rec.reason, rec.retryable, rec.path, rec.shard = "failed", reason, True, None, None
             self._final(rec)
 
     def _record(self, job: Job, outcome: Outcome, status: str) -> Record:

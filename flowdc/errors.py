@@ -59,7 +59,9 @@ class InterruptedRun(FlowdcError):
 
 
 NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT})  # the destination is full: no retry of a sample helps
-REFUSED = frozenset({errno.EACCES, errno.EPERM, errno.EROFS})  # this write is refused: so would its retries be
+# The destination refuses writes (and so would every retry), each in the words a message gives it.
+REFUSED = {errno.EROFS: "a read-only file system", errno.EACCES: "permission denied",
+           errno.EPERM: "operation not permitted"}
 
 
 def failure_words(exc: BaseException) -> str:

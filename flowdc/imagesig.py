@@ -16,12 +16,17 @@ SNIFF_BYTES = 1024  # enough for every prefix below and for an SVG's root elemen
 # ISO BMFF major/compatible brands of AVIF, HEIF/HEIC and JPEG 2000 (part 1 and 2) files.
 _FTYP_BRANDS = frozenset({b"avif", b"avis", b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"mif1",
                           b"msf1", b"mif2", b"jp2 ", b"jpx "})
+# The raster formats a file extension names, by their first bytes (flowdc.writers.naming).
+_RASTER_EXTENSIONS = (
+    (b"\xff\xd8\xff", ".jpg"),  # JPEG
+    (b"\x89PNG\r\n\x1a\n", ".png"),  # PNG (APNG too)
+    (b"GIF87a", ".gif"), (b"GIF89a", ".gif"),
+    (b"BM", ".bmp"),
+    (b"II*\x00", ".tif"), (b"MM\x00*", ".tif"),  # TIFF (and raw formats built on it)
+)
 _PREFIXES = (
-    b"\xff\xd8\xff",  # JPEG
-    b"\x89PNG\r\n\x1a\n",  # PNG (APNG too)
-    b"GIF87a", b"GIF89a",
-    b"BM",  # BMP
-    b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+",  # TIFF, BigTIFF (and raw formats built on them)
+    *(prefix for prefix, _ in _RASTER_EXTENSIONS),
+    b"II+\x00", b"MM\x00+",  # BigTIFF
     b"\x00\x00\x01\x00", b"\x00\x00\x02\x00",  # ICO, CUR
     b"\xff\x0a",  # JPEG XL codestream
     b"\x00\x00\x00\x0cJXL \r\n\x87\n",  # JPEG XL container
@@ -38,15 +43,26 @@ def image_format_ok(head: bytes, content_type: str | None = None) -> bool:
     SVG is text, so it counts only when the server says image/svg+xml and an <svg> element opens
     near the start.
     """
-    if head.startswith(_PREFIXES):
-        return True
-    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+    if head.startswith(_PREFIXES) or _is_webp(head):
         return True
     if _netpbm(head):
         return True
     if head[4:8] == b"ftyp" and _has_image_brand(head):
         return True
     return "svg" in (content_type or "").lower() and b"<svg" in head[:SNIFF_BYTES].lower()
+
+
+def raster_extension(head: bytes) -> str | None:
+    """The file extension of the raster format `head` starts with (JPEG, PNG, GIF, BMP, TIFF,
+    WebP), or None."""
+    for prefix, ext in _RASTER_EXTENSIONS:
+        if head.startswith(prefix):
+            return ext
+    return ".webp" if _is_webp(head) else None
+
+
+def _is_webp(head: bytes) -> bool:
+    return head[:4] == b"RIFF" and head[8:12] == b"WEBP"
 
 
 def _has_image_brand(head: bytes) -> bool:

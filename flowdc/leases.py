@@ -67,19 +67,22 @@ class Holder:
     def gone(self) -> bool:
         """The holder ran in this process space and its process no longer exists. (A pid taken
         again since reads as alive: the lease then waits for its TTL, as one from elsewhere does.)"""
-        if not self.space or self.space != process_space():
-            return False
-        try:
-            os.kill(self.pid, 0)
-        except ProcessLookupError:
-            return True
-        except OSError:  # it exists but is not ours to signal
-            return False
-        return False
+        return bool(self.space) and self.space == process_space() and process_gone(self.pid)
 
     def describe(self) -> str:
         started = time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime(self.started))
         return f"run {self.run_id}, pid {self.pid} on host {self.host}, started {started}"
+
+
+def process_gone(pid: int) -> bool:
+    """No process of this pid exists in this pid namespace (one that is not ours to signal exists)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        return False
+    return False
 
 
 def process_space() -> str:

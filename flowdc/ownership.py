@@ -22,7 +22,7 @@ from typing import Any
 
 from flowdc import __version__
 from flowdc.archive import remove_our_archive
-from flowdc.errors import DestinationError, FlowdcError, OutputNotOursError, UserError, failure_words
+from flowdc.errors import REFUSED, DestinationError, FlowdcError, OutputNotOursError, UserError, failure_words
 from flowdc.leases import LEASE_FILE, LOCK_FILE, OutputHold, hold_output
 from flowdc.ledger import LEDGER_DIR, Ledger
 from flowdc.storage import TMP_MARK, Destination, is_destination_error
@@ -37,8 +37,6 @@ KEEP_WHILE_CLEARING = frozenset(posixpath.basename(p) for p in (MARK, CLEARING, 
 OWN_ROOT_JSON = ("overview.json",)
 # What an operating system leaves in an empty folder; such a folder still counts as empty.
 LITTER = frozenset({".DS_Store", "Thumbs.db", "desktop.ini", "lost+found"})
-REFUSING = {errno.EROFS: "a read-only file system", errno.EACCES: "permission denied",
-            errno.EPERM: "operation not permitted"}
 # A local path that cannot exist as given (a name too long, a folder under /proc): the user's to change.
 UNMAKEABLE = frozenset({errno.ENAMETOOLONG, errno.ENOENT, errno.ENOTDIR})
 DELETE_BATCH = 1000
@@ -129,10 +127,7 @@ def check_layout(dest: Destination, run_id: str, layout: Layout) -> None:
     --output_format would put samples the ledger holds as stored where the output has none, and
     another --key_col gives every row a new identity, so each would be stored a second time. A
     mark without a layout (an older flowdc) takes this run's."""
-    try:
-        recorded = json.loads(dest.read_bytes(MARK)).get("layout")
-    except (ValueError, AttributeError):
-        recorded = None
+    recorded = dest.read_json(MARK).get("layout")
     if not isinstance(recorded, dict):
         write_mark(dest, run_id, layout)
         return
@@ -161,7 +156,7 @@ def probe_writes(dest: Destination) -> None:
 def _as_user_facing(dest: Destination, exc: Exception) -> Exception:
     if isinstance(exc, FlowdcError):
         return exc
-    why = REFUSING.get(getattr(exc, "errno", None) or 0)
+    why = REFUSED.get(getattr(exc, "errno", None) or 0)
     if why is None and isinstance(exc, PermissionError):
         why = "access denied"
     if why is not None:
@@ -250,11 +245,7 @@ def _remove_empty_folders(dest: Destination, files: Iterable[str]) -> int:
 
 def remove_if_ours(dest: Destination, name: str) -> int:
     """Remove the JSON file `name` if flowdc wrote it (its "tool" says so); 1 if removed."""
-    try:
-        doc: Any = json.loads(dest.read_bytes(name))
-    except (FileNotFoundError, ValueError):
-        return 0
-    if not isinstance(doc, dict) or doc.get("tool") != "flowdc":
+    if dest.read_json(name).get("tool") != "flowdc":
         return 0
     dest.remove(name)
     return 1

@@ -38,6 +38,7 @@ from tqdm import tqdm
 from flowdc.config import SizeConfig, public_dict
 from flowdc.errors import ConfigError, DestinationError
 from flowdc.fetch import Outcome, exchange, status_outcome
+from flowdc.localfiles import write_local
 from flowdc.loops import run_sync
 from flowdc.manifest import FORMATS_BY_SUFFIX, Manifest
 from flowdc.requestloop import RequestLoop
@@ -486,13 +487,9 @@ def _download_time(report: dict[str, Any], rate_mb_s: float) -> dict[str, Any]:
 
 def write_report(path: Path, report: dict[str, Any]) -> None:
     """Write to a temporary name, then rename: a reader never sees half a report."""
-    tmp = path.with_name(f".{path.name}.tmp")
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-        os.replace(tmp, path)
+        write_local(os.path.abspath(path), (json.dumps(report, indent=2) + "\n").encode("utf-8"))
     except OSError as exc:  # checked before the requests; what changed since (permissions, a full disk)
-        tmp.unlink(missing_ok=True)
         raise DestinationError(f"cannot write the report {path}: {exc.strerror or exc}") from None
 
 

@@ -13,6 +13,7 @@ from functools import lru_cache
 from pathlib import PurePosixPath
 from urllib.parse import urlsplit
 
+from flowdc.imagesig import raster_extension
 from flowdc.localfiles import TMP_NAME_ROOM
 
 KEY_WIDTH = 8
@@ -162,21 +163,14 @@ def _order(label: str | None) -> tuple[bool, str]:
     return (label is not None, label or "")
 
 
-# Raster formats told by their first bytes, which win over a Content-Type: a PNG served as
-# image/svg+xml (or as anything, with --content_types widened) stored as .svg or .bin is skipped
-# by loaders that go by extension (torchvision's ImageFolder), without a word.
-_EXT_BY_SIGNATURE = ((b"\xff\xd8\xff", ".jpg"), (b"\x89PNG\r\n\x1a\n", ".png"), (b"GIF8", ".gif"),
-                     (b"BM", ".bmp"), (b"II*\x00", ".tif"), (b"MM\x00*", ".tif"))
-
-
 def extension_for(content_type: str | None, url: str, body: bytes = b"") -> str:
     """A sample's file extension: the raster format its body starts with, else its Content-Type's,
-    else its URL's (.bin when none tells)."""
-    for signature, ext in _EXT_BY_SIGNATURE:
-        if body.startswith(signature):
-            return ext
-    if body[:4] == b"RIFF" and body[8:12] == b"WEBP":
-        return ".webp"
+    else its URL's (.bin when none tells). The body wins: a PNG served as image/svg+xml (or as
+    anything, with --content_types widened) stored as .svg or .bin is skipped by loaders that go by
+    extension (torchvision's ImageFolder), without a word."""
+    ext = raster_extension(body)
+    if ext is not None:
+        return ext
     ext = _extension_of_type(content_type)
     if ext is not None:
         return ext
