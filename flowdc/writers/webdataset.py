@@ -6,8 +6,9 @@ its metadata parquet is written, and then its ledger part is committed. The ledg
 shard before its first file (Ledger.start_shard). On restart, a tar or parquet of a noted shard
 without a ledger part is an orphan of a killed run and is removed; its samples were never
 recorded as ok, so they are fetched again: nothing is lost and nothing is stored twice. A file
-that only looks like a shard is never removed nor written over; new shards take the numbers after
-the last one left, so the shards stay 000000..N without a gap.
+that only looks like a shard is never removed nor written over; new shards take the lowest number
+no shard holds (a removed shard's, else the one after the last), so the shards stay 000000..N
+without a gap.
 When a commit fails, any of the three may still have reached the store (a connection can break
 after the store took a write), so the shard is removed again before any later shard commits.
 Where shards are staged whole (object stores, cloud_tool), a shard is also committed once it has
@@ -23,6 +24,7 @@ cuts the open file back to its last recorded sample and keeps appending (see sha
 from __future__ import annotations
 
 import asyncio
+import heapq
 import io
 import json
 import logging
@@ -86,6 +88,7 @@ class WebDatasetWriter:
         self.ledger = ledger
         self.samples_per_shard = samples_per_shard
         self.next_shard = 0
+        self._free: list[int] = []  # numbers under next_shard whose shard is gone: taken first (a heap)
         self._foreign: set[int] = set()  # numbers of shard-named files flowdc did not write: never reused
         self._shard: int | None = None
         self._stack: ExitStack | None = None  # holds the open shard file until commit or abort
@@ -157,6 +160,8 @@ class WebDatasetWriter:
         # the shards stay 000000..N with no gap (a brace pattern over them finds every file).
         kept_shards = self.ledger.committed_shards() | in_flight
         self.next_shard = max(kept_shards) + 1 if kept_shards else 0
+        # An earlier run's dropped shard (its commit failed) left a gap: the first new shards fill it.
+        self._free = sorted(set(range(self.next_shard)) - kept_shards - self._foreign)
         if self.image_key is None:
             self.image_key = stored_key
         return {**stats, "samples_taken_back": len(taken_back), "journals_compacted": compacted,
@@ -345,10 +350,7 @@ class WebDatasetWriter:
             self._metas = list(prefix.metas)
             self._tar = self._shard_stream(prefix.end)
             return
-        while self.next_shard in self._foreign:  # a look-alike holds it: never overwritten
-            self.next_shard += 1
-        self._shard = self.next_shard
-        self.next_shard += 1
+        self._shard = self._take_number()
         self.ledger.start_shard(self._shard)  # before its first file: a rerun knows the shard is ours
         if self.append:
             self.dest.makedirs()
@@ -356,6 +358,16 @@ class WebDatasetWriter:
         else:
             self._file = self._stack.enter_context(self.dest.open_atomic(self.names.name(self._shard, "tar")))
         self._tar = self._shard_stream(0)
+
+    def _take_number(self) -> int:
+        """The lowest number no shard holds: a dropped shard's, else the next one a look-alike
+        does not hold (never overwritten)."""
+        if self._free:
+            return heapq.heappop(self._free)
+        while self.next_shard in self._foreign:
+            self.next_shard += 1
+        self.next_shard += 1
+        return self.next_shard - 1
 
     def use_process(self, process: ShardProcess) -> None:
         """From now on the write process writes the members (an appended shard only: a staged one
@@ -430,6 +442,7 @@ class WebDatasetWriter:
                 self.dest.remove(self.names.open(shard))
             self.ledger.forget_shard(shard)
             self._doubtful.discard(shard)
+            heapq.heappush(self._free, shard)  # gone: the next shard takes its number
 
     def _reset(self) -> None:
         self._tar = None

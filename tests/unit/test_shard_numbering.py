@@ -10,8 +10,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from flowdc.ledger import LEDGER_DIR, Ledger
 from flowdc.storage import Destination
+from flowdc.writers.base import StoreError
+from flowdc.writers.webdataset import WebDatasetWriter
 from tests.unit.test_shard_append import members, ok_rows, sample, writer
 
 
@@ -87,3 +91,72 @@ def test_a_committed_shard_keeps_no_note(tmp_path: Path) -> None:
     out = tmp_path / "out"
     two_committed_shards(out)
     assert Ledger(Destination(str(out))).started_shards() == set()
+
+
+class _FlakyStore(Destination):
+    """A local destination whose metadata writes and removals fail while `down` is set: a store
+    outage that makes a shard's commit fail, and its clean-up wait for the next commit."""
+
+    down = False
+
+    def write_bytes(self, name: str, data: bytes) -> None:
+        if self.down and name.endswith(".parquet"):
+            raise OSError("store unreachable")
+        super().write_bytes(name, data)
+
+    def remove(self, name: str) -> None:
+        if self.down:
+            raise OSError("store unreachable")
+        super().remove(name)
+
+
+def staged_writer(dest: Destination, per_shard: int) -> WebDatasetWriter:
+    w = WebDatasetWriter(dest, Ledger(dest), per_shard, on_commit=lambda _shard: None)
+    w.recover()
+    return w
+
+
+def test_a_shard_dropped_by_a_failed_commit_gives_its_number_to_the_next_one(tmp_path: Path) -> None:
+    """Shard 000001's commit fails (the store is down) and the shard is removed; its rows are
+    fetched again later in the run. The number is taken again, so the run's shards are 0..N."""
+    out = tmp_path / "out"
+    dest = _FlakyStore(str(out))
+    w = staged_writer(dest, per_shard=2)
+    for row in range(2):
+        w.write(sample(row))
+    dest.down = True
+    w.write(sample(2))
+    with pytest.raises(StoreError):
+        w.write(sample(3))  # fills 000001: its commit fails
+    dest.down = False
+    for row in (4, 5, 2, 3):  # the lost rows come back after others, as the run's retries do
+        w.write(sample(row))
+    w.close()
+    assert shard_names(out) == ["000000.tar", "000001.tar", "000002.tar"]
+    assert ok_rows(out) == list(range(6))
+
+
+def test_a_gap_left_by_an_earlier_run_is_filled_by_the_next(tmp_path: Path) -> None:
+    """Shard 000002's commit fails and the store is still down for its removal; 000003 opens
+    meanwhile and is the run's last. 000002 is removed at that commit, too late for this run: the
+    rerun's first shard takes the number, and the output is 0..N again."""
+    out = tmp_path / "out"
+    dest = _FlakyStore(str(out))
+    w = staged_writer(dest, per_shard=2)
+    for row in range(5):
+        w.write(sample(row))
+    dest.down = True
+    with pytest.raises(StoreError):
+        w.write(sample(5))  # fills 000002: its commit fails, and so does its removal
+    assert (out / "000002.tar").exists()
+    w.write(sample(6))  # 000003 opens
+    dest.down = False
+    w.close()  # 000002 is removed before 000003 is committed
+    assert shard_names(out) == ["000000.tar", "000001.tar", "000003.tar"]
+
+    again = staged_writer(Destination(str(out)), per_shard=2)
+    for row in (4, 5):
+        again.write(sample(row))
+    again.close()
+    assert shard_names(out) == ["000000.tar", "000001.tar", "000002.tar", "000003.tar"]
+    assert ok_rows(out) == list(range(7))
