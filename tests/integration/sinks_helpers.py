@@ -57,6 +57,7 @@ class TcpProxy:
         self.port = 0
         self.broken_requests = 0
         self._trap: tuple[bytes, bool] | None = None
+        self._disarm_on: bytes | None = None
         self._listener: socket.socket | None = None
         self._open: set[socket.socket] = set()
         self._lock = threading.Lock()
@@ -96,11 +97,12 @@ class TcpProxy:
     def restore(self) -> None:
         self.start()
 
-    def break_requests(self, request_line: bytes, *, after_server: bool) -> None:
+    def break_requests(self, request_line: bytes, *, after_server: bool, until: bytes | None = None) -> None:
         """From now on, reset the connection of every request whose request line starts with
         `request_line` (e.g. b"PUT /bucket/key"): before the server sees it, or after the server
-        handled it (its response is dropped, so the client cannot tell the write happened)."""
-        self._trap = (request_line, after_server)
+        handled it (its response is dropped, so the client cannot tell the write happened).
+        With `until`, the first request that holds it passes and ends the breaking."""
+        self._trap, self._disarm_on = (request_line, after_server), until
 
     def stop(self) -> None:
         self.cut()
@@ -138,6 +140,8 @@ class TcpProxy:
         try:
             while data := src.recv(65536):
                 trap = self._trap
+                if upstream and trap is not None and self._disarm_on is not None and self._disarm_on in data:
+                    self._trap = trap = None
                 if upstream and trap is not None and trap[0] in data:
                     self.broken_requests += 1
                     if not trap[1]:

@@ -339,10 +339,11 @@ def test_s3_outage_mid_run_is_ridden_out(s3_endpoint: str, slow_farm: FakeHostFa
 
 @pytest.mark.parametrize("when", ["before", "after"])
 def test_s3_shard_commit_broken(s3_endpoint: str, slow_farm: FakeHostFarm, tmp_path: Path, when: str) -> None:
-    """Every PUT of one shard's ledger part loses its connection, either before S3 sees it (the
-    tar and parquet are in place, the commit is not) or after S3 stored it (committed, but the
-    writer sees an error). Either way the run completes with every row ok exactly once and no
-    shard file without its commit: the writer removes the shard and fetches its samples again.
+    """Every PUT of one shard's ledger part loses its connection until the writer gives the shard
+    up, either before S3 sees it (the tar and parquet are in place, the commit is not) or after S3
+    stored it (committed, but the writer sees an error). Either way the run completes with every
+    row ok exactly once and no shard file without its commit: the writer removes the shard and
+    fetches its samples again, and a later shard takes its number (the shards stay 0..N).
     The refetch uses the real URLs, though the records hold redacted ones: here `size`, which the
     host needs, is a redacted parameter."""
     bucket = f"commit-broken-{when}"
@@ -351,7 +352,8 @@ def test_s3_shard_commit_broken(s3_endpoint: str, slow_farm: FakeHostFarm, tmp_p
     host, port = urlsplit(s3_endpoint).hostname, urlsplit(s3_endpoint).port
     assert host and port
     proxy = TcpProxy((host, port)).start()
-    proxy.break_requests(f"PUT /{bucket}/ds/{LEDGER_DIR}/shard-000002.parquet".encode(), after_server=when == "after")
+    proxy.break_requests(f"PUT /{bucket}/ds/{LEDGER_DIR}/shard-000002.parquet".encode(), after_server=when == "after",
+                         until=b"<Key>ds/000002_stats.json</Key>")  # the writer removes the shard: S3 is back
     output = f"s3://{bucket}/ds"
     try:
         result = download(tmp_path / "m.parquet", output, output_format="webdataset", samples_per_shard=10,
@@ -363,7 +365,8 @@ def test_s3_shard_commit_broken(s3_endpoint: str, slow_farm: FakeHostFarm, tmp_p
     assert result["totals"]["ok"] == len(urls)
     assert result["this_run"]["retries"] >= 10  # shard 2's samples, fetched again
     dest = Destination(output, s3_options(s3_endpoint))
-    assert not dest.exists(f"{LEDGER_DIR}/shard-000002.parquet") and not dest.exists("000002.tar")
+    shards = sorted(n for n in dest.list() if n.endswith(".tar"))
+    assert shards == [f"{n:06d}.tar" for n in range(len(shards))], shards  # no gap where 000002 was dropped
     check_no_loss_no_duplicates(dest, urls)
     assert {r["url"].rsplit("?", 1)[1] for r in ledger_latest(dest)} == {"size=***"}
     assert {r["bytes"] for r in ledger_latest(dest)} == {700}
