@@ -1,9 +1,11 @@
 """Open a manifest (parquet, csv, excel, xml) as a stream of Arrow record batches.
 
 Parquet and csv are read batch by batch, so memory depends on the batch size, never on the number
-of rows. Excel and xml have no streaming columnar reader; they are read row by row and grouped into
-batches, which keeps memory bounded too. Every batch gets a `row` column: the 0-based row number in
-the manifest, the stable identity that keys and the ledger rely on.
+of rows. Delimited text (.csv, .tsv, .txt) may be compressed (.gz, .bz2, .zst): it is decompressed
+as it streams, and its delimiter is read off its header line (csv_delimiter). Excel and xml have no
+streaming columnar reader; they are read row by row and grouped into batches, which keeps memory
+bounded too. Every batch gets a `row` column: the 0-based row number in the manifest, the stable
+identity that keys and the ledger rely on.
 
 A manifest may be a local path or any URL fsspec reads (s3://, gs://, https://, hf://, ...): it is
 opened as a file object and streamed the same way (parquet reads only the byte ranges it needs).
@@ -34,6 +36,7 @@ FORMATS_BY_SUFFIX = {
     ".pq": "parquet",
     ".csv": "csv",
     ".tsv": "csv",
+    ".txt": "csv",  # e.g. a GBIF Darwin Core archive's multimedia.txt (tab-separated)
     ".xlsx": "excel",
     ".xlsm": "excel",
     ".xls": "excel",
@@ -41,16 +44,70 @@ FORMATS_BY_SUFFIX = {
 }
 
 
-def detect_format(path: str, input_format: str = "auto") -> str:
-    if input_format != "auto":
-        return input_format
+# Delimited text only: parquet and excel are compressed inside already, and their readers need to seek.
+COMPRESSION_BY_SUFFIX = {".gz": "gzip", ".bz2": "bz2", ".zst": "zstd"}
+UNSUPPORTED_COMPRESSION = (".xz", ".lzma", ".lz4", ".zip", ".7z", ".br", ".z")
+FORMATS_HELP = (".parquet/.pq, .csv/.tsv/.txt (also compressed: .csv.gz, .tsv.bz2, .txt.zst, ...), "
+                ".xlsx/.xlsm/.xls, .xml")
+HEAD_BYTES = 1 << 16  # enough for any header line the delimiter is read from
+
+
+def _split_compression_suffix(path: str) -> tuple[str, str]:
+    """(path without a known compression suffix, that suffix lower-cased or "")."""
     suffix = Path(path).suffix.lower()
-    fmt = FORMATS_BY_SUFFIX.get(suffix)
+    if suffix in COMPRESSION_BY_SUFFIX:
+        return path[: -len(suffix)], suffix
+    return path, ""
+
+
+def compression_of(path: str) -> str | None:
+    """pyarrow's codec name for a manifest's compression suffix, or None when it has none."""
+    suffix = Path(path).suffix.lower()
+    if suffix in UNSUPPORTED_COMPRESSION:
+        raise ConfigError(f"{path}: {suffix} compression is not supported; recompress it as .gz, .bz2 or .zst "
+                          "(or decompress it)")
+    codec = COMPRESSION_BY_SUFFIX.get(suffix)
+    if codec is not None and not pa.Codec.is_available(codec):
+        raise ConfigError(f"{path}: this pyarrow cannot decompress {codec}; recompress it as .gz or decompress it")
+    return codec
+
+
+def detect_format(path: str, input_format: str = "auto") -> str:
+    """The reader for `path`: input_format, or else its suffix, looked up past a compression suffix
+    (photos.csv.gz is csv)."""
+    compressed = compression_of(path) is not None
+    inner, _ = _split_compression_suffix(path)
+    fmt = input_format if input_format != "auto" else FORMATS_BY_SUFFIX.get(Path(inner).suffix.lower())
     if fmt is None:
-        raise ConfigError(
-            f"cannot tell the format of {path!r} from its extension; pass --input_format parquet|csv|excel|xml"
-        )
+        raise ConfigError(f"cannot tell the format of {path!r} from its extension ({FORMATS_HELP}); "
+                          "pass --input_format parquet|csv|excel|xml")
+    if compressed and fmt != "csv":
+        raise ConfigError(f"{path}: only delimited text (csv, tsv, txt) is read compressed; decompress this {fmt} "
+                          "manifest")
     return fmt
+
+
+def is_manifest_name(name: str) -> bool:
+    """Whether a file found in a folder of manifests is one, by the suffixes detect_format reads."""
+    inner, compressed = _split_compression_suffix(name)
+    fmt = FORMATS_BY_SUFFIX.get(Path(inner).suffix.lower())
+    return fmt is not None and (not compressed or fmt == "csv")
+
+
+def csv_delimiter(path: str, head: bytes) -> str:
+    """The field delimiter of delimited text named `path` whose first bytes are `head`.
+
+    A .tsv (before any compression suffix) is tab-separated. Anything else (.csv, .txt, or any file
+    read with --input_format csv) is decided by its header line: tab when splitting it at tabs gives
+    more fields than splitting it at commas, else comma. So iNaturalist's tab-separated photos.csv.gz
+    and GBIF's multimedia.txt read as tab-separated, and `url,label` or a lone `url` as commas.
+    """
+    inner, _ = _split_compression_suffix(_path_part(path))
+    if Path(inner).suffix.lower() == ".tsv":
+        return "\t"
+    line = head.split(b"\n", 1)[0].decode("utf-8", errors="replace").rstrip("\r")
+    fields = {d: len(next(csv.reader([line], delimiter=d), [])) for d in ("\t", ",")}
+    return "\t" if fields["\t"] > fields[","] else ","
 
 
 class Manifest:
@@ -61,16 +118,22 @@ class Manifest:
         self.path = path
         self.url_column = url_column
         self.storage_options = storage_options or {}
-        _check_exists(path, self.storage_options)  # first: a missing file or a folder is the clearer news
-        self.format = detect_format(_path_part(path), input_format)
         self.batch_rows = batch_rows
-        self.url_type: pa.DataType | None = None  # parquet declares it; the other formats are read as text
-        self.columns = self._read_columns()
+        _check_exists(path, self.storage_options)  # first: a missing file or a folder is the clearer news
+        self._inspect(input_format)
         if url_column not in self.columns:
             raise ConfigError(
                 f"URL column {url_column!r} not in {path}; columns are: {', '.join(self.columns) or '(none)'}"
             )
         self._require_text_urls()
+
+    def _inspect(self, input_format: str) -> None:
+        """Format, compression, delimiter and columns: what reading the rows needs to know."""
+        self.format = detect_format(_path_part(self.path), input_format)
+        self.compression = compression_of(_path_part(self.path))
+        self.delimiter = ","  # delimited text only: decided from its header in _read_columns
+        self.url_type: pa.DataType | None = None  # parquet declares it; the other formats are read as text
+        self.columns = self._read_columns()
 
     def require_column(self, name: str, what: str) -> None:
         if name not in self.columns:
@@ -109,6 +172,17 @@ class Manifest:
         except (FileNotFoundError, PermissionError) as exc:
             raise ConfigError(f"cannot read {self.path}: {_first_line(exc)}") from None
 
+    @contextlib.contextmanager
+    def open_text(self) -> Iterator[Any]:
+        """Delimited text from its start, decompressed: a path or a binary stream (closed after).
+        A compressed stream cannot seek, so each pass over the file opens it again."""
+        with self.open() as src:
+            if self.compression is None:
+                yield src
+                return
+            with pa.input_stream(src, compression=self.compression) as stream:
+                yield stream
+
     def batches(self) -> Iterator[pa.RecordBatch]:
         readers = {"parquet": self._parquet, "csv": self._csv, "excel": self._excel, "xml": self._xml}
         numbering = RowNumbering()
@@ -133,8 +207,10 @@ class Manifest:
                     self.url_type = schema.field(self.url_column).type
                 return list(schema.names)
             if self.format == "csv":
-                with self.open() as src, _open_csv(src, 1024, self.path) as reader:
-                    return list(reader.schema.names)
+                with self.open_text() as src:
+                    self.delimiter = csv_delimiter(self.path, _head(src))
+                with self.open_text() as src:
+                    return _csv_names(src, self.delimiter, self._csv_block_size())
             first = next(iter(self._rows()), None)
             return list(first.keys()) if first else []
         except StopIteration:
@@ -152,8 +228,8 @@ class Manifest:
         if self.format != "csv" or "CSV parse error" not in str(exc):
             return None
         try:
-            with self.open() as src:
-                found = ragged_csv_row(src, _delimiter(self.path))
+            with self.open_text() as src:
+                found = ragged_csv_row(src, self.delimiter)
         except ConfigError:
             return None
         return None if found is None else f"at row {found[0]} (line {found[1]})"
@@ -163,8 +239,14 @@ class Manifest:
         with self.open() as src:
             yield from pq.ParquetFile(src, pre_buffer=False).iter_batches(batch_size=self.batch_rows)
 
+    def _csv_block_size(self) -> int:
+        # Arrow needs the header line within one block: a wide header (GBIF's occurrence.txt has
+        # hundreds of columns) would not fit a small one.
+        return max(1 << 20, self.batch_rows * 256)
+
     def _csv(self) -> Iterator[pa.RecordBatch]:
-        with self.open() as src, _open_csv(src, max(1 << 20, self.batch_rows * 256), self.path) as reader:
+        with (self.open_text() as src,
+              _open_csv(src, self.columns, self.delimiter, self._csv_block_size()) as reader):
             yield from _rebatch(reader, self.batch_rows)
 
     def _excel(self) -> Iterator[pa.RecordBatch]:
@@ -216,13 +298,9 @@ def _check_exists(path: str, storage_options: dict[str, Any]) -> None:
         raise ConfigError(f"input file not found: {path}")
 
 
-def _delimiter(path: str) -> str:
-    return "\t" if _path_part(path).lower().endswith(".tsv") else ","
-
-
 def ragged_csv_row(src: Any, delimiter: str) -> tuple[int, int] | None:
     """(0-based data row, 1-based file line) of the first row whose field count differs from the
-    header's, or None. `src` is a path or a binary file object."""
+    header's, or None. `src` is a path or a binary file object (decompressed already)."""
     csv.field_size_limit(sys.maxsize)  # one huge field is not what we are looking for
     try:
         with contextlib.ExitStack() as stack:
@@ -242,18 +320,30 @@ def ragged_csv_row(src: Any, delimiter: str) -> tuple[int, int] | None:
     return None
 
 
-def _open_csv(src: Any, block_size: int, path: str) -> pacsv.CSVStreamingReader:
-    """A streaming csv reader over `src` (a path or a seekable file object named `path`)."""
-    delimiter = _delimiter(path)
+def _head(src: Any) -> bytes:
+    """The first HEAD_BYTES of `src` (a path or a binary file object), for csv_delimiter."""
+    if isinstance(src, str):
+        with open(src, "rb") as fh:
+            return fh.read(HEAD_BYTES)
+    return bytes(src.read(HEAD_BYTES))
+
+
+def _csv_options(delimiter: str, block_size: int) -> tuple[pacsv.ReadOptions, pacsv.ParseOptions]:
+    return (pacsv.ReadOptions(block_size=block_size),
+            pacsv.ParseOptions(delimiter=delimiter, newlines_in_values=True))
+
+
+def _csv_names(src: Any, delimiter: str, block_size: int) -> list[str]:
+    """The header's column names, as Arrow reads them; parses the first block only."""
+    read_opts, parse_opts = _csv_options(delimiter, block_size)
+    with pacsv.open_csv(src, read_options=read_opts, parse_options=parse_opts) as probe:
+        return list(probe.schema.names)
+
+
+def _open_csv(src: Any, names: list[str], delimiter: str, block_size: int) -> pacsv.CSVStreamingReader:
+    """A streaming csv reader over `src` (a path or a binary stream) whose header holds `names`."""
+    read_opts, parse_opts = _csv_options(delimiter, block_size)
     # Every column as text: type inference on the first block can be wrong for later blocks.
-    read_opts = pacsv.ReadOptions(block_size=block_size)
-    parse_opts = pacsv.ParseOptions(delimiter=delimiter, newlines_in_values=True)
-    start = src.tell() if hasattr(src, "tell") else None
-    probe = pacsv.open_csv(src, read_options=read_opts, parse_options=parse_opts)
-    names = probe.schema.names
-    probe.close()
-    if start is not None:
-        src.seek(start)  # the probe read the header (and a block) off the file object
     convert = pacsv.ConvertOptions(column_types={n: pa.string() for n in names}, strings_can_be_null=True)
     return pacsv.open_csv(src, read_options=read_opts, parse_options=parse_opts, convert_options=convert)
 
@@ -387,11 +477,10 @@ def _local_name(tag: str) -> str:
 
 def load_input_file(path: str, input_format: str = "auto") -> pa.Table:
     """The seed's helper: a whole (small) manifest as one Arrow table. Use Manifest to stream big ones."""
-    m = Manifest.__new__(Manifest)
+    m = Manifest.__new__(Manifest)  # no URL column to check
     m.path, m.url_column, m.batch_rows, m.storage_options = path, "", 65536, {}
-    m.format = detect_format(_path_part(path), input_format)
     _check_exists(path, m.storage_options)
-    m.columns = m._read_columns()
+    m._inspect(input_format)
     batches = list(m.batches())
     table = pa.Table.from_batches(batches) if batches else pa.table({})
     if ROW_COLUMN not in m.columns and ROW_COLUMN in table.column_names:

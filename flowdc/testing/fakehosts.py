@@ -647,12 +647,17 @@ def write_manifest(
     labels: Sequence[str | None] | None = None,
     extra_columns: dict[str, Sequence[Any]] | None = None,
     fmt: str | None = None,
+    delimiter: str | None = None,
 ) -> Path:
-    """Write a url[, label, extras...] manifest; fmt 'parquet' or 'csv', by default from the suffix."""
+    """Write a url[, label, extras...] manifest; fmt 'parquet' or 'csv', by default from the suffix.
+    Delimited text (.csv, .tsv, .txt) is compressed as its suffix says (.gz, .bz2, .zst) and split
+    by `delimiter`, by default tab for a .tsv, else comma."""
     import pyarrow as pa  # late: the servers themselves do not need Arrow
 
+    from flowdc.manifest import compression_of, csv_delimiter, detect_format, is_manifest_name
+
     path = Path(path)
-    fmt = fmt or ("csv" if path.suffix.lower() == ".csv" else "parquet")
+    fmt = fmt or ("csv" if is_manifest_name(path.name) and detect_format(path.name) == "csv" else "parquet")
     columns: dict[str, Any] = {"url": pa.array(list(urls), pa.string())}
     if labels is not None:
         columns["label"] = pa.array([None if x is None else str(x) for x in labels], pa.string())
@@ -663,7 +668,9 @@ def write_manifest(
     if fmt == "csv":
         import pyarrow.csv as pcsv
 
-        pcsv.write_csv(table, path)
+        with pa.output_stream(path, compression=compression_of(str(path))) as out:
+            # With no header to read yet, csv_delimiter gives what the reader expects of the name.
+            pcsv.write_csv(table, out, pcsv.WriteOptions(delimiter=delimiter or csv_delimiter(str(path), b"")))
     elif fmt == "parquet":
         import pyarrow.parquet as pq
 

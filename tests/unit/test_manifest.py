@@ -1,7 +1,9 @@
-"""Manifests: every input format, format detection, column checks, streaming and bounded memory."""
+"""Manifests: every input format, compressed text, format and delimiter detection, column checks,
+streaming and bounded memory."""
 
 from __future__ import annotations
 
+import gzip
 import time
 import tracemalloc
 from pathlib import Path
@@ -17,7 +19,8 @@ import pytest
 
 from flowdc import load_input_file
 from flowdc.config import ConfigError
-from flowdc.manifest import Manifest, detect_format
+from flowdc.manifest import Manifest, csv_delimiter, detect_format, is_manifest_name
+from flowdc.testing.fakehosts import write_manifest
 
 ROWS: list[dict[str, Any]] = [
     {"url": f"http://127.0.0.2:1/img/{i}.png", "label": ["cat", "dog", "猫"][i % 3], "license": "CC0", "n": i}
@@ -33,6 +36,11 @@ def read_all(path: Path, **kwargs: Any) -> list[dict[str, Any]]:
 def as_text(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The rows as formats without types give them back: every value as a string, plus row numbers."""
     return [{**{k: str(v) for k, v in r.items()}, "row": i} for i, r in enumerate(rows)]
+
+
+# The first half of a gzip file: the header reads, the stream ends mid-way.
+_WHOLE_GZ = gzip.compress(("url\n" + "".join(f"http://a/{i}.png\n" for i in range(20_000))).encode())
+TRUNCATED_GZ = _WHOLE_GZ[: len(_WHOLE_GZ) // 2]
 
 
 def write_xlsx(path: Path, rows: list[dict[str, Any]]) -> None:
@@ -111,15 +119,99 @@ def test_xml_namespaces_attributes_only_and_missing_fields(tmp_path: Path) -> No
 
 
 def test_format_detection_and_override(tmp_path: Path) -> None:
-    """The extension picks the reader; --input_format reads a .txt csv; unknown extensions are refused."""
+    """The extension picks the reader, looking past a compression suffix; --input_format reads any
+    name; unknown extensions are refused with the list of known ones."""
     assert detect_format("a/B.PARQUET") == "parquet"
     assert detect_format("x.xlsm") == "excel"
     assert detect_format("x.anything", "xml") == "xml"
-    path = tmp_path / "manifest.txt"
+    assert [detect_format(n) for n in ("photos.csv.gz", "m.TSV.BZ2", "multimedia.txt", "m.txt.zst")] == ["csv"] * 4
+    path = tmp_path / "manifest.dat"
     pacsv.write_csv(pa.Table.from_pylist(ROWS), path)
     assert read_all(path, input_format="csv") == as_text(ROWS)
-    with pytest.raises(ConfigError, match="--input_format"):
+    with pytest.raises(ConfigError, match=r"\.csv\.gz.*--input_format"):
         Manifest(str(path), "url")
+    gz = tmp_path / "photos.gz"  # compressed, and only --input_format says what is inside
+    gz.write_bytes(gzip.compress(path.read_bytes()))
+    assert read_all(gz, input_format="csv") == as_text(ROWS)
+    assert [is_manifest_name(n) for n in ("a.csv.gz", "b.parquet", "c.txt", "d.parquet.gz", "e.csv.xz", "f.json")] \
+        == [True, True, True, False, False, False]
+
+
+@pytest.mark.parametrize(
+    ("name", "header", "delimiter"),
+    [
+        ("m.csv", b"url,label\n", ","),
+        ("photos.csv.gz", b"photo_id\tphoto_uuid\textension\r\n1\t2,3\tjpg\r\n", "\t"),  # iNaturalist's
+        ("multimedia.txt", b"gbifID\ttype\tformat\tidentifier\n", "\t"),
+        ("m.csv", b'url,"a\tb",c\n', ","),  # a tab inside a quoted name splits nothing
+        ("m.csv", b"url\n", ","),  # one column: nothing to tell, so the default
+        ("m.csv", b"", ","),
+        ("m.tsv.bz2", b"url,label\n", "\t"),  # the suffix wins
+    ],
+)
+def test_the_delimiter_comes_from_the_header_line(name: str, header: bytes, delimiter: str) -> None:
+    """Tab when the header splits into more fields at tabs than at commas, else comma; .tsv is tab."""
+    assert csv_delimiter(name, header) == delimiter
+
+
+def _compressed_copy(plain: Path, name: str) -> Path:
+    """`plain`, compressed as `name`'s suffix says (pyarrow's codecs)."""
+    codec = {".gz": "gzip", ".bz2": "bz2", ".zst": "zstd"}[Path(name).suffix]
+    if not pa.Codec.is_available(codec):
+        pytest.skip(f"this pyarrow has no {codec}")
+    path = plain.with_name(name)
+    with pa.output_stream(path, compression=codec) as out:
+        out.write(plain.read_bytes())
+    return path
+
+
+@pytest.mark.parametrize("name", ["m.csv", "m.csv.gz", "m.tsv.bz2", "m.txt.zst"])
+def test_compressed_and_tab_separated_text_reads_the_same_rows(tmp_path: Path, name: str) -> None:
+    """A tab-separated manifest named .csv (sniffed), gzip, bz2 or zstd compressed, gives the rows
+    and row numbers of the plain .tsv, across batches."""
+    plain = tmp_path / "plain.tsv"
+    pacsv.write_csv(pa.Table.from_pylist(ROWS * 3), plain, pacsv.WriteOptions(delimiter="\t"))
+    path = plain.with_name(name) if name == "m.csv" else _compressed_copy(plain, name)
+    if name == "m.csv":
+        path.write_bytes(plain.read_bytes())
+    got = read_all(path, batch_rows=4)
+    assert got == read_all(plain) == as_text(ROWS * 3)
+    assert Manifest(str(path), "url").delimiter == "\t"
+
+
+def test_a_gbif_multimedia_txt_reads(tmp_path: Path) -> None:
+    """A GBIF Darwin Core archive's multimedia.txt: tab-separated, URLs in `identifier`, empty
+    fields, and (as occurrence.txt) a header wider than Arrow's smallest block."""
+    columns = ["gbifID", "type", "format", "identifier", "references", "title", "license", "rightsHolder"]
+    columns += [f"dwc_term_number_{i}" for i in range(100)]  # ~2 kB of header
+    rows = [[str(1000 + i), "StillImage", "image/jpeg", f"https://inaturalist-open-data.s3.amazonaws.com/photos/{i}/"
+             "original.jpg", "", f"photo {i}", "http://creativecommons.org/licenses/by-nc/4.0/", "someone",
+             *[""] * 100] for i in range(5)]
+    path = tmp_path / "multimedia.txt"
+    path.write_text("\n".join("\t".join(r) for r in [columns, *rows]) + "\n", encoding="utf-8")
+    m = Manifest(str(path), "identifier")
+    assert m.columns == columns
+    got = [r for b in m.batches() for r in b.to_pylist()]
+    assert [(r["row"], r["gbifID"], r["identifier"]) for r in got] == [(i, r[0], r[3]) for i, r in enumerate(rows)]
+    assert got[0]["references"] is None  # an empty field is null, as in any csv
+
+
+def test_a_ragged_row_is_located_in_a_compressed_file(tmp_path: Path) -> None:
+    """The parse error of a compressed manifest names the row and line, as for a plain one."""
+    lines = ["url\tlabel", *(f"http://a/{i}.png\ta" for i in range(250)), "http://a/x.png\ta\textra"]
+    path = tmp_path / "m.csv.gz"
+    path.write_bytes(gzip.compress(("\n".join(lines) + "\n").encode()))
+    with pytest.raises(ConfigError, match=r"at row 250 \(line 252\): CSV parse error: Expected 2 columns, got 3"):
+        read_all(path)
+
+
+def test_write_manifest_writes_what_the_reader_reads(tmp_path: Path) -> None:
+    """The fake hosts' helper compresses and delimits delimited text as its name says."""
+    urls = [f"http://a/{i}.png" for i in range(3)]
+    for name in ("m.csv.gz", "m.tsv"):
+        assert [r["url"] for r in read_all(write_manifest(tmp_path / name, urls))] == urls
+    tabs = write_manifest(tmp_path / "t.csv.bz2", urls, labels=["x"] * 3, delimiter="\t")
+    assert Manifest(str(tabs), "url").delimiter == "\t"
 
 
 def test_column_checks_name_the_columns(tmp_path: Path) -> None:
@@ -146,15 +238,23 @@ def test_column_checks_name_the_columns(tmp_path: Path) -> None:
                     b"<r><i><url>&x;</url></i></r>", "refused"),
         ("broken.xml", b"<r><i><url>http://a/1.png</url></i><i><url>oops</r>", "not well-formed"),
         ("garbage.xlsx", b"not a zip file", "cannot read"),
+        ("corrupt.csv.gz", b"this was never gzip", r"corrupt\.csv\.gz as csv: zlib inflate failed"),
+        ("truncated.csv.gz", TRUNCATED_GZ, r"truncated\.csv\.gz as csv.*: Truncated compressed stream"),
+        ("empty.csv.gz", b"", "Empty CSV file"),
+        ("empty.txt", b"", "Empty CSV file"),
+        ("m.csv.xz", b"\xfd7zXZ\x00", r"\.xz compression is not supported"),
+        ("m.parquet.gz", gzip.compress(b"PAR1"), "only delimited text"),
     ],
 )
 def test_unreadable_inputs_are_user_errors(tmp_path: Path, name: str, content: bytes | None, match: str) -> None:
-    """Missing, corrupt, unsafe (DTD/entities) or malformed manifests raise ConfigError, never crash."""
+    """Missing, corrupt, unsafe (DTD/entities), malformed or wrongly compressed manifests raise a
+    one-line ConfigError, never crash."""
     path = tmp_path / name
     if content is not None:
         path.write_bytes(content)
-    with pytest.raises(ConfigError, match=match):
+    with pytest.raises(ConfigError, match=match) as caught:
         read_all(path)
+    assert "\n" not in str(caught.value)
 
 
 def test_csv_streams_in_batches_with_continuous_row_numbers(tmp_path: Path) -> None:
