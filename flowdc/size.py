@@ -40,7 +40,7 @@ from flowdc.errors import ConfigError, DestinationError
 from flowdc.fetch import Outcome, exchange, status_outcome
 from flowdc.localfiles import write_local
 from flowdc.loops import run_sync
-from flowdc.manifest import FORMATS_BY_SUFFIX, Manifest
+from flowdc.manifest import FORMATS_HELP, Manifest, is_manifest_name
 from flowdc.requestloop import RequestLoop
 from flowdc.scheduler import Job
 from flowdc.signals import Signal
@@ -188,10 +188,9 @@ def manifest_paths(cfg: SizeConfig) -> list[str]:
     if not folder.is_dir():
         raise ConfigError(f"directory not found: {folder}")
     paths = sorted(str(p) for p in folder.iterdir()
-                   if p.is_file() and p.suffix.lower() in FORMATS_BY_SUFFIX and not p.name.startswith((".", "_")))
+                   if p.is_file() and is_manifest_name(p.name) and not p.name.startswith((".", "_")))
     if not paths:
-        suffixes = ", ".join(sorted(FORMATS_BY_SUFFIX))
-        raise ConfigError(f"no manifest files ({suffixes}) in {folder}")
+        raise ConfigError(f"no manifest files ({FORMATS_HELP}) in {folder}")
     return paths
 
 

@@ -16,7 +16,6 @@ from typing import Any
 
 from flowdc.errors import ConfigError
 
-MANIFEST_SUFFIXES = (".parquet", ".csv", ".xlsx", ".xls", ".xml")
 PART_NUMBER = re.compile(r"part-(\d+)")
 
 
@@ -86,8 +85,9 @@ def _host_shares(folder: str, plan: dict[str, Any]) -> dict[int, dict[str, float
 
 
 def _from_folder(folder: str) -> list[Partition]:
-    names = sorted(n for n in os.listdir(folder)
-                   if n.lower().endswith(MANIFEST_SUFFIXES) and not n.startswith((".", "_")))
+    from flowdc.manifest import is_manifest_name  # late: it loads Arrow, which a plan.json needs not
+
+    names = sorted(n for n in os.listdir(folder) if is_manifest_name(n) and not n.startswith((".", "_")))
     parts = []
     for i, name in enumerate(names):
         m = PART_NUMBER.search(name)

@@ -268,7 +268,7 @@ def test_sample_larger_than_manifest_is_a_census(farm: FakeHostFarm, tmp_path: P
 def test_directory_of_partitions(farm: FakeHostFarm, tmp_path: Path) -> None:
     parts = tmp_path / "parts"
     expected = 0
-    for p, suffix in enumerate(("parquet", "parquet", "csv")):
+    for p, suffix in enumerate(("parquet", "csv", "csv.gz")):  # any manifest the reader reads
         urls = [farm.url(p, f"/p{p}-{i}.png?size={1000 + 100 * i}") for i in range(5)]
         expected += sum(1000 + 100 * i for i in range(5))
         write_manifest(parts / f"part-{p:05d}.{suffix}", urls)

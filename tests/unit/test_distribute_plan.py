@@ -50,11 +50,13 @@ def test_the_plan_json_split_hosts_serve_when_the_host_table_is_gone(plan_dir: P
 
 
 def test_a_folder_without_a_plan_numbers_partitions_by_name(tmp_path: Path) -> None:
-    for n in (3, 7):
-        write_manifest(tmp_path / f"part-{n:05d}.parquet", ["http://a.example/1.png"])
+    """Any manifest the reader reads is a partition (compressed text too); other files are not."""
+    for name in ("part-00003.parquet", "part-00005.csv.gz", "part-00007.tsv"):
+        write_manifest(tmp_path / name, ["http://a.example/1.png"])
     (tmp_path / "_plan").mkdir()
+    (tmp_path / "notes.md").write_text("not a partition")
     parts = load_partitions(str(tmp_path))
-    assert [(p.number, p.rows, p.host_budget) for p in parts] == [(3, None, {}), (7, None, {})]
+    assert [(p.number, p.rows, p.host_budget) for p in parts] == [(3, None, {}), (5, None, {}), (7, None, {})]
 
 
 @pytest.mark.parametrize("make", ["missing", "empty", "bad_plan", "plan_lists_missing_file"])
