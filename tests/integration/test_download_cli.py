@@ -7,6 +7,7 @@ Exit-code tests run `python -m flowdc` as a real subprocess; image servers are f
 from __future__ import annotations
 
 import asyncio
+import gzip
 import json
 import os
 import subprocess
@@ -130,11 +131,21 @@ def _cli_case(*options: str) -> Callable[[Path], list[str]]:
     return build
 
 
-def _case_ragged_csv(tmp: Path) -> list[str]:
-    """250 good rows, then one with a field too many: the error names that row, not row 0."""
-    lines = ["url,label", *(f"{DEAD}/{i}.png,a" for i in range(250)), f"{DEAD}/x.png,a,extra", f"{DEAD}/y.png,a"]
-    (tmp / "m.csv").write_text("\n".join(lines) + "\n")
-    return ["--input", str(tmp / "m.csv")]
+def _ragged_csv_case(name: str) -> Callable[[Path], list[str]]:
+    """250 good rows, then one with a field too many: the error names that row, not row 0, in a
+    plain or a gzip-compressed file."""
+    def build(tmp: Path) -> list[str]:
+        lines = ["url,label", *(f"{DEAD}/{i}.png,a" for i in range(250)), f"{DEAD}/x.png,a,extra", f"{DEAD}/y.png,a"]
+        text = ("\n".join(lines) + "\n").encode()
+        (tmp / name).write_bytes(gzip.compress(text) if name.endswith(".gz") else text)
+        return ["--input", str(tmp / name)]
+
+    return build
+
+
+def _case_corrupt_gz(tmp: Path) -> list[str]:
+    (tmp / "m.csv.gz").write_bytes(b"url\nnever compressed\n")
+    return ["--input", str(tmp / "m.csv.gz")]
 
 
 def _numbers_as_urls(tmp: Path) -> Path:
@@ -184,7 +195,11 @@ BAD_INPUTS: list[tuple[str, Callable[[Path], list[str]], str]] = [
     ("inf_paarc_knob", _cli_case("--probe_rtt_period=-inf"), "probe_rtt_period must be a finite number"),
     ("output_is_a_file", _case_output_is_a_file, "notes.txt: is a file, not a folder"),
     ("output_under_a_file", _case_output_under_a_file, "notes.txt is a file, not a folder"),
-    ("ragged_csv", _case_ragged_csv, "at row 250 (line 252): CSV parse error: Expected 2 columns, got 3"),
+    ("ragged_csv", _ragged_csv_case("m.csv"), "at row 250 (line 252): CSV parse error: Expected 2 columns, got 3"),
+    ("ragged_csv_gz", _ragged_csv_case("m.csv.gz"), "at row 250 (line 252): CSV parse error: Expected 2 columns"),
+    ("corrupt_gz", _case_corrupt_gz, "m.csv.gz as csv: zlib inflate failed"),
+    ("unsupported_compression", lambda tmp: ["--input", str(_manifest(tmp).rename(tmp / "m.csv.xz"))],
+     ".xz compression is not supported"),
     ("wrong_type_cli", _case_bad_type_cli, "invalid float value: 'abc'"),
     ("cmin_above_cmax", _case_cmin_above_cmax, "C_min <= C_init <= C_max"),
     ("bad_choice_cli", _case_bad_choice_cli, "invalid choice: 'zip'"),
@@ -310,21 +325,24 @@ def test_force_never_deletes_the_input_manifest(tmp_path: Path, two_hosts: FakeH
 
 
 # -- manifest formats end to end ----------------------------------------------------------------
-@pytest.mark.parametrize("fmt", ["parquet", "csv", "xlsx", "xls", "xml", "txt-as-csv"])
+@pytest.mark.parametrize("fmt", ["parquet", "csv", "xlsx", "xls", "xml", "dat-as-csv", "tabs-in-csv.gz"])
 def test_every_manifest_format_downloads(tmp_path: Path, two_hosts: FakeHostFarm, fmt: str,
                                          capsys: pytest.CaptureFixture[str]) -> None:
-    """parquet, csv, xlsx, xls, xml and a .txt read with --input_format csv all download the same
-    rows with the same keys and labels (run in-process through flowdc.cli.main)."""
+    """parquet, csv, xlsx, xls, xml, a .dat read with --input_format csv and a tab-separated
+    .csv.gz (iNaturalist's photos.csv.gz) all download the same rows with the same keys and labels
+    (run in-process through flowdc.cli.main)."""
     import openpyxl
     import xlwt
 
     urls = urls_on(two_hosts, 8, prefix=f"fmt-{fmt}")
     labels = ["red", "green"] * 4
-    extra = ["--input_format", "csv"] if fmt == "txt-as-csv" else []
+    extra = ["--input_format", "csv"] if fmt == "dat-as-csv" else []
     if fmt in ("parquet", "csv"):
         path = write_manifest(tmp_path / f"m.{fmt}", urls, labels)
-    elif fmt == "txt-as-csv":
-        path = write_manifest(tmp_path / "m.txt", urls, labels, fmt="csv")
+    elif fmt == "dat-as-csv":  # a name that says nothing: --input_format says csv
+        path = write_manifest(tmp_path / "m.dat", urls, labels, fmt="csv")
+    elif fmt == "tabs-in-csv.gz":
+        path = write_manifest(tmp_path / "photos.csv.gz", urls, labels, delimiter="\t")
     elif fmt == "xlsx":
         path = tmp_path / "m.xlsx"
         book = openpyxl.Workbook()
