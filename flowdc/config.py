@@ -23,6 +23,11 @@ from flowdc.urls import DEFAULT_SECRET_PARAMS, redact_url, redact_urls_in, secre
 from flowdc.writers.shardnames import check_prefix
 
 _PAARC = PaarcParams()  # the controller's defaults are the options' defaults
+# download, partition and size read manifests through one reader (flowdc.manifest): one option.
+INPUT_FORMATS = ("auto", "parquet", "csv", "excel", "xml")
+INPUT_FORMAT_HELP = ("Manifest format; auto picks by extension, looking past .gz/.bz2/.zst (photos.csv.gz is csv). "
+                     "csv is any delimited text: tab-separated for .tsv, else tab when the header line splits into "
+                     "more fields at tabs than at commas, else comma.")
 
 
 def opt(default: Any, help: str, *, aliases: tuple[str, ...] = (), choices: tuple[str, ...] = ()) -> Any:
@@ -131,12 +136,10 @@ class PolitenessOptions:
 
 @dataclass
 class DownloadConfig(PolitenessOptions, NetworkOptions, RedactOptions, PaarcOptions):
-    input: str = opt("", "Manifest of URLs: parquet, csv, excel (.xlsx/.xls) or xml; a path or any fsspec URL "
-                     "(s3://, gs://, https://, hf://).")
+    input: str = opt("", "Manifest of URLs: parquet, csv/tsv/txt (also .gz, .bz2 or .zst compressed), excel "
+                     "(.xlsx/.xls) or xml; a path or any fsspec URL (s3://, gs://, https://, hf://).")
     output: str = opt("", "Output directory or fsspec URL (s3://bucket/prefix, gs://bucket/prefix).")
-    input_format: str = opt(
-        "auto", "Manifest format; auto picks by extension.", choices=("auto", "parquet", "csv", "excel", "xml")
-    )
+    input_format: str = opt("auto", INPUT_FORMAT_HELP, choices=INPUT_FORMATS)
     url: str = opt("url", "Column holding the URLs.", aliases=("url_col",))
     label: str | None = opt(None, "Column holding class labels (optional).", aliases=("label_col",))
     output_format: str = opt("imagefolder", "Output layout.", choices=("imagefolder", "webdataset"))
@@ -322,7 +325,8 @@ def check_host_budget(budget: Mapping[str, float]) -> dict[str, float]:
 
 @dataclass
 class PartitionConfig:
-    input: str = opt("", "Manifest to split: parquet, csv, tsv, excel (.xlsx/.xls) or xml.", aliases=("parquet",))
+    input: str = opt("", "Manifest to split: parquet, csv/tsv/txt (also .gz, .bz2 or .zst compressed), excel "
+                     "(.xlsx/.xls) or xml.", aliases=("parquet",))
     url_col: str = opt("url", "Column holding the URLs.", aliases=("url",))
     groups: int = opt(0, "Number of partitions (or give --rows_per_partition).")
     rows_per_partition: int = opt(0, "Rows per partition; sets the number of groups.")
@@ -332,8 +336,7 @@ class PartitionConfig:
     group_col: str | None = opt(None, "Column that greedy balances (e.g. the class label).", aliases=("label",))
     seed: int | None = opt(None, "Shuffle seed for simple; fixes every random choice.")
     format: str = opt("parquet", "Partition file format.", choices=("parquet", "csv"))
-    input_format: str = opt("auto", "Manifest format; auto picks by extension.",
-                            choices=("auto", "parquet", "csv", "excel", "xml"))
+    input_format: str = opt("auto", INPUT_FORMAT_HELP, choices=INPUT_FORMATS)
     quiet: bool = opt(False, "No progress output.")
 
     def check(self) -> None:
@@ -355,8 +358,7 @@ class SizeConfig(PolitenessOptions, NetworkOptions, RedactOptions, PaarcOptions)
     input: str | None = opt(None, "One manifest to estimate.")
     directory: str | None = opt(None, "A folder of manifests (e.g. partitions) to estimate together.")
     url_column: str = opt("url", "Column holding the URLs.", aliases=("url_col", "url"))
-    input_format: str = opt("auto", "Manifest format; auto picks by extension.",
-                            choices=("auto", "parquet", "csv", "excel", "xml"))
+    input_format: str = opt("auto", INPUT_FORMAT_HELP, choices=INPUT_FORMATS)
     sample: int = opt(0, "Ask only this many random URLs and extrapolate with a 95% CI (0 = all).")
     seed: int = opt(0, "Seed for the sample.")
     concurrent_requests: int = opt(200, "Global bound on requests in flight.")

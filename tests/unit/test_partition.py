@@ -6,6 +6,7 @@ files back, so they check what a downstream step would see.
 
 from __future__ import annotations
 
+import gzip
 import json
 import math
 import tempfile
@@ -407,7 +408,8 @@ def test_help_names_every_input_format(capsys: pytest.CaptureFixture[str]) -> No
     with pytest.raises(SystemExit):
         main(["partition", "--help"])
     text = " ".join(capsys.readouterr().out.split())
-    assert "Manifest to split: parquet, csv, tsv, excel (.xlsx/.xls) or xml" in text
+    assert ("Manifest to split: parquet, csv/tsv/txt (also .gz, .bz2 or .zst compressed), excel (.xlsx/.xls) or xml"
+            in text)
 
 
 def test_xml_input_is_read_through_the_manifest_reader(tmp_path: Path) -> None:
@@ -416,6 +418,17 @@ def test_xml_input_is_read_through_the_manifest_reader(tmp_path: Path) -> None:
     path.write_text(f"<rows>{rows}</rows>")
     plan, parts = run(tmp_path, path, groups=2, method="greedy", group_col="label")
     assert plan["total_rows"] == 9 and sorted(p.height for p in parts) == [4, 5]
+
+
+def test_compressed_tab_separated_input_is_read_through_the_manifest_reader(tmp_path: Path) -> None:
+    """A gzip-compressed, tab-separated .txt (GBIF style) partitions like any manifest."""
+    path = tmp_path / "multimedia.txt.gz"
+    lines = ["gbifID\tidentifier\tlicense", *(f"{i}\thttp://h{i % 3}.com/{i}.jpg\tCC0" for i in range(9))]
+    path.write_bytes(gzip.compress(("\n".join(lines) + "\n").encode()))
+    plan, parts = run(tmp_path, path, groups=3, url_col="identifier")
+    assert plan["total_rows"] == 9 and sorted(p.height for p in parts) == [3, 3, 3]
+    rows = pl.concat(parts).sort("row")
+    assert rows["gbifID"].to_list() == [str(i) for i in range(9)] and rows["row"].to_list() == list(range(9))
 
 
 @pytest.mark.parametrize(
