@@ -30,11 +30,10 @@ from flowdc.deadlines import deadlines
 from flowdc.imagesig import NOT_AN_IMAGE, SNIFF_BYTES, image_format_ok
 from flowdc.network import make_connector, watch_of
 from flowdc.politeness import DEFAULT_DISALLOWED, disallowed_directive, user_agent
+from flowdc.quota import MAX_HOLD_S, announced_quota
 from flowdc.signals import Signal
 
-# A longer Retry-After is waited on for this long per attempt; once the row's attempts are spent it
-# fails as transient and a rerun picks it up. It keeps one odd header from parking a run for a day.
-MAX_RETRY_AFTER_S = 600.0
+MAX_RETRY_AFTER_S = MAX_HOLD_S
 FINAL_STATUSES = frozenset({400, 401, 403, 404, 405, 406, 410, 414, 451})
 OVERLOAD_STATUSES = frozenset({429, 503})
 CHUNK = 1 << 16
@@ -80,6 +79,7 @@ class Outcome:
     # but a later run may (a --ca_bundle given, DNS fixed), so the row stays `retryable` in the ledger.
     retry_now: bool = True
     skipped: bool = False  # the site opted out (X-Robots-Tag): recorded as skipped, not failed
+    quota: tuple[int, float] | None = None  # the host's announced (requests left, seconds to its reset)
 
     @property
     def ok(self) -> bool:
@@ -176,7 +176,7 @@ def status_outcome(resp: aiohttp.ClientResponse, kind: type[OutcomeT], **more: A
     signal, retryable = classify_status(resp.status)
     retry_after = parse_retry_after(resp.headers.get("Retry-After")) if retryable else None
     return kind(signal, status=resp.status, reason=status_reason(resp.status), retryable=retryable,
-                retry_after=retry_after, **more)
+                retry_after=retry_after, quota=announced_quota(resp.headers), **more)
 
 
 def content_type_allowed(content_type: str | None, allowed: tuple[str, ...]) -> bool:
@@ -331,7 +331,7 @@ async def _read_response(resp: aiohttp.ClientResponse, settings: FetchSettings) 
     if (ctype or "").lower().startswith("image/") and not image_format_ok(body[:SNIFF_BYTES], ctype):
         # Served as an image but not one (an HTML error page as image/jpeg): final, a retry gets the same.
         return Outcome(Signal.OBJECT_ERROR, status, NOT_AN_IMAGE, content_type=ctype)
-    return Outcome(Signal.OK, status, None, False, body=body, content_type=ctype)
+    return Outcome(Signal.OK, status, None, False, body=body, content_type=ctype, quota=announced_quota(resp.headers))
 
 
 def _whole_range(content_range: str | None, size: int) -> bool:

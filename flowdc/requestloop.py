@@ -97,7 +97,8 @@ class RequestLoop(Generic[OutcomeT]):
                     me.uncancel()  # the scheduler gave up on this one request, not on the worker
                     outcome = self._host_down()
                 job.worker = None
-            sched.finished(job, outcome.signal, outcome.ttfb, outcome.retry_after, outcome.fresh_connection)
+            sched.finished(job, outcome.signal, outcome.ttfb, outcome.retry_after, outcome.fresh_connection,
+                           outcome.quota)
             await settle(job, outcome)
 
     def _host_down(self) -> OutcomeT:

@@ -184,9 +184,13 @@ class Scheduler:
         return None
 
     def finished(self, job: Job, signal: Signal, ttfb: float | None, retry_after: float | None,
-                 fresh_connection: bool = False) -> None:
-        """A request ended; the caller then either retries the job or records it as final."""
+                 fresh_connection: bool = False, quota: tuple[int, float] | None = None) -> None:
+        """A request ended; the caller then either retries the job or records it as final. `quota`
+        is what the host announced is left of its count, and when that starts over (flowdc.quota)."""
         host = self.hosts[job.host]
+        if quota is not None and quota[0] <= len(host.sent) - 1:
+            # The requests still out will take what is left: anything sent now would be refused.
+            retry_after = max(retry_after or 0.0, quota[1])
         sample = Sample(signal, ttfb, host.inflight, retry_after, fresh_connection, retried=job.attempts > 1)
         del host.sent[id(job)]
         if job.stalled:

@@ -2,8 +2,9 @@
 
 Each HostSpec becomes one aiohttp server bound to its own 127.0.0.x address, so the downloader
 sees distinct hosts. A host can behave like a real server under load: a FIFO queue in front of
-a fixed number of service slots (latency grows with load), a hard cap that answers 429, and a
-token bucket. Faults come either at random (seeded) or scripted per URL in the query string:
+a fixed number of service slots (latency grows with load), a hard cap that answers 429, a
+token bucket, and a quota per fixed window, which it may announce on every reply (RateLimit-* or
+X-RateLimit-* headers). Faults come either at random (seeded) or scripted per URL in the query string:
 
     ?fail=KIND[xN]        KIND is an HTTP status 400-599 (503, 429, 404, 500, ...) or one of
                           reset, truncate, stall; with xN only the first N attempts of this
@@ -74,6 +75,13 @@ class HostSpec:
     retry_after_s: float | None = None  # Retry-After sent with host 429s and scripted 429/503
     rate_per_s: float | None = None  # token bucket refill rate; an empty bucket -> 429
     burst: int = 1  # token bucket size
+    # A quota of this many requests per `window_s` (fixed windows on the Unix clock, as APIs count
+    # them); past it, 429 with Retry-After until the window starts over.
+    window_quota: int | None = None
+    window_s: float = 1.0
+    # Announce the quota on every reply: "ietf" (RateLimit-Remaining, RateLimit-Reset in seconds),
+    # "x" (X-RateLimit-Remaining, X-RateLimit-Reset as a Unix time), or None (say nothing).
+    announce_quota: str | None = None
     image_bytes: int = 4096
     fault_rate: float = 0.0  # share of requests that get a random fault from `faults`
     faults: tuple[str, ...] = ()  # fault kinds as in ?fail=; ("503",) when empty
@@ -236,6 +244,29 @@ class TokenBucket:
         return max(0.0, (1.0 - self.tokens) / self.rate)
 
 
+class FixedWindow:
+    """`quota` requests per window of `window_s` seconds, counted on the Unix clock."""
+
+    def __init__(self, quota: int, window_s: float) -> None:
+        self.quota, self.window_s = quota, window_s
+        self.window, self.used = -1, 0
+
+    def take(self, now: float) -> tuple[bool, int, float]:
+        """(accepted, requests left in this window, the Unix time it ends)."""
+        window = math.floor(now / self.window_s)
+        if window != self.window:
+            self.window, self.used = window, 0
+        accepted = self.used < self.quota
+        self.used += accepted
+        return accepted, self.quota - self.used, (window + 1) * self.window_s
+
+
+def quota_headers(style: str, left: int, ends_at: float, now: float) -> dict[str, str]:
+    if style == "x":
+        return {"X-RateLimit-Remaining": str(left), "X-RateLimit-Reset": str(math.ceil(ends_at))}
+    return {"RateLimit-Remaining": str(left), "RateLimit-Reset": str(math.ceil(ends_at - now))}
+
+
 # ---------------------------------------------------------------------------------------------
 # One host.
 
@@ -336,6 +367,7 @@ class FakeHost:
         spec = self.spec
         self._rng = random.Random(spec.seed)
         self._bucket = TokenBucket(spec.rate_per_s, spec.burst) if spec.rate_per_s else None
+        self._window = FixedWindow(spec.window_quota, spec.window_s) if spec.window_quota else None
         self._attempts: dict[str, int] = {}
         self._status: dict[int, int] = {}
         self._user_agents: set[str] = set()
@@ -398,13 +430,29 @@ class FakeHost:
         if self._bucket is not None and not self._bucket.take():
             wait = spec.retry_after_s if spec.retry_after_s is not None else math.ceil(self._bucket.wait_s())
             return self._error(429, request, wait)
+        announced: dict[str, str] = {}
+        if self._window is not None:
+            now = time.time()
+            accepted, left, ends_at = self._window.take(now)
+            if spec.announce_quota:
+                announced = quota_headers(spec.announce_quota, left, ends_at, now)
+            if not accepted:
+                resp = self._error(429, request, math.ceil(ends_at - now))
+                resp.headers.update(announced)
+                return resp
         if self._slots is None:
-            return await self._serve(request)
+            return self._announced(await self._serve(request), announced)
         await self._slots.acquire()
         try:
-            return await self._serve(request)
+            return self._announced(await self._serve(request), announced)
         finally:
             self._slots.release()
+
+    @staticmethod
+    def _announced(resp: web.StreamResponse, headers: dict[str, str]) -> web.StreamResponse:
+        if headers and not resp.prepared:  # a streamed body's headers are gone already
+            resp.headers.update(headers)
+        return resp
 
     async def _serve(self, request: web.BaseRequest) -> web.StreamResponse:
         spec = self.spec

@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import pytest
+
 from flowdc.config import DownloadConfig
 from flowdc.download import FEED_SLICE_ROWS, DownloadJob
 from flowdc.testing.fakehosts import FakeHostFarm, HostSpec
@@ -218,3 +220,21 @@ def test_requests_leave_while_a_manifest_batch_is_still_turned_into_jobs(tmp_pat
     overview = asyncio.run(job.run())
     assert overview["totals"]["ok"] == rows
     assert added_at_first_request[0] <= FEED_SLICE_ROWS  # one slice was read, not the whole batch
+
+
+@pytest.mark.parametrize("paarc", [False, True], ids=["fixed", "paarc"])
+def test_a_host_that_announces_its_quota_is_held_before_it_refuses(tmp_path: Path, farm_factory: FarmFactory,
+                                                                    paarc: bool) -> None:
+    """Three hosts allow 10 requests a second each (fixed windows). Two say so on every reply, one
+    as X-RateLimit-* (a Unix time), one as RateLimit-* (seconds); the third says nothing. The two
+    that announce are held before their quota runs out and refuse nothing; the silent one's quota
+    is found by refusals."""
+    styles = ("x", "ietf", None)
+    farm = farm_factory([HostSpec(f"127.0.0.{2 + i}", latency_s=0.02, window_quota=10, window_s=1.0,
+                                  announce_quota=style, retry_after_s=1) for i, style in enumerate(styles)])
+    urls = [farm.url(h, f"/quota/{h}-{i}.png?size=300") for i in range(25) for h in range(len(styles))]
+    records = run(tmp_path, urls, enable_paarc=paarc, C_init=4, retry_backoff_sec=0.05)
+    assert all(r["status"] == "ok" for r in records.values())
+    refused = [st["n_429"] for st in farm.stats().values()]
+    assert refused[0] == 0 and refused[1] == 0, refused
+    assert refused[2] >= 1

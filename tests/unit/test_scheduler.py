@@ -221,3 +221,23 @@ def test_a_request_ending_wakes_no_worker_for_the_job_its_own_worker_takes() -> 
 
     waits = asyncio.run(main())
     assert waits < 40, waits  # one a request before: 200 and more
+
+
+@pytest.mark.parametrize("left, held", [(3, True), (2, True), (4, False), (50, False)])
+def test_a_host_announcing_no_more_than_its_requests_out_is_held_until_its_reset(left: int, held: bool) -> None:
+    """Four requests out; the first reply says `left` more are allowed before the count starts over
+    in 2 s. The three still out take three of them: with three or fewer left, anything sent now
+    would be refused, so the host waits out the reset; with more, it goes on."""
+    async def main() -> None:
+        sched = Scheduler(lambda host, now: FixedLimit(4), max_pending=100)
+        for job in jobs(10):
+            sched.add(job)
+        taken = take_all(sched)
+        assert len(taken) == 4
+        now = sched.loop.time()
+        sched.finished(taken[0], Signal.OK, 0.01, None, quota=(left, 2.0))
+        hold = sched.hosts["h"].policy.hold_until()
+        assert (hold >= now + 2.0) is held and (hold > now) is held
+        assert len(take_all(sched)) == (0 if held else 1)
+
+    asyncio.run(main())
