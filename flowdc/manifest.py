@@ -87,6 +87,29 @@ def detect_format(path: str, input_format: str = "auto") -> str:
     return fmt
 
 
+MAGIC = {"gzip": b"\x1f\x8b", "bz2": b"BZh", "zstd": b"\x28\xb5\x2f\xfd"}
+
+
+class _Prefixed(io.RawIOBase):
+    """A binary stream whose first bytes were read off already: they are handed out again first."""
+
+    def __init__(self, head: bytes, rest: Any) -> None:
+        self._head, self._rest = head, rest
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        view = memoryview(buffer).cast("B")
+        if self._head:
+            n = min(len(view), len(self._head))
+            view[:n], self._head = self._head[:n], self._head[n:]
+            return n
+        data = self._rest.read(len(view))
+        view[: len(data)] = data
+        return len(data)
+
+
 def is_manifest_name(name: str) -> bool:
     """Whether a file found in a folder of manifests is one, by the suffixes detect_format reads."""
     inner, compressed = _split_compression_suffix(name)
@@ -180,6 +203,15 @@ class Manifest:
             if self.compression is None:
                 yield src
                 return
+            if not isinstance(src, str):
+                # A web server that sends a .gz with `Content-Encoding: gzip` has it decompressed on
+                # the way (aiohttp, under fsspec): the text arrives plain. (A local .gz that is not
+                # gzip is an error to report, not text to guess at.)
+                head = bytes(src.read(len(MAGIC[self.compression])))
+                src = io.BufferedReader(_Prefixed(head, src))
+                if not head.startswith(MAGIC[self.compression]):
+                    yield src
+                    return
             with pa.input_stream(src, compression=self.compression) as stream:
                 yield stream
 

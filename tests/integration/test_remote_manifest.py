@@ -10,9 +10,10 @@ import asyncio
 import contextlib
 import gzip
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
 
+import pyarrow as pa
 import pytest
 from aiohttp import web
 
@@ -29,11 +30,27 @@ FarmFactory = Callable[[Sequence[HostSpec]], FakeHostFarm]
 @contextlib.contextmanager
 def file_server(folder: Path) -> Iterator[str]:
     """Serve `folder` over HTTP on 127.0.0.1 (any free port) from a thread; yields the base URL."""
+    app = web.Application()
+    app.router.add_static("/", folder)
+    with served(app) as base:
+        yield base
+
+
+@contextlib.contextmanager
+def app_server(routes: dict[str, Callable[[web.Request], Awaitable[web.StreamResponse]]]) -> Iterator[str]:
+    """Serve GET `routes` (path -> handler) over HTTP on 127.0.0.1; yields the base URL."""
+    app = web.Application()
+    for path, handler in routes.items():
+        app.router.add_get(path, handler)
+    with served(app) as base:
+        yield base
+
+
+@contextlib.contextmanager
+def served(app: web.Application) -> Iterator[str]:
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, daemon=True)
     thread.start()
-    app = web.Application()
-    app.router.add_static("/", folder)
     runner = web.AppRunner(app)
 
     async def start() -> int:
@@ -49,6 +66,21 @@ def file_server(folder: Path) -> Iterator[str]:
         asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(10)
         loop.call_soon_threadsafe(loop.stop)
         thread.join(10)
+
+
+def test_a_gz_manifest_sent_with_content_encoding_is_read_as_the_text_that_arrives(tmp_path: Path) -> None:
+    """Some web servers send photos.csv.gz with `Content-Encoding: gzip`: the HTTP client
+    decompresses it on the way, so the text arrives plain and is read as such."""
+    rows = "url\tlabel\n" + "".join(f"http://127.0.0.2:9/{i}.png\t{'ab'[i % 2]}\n" for i in range(30))
+    body = gzip.compress(rows.encode())
+
+    async def encoded(_request: web.Request) -> web.Response:
+        return web.Response(body=body, headers={"Content-Encoding": "gzip", "Content-Type": "text/csv"})
+
+    with app_server({"/photos.csv.gz": encoded}) as base:
+        table = pa.Table.from_batches(list(Manifest(f"{base}/photos.csv.gz", "url", batch_rows=7).batches()))
+    assert table.column("label").to_pylist() == ["ab"[i % 2] for i in range(30)]
+    assert table.column("row").to_pylist() == list(range(30))
 
 
 @pytest.mark.parametrize("suffix", ["parquet", "csv"])
