@@ -283,7 +283,8 @@ class DownloadJob:
                 self.archive.discard()  # an interrupted or failed run: no archive (finish() went first otherwise)
             self.write_pool.shutdown(wait=True)
             self.hash_pool.shutdown(wait=True)
-            self._publish({}, done=True)
+            scheduler = getattr(self, "scheduler", None)
+            self._publish(scheduler.snapshot() if scheduler is not None else {}, done=True)
             if self.resize_pool is not None:
                 self.resize_pool.shutdown(wait=True, cancel_futures=True)
             if self._own_telemetry is not None:

@@ -106,6 +106,7 @@ class Scheduler:
         self.hosts: dict[str, HostState] = {}
         self._ready: collections.deque[HostState] = collections.deque()
         self._idle: collections.OrderedDict[str, HostState] = collections.OrderedDict()
+        self._gone_idle: dict[str, HostState] = {}  # idle since the last snapshot: owed their final figures
         self._active: dict[str, HostState] = {}  # hosts with work; ticks visit only these
         self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
         self._wake_due = False  # a _wake_for_ready is scheduled
@@ -263,11 +264,15 @@ class Scheduler:
         return list(self._active.values())
 
     def snapshot(self) -> dict[str, dict[str, Any]]:
+        """Each active host's figures, and once more those of hosts gone idle since the last call:
+        their requests since then count too (a run's last round is taken at its end)."""
         now = self.loop.time()
+        hosts = {**self._gone_idle, **self._active}
+        self._gone_idle = {}
         return {h.name: {**h.policy.snapshot(), "inflight": h.inflight, "stalled": h.stalled(),
                          "queued": len(h.queue), "hold_s": round(max(h.policy.hold_until() - now, 0.0), 3),
                          **({"state": "DOWN"} if h.down else {})}
-                for h in self.active_hosts()}
+                for h in hosts.values()}
 
     # -- internals ------------------------------------------------------------------------------
     def _host(self, name: str) -> HostState:
@@ -412,7 +417,8 @@ class Scheduler:
             self._notify(math.inf)
 
     def _mark_idle(self, host: HostState) -> None:
-        self._active.pop(host.name, None)
+        if self._active.pop(host.name, None) is not None:
+            self._gone_idle[host.name] = host
         host.idle_since = self.loop.time()
         self._idle[host.name] = host
         self._idle.move_to_end(host.name)

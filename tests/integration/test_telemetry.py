@@ -170,3 +170,18 @@ def test_jsonl_on_s3_is_written_in_parts(tmp_path: Path, two_hosts: FakeHostFarm
     assert set(summary) <= {h.netloc for h in two_hosts.hosts} and summary
     out = render_report(url, str(tmp_path / "report.png"), s3_options(s3_endpoint))
     assert Path(out).read_bytes().startswith(b"\x89PNG")
+
+
+def test_the_last_snapshot_holds_every_hosts_final_counts(tmp_path: Path, two_hosts: FakeHostFarm) -> None:
+    """A run ends between two snapshot rounds: its hosts' last requests came after their last
+    round. The run's closing snapshot names every host it sent to, so the telemetry's totals are
+    the run's own, even for a run shorter than one round."""
+    rows = 40
+    manifest = _manifest(tmp_path, two_hosts, "final", rows)
+    path = tmp_path / "t.jsonl"
+    download_partition(_cfg(manifest, tmp_path / "out", telemetry=str(path)))
+    totals = summarize(path)
+    assert {host: t["requests"] for host, t in totals.items()} == {h.netloc: rows // 2 for h in two_hosts.hosts}
+    assert all(t["ok"] == rows // 2 for t in totals.values())
+    last = [json.loads(line) for line in path.read_text().splitlines()][-3:]
+    assert [r.get("kind", "host") for r in last] == ["host", "host", "run"] and last[-1]["done"]
