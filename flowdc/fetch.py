@@ -176,7 +176,7 @@ def status_outcome(resp: aiohttp.ClientResponse, kind: type[OutcomeT], **more: A
     signal, retryable = classify_status(resp.status)
     retry_after = parse_retry_after(resp.headers.get("Retry-After")) if retryable else None
     return kind(signal, status=resp.status, reason=status_reason(resp.status), retryable=retryable,
-                retry_after=retry_after, quota=announced_quota(resp.headers), **more)
+                retry_after=retry_after, **more)
 
 
 def content_type_allowed(content_type: str | None, allowed: tuple[str, ...]) -> bool:
@@ -228,6 +228,7 @@ async def exchange(session: aiohttp.ClientSession, method: str, url: str, timeou
             outcome = await read(resp)
             outcome.ttfb = ttfb
             outcome.fresh_connection = fresh
+            outcome.quota = announced_quota(resp.headers)  # any command's request counts against it
     except (Exception, asyncio.CancelledError) as exc:  # every client failure becomes a reason
         timed_out = isinstance(exc, asyncio.CancelledError)  # by the deadline, or from outside
         if timed_out and not deadline.absorbs():
@@ -331,7 +332,7 @@ async def _read_response(resp: aiohttp.ClientResponse, settings: FetchSettings) 
     if (ctype or "").lower().startswith("image/") and not image_format_ok(body[:SNIFF_BYTES], ctype):
         # Served as an image but not one (an HTML error page as image/jpeg): final, a retry gets the same.
         return Outcome(Signal.OBJECT_ERROR, status, NOT_AN_IMAGE, content_type=ctype)
-    return Outcome(Signal.OK, status, None, False, body=body, content_type=ctype, quota=announced_quota(resp.headers))
+    return Outcome(Signal.OK, status, None, False, body=body, content_type=ctype)
 
 
 def _whole_range(content_range: str | None, size: int) -> bool:

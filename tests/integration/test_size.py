@@ -213,6 +213,17 @@ def test_per_host_limit_holds(farm: FakeHostFarm, tmp_path: Path) -> None:
     assert report["hosts"] == [{"host": farm.hosts[2].netloc, "rows_asked": 30, "resolved": 30, "bytes": 45000}]
 
 
+def test_a_host_that_announces_its_quota_is_held_before_it_refuses(tmp_path: Path) -> None:
+    """A host allowing 10 HEADs a second (fixed windows) says how many are left on every reply:
+    size holds it before the quota runs out, and nothing is refused."""
+    spec = HostSpec("127.0.0.64", latency_s=0.01, window_quota=10, window_s=1.0, announce_quota="x", retry_after_s=1)
+    with run_farm_in_thread([spec]) as quota_farm:
+        urls = [quota_farm.url(0, f"/q-{i}.png?size=700") for i in range(25)]
+        report = size(tmp_path, urls, enable_paarc=False, C_init=4)
+        assert report["resolved"] == 25
+        assert quota_farm.stats()[quota_farm.hosts[0].netloc]["n_429"] == 0
+
+
 # -- sampling --------------------------------------------------------------------------------------
 def _population(n: int, seed: int) -> list[int]:
     """Skewed, like image sizes: lognormal around 20 KB, 500 B .. 300 KB."""
