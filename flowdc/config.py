@@ -26,8 +26,8 @@ _PAARC = PaarcParams()  # the controller's defaults are the options' defaults
 # download, partition and size read manifests through one reader (flowdc.manifest): one option.
 INPUT_FORMATS = ("auto", "parquet", "csv", "excel", "xml")
 INPUT_FORMAT_HELP = ("Manifest format; auto picks by extension, looking past .gz/.bz2/.zst (photos.csv.gz is csv). "
-                     "csv is any delimited text: tab-separated for .tsv, else tab when the header line splits into "
-                     "more fields at tabs than at commas, else comma.")
+                     "csv is any delimited text: tab-separated for .tsv, else whichever of comma, tab, semicolon "
+                     "and pipe splits the header line into the most fields (comma on a tie).")
 
 
 def opt(default: Any, help: str, *, aliases: tuple[str, ...] = (), choices: tuple[str, ...] = ()) -> Any:

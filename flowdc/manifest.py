@@ -49,6 +49,7 @@ COMPRESSION_BY_SUFFIX = {".gz": "gzip", ".bz2": "bz2", ".zst": "zstd"}
 UNSUPPORTED_COMPRESSION = (".xz", ".lzma", ".lz4", ".zip", ".7z", ".br", ".z")
 FORMATS_HELP = (".parquet/.pq, .csv/.tsv/.txt (also compressed: .csv.gz, .tsv.bz2, .txt.zst, ...), "
                 ".xlsx/.xlsm/.xls, .xml")
+DELIMITERS = (",", "\t", ";", "|")  # what a header line is split at to find its delimiter, comma first
 HEAD_BYTES = 1 << 16  # enough for any header line the delimiter is read from
 
 
@@ -121,16 +122,17 @@ def csv_delimiter(path: str, head: bytes) -> str:
     """The field delimiter of delimited text named `path` whose first bytes are `head`.
 
     A .tsv (before any compression suffix) is tab-separated. Anything else (.csv, .txt, or any file
-    read with --input_format csv) is decided by its header line: tab when splitting it at tabs gives
-    more fields than splitting it at commas, else comma. So iNaturalist's tab-separated photos.csv.gz
-    and GBIF's multimedia.txt read as tab-separated, and `url,label` or a lone `url` as commas.
+    read with --input_format csv) is decided by its header line: the one of comma, tab, semicolon and
+    pipe that splits it into the most fields (quotes respected), comma when none splits it more. So
+    iNaturalist's tab-separated photos.csv.gz and GBIF's multimedia.txt read as tab-separated, a
+    spreadsheet's European export (`url;label`) as semicolons, and `url,label` or a lone `url` as commas.
     """
     inner, _ = _split_compression_suffix(_path_part(path))
     if Path(inner).suffix.lower() == ".tsv":
         return "\t"
     line = head.split(b"\n", 1)[0].decode("utf-8", errors="replace").rstrip("\r")
-    fields = {d: len(next(csv.reader([line], delimiter=d), [])) for d in ("\t", ",")}
-    return "\t" if fields["\t"] > fields[","] else ","
+    fields = {d: len(next(csv.reader([line], delimiter=d), [])) for d in DELIMITERS}
+    return max(DELIMITERS, key=lambda d: fields[d])  # the first of the most: comma on a tie
 
 
 class Manifest:

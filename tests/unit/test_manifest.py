@@ -147,10 +147,14 @@ def test_format_detection_and_override(tmp_path: Path) -> None:
         ("m.csv", b"url\n", ","),  # one column: nothing to tell, so the default
         ("m.csv", b"", ","),
         ("m.tsv.bz2", b"url,label\n", "\t"),  # the suffix wins
+        ("export.csv", b"url;label;licence, year\n", ";"),  # a European spreadsheet's export
+        ("m.txt", b"url|label\n", "|"),
+        ("m.csv", b'"a;b",url,label\n', ","),  # a semicolon inside a quoted name splits nothing
     ],
 )
 def test_the_delimiter_comes_from_the_header_line(name: str, header: bytes, delimiter: str) -> None:
-    """Tab when the header splits into more fields at tabs than at commas, else comma; .tsv is tab."""
+    """The delimiter of comma, tab, semicolon and pipe that splits the header into the most fields,
+    comma on a tie; .tsv is tab."""
     assert csv_delimiter(name, header) == delimiter
 
 
