@@ -116,18 +116,24 @@ def staged_writer(dest: Destination, per_shard: int) -> WebDatasetWriter:
     return w
 
 
+def lose_a_shard(out: Path, rows_before: int) -> tuple[_FlakyStore, WebDatasetWriter]:
+    """A staged writer, two samples a shard, that stored rows 0..rows_before-1 and began the next
+    shard; the store then goes down, so that shard's commit fails. The store is left down."""
+    dest = _FlakyStore(str(out))
+    w = staged_writer(dest, per_shard=2)
+    for row in range(rows_before + 1):
+        w.write(sample(row))
+    dest.down = True
+    with pytest.raises(StoreError):
+        w.write(sample(rows_before + 1))  # fills the shard: its commit fails
+    return dest, w
+
+
 def test_a_shard_dropped_by_a_failed_commit_gives_its_number_to_the_next_one(tmp_path: Path) -> None:
     """Shard 000001's commit fails (the store is down) and the shard is removed; its rows are
     fetched again later in the run. The number is taken again, so the run's shards are 0..N."""
     out = tmp_path / "out"
-    dest = _FlakyStore(str(out))
-    w = staged_writer(dest, per_shard=2)
-    for row in range(2):
-        w.write(sample(row))
-    dest.down = True
-    w.write(sample(2))
-    with pytest.raises(StoreError):
-        w.write(sample(3))  # fills 000001: its commit fails
+    dest, w = lose_a_shard(out, rows_before=2)  # 000001 is lost
     dest.down = False
     for row in (4, 5, 2, 3):  # the lost rows come back after others, as the run's retries do
         w.write(sample(row))
@@ -141,13 +147,7 @@ def test_a_gap_left_by_an_earlier_run_is_filled_by_the_next(tmp_path: Path) -> N
     meanwhile and is the run's last. 000002 is removed at that commit, too late for this run: the
     rerun's first shard takes the number, and the output is 0..N again."""
     out = tmp_path / "out"
-    dest = _FlakyStore(str(out))
-    w = staged_writer(dest, per_shard=2)
-    for row in range(5):
-        w.write(sample(row))
-    dest.down = True
-    with pytest.raises(StoreError):
-        w.write(sample(5))  # fills 000002: its commit fails, and so does its removal
+    dest, w = lose_a_shard(out, rows_before=4)  # 000002 is lost, and so is its removal
     assert (out / "000002.tar").exists()
     w.write(sample(6))  # 000003 opens
     dest.down = False
