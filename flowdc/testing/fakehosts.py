@@ -262,6 +262,7 @@ class FixedWindow:
 
 
 def quota_headers(style: str, left: int, ends_at: float, now: float) -> dict[str, str]:
+    """What a host announcing its quota adds to a reply, in whole seconds as servers send them."""
     if style == "x":
         return {"X-RateLimit-Remaining": str(left), "X-RateLimit-Reset": str(math.ceil(ends_at))}
     return {"RateLimit-Remaining": str(left), "RateLimit-Reset": str(math.ceil(ends_at - now))}
