@@ -5,6 +5,9 @@ DEST filled from another plan (other groups, another method) would be resumed as
 one: rows moved to another partition fetched again, stale folders left, a dataset that adds up
 to more rows than the manifest. The first run records the plan (each partition's manifest, by
 content); every later run compares, and a different plan is refused unless --force clears DEST.
+A partition file whose size and modification time are those recorded is taken as the one
+recorded, as rsync and make take a file: hashing tens of GB of manifests at every start would
+cost minutes on a cluster's shared disk. Any other is hashed again.
 """
 
 from __future__ import annotations
@@ -31,27 +34,39 @@ PART_DIR = re.compile(r"^part-\d{5,}$")
 SHOWN = 3  # partitions named in a message
 
 
-def plan_record(parts: list[Partition]) -> dict[str, dict[str, Any]]:
-    """partition name -> its manifest's file name, rows and content digest."""
-    return {p.name: {"file": os.path.basename(p.path), "rows": p.rows, "sha256": _digest(p.path)} for p in parts}
+IDENTITY = ("file", "rows", "sha256")  # what makes two plans' partitions the same; size and mtime only spare a hash
 
 
-def _digest(path: str) -> str | None:
-    if "://" in path:
-        return None  # a remote manifest: its name stands for it
-    with open(path, "rb") as fh:
-        return hashlib.file_digest(fh, "sha256").hexdigest()
+def plan_record(parts: list[Partition], known: dict[str, Any] | None = None) -> dict[str, dict[str, Any]]:
+    """partition name -> its manifest's file name, rows, content digest, size and modification
+    time. A digest in `known` (the recorded plan) is kept for a file of the size and time recorded."""
+    return {p.name: _entry(p, (known or {}).get(p.name)) for p in parts}
+
+
+def _entry(part: Partition, known: Any) -> dict[str, Any]:
+    entry: dict[str, Any] = {"file": os.path.basename(part.path), "rows": part.rows}
+    if "://" in part.path:
+        return {**entry, "sha256": None}  # a remote manifest: its name stands for it
+    st = os.stat(part.path)
+    stat = {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
+    same_file = isinstance(known, dict) and known.get("file") == entry["file"]
+    if same_file and all(known.get(k) == v for k, v in stat.items()):
+        return {**entry, "sha256": known.get("sha256"), **stat}
+    with open(part.path, "rb") as fh:
+        return {**entry, "sha256": hashlib.file_digest(fh, "sha256").hexdigest(), **stat}
 
 
 def claim_plan(dest: Destination, parts: list[Partition]) -> None:
-    """Refuse a DEST that holds another plan's partitions (UserError); record this plan where none is."""
-    mine = plan_record(parts)
+    """Refuse a DEST that holds another plan's partitions (UserError); record this plan where none
+    is, or where only the files' times have changed (the next start then hashes nothing)."""
     recorded = dest.read_json(PLAN_RECORD)
-    problem = _difference(recorded.get("partitions", {}), mine) if recorded else _unrecorded_difference(dest, mine)
+    known = recorded.get("partitions", {}) if recorded else {}
+    mine = plan_record(parts, known)
+    problem = _difference(known, mine) if recorded else _unrecorded_difference(dest, mine)
     if problem:
         raise UserError(f"--output {dest.display} holds the partitions of another plan ({problem}); give another "
                         "--output, or --force to delete what flowdc wrote there and start over")
-    if not recorded:
+    if mine != known:
         dest.write_bytes(PLAN_RECORD, json.dumps({"tool": "flowdc", "partitions": mine}, indent=1).encode())
 
 
@@ -62,8 +77,9 @@ def _difference(recorded: dict[str, Any], mine: dict[str, dict[str, Any]]) -> st
     new = sorted(set(mine) - set(recorded))
     if new:
         return f"this plan's {_names(new)} not in it"
-    changed = sorted(name for name in mine if recorded[name] != mine[name])
-    return f"{_names(changed)} with another manifest" if changed else ""
+    changed = sorted(name for name in mine if not isinstance(recorded[name], dict)
+                     or any(recorded[name].get(k) != mine[name][k] for k in IDENTITY))
+    return f"{_names(changed)} from another manifest" if changed else ""
 
 
 def _unrecorded_difference(dest: Destination, mine: dict[str, dict[str, Any]]) -> str:
@@ -76,7 +92,7 @@ def _unrecorded_difference(dest: Destination, mine: dict[str, dict[str, Any]]) -
     rows = {p.get("name"): p.get("rows") for p in summary.get("partitions", []) if isinstance(p, dict)}
     changed = sorted(name for name, entry in mine.items() if isinstance(rows.get(name), int)
                      and entry["rows"] is not None and rows[name] != entry["rows"])
-    return f"{_names(changed)} with other rows" if changed else ""
+    return f"{_names(changed)} of other rows" if changed else ""
 
 
 def _names(names: list[str]) -> str:

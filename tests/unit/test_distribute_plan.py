@@ -4,6 +4,7 @@ and the download config each task gets; plus the CLI's dry run and its one-line 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -136,3 +137,50 @@ def test_bad_options_are_one_line_and_exit_2(plan_dir: Path, tmp_path: Path, arg
     res = run_cli("--input", str(plan_dir), "--output", str(tmp_path / "out"), *args)
     assert res.returncode == 2
     assert words in res.stderr and len(res.stderr.strip().splitlines()) == 1 and "Traceback" not in res.stderr
+
+
+def test_a_partition_of_the_recorded_size_and_time_is_not_hashed_again(plan_dir: Path, tmp_path: Path) -> None:
+    """The plan is recorded with each file's size and modification time. A partition whose size
+    and time are those recorded is taken as recorded, unread (as rsync takes a file): changed in
+    place with both kept, it passes. One whose time changed is hashed again; the same content is
+    still this plan (and the new time is recorded), other content is another plan's."""
+    from flowdc.engines.dest import PLAN_RECORD, claim_plan
+    from flowdc.errors import UserError
+
+    dest = Destination(str(tmp_path / "out"))
+    parts = load_partitions(str(plan_dir))
+    claim_plan(dest, parts)
+    recorded = dest.read_json(PLAN_RECORD)["partitions"]
+    first = Path(parts[0].path)
+    assert recorded["part-00000"]["size"] == first.stat().st_size
+
+    original, st = first.read_bytes(), first.stat()
+    first.write_bytes(original[:-4] + b"XXXX")  # the footer's magic broken: another file, same size
+    os.utime(first, ns=(st.st_atime_ns, st.st_mtime_ns))
+    claim_plan(dest, parts)  # trusted by size and time: not read
+
+    os.utime(first, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    with pytest.raises(UserError, match="part-00000 is from another manifest"):
+        claim_plan(dest, parts)
+
+    first.write_bytes(original)  # the same content again, under a new time
+    claim_plan(dest, parts)
+    again = dest.read_json(PLAN_RECORD)["partitions"]["part-00000"]
+    assert again["sha256"] == recorded["part-00000"]["sha256"]
+    assert again["mtime_ns"] == first.stat().st_mtime_ns != recorded["part-00000"]["mtime_ns"]
+
+
+def test_a_plan_recorded_without_sizes_and_times_is_checked_by_content_and_completed(plan_dir: Path,
+                                                                                    tmp_path: Path) -> None:
+    """A record from before sizes and times were kept: every partition is hashed and compared,
+    and the record gets them, so the next start reads nothing."""
+    from flowdc.engines.dest import PLAN_RECORD, claim_plan
+
+    dest = Destination(str(tmp_path / "out"))
+    parts = load_partitions(str(plan_dir))
+    claim_plan(dest, parts)
+    old = {name: {k: v for k, v in entry.items() if k in ("file", "rows", "sha256")}
+           for name, entry in dest.read_json(PLAN_RECORD)["partitions"].items()}
+    dest.write_bytes(PLAN_RECORD, json.dumps({"tool": "flowdc", "partitions": old}).encode())
+    claim_plan(dest, parts)
+    assert all("mtime_ns" in entry for entry in dest.read_json(PLAN_RECORD)["partitions"].values())
