@@ -112,10 +112,13 @@ class _Prefixed(io.RawIOBase):
 
 
 def is_manifest_name(name: str) -> bool:
-    """Whether a file found in a folder of manifests is one, by the suffixes detect_format reads."""
+    """Whether a file found in a folder of manifests is one, by the suffixes detect_format reads.
+    A plain .txt is more often a folder's notes (README.txt) than a manifest: a folder scan takes
+    .txt only compressed (.txt.gz); one given by name is read whatever its suffix."""
     inner, compressed = _split_compression_suffix(name)
-    fmt = FORMATS_BY_SUFFIX.get(Path(inner).suffix.lower())
-    return fmt is not None and (not compressed or fmt == "csv")
+    suffix = Path(inner).suffix.lower()
+    fmt = FORMATS_BY_SUFFIX.get(suffix)
+    return fmt is not None and (not compressed or fmt == "csv") and (bool(compressed) or suffix != ".txt")
 
 
 def csv_delimiter(path: str, head: bytes) -> str:

@@ -133,8 +133,8 @@ def test_format_detection_and_override(tmp_path: Path) -> None:
     gz = tmp_path / "photos.gz"  # compressed, and only --input_format says what is inside
     gz.write_bytes(gzip.compress(path.read_bytes()))
     assert read_all(gz, input_format="csv") == as_text(ROWS)
-    assert [is_manifest_name(n) for n in ("a.csv.gz", "b.parquet", "c.txt", "d.parquet.gz", "e.csv.xz", "f.json")] \
-        == [True, True, True, False, False, False]
+    found = ("a.csv.gz", "b.parquet", "c.txt.gz", "README.txt", "d.parquet.gz", "e.csv.xz", "f.json")
+    assert [is_manifest_name(n) for n in found] == [True, True, True, False, False, False, False]
 
 
 @pytest.mark.parametrize(
