@@ -19,7 +19,7 @@ import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import polars as pl
@@ -83,26 +83,36 @@ def plan_run(manifest_url: str, output: str, work_dir: str, *, url_col: str = "u
     dest = Destination(output, storage_options)
     current = manifest_identities(manifest, key_col)
     index = read_index(dest)
-    fetch, rows, n_new, n_retry, n_removed = _select(current, index)
+    chosen = _select(current, index)
+    fetch, rows = chosen.fetch, chosen.rows
     os.makedirs(work_dir, exist_ok=True)
     path = os.path.join(work_dir, RUN_MANIFEST) if fetch.any() else ""
     if path:
-        # New rows are numbered after every old one, so they are the largest (flowdc.refresh._select).
-        first_new = int(rows.max()) - n_new + 1
-        _write_run_manifest(manifest, fetch, rows, first_new, path)
+        _write_run_manifest(manifest, fetch, rows, chosen.first_new, path)
         table = pa.table({"row": pa.array(rows, pa.int64()), "ident": pa.array(current[fetch], pa.int64())})
         buf = io.BytesIO()
         pq.write_table(table, buf, compression="zstd")
         dest.write_bytes(f"run-{run_id}/{ROWS_FILE}", buf.getvalue())
     return RunPlan(run_id=run_id, run_dir=dest.url(f"run-{run_id}"), manifest=path, rows_total=int(current.size),
-                   rows_new=n_new, rows_retry=n_retry, rows_done=int(current.size) - n_new - n_retry,
-                   rows_removed=n_removed, current=current)
+                   rows_new=chosen.new, rows_retry=chosen.retry, rows_removed=chosen.removed,
+                   rows_done=int(current.size) - chosen.new - chosen.retry, current=current)
 
 
-def _select(current: np.ndarray, index: pl.DataFrame | None) -> tuple[np.ndarray, np.ndarray, int, int, int]:
-    """(rows to fetch as a mask, their row numbers, new, retried, removed)."""
+class _Selection(NamedTuple):
+    fetch: np.ndarray  # the manifest's rows to fetch, as a mask
+    rows: np.ndarray  # their row numbers in the dataset
+    first_new: int  # new rows are numbered from here, after every old one
+    new: int
+    retry: int
+    removed: int  # rows of the dataset no longer in the manifest
+
+
+def _select(current: np.ndarray, index: pl.DataFrame | None) -> _Selection:
+    """Which of the manifest's rows (their identities, `current`) this run fetches: the new ones
+    and those that failed retryably, compared with DEST's index."""
     if index is None or index.height == 0:
-        return np.ones(current.size, bool), np.arange(current.size, dtype=np.int64), int(current.size), 0, 0
+        return _Selection(np.ones(current.size, bool), np.arange(current.size, dtype=np.int64), 0,
+                          int(current.size), 0, 0)
     known = index["ident"].to_numpy()
     order = np.argsort(known)
     known_sorted = known[order]
@@ -118,7 +128,7 @@ def _select(current: np.ndarray, index: pl.DataFrame | None) -> tuple[np.ndarray
     rows[new] = next_row + np.arange(int(new.sum()), dtype=np.int64)
     fetch = new | retry
     gone = ~np.isin(known, current) & ~index["removed"].fill_null(False).to_numpy()
-    return fetch, rows[fetch], int(new.sum()), int(retry.sum()), int(gone.sum())
+    return _Selection(fetch, rows[fetch], next_row, int(new.sum()), int(retry.sum()), int(gone.sum()))
 
 
 def _write_run_manifest(manifest: Manifest, fetch: np.ndarray, rows: np.ndarray, first_new: int, path: str) -> None:
