@@ -78,7 +78,7 @@ def service_time(spec: HostSpec) -> float:
 def host_rate(spec: HostSpec) -> float | None:
     """Requests per second the host sustains without a 429; None when it has no limit."""
     slots = min(x for x in (spec.capacity, spec.hard_cap, math.inf) if x is not None)
-    rates = [spec.rate_per_s or math.inf]
+    rates = [spec.rate_per_s or math.inf, spec.window_quota / spec.window_s if spec.window_quota else math.inf]
     if service_time(spec) > 0:
         rates.append(slots / service_time(spec))
     rate = min(rates)
@@ -91,6 +91,8 @@ def host_makespan(spec: HostSpec, rows: int) -> float | None:
     if rate is None:
         return None
     free = min(rows, spec.burst) if spec.rate_per_s else 0  # a full bucket serves a burst at once
+    if spec.window_quota:
+        free = min(rows, spec.window_quota)  # so does a fresh window
     return (rows - free) / rate + service_time(spec)
 
 
@@ -105,6 +107,8 @@ def host_hold(spec: HostSpec) -> float:
     """
     if spec.rate_per_s:
         return spec.retry_after_s if spec.retry_after_s is not None else math.ceil(1.0 / spec.rate_per_s)
+    if spec.window_quota and not spec.announce_quota:
+        return spec.window_s  # a quota that says nothing is found by a refusal: up to a window's wait
     if spec.hard_cap is not None and (spec.capacity is None or spec.capacity >= spec.hard_cap):
         return spec.retry_after_s or 0.0
     return 0.0
@@ -385,6 +389,26 @@ POLITE = Scenario(
     compare_no_paarc=True,
 )
 
+QUOTA = Scenario(
+    name="quota",
+    about=(
+        "4 hosts allowing 50 requests a second each in fixed windows (429 with Retry-After past it). "
+        "Two announce the quota on every reply (X-RateLimit-* with a Unix time, RateLimit-* in "
+        "seconds), two say nothing. A client that reads the announcement is refused nothing there."
+    ),
+    rows=2_000,
+    hosts=(
+        HostSpec("127.0.0.2", name="quota50-x", window_quota=50, latency_s=0.02, announce_quota="x"),
+        HostSpec("127.0.0.3", name="quota50-ietf", window_quota=50, latency_s=0.02, announce_quota="ietf"),
+        HostSpec("127.0.0.4", name="quota50-silent", window_quota=50, latency_s=0.02),
+        HostSpec("127.0.0.5", name="quota50-silent2", window_quota=50, latency_s=0.02),
+    ),
+    balance="rate",
+    flowdc_args=("--timeout", "30"),
+    bare_args=("--timeout", "30", "--retries", "5", "--backoff", "1.0"),
+    concurrency=256,
+)
+
 POLITE_LONG = replace(
     POLITE,
     name="polite_long",
@@ -545,6 +569,6 @@ MANIFEST10M = Scenario(
 )
 
 SCENARIOS: dict[str, Scenario] = {
-    s.name: s for s in (UNTHROTTLED, LARGE, FAULTS, DEAD_HOSTS, RESET_HOSTS, POLITE, POLITE_LONG, SPREAD, MANY_HOSTS,
-                        QUEUE_TAIL, REALISTIC, REALISTIC_MIX, RESIZE, MANIFEST10M)
+    s.name: s for s in (UNTHROTTLED, LARGE, FAULTS, DEAD_HOSTS, RESET_HOSTS, POLITE, POLITE_LONG, QUOTA, SPREAD,
+                        MANY_HOSTS, QUEUE_TAIL, REALISTIC, REALISTIC_MIX, RESIZE, MANIFEST10M)
 }

@@ -15,7 +15,18 @@ if str(BENCH) not in sys.path:
     sys.path.insert(0, str(BENCH))
 
 from run import RunResult, _cpu_seconds, pick_rounds, ratio_lines, round_order  # noqa: E402
-from scenarios import DEAD_HOSTS, RESET_HOSTS, SCENARIOS, Scenario, answers_nothing, build_urls  # noqa: E402
+from scenarios import (  # noqa: E402
+    DEAD_HOSTS,
+    QUOTA,
+    RESET_HOSTS,
+    SCENARIOS,
+    Scenario,
+    answers_nothing,
+    build_urls,
+    host_hold,
+    host_makespan,
+    host_rate,
+)
 
 
 def test_the_first_two_rounds_run_in_opposite_orders() -> None:
@@ -78,3 +89,13 @@ def test_ratios_are_also_taken_round_by_round() -> None:
     assert "flowdc / bare, images/s round by round: median 0.80x (0.80, 0.80, 1.04)" in lines
     one_round = pick_rounds(runs[:2], 1)
     assert not any("round by round" in line for line in ratio_lines(SCENARIOS["realistic"], one_round))
+
+
+def test_a_quota_hosts_ideal_serves_a_window_at_once_and_holds_only_when_it_says_nothing() -> None:
+    """50 a second in fixed windows: 500 rows take the first window's 50 at once and 9 s more;
+    finding a quota that says nothing costs a refusal's wait (up to a window), one that announces
+    itself costs none."""
+    announced, _, silent, _ = QUOTA.hosts
+    assert host_rate(silent) == 50.0
+    assert host_makespan(silent, 500) == pytest.approx(9.0 + 0.02)
+    assert (host_hold(announced), host_hold(silent)) == (0.0, 1.0)
