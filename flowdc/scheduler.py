@@ -67,6 +67,12 @@ class HostState:
     down_since: float = 0.0
     release: bool = False
     probing: bool = False  # a probe is out
+    # An announced quota (flowdc.quota): what it leaves for new requests once those out take
+    # theirs, when its count starts over (loop time; inf: not known until the next reply says),
+    # and the whole count as far as replies showed it (the largest "left" plus the one answered).
+    quota_left: int | None = None
+    quota_reset: float = 0.0
+    quota_limit: int = 0
 
     def busy(self) -> bool:
         return bool(self.queue) or bool(self.sent) or bool(self.retrying)
@@ -180,6 +186,10 @@ class Scheduler:
                 host.next_send = next_paced_send(host.next_send, now, gap)
                 if self.closed:
                     host.policy.rows_left(len(host.queue) + len(host.retrying))
+            if host.quota_left is not None:
+                if now >= host.quota_reset:  # a new count: the whole quota, until a reply says more
+                    host.quota_left, host.quota_reset = host.quota_limit, math.inf
+                host.quota_left -= 1
             self._offer(host)  # back of the ring if it can take more: round-robin between hosts
             return job
         return None
@@ -189,9 +199,15 @@ class Scheduler:
         """A request ended; the caller then either retries the job or records it as final. `quota`
         is what the host announced is left of its count, and when that starts over (flowdc.quota)."""
         host = self.hosts[job.host]
-        if quota is not None and quota[0] <= len(host.sent) - 1:
-            # The requests still out will take what is left: anything sent now would be refused.
-            retry_after = max(retry_after or 0.0, quota[1])
+        if quota is not None:
+            # The requests still out take their share of what is left; with nothing over, anything
+            # sent now would be refused: the host waits for its count to start over.
+            host.quota_limit = max(host.quota_limit, quota[0] + 1)
+            host.quota_left, host.quota_reset = quota[0] - (len(host.sent) - 1), self.loop.time() + quota[1]
+            if host.quota_left <= 0:
+                retry_after = max(retry_after or 0.0, quota[1])
+        elif host.quota_reset == math.inf:
+            host.quota_left = None  # waiting to hear when the count starts over, and told nothing
         sample = Sample(signal, ttfb, host.inflight, retry_after, fresh_connection, retried=job.attempts > 1)
         del host.sent[id(job)]
         if job.stalled:
@@ -358,6 +374,10 @@ class Scheduler:
         if not host.queue or (host.probing if host.down else host.inflight >= host.policy.limit()):
             return False
         hold = host.next_send if host.down else max(host.policy.hold_until(), host.next_send)  # down: the probe timer
+        if host.quota_left is not None and host.quota_left <= 0 and not host.down:
+            if host.quota_reset == math.inf:
+                return False  # spent: its requests' replies say when the count starts over
+            hold = max(hold, host.quota_reset)
         if hold > self.loop.time():
             if not host.wake_armed:
                 host.wake_armed = True

@@ -241,3 +241,30 @@ def test_a_host_announcing_no_more_than_its_requests_out_is_held_until_its_reset
         assert len(take_all(sched)) == (0 if held else 1)
 
     asyncio.run(main())
+
+
+def test_an_announced_quota_is_spent_by_the_requests_sent_after_it() -> None:
+    """Four out of a limit of eight; a reply says 5 are left. The three still out take three, so
+    two more may go, and the host then waits for its count to start over, whatever slots are free.
+    Then it gets the whole count the replies showed (6: the 5 left plus the one answered), not its
+    limit of 8, until a reply says how many are left."""
+    async def main() -> None:
+        sched = Scheduler(lambda host, now: FixedLimit(8), max_pending=100)
+        for job in jobs(40):
+            sched.add(job)
+        taken = take_all(sched)
+        for job in taken[4:]:
+            sched.finished(job, Signal.OK, 0.01, None)
+        sched.finished(taken[0], Signal.OK, 0.01, None, quota=(5, 0.2))
+        more = take_all(sched)
+        assert len(more) == 2 and take_all(sched) == []
+        for job in taken[1:4] + more:
+            sched.finished(job, Signal.OK, 0.01, None)
+        assert take_all(sched) == []  # nothing out, slots free: the count has not started over
+        await asyncio.sleep(0.25)
+        fresh = take_all(sched)
+        assert len(fresh) == 6 and take_all(sched) == []
+        sched.finished(fresh[0], Signal.OK, 0.01, None, quota=(9, 1.0))  # 9 left, 5 of them for those out
+        assert len(take_all(sched)) == 3  # the limit's free slots
+
+    asyncio.run(main())
