@@ -11,8 +11,9 @@ on every reply, so a client can stop before it is refused. Three spellings are i
 A reset is seconds from now in the drafts and a Unix time in most X- headers, and each spelling is
 found with the other's form: a value past 10^9 is taken for a Unix time (past 10^12, in
 milliseconds), anything less for seconds from now. A value that is not a number is no announcement.
-The scheduler holds the host once what is left is no more than its requests still out
-(Scheduler.finished); docs/politeness.md.
+The scheduler keeps the count: what a reply says is left, less the requests still out, is spent by
+each request sent, and a host with nothing left waits for the reset (Scheduler.finished and
+take_ready; docs/politeness.md).
 """
 
 from __future__ import annotations
