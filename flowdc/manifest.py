@@ -212,8 +212,7 @@ class Manifest:
                 # A web server that sends a .gz with `Content-Encoding: gzip` has it decompressed on
                 # the way (aiohttp, under fsspec): the text arrives plain. (A local .gz that is not
                 # gzip is an error to report, not text to guess at.)
-                head = bytes(src.read(len(MAGIC[self.compression])))
-                src = io.BufferedReader(_Prefixed(head, src))
+                head, src = _peek(src, len(MAGIC[self.compression]))
                 if not head.startswith(MAGIC[self.compression]):
                     yield src
                     return
@@ -244,9 +243,9 @@ class Manifest:
                     self.url_type = schema.field(self.url_column).type
                 return list(schema.names)
             if self.format == "csv":
-                with self.open_text() as src:
-                    self.delimiter = csv_delimiter(self.path, _head(src))
-                with self.open_text() as src:
+                with self.open_text() as src:  # once: a remote or compressed file's head is read again from memory
+                    head, src = _peek(src, HEAD_BYTES)
+                    self.delimiter = csv_delimiter(self.path, head)
                     return _csv_names(src, self.delimiter, self._csv_block_size())
             first = next(iter(self._rows()), None)
             return list(first.keys()) if first else []
@@ -357,12 +356,14 @@ def ragged_csv_row(src: Any, delimiter: str) -> tuple[int, int] | None:
     return None
 
 
-def _head(src: Any) -> bytes:
-    """The first HEAD_BYTES of `src` (a path or a binary file object), for csv_delimiter."""
+def _peek(src: Any, n: int) -> tuple[bytes, Any]:
+    """The first `n` bytes of `src` (a path or a binary stream), and `src` to read from its start
+    again: a path as it is, a stream with those bytes handed out first (it need not seek back)."""
     if isinstance(src, str):
         with open(src, "rb") as fh:
-            return fh.read(HEAD_BYTES)
-    return bytes(src.read(HEAD_BYTES))
+            return fh.read(n), src
+    head = bytes(src.read(n))
+    return head, io.BufferedReader(_Prefixed(head, src))
 
 
 def _csv_options(delimiter: str, block_size: int) -> tuple[pacsv.ReadOptions, pacsv.ParseOptions]:
