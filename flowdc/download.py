@@ -36,7 +36,7 @@ from flowdc.images import check_sample, resize_batch, start_resize
 from flowdc.imagesig import DUPLICATE
 from flowdc.ledger import Ledger, Record, meta_json, url_hash
 from flowdc.loops import run_sync
-from flowdc.manifest import ROW_COLUMN, Manifest
+from flowdc.manifest import ROW_COLUMN, Manifest, as_text
 from flowdc.overview import build_overview, write_overview
 from flowdc.ownership import OutputClaim, claim_output
 from flowdc.progress import ProgressBar, RunCounters
@@ -303,7 +303,8 @@ class DownloadJob:
             samples_per_shard=cfg.samples_per_shard, shard_max_seconds=cfg.shard_max_seconds,
             image_key=cfg.image_key, shard_prefix=cfg.shard_prefix,
             on_shard_commit=self.shipper.ship_shard if self.shipper else None,
-            on_stored=self.archive.add if self.archive is not None else None)
+            on_stored=self.archive.add if self.archive is not None else None,
+            manifest_types={name: self.manifest.column_type(name) for name in self.extra_columns})
         self.write_queue = WriteQueue(self._write_checked, self.write_pool, lanes=self.write_lanes,
                                       on_error=self._store_failed, more_coming=self._fetches_left,
                                       prepare=self._resize_batch if self.resize_pool is not None else None,
@@ -424,7 +425,7 @@ class DownloadJob:
             self.scheduler.close()
 
     def _jobs_of(self, batch: pa.RecordBatch, done: Any) -> Iterator[Job]:
-        urls = batch.column(self.cfg.url).cast(pa.string()).to_pylist()
+        urls = as_text(batch.column(self.cfg.url)).to_pylist()
         hashes = np.fromiter((url_hash(u or "") for u in urls), dtype=np.int64, count=len(urls))
         ids = batch.column(self.cfg.key_col).to_pylist() if self.cfg.key_col else None
         idents = self._identities(base_hashes(urls, ids, hashes))
@@ -435,7 +436,7 @@ class DownloadJob:
             # URLs an earlier run already holds keep their keys: a repeat of one is still a duplicate.
             for i in np.flatnonzero(finished):
                 self._seen_keys.add(url_key((urls[i] or "").strip()))
-        labels = batch.column(self.cfg.label).cast(pa.string()).to_pylist() if self.cfg.label else None
+        labels = as_text(batch.column(self.cfg.label)).to_pylist() if self.cfg.label else None
         extras = batch.select(self.extra_columns).to_pylist() if self.extra_columns else None
         for i in np.flatnonzero(~finished):
             row, url = int(rows[i]), (urls[i] or "").strip()

@@ -160,7 +160,7 @@ class Manifest:
         self.format = detect_format(_path_part(self.path), input_format)
         self.compression = compression_of(_path_part(self.path))
         self.delimiter = ","  # delimited text only: decided from its header in _read_columns
-        self.url_type: pa.DataType | None = None  # parquet declares it; the other formats are read as text
+        self.declared: dict[str, pa.DataType] = {}  # parquet declares its columns' types; the others are text
         self.columns = self._read_columns()
 
     def require_column(self, name: str, what: str) -> None:
@@ -171,13 +171,17 @@ class Manifest:
         """A URL column of numbers, dates or booleans is the wrong column: refused as a whole, not
         row by row (every row would fail as unsupported_scheme:none; partition would put every row
         on host ""). Text and bytes (URLs as UTF-8) pass."""
-        kind = self.url_type
+        kind = self.declared.get(self.url_column)
         if kind is not None and pa.types.is_dictionary(kind):
             kind = kind.value_type
         if kind is not None and (pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_boolean(kind)
                                  or pa.types.is_decimal(kind) or pa.types.is_temporal(kind)):
             raise ConfigError(f"URL column {self.url_column!r} holds {kind}, not text (URLs): is it the right "
                               "column?")
+
+    def column_type(self, name: str) -> pa.DataType:
+        """The type a column's values have in batches(): parquet's declared one, else text."""
+        return self.declared.get(name, pa.string())
 
     def num_rows_hint(self) -> int | None:
         """Row count when it is cheap to know (parquet metadata), else None."""
@@ -239,8 +243,7 @@ class Manifest:
             if self.format == "parquet":
                 with self.open() as src:
                     schema = pq.ParquetFile(src).schema_arrow
-                if self.url_column in schema.names:
-                    self.url_type = schema.field(self.url_column).type
+                self.declared = dict(zip(schema.names, schema.types, strict=True))
                 return list(schema.names)
             if self.format == "csv":
                 with self.open_text() as src:  # once: a remote or compressed file's head is read again from memory
@@ -297,6 +300,18 @@ class Manifest:
                 yield from _excel_rows(src, self.path)
             else:
                 yield from _xml_rows(src, self.path)
+
+
+def as_text(column: pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedArray:
+    """A column as text (URLs, labels): numbers as their digits, bytes as UTF-8. Some parquet
+    writers store text as plain binary; bytes of a row that are not UTF-8 are that row's problem,
+    not the run's: read with U+FFFD in their place (urls.NOT_UTF8)."""
+    try:
+        return column.cast(pa.string())
+    except pa.ArrowInvalid:
+        values = column.to_pylist()
+        return pa.array([value.decode("utf-8", "replace") if isinstance(value, bytes) else value for value in values],
+                        pa.string())
 
 
 def _first_line(exc: BaseException) -> str:

@@ -30,7 +30,7 @@ import pyarrow.parquet as pq
 from flowdc.consolidate import ROWS_FILE, read_index
 from flowdc.errors import ConfigError
 from flowdc.identity import base_hashes, number_repeats
-from flowdc.manifest import ROW_COLUMN, Manifest
+from flowdc.manifest import ROW_COLUMN, Manifest, as_text
 from flowdc.storage import Destination
 
 RUN_MANIFEST = "manifest.parquet"
@@ -65,7 +65,7 @@ def new_run_id() -> str:
 def manifest_identities(manifest: Manifest, key_col: str | None) -> np.ndarray:
     parts = []
     for batch in manifest.batches():
-        urls = batch.column(manifest.url_column).cast(pa.string()).to_pylist()
+        urls = as_text(batch.column(manifest.url_column)).to_pylist()
         ids = batch.column(key_col).to_pylist() if key_col else None
         parts.append(base_hashes(urls, ids))
     return number_repeats(np.concatenate(parts) if parts else np.empty(0, np.int64))

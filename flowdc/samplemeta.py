@@ -12,7 +12,10 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from collections.abc import Mapping
 from typing import Any
+
+import pyarrow as pa
 
 from flowdc.imagesig import NOT_DECODABLE
 from flowdc.ledger import Record
@@ -54,6 +57,25 @@ def sample_meta(rec: Record, extra: dict[str, Any]) -> dict[str, Any]:
 MANIFEST = "manifest"  # where manifest columns named like our fields are kept, so no value is lost
 FIELDS: frozenset[str] = frozenset()  # our field names, read from sample_meta itself (empty, it nests nothing)
 FIELDS = frozenset(sample_meta(Record(0, "", "", "ok"), {}))
+# Each field's type in a shard's parquet, whatever that shard's rows hold. Inferred from the values,
+# a shard with no failure had a null-typed error_message and the next one a string: readers of every
+# shard at once (pyarrow, pandas, polars, datasets) refuse that mix.
+FIELD_TYPES: dict[str, pa.DataType] = {
+    "key": pa.string(), "url": pa.string(), "caption": pa.string(), "label": pa.string(), "status": pa.string(),
+    "error_message": pa.string(), "width": pa.int64(), "height": pa.int64(), "original_width": pa.int64(),
+    "original_height": pa.int64(), "exif": pa.string(), "sha256": pa.string(), "http_status": pa.int64(),
+    "size": pa.int64(), "row": pa.int64(), "image_format": pa.string(), "duplicate_of": pa.string(),
+}  # fmt: skip
+
+
+def meta_types(manifest_types: Mapping[str, pa.DataType]) -> dict[str, pa.DataType]:
+    """The type of each column of a shard's parquet: the manifest's other columns as the manifest
+    declares them (`manifest_types`), ours fixed, and those kept apart as one struct under MANIFEST."""
+    types = {**manifest_types, **FIELD_TYPES}
+    apart = kept_apart(list(manifest_types))
+    if apart:
+        types[MANIFEST] = pa.struct([pa.field(name, manifest_types[name]) for name in apart])
+    return types
 
 
 def kept_apart(columns: list[str]) -> list[str]:

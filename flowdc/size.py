@@ -40,7 +40,7 @@ from flowdc.errors import ConfigError, DestinationError
 from flowdc.fetch import Outcome, exchange, status_outcome
 from flowdc.localfiles import write_local
 from flowdc.loops import run_sync
-from flowdc.manifest import FORMATS_HELP, Manifest, is_manifest_name
+from flowdc.manifest import FORMATS_HELP, Manifest, as_text, is_manifest_name
 from flowdc.requestloop import RequestLoop
 from flowdc.scheduler import Job
 from flowdc.signals import Signal
@@ -353,7 +353,7 @@ class SizeJob:
                   disable=self.cfg.quiet, mininterval=0.5, dynamic_ncols=True) as bar:
             for manifest in self.manifests:
                 for batch in manifest.batches():
-                    reservoir.offer(batch.column(self.cfg.url_column).cast(pa.string()))
+                    reservoir.offer(as_text(batch.column(self.cfg.url_column)))
                     bar.update(batch.num_rows)
         self.rows_total = reservoir.seen
         return reservoir.items
@@ -375,7 +375,7 @@ class SizeJob:
             for manifest in self.manifests:
                 batches = manifest.batches()
                 while (batch := await asyncio.to_thread(_next_or_none, batches)) is not None:
-                    for url in batch.column(self.cfg.url_column).cast(pa.string()).to_pylist():
+                    for url in as_text(batch.column(self.cfg.url_column)).to_pylist():
                         await self._submit(index, url)
                         index += 1
         finally:

@@ -9,6 +9,9 @@ from functools import lru_cache
 from urllib.parse import unquote_plus, urlsplit
 
 FETCHABLE_SCHEMES = frozenset({"http", "https"})
+# Stands for bytes that were not UTF-8 (manifest.text_values): such a URL's bytes are lost, so it
+# is refused as invalid_url rather than fetched as some other address.
+NOT_UTF8 = "\ufffd"
 
 
 def host_key(url: str) -> str:
@@ -78,6 +81,8 @@ def scheme_error(url: str) -> str | None:
     netloc = _plain_netloc(url)
     if netloc is not None:
         return None if _usable_netloc(netloc) else "invalid_url"
+    if NOT_UTF8 in url:  # not ASCII, so never on the plain path above
+        return "invalid_url"
     try:
         parts = urlsplit(url)
         parts.port  # noqa: B018 -- raises ValueError for a port out of range

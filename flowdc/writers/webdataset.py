@@ -31,7 +31,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from contextlib import ExitStack, suppress
 from typing import TYPE_CHECKING, Any
 
@@ -42,7 +42,7 @@ from flowdc.child_process import WriteProcessDied
 from flowdc.errors import ConfigError
 from flowdc.jsonenc import encode_json
 from flowdc.ledger import Ledger, Record
-from flowdc.samplemeta import ShardStats, sample_meta
+from flowdc.samplemeta import FIELD_TYPES, ShardStats, sample_meta
 from flowdc.storage import Destination
 from flowdc.writers.base import StoredSample, StoreError
 from flowdc.writers.shardnames import ShardNames
@@ -67,7 +67,8 @@ def is_raster(sample: StoredSample) -> bool:
 class WebDatasetWriter:
     def __init__(self, dest: Destination, ledger: Ledger, samples_per_shard: int,
                  on_commit: Callable[[int], None] | None = None, shard_max_seconds: float = 60.0,
-                 image_key: str = "auto", shard_prefix: str = ""):
+                 image_key: str = "auto", shard_prefix: str = "",
+                 meta_types: Mapping[str, pa.DataType] = FIELD_TYPES):
         # One image key for the whole output, so a loader that takes its columns from the first
         # samples (Hugging Face's webdataset builder) sees every row's image. The bytes stay as
         # served (loaders decode by content); the real format is the .json's image_format. "auto":
@@ -84,6 +85,7 @@ class WebDatasetWriter:
         self._resume: tuple[int, RecordedPrefix] | None = None  # the open shard a rerun appends to
         self._poll_error: Exception | None = None  # what poll() met, for the next write or close
         self.dest = dest
+        self.meta_types = meta_types  # each shard parquet's column types (samplemeta.meta_types)
         self.names = ShardNames(shard_prefix)
         self.ledger = ledger
         self.samples_per_shard = samples_per_shard
@@ -424,7 +426,7 @@ class WebDatasetWriter:
     def _write_metadata(self, shard: int, metas: list[dict[str, Any]], stats: ShardStats | None = None) -> None:
         """The shard's parquet (its samples and the rows that failed meanwhile), then its stats."""
         buf = io.BytesIO()
-        pq.write_table(metas_table(metas), buf)
+        pq.write_table(metas_table(metas, self.meta_types), buf)
         self.dest.write_bytes(self.names.name(shard, "parquet"), buf.getvalue())
         stats = stats or ShardStats()  # a recovered shard: its timing is lost, its counts are not
         for meta in metas:
@@ -458,16 +460,38 @@ def _member(rec: Record) -> str:
     return (rec.path or ":").split(":", 1)[1]
 
 
-def metas_table(rows: list[dict[str, Any]]) -> pa.Table:
+def metas_table(rows: list[dict[str, Any]], types: Mapping[str, pa.DataType] | None = None) -> pa.Table:
     """Rows of differing keys (a failed row has no manifest columns) as one table: the union of keys,
-    in order of first appearance, a missing key null. Built column by column: Arrow infers one
-    type a column quickly, where inferring a struct from the dicts took four times as long."""
+    in order of first appearance, a missing key null; a column named in `types` has that type
+    (samplemeta.meta_types). Built column by column: Arrow infers one type a column quickly, where
+    inferring a struct from the dicts took four times as long."""
     # It runs on the event loop at each shard's commit, so it must be quick: each row's key order as
     # a tuple, deduplicated by a dict, and where all rows share one (the common case) the columns
     # are the rows' values transposed in C (a 10k-sample shard's commit held the loop 150-200 ms).
     shapes = dict.fromkeys(map(tuple, rows))
     if len(shapes) == 1:
         (keys,) = shapes
-        return pa.table(dict(zip(keys, map(list, zip(*map(dict.values, rows), strict=True)), strict=True)))
-    keys = dict.fromkeys(key for shape in shapes for key in shape)
-    return pa.table({key: [row.get(key) for row in rows] for key in keys})
+        columns = dict(zip(keys, map(list, zip(*map(dict.values, rows), strict=True)), strict=True))
+    else:
+        keys = dict.fromkeys(key for shape in shapes for key in shape)
+        columns = {key: [row.get(key) for row in rows] for key in keys}
+    types = types or {}
+    return pa.table({key: typed_column(values, types.get(key)) for key, values in columns.items()})
+
+
+def typed_column(values: list[Any], kind: pa.DataType | None) -> pa.Array:
+    """`values` as an array of `kind` (None: as Arrow infers it). A row that failed, or a shard
+    recovered from its members, has its manifest values back from JSON: a date, a decimal or a time
+    as its text, which is cast. A value that fits no way leaves the column as text, not the shard
+    unwritten (its samples would be lost)."""
+    try:
+        return pa.array(values, kind)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, TypeError, ValueError, OverflowError):
+        text = pa.array([None if value is None else value if isinstance(value, str) else str(value)
+                         for value in values], pa.string())
+    if kind is None:
+        return text
+    try:
+        return text.cast(kind)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
+        return text

@@ -7,8 +7,11 @@ Images come from fake hosts (flowdc.testing.fakehosts) on 127.0.0.x; S3 is the i
 from __future__ import annotations
 
 import asyncio
+import datetime
+import decimal
 import hashlib
 import json
+import math
 import os
 import tarfile
 from pathlib import Path
@@ -135,6 +138,51 @@ def test_webdataset_shards_and_metadata(tmp_path: Path, two_hosts: FakeHostFarm)
         listed_failures += table.filter(pc.not_equal(table["status"], "success")).column("key").to_pylist()
         assert {"license", "photo_id", "score", "url", "sha256", "label"} <= set(table.column_names)
     assert listed_failures == [r["key"] for r in latest(out) if r["status"] == "failed"]  # in one shard's parquet
+
+
+@pytest.mark.parametrize("samples_per_shard", [100, 4])
+def test_typed_manifest_columns_keep_their_types_in_every_shard(tmp_path: Path, two_hosts: FakeHostFarm,
+                                                                samples_per_shard: int) -> None:
+    """A parquet manifest's dates, decimals, times and bytes next to a row that fails: every sample
+    is stored (a shard mixing a date with the failed row's JSON text of one once failed its commit
+    and lost its samples: the one-shard case), each shard's parquet has the manifest's types and
+    ours whatever its rows hold, so all of them read as one table; a sample's .json carries bytes as
+    their text, or base64 when they are not UTF-8."""
+    n = 9
+    urls = [two_hosts.url(i % 2, f"/typed/{i}.png") for i in range(n)]
+    urls[-1] = two_hosts.url(0, "/typed/missing.png?fail=404")
+    manifest = tmp_path / "m.parquet"
+    pq.write_table(pa.table({
+        "url": urls,
+        "observed": pa.array([datetime.date(2024, 5, i + 1) for i in range(n)], pa.date32()),
+        "price": pa.array([decimal.Decimal(f"{i}.25") for i in range(n)], pa.decimal128(6, 2)),
+        "taken": pa.array([datetime.datetime(2024, 5, 1, 12, i) for i in range(n)], pa.timestamp("s")),
+        "blob": pa.array([b"\xff\x00" if i % 2 else b"plain" for i in range(n)], pa.binary()),
+        "note": pa.array([None] * (n - 1) + ["only the last"], pa.string()),
+    }), manifest)
+    out = tmp_path / "out"
+    overview = download(manifest, out, output_format="webdataset", samples_per_shard=samples_per_shard)
+    assert overview["totals"] == {"rows": n, "ok": n - 1, "failed": 1, "skipped": 0}
+    assert len(tar_samples(out)) == n - 1
+
+    shards = sorted(out.glob("*.parquet"))
+    assert len(shards) == math.ceil((n - 1) / samples_per_shard)
+    schemas = {pq.read_schema(p).remove_metadata() for p in shards}
+    assert len(schemas) == 1
+    (schema,) = schemas
+    declared = pq.read_schema(manifest)  # parquet keeps times in ms at the finest: timestamp[ms]
+    for column in ("observed", "price", "taken", "blob", "note"):
+        assert schema.field(column).type == declared.field(column).type
+    assert [str(schema.field(c).type) for c in ("error_message", "duplicate_of", "exif", "width")] == [
+        "string", "string", "string", "int64"]
+    table = pq.read_table(shards)  # every shard at once: the first one's schema fits the others
+    rows = {r["row"]: r for r in table.to_pylist()}
+    assert len(rows) == n and rows[8]["status"] == "failed_to_download"
+    assert rows[8]["observed"] == datetime.date(2024, 5, 9) and rows[8]["price"] == decimal.Decimal("8.25")
+    assert rows[4]["taken"] == datetime.datetime(2024, 5, 1, 12, 4) and rows[4]["blob"] == b"plain"
+    metas = {json.loads(parts["json"])["row"]: json.loads(parts["json"]) for parts in tar_samples(out).values()}
+    assert metas[4]["blob"] == "plain" and metas[3]["blob"] == "/wA="  # base64 of ff 00
+    assert metas[4]["observed"] == "2024-05-05" and metas[4]["price"] == "4.25"
 
 
 def test_a_resume_with_another_image_key_is_refused(tmp_path: Path, two_hosts: FakeHostFarm) -> None:

@@ -67,6 +67,24 @@ def test_distinct_labels_get_distinct_folders_and_a_label_map(tmp_path: Path, tw
     assert json.loads((out / "overview.json").read_text())["labels"]["folders"] == expected
 
 
+def test_urls_and_labels_stored_as_binary(tmp_path: Path, two_hosts: FakeHostFarm) -> None:
+    """Some parquet writers store text as plain binary. UTF-8 bytes read as the text they are; a
+    URL whose bytes are not UTF-8 fails as invalid_url, and a label's odd bytes read as U+FFFD: one
+    row's problem each, where the whole run once stopped on a traceback."""
+    urls = [two_hosts.url(i % 2, f"/bin/{i}.png?size=300").encode() for i in range(4)]
+    urls[3] = urls[3].replace(b"/bin/", b"/bin\xff/")
+    labels = [b"cat", "h\u00e9ron".encode(), b"\xffdog", b"cat"]
+    manifest = tmp_path / "m.parquet"
+    pq.write_table(pa.table({"url": pa.array(urls, pa.binary()), "label": pa.array(labels, pa.binary())}), manifest)
+    out = tmp_path / "out"
+    overview = download(manifest, out, label="label")
+    assert overview["totals"] == {"rows": 4, "ok": 3, "failed": 1, "skipped": 0}
+    rows = {r["row"]: r for r in latest(out)}
+    assert rows[3]["reason"] == "invalid_url" and not [u for u in requested_urls(two_hosts) if "/3.png" in u]
+    assert [rows[i]["label"] for i in range(3)] == ["cat", "h\u00e9ron", "\ufffddog"]
+    assert (out / label_folder("h\u00e9ron") / rows[1]["path"].split("/")[-1]).is_file()
+
+
 def test_an_older_output_resumes_into_its_folders(tmp_path: Path, two_hosts: FakeHostFarm) -> None:
     """An output written by the earlier naming (`a/b` in `a_b/`, missing labels in `unlabeled/`)
     resumes with those folders: more rows of `a/b` join `a_b/`, and new labels `a_b` and

@@ -65,3 +65,11 @@ def test_what_orjson_refuses_is_written_all_the_same() -> None:
     text = encode_json(document)
     assert strict_loads(text) == {"id": 2**70, "inf": [None], "lone": "a\ud800b"}
     text.decode("utf-8")  # the surrogate is escaped, not written as bytes no reader takes
+
+
+def test_bytes_are_written_as_text_or_base64() -> None:
+    """A binary manifest column: UTF-8 bytes as their text, others as base64, never as b'...'."""
+    document = {"text": b"caf\xc3\xa9", "raw": b"\xff\x00", "array": bytearray(b"ok"),
+                "nested": [memoryview(b"\x89PNG")]}
+    assert strict_loads(encode_json(document)) == {"text": "café", "raw": "/wA=", "array": "ok", "nested": ["iVBORw=="]}
+    assert strict_loads(encode_json({"raw": b"\xff", "big": 2**70})) == {"raw": "/w==", "big": 2**70}  # json's path too

@@ -18,6 +18,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from flowdc import load_input_file
+from flowdc import manifest as manifest_module
 from flowdc.config import ConfigError
 from flowdc.manifest import Manifest, csv_delimiter, detect_format, is_manifest_name
 from flowdc.testing.fakehosts import write_manifest
@@ -82,6 +83,22 @@ def test_parquet_keeps_types_and_numbers_rows(tmp_path: Path) -> None:
     path = tmp_path / "m.parquet"
     pq.write_table(pa.Table.from_pylist(ROWS), path)
     assert read_all(path) == [{**r, "row": i} for i, r in enumerate(ROWS)]
+
+
+def test_declared_types_and_text_of_binary_columns(tmp_path: Path) -> None:
+    """Parquet's column types are known up front (a shard parquet keeps them); text formats' are
+    text. A binary column read as text: UTF-8 as is, other bytes one row's U+FFFD, not an error."""
+    path = tmp_path / "m.parquet"
+    pq.write_table(pa.table({"url": pa.array([b"http://h/a", b"http://h/\xff", None], pa.binary()),
+                             "n": pa.array([1, 2, 3], pa.int16())}), path)
+    manifest = Manifest(str(path), "url")
+    assert (manifest.column_type("url"), manifest.column_type("n")) == (pa.binary(), pa.int16())
+    batch = next(manifest.batches())
+    assert manifest_module.as_text(batch.column("url")).to_pylist() == ["http://h/a", "http://h/\ufffd", None]
+    assert manifest_module.as_text(batch.column("n")).to_pylist() == ["1", "2", "3"]
+    text = tmp_path / "m.csv"
+    text.write_text("url,n\nhttp://h/a,1\n")
+    assert Manifest(str(text), "url").column_type("n") == pa.string()
 
 
 @pytest.mark.parametrize("suffix", [".csv", ".tsv", ".xlsx", ".xls", ".xml"])

@@ -6,18 +6,22 @@ the process left them) and then recovers with a new ledger and writer, as a reru
 
 from __future__ import annotations
 
+import datetime
+import decimal
 import os
 import tarfile
 import time
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
 from flowdc.ledger import LEDGER_DIR, Ledger, Record
+from flowdc.samplemeta import FIELD_TYPES, FIELDS, MANIFEST, meta_types
 from flowdc.storage import Destination
 from flowdc.writers.base import StoredSample, StoreError
-from flowdc.writers.webdataset import SYNC_SECONDS, WebDatasetWriter, metas_table
+from flowdc.writers.webdataset import SYNC_SECONDS, WebDatasetWriter, metas_table, typed_column
 
 
 def sample(row: int) -> StoredSample:
@@ -206,3 +210,29 @@ def test_shard_parquet_rows_of_differing_keys() -> None:
         {"key": "c", "status": "success", "width": 4, "error_message": None, "n": 7},
     ]
     assert str(table.schema.field("width").type) == "int64" and metas_table([]).num_rows == 0
+
+
+def test_shard_parquet_types_do_not_depend_on_the_rows() -> None:
+    """Our fields have one type each (a shard without a failure has a string error_message too);
+    the manifest's columns have its types, those kept apart under MANIFEST as a struct."""
+    assert set(FIELD_TYPES) == FIELDS
+    types = meta_types({"when": pa.date32(), "width": pa.float32(), "score": pa.float64()})
+    assert types["when"] == pa.date32() and types["width"] == pa.int64()  # ours wins; the manifest's kept apart
+    assert types[MANIFEST] == pa.struct([pa.field("width", pa.float32())])
+    table = metas_table([{"key": "a", "error_message": None, "exif": None, "when": datetime.date(2024, 1, 2)}], types)
+    assert [str(t) for t in table.schema.types] == ["string", "string", "string", "date32[day]"]
+
+
+def test_values_back_from_json_take_their_column_type() -> None:
+    """A failed row's manifest values come back from the ledger's JSON as text, after samples that
+    hold the real objects: that mix once failed the shard's commit (ArrowTypeError) and lost its
+    samples. Text that fits no way keeps the column as text rather than lose the shard."""
+    day = typed_column([datetime.date(2024, 1, 2), "2024-01-03", None], pa.date32())
+    assert day.to_pylist() == [datetime.date(2024, 1, 2), datetime.date(2024, 1, 3), None]
+    price = typed_column([decimal.Decimal("1.25"), "2.50"], pa.decimal128(6, 2))
+    assert price.type == pa.decimal128(6, 2) and price.to_pylist() == [decimal.Decimal("1.25"), decimal.Decimal("2.50")]
+    at = typed_column([datetime.datetime(2024, 1, 2, 3, 4, 5), "2024-01-02 03:04:06"], pa.timestamp("ms"))
+    assert at.to_pylist()[1] == datetime.datetime(2024, 1, 2, 3, 4, 6)
+    odd = typed_column([datetime.date(2024, 1, 2), "not a day"], pa.date32())
+    assert odd.type == pa.string() and odd.to_pylist() == ["2024-01-02", "not a day"]
+    assert typed_column([1, "x"], None).to_pylist() == ["1", "x"]  # no type known: text, not an error

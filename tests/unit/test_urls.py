@@ -116,3 +116,7 @@ def test_host_key_and_scheme_check_agree_with_a_full_parse() -> None:
     assert scheme_error("http:///a.jpg") == "invalid_url"
     assert scheme_error("http://127.0.0.2:99999/p.png") == "invalid_url"  # aiohttp: error:ValueError, late
     assert scheme_error("http://h.example:65535/p.png") is None and scheme_error("http://h.example:/p") is None
+    # A URL whose bytes were not UTF-8 (manifest.as_text): refused, not fetched as another address.
+    assert host_and_problem("http://h.example/caf\ufffd.jpg")[1] == "invalid_url"
+    assert scheme_error("http://h.example/\ufffd") == "invalid_url"
+    assert scheme_error("http://h.example/café.jpg") is None
