@@ -344,7 +344,7 @@ class DownloadJob:
         try:
             overview = await asyncio.to_thread(
                 build_overview, self.cfg, self.ledger, self.counters, self.host_snapshots, started_wall,
-                recovery, self.interrupted, self.rows_total,
+                recovery, self.interrupted, self.rows_total, self.manifest.problems(),
             )
             if self.cfg.create_overview:
                 await asyncio.to_thread(write_overview, self.dest, overview)

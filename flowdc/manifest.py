@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import io
+import logging
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,6 +28,8 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from flowdc.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 ROW_COLUMN = "row"
 ROW_RULE = (f"column {ROW_COLUMN!r} is reserved for row numbers: whole numbers from 0 up, each larger than the one "
@@ -50,6 +53,7 @@ UNSUPPORTED_COMPRESSION = (".xz", ".lzma", ".lz4", ".zip", ".7z", ".br", ".z")
 FORMATS_HELP = (".parquet/.pq, .csv/.tsv/.txt (also compressed: .csv.gz, .tsv.bz2, .txt.zst, ...), "
                 ".xlsx/.xlsm/.xls, .xml")
 DELIMITERS = (",", "\t", ";", "|")  # what a header line is split at to find its delimiter, comma first
+SAVE_AS_UTF8 = "delimited text is read as UTF-8: save it as such (Excel: 'CSV UTF-8'), or convert it: iconv -t UTF-8"
 HEAD_BYTES = 1 << 16  # enough for any header line the delimiter is read from
 
 
@@ -160,8 +164,34 @@ class Manifest:
         self.format = detect_format(_path_part(self.path), input_format)
         self.compression = compression_of(_path_part(self.path))
         self.delimiter = ","  # delimited text only: decided from its header in _read_columns
-        self.declared: dict[str, pa.DataType] = {}  # parquet declares its columns' types; the others are text
-        self.columns = self._read_columns()
+        self.malformed = MalformedLines()  # delimited text's lines skipped by the last pass over the rows
+        self.not_utf8 = 0  # and its values whose stray bytes it read as U+FFFD
+        self._types: list[pa.DataType] = []  # parquet declares its columns' types; the others are text
+        names = self._read_columns()
+        self.columns = unique_names(names)
+        self.declared = dict(zip(self.columns, self._types, strict=True)) if self._types else {}
+        self.renamed = self.columns != names  # a name repeated in the header: batches are renamed
+        if self.renamed:
+            repeated = sorted({name for name in names if names.count(name) > 1})
+            log.warning("%s repeats column names (%s): the later ones are read as %s", self.path, ", ".join(repeated),
+                        ", ".join(new for new, old in zip(self.columns, names, strict=True) if new != old))
+
+    def problems(self) -> list[str]:
+        """What the last pass over the rows skipped, in words (empty when nothing was)."""
+        problems = [] if not self.not_utf8 else [
+            f"{self.path}: {self.not_utf8} value(s) held bytes that are not UTF-8, read as U+FFFD (a URL so "
+            f"mended fails as invalid_url); if many, the file is in another encoding: {SAVE_AS_UTF8}"]
+        skipped = self.malformed
+        if not skipped.count:
+            return problems
+        more = " ..." if skipped.count > len(skipped.examples) else ""
+        where = ""
+        if not is_remote(self.path):  # one more pass, local files only: Arrow does not say where
+            with self.open_text() as src:
+                found = ragged_csv_row(src, self.delimiter)
+            where = f", the first at line {found[1]}" if found else ""
+        return [f"{self.path}: {skipped.count} line(s) skipped{where}, not split into the header's fields (a "
+                f"stray delimiter or quote?): {'; '.join(skipped.examples)}{more}", *problems]
 
     def require_column(self, name: str, what: str) -> None:
         if name not in self.columns:
@@ -230,12 +260,13 @@ class Manifest:
             for batch in readers[self.format]():
                 if batch.num_rows == 0:
                     continue
-                yield numbering(batch)
+                yield numbering(batch.rename_columns(self.columns) if self.renamed else batch)
         except ConfigError:
             raise
         except (pa.ArrowInvalid, OSError, ValueError) as exc:
-            at = self._csv_error_row(exc) or f"near row {numbering.start}"
-            raise ConfigError(f"cannot read {self.path} as {self.format} {at}: {_first_line(exc)}") from None
+            hint = f" ({SAVE_AS_UTF8})" if "invalid UTF8" in str(exc) else ""
+            raise ConfigError(f"cannot read {self.path} as {self.format} near row {numbering.start}: "
+                              f"{_first_line(exc)}{hint}") from None
 
     # -- per-format readers -------------------------------------------------------------------
     def _read_columns(self) -> list[str]:
@@ -243,11 +274,14 @@ class Manifest:
             if self.format == "parquet":
                 with self.open() as src:
                     schema = pq.ParquetFile(src).schema_arrow
-                self.declared = dict(zip(schema.names, schema.types, strict=True))
+                self._types = list(schema.types)
                 return list(schema.names)
             if self.format == "csv":
                 with self.open_text() as src:  # once: a remote or compressed file's head is read again from memory
                     head, src = _peek(src, HEAD_BYTES)
+                    if head.startswith((b"\xff\xfe", b"\xfe\xff")):
+                        raise ConfigError(f"{self.path} is UTF-16 text (a spreadsheet's 'Unicode text' export); "
+                                          f"{SAVE_AS_UTF8}")
                     self.delimiter = csv_delimiter(self.path, head)
                     return _csv_names(src, self.delimiter, self._csv_block_size())
             first = next(iter(self._rows()), None)
@@ -257,21 +291,7 @@ class Manifest:
         except ConfigError:
             raise
         except Exception as exc:  # any parser error on an unreadable file is a user error here
-            at = self._csv_error_row(exc)
-            raise ConfigError(f"cannot read {self.path} as {self.format}{' ' + at if at else ''}: "
-                              f"{_first_line(exc)}") from None
-
-    def _csv_error_row(self, exc: BaseException) -> str | None:
-        """Where a CSV parse error is, as 'at row N (line L)'. Arrow parses a whole block at once and
-        does not say which row failed, so the file is scanned again, only now that it failed."""
-        if self.format != "csv" or "CSV parse error" not in str(exc):
-            return None
-        try:
-            with self.open_text() as src:
-                found = ragged_csv_row(src, self.delimiter)
-        except ConfigError:
-            return None
-        return None if found is None else f"at row {found[0]} (line {found[1]})"
+            raise ConfigError(f"cannot read {self.path} as {self.format}: {_first_line(exc)}") from None
 
     def _parquet(self) -> Iterator[pa.RecordBatch]:
         # pre_buffer would keep every row group read so far alive until the end of the file.
@@ -284,9 +304,25 @@ class Manifest:
         return max(1 << 20, self.batch_rows * 256)
 
     def _csv(self) -> Iterator[pa.RecordBatch]:
+        self.malformed = MalformedLines()  # of this pass
+        self.not_utf8 = 0
         with (self.open_text() as src,
-              _open_csv(src, self.columns, self.delimiter, self._csv_block_size()) as reader):
-            yield from _rebatch(reader, self.batch_rows)
+              _open_csv(src, self.columns, self.delimiter, self._csv_block_size(), self.malformed) as reader):
+            for batch in _rebatch(reader, self.batch_rows):
+                yield self._mend_utf8(batch)
+
+    def _mend_utf8(self, batch: pa.RecordBatch) -> pa.RecordBatch:
+        """The batch with every value valid UTF-8: a value's stray bytes (a Latin-1 character in a
+        free-text field) read as U+FFFD, and counted; as parquet's binary text reads (as_text)."""
+        for i, column in enumerate(batch.columns):
+            try:
+                column.validate(full=True)  # checks the UTF-8, at memory speed
+            except pa.ArrowInvalid:
+                mended = [_utf8_or_none(value) for value in column.view(pa.binary()).to_pylist()]
+                self.not_utf8 += sum(1 for value in mended if value is not None and value[1])
+                batch = batch.set_column(i, batch.schema.field(i),
+                                         pa.array([None if v is None else v[0] for v in mended], pa.string()))
+        return batch
 
     def _excel(self) -> Iterator[pa.RecordBatch]:
         yield from _rows_to_batches(self._rows(), self.batch_rows)
@@ -300,6 +336,35 @@ class Manifest:
                 yield from _excel_rows(src, self.path)
             else:
                 yield from _xml_rows(src, self.path)
+
+
+def unique_names(names: list[str]) -> list[str]:
+    """Column names made unique as pandas reads them: a repeated `url` is `url.1`, then `url.2`, ...
+    (the first keeps its name, and no new name takes one the header has)."""
+    taken, unique = set(names), []
+    next_suffix: dict[str, int] = {}
+    for name in names:
+        if name not in next_suffix:
+            next_suffix[name] = 1
+            unique.append(name)
+            continue
+        n = next_suffix[name]
+        while f"{name}.{n}" in taken:
+            n += 1
+        next_suffix[name] = n + 1
+        taken.add(f"{name}.{n}")
+        unique.append(f"{name}.{n}")
+    return unique
+
+
+def _utf8_or_none(value: bytes | None) -> tuple[str, bool] | None:
+    """(the text, whether a stray byte was replaced by U+FFFD), or None for a null."""
+    if value is None:
+        return None
+    try:
+        return value.decode(), False
+    except UnicodeDecodeError:
+        return value.decode("utf-8", "replace"), True
 
 
 def as_text(column: pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedArray:
@@ -381,23 +446,46 @@ def _peek(src: Any, n: int) -> tuple[bytes, Any]:
     return head, io.BufferedReader(_Prefixed(head, src))
 
 
-def _csv_options(delimiter: str, block_size: int) -> tuple[pacsv.ReadOptions, pacsv.ParseOptions]:
+class MalformedLines:
+    """Lines of delimited text whose field count is not the header's (a stray delimiter or quote in
+    a free-text field of a big export). Each is one row's problem, not the run's: it is skipped and
+    counted, and the first few are kept to be shown. Its URL cannot be trusted, so it is not fetched."""
+
+    SHOWN = 3
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.examples: list[str] = []
+
+    def __call__(self, row: Any) -> str:  # pyarrow's invalid_row_handler
+        self.count += 1
+        if len(self.examples) < self.SHOWN:
+            text = row.text if len(row.text) <= 80 else row.text[:77] + "..."
+            self.examples.append(f"{text!r} ({row.actual_columns} of {row.expected_columns} fields)")
+        return "skip"
+
+
+def _csv_options(delimiter: str, block_size: int,
+                 malformed: MalformedLines | None = None) -> tuple[pacsv.ReadOptions, pacsv.ParseOptions]:
     return (pacsv.ReadOptions(block_size=block_size),
-            pacsv.ParseOptions(delimiter=delimiter, newlines_in_values=True))
+            pacsv.ParseOptions(delimiter=delimiter, newlines_in_values=True, invalid_row_handler=malformed))
 
 
 def _csv_names(src: Any, delimiter: str, block_size: int) -> list[str]:
     """The header's column names, as Arrow reads them; parses the first block only."""
-    read_opts, parse_opts = _csv_options(delimiter, block_size)
+    read_opts, parse_opts = _csv_options(delimiter, block_size, MalformedLines())  # counted when the rows are read
     with pacsv.open_csv(src, read_options=read_opts, parse_options=parse_opts) as probe:
         return list(probe.schema.names)
 
 
-def _open_csv(src: Any, names: list[str], delimiter: str, block_size: int) -> pacsv.CSVStreamingReader:
+def _open_csv(src: Any, names: list[str], delimiter: str, block_size: int,
+              malformed: MalformedLines) -> pacsv.CSVStreamingReader:
     """A streaming csv reader over `src` (a path or a binary stream) whose header holds `names`."""
-    read_opts, parse_opts = _csv_options(delimiter, block_size)
+    read_opts, parse_opts = _csv_options(delimiter, block_size, malformed)
     # Every column as text: type inference on the first block can be wrong for later blocks.
-    convert = pacsv.ConvertOptions(column_types={n: pa.string() for n in names}, strings_can_be_null=True)
+    # Bytes that are not UTF-8 are let through here and mended per value (_mend_utf8): one row's problem.
+    convert = pacsv.ConvertOptions(column_types={n: pa.string() for n in names}, strings_can_be_null=True,
+                                   check_utf8=False)
     return pacsv.open_csv(src, read_options=read_opts, parse_options=parse_opts, convert_options=convert)
 
 
@@ -479,7 +567,7 @@ def _excel_rows(src: Any, path: str) -> Iterator[dict[str, Any]]:
         book = (xlrd.open_workbook(src, on_demand=True) if isinstance(src, str)
                 else xlrd.open_workbook(file_contents=src.read(), on_demand=True))
         sheet = book.sheet_by_index(0)
-        header = [str(v) for v in sheet.row_values(0)] if sheet.nrows else []
+        header = unique_names([str(v) for v in sheet.row_values(0)]) if sheet.nrows else []
         for i in range(1, sheet.nrows):
             yield dict(zip(header, sheet.row_values(i), strict=False))
         return
@@ -488,7 +576,7 @@ def _excel_rows(src: Any, path: str) -> Iterator[dict[str, Any]]:
     book = openpyxl.load_workbook(src, read_only=True, data_only=True)
     try:
         rows = book.worksheets[0].iter_rows(values_only=True)
-        header = [str(v) if v is not None else f"column_{i}" for i, v in enumerate(next(rows, ()))]
+        header = unique_names([str(v) if v is not None else f"column_{i}" for i, v in enumerate(next(rows, ()))])
         for values in rows:
             if any(v is not None for v in values):
                 yield dict(zip(header, values, strict=False))

@@ -32,8 +32,9 @@ LONG_POLE_SHARE = 0.2
 
 def build_overview(cfg: DownloadConfig, ledger: Ledger, run: RunCounters, host_snapshots: dict[str, dict[str, Any]],
                    started_wall: float, recovery: dict[str, int], interrupted: bool,
-                   manifest_rows: int | None = None) -> dict[str, Any]:
-    """`manifest_rows`: the manifest's row count where its format tells it (parquet), else None."""
+                   manifest_rows: int | None = None, manifest_problems: list[str] | None = None) -> dict[str, Any]:
+    """`manifest_rows`: the manifest's row count where its format tells it (parquet), else None;
+    `manifest_problems`: what reading it skipped (Manifest.problems), shown among the warnings."""
     latest = ledger.latest([*Ledger.SUMMARY_COLUMNS, "ts"])  # read once, used twice
     totals = ledger.summary(latest)
     groups = HostGroups.of(latest, started_wall)  # grouped once, for the hosts and the long pole
@@ -72,7 +73,7 @@ def build_overview(cfg: DownloadConfig, ledger: Ledger, run: RunCounters, host_s
         "long_pole": None if interrupted else long_pole(groups, elapsed),
         **labels_section(cfg, ledger.dest),
         "network": network_summary(cfg),
-        "warnings": [INSECURE_WARNING] if cfg.insecure else [],
+        "warnings": [*([INSECURE_WARNING] if cfg.insecure else []), *(manifest_problems or [])],
     }
 
 

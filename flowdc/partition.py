@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import heapq
 import json
+import logging
 import math
 import os
 import re
@@ -42,6 +43,8 @@ from flowdc.errors import ConfigError
 from flowdc.localfiles import local_folder_problem
 from flowdc.manifest import ROW_COLUMN, Manifest, RowNumbering
 from flowdc.urls import host_key
+
+log = logging.getLogger(__name__)
 
 BATCH_ROWS = 1 << 19
 ROW_GROUP_ROWS = 1 << 18  # a partition's buffer is written once it holds this many rows
@@ -204,7 +207,7 @@ class Source:
 
     def columns_only(self, names: list[str] | None) -> Iterator[pa.RecordBatch]:
         """Pass one needs one or two columns; parquet can skip decoding the others (None: all)."""
-        if self.fmt != "parquet":
+        if self.fmt != "parquet" or self.manifest.renamed:  # renamed: a repeated name, read as url.1, ...
             for batch in self.manifest.batches():
                 yield batch.select(names) if names else batch
             return
@@ -838,6 +841,8 @@ def run_partition(cfg: PartitionConfig, progress: bool = True) -> dict[str, Any]
         result = _write(cfg, source, scan, assign, n, bars)
     finally:
         bars.close()
+    for problem in source.manifest.problems():
+        log.warning("%s", problem)
     shares = host_shares(result.host_parts)
     plan = _build_plan(cfg, assign, n, result, shares)
     folder = Path(cfg.output_folder)

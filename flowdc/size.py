@@ -17,6 +17,7 @@ import array
 import asyncio
 import contextlib
 import json
+import logging
 import math
 import os
 import random
@@ -45,6 +46,8 @@ from flowdc.requestloop import RequestLoop
 from flowdc.scheduler import Job
 from flowdc.signals import Signal
 from flowdc.urls import host_key, scheme_error, url_redactor
+
+log = logging.getLogger(__name__)
 
 MAX_ATTEMPTS = 3  # per row, counting the first; like the downloader's retry budget
 RETRY_BACKOFF_S = 0.5  # base delay before a retry, doubled per attempt; a Retry-After wins if longer
@@ -343,6 +346,9 @@ class SizeJob:
             self.bar.close()
         report = build_report(self.cfg, self.paths, self.tally, self.rows_total, sample is not None,
                               time.monotonic() - started, self.report_path)
+        for manifest in self.manifests:
+            for problem in manifest.problems():
+                log.warning("%s", problem)
         await asyncio.to_thread(write_report, self.report_path, report)
         return report
 

@@ -85,6 +85,31 @@ def test_urls_and_labels_stored_as_binary(tmp_path: Path, two_hosts: FakeHostFar
     assert (out / label_folder("h\u00e9ron") / rows[1]["path"].split("/")[-1]).is_file()
 
 
+def test_a_csv_export_with_stray_delimiters_and_a_repeated_column(tmp_path: Path, two_hosts: FakeHostFarm) -> None:
+    """A spreadsheet export: a header naming `url` twice, and two lines a stray comma split wrong.
+    The run goes on (exit 0): those lines are skipped and shown in the summary and overview.json,
+    the second `url` is carried as `url.1`; partition skips the same lines."""
+    urls = [two_hosts.url(i % 2, f"/csv/{i}.png?size=300") for i in range(6)]
+    lines = ["url,label,url", *(f"{u},cat,{u}" for u in urls[:3]), f"{urls[3]},big, fat cat,{urls[3]}",
+             f"{urls[4]},cat", f"{urls[5]},dog,{urls[5]}"]
+    manifest = tmp_path / "export.csv"
+    manifest.write_text("\n".join(lines) + "\n")
+    out = tmp_path / "out"
+    done = run_flowdc("download", "--input", str(manifest), "--output", str(out), "--label", "label",
+                      "--output_format", "webdataset", "--no_create_tar")
+    assert done.returncode == 0, done.stderr
+    assert "repeats column names (url): the later ones are read as url.1" in done.stderr
+    skipped = f"{manifest}: 2 line(s) skipped, the first at line 5, not split into the header's fields"
+    assert f"warning: {skipped}" in done.stdout  # the summary
+    overview = json.loads((out / "overview.json").read_text())
+    assert overview["totals"] == {"rows": 4, "ok": 4, "failed": 0, "skipped": 0}
+    assert [w for w in overview["warnings"] if w.startswith(skipped)]
+    assert {json.loads(parts["json"])["url.1"] for parts in tar_samples(out).values()} == {*urls[:3], urls[5]}
+    split = run_flowdc("partition", "--input", str(manifest), "--output_folder", str(tmp_path / "parts"),
+                       "--groups", "2")
+    assert split.returncode == 0 and skipped in split.stderr, split.stderr
+
+
 def test_an_older_output_resumes_into_its_folders(tmp_path: Path, two_hosts: FakeHostFarm) -> None:
     """An output written by the earlier naming (`a/b` in `a_b/`, missing labels in `unlabeled/`)
     resumes with those folders: more rows of `a/b` join `a_b/`, and new labels `a_b` and

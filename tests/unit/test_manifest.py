@@ -217,13 +217,62 @@ def test_a_gbif_multimedia_txt_reads(tmp_path: Path) -> None:
     assert got[0]["references"] is None  # an empty field is null, as in any csv
 
 
-def test_a_ragged_row_is_located_in_a_compressed_file(tmp_path: Path) -> None:
-    """The parse error of a compressed manifest names the row and line, as for a plain one."""
-    lines = ["url\tlabel", *(f"http://a/{i}.png\ta" for i in range(250)), "http://a/x.png\ta\textra"]
-    path = tmp_path / "m.csv.gz"
-    path.write_bytes(gzip.compress(("\n".join(lines) + "\n").encode()))
-    with pytest.raises(ConfigError, match=r"at row 250 \(line 252\): CSV parse error: Expected 2 columns, got 3"):
-        read_all(path)
+@pytest.mark.parametrize("name", ["m.csv", "m.csv.gz"])
+def test_lines_of_another_field_count_are_skipped_and_located(tmp_path: Path, name: str) -> None:
+    """A line with a field too many or too few (a stray delimiter in a free-text field) is one row's
+    problem: skipped, and named with the first one's line, where a plain or compressed file is
+    local. The rows around it keep reading, numbered without it."""
+    lines = ["url\tlabel", *(f"http://a/{i}.png\ta" for i in range(250)), "http://a/x.png\ta\textra",
+             "http://a/y.png", "http://a/z.png\tb"]
+    text = ("\n".join(lines) + "\n").encode()
+    path = tmp_path / name
+    path.write_bytes(gzip.compress(text) if name.endswith(".gz") else text)
+    manifest = Manifest(str(path), "url", batch_rows=100)
+    assert manifest.problems() == []
+    rows = [r for b in manifest.batches() for r in b.to_pylist()]
+    assert [r["url"] for r in rows[-2:]] == ["http://a/249.png", "http://a/z.png"] and rows[-1]["row"] == 250
+    (problem,) = manifest.problems()
+    assert problem.startswith(f"{path}: 2 line(s) skipped, the first at line 252, not split into the header's fields")
+    assert "'http://a/x.png\\ta\\textra' (3 of 2 fields); 'http://a/y.png' (1 of 2 fields)" in problem
+
+
+def test_bytes_that_are_not_utf8_are_one_values_problem(tmp_path: Path) -> None:
+    """A Latin-1 character in one free-text field of a UTF-8 export: that value reads with U+FFFD
+    and is counted (a URL so mended fails as invalid_url downstream); the file reads on, where it
+    once stopped the run. A UTF-16 export is refused in one line that says how to convert it."""
+    path = tmp_path / "m.csv"
+    path.write_bytes("url,label\nhttp://a/1.png,caf\u00e9\n".encode() + b"http://a/2.png,caf\xe9\nhttp://a/3.png,\n")
+    manifest = Manifest(str(path), "url")
+    assert [r["label"] for r in read_all(path)] == ["caf\u00e9", "caf\ufffd", None]
+    list(manifest.batches())
+    (problem,) = manifest.problems()
+    assert problem.startswith(f"{path}: 1 value(s) held bytes that are not UTF-8, read as U+FFFD")
+    utf16 = tmp_path / "unicode.txt"
+    utf16.write_bytes("url\tlabel\nhttp://a/1.png\tcat\n".encode("utf-16"))
+    with pytest.raises(ConfigError, match=r"is UTF-16 text .* save it as such \(Excel: 'CSV UTF-8'\)"):
+        Manifest(str(utf16), "url")
+
+
+def test_repeated_column_names_are_read_apart(tmp_path: Path) -> None:
+    """A header that names a column twice (two `url`s) is read as pandas reads it: the first keeps
+    the name, the later ones are `url.1`, ... (never a name the header has). The run once stopped
+    on a traceback there."""
+    text = tmp_path / "m.csv"
+    text.write_text("url,url,url.1,label\nhttp://a/1.png,http://b/1.png,x,cat\n")
+    manifest = Manifest(str(text), "url")
+    assert manifest.columns == ["url", "url.2", "url.1", "label"] and manifest.renamed
+    assert read_all(text) == [{"url": "http://a/1.png", "url.2": "http://b/1.png", "url.1": "x", "label": "cat",
+                               "row": 0}]
+    table = pa.Table.from_arrays([pa.array(["http://a/1.png"]), pa.array([1]), pa.array(["x"])], ["url", "n", "n"])
+    pq.write_table(table, tmp_path / "m.parquet")
+    parquet = Manifest(str(tmp_path / "m.parquet"), "url")
+    assert parquet.declared == {"url": pa.string(), "n": pa.int64(), "n.1": pa.string()}
+    assert read_all(tmp_path / "m.parquet") == [{"url": "http://a/1.png", "n": 1, "n.1": "x", "row": 0}]
+    book = openpyxl.Workbook()
+    book.active.append(["url", "tag", "tag"])
+    book.active.append(["http://a/1.png", "a", "b"])
+    book.save(tmp_path / "m.xlsx")
+    assert read_all(tmp_path / "m.xlsx") == [{"url": "http://a/1.png", "tag": "a", "tag.1": "b", "row": 0}]
 
 
 def test_write_manifest_writes_what_the_reader_reads(tmp_path: Path) -> None:
