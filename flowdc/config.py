@@ -165,7 +165,9 @@ class DownloadConfig(PolitenessOptions, NetworkOptions, RedactOptions, PaarcOpti
                          choices=("auto", "jpg", "png", "webp", "jpeg"))
     max_body_bytes: int = opt(50 * 1024 * 1024, "Largest body accepted per URL, in bytes.")
     content_types: list[str] = opt(
-        ["image/"], "Accepted Content-Type prefixes; an empty list accepts any type.", aliases=("content_type",)
+        ["image/"], "Accepted Content-Type prefixes; an empty list accepts any type. With image/ in it, a generic "
+        "type (binary/octet-stream, as S3 serves files uploaded without one) counts when the body starts as an "
+        "image does.", aliases=("content_type",)
     )
     max_redirects: int = opt(5, "Redirects followed per URL.")
     create_tar: bool = opt(True, "Also pack the output into an archive beside it, OUTPUT.tar (imagefolder only; "

@@ -18,7 +18,7 @@ import socket
 import time
 import weakref
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, NamedTuple, TypeVar
 
@@ -39,6 +39,15 @@ OVERLOAD_STATUSES = frozenset({429, 503})
 CHUNK = 1 << 16
 
 
+# Types that say only "bytes": an object store's default for a file uploaded without its type
+# (S3's binary/octet-stream, GCS's application/octet-stream), a download link's, or none at all.
+# Many image buckets serve every image so. Where every image type is accepted, a body of such a type
+# is kept when its first bytes are an image's (imagesig); an HTML page or a zip is not.
+GENERIC_TYPES = frozenset({"", "application/octet-stream", "binary/octet-stream", "application/binary",
+                           "application/x-binary", "application/unknown", "application/download",
+                           "application/x-download", "application/force-download"})
+
+
 @dataclass(frozen=True, slots=True)
 class FetchSettings:
     """A download's request settings; their defaults are declared once, in config.DownloadConfig."""
@@ -49,10 +58,12 @@ class FetchSettings:
     max_redirects: int
     disallowed_directives: frozenset[str] = frozenset(DEFAULT_DISALLOWED)  # X-Robots-Tag opt-outs honoured
     user_agent_token: str | None = None  # X-Robots-Tag may address our crawl by this name
+    sniff_generic: bool = field(init=False)  # GENERIC_TYPES are judged by their first bytes
 
     def __post_init__(self) -> None:
         # Lower-cased once here, not per response.
         object.__setattr__(self, "content_types", tuple(p.lower() for p in self.content_types))
+        object.__setattr__(self, "sniff_generic", any("image/".startswith(p) for p in self.content_types))
         object.__setattr__(self, "disallowed_directives", frozenset(d.lower() for d in self.disallowed_directives))
 
     @classmethod
@@ -304,8 +315,11 @@ async def _read_response(resp: aiohttp.ClientResponse, settings: FetchSettings) 
         directive = disallowed_directive(robots, settings.disallowed_directives, settings.user_agent_token)
         if directive is not None:  # before the body: an opted-out image is not even read
             return Outcome(Signal.OBJECT_ERROR, status, f"x_robots_tag:{directive}", content_type=ctype, skipped=True)
+    generic = False
     if not content_type_allowed(ctype, settings.content_types):
-        return Outcome(Signal.OBJECT_ERROR, status, f"content_type:{(ctype or 'none').split(';')[0]}")
+        generic = settings.sniff_generic and (ctype or "").split(";")[0].strip().lower() in GENERIC_TYPES
+        if not generic:
+            return Outcome(Signal.OBJECT_ERROR, status, f"content_type:{(ctype or 'none').split(';')[0]}")
     declared = resp.content_length
     if declared is not None and declared > settings.max_body_bytes:
         return Outcome(Signal.OBJECT_ERROR, status, "too_large", content_type=ctype)
@@ -329,6 +343,8 @@ async def _read_response(resp: aiohttp.ClientResponse, settings: FetchSettings) 
         return Outcome(Signal.OBJECT_ERROR, status, "partial_content", True, content_type=ctype)
     if not body:
         return Outcome(Signal.OBJECT_ERROR, status, "empty_body", content_type=ctype)
+    if generic and not image_format_ok(body[:SNIFF_BYTES]):  # bytes of some other kind: refused by their type
+        return Outcome(Signal.OBJECT_ERROR, status, f"content_type:{(ctype or 'none').split(';')[0]}")
     if (ctype or "").lower().startswith("image/") and not image_format_ok(body[:SNIFF_BYTES], ctype):
         # Served as an image but not one (an HTML error page as image/jpeg): final, a retry gets the same.
         return Outcome(Signal.OBJECT_ERROR, status, NOT_AN_IMAGE, content_type=ctype)

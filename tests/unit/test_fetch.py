@@ -214,6 +214,22 @@ def test_content_type_is_checked(farm: FakeHostFarm) -> None:
     assert fetch(url, content_types=()).ok
 
 
+@pytest.mark.parametrize("ctype", ["binary/octet-stream", "application/octet-stream", "Application/Octet-Stream; x=1",
+                                   "application/x-download"])
+def test_a_generic_type_is_judged_by_the_body(farm: FakeHostFarm, ctype: str) -> None:
+    """An object store serves an image uploaded without its type as binary/octet-stream (S3) or
+    application/octet-stream (GCS): kept when its first bytes are an image's, where any image type is
+    accepted; an HTML page or other bytes so served still fail by their type; a narrower allow-list
+    (only JPEGs) does not take it on trust."""
+    image = fetch(farm.url(0, f"/u/bucket.png?ctype={ctype}"))
+    assert image.ok and image.body is not None and image.body.startswith(b"\x89PNG")
+    page = fetch(farm.url(0, f"/u/bucket.png?ctype={ctype}&body=html"))
+    assert page.reason == f"content_type:{ctype.split(';')[0]}"
+    assert fetch(farm.url(0, f"/u/bucket.png?ctype={ctype}"), content_types=("image/jpeg",)).reason.startswith(
+        "content_type:")
+    assert fetch(farm.url(0, f"/u/bucket.png?ctype={ctype}"), content_types=("image/", "text/")).ok
+
+
 @pytest.mark.parametrize(("tail", "as_written"), [
     ("/img/00000001.jpg?ctype=image/jpeg", True), ("/a%2Fb/%41.png?q=a+b&c=%7e;d=@:", True), ("?only=query", True),
     ("/UP.png", True), ("/a/../b.png", False), ("/a b.png", False), ("/%zz.png", False), ("/caf\u00e9.png", False),
