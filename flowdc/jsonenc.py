@@ -5,9 +5,8 @@ webdataset run's event loop; orjson takes 0.3 us. The text is compact UTF-8 JSON
 no type for (a date, a decimal) is written as its str(), as json.dumps(default=str) writes it: a
 date column's "2026-12-06", not orjson's own ISO form, whichever encoder wrote it. Bytes (a binary
 column; some parquet writers store text so) are written as their text when they are UTF-8, else as
-base64, never as Python's b'...' repr. NaN and the
-infinities are written as null: strict JSON has no NaN, and the "NaN" json.dumps writes stops other
-readers (JavaScript's JSON.parse, jq).
+base64, never as Python's b'...' repr. NaN and the infinities are written as null: strict JSON has
+no NaN, and the "NaN" json.dumps writes stops other readers (JavaScript's JSON.parse, jq).
 """
 
 from __future__ import annotations

@@ -264,9 +264,8 @@ class Manifest:
         except ConfigError:
             raise
         except (pa.ArrowInvalid, OSError, ValueError) as exc:
-            hint = f" ({SAVE_AS_UTF8})" if "invalid UTF8" in str(exc) else ""
             raise ConfigError(f"cannot read {self.path} as {self.format} near row {numbering.start}: "
-                              f"{_first_line(exc)}{hint}") from None
+                              f"{_first_line(exc)}") from None
 
     # -- per-format readers -------------------------------------------------------------------
     def _read_columns(self) -> list[str]:
@@ -318,10 +317,9 @@ class Manifest:
             try:
                 column.validate(full=True)  # checks the UTF-8, at memory speed
             except pa.ArrowInvalid:
-                mended = [_utf8_or_none(value) for value in column.view(pa.binary()).to_pylist()]
-                self.not_utf8 += sum(1 for value in mended if value is not None and value[1])
-                batch = batch.set_column(i, batch.schema.field(i),
-                                         pa.array([None if v is None else v[0] for v in mended], pa.string()))
+                text, mended = _decoded(column.view(pa.binary()).to_pylist())
+                self.not_utf8 += mended
+                batch = batch.set_column(i, batch.schema.field(i), text)
         return batch
 
     def _excel(self) -> Iterator[pa.RecordBatch]:
@@ -357,14 +355,17 @@ def unique_names(names: list[str]) -> list[str]:
     return unique
 
 
-def _utf8_or_none(value: bytes | None) -> tuple[str, bool] | None:
-    """(the text, whether a stray byte was replaced by U+FFFD), or None for a null."""
-    if value is None:
-        return None
-    try:
-        return value.decode(), False
-    except UnicodeDecodeError:
-        return value.decode("utf-8", "replace"), True
+def _decoded(values: list[Any]) -> tuple[pa.Array, int]:
+    """`values` as text, bytes decoded as UTF-8 with U+FFFD for stray bytes; and how many had some."""
+    text, mended = [], 0
+    for value in values:
+        if isinstance(value, bytes):
+            try:
+                value = value.decode()
+            except UnicodeDecodeError:
+                value, mended = value.decode("utf-8", "replace"), mended + 1
+        text.append(value)
+    return pa.array(text, pa.string()), mended
 
 
 def as_text(column: pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedArray:
@@ -374,9 +375,7 @@ def as_text(column: pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedArray:
     try:
         return column.cast(pa.string())
     except pa.ArrowInvalid:
-        values = column.to_pylist()
-        return pa.array([value.decode("utf-8", "replace") if isinstance(value, bytes) else value for value in values],
-                        pa.string())
+        return _decoded(column.to_pylist())[0]
 
 
 def _first_line(exc: BaseException) -> str:
