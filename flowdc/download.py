@@ -449,8 +449,10 @@ class DownloadJob:
             if problem is not None:
                 status = "skipped" if problem in ("no_url", "duplicate_url") else "failed"
                 # No metadata copy for rows never fetched: the manifest still has it.
+                # A repeated URL has the key of the row that holds its bytes (url_based keys are the URL's).
                 self._final(Record(row, key, self.redact(url), status, label=label, reason=problem,
-                                   url_hash=int(hashes[i]), ident=int(idents[i])))
+                                   url_hash=int(hashes[i]), ident=int(idents[i]),
+                                   duplicate_of=key if problem == "duplicate_url" else None))
                 continue
             yield Job(row, key, url, host, label, meta, url_hash=int(hashes[i]), ident=int(idents[i]))
 

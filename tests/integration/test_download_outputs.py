@@ -236,15 +236,15 @@ def test_url_based_keys_are_collision_safe_and_skip_duplicates(tmp_path: Path, t
              samples_per_shard=2)
     rows = latest(out)
     assert [r["status"] for r in rows] == ["ok", "ok", "ok", "skipped"]
-    assert rows[3]["reason"] == "duplicate_url"
-    assert len({r["key"] for r in rows[:3]}) == 3
+    assert rows[3]["reason"] == "duplicate_url" and rows[3]["duplicate_of"] == rows[0]["key"]
+    assert len({r["key"] for r in rows[:3]}) == 3 and rows[0]["duplicate_of"] is None
     assert sorted(tar_samples(out)) == sorted(r["key"] for r in rows[:3])
 
     refreshed = write_manifest(tmp_path / "m2.parquet", [*urls, two_hosts.url(1, "/c/new.png"), same_name[1]])
     download(refreshed, out, naming_mode="url_based", output_format="webdataset", samples_per_shard=2)
     rows = latest(out)
     assert [r["status"] for r in rows] == ["ok", "ok", "ok", "skipped", "ok", "skipped"]
-    assert rows[5]["reason"] == "duplicate_url"
+    assert rows[5]["reason"] == "duplicate_url" and rows[5]["duplicate_of"] == rows[1]["key"]
     assert sorted(tar_samples(out)) == sorted(r["key"] for r in rows if r["status"] == "ok")
 
 
