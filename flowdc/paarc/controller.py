@@ -250,6 +250,8 @@ class PaarcController:
             if shows_load:
                 self.push.ok_level = max(self.push.ok_level, sample.inflight)
             if sample.signal is Signal.OK:
+                if self.push.count_served_after(now - sample.ttfb):
+                    self.reveal_log = None  # no bucket to read: the refusals were about their URLs
                 if self.push.ramping and self.push.before_ramp() and now - sample.ttfb <= self.push.acted_at:
                     self.push.count_burst()
                 if now >= self._hold:
@@ -369,7 +371,7 @@ class PaarcController:
             if remembered and push.cap > self.p.C_min and not push.recalled and push.sent_before_run(sent):
                 push.cap -= 1  # one more of the same burst refused: the host took one fewer
                 self._set_limit(self._limit)  # and stay under it from now on
-            if push.reveal_wait and not push.ramping and push.pace <= 0:
+            if push.reveal_wait and not push.ramping and push.pace <= 0 and push.refusals_were_the_host():
                 # A second refusal of the cold start's burst: the host, not one URL, refused it.
                 push.reveal(push.reveal_wait, self.counters.ok)
             return None
@@ -413,6 +415,7 @@ class PaarcController:
             push.set_pace(now, accepted, self.counters.ok, now - self.born, self._send_rate(ttfb_hint=hint))
         elif self.ramp and not (remembered or paced) and retry_after and self.intervals == 0:
             push.reveal_wait = retry_after  # refused from cold: a cap or a bucket, if the burst's next is refused too
+            push.refused_from = now if sent is None else sent
         push.acted_at = now
         push.restart_meter(max(now, self._hold))
         return None if found_again is None else float(found_again - 1)

@@ -40,6 +40,12 @@ PUSHBACK_STREAK = 4  # before PUSHBACK_MIN_REPLIES, this many fresh refusals in 
 SHARE_MEMORY = 40  # replies the refused share is averaged over: a storm of fast 429s shows within ~10
 SHARE_Z = 1.64  # ... as a one-sided 95% lower bound, so chance runs of per-URL refusals do not count
 RAMP_DOUBLING_S = 0.1  # the reveal's ramp doubles the pace this often (0.05: overshoots drew 400 429s)...
+# OKs to requests sent after a cold start's first refusal (before we acted on it) that a drained
+# host may still give: a token or two refilled meanwhile. More say the refusals were about their URLs.
+REFILL_SLACK = 2
+# Sends this close to that refused one may reach the host in either order (one pass of our loop,
+# fresh connections racing): only later ones tell.
+BURST_SPREAD_S = 0.005
 RAMP_MIN_BURST = 1  # ... from what the host served from cold per Retry-After, taken as at least this many
 RECALL_SLACK = 1.25  # refused again within this factor of what a forgotten lesson said: the limit stands
 MEMORY_MAX_PERIODS = 8  # a lesson confirmed again and again is kept up to this many probe_rtt_periods
@@ -52,8 +58,8 @@ class Pushback:
 
     __slots__ = ("acted_at", "best_rate", "burst", "cap", "creep", "floor", "grown_at", "meter_ok", "meter_start",
                  "ok_level", "pace", "ramp_from", "ramp_ok", "ramp_read", "ramp_start", "ramping", "rate_cap",
-                 "recalled", "refused_at", "replies", "reveal_s", "reveal_wait", "run_from", "seeking", "served_since",
-                 "share", "streak", "tail", "until")
+                 "recalled", "refused_at", "refused_from", "replies", "reveal_s", "reveal_wait", "run_from", "seeking",
+                 "served_after", "served_since", "share", "streak", "tail", "until")
 
     def __init__(self, best_rate: float = 0.0, ok_level: int = 0) -> None:
         self.cap = 0  # in-flight count at the 429 (that request included)
@@ -82,6 +88,8 @@ class Pushback:
         self.burst = 0  # OK replies to what was sent before the refusal: the bucket's size, if it is one
         self.reveal_s = 0.0  # the Retry-After of the opening refusal
         self.reveal_wait = 0.0  # a first refusal from cold named this wait: a second of its burst starts the reveal
+        self.refused_from = math.inf  # when the request that first refusal answered was sent
+        self.served_after = 0  # OKs to requests of that burst sent after it: a drained host gives few
         self.ramp_from = 0.0  # requests per second at the ramp's start
         self.ramp_start = math.inf  # when the ramp began (the hold's end)
         self.ramp_ok = 0  # OK replies on the ramp: the sends it made (until the bucket runs dry, all taken)
@@ -178,6 +186,25 @@ class Pushback:
         self.ramping = self.seeking = True
         self.reveal_s = max(retry_after, MIN_INTERVAL_S)
         self._start_from(served)
+
+    def refusals_were_the_host(self) -> bool:
+        """Whether the cold start's refusals can be the host's: a cap or a bucket, once full,
+        refuses what comes after as well, where refusals of single URLs come among OKs."""
+        return self.served_after <= REFILL_SLACK
+
+    def count_served_after(self, sent: float) -> bool:
+        """An OK to a request of the cold start's burst (sent before we acted on its refusal).
+        True when that makes the refusals about their URLs: the reveal, if begun, is called off."""
+        if not (self.reveal_wait and self.refused_from + BURST_SPREAD_S < sent <= self.acted_at):
+            return False
+        self.served_after += 1
+        if self.refusals_were_the_host():
+            return False
+        self.reveal_wait = 0.0
+        if self.ramping and self.before_ramp():
+            self.ramping = self.seeking = False
+            self.pace = self.ramp_from = 0.0
+        return True
 
     def before_ramp(self) -> bool:
         """The reveal's hold is still on: OKs to the cold start's burst are still coming in."""

@@ -210,6 +210,26 @@ def test_one_refused_url_in_a_cold_start_is_no_reveal() -> None:
     assert burst.push.burst == served
 
 
+@pytest.mark.parametrize("later_ones_served", [True, False])
+def test_refused_urls_among_later_oks_are_no_reveal(later_ones_served: bool) -> None:
+    """Two refusals in a cold start start the reveal only if the host refused what was sent after
+    them as well, as a full cap or an empty bucket does (a token or two refilled aside). A faults
+    bench host whose first burst held two scripted 429s among OKs sent later was paced from 5/s, cut
+    to 3/s by a third on the ramp, and took 16-17 s where its rows take 7 (2 runs in 36)."""
+    ctl = PaarcController(PaarcParams.defaults(), 0.0)
+    for i in range(4):  # the burst's first OKs
+        ctl.on_sample(0.012 + i * 1e-3, Sample(Signal.OK, 0.011, 8 - i))
+    ctl.on_sample(0.030, Sample(Signal.OVERLOAD, 0.029, 8, 2.0))  # sent at 0.001, a far host
+    # Sent after it, answered after it: by a drained host refused, by one that refused a URL served.
+    later, wait = (Signal.OK, None) if later_ones_served else (Signal.OVERLOAD, 2.0)
+    for i, sent in enumerate((0.010, 0.012, 0.014)):
+        ctl.on_sample(0.040 + i * 1e-3, Sample(later, 0.040 + i * 1e-3 - sent, 7 - i, wait))
+    ctl.on_sample(0.050, Sample(Signal.OVERLOAD, 0.045, 4, 2.0))  # the burst's second refusal (sent at 0.005)
+    assert ctl.push is not None and ctl.push.ramping is not later_ones_served
+    ctl.tick(2.5)  # the hold is over
+    assert (ctl.min_gap(2.5) == 0) is later_ones_served  # refused URLs: not paced; a drained host: the ramp
+
+
 def test_the_ramp_reads_a_bucket_from_the_sends_it_made_not_from_the_clock() -> None:
     """The ramp's reading of a bucket (Pushback.ramp_rate) assumes the sends kept to the ramp. A
     late loop sends fewer; read from the clock, one polite bench run in six took a 100/s bucket for
