@@ -305,6 +305,11 @@ def failure_of(exc: BaseException, headers_arrived: bool) -> Failure:
     return Failure(Signal.OBJECT_ERROR, f"error:{type(exc).__name__}", False)
 
 
+def _refused_type(status: int, ctype: str | None) -> Outcome:
+    """A reply whose Content-Type is not taken: `content_type:TYPE`, its parameters left out."""
+    return Outcome(Signal.OBJECT_ERROR, status, f"content_type:{(ctype or 'none').split(';')[0]}")
+
+
 async def _read_response(resp: aiohttp.ClientResponse, settings: FetchSettings) -> Outcome:
     status = resp.status
     ctype = resp.headers.get("Content-Type")
@@ -319,7 +324,7 @@ async def _read_response(resp: aiohttp.ClientResponse, settings: FetchSettings) 
     if not content_type_allowed(ctype, settings.content_types):
         generic = settings.sniff_generic and (ctype or "").split(";")[0].strip().lower() in GENERIC_TYPES
         if not generic:
-            return Outcome(Signal.OBJECT_ERROR, status, f"content_type:{(ctype or 'none').split(';')[0]}")
+            return _refused_type(status, ctype)
     declared = resp.content_length
     if declared is not None and declared > settings.max_body_bytes:
         return Outcome(Signal.OBJECT_ERROR, status, "too_large", content_type=ctype)
@@ -344,7 +349,7 @@ async def _read_response(resp: aiohttp.ClientResponse, settings: FetchSettings) 
     if not body:
         return Outcome(Signal.OBJECT_ERROR, status, "empty_body", content_type=ctype)
     if generic and not image_format_ok(body[:SNIFF_BYTES]):  # bytes of some other kind: refused by their type
-        return Outcome(Signal.OBJECT_ERROR, status, f"content_type:{(ctype or 'none').split(';')[0]}")
+        return _refused_type(status, ctype)
     if (ctype or "").lower().startswith("image/") and not image_format_ok(body[:SNIFF_BYTES], ctype):
         # Served as an image but not one (an HTML error page as image/jpeg): final, a retry gets the same.
         return Outcome(Signal.OBJECT_ERROR, status, NOT_AN_IMAGE, content_type=ctype)

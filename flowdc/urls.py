@@ -9,7 +9,7 @@ from functools import lru_cache
 from urllib.parse import unquote_plus, urlsplit
 
 FETCHABLE_SCHEMES = frozenset({"http", "https"})
-# Stands for bytes that were not UTF-8 (manifest.text_values): such a URL's bytes are lost, so it
+# Stands for bytes that were not UTF-8 (manifest.as_text): such a URL's bytes are lost, so it
 # is refused as invalid_url rather than fetched as some other address.
 NOT_UTF8 = "\ufffd"
 
