@@ -136,8 +136,8 @@ class PolitenessOptions:
 
 @dataclass
 class DownloadConfig(PolitenessOptions, NetworkOptions, RedactOptions, PaarcOptions):
-    input: str = opt("", "Manifest of URLs: parquet, csv/tsv/txt (also .gz, .bz2 or .zst compressed), excel "
-                     "(.xlsx/.xls) or xml; a path or any fsspec URL (s3://, gs://, https://, hf://).")
+    input: str = opt("", "Manifest of URLs: parquet, csv/tsv/txt or xml (text also .gz, .bz2 or .zst "
+                     "compressed), or excel (.xlsx/.xls); a path or any fsspec URL (s3://, gs://, https://, hf://).")
     output: str = opt("", "Output directory or fsspec URL (s3://bucket/prefix, gs://bucket/prefix).")
     input_format: str = opt("auto", INPUT_FORMAT_HELP, choices=INPUT_FORMATS)
     url: str = opt("url", "Column holding the URLs.", aliases=("url_col",))
@@ -327,8 +327,8 @@ def check_host_budget(budget: Mapping[str, float]) -> dict[str, float]:
 
 @dataclass
 class PartitionConfig:
-    input: str = opt("", "Manifest to split: parquet, csv/tsv/txt (also .gz, .bz2 or .zst compressed), excel "
-                     "(.xlsx/.xls) or xml.", aliases=("parquet",))
+    input: str = opt("", "Manifest to split: parquet, csv/tsv/txt or xml (text also .gz, .bz2 or .zst "
+                     "compressed), or excel (.xlsx/.xls).", aliases=("parquet",))
     url_col: str = opt("url", "Column holding the URLs.", aliases=("url",))
     groups: int = opt(0, "Number of partitions (or give --rows_per_partition).")
     rows_per_partition: int = opt(0, "Rows per partition; sets the number of groups.")

@@ -47,11 +47,12 @@ FORMATS_BY_SUFFIX = {
 }
 
 
-# Delimited text only: parquet and excel are compressed inside already, and their readers need to seek.
+# Text only (delimited or xml): parquet and excel are compressed inside already, and their readers need to seek.
+READ_COMPRESSED = ("csv", "xml")
 COMPRESSION_BY_SUFFIX = {".gz": "gzip", ".bz2": "bz2", ".zst": "zstd"}
 UNSUPPORTED_COMPRESSION = (".xz", ".lzma", ".lz4", ".zip", ".7z", ".br", ".z")
 FORMATS_HELP = (".parquet/.pq, .csv/.tsv/.txt (also compressed: .csv.gz, .tsv.bz2, .txt.zst, ...), "
-                ".xlsx/.xlsm/.xls, .xml")
+                ".xlsx/.xlsm/.xls, .xml (also .xml.gz, ...)")
 DELIMITERS = (",", "\t", ";", "|")  # what a header line is split at to find its delimiter, comma first
 SAVE_AS_UTF8 = "delimited text is read as UTF-8: save it as such (Excel: 'CSV UTF-8'), or convert it: iconv -t UTF-8"
 HEAD_BYTES = 1 << 16  # enough for any header line the delimiter is read from
@@ -86,8 +87,8 @@ def detect_format(path: str, input_format: str = "auto") -> str:
     if fmt is None:
         raise ConfigError(f"cannot tell the format of {path!r} from its extension ({FORMATS_HELP}); "
                           "pass --input_format parquet|csv|excel|xml")
-    if compressed and fmt != "csv":
-        raise ConfigError(f"{path}: only delimited text (csv, tsv, txt) is read compressed; decompress this {fmt} "
+    if compressed and fmt not in READ_COMPRESSED:
+        raise ConfigError(f"{path}: only text (csv, tsv, txt, xml) is read compressed; decompress this {fmt} "
                           "manifest")
     return fmt
 
@@ -122,7 +123,7 @@ def is_manifest_name(name: str) -> bool:
     inner, compressed = _split_compression_suffix(name)
     suffix = Path(inner).suffix.lower()
     fmt = FORMATS_BY_SUFFIX.get(suffix)
-    return fmt is not None and (not compressed or fmt == "csv") and (bool(compressed) or suffix != ".txt")
+    return fmt is not None and (not compressed or fmt in READ_COMPRESSED) and (bool(compressed) or suffix != ".txt")
 
 
 def csv_delimiter(path: str, head: bytes) -> str:
@@ -236,7 +237,7 @@ class Manifest:
 
     @contextlib.contextmanager
     def open_text(self) -> Iterator[Any]:
-        """Delimited text from its start, decompressed: a path or a binary stream (closed after).
+        """Text (delimited or xml) from its start, decompressed: a path or a binary stream (closed after).
         A compressed stream cannot seek, so each pass over the file opens it again."""
         with self.open() as src:
             if self.compression is None:
@@ -329,10 +330,11 @@ class Manifest:
         yield from _rows_to_batches(self._rows(), self.batch_rows)
 
     def _rows(self) -> Iterator[dict[str, Any]]:
-        with self.open() as src:
-            if self.format == "excel":
+        if self.format == "excel":
+            with self.open() as src:
                 yield from _excel_rows(src, self.path)
-            else:
+        else:
+            with self.open_text() as src:
                 yield from _xml_rows(src, self.path)
 
 
@@ -593,10 +595,12 @@ def _xml_rows(src: Any, path: str) -> Iterator[dict[str, Any]]:
     from defusedxml.ElementTree import iterparse
 
     depth = 0
+    root = None
     try:
         for event, elem in iterparse(src, events=("start", "end"), forbid_dtd=True):
             if event == "start":
                 depth += 1
+                root = elem if root is None else root
                 continue
             depth -= 1
             if depth == 1:  # a row element just closed
@@ -604,9 +608,13 @@ def _xml_rows(src: Any, path: str) -> Iterator[dict[str, Any]]:
                 for child in elem:
                     row[_local_name(child.tag)] = (child.text or "").strip() or None
                 yield row
-                elem.clear()
+                # The root keeps every row it parsed, emptied or not (about 150 MB per million):
+                # rows already read go. Those parsed ahead are still held by their own events.
+                root.clear()
     except (DTDForbidden, EntitiesForbidden, ExternalReferenceForbidden):
         raise ConfigError(f"{path}: XML with a DTD or entities is refused (unsafe input)") from None
+    except (OSError, pa.ArrowException) as exc:  # compressed, and corrupt or cut short
+        raise ConfigError(f"cannot read {path} as xml: {_first_line(exc)}") from None
     except Exception as exc:  # ParseError and friends
         raise ConfigError(f"{path}: not well-formed XML: {_first_line(exc)}") from None
 

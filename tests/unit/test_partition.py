@@ -408,8 +408,8 @@ def test_help_names_every_input_format(capsys: pytest.CaptureFixture[str]) -> No
     with pytest.raises(SystemExit):
         main(["partition", "--help"])
     text = " ".join(capsys.readouterr().out.split())
-    assert ("Manifest to split: parquet, csv/tsv/txt (also .gz, .bz2 or .zst compressed), excel (.xlsx/.xls) or xml"
-            in text)
+    assert ("Manifest to split: parquet, csv/tsv/txt or xml (text also .gz, .bz2 or .zst compressed), "
+            "or excel (.xlsx/.xls)") in text
 
 
 def test_xml_input_is_read_through_the_manifest_reader(tmp_path: Path) -> None:
