@@ -332,7 +332,7 @@ class Manifest:
     def _rows(self) -> Iterator[dict[str, Any]]:
         if self.format == "excel":
             with self.open() as src:
-                yield from _excel_rows(src, self.path)
+                yield from _excel_rows(src, self.path, self.url_column)
         else:
             with self.open_text() as src:
                 yield from _xml_rows(src, self.path)
@@ -561,28 +561,47 @@ def _text(value: Any) -> str | None:
     return str(value)
 
 
-def _excel_rows(src: Any, path: str) -> Iterator[dict[str, Any]]:
+def _excel_rows(src: Any, path: str, url_column: str = "") -> Iterator[dict[str, Any]]:
+    """The rows of the workbook's first sheet whose header names `url_column` (a workbook often
+    opens on a sheet of notes), else of its first sheet."""
     if _path_part(path).lower().endswith(".xls"):
         import xlrd
 
         book = (xlrd.open_workbook(src, on_demand=True) if isinstance(src, str)
                 else xlrd.open_workbook(file_contents=src.read(), on_demand=True))
-        sheet = book.sheet_by_index(0)
-        header = unique_names([str(v) for v in sheet.row_values(0)]) if sheet.nrows else []
-        for i in range(1, sheet.nrows):
-            yield dict(zip(header, sheet.row_values(i), strict=False))
+        sheets = [book.sheet_by_index(i) for i in range(book.nsheets)]
+        if not sheets:
+            return
+        headers = [[str(v) for v in sheet.row_values(0)] if sheet.nrows else [] for sheet in sheets]
+        at = _sheet_with(headers, url_column, [sheet.name for sheet in sheets], path)
+        header = unique_names(headers[at])
+        for i in range(1, sheets[at].nrows):
+            yield dict(zip(header, sheets[at].row_values(i), strict=False))
         return
     import openpyxl
 
     book = openpyxl.load_workbook(src, read_only=True, data_only=True)
     try:
-        rows = book.worksheets[0].iter_rows(values_only=True)
-        header = unique_names([str(v) if v is not None else f"column_{i}" for i, v in enumerate(next(rows, ()))])
+        headers = [[str(v) if v is not None else f"column_{i}" for i, v in enumerate(next(sheet.iter_rows(
+            max_row=1, values_only=True), ()))] for sheet in book.worksheets]
+        at = _sheet_with(headers, url_column, [sheet.title for sheet in book.worksheets], path)
+        rows = book.worksheets[at].iter_rows(min_row=2, values_only=True)
+        header = unique_names(headers[at])
         for values in rows:
             if any(v is not None for v in values):
                 yield dict(zip(header, values, strict=False))
     finally:
         book.close()
+
+
+def _sheet_with(headers: list[list[str]], url_column: str, names: list[str], path: str) -> int:
+    """Which sheet is the manifest: the first whose header names the URL column, else the first."""
+    for i, header in enumerate(headers):
+        if url_column and url_column in header:
+            if i:
+                log.info("%s: reading sheet %r, the first whose header names %r", path, names[i], url_column)
+            return i
+    return 0
 
 
 def _xml_rows(src: Any, path: str) -> Iterator[dict[str, Any]]:

@@ -123,6 +123,41 @@ def test_text_formats_read_the_same_rows(tmp_path: Path, suffix: str) -> None:
     assert got == expected
 
 
+@pytest.mark.parametrize("suffix", [".xlsx", ".xls"])
+def test_a_workbook_is_read_from_the_sheet_naming_the_url_column(tmp_path: Path, suffix: str) -> None:
+    """A workbook that opens on a sheet of notes is read from the first sheet whose header names
+    the URL column; with no such sheet, the first sheet is read (and its columns named)."""
+    path = tmp_path / f"book{suffix}"
+    notes = [["About", "this file"], ["made by", "someone"]]
+    data = [["id", "url", "label"], [1, "http://a/1.png", "cat"], [2, "http://a/2.png", "dog"]]
+    other = [["url", "label"], ["http://a/9.png", "not this one"]]
+    if suffix == ".xlsx":
+        book = openpyxl.Workbook()
+        first = book.active
+        assert first is not None
+        first.title = "notes"
+        for title, rows in (("notes", notes), ("photos", data), ("later", other)):
+            sheet = first if title == "notes" else book.create_sheet(title)
+            for row in rows:
+                sheet.append(row)
+        book.save(path)
+    else:
+        import xlwt
+
+        xbook = xlwt.Workbook()
+        for title, rows in (("notes", notes), ("photos", data), ("later", other)):
+            xsheet = xbook.add_sheet(title)
+            for r, row in enumerate(rows):
+                for c, value in enumerate(row):
+                    xsheet.write(r, c, value)
+        xbook.save(str(path))
+    got = read_all(path)
+    assert [(r["url"], r["label"]) for r in got] == [("http://a/1.png", "cat"), ("http://a/2.png", "dog")]
+    assert [r["id"] for r in got] == ["1", "2"]
+    with pytest.raises(ConfigError, match=r"URL column 'photo' not in .*columns are: About, this file"):
+        Manifest(str(path), "photo")
+
+
 def test_xml_namespaces_attributes_only_and_missing_fields(tmp_path: Path) -> None:
     """Namespaced tags use their local names; attribute-only rows work; a missing field is null."""
     path = tmp_path / "ns.xml"
