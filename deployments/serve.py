@@ -5,10 +5,11 @@
     collect-dataset/weekly-refresh  the same dataset refreshed on a cron schedule (Mondays 03:00 UTC by
                                     default): only new rows and earlier transient failures are fetched
 
-    python deployments/serve.py [--output DIR] [--cron "0 3 * * 1"] [--sample_rows N]
+    python deployments/serve.py [--output DIR] [--manifest M] [--cron "0 3 * * 1"] [--sample_rows N]
     prefect deployment run 'collect-dataset/demo' --param output=DIR
 
-Both deployments take every parameter of the flow; `manifest` and `output` default to the demo's.
+Both deployments take every parameter of the flow; `manifest` and `output` default to the ones
+given here (no manifest: the demo's sample hosts), every other parameter to the flow's own default.
 Point PREFECT_API_URL at a server first (`prefect server start`), or every process starts its own.
 """
 
@@ -28,8 +29,10 @@ from flows.collect_dataset import collect_dataset, demo_parameters
 WEEKLY_CRON = "0 3 * * 1"
 
 
-def deployments(output: str, cron: str, sample_rows: int) -> list[Any]:
-    params = demo_parameters(output, sample_rows)
+def deployments(output: str, cron: str, sample_rows: int, manifest: str = "") -> list[Any]:
+    if manifest and "://" not in manifest:
+        manifest = os.path.abspath(manifest)  # the flow runs in a process of its own, maybe elsewhere
+    params = demo_parameters(output, sample_rows, manifest)
     demo = collect_dataset.to_deployment(
         name="demo", parameters=params, tags=["flowdc", "demo"],
         description="Collect the sample dataset from the bundled sample hosts on loopback.")
@@ -44,6 +47,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--output", default="flowdc-demo/dataset", help="The demo's dataset folder (default: "
                         "%(default)s, from the current folder).")
+    parser.add_argument("--manifest", default="", help="The manifest both deployments collect by default (a path "
+                        "or fsspec URL; default: none, the demo's sample hosts).")
     parser.add_argument("--cron", default=WEEKLY_CRON, help="weekly-refresh's schedule (default: %(default)s, UTC).")
     parser.add_argument("--sample_rows", type=int, default=2000, help="Rows of the demo's sample manifest.")
     parser.add_argument("--limit", type=int, default=None, help="Flow runs at once (default: no limit).")
@@ -51,7 +56,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     from prefect import serve
 
     # pause_on_shutdown=False: stopping this process must not pause the schedule for good.
-    serve(*deployments(args.output, args.cron, args.sample_rows), pause_on_shutdown=False, limit=args.limit)
+    serve(*deployments(args.output, args.cron, args.sample_rows, args.manifest), pause_on_shutdown=False,
+          limit=args.limit)
 
 
 if __name__ == "__main__":

@@ -166,6 +166,26 @@ def _mark_removed(dest: Destination, index: pl.DataFrame, current: np.ndarray | 
     ).drop("_was")
 
 
+def current_index(dest: Destination, storage_options: dict[str, Any] | None = None) -> pl.DataFrame | None:
+    """The dataset index as the ledgers have it now, or None when DEST holds no output yet. The
+    index last written misses a run that was stopped, cancelled or crashed before its consolidate."""
+    parts = find_outputs(dest)
+    if not parts:
+        return read_index(dest)
+    return build_index(dest, parts, None, None, storage_options)[0]
+
+
+def planned_rows(dest: Destination) -> pl.DataFrame:
+    """(ident, row) of every row an earlier run planned to fetch, the latest run's plan per identity."""
+    plans = []
+    for name in sorted(dest.list()):
+        if RUN_DIR.match(name) and dest.exists(f"{name}/{ROWS_FILE}"):
+            plans.append(pl.read_parquet(io.BytesIO(dest.read_bytes(f"{name}/{ROWS_FILE}")), columns=["ident", "row"]))
+    if not plans:
+        return pl.DataFrame({"ident": [], "row": []}, schema={"ident": pl.Int64, "row": pl.Int64})
+    return pl.concat(plans).unique(subset="ident", keep="last", maintain_order=True)
+
+
 def read_index(dest: Destination) -> pl.DataFrame | None:
     """The dataset index as last written, or None."""
     if not dest.exists(INDEX_FILE):

@@ -7,6 +7,8 @@ manifest as it is now is compared with the dataset index (flowdc.consolidate) by
   - rows that failed transiently are fetched again, under their old row number (so their old key);
   - new rows get row numbers after the largest the dataset ever used (so new keys: nothing is renamed);
   - index entries whose identity is no longer in the manifest are counted as removed (consolidate marks them).
+A run stopped midway (cancelled, crashed, killed) is counted from its ledgers: what it stored is not
+fetched again, and the rows it planned but never recorded are fetched under the row numbers it gave them.
 The rows to fetch go into a run manifest (parquet, with a `row` column that `flowdc download`
 honours) and their identities into DEST/run-<id>/_flowdc/rows.parquet, which consolidate reads.
 """
@@ -27,7 +29,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from flowdc.consolidate import ROWS_FILE, read_index
+from flowdc.consolidate import ROWS_FILE, current_index, planned_rows
 from flowdc.errors import ConfigError
 from flowdc.identity import base_hashes, number_repeats
 from flowdc.manifest import ROW_COLUMN, Manifest, as_text
@@ -82,8 +84,7 @@ def plan_run(manifest_url: str, output: str, work_dir: str, *, url_col: str = "u
     run_id = run_id or new_run_id()
     dest = Destination(output, storage_options)
     current = manifest_identities(manifest, key_col)
-    index = read_index(dest)
-    chosen = _select(current, index)
+    chosen = _select(current, current_index(dest, storage_options), planned_rows(dest))
     fetch, rows = chosen.fetch, chosen.rows
     os.makedirs(work_dir, exist_ok=True)
     path = os.path.join(work_dir, RUN_MANIFEST) if fetch.any() else ""
@@ -107,28 +108,39 @@ class _Selection(NamedTuple):
     removed: int  # rows of the dataset no longer in the manifest
 
 
-def _select(current: np.ndarray, index: pl.DataFrame | None) -> _Selection:
+def _select(current: np.ndarray, index: pl.DataFrame | None, planned: pl.DataFrame | None = None) -> _Selection:
     """Which of the manifest's rows (their identities, `current`) this run fetches: the new ones
-    and those that failed retryably, compared with DEST's index."""
-    if index is None or index.height == 0:
-        return _Selection(np.ones(current.size, bool), np.arange(current.size, dtype=np.int64), 0,
-                          int(current.size), 0, 0)
-    known = index["ident"].to_numpy()
-    order = np.argsort(known)
-    known_sorted = known[order]
-    pos = np.minimum(np.searchsorted(known_sorted, current), known_sorted.size - 1)
-    in_index = known_sorted[pos] == current
-    status = index["status"].to_numpy()[order][pos]
-    retryable = index["retryable"].fill_null(False).to_numpy()[order][pos]
-    old_rows = index["row"].to_numpy()[order][pos]
-    retry = in_index & (status == "failed") & retryable
-    new = ~in_index
-    rows = np.where(retry, old_rows, -1).astype(np.int64)
-    next_row = int(index["row"].max()) + 1  # type: ignore[arg-type]
+    and those that failed retryably, compared with DEST's index; and those an earlier run planned
+    (`planned`: ident, row) but never recorded, under the row it gave them."""
+    if index is None:
+        index = pl.DataFrame(schema={"ident": pl.Int64, "row": pl.Int64, "status": pl.String,
+                                     "retryable": pl.Boolean, "removed": pl.Boolean})
+    if planned is None:
+        planned = pl.DataFrame(schema={"ident": pl.Int64, "row": pl.Int64})
+    in_index, (status, retryable, old_rows) = _look_up(current, index["ident"].to_numpy(), [
+        index["status"].to_numpy(), index["retryable"].fill_null(False).to_numpy(), index["row"].to_numpy()])
+    unrecorded = planned.filter(~pl.col("ident").is_in(index["ident"].implode()))
+    was_planned, (planned_row,) = _look_up(current, unrecorded["ident"].to_numpy(), [unrecorded["row"].to_numpy()])
+    retry = (in_index & (status == "failed") & retryable) | (~in_index & was_planned)
+    new = ~in_index & ~was_planned
+    rows = np.where(in_index, old_rows, planned_row).astype(np.int64)
+    used = [int(x) for x in (index["row"].max(), planned["row"].max()) if x is not None]
+    next_row = max(used) + 1 if used else 0
     rows[new] = next_row + np.arange(int(new.sum()), dtype=np.int64)
     fetch = new | retry
-    gone = ~np.isin(known, current) & ~index["removed"].fill_null(False).to_numpy()
+    gone = ~np.isin(index["ident"].to_numpy(), current) & ~index["removed"].fill_null(False).to_numpy()
     return _Selection(fetch, rows[fetch], next_row, int(new.sum()), int(retry.sum()), int(gone.sum()))
+
+
+def _look_up(current: np.ndarray, keys: np.ndarray, columns: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
+    """For each identity in `current`: whether `keys` holds it, and the `columns` at its place
+    (meaningless where it is not held)."""
+    if keys.size == 0:
+        return np.zeros(current.size, bool), [np.zeros(current.size, c.dtype) for c in columns]
+    order = np.argsort(keys)
+    pos = np.minimum(np.searchsorted(keys[order], current), keys.size - 1)
+    at = order[pos]
+    return keys[at] == current, [c[at] for c in columns]
 
 
 def _write_run_manifest(manifest: Manifest, fetch: np.ndarray, rows: np.ndarray, first_new: int, path: str) -> None:

@@ -58,8 +58,19 @@ class Stage:
             update_progress_artifact(self.artifact, min(100.0, max(0.0, percent)))
 
 
+def _worth_retrying(task: Any, task_run: Any, state: Any) -> bool:
+    """A task that failed on the user's input (a missing column, a bad option) fails the same way again."""
+    try:
+        state.result()
+    except UserError:
+        return False
+    except Exception:
+        return True
+    return True
+
+
 # -- tasks: each wraps one library call ---------------------------------------------------------
-@task(name="plan-run", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
+@task(name="plan-run", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE, retry_condition_fn=_worth_retrying)
 def plan_task(manifest: str, output: str, work_dir: str, url_col: str, key_col: str | None, input_format: str,
               storage_options: dict[str, Any], input_storage_options: dict[str, Any]) -> RunPlan:
     log = get_run_logger()
@@ -70,7 +81,7 @@ def plan_task(manifest: str, output: str, work_dir: str, url_col: str, key_col: 
     return plan
 
 
-@task(name="partition", retries=1, retry_delay_seconds=2, cache_policy=NO_CACHE)
+@task(name="partition", retries=1, retry_delay_seconds=2, cache_policy=NO_CACHE, retry_condition_fn=_worth_retrying)
 def partition_task(run_manifest: str, folder: str, url_col: str, partitions: int, method: str,
                    label_col: str | None) -> dict[str, Any]:
     from flowdc.partition import run_partition
@@ -83,7 +94,7 @@ def partition_task(run_manifest: str, folder: str, url_col: str, partitions: int
     return plan
 
 
-@task(name="size", retries=1, retry_delay_seconds=2, cache_policy=NO_CACHE)
+@task(name="size", retries=1, retry_delay_seconds=2, cache_policy=NO_CACHE, retry_condition_fn=_worth_retrying)
 def size_task(folder: str, url_col: str, sample: int) -> dict[str, Any]:
     from flowdc.size import run_size
 
@@ -110,7 +121,7 @@ def distribute_task(folder: str, run_dir: str, engine: str, workers: int, port_n
     return summary
 
 
-@task(name="consolidate", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
+@task(name="consolidate", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE, retry_condition_fn=_worth_retrying)
 def consolidate_task(output: str, storage_options: dict[str, Any], plan: RunPlan) -> dict[str, Any]:
     overview = consolidate(output, storage_options, current=plan.current, run_label=plan.run_id)
     t = overview["totals"]
@@ -143,16 +154,21 @@ def collect_dataset(
     download_options: dict[str, Any] | None = None,
     storage_options: dict[str, Any] | None = None,
     input_storage_options: dict[str, Any] | None = None,
-    sample_hosts: bool = False,
+    sample_hosts: bool | None = None,
     sample_rows: int = 2000,
 ) -> dict[str, Any]:
     """`manifest` and `output` are paths or fsspec URLs; `download_options` holds any other
     `flowdc download` option (concurrent_downloads, timeout, max_retry_attempts, samples_per_shard, ...).
-    `sample_hosts`: start the bundled sample hosts on loopback for this run and collect `sample_rows`
-    rows from them (the manifest is made for the run; leave `manifest` empty)."""
+    With no manifest (or `sample_hosts=true`), the demo: the bundled sample hosts on loopback for this
+    run and `sample_rows` rows from them, keyed by their `id`, labelled by their `label`."""
     log = get_run_logger()
+    if sample_hosts is None:
+        sample_hosts = not manifest
     if sample_hosts == bool(manifest):
         raise UserError("give a manifest, or sample_hosts=true with no manifest (the demo)")
+    if sample_hosts:  # the sample manifest's own columns; its URLs change port from run to run
+        key_col, label_col = key_col or "id", label_col or "label"
+        download_options = {**DEMO_DOWNLOAD_OPTIONS, **(download_options or {})}
     options = _download_options(output, url_col, label_col, output_format, naming_mode, download_options or {},
                                 storage_options or {})
     if engine not in ENGINES:
@@ -182,12 +198,11 @@ def collect_dataset(
     return {"run": plan.summary(), "dataset": overview}
 
 
-def demo_parameters(output: str, sample_rows: int = 2000) -> dict[str, Any]:
-    """The demo's parameters: sample hosts, their manifest (rows keyed by a stable `id`, since the
-    hosts' ports change from run to run), webdataset shards, two partitions on the local engine."""
-    return {"manifest": "", "output": os.path.abspath(output) if "://" not in output else output,
-            "sample_hosts": True, "sample_rows": sample_rows, "key_col": "id", "label_col": "label",
-            "output_format": "webdataset", "partitions": 2, "workers": 2, "download_options": DEMO_DOWNLOAD_OPTIONS}
+def demo_parameters(output: str, sample_rows: int = 2000, manifest: str = "") -> dict[str, Any]:
+    """A deployment's default parameters: where the dataset goes, and the manifest (none: the demo's
+    sample hosts). Nothing else, so that a run given its own manifest takes the flow's defaults."""
+    return {"manifest": manifest, "output": os.path.abspath(output) if "://" not in output else output,
+            "sample_rows": sample_rows}
 
 
 # -- helpers --------------------------------------------------------------------------------------

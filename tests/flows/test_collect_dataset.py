@@ -85,6 +85,35 @@ def test_demo_main_job(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> No
     assert "this run fetched 0 new rows" in capsys.readouterr().out
 
 
+@pytest.mark.usefixtures("prefect_harness")
+def test_a_deployments_defaults_with_a_manifest_of_ones_own(tmp_path: Path, farm_factory: FarmFactory) -> None:
+    """`prefect deployment run 'collect-dataset/weekly-refresh' --param manifest=M --param output=D`:
+    the deployment's defaults (the demo's) merged with the run's own manifest collect that manifest
+    with the flow's defaults, not the demo's settings (its key and label columns). A manifest that
+    lacks a column it was asked for fails the run in plan-run once, not once per retry."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    from flows.collect_dataset import collect_dataset, demo_parameters
+
+    farm = farm_factory([HostSpec("127.0.0.2", image_bytes=300)])
+    manifest = write_manifest(tmp_path / "mine.parquet", [farm.url(0, f"/own/{i}.png") for i in range(12)])
+    out = tmp_path / "mine"
+    defaults = demo_parameters(str(tmp_path / "demo-dataset"), 50)
+    state = collect_dataset(**{**defaults, "manifest": str(manifest), "output": str(out), "download_options": FAST},
+                            return_state=True)
+    assert state.is_completed(), state.message
+    assert state.result()["run"]["rows_new"] == 12
+    assert len([p for p in out.glob("run-*/part-*/*.png")]) == 12  # no label column: no label folders
+
+    state = collect_dataset(str(manifest), str(tmp_path / "keyed"), key_col="photo_id", return_state=True)
+    assert state.is_failed() and "key column 'photo_id' not in" in str(state.message)
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(
+            any_=[state.state_details.flow_run_id])))
+    assert [(r.name.rsplit("-", 1)[0], r.run_count) for r in runs] == [("plan-run", 1)]
+
+
 FARM_PROCESS = """
 import json, sys
 from flowdc.testing.fakehosts import HostSpec, run_farm_in_thread

@@ -77,3 +77,46 @@ def test_refresh_fetches_only_new_rows_and_transient_failures(tmp_path: Path, fa
             for r in index.values():
                 if r["status"] == "ok" and r["path"].startswith(f"run-{run_id}/{part.name}/"):
                     assert r["member"].split(".")[0] in members
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_a_run_stopped_before_its_consolidate_is_taken_up_by_the_next(tmp_path: Path,
+                                                                        farm_factory: FarmFactory) -> None:
+    """A run cancelled, crashed or killed midway leaves its plan and the ledgers of what it stored,
+    but no index. The next run counts that run from its ledgers: it fetches only the rows the
+    stopped run did not record, under the row numbers (keys) that run gave them; nothing is stored
+    twice."""
+    from flowdc.api import download
+    from flowdc.config import DownloadConfig
+    from flowdc.refresh import plan_run
+    from flows.collect_dataset import collect_dataset
+
+    farm = farm_factory([HostSpec("127.0.0.2", image_bytes=250), HostSpec("127.0.0.3", image_bytes=250)])
+    urls = [farm.url(i % 2, f"/stopped/{i}.png") for i in range(60)]
+    manifest = write_manifest(tmp_path / "m.parquet", urls, labels=["a", "b", "c"] * 20)
+    out = tmp_path / "dataset"
+    # What the stopped run left: its plan, and one partition that stored the plan's first 25 rows.
+    plan = plan_run(str(manifest), str(out), str(tmp_path / "work"))
+    planned = pq.read_table(plan.manifest)
+    stored = planned.slice(0, 25)
+    pq.write_table(stored, tmp_path / "stored.parquet")
+    download(DownloadConfig(input=str(tmp_path / "stored.parquet"), output=f"{plan.run_dir}/part-00000", url="url",
+                            label="label", create_tar=False, quiet=True, **OPTIONS))
+    before = requested_urls(farm)
+    assert set(before) == set(stored.column("url").to_pylist())
+
+    state = collect_dataset(str(manifest), str(out), label_col="label", partitions=2, workers=2,
+                            download_options=OPTIONS, return_state=True)
+    assert state.is_completed(), state.message
+    run = state.result()["run"]
+    assert (run["rows_new"], run["rows_retry"], run["rows_done"]) == (0, 35, 25)
+    after = requested_urls(farm)
+    asked = {u for u in after if after[u] > before.get(u, 0)}
+    assert asked == set(urls) - set(before)  # the stored rows are not fetched again
+
+    index = pq.read_table(out / INDEX_FILE).to_pylist()
+    assert sorted(r["url"] for r in index) == sorted(urls) and all(r["status"] == "ok" for r in index)
+    planned_row = dict(zip(planned.column("url").to_pylist(), planned.column("row").to_pylist(), strict=True))
+    assert all(r["row"] == planned_row[r["url"]] for r in index)  # every row under the number first planned
+    images = [p for p in out.rglob("*.png")]
+    assert len(images) == 60, len(images)
