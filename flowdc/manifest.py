@@ -165,6 +165,7 @@ class Manifest:
         self.format = detect_format(_path_part(self.path), input_format)
         self.compression = compression_of(_path_part(self.path))
         self.delimiter = ","  # delimited text only: decided from its header in _read_columns
+        self.quoted = True  # ... and whether it is read with quoting (uses_quotes)
         self.malformed = MalformedLines()  # delimited text's lines skipped by the last pass over the rows
         self.not_utf8 = 0  # and its values whose stray bytes it read as U+FFFD
         self._types: list[pa.DataType] = []  # parquet declares its columns' types; the others are text
@@ -189,7 +190,7 @@ class Manifest:
         where = ""
         if not is_remote(self.path):  # one more pass, local files only: Arrow does not say where
             with self.open_text() as src:
-                found = ragged_csv_row(src, self.delimiter)
+                found = ragged_csv_row(src, self.delimiter, self.quoted)
             where = f", the first at line {found[1]}" if found else ""
         return [f"{self.path}: {skipped.count} line(s) skipped{where}, not split into the header's fields (a "
                 f"stray delimiter or quote?): {'; '.join(skipped.examples)}{more}", *problems]
@@ -283,7 +284,8 @@ class Manifest:
                         raise ConfigError(f"{self.path} is UTF-16 text (a spreadsheet's 'Unicode text' export); "
                                           f"{SAVE_AS_UTF8}")
                     self.delimiter = csv_delimiter(self.path, head)
-                    return _csv_names(src, self.delimiter, self._csv_block_size())
+                    self.quoted = uses_quotes(head, self.delimiter)
+                    return _csv_names(src, self.delimiter, self._csv_block_size(), self.quoted)
             first = next(iter(self._rows()), None)
             return list(first.keys()) if first else []
         except StopIteration:
@@ -307,7 +309,8 @@ class Manifest:
         self.malformed = MalformedLines()  # of this pass
         self.not_utf8 = 0
         with (self.open_text() as src,
-              _open_csv(src, self.columns, self.delimiter, self._csv_block_size(), self.malformed) as reader):
+              _open_csv(src, self.columns, self.delimiter, self._csv_block_size(), self.malformed,
+                        self.quoted) as reader):
             for batch in _rebatch(reader, self.batch_rows):
                 yield self._mend_utf8(batch)
 
@@ -415,7 +418,7 @@ def _check_exists(path: str, storage_options: dict[str, Any]) -> None:
         raise ConfigError(f"input file not found: {path}")
 
 
-def ragged_csv_row(src: Any, delimiter: str) -> tuple[int, int] | None:
+def ragged_csv_row(src: Any, delimiter: str, quoted: bool = True) -> tuple[int, int] | None:
     """(0-based data row, 1-based file line) of the first row whose field count differs from the
     header's, or None. `src` is a path or a binary file object (decompressed already)."""
     csv.field_size_limit(sys.maxsize)  # one huge field is not what we are looking for
@@ -423,7 +426,7 @@ def ragged_csv_row(src: Any, delimiter: str) -> tuple[int, int] | None:
         with contextlib.ExitStack() as stack:
             raw = stack.enter_context(open(src, "rb")) if isinstance(src, str) else src
             text = stack.enter_context(io.TextIOWrapper(raw, encoding="utf-8", errors="replace", newline=""))
-            reader = csv.reader(text, delimiter=delimiter)
+            reader = csv.reader(text, delimiter=delimiter, quoting=csv.QUOTE_MINIMAL if quoted else csv.QUOTE_NONE)
             width = len(next(reader, []))
             row = 0
             for fields in reader:
@@ -459,34 +462,49 @@ class MalformedLines:
         self.examples: list[str] = []
 
     def __call__(self, row: Any) -> str:  # pyarrow's invalid_row_handler
-        self.count += 1
+        self.count += row.text.count("\n") + 1  # a stray quote makes one "row" of many lines
         if len(self.examples) < self.SHOWN:
             text = row.text if len(row.text) <= 80 else row.text[:77] + "..."
             self.examples.append(f"{text!r} ({row.actual_columns} of {row.expected_columns} fields)")
         return "skip"
 
 
-def _csv_options(delimiter: str, block_size: int,
-                 malformed: MalformedLines | None = None) -> tuple[pacsv.ReadOptions, pacsv.ParseOptions]:
+def uses_quotes(head: bytes, delimiter: str) -> bool:
+    """Whether delimited text whose first bytes are `head` is read with quoting (a field in "..."
+    may hold the delimiter, a newline, ""). Tab-separated exports (GBIF's, iNaturalist's) quote
+    nothing, and a free-text field there that starts with a quote (`"Big" bird`) is common: read as
+    an opening quote, it swallowed every line after it up to the next quote. So tab-separated text
+    is read unquoted, unless the names in its header are all quoted (as pyarrow writes it)."""
+    if delimiter != "\t":
+        return True
+    names = head.removeprefix(b"\xef\xbb\xbf").split(b"\n", 1)[0].rstrip(b"\r").split(b"\t")
+    return all(len(n) >= 2 and n.startswith(b'"') and n.endswith(b'"') for n in names)
+
+
+def _csv_options(delimiter: str, block_size: int, malformed: MalformedLines | None = None,
+                 quoted: bool = True) -> tuple[pacsv.ReadOptions, pacsv.ParseOptions]:
     return (pacsv.ReadOptions(block_size=block_size),
-            pacsv.ParseOptions(delimiter=delimiter, newlines_in_values=True, invalid_row_handler=malformed))
+            pacsv.ParseOptions(delimiter=delimiter, quote_char='"' if quoted else False, newlines_in_values=quoted,
+                               invalid_row_handler=malformed))
 
 
-def _csv_names(src: Any, delimiter: str, block_size: int) -> list[str]:
+def _csv_names(src: Any, delimiter: str, block_size: int, quoted: bool) -> list[str]:
     """The header's column names, as Arrow reads them; parses the first block only."""
-    read_opts, parse_opts = _csv_options(delimiter, block_size, MalformedLines())  # counted when the rows are read
+    # Lines skipped here are counted when the rows are read.
+    read_opts, parse_opts = _csv_options(delimiter, block_size, MalformedLines(), quoted)
     with pacsv.open_csv(src, read_options=read_opts, parse_options=parse_opts) as probe:
         return list(probe.schema.names)
 
 
-def _open_csv(src: Any, names: list[str], delimiter: str, block_size: int,
-              malformed: MalformedLines) -> pacsv.CSVStreamingReader:
+def _open_csv(src: Any, names: list[str], delimiter: str, block_size: int, malformed: MalformedLines,
+              quoted: bool) -> pacsv.CSVStreamingReader:
     """A streaming csv reader over `src` (a path or a binary stream) whose header holds `names`."""
-    read_opts, parse_opts = _csv_options(delimiter, block_size, malformed)
+    read_opts, parse_opts = _csv_options(delimiter, block_size, malformed, quoted)
     # Every column as text: type inference on the first block can be wrong for later blocks.
     # Bytes that are not UTF-8 are let through here and mended per value (_mend_utf8): one row's problem.
+    # Only an empty field is missing: "NA", "null" or "nan" can be a label (Arrow's default takes them for null).
     convert = pacsv.ConvertOptions(column_types={n: pa.string() for n in names}, strings_can_be_null=True,
-                                   check_utf8=False)
+                                   null_values=[""], check_utf8=False)
     return pacsv.open_csv(src, read_options=read_opts, parse_options=parse_opts, convert_options=convert)
 
 

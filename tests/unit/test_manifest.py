@@ -305,6 +305,44 @@ def test_lines_of_another_field_count_are_skipped_and_located(tmp_path: Path, na
     assert "'http://a/x.png\\ta\\textra' (3 of 2 fields); 'http://a/y.png' (1 of 2 fields)" in problem
 
 
+def test_quotes_in_a_tab_separated_export_are_text(tmp_path: Path) -> None:
+    """GBIF's and iNaturalist's tab-separated exports quote nothing: a title that starts with a
+    quote, balanced or not, is text, and the lines after it are rows. (Read as an opening quote, it
+    swallowed every line up to the next quote: 100 rows of 200 lost, counted as 2 lines.)"""
+    titles = ['"unbalanced title' if i == 100 else '"Big" bird' if i == 150 else f"photo {i}" for i in range(200)]
+    lines = ["gbifID\tidentifier\ttitle", *(f"{i}\thttp://a/{i}.jpg\t{t}" for i, t in enumerate(titles))]
+    path = tmp_path / "multimedia.txt"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    manifest = Manifest(str(path), "identifier")
+    rows = [r for b in manifest.batches() for r in b.to_pylist()]
+    assert [r["title"] for r in rows] == titles and manifest.problems() == []
+
+
+def test_a_stray_quote_in_comma_separated_text_counts_the_lines_it_swallowed(tmp_path: Path) -> None:
+    """Comma-separated text keeps quoting (a quoted field may hold commas and newlines). A stray
+    quote opens a field that runs on to the next quote, taking the lines between into one bad row:
+    every one of them is counted as skipped, not one."""
+    lines = ["url,title", "http://a/0.png,fine", 'http://a/1.png,"oops', "http://a/2.png,t", "http://a/3.png,t",
+             'http://a/4.png,"a, b"', "http://a/5.png,t"]
+    path = tmp_path / "m.csv"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    manifest = Manifest(str(path), "url")
+    assert [r["url"] for b in manifest.batches() for r in b.to_pylist()] == ["http://a/0.png", "http://a/5.png"]
+    (problem,) = manifest.problems()
+    assert problem.startswith(f"{path}: 4 line(s) skipped"), problem
+
+
+@pytest.mark.parametrize("name", ["m.csv", "m.tsv"])
+def test_na_and_null_are_labels_in_text_manifests(tmp_path: Path, name: str) -> None:
+    """Only an empty field is missing: NA, null, nan and N/A are values (as parquet keeps them)."""
+    words = ["NA", "null", "nan", "N/A", "NULL", ""]
+    sep = "\t" if name.endswith(".tsv") else ","
+    path = tmp_path / name
+    path.write_text("url" + sep + "label\n" + "".join(f"http://a/{i}.png{sep}{w}\n" for i, w in enumerate(words)),
+                    encoding="utf-8")
+    assert [r["label"] for r in read_all(path)] == [*words[:-1], None]
+
+
 def test_bytes_that_are_not_utf8_are_one_values_problem(tmp_path: Path) -> None:
     """A Latin-1 character in one free-text field of a UTF-8 export: that value reads with U+FFFD
     and is counted (a URL so mended fails as invalid_url downstream); the file reads on, where it
