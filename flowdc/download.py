@@ -433,8 +433,10 @@ class DownloadJob:
         rows, finished = done.place(batch.column(ROW_COLUMN).to_numpy(), idents, self._manifest_end)
         self.counters.skip_done(int(finished.sum()))
         if self.cfg.naming_mode == "url_based":
-            # URLs an earlier run already holds keep their keys: a repeat of one is still a duplicate.
-            for i in np.flatnonzero(finished):
+            # URLs an earlier run stored keep their keys: a repeat of one is still a duplicate. Only
+            # stored ones: a repeat skipped while its first row failed, or was cut off by a kill, would
+            # make that row a duplicate of itself, and the URL was never stored.
+            for i in np.flatnonzero(finished & done.holds(idents)):
                 self._seen_keys.add(url_key((urls[i] or "").strip()))
         labels = as_text(batch.column(self.cfg.label)).to_pylist() if self.cfg.label else None
         extras = batch.select(self.extra_columns).to_pylist() if self.extra_columns else None

@@ -154,12 +154,20 @@ class DoneIndex:
     rows: np.ndarray  # row number per entry of idents
     final: np.ndarray  # bool per entry of idents
     taken: np.ndarray  # sorted int64: every row number the ledger holds
+    stored: np.ndarray | None = None  # bool per entry of idents: recorded ok (its key holds the bytes)
     next_row: int | None = None  # first spare row number, found when first needed
 
     @classmethod
     def empty(cls) -> DoneIndex:
         nothing = np.empty(0, np.int64)
-        return cls(nothing, nothing, np.empty(0, bool), nothing)
+        return cls(nothing, nothing, np.empty(0, bool), nothing, np.empty(0, bool))
+
+    def holds(self, idents: np.ndarray) -> np.ndarray:
+        """Per identity: whether the ledger holds it as stored."""
+        if self.idents.size == 0 or self.stored is None:
+            return np.zeros(idents.shape, dtype=bool)
+        at = np.minimum(np.searchsorted(self.idents, idents), self.idents.size - 1)
+        return (self.idents[at] == idents) & self.stored[at]
 
     def place(self, positions: np.ndarray, idents: np.ndarray,
               manifest_end: Callable[[], int]) -> tuple[np.ndarray, np.ndarray]:
@@ -426,7 +434,9 @@ class Ledger:
         if latest["ident"].null_count:
             idents = self._idents_from_urls(rows, latest["ident"])
         order = np.argsort(idents)
-        return DoneIndex(idents[order], rows[order], final.to_numpy(zero_copy_only=False)[order], np.sort(rows))
+        stored = pc.equal(status, "ok").to_numpy(zero_copy_only=False)
+        return DoneIndex(idents[order], rows[order], final.to_numpy(zero_copy_only=False)[order], np.sort(rows),
+                         stored[order])
 
     def _idents_from_urls(self, rows: np.ndarray, recorded: pa.ChunkedArray) -> np.ndarray:
         """Identities of records written before the ledger kept them: from their URLs, repeats

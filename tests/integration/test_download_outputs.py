@@ -248,6 +248,27 @@ def test_url_based_keys_are_collision_safe_and_skip_duplicates(tmp_path: Path, t
     assert sorted(tar_samples(out)) == sorted(r["key"] for r in rows if r["status"] == "ok")
 
 
+def test_url_based_a_repeat_never_makes_its_first_row_a_duplicate_of_itself(tmp_path: Path,
+                                                                            two_hosts: FakeHostFarm) -> None:
+    """url_based: a repeated URL is skipped as a duplicate of its first row. When that first row
+    failed transiently (or a kill cut it off), the next run fetches it again: the repeat skipped
+    before does not make it a duplicate of itself (the URL was lost for good)."""
+    flaky = two_hosts.url(0, "/dup/flaky.png?fail=503x2")
+    urls = [flaky, flaky, two_hosts.url(1, "/dup/fine.png")]
+    manifest = write_manifest(tmp_path / "m.parquet", urls)
+    out = tmp_path / "out"
+    options = {"naming_mode": "url_based", "max_retry_attempts": 0, "retry_backoff_sec": 0.05}
+    for _ in range(2):  # two runs, one 503 each
+        download(manifest, out, **options)
+        rows = latest(out)
+        assert [(r["status"], r["reason"]) for r in rows] == [("failed", "http_503"), ("skipped", "duplicate_url"),
+                                                              ("ok", None)]
+    download(manifest, out, **options)
+    rows = latest(out)
+    assert [r["status"] for r in rows] == ["ok", "skipped", "ok"] and rows[1]["duplicate_of"] == rows[0]["key"]
+    assert len(image_files(out)) == 2
+
+
 def test_create_tar_packs_the_images_beside_the_output(tmp_path: Path, two_hosts: FakeHostFarm) -> None:
     """create_tar writes a plain OUTPUT.tar next to the output (built during the run), holding every
     image (not the ledger); a resumed run with archive_format tar.gz packs the earlier run's images
