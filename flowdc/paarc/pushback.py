@@ -19,6 +19,10 @@ from flowdc.paarc.window import MIN_INTERVAL_S, MIN_LATENCIES
 PACE_MARGIN = 0.9  # a rate-limited host is paced this far under the rate it accepted
 PACE_CUT = 0.5  # without a measured rate (refusals within a burst), halve: few steps, each a hold
 PACE_FLOOR = 0.5  # never pace under this share of the best rate the host delivered (no ratchet to nothing)
+# ... nor, while it has delivered nothing, under this many requests a second: a host that answered
+# 503 to everything (no Retry-After) had its pace halved at every reply, to one request in minutes,
+# and a run of 10 rows never ended.
+PACE_FLOOR_UNSERVED = 1.0
 PACE_GAIN = 1.03  # paced hosts are offered this much more per quiet interval...
 PACE_SEEK_GAIN = 1.06  # ... or this much while no refusal has yet shown the rate the host accepts
 PACE_STEP_S = 0.1  # ... and at least this often while quiet, whatever the intervals do
@@ -299,7 +303,7 @@ class Pushback:
     def set_pace(self, now: float, accepted: float | None, ok_total: int, age: float, send_rate: float) -> None:
         """The host limits by rate: pace under the rate it accepted, or, unmeasured, guess between
         what it refused and what it delivered (`send_rate`: what the limit allows, the last resort)."""
-        lifetime = ok_total / max(age, METER_MIN_S * 2)
+        delivered = max(self.best_rate, ok_total / max(age, METER_MIN_S * 2))
         ramped = self.ramping
         self.end_ramp()
         if accepted is not None:
@@ -312,10 +316,9 @@ class Pushback:
                 recent = send_rate
             upper = min(self.pace or math.inf, recent)
             new_pace = PACE_CUT * upper
-            delivered = max(self.best_rate, lifetime)
             if 0 < delivered < new_pace:
                 new_pace = min(new_pace, math.sqrt(upper * delivered))  # the geometric middle
-        self.floor = PACE_FLOOR * max(self.best_rate, lifetime)
+        self.floor = PACE_FLOOR * delivered if delivered > 0 else PACE_FLOOR_UNSERVED
         new_pace = max(new_pace, self.floor)
         # A first pace, set without a measured rate, is a guess: one refusal at it may cut it again.
         self.seeking = self.pace <= 0 and accepted is None

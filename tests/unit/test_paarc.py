@@ -1051,3 +1051,23 @@ def test_a_cap_a_cold_start_counted_one_high_is_found_lower_without_a_blind_cut(
     assert ctl.snapshot()["cap_seen"] == 13
     assert min(after_storm) == 11  # what the host served, not a cut by beta to 7
     assert ctl.limit() == 12
+
+
+def test_a_host_that_refuses_everything_without_retry_after_is_still_asked_once_a_second() -> None:
+    """A host answering 503 to every request with no Retry-After (down for maintenance, say) has
+    delivered nothing, so no share of a delivered rate bounds its pace. Halved at every refusal,
+    its pace fell to one request in minutes and a 10-row run never ended. It stays at one a second
+    or more (and each row still fails after its retries)."""
+    ctl = PaarcController()
+    now, sent, gaps, last_sent = 0.0, 0, [], None
+    while now < 60.0:
+        ready = max(ctl.hold_until(), (last_sent or 0.0) + ctl.min_gap(now))
+        now = max(now, ready)
+        if last_sent is not None:
+            gaps.append(now - last_sent)
+        last_sent, sent = now, sent + 1
+        now += 0.002
+        ctl.on_sample(now, Sample(Signal.OVERLOAD, ttfb=0.002, inflight=1))
+        ctl.tick(now)
+    assert max(gaps[10:]) <= 1.0 + 1e-9, max(gaps)
+    assert 60 <= sent <= 6000, sent  # asked on, but paced: not as fast as the replies come
