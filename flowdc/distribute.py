@@ -28,6 +28,7 @@ from flowdc.engines.dest import PARTITIONS_DIR, SUMMARY_FILE, TELEMETRY_FILE, cl
 from flowdc.engines.live import LiveView
 from flowdc.engines.plan import Partition, load_partitions
 from flowdc.engines.state import STATE_FILE, unpack_state
+from flowdc.engines.task import EXIT_WALL_TIME
 from flowdc.errors import EXIT_USAGE
 from flowdc.leases import process_gone
 from flowdc.storage import Destination
@@ -195,6 +196,7 @@ class Distributor:
             self.engine.start()
             self._announce()
             self.live = LiveView(len(self.parts), self.cfg.quiet)
+            finished = 0
             for part in self.parts:
                 spec = task_spec(self.cfg, self.dest, part, self.staging, self.collector, self.run_id)
                 run = PartitionRun(part, spec)
@@ -202,7 +204,13 @@ class Distributor:
                 if part.rows == 0:  # an empty partition has nothing to fetch
                     run.state = "done"
                     continue
+                if self._finished_before(part):
+                    self._finish(run, "done")
+                    finished += 1
+                    continue
                 self._submit(run)
+            if finished:
+                self._note(f"flowdc: {finished} partition(s) finished in an earlier run: not run again")
             while any(r.state == "waiting" for r in self.runs.values()):
                 outcome = self.engine.wait(WAIT_S)
                 if outcome is not None:
@@ -248,10 +256,19 @@ class Distributor:
 
     def _settle(self, run: PartitionRun, outcome: TaskOutcome) -> None:
         self._take_back_state(run)
+        if outcome.resubmitted:  # runs lost with their workers that the engine resubmitted unseen
+            run.lost += outcome.resubmitted
+            run.history += [{"ran": False, "exit_code": None, "worker": "", "t": round(time.time(), 3),
+                             "detail": f"lost with its worker; {self.cfg.engine} resubmitted it"}
+                            for _ in range(outcome.resubmitted)]
+            self._note(f"flowdc: {run.part.name} lost {outcome.resubmitted} run(s) with its worker; {self.cfg.engine} "
+                       "resubmitted it (it resumed from its ledger)")
         # A run that ended non-zero says why in its last line: the detail keeps it (engines only
         # fill detail for runs that did not run to their end).
         failed_run = outcome.ran and outcome.exit_code != 0
         detail = _last_line(outcome.output) if failed_run else outcome.detail
+        if failed_run and outcome.exit_code == EXIT_WALL_TIME:  # its last line is the download's own advice
+            detail = f"stopped at its wall-time limit (timeout_minutes={self.cfg.timeout_minutes:g})"
         run.history.append({"ran": outcome.ran, "exit_code": outcome.exit_code, "detail": detail,
                             "worker": outcome.worker, "t": round(time.time(), 3)})
         if outcome.ran and outcome.exit_code == 0:
@@ -332,6 +349,19 @@ class Distributor:
                 "partitions": partitions, "totals": totals, "telemetry_lines": self.collector.lines,
                 "config": public_dict(self.cfg)}
 
+    def _finished_before(self, part: Partition) -> bool:
+        """An earlier run of this plan left the partition with nothing to do: it ran to its end, and
+        its ledger holds every row in a final state (stored, skipped, failed for good). Run again, it
+        would only find that out, on a worker: a rerun of a finished Work Queue run waited for one."""
+        from flowdc.consolidate import sub_destination
+        from flowdc.ledger import Ledger
+
+        overview = self._overview(part)
+        if overview is None or overview.get("interrupted"):
+            return False
+        done = Ledger(sub_destination(self.dest, part.name, self.cfg.storage_options)).done_index()
+        return done.idents.size == part.rows and bool(done.final.all())
+
     def _overview(self, part: Partition) -> dict[str, Any] | None:
         try:
             return json.loads(self.dest.read_bytes(f"{part.name}/overview.json"))
@@ -351,7 +381,7 @@ def _count(value: Any) -> int:
 
 def _last_line(text: str) -> str:
     lines = [line for line in (text or "").strip().splitlines() if line.strip()]
-    return lines[-1][:300] if lines else "(no output)"
+    return lines[-1].strip()[:300] if lines else "(no output)"
 
 
 def summary_text(summary: dict[str, Any]) -> str:

@@ -41,6 +41,7 @@ class TaskOutcome:
     detail: str = ""
     worker: str = ""
     output: str = ""  # the tail of the task's stdout and stderr
+    resubmitted: int = 0  # earlier runs the engine lost with their worker and resubmitted by itself
 
 
 OUTPUT_TAIL_CHARS = 2000

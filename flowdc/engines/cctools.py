@@ -9,6 +9,7 @@ the manager report to a catalog server on the internet.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import math
 import shlex
@@ -94,7 +95,7 @@ class CctoolsEngine:
         spec, _ = self._tasks.pop(int(task.id))
         ran, code, detail = self._outcome(task)
         return TaskOutcome(spec.name, ran=ran, exit_code=code, detail=detail, worker=str(task.hostname or ""),
-                           output=tail(task.output))
+                           output=tail(task.output), resubmitted=resubmissions(task))
 
     def workers(self) -> int:
         return int(self.manager.stats.workers_connected)
@@ -107,3 +108,16 @@ class CctoolsEngine:
         # manager closes its port.
         self._tasks.clear()
         self.manager = None
+
+
+def resubmissions(task: Any) -> int:
+    """Runs of `task` lost with their worker that the manager submitted again by itself (it hands
+    back only the last): its try count, as the binding names it (Work Queue 9.9 keeps `try_count` on
+    the C task; others say `total_submissions`)."""
+    for owner in (task, getattr(task, "_task", None)):
+        for name in ("try_count", "total_submissions"):
+            with contextlib.suppress(Exception):
+                tries = getattr(owner, name)
+                if isinstance(tries, int) and tries > 0:
+                    return tries - 1
+    return 0

@@ -38,6 +38,9 @@ def load_partitions(source: str) -> list[Partition]:
         parts = _from_plan(source)
     elif os.path.isdir(source):
         parts = _from_folder(source)
+    elif os.path.isfile(source):  # a manifest: distribute runs partitions of one
+        raise ConfigError(f"{source} is a file, not partitions: split it first (flowdc partition --input {source} "
+                          "--output_folder PARTS --groups N), then give PARTS or its plan.json")
     else:
         raise ConfigError(f"partitions not found: {source} (give the folder or plan.json that `flowdc partition` "
                           "wrote)")

@@ -281,6 +281,14 @@ def run_cctools_scenario(tmp_path: Path, farm: FakeHostFarm, parts: Path, engine
     summary = check_dataset(out, farm, stored_at_kill, fmt)
     runs = {p["name"]: [(r["detail"] or r["exit_code"]) for r in p["runs"]] for p in summary["partitions"]}
     print(f"{engine}: runs per partition (exit code, or why a run was lost): {runs}")
+    assert sum(p["lost"] for p in summary["partitions"]) >= 1, runs  # the killed worker's run is counted
+    # Run again with no worker at all: every partition finished, so nothing waits for one.
+    before = requested_urls(farm)
+    again = Manager(["--engine", engine, "--port_number", "0", "--input", str(parts), "--output", str(out),
+                     "--label_col", "label", "--output_format", fmt, "--samples_per_shard", "15", *TASK_OPTIONS], env)
+    again.finish(timeout_s=60)
+    assert "finished in an earlier run: not run again" in "".join(again.stderr), again.stderr
+    assert requested_urls(farm) == before
 
 
 def worker_for(module: Any, name: str) -> str:
@@ -392,6 +400,8 @@ def test_a_task_over_its_wall_time_stops_cleanly_and_its_rerun_resumes(
     (part,) = json.loads((out / "_flowdc" / "distribute.json").read_text())["partitions"]
     codes = [r["exit_code"] for r in part["runs"]]
     assert part["state"] == "done" and codes[-1] == 0 and set(codes[:-1]) == {124} and len(codes) >= 2
+    assert {r["detail"] for r in part["runs"][:-1]} == {"stopped at its wall-time limit (timeout_minutes=0.1)"}
+    assert "exited 124: stopped at its wall-time limit (timeout_minutes=0.1); resubmitting" in "".join(manager.stderr)
     records = Ledger(Destination(str(out / "part-00000"))).latest().to_pylist()
     assert sorted(r["row"] for r in records) == list(range(rows)) and {r["status"] for r in records} == {"ok"}
     # A clean stop keeps everything it stored: only requests in flight at the stop are made again.

@@ -75,6 +75,13 @@ def test_unusable_partition_inputs_are_config_errors(tmp_path: Path, make: str) 
         load_partitions(str(target))
 
 
+def test_a_manifest_given_for_partitions_is_named_as_such(tmp_path: Path) -> None:
+    manifest = tmp_path / "m800.parquet"
+    manifest.write_bytes(b"PAR1")
+    with pytest.raises(ConfigError, match=r"m800\.parquet is a file, not partitions: split it first"):
+        load_partitions(str(manifest))
+
+
 def test_each_task_gets_every_download_option_and_its_own_output(plan_dir: Path, tmp_path: Path) -> None:
     cfg = build_config(DistributeConfig, None, {
         "parquets_directory": str(plan_dir), "output_directory": str(tmp_path / "out"), "url_col": "url",
