@@ -75,14 +75,25 @@ class Holder:
 
 
 def process_gone(pid: int) -> bool:
-    """No process of this pid exists in this pid namespace (one that is not ours to signal exists)."""
+    """No process of this pid runs in this pid namespace (one that is not ours to signal exists)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return True
     except OSError:
         return False
-    return False
+    return _exited(pid)
+
+
+def _exited(pid: int) -> bool:
+    """The process has exited and waits to be reaped (a zombie): in a container whose first process
+    reaps nothing, a killed run stays one, and its output was refused as in use."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            stat = fh.read()
+    except OSError:
+        return False
+    return stat[stat.rfind(b")") + 2:][:1] == b"Z"  # the state follows the command name in parentheses
 
 
 def process_space() -> str:

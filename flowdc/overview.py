@@ -209,9 +209,11 @@ def summary_text(overview: dict[str, Any], where: str) -> str:
     run = overview["this_run"]
     # An interrupted run's ledger holds only the rows read so far; the manifest may say how many it has.
     rows = max(t["rows"], overview.get("manifest_rows") or 0)
+    stored = f"{t['ok']}/{rows} rows stored ({t['ok'] / rows if rows else 0.0:.1%})"
+    if overview.get("interrupted") and not overview.get("manifest_rows"):  # text: counted as it is read
+        stored = f"{t['ok']} rows stored so far, of a manifest not read to its end"
     lines = [
-        f"flowdc: {t['ok']}/{rows} rows stored ({t['ok'] / rows if rows else 0.0:.1%}), "
-        f"{t['failed']} failed, {t['skipped']} skipped — output: {where}",
+        f"flowdc: {stored}, {t['failed']} failed, {t['skipped']} skipped — output: {where}",
         f"  this run: {run['ok']} ok, {run['failed']} failed, {run['skipped']} skipped, {run['already_done']} already "
         f"done, {run['retries']} retries, {run['bytes'] / 1e6:.1f} MB in {overview['elapsed_s']:.1f}s "
         f"({overview['images_per_s']:.0f} img/s, {overview['mb_per_s']:.1f} MB/s)",

@@ -4,10 +4,12 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import tarfile
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -141,3 +143,21 @@ def test_an_archive_whose_writes_failed_is_packed_at_the_end(tmp_path: Path) -> 
         members = {m.name: tar.extractfile(m).read() for m in tar}  # type: ignore[union-attr]
     assert members == {f"out/a/{i:02d}.png": bytes([i]) * 200_000 for i in range(40)}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "out.tar"]
+
+
+def test_a_run_that_exited_unreaped_is_gone() -> None:
+    """A killed run whose parent reaps nothing (a container's first process) stays a zombie: it holds
+    no output, so its lease may be taken over. A live process is not gone; an unused pid is."""
+    from flowdc.leases import process_gone
+
+    assert not process_gone(os.getpid())
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    try:
+        deadline = time.monotonic() + 10
+        while not process_gone(child.pid) and time.monotonic() < deadline:
+            time.sleep(0.01)  # exited, and left unreaped until wait() below
+        assert process_gone(child.pid)
+        assert os.path.exists(f"/proc/{child.pid}")  # still there: a zombie, not a freed pid
+    finally:
+        child.wait()
+    assert process_gone(child.pid)
