@@ -134,6 +134,17 @@ class PolitenessOptions:
         "An empty list honours none.")
 
 
+# Values past these are typos or wishes the machine cannot grant; each is memory (or processes)
+# taken up front, and a huge concurrent_downloads ran the machine out of memory.
+DOWNLOAD_BOUNDS = {
+    "concurrent_downloads": (20_000, "each slot holds a connection, a task and rows read ahead; split the "
+                             "manifest over more machines (flowdc partition, distribute) for more"),
+    "batch_rows": (1_000_000, "a batch is held in memory whole"),
+    "processes_count": (256, "one process each"),
+    "image_size": (16_384, "a resized image is held in memory whole"),
+}
+
+
 @dataclass
 class DownloadConfig(PolitenessOptions, NetworkOptions, RedactOptions, PaarcOptions):
     input: str = opt("", "Manifest of URLs: parquet, csv/tsv/txt or xml (text also .gz, .bz2 or .zst "
@@ -234,6 +245,9 @@ class DownloadConfig(PolitenessOptions, NetworkOptions, RedactOptions, PaarcOpti
                      "processes_count"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name, (most, why) in DOWNLOAD_BOUNDS.items():
+            if getattr(self, name) > most:
+                raise ConfigError(f"{name} must be <= {most:,}, got {getattr(self, name):,}: {why}")
         if not 0 < self.lease_ttl_s < 1e9:  # nan and inf too: the heartbeat waits a third of it
             raise ConfigError(f"lease_ttl_s must be a number of seconds > 0, got {self.lease_ttl_s}")
         if self.timeout <= 0:
@@ -479,6 +493,8 @@ def build_config(cls: type[C], config_file: str | None, overrides: dict[str, Any
 
 def read_json_config(path: str) -> dict[str, Any]:
     p = Path(path)
+    if p.is_dir():
+        raise ConfigError(f"{path} is a folder; give the config file (a .json) in it")
     if not p.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:

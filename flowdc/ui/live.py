@@ -46,6 +46,7 @@ class Totals:
     eta_s: float | None = None
     elapsed_s: float = 0.0
     finished: bool = False
+    stopped: bool = False  # the run ended before its rows did (Stop, Ctrl-C): it resumes when started again
 
 
 @dataclass
@@ -183,13 +184,15 @@ class LiveState:
 
     def _totals(self) -> Totals:
         tot = Totals(rows_total=self._rows_total)
+        already = 0  # rows earlier runs finished: no part of this run's rate
         if self._runs:
             runs = self._runs.values()
             tot.ok = sum(int(r.get("ok") or 0) for r in runs)
             tot.failed = sum(int(r.get("failed") or 0) for r in runs)
             skipped = sum(int(r.get("skipped") or 0) for r in runs)
             # Rows an earlier run finished count as done, so done and rows_total (the manifest) compare.
-            tot.done = tot.ok + tot.failed + skipped + sum(int(r.get("already_done") or 0) for r in runs)
+            already = sum(int(r.get("already_done") or 0) for r in runs)
+            tot.done = tot.ok + tot.failed + skipped + already
             tot.bytes = sum(int(r.get("bytes") or 0) for r in runs)
             known = [r.get("rows_total") for r in runs]
             if all(isinstance(x, int) for x in known) and self._rows_total is None:
@@ -205,17 +208,26 @@ class LiveState:
             run = self._final.get("this_run") or {}
             tot.ok = int(run.get("ok", tot.ok))
             tot.failed = int(run.get("failed", tot.failed or 0))
-            tot.done = tot.ok + tot.failed + int(run.get("skipped", 0)) + int(run.get("already_done", 0))
+            already = int(run.get("already_done", 0))
+            tot.done = tot.ok + tot.failed + int(run.get("skipped", 0)) + already
             tot.bytes = int(run.get("bytes", tot.bytes or 0))
             tot.elapsed_s = float(self._final.get("elapsed_s", tot.elapsed_s))
-            tot.finished = True
+            tot.stopped = bool(self._final.get("interrupted"))
+            tot.finished = not tot.stopped
         if self._throughput:
             _, rate, mb_s = self._throughput[-1]
             tot.rate_per_s, tot.mb_per_s = rate, mb_s
-        if tot.finished:
-            tot.rate_per_s = round(tot.done / tot.elapsed_s, 1) if tot.elapsed_s else 0.0
-            tot.mb_per_s = round(tot.bytes / tot.elapsed_s / 1e6, 2) if tot.bytes and tot.elapsed_s else tot.mb_per_s
-            tot.eta_s = 0.0
+        if tot.finished or tot.stopped:  # this run's own figures: overview.json's where it has them
+            final = self._final or {}
+            fetched = tot.done - already
+            rate = _num(final.get("images_per_s"))
+            tot.rate_per_s = rate if rate is not None else round(fetched / tot.elapsed_s, 1) if tot.elapsed_s else 0.0
+            mb_s = _num(final.get("mb_per_s"))
+            if mb_s is not None:
+                tot.mb_per_s = mb_s
+            elif tot.bytes and tot.elapsed_s:
+                tot.mb_per_s = round(tot.bytes / tot.elapsed_s / 1e6, 2)
+            tot.eta_s = 0.0 if tot.finished else None
         elif tot.rows_total and tot.rate_per_s > 0:
             tot.eta_s = round(max(tot.rows_total - tot.done, 0) / tot.rate_per_s, 1)
         return tot

@@ -78,7 +78,7 @@ class LivePanel:
         self.cards["failed"].text = "–" if tot.failed is None else f"{tot.failed:,}"
         self.cards["rate"].text = f"{tot.rate_per_s:,.1f}/s"
         self.cards["MB/s"].text = "–" if tot.mb_per_s is None else f"{tot.mb_per_s:.2f}"
-        self.cards["ETA"].text = "done" if tot.finished else _duration(tot.eta_s)
+        self.cards["ETA"].text = "done" if tot.finished else "stopped" if tot.stopped else _duration(tot.eta_s)
         self.cards["elapsed"].text = _duration(tot.elapsed_s)
         parts = [p for p in view.partitions if p]
         self.partitions.text = f"partitions: {', '.join(parts)}" if parts else ""

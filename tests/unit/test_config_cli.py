@@ -142,6 +142,10 @@ def test_json_null_leaves_an_optional_choice_unset(tmp_path: Path) -> None:
         ({"timeout": float("inf")}, "timeout must be a finite number, got inf"),
         ({"mu": float("nan")}, "mu must be a finite number, got nan"),
         ({"redact_params": 5}, "redact_params: expected a list of strings"),
+        # Past what the machine could grant: 10**23 slots ran it out of memory.
+        ({"concurrent_downloads": 10**23}, "concurrent_downloads must be <= 20,000, got 100,000,000,000,000,"),
+        ({"batch_rows": 10**9}, "batch_rows must be <= 1,000,000"),
+        ({"processes_count": 10_000}, "processes_count must be <= 256"),
     ],
 )
 def test_bad_config_values_are_config_errors(tmp_path: Path, data: dict[str, Any], match: str) -> None:
@@ -150,6 +154,11 @@ def test_bad_config_values_are_config_errors(tmp_path: Path, data: dict[str, Any
     with pytest.raises(ConfigError, match=match) as exc:
         build_config(DownloadConfig, path, {})
     assert "\n" not in str(exc.value)
+
+
+def test_a_folder_given_for_the_config_is_named_as_one(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"is a folder; give the config file \(a \.json\) in it"):
+        build_config(DownloadConfig, str(tmp_path), {})
 
 
 @pytest.mark.parametrize(("content", "match"), [("{not json", "not valid JSON"), ("[1, 2]", "JSON object"),

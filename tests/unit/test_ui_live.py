@@ -63,6 +63,23 @@ def test_a_finished_run_shows_the_overview_counts_and_no_eta():
     assert tot.rate_per_s == 5.0 and tot.mb_per_s == 2.0
 
 
+def test_a_resumed_or_stopped_run_shows_its_own_rate_and_no_false_end():
+    """The rate of a finished run is the overview's (this run's stored images a second), not the
+    rows earlier runs did over this run's time (12,500/s for a resume with nothing left); a run
+    stopped midway is shown as stopped, with no ETA, not as done."""
+    resumed = LiveState(rows_total=600)
+    resumed.finish({"elapsed_s": 0.048, "images_per_s": 0.0, "mb_per_s": 0.0,
+                    "this_run": {"ok": 0, "failed": 0, "skipped": 0, "already_done": 600, "bytes": 0}})
+    tot = resumed.view().totals
+    assert (tot.done, tot.rate_per_s, tot.mb_per_s, tot.finished) == (600, 0.0, 0.0, True)
+
+    stopped = LiveState(rows_total=2000)
+    stopped.finish({"elapsed_s": 20.0, "images_per_s": 74.67, "mb_per_s": 1.5, "interrupted": True,
+                    "this_run": {"ok": 1495, "failed": 2, "skipped": 0, "already_done": 505, "bytes": 30_000_000}})
+    tot = stopped.view().totals
+    assert (tot.rate_per_s, tot.mb_per_s, tot.finished, tot.stopped, tot.eta_s) == (74.67, 1.5, False, True, None)
+
+
 def test_a_host_left_out_of_later_rounds_shows_as_idle():
     live = LiveState()
     live.ingest(host(1.0, "early:1", 8, ok=5, queued=40))
