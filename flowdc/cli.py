@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
 from flowdc.config import DistributeConfig, DownloadConfig, PartitionConfig, SizeConfig, build_config
-from flowdc.errors import EXIT_INTERRUPTED, EXIT_USAGE, FlowdcError, UserError
+from flowdc.errors import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_USAGE, FlowdcError, UserError
 
 EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE: what a shell reports for a tool whose reader closed the pipe
 
@@ -117,7 +117,9 @@ def cmd_download(args: argparse.Namespace) -> int:
     finally:
         child_process.discard_early()
     print(summary_text(overview, overview.get("output", cfg.output)))
-    return EXIT_INTERRUPTED if overview.get("interrupted") else 0
+    if overview.get("interrupted"):
+        return EXIT_INTERRUPTED
+    return EXIT_FAILURE if (overview.get("uploads") or {}).get("failed") else 0  # kept locally: a rerun ships them
 
 
 def cmd_partition(args: argparse.Namespace) -> int:

@@ -401,6 +401,9 @@ class SizeConfig(PolitenessOptions, NetworkOptions, RedactOptions, PaarcOptions)
             if not getattr(self, name) > 0:  # 0 requests ask nothing; a rate of 0 or less times nothing
                 raise ConfigError(f"{name} must be > 0, got {getattr(self, name)}")
         # Checked before the first request: the report is written only after the last one.
+        if "://" in self.report_path():
+            raise ConfigError(f"--report {self.report_path()}: a local path is needed (the report is written "
+                              "here; copy it to the store after)")
         problem = local_file_problem(self.report_path())
         if problem:
             raise ConfigError(f"--report {self.report_path()}: {problem}")
@@ -445,6 +448,8 @@ def _coerce(cls_name: str, f: dataclasses.Field[Any], value: Any) -> Any:
                 raise ConfigError(f"{f.name} must be a finite number, got {value!r}")
             return number
         if kind.startswith("list"):
+            if isinstance(value, str) and value.lstrip().startswith("["):  # a JSON list, as the help shows
+                value = json.loads(value)
             if isinstance(value, str):
                 return [v for v in value.split(",") if v]
             if not isinstance(value, list):

@@ -402,11 +402,13 @@ class DownloadJob:
             await shipper.drain()
             self.shipper.shipped += shipper.shipped
             self.shipper.failed += shipper.failed
-        if self.cfg.create_overview:
-            self.shipper.ship_file("overview.json", keep_local=True)
-        await self.shipper.drain()
         overview["uploads"] = {"tool": self.cfg.cloud_tool, "shipped": len(self.shipper.shipped),
-                               "failed": self.shipper.failed}
+                               "failed": list(self.shipper.failed)}
+        if self.cfg.create_overview:  # written again, naming the uploads, then shipped itself
+            await asyncio.to_thread(write_overview, self.dest, overview)
+            self.shipper.ship_file("overview.json", keep_local=True)
+            await self.shipper.drain()
+            overview["uploads"].update(shipped=len(self.shipper.shipped), failed=list(self.shipper.failed))
 
     # -- reading the manifest -------------------------------------------------------------------
     async def _read_manifest(self, done: Any) -> None:

@@ -232,6 +232,11 @@ def summary_text(overview: dict[str, Any], where: str) -> str:
     if run.get("client_busy_share", 0.0) >= CLIENT_BOUND_SHARE and overview["elapsed_s"] >= CLIENT_ADVICE_MIN_S:
         lines.append(f"  this machine set the pace for {run['client_busy_share']:.0%} of the run, not the hosts: "
                      "split the manifest (flowdc partition) over more machines to go faster")
+    unshipped = (overview.get("uploads") or {}).get("failed") or []
+    if unshipped:
+        lines.append(f"  uploads: {len(unshipped)} file(s) not shipped with {overview['uploads']['tool']} (kept in the "
+                     f"output; run the same command again to ship them): {', '.join(unshipped[:3])}"
+                     f"{' ...' if len(unshipped) > 3 else ''}")
     for warning in overview.get("warnings", []):
         lines.append(f"  warning: {warning}")
     if overview.get("interrupted"):

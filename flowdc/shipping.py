@@ -10,21 +10,28 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import shutil
 
 from flowdc.config import DownloadConfig
+from flowdc.errors import UserError
 from flowdc.storage import Destination
-from flowdc.uploaders import CommandUploader, UploadError, UploadSpec, upload_async
+from flowdc.uploaders import CommandUploader, UploadError, UploadSpec, build_argv, build_env, upload_async
 from flowdc.writers.shardnames import ShardNames
 
 log = logging.getLogger(__name__)
 
 
 def uploader_for(cfg: DownloadConfig) -> CommandUploader | None:
+    """The run's uploader; a tool that is not installed stops the run here, before any fetch."""
     if not cfg.cloud_tool:
         return None
     spec = UploadSpec(tool=cfg.cloud_tool, destination=cfg.cloud_destination or "",
                       template=list(cfg.cloud_command) or None)
-    return CommandUploader(spec)
+    uploader = CommandUploader(spec)
+    program = build_argv(spec, "probe", "probe")[0]
+    if not shutil.which(program, path=build_env(spec).get("PATH")):
+        raise UserError(uploader.missing_message(program))
+    return uploader
 
 
 class Shipper:

@@ -275,12 +275,12 @@ class CommandUploader:
                 start_new_session=True,  # own process group, so a timeout can kill its helpers too
             )
         except FileNotFoundError:
-            raise UploadError(self._missing_message(argv[0])) from None
+            raise UploadError(self.missing_message(argv[0])) from None
         except PermissionError:
             raise UploadError(self._redact(f"{argv[0]} is not executable; fix its permissions")) from None
         return _communicate(proc, argv, self.spec.timeout_s)
 
-    def _missing_message(self, program: str) -> str:
+    def missing_message(self, program: str) -> str:
         if shutil.which(program, path=build_env(self.spec).get("PATH")):
             # It is on PATH, so what is missing is its interpreter (a broken #! line).
             return self._redact(f"{program} could not be started; check its #! interpreter")

@@ -195,7 +195,8 @@ class WebDatasetWriter:
 
     def _stored_image_key(self, shard: int | None) -> str | None:
         """The extension of the shard's first member (a ustar name: the header's first 100 bytes);
-        None when there is no shard, it is gone (shipped elsewhere) or starts with no raster image."""
+        None when there is no shard or it starts with no raster image. A shard shipped elsewhere
+        (cloud_tool) is not here to read: the ledger names its members."""
         if shard is None:
             return None
         for name in (self.names.name(shard, "tar"), self.names.open(shard)):
@@ -204,8 +205,19 @@ class WebDatasetWriter:
                     member = fh.read(100).split(b"\0")[0].decode("utf-8", "replace")
             except FileNotFoundError:
                 continue
-            ext = "." + member.rpartition(".")[2].lower()
-            return ext[1:] if ext in RASTER_EXTS else None
+            return _raster_key(member)
+        return self._image_key_in_ledger()
+
+    def _image_key_in_ledger(self) -> str | None:
+        """The image key of the first stored sample the ledger names (`NNNNNN.tar:KEY.EXT`)."""
+        import pyarrow.compute as pc  # only for a run whose shards were shipped
+
+        latest = self.ledger.latest(["status", "path"])
+        stored = latest.filter(pc.and_(pc.equal(latest["status"], "ok"), pc.match_substring(latest["path"], ".tar:")))
+        for path in stored["path"].slice(0, 64).to_pylist():
+            key = _raster_key(path.rpartition(":")[2])
+            if key is not None:
+                return key
         return None
 
     def poll(self) -> None:
@@ -495,3 +507,9 @@ def typed_column(values: list[Any], kind: pa.DataType | None) -> pa.Array:
         return text.cast(kind)
     except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
         return text
+
+
+def _raster_key(member: str) -> str | None:
+    """The member's extension when it is a raster image's (`jpg`), else None."""
+    ext = "." + member.rpartition(".")[2].lower()
+    return ext[1:] if ext in RASTER_EXTS else None

@@ -182,6 +182,8 @@ BAD_INPUTS: list[tuple[str, Callable[[Path], list[str]], str]] = [
     ("inf_paarc_knob", _cli_case("--probe_rtt_period=-inf"), "probe_rtt_period must be a finite number"),
     ("output_is_a_file", _case_output_is_a_file, "notes.txt: is a file, not a folder"),
     ("output_under_a_file", _case_output_under_a_file, "notes.txt is a file, not a folder"),
+    ("upload_tool_missing", _cli_case("--cloud_tool", "gocmd", "--cloud_destination", "/zone/x", "--output",
+                                      "/tmp/flowdc-never-made"), "gocmd not found on PATH; install it or choose"),
     ("corrupt_gz", _case_corrupt_gz, "m.csv.gz as csv: zlib inflate failed"),
     ("unsupported_compression", lambda tmp: ["--input", str(_manifest(tmp).rename(tmp / "m.csv.xz"))],
      ".xz compression is not supported"),
@@ -393,6 +395,22 @@ def test_json_config_with_cli_overrides(tmp_path: Path, two_hosts: FakeHostFarm)
         "webdataset", 5, False, 3)
     assert (cfg["timeout"], cfg["C_max"], cfg["concurrent_downloads"]) == (30.0, 2000, 16)
     assert max(st["max_in_system"] for st in two_hosts.stats().values()) <= 3
+
+
+def test_uploads_that_fail_are_named_and_end_the_run_with_exit_1(tmp_path: Path, two_hosts: FakeHostFarm) -> None:
+    """A custom upload command given as JSON on the command line (as --help shows it) that fails
+    every time: the samples stay in the local output, overview.json names the files not shipped,
+    the summary says so and the run exits 1 (it exited 0, as if all were shipped)."""
+    manifest = write_manifest(tmp_path / "m.parquet", urls_on(two_hosts, 6, "up"))
+    out = tmp_path / "staging"
+    run = run_flowdc("download", "--input", str(manifest), "--output", str(out), "--quiet", "--output_format",
+                     "webdataset", "--cloud_tool", "custom", "--cloud_destination", "nowhere",
+                     "--cloud_command", '["sh", "-c", "exit 3", "upload", "{file}"]')
+    assert run.returncode == 1, run.stdout + run.stderr
+    assert "flowdc: 6/6 rows stored" in run.stdout
+    assert "  uploads: " in run.stdout and "not shipped with custom (kept in the output" in run.stdout
+    overview = json.loads((out / "overview.json").read_text())
+    assert "000000.tar" in overview["uploads"]["failed"] and (out / "000000.tar").is_file()
 
 
 def test_quiet_prints_only_the_summary(tmp_path: Path, two_hosts: FakeHostFarm) -> None:

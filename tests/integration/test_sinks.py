@@ -535,6 +535,25 @@ def test_gocmd_standin_ships_shards(farm: FakeHostFarm, tmp_path: Path) -> None:
     assert sum(samples_in_shards(Destination(str(landed))).values()) == 20
 
 
+def test_image_key_auto_is_kept_when_the_shards_were_shipped(farm: FakeHostFarm, tmp_path: Path) -> None:
+    """One image key per dataset: auto reads it back from the first shard on a rerun. With
+    cloud_tool the shards were shipped and are gone from the output, so the ledger says it: a
+    refresh whose new rows are JPEGs still stores them as .png (the dataset mixed both)."""
+    pngs = [farm.url(i % 2, f"/key/p{i}.png") for i in range(4)]
+    jpegs = [farm.url(i % 2, f"/key/j{i}.jpg?fmt=jpeg&w=16&h=16") for i in range(3)]
+    remote, staging = tmp_path / "remote", tmp_path / "staging"
+    options = {"output_format": "webdataset", "samples_per_shard": 10, "create_overview": False,
+               "cloud_tool": "custom", "cloud_destination": str(remote),
+               "cloud_command": ["sh", "-c", 'mkdir -p "$2" && cp "$1" "$2/$3"', "up", "{file}", "{destination}",
+                                 "{name}"]}
+    download(write_manifest(tmp_path / "m1.parquet", pngs), str(staging), **options)
+    assert staged_shards(staging) == []  # shipped: nothing left to read the key from
+    second = download(write_manifest(tmp_path / "m2.parquet", pngs + jpegs), str(staging), **options)
+    assert second["this_run"]["ok"] == 3
+    members = [name for shard in shard_members(Destination(str(remote))).values() for name, _ in shard]
+    assert len(members) == 14 and {m.rpartition(".")[2] for m in members} == {"png", "json"}, members
+
+
 def test_custom_cloud_command_with_spaces(farm: FakeHostFarm, tmp_path: Path) -> None:
     """cloud_tool custom from a JSON config: the uploader program lives in a folder with spaces and
     copies to a destination with spaces; argv is passed without a shell, so both arrive intact."""

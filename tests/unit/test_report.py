@@ -248,6 +248,8 @@ def test_unknown_output_type_is_a_config_error(telemetry: Path, tmp_path: Path) 
         render_report(telemetry, str(tmp_path / "report.pdf"))
     with pytest.raises(ConfigError, match="does not exist"):
         render_report(telemetry, str(tmp_path / "missing" / "report.png"))
+    with pytest.raises(ConfigError, match=r"--out s3://bucket/r\.png: a local path is needed"):
+        render_report(telemetry, "s3://bucket/r.png")
     (tmp_path / "taken.png").mkdir()
     with pytest.raises(ConfigError, match="is a folder, not a file"):  # said before the log is read
         render_report(telemetry, str(tmp_path / "taken.png"))
