@@ -186,6 +186,8 @@ class DownloadJob:
     def stop(self) -> None:
         """Ask the run to stop, from any thread: what is stored is kept, the rest waits for a rerun."""
         self._stop_requested = True
+        if self.uploader is not None:  # an upload can hang for its timeout_s, times its attempts
+            self.uploader.stop()
         loop, event = self._loop, self._stop_event
         if loop is not None and event is not None and not loop.is_closed():
             loop.call_soon_threadsafe(event.set)
@@ -404,6 +406,8 @@ class DownloadJob:
             self.shipper.failed += shipper.failed
         overview["uploads"] = {"tool": self.cfg.cloud_tool, "shipped": len(self.shipper.shipped),
                                "failed": list(self.shipper.failed)}
+        if self._stop_requested:  # stopped while shipping: the rerun ships the rest
+            overview["interrupted"] = True
         if self.cfg.create_overview:  # written again, naming the uploads, then shipped itself
             await asyncio.to_thread(write_overview, self.dest, overview)
             self.shipper.ship_file("overview.json", keep_local=True)

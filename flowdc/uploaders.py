@@ -24,7 +24,7 @@ import shlex
 import shutil
 import signal
 import subprocess
-import time
+import threading
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -215,9 +215,20 @@ class _Attempt:
 class CommandUploader:
     """Uploads files with one external tool, retrying and redacting as the module doc says."""
 
-    def __init__(self, spec: UploadSpec, sleep: Callable[[float], None] = time.sleep) -> None:
+    def __init__(self, spec: UploadSpec, sleep: Callable[[float], object] | None = None) -> None:
         self.spec = spec
-        self._sleep = sleep  # injectable so tests need not wait for real backoff
+        self._stopped = threading.Event()
+        self._sleep = sleep or self._stopped.wait  # injectable so tests need not wait for real backoff
+        self._running: set[subprocess.Popen[str]] = set()
+        self._lock = threading.Lock()
+
+    def stop(self) -> None:
+        """The run was stopped (Ctrl-C, SIGTERM): kill the uploads under way and start no more. Their
+        files stay in the local output, and the next run ships them."""
+        self._stopped.set()
+        with self._lock:
+            for proc in self._running:
+                _kill_group(proc)
 
     def upload(self, local_file: str, remote_name: str) -> None:
         """Upload and confirm; raise UploadError after the last failed attempt. Keeps the file."""
@@ -227,17 +238,22 @@ class CommandUploader:
         attempts = self.spec.retries + 1
         last = _Attempt(ok=False, detail="not run")
         for attempt in range(1, attempts + 1):
+            if self._stopped.is_set():
+                break
             last = self._attempt(argv, local_file, remote_name)
             if last.ok:
                 log.debug("uploaded %s", self._redact(shlex.join(argv)))
                 return
-            if attempt < attempts:
+            if attempt < attempts and not self._stopped.is_set():
                 delay = min(self.spec.backoff_s * 2 ** (attempt - 1), _MAX_BACKOFF_S)
                 log.warning(
                     "upload attempt %d/%d failed, retrying in %.1fs: %s",
                     attempt, attempts, delay, self._redact(last.detail),
                 )
                 self._sleep(delay)
+        if self._stopped.is_set():
+            raise UploadError(self._redact(f"{self.spec.tool}: the run was stopped; {local_file} stays for the next "
+                                           "run to ship"))
         raise UploadError(self._redact(
             f"{self.spec.tool} upload of {local_file} to {remote_target(self.spec, remote_name)} "
             f"failed after {attempts} attempt(s): {last.detail}"
@@ -278,7 +294,15 @@ class CommandUploader:
             raise UploadError(self.missing_message(argv[0])) from None
         except PermissionError:
             raise UploadError(self._redact(f"{argv[0]} is not executable; fix its permissions")) from None
-        return _communicate(proc, argv, self.spec.timeout_s)
+        with self._lock:
+            self._running.add(proc)
+            if self._stopped.is_set():  # stopped while it started
+                _kill_group(proc)
+        try:
+            return _communicate(proc, argv, self.spec.timeout_s)
+        finally:
+            with self._lock:
+                self._running.discard(proc)
 
     def missing_message(self, program: str) -> str:
         if shutil.which(program, path=build_env(self.spec).get("PATH")):

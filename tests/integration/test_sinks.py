@@ -29,6 +29,7 @@ import webdataset as wds
 
 from flowdc.config import DownloadConfig
 from flowdc.download import run_download
+from flowdc.leases import process_gone
 from flowdc.ledger import LEDGER_DIR
 from flowdc.storage import Destination, is_unreachable
 from flowdc.testing.fakehosts import FakeHostFarm, HostSpec, write_manifest
@@ -552,6 +553,34 @@ def test_image_key_auto_is_kept_when_the_shards_were_shipped(farm: FakeHostFarm,
     assert second["this_run"]["ok"] == 3
     members = [name for shard in shard_members(Destination(str(remote))).values() for name, _ in shard]
     assert len(members) == 14 and {m.rpartition(".")[2] for m in members} == {"png", "json"}, members
+
+
+def test_sigterm_stops_a_run_whose_upload_hangs(farm: FakeHostFarm, tmp_path: Path) -> None:
+    """An upload command that hangs (a tool waiting on a network it cannot reach) held a stopped
+    run for its timeout_s times its attempts, and its process outlived the run. SIGTERM now ends
+    the run at once, kills the upload's process group, and the shard stays in the staging folder
+    for the next run to ship."""
+    make_manifest(tmp_path / "m.parquet", farm, "hang", 6)
+    staging, pid_file = tmp_path / "staging", tmp_path / "upload.pid"
+    command = ["sh", "-c", 'echo $$ > "$1"; exec sleep 120', "up", str(pid_file), "{file}"]
+    proc = subprocess.Popen(flowdc_argv("--input", str(tmp_path / "m.parquet"), "--output", str(staging), "--quiet",
+                                        "--output_format", "webdataset", "--no_create_tar", "--cloud_tool", "custom",
+                                        "--cloud_destination", "nowhere", "--cloud_command", json.dumps(command)),
+                            cwd=REPO, env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 30
+        while not pid_file.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert pid_file.exists(), "no upload started"
+        time.sleep(0.2)
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, out + err
+    assert process_gone(int(pid_file.read_text()))  # killed with its group, not left running
+    assert "000000.tar" in staged_shards(staging) and "not shipped with custom" in out
 
 
 def test_custom_cloud_command_with_spaces(farm: FakeHostFarm, tmp_path: Path) -> None:
