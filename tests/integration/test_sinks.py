@@ -567,17 +567,15 @@ def test_sigterm_stops_a_run_whose_upload_hangs(farm: FakeHostFarm, tmp_path: Pa
                                         "--output_format", "webdataset", "--no_create_tar", "--cloud_tool", "custom",
                                         "--cloud_destination", "nowhere", "--cloud_command", json.dumps(command)),
                             cwd=REPO, env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.monotonic() + 30
-        while not pid_file.exists() and time.monotonic() < deadline:
+    with proc:
+        for _ in range(600):  # the upload starts within 30 s
+            if pid_file.exists() or proc.poll() is not None:
+                break
             time.sleep(0.05)
         assert pid_file.exists(), "no upload started"
         time.sleep(0.2)
         proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=20)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
     assert proc.returncode == 130, out + err
     assert process_gone(int(pid_file.read_text()))  # killed with its group, not left running
     assert "000000.tar" in staged_shards(staging) and "not shipped with custom" in out
