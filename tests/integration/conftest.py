@@ -302,3 +302,18 @@ def status_host() -> Iterator[StatusHost]:
 
 __all__ = ["FAST", "StatusHost", "by_url", "download", "expected_png", "free_port", "latest", "requested_urls",
            "run_flowdc", "sha256", "snapshot_tree", "tar_samples", "temporaries", "visible_files", "write_manifest"]
+
+
+def signal_when(proc: subprocess.Popen[str], ready: Callable[[], bool], sig: signal.Signals, *,
+                wait_s: float = 60.0, exit_s: float = 60.0) -> tuple[str, str]:
+    """Send `sig` to `proc` once `ready()` holds (or `wait_s` passed, or it ended), then collect its
+    stdout and stderr; a process still there after `exit_s` is killed (so a test fails, never hangs)."""
+    try:
+        deadline = time.monotonic() + wait_s
+        while not ready() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        proc.send_signal(sig)
+        return proc.communicate(timeout=exit_s)
+    finally:
+        if proc.poll() is None:
+            proc.kill()

@@ -34,6 +34,7 @@ from tests.integration.conftest import (
     requested_urls,
     run_with_a_killed_write_process,
     sha256,
+    signal_when,
     size_limited_write_process_script,
     subprocess_env,
     tar_samples,
@@ -243,17 +244,13 @@ def test_ctrl_c_with_the_write_process_commits_what_it_wrote(
             "--C_init", "16", "--output_format", "webdataset", "--samples_per_shard", "400"]
     proc = subprocess.Popen([sys.executable, "-m", "flowdc", *args], env=subprocess_env(),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.monotonic() + 60
-        while not (children := _write_children_of(proc.pid)) and time.monotonic() < deadline:
-            time.sleep(0.01)
-        while farm.totals()["requests"] < 600 and time.monotonic() < deadline:
-            time.sleep(0.01)
-        proc.send_signal(signal.SIGINT)
-        stdout, stderr = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    children: list[int] = []
+
+    def midway() -> bool:  # the write process runs, and 600 requests were made
+        children[:] = children or _write_children_of(proc.pid)
+        return bool(children) and farm.totals()["requests"] >= 600
+
+    stdout, stderr = signal_when(proc, midway, signal.SIGINT)
     assert len(children) == 1
     assert proc.returncode == 130, stderr
     assert "interrupted" in stdout

@@ -35,6 +35,7 @@ from flowdc.storage import Destination, is_unreachable
 from flowdc.testing.fakehosts import FakeHostFarm, HostSpec, write_manifest
 from flowdc.uploaders import apply_env_changes
 from tests.cloud_servers import S3_ACCESS_KEY, gcs_filesystem, s3_filesystem
+from tests.integration.conftest import signal_when
 from tests.integration.sinks_helpers import (
     TcpProxy,
     all_files,
@@ -567,15 +568,8 @@ def test_sigterm_stops_a_run_whose_upload_hangs(farm: FakeHostFarm, tmp_path: Pa
                                         "--output_format", "webdataset", "--no_create_tar", "--cloud_tool", "custom",
                                         "--cloud_destination", "nowhere", "--cloud_command", json.dumps(command)),
                             cwd=REPO, env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    with proc:
-        for _ in range(600):  # the upload starts within 30 s
-            if pid_file.exists() or proc.poll() is not None:
-                break
-            time.sleep(0.05)
-        assert pid_file.exists(), "no upload started"
-        time.sleep(0.2)
-        proc.send_signal(signal.SIGTERM)
-        out, err = proc.communicate(timeout=20)
+    out, err = signal_when(proc, pid_file.exists, signal.SIGTERM, wait_s=30, exit_s=20)
+    assert pid_file.exists(), "no upload started"
     assert proc.returncode == 130, out + err
     assert process_gone(int(pid_file.read_text()))  # killed with its group, not left running
     assert "000000.tar" in staged_shards(staging) and "not shipped with custom" in out
