@@ -381,8 +381,8 @@ class SizeConfig(PolitenessOptions, NetworkOptions, RedactOptions, PaarcOptions)
     timeout: float = opt(15.0, "Seconds allowed per request.")
     max_redirects: int = opt(5, "Redirects followed per URL.")
     rate_mb_s: float = opt(100.0, "Download rate used for the time estimate, in MB/s.")
-    report: str | None = opt(None, "Write the JSON report here (default: size_report.json beside the input, or "
-                             "in the --directory).")
+    report: str | None = opt(None, "Write the JSON report here, a local path (default: size_report.json beside the "
+                             "input, in the --directory, or in the working folder for a manifest on a store).")
     quiet: bool = opt(False, "No progress bar.")
 
     def report_path(self) -> str:
@@ -390,6 +390,8 @@ class SizeConfig(PolitenessOptions, NetworkOptions, RedactOptions, PaarcOptions)
             return self.report
         if self.directory:
             return os.path.join(self.directory, SIZE_REPORT_NAME)
+        if "://" in (self.input or ""):  # a manifest on a store: the report goes to the working folder
+            return SIZE_REPORT_NAME
         return os.path.join(os.path.dirname(self.input or ""), SIZE_REPORT_NAME)
 
     def check(self) -> None:
@@ -401,9 +403,6 @@ class SizeConfig(PolitenessOptions, NetworkOptions, RedactOptions, PaarcOptions)
             if not getattr(self, name) > 0:  # 0 requests ask nothing; a rate of 0 or less times nothing
                 raise ConfigError(f"{name} must be > 0, got {getattr(self, name)}")
         # Checked before the first request: the report is written only after the last one.
-        if "://" in self.report_path():
-            raise ConfigError(f"--report {self.report_path()}: a local path is needed (the report is written "
-                              "here; copy it to the store after)")
         problem = local_file_problem(self.report_path())
         if problem:
             raise ConfigError(f"--report {self.report_path()}: {problem}")

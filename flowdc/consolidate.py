@@ -103,14 +103,9 @@ def _idents(dest: Destination, records: pl.DataFrame, run_ids: list[str]) -> pl.
     """Attach each record's identity: from its run's rows file when there is one, else as its ledger
     recorded it, else from its URL (in row order over all such records, so repeats number as in
     the manifest)."""
-    maps = []
-    for run_id in run_ids:
-        rel = f"run-{run_id}/{ROWS_FILE}"
-        if dest.exists(rel):
-            rows = pl.read_parquet(io.BytesIO(dest.read_bytes(rel)), columns=["row", "ident"])
-            maps.append(rows.with_columns(run_id=pl.lit(run_id, pl.String)))
-    if maps:
-        records = records.join(pl.concat(maps), on=["run_id", "row"], how="left", coalesce=True)
+    plans = run_plans(dest, run_ids)
+    if plans is not None:
+        records = records.join(plans, on=["run_id", "row"], how="left", coalesce=True)
     else:
         records = records.with_columns(ident=pl.lit(None, pl.Int64))
     # A run's rows file numbers repeats over the whole manifest; a ledger over its own partition.
@@ -175,15 +170,24 @@ def current_index(dest: Destination, storage_options: dict[str, Any] | None = No
     return build_index(dest, parts, None, None, storage_options)[0]
 
 
+def run_plans(dest: Destination, run_ids: list[str]) -> pl.DataFrame | None:
+    """(row, ident, run_id) of the runs' rows files (what each run planned), in `run_ids` order; None
+    when none has one."""
+    maps = []
+    for run_id in run_ids:
+        rel = f"run-{run_id}/{ROWS_FILE}"
+        if dest.exists(rel):
+            rows = pl.read_parquet(io.BytesIO(dest.read_bytes(rel)), columns=["row", "ident"])
+            maps.append(rows.with_columns(run_id=pl.lit(run_id, pl.String)))
+    return pl.concat(maps) if maps else None
+
+
 def planned_rows(dest: Destination) -> pl.DataFrame:
     """(ident, row) of every row an earlier run planned to fetch, the latest run's plan per identity."""
-    plans = []
-    for name in sorted(dest.list()):
-        if RUN_DIR.match(name) and dest.exists(f"{name}/{ROWS_FILE}"):
-            plans.append(pl.read_parquet(io.BytesIO(dest.read_bytes(f"{name}/{ROWS_FILE}")), columns=["ident", "row"]))
-    if not plans:
+    plans = run_plans(dest, sorted(m.group(1) for name in dest.list() if (m := RUN_DIR.match(name))))
+    if plans is None:
         return pl.DataFrame({"ident": [], "row": []}, schema={"ident": pl.Int64, "row": pl.Int64})
-    return pl.concat(plans).unique(subset="ident", keep="last", maintain_order=True)
+    return plans.select("ident", "row").unique(subset="ident", keep="last", maintain_order=True)
 
 
 def read_index(dest: Destination) -> pl.DataFrame | None:

@@ -404,15 +404,19 @@ class DownloadJob:
             await shipper.drain()
             self.shipper.shipped += shipper.shipped
             self.shipper.failed += shipper.failed
-        overview["uploads"] = {"tool": self.cfg.cloud_tool, "shipped": len(self.shipper.shipped),
-                               "failed": list(self.shipper.failed)}
+        def tally() -> dict[str, Any]:
+            assert self.shipper is not None
+            return {"tool": self.cfg.cloud_tool, "shipped": len(self.shipper.shipped),
+                    "failed": list(self.shipper.failed)}
+
+        overview["uploads"] = tally()
         if self._stop_requested:  # stopped while shipping: the rerun ships the rest
             overview["interrupted"] = True
         if self.cfg.create_overview:  # written again, naming the uploads, then shipped itself
             await asyncio.to_thread(write_overview, self.dest, overview)
             self.shipper.ship_file("overview.json", keep_local=True)
             await self.shipper.drain()
-            overview["uploads"].update(shipped=len(self.shipper.shipped), failed=list(self.shipper.failed))
+            overview["uploads"] = tally()
 
     # -- reading the manifest -------------------------------------------------------------------
     async def _read_manifest(self, done: Any) -> None:

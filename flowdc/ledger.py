@@ -166,8 +166,13 @@ class DoneIndex:
         """Per identity: whether the ledger holds it as stored."""
         if self.idents.size == 0 or self.stored is None:
             return np.zeros(idents.shape, dtype=bool)
+        at, found = self._find(idents)
+        return found & self.stored[at]
+
+    def _find(self, idents: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(where each identity is or would be in `self.idents`, whether it is there); not empty."""
         at = np.minimum(np.searchsorted(self.idents, idents), self.idents.size - 1)
-        return (self.idents[at] == idents) & self.stored[at]
+        return at, self.idents[at] == idents
 
     def place(self, positions: np.ndarray, idents: np.ndarray,
               manifest_end: Callable[[], int]) -> tuple[np.ndarray, np.ndarray]:
@@ -175,8 +180,7 @@ class DoneIndex:
         largest row number of the manifest (asked only when a row must move)."""
         if self.idents.size == 0:
             return positions, np.zeros(positions.shape, dtype=bool)
-        at = np.minimum(np.searchsorted(self.idents, idents), self.idents.size - 1)
-        found = self.idents[at] == idents
+        at, found = self._find(idents)
         rows = np.where(found, self.rows[at], positions).astype(np.int64)
         done = found & self.final[at]
         new = np.flatnonzero(~found)

@@ -98,9 +98,10 @@ def local_folder_problem(output: str) -> str | None:
 
 
 def local_file_problem(path: str) -> str | None:
-    """Why a file cannot be written at a local path (a folder sits at it, a file above it), or None."""
+    """Why a file cannot be written at a local path (a store's URL, a folder sits at it, a file above
+    it), or None."""
     if "://" in path and not path.startswith("file://"):
-        return None
+        return "a local path is needed (the file is written here; copy it to the store after)"
     target = os.path.abspath(path.removeprefix("file://"))
     if os.path.isdir(target):
         return "is a folder, not a file"

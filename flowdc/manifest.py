@@ -138,7 +138,7 @@ def csv_delimiter(path: str, head: bytes) -> str:
     inner, _ = _split_compression_suffix(_path_part(path))
     if Path(inner).suffix.lower() == ".tsv":
         return "\t"
-    line = head.split(b"\n", 1)[0].decode("utf-8", errors="replace").rstrip("\r")
+    line = _header_line(head).decode("utf-8", errors="replace")
     fields = {d: len(next(csv.reader([line], delimiter=d), [])) for d in DELIMITERS}
     return max(DELIMITERS, key=lambda d: fields[d])  # the first of the most: comma on a tie
 
@@ -477,8 +477,13 @@ def uses_quotes(head: bytes, delimiter: str) -> bool:
     is read unquoted, unless the names in its header are all quoted (as pyarrow writes it)."""
     if delimiter != "\t":
         return True
-    names = head.removeprefix(b"\xef\xbb\xbf").split(b"\n", 1)[0].rstrip(b"\r").split(b"\t")
+    names = _header_line(head).split(b"\t")
     return all(len(n) >= 2 and n.startswith(b'"') and n.endswith(b'"') for n in names)
+
+
+def _header_line(head: bytes) -> bytes:
+    """The first line of delimited text whose first bytes are `head`: no byte-order mark, no line end."""
+    return head.removeprefix(b"\xef\xbb\xbf").split(b"\n", 1)[0].rstrip(b"\r")
 
 
 def _csv_options(delimiter: str, block_size: int, malformed: MalformedLines | None = None,
@@ -637,7 +642,8 @@ def _xml_rows(src: Any, path: str) -> Iterator[dict[str, Any]]:
         for event, elem in iterparse(src, events=("start", "end"), forbid_dtd=True):
             if event == "start":
                 depth += 1
-                root = elem if root is None else root
+                if root is None:
+                    root = elem
                 continue
             depth -= 1
             if depth == 1:  # a row element just closed

@@ -429,9 +429,9 @@ def _row_title(fig: Figure, renderer: RendererBase, y: float, host: str, info: d
 # -- output ---------------------------------------------------------------------------------------
 def _output_path(src: TelemetrySource, out: str | None) -> Path:
     if out is not None:
-        if "://" in out:
-            raise ConfigError(f"--out {out}: a local path is needed (the plot is written here; copy it to the store "
-                              "after)")
+        problem = local_file_problem(out) if "://" in out else None  # Path() would make s3:// a folder s3:
+        if problem:
+            raise ConfigError(f"--out {out}: {problem}")
         target = Path(out)
     elif src.remote:  # a log on a store: the report goes to the working folder
         target = Path(Path(src.name).stem + ".png")

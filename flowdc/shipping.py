@@ -10,12 +10,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import shutil
 
 from flowdc.config import DownloadConfig
 from flowdc.errors import UserError
 from flowdc.storage import Destination
-from flowdc.uploaders import CommandUploader, UploadError, UploadSpec, build_argv, build_env, upload_async
+from flowdc.uploaders import CommandUploader, UploadError, UploadSpec, upload_async
 from flowdc.writers.shardnames import ShardNames
 
 log = logging.getLogger(__name__)
@@ -28,9 +27,9 @@ def uploader_for(cfg: DownloadConfig) -> CommandUploader | None:
     spec = UploadSpec(tool=cfg.cloud_tool, destination=cfg.cloud_destination or "",
                       template=list(cfg.cloud_command) or None)
     uploader = CommandUploader(spec)
-    program = build_argv(spec, "probe", "probe")[0]
-    if not shutil.which(program, path=build_env(spec).get("PATH")):
-        raise UserError(uploader.missing_message(program))
+    missing = uploader.missing_tool()
+    if missing:
+        raise UserError(missing)
     return uploader
 
 

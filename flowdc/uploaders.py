@@ -291,7 +291,7 @@ class CommandUploader:
                 start_new_session=True,  # own process group, so a timeout can kill its helpers too
             )
         except FileNotFoundError:
-            raise UploadError(self.missing_message(argv[0])) from None
+            raise UploadError(self._missing_message(argv[0])) from None
         except PermissionError:
             raise UploadError(self._redact(f"{argv[0]} is not executable; fix its permissions")) from None
         with self._lock:
@@ -304,8 +304,16 @@ class CommandUploader:
             with self._lock:
                 self._running.discard(proc)
 
-    def missing_message(self, program: str) -> str:
-        if shutil.which(program, path=build_env(self.spec).get("PATH")):
+    def missing_tool(self) -> str | None:
+        """Why the tool cannot be run at all (not on PATH), or None: checked before a run fetches anything."""
+        program = build_argv(self.spec, "probe", "probe")[0]
+        return None if self._on_path(program) else self._missing_message(program)
+
+    def _on_path(self, program: str) -> bool:
+        return shutil.which(program, path=build_env(self.spec).get("PATH")) is not None
+
+    def _missing_message(self, program: str) -> str:
+        if self._on_path(program):
             # It is on PATH, so what is missing is its interpreter (a broken #! line).
             return self._redact(f"{program} could not be started; check its #! interpreter")
         return self._redact(f"{program} not found on PATH; install it or choose another cloud_tool")

@@ -64,8 +64,8 @@ def _worth_retrying(task: Any, task_run: Any, state: Any) -> bool:
         state.result()
     except UserError:
         return False
-    except Exception:
-        return True
+    except Exception:  # any other failure may pass: retried
+        pass
     return True
 
 

@@ -300,6 +300,8 @@ def test_bad_inputs_are_config_errors(tmp_path: Path) -> None:
         run_size(SizeConfig(quiet=True))
     with pytest.raises(ConfigError, match=r"--report s3://bucket/r\.json: a local path is needed"):
         run_size(SizeConfig(input=str(manifest), report="s3://bucket/r.json", quiet=True))  # it wrote ./s3:/bucket
+    # A manifest on a store: its report goes to the working folder, not to ./https:/host/.
+    assert SizeConfig(input="https://host/m.parquet").report_path() == "size_report.json"
     (tmp_path / "empty").mkdir()
     with pytest.raises(ConfigError, match="no manifest files"):
         run_size(SizeConfig(directory=str(tmp_path / "empty"), quiet=True))
