@@ -186,7 +186,7 @@ class Manifest:
         skipped = self.malformed
         if not skipped.count:
             return problems
-        more = " ..." if skipped.count > len(skipped.examples) else ""
+        more = " ..." if skipped.rows > len(skipped.examples) else ""
         where = ""
         if not is_remote(self.path):  # one more pass, local files only: Arrow does not say where
             with self.open_text() as src:
@@ -308,11 +308,34 @@ class Manifest:
     def _csv(self) -> Iterator[pa.RecordBatch]:
         self.malformed = MalformedLines()  # of this pass
         self.not_utf8 = 0
+        last = None  # held back: its last row may be a quote's that never closes (_cut_an_unclosed_quote)
         with (self.open_text() as src,
               _open_csv(src, self.columns, self.delimiter, self._csv_block_size(), self.malformed,
                         self.quoted) as reader):
             for batch in _rebatch(reader, self.batch_rows):
-                yield self._mend_utf8(batch)
+                if last is not None:
+                    yield last
+                last = self._mend_utf8(batch)
+        if last is not None:
+            yield self._cut_an_unclosed_quote(last) if self.quoted else last
+
+    def _cut_an_unclosed_quote(self, batch: pa.RecordBatch) -> pa.RecordBatch:
+        """The file's last batch, without its last row when a quote opened there never closes.
+        Arrow reads such a quote in the last column as one value that runs on to the end of the
+        file, taking every line after it, and says nothing (elsewhere the swallowed lines make a
+        row of the wrong width, which MalformedLines counts). Skipped and counted the same way."""
+        (last,) = batch.slice(batch.num_rows - 1).to_pylist()
+        if not any(isinstance(value, str) and "\n" in value for value in last.values()):
+            return batch  # the common case, decided without reading the file again
+        with self.open_text() as src:
+            opened = unclosed_quote_at_end(src, self.delimiter)
+        if opened is None:
+            return batch  # a quoted value that holds line breaks, closed: a row like any other
+        line, lines = opened
+        first_line = self.delimiter.join("" if v is None else str(v) for v in last.values()).split("\n", 1)[0]
+        self.malformed.add(lines, f"line {line}, {first_line!r}: a quote opened there never closes, and took the "
+                                  f"file's {lines - 1} line(s) after it")
+        return batch.slice(0, batch.num_rows - 1)
 
     def _mend_utf8(self, batch: pa.RecordBatch) -> pa.RecordBatch:
         """The batch with every value valid UTF-8: a value's stray bytes (a Latin-1 character in a
@@ -421,23 +444,49 @@ def _check_exists(path: str, storage_options: dict[str, Any]) -> None:
 def ragged_csv_row(src: Any, delimiter: str, quoted: bool = True) -> tuple[int, int] | None:
     """(0-based data row, 1-based file line) of the first row whose field count differs from the
     header's, or None. `src` is a path or a binary file object (decompressed already)."""
-    csv.field_size_limit(sys.maxsize)  # one huge field is not what we are looking for
     try:
-        with contextlib.ExitStack() as stack:
-            raw = stack.enter_context(open(src, "rb")) if isinstance(src, str) else src
-            text = stack.enter_context(io.TextIOWrapper(raw, encoding="utf-8", errors="replace", newline=""))
+        with _as_text(src) as text:
             reader = csv.reader(text, delimiter=delimiter, quoting=csv.QUOTE_MINIMAL if quoted else csv.QUOTE_NONE)
             width = len(next(reader, []))
             row = 0
+            start = reader.line_num + 1  # a quoted field's line breaks make a row of many lines: its first
             for fields in reader:
-                if not fields:
-                    continue  # blank lines are skipped by the Arrow reader too: they hold no row
-                if len(fields) != width:
-                    return row, reader.line_num
-                row += 1
+                if fields and len(fields) != width:  # blank lines hold no row, for the Arrow reader too
+                    return row, start
+                row += bool(fields)
+                start = reader.line_num + 1
     except (OSError, ValueError, csv.Error):
         return None
     return None
+
+
+def unclosed_quote_at_end(src: Any, delimiter: str) -> tuple[int, int] | None:
+    """(1-based file line where it opened, lines it takes) of a quoted field still open at the end
+    of the text, or None. `src` is a path or a binary file object (decompressed already)."""
+    with _as_text(src) as text:
+        reader = csv.reader(text, delimiter=delimiter, strict=True)  # strict: an open quote at the end raises
+        while True:
+            start = reader.line_num + 1
+            try:
+                next(reader)
+            except StopIteration:
+                return None
+            except csv.Error as exc:
+                if "unexpected end of data" in str(exc):
+                    return start, reader.line_num - start + 1
+                if reader.line_num < start:
+                    return None  # an error that reads nothing would repeat
+                # other quirks ('"a"b') are read by Arrow as they are: the reader goes on with the next line
+
+
+@contextlib.contextmanager
+def _as_text(src: Any) -> Iterator[io.TextIOWrapper]:
+    """`src` (a path or a binary file object) as text for the csv module, which is given no field
+    size limit: one huge field is not what its callers look for."""
+    csv.field_size_limit(sys.maxsize)
+    with contextlib.ExitStack() as stack:
+        raw = stack.enter_context(open(src, "rb")) if isinstance(src, str) else src
+        yield stack.enter_context(io.TextIOWrapper(raw, encoding="utf-8", errors="replace", newline=""))
 
 
 def _peek(src: Any, n: int) -> tuple[bytes, Any]:
@@ -458,15 +507,21 @@ class MalformedLines:
     SHOWN = 3
 
     def __init__(self) -> None:
-        self.count = 0
+        self.count = 0  # lines
+        self.rows = 0  # as the reader cut them: a stray quote's row spans many lines
         self.examples: list[str] = []
 
     def __call__(self, row: Any) -> str:  # pyarrow's invalid_row_handler
-        self.count += row.text.count("\n") + 1  # a stray quote makes one "row" of many lines
-        if len(self.examples) < self.SHOWN:
-            text = row.text if len(row.text) <= 80 else row.text[:77] + "..."
-            self.examples.append(f"{text!r} ({row.actual_columns} of {row.expected_columns} fields)")
+        text = row.text if len(row.text) <= 80 else row.text[:77] + "..."
+        # A stray quote makes one "row" of many lines.
+        self.add(row.text.count("\n") + 1, f"{text!r} ({row.actual_columns} of {row.expected_columns} fields)")
         return "skip"
+
+    def add(self, lines: int, example: str) -> None:
+        self.count += lines
+        self.rows += 1
+        if len(self.examples) < self.SHOWN:
+            self.examples.append(example)
 
 
 def uses_quotes(head: bytes, delimiter: str) -> bool:

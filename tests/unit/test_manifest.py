@@ -332,6 +332,32 @@ def test_a_stray_quote_in_comma_separated_text_counts_the_lines_it_swallowed(tmp
     assert problem.startswith(f"{path}: 4 line(s) skipped"), problem
 
 
+@pytest.mark.parametrize("name", ["m.csv", "m.csv.gz"])
+def test_a_quote_that_never_closes_in_the_last_column_is_counted_with_every_line_it_took(
+        tmp_path: Path, name: str) -> None:
+    """In the last column, a stray quote that never closes was read by Arrow as one value running to
+    the end of the file: the rows after it were lost and nothing was counted. Its row is skipped
+    and its lines counted, as a stray quote elsewhere is; a quoted value that holds a line break
+    and closes, in the file's last row, is read as it is."""
+    lines = ["url,title", *(f"http://a/{i}.png,t" for i in range(250)), 'http://a/x.png,"oops',
+             *(f"http://a/after{i}.png,t" for i in range(5))]
+    text = ("\n".join(lines) + "\n").encode()
+    path = tmp_path / name
+    path.write_bytes(gzip.compress(text) if name.endswith(".gz") else text)
+    manifest = Manifest(str(path), "url", batch_rows=100)
+    rows = [r for b in manifest.batches() for r in b.to_pylist()]
+    assert len(rows) == 250 and rows[-1]["url"] == "http://a/249.png"
+    (problem,) = manifest.problems()
+    assert problem.startswith(f"{path}: 6 line(s) skipped"), problem
+    assert "line 252, 'http://a/x.png,oops': a quote opened there never closes, and took the file's 5" in problem
+
+    closed = tmp_path / "closed.csv"
+    closed.write_text('url,title\nhttp://a/0.png,t\nhttp://a/1.png,"two\nlines"\n', encoding="utf-8")
+    manifest = Manifest(str(closed), "url")
+    assert [r["title"] for b in manifest.batches() for r in b.to_pylist()] == ["t", "two\nlines"]
+    assert manifest.problems() == []
+
+
 @pytest.mark.parametrize("name", ["m.csv", "m.tsv"])
 def test_na_and_null_are_labels_in_text_manifests(tmp_path: Path, name: str) -> None:
     """Only an empty field is missing: NA, null, nan and N/A are values (as parquet keeps them)."""
