@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import itertools
 import json
 import os
 import signal
@@ -25,6 +26,7 @@ from typing import Any
 from flowdc.ui.live import LiveState
 
 TAIL_S = 0.25  # how often the tailer looks for new telemetry lines
+KEEP_TELEMETRY = 20  # a workdir keeps the telemetry of this many latest runs (for `flowdc report`)
 STOP_GRACE_S = 15.0  # after SIGINT, how long a run may take to close its shards before SIGTERM
 
 
@@ -82,11 +84,12 @@ class LocalRun:
 
     def __init__(self, kind: str, argv: Sequence[str], state: LiveState, telemetry: Path | None,
                  overview: Path | None = None, env: dict[str, str] | None = None,
-                 on_end: Callable[[RunStatus], None] | None = None):
+                 on_end: Callable[[RunStatus], None] | None = None, task: Path | None = None):
         self.status = RunStatus(kind=kind, state="running", started=time.time())
         self.state = state
         self._overview = overview
         self._on_end = on_end
+        self._task = task  # the child's config: it may hold secrets, and is removed when the child ends
         self._stderr = tempfile.TemporaryFile()  # noqa: SIM115  (read when the child ends)
         self.proc = subprocess.Popen(list(argv), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                      stderr=self._stderr, env={**os.environ, **(env or {})},
@@ -119,6 +122,8 @@ class LocalRun:
 
     def _wait(self) -> None:
         code = self.proc.wait()
+        if self._task is not None:
+            self._task.unlink(missing_ok=True)
         if self._tail is not None:
             self._tail.stop()
         # overview.json is this run's only when it ended by itself or by Ctrl-C
@@ -163,14 +168,17 @@ def start_run(kind: str, cfg: Any, state: LiveState, workdir: Path, *, env: dict
     """`flowdc download` or `flowdc distribute` of a checked config in a child process, watched live.
 
     A download writes its own telemetry file; a distribute run's manager merges every partition's
-    pushes into one file (its collector), which the page follows the same way.
+    pushes into one file (its collector), which the page follows the same way. The files a run
+    gets in `workdir` are named for it alone: pages that share a workdir do not share files.
     """
     data = {k: v for k, v in dataclasses.asdict(cfg).items() if v is not None}  # None = the default
     local_output = "://" not in cfg.output or cfg.output.startswith("file://")
     output = Path(cfg.output.removeprefix("file://"))
     overview: Path | None = None
+    run_name = f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}-{next(_RUNS_STARTED)}"
     if kind == "download":
-        telemetry: Path | None = Path(data.get("telemetry") or workdir / f"telemetry-{int(time.time() * 1000)}.jsonl")
+        keep_latest(workdir, "telemetry-*.jsonl", KEEP_TELEMETRY - 1)
+        telemetry: Path | None = Path(data.get("telemetry") or workdir / f"telemetry-{run_name}.jsonl")
         data["telemetry"] = str(telemetry)
         overview = output / "overview.json" if local_output else None
         state.reset(rows_total=manifest_rows(cfg))
@@ -180,9 +188,22 @@ def start_run(kind: str, cfg: Any, state: LiveState, workdir: Path, *, env: dict
         telemetry = output / TELEMETRY_FILE if local_output else None  # a remote run's file is the manager's
         state.reset()
     data["quiet"] = True
-    task = write_private_json(workdir, f"{kind}-task.json", data)
+    task = write_private_json(workdir, f"{kind}-task-{run_name}.json", data)
     argv = [sys.executable, "-m", "flowdc", kind, "--config", str(task)]
-    return LocalRun(kind, argv, state, telemetry, overview, env=env, on_end=on_end)
+    return LocalRun(kind, argv, state, telemetry, overview, env=env, on_end=on_end, task=task)
+
+
+_RUNS_STARTED = itertools.count(1)  # in this process: two runs started within a second get two names
+
+
+def keep_latest(folder: Path, pattern: str, keep: int) -> None:
+    """Remove all but the `keep` newest files in `folder` that match `pattern`."""
+    found = []
+    for path in folder.glob(pattern):
+        with contextlib.suppress(OSError):  # another page's cleanup may take it first
+            found.append((path.stat().st_mtime, path))
+    for _, path in sorted(found, reverse=True)[max(keep, 0):]:
+        path.unlink(missing_ok=True)
 
 
 def manifest_rows(cfg: Any) -> int | None:

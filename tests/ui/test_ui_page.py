@@ -116,6 +116,8 @@ async def test_start_runs_a_real_download_and_the_table_fills_with_its_hosts(use
     hosts = {r["host"].split(":")[0] for r in ctx.live.view().rows}
     assert hosts == {"127.0.0.2", "127.0.0.3"}
     assert ctx.live.view().totals.ok == 120
+    (telemetry,) = (tmp_path / "ui").glob("telemetry-*.jsonl")  # kept, for `flowdc report`
+    assert telemetry.stat().st_size > 0 and not list((tmp_path / "ui").glob("*.json"))  # the task is gone
 
 
 async def test_stop_is_a_ctrl_c_for_the_run_and_keeps_what_it_stored(user: User, tmp_path: Path):
