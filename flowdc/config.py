@@ -202,6 +202,15 @@ class DownloadConfig(PolitenessOptions, NetworkOptions, RedactOptions, PaarcOpti
     cloud_command: list[str] = opt(
         [], "For cloud_tool custom: the command as a list with {file} and {destination}, e.g. "
         "[\"mc\",\"cp\",\"{file}\",\"{destination}/\"].")
+    cloud_args: list[str] = opt(
+        [], "Extra arguments for cloud_tool, after its own and before the file: a JSON list or comma-separated, "
+        "given with '=', e.g. --cloud_args='[\"--endpoint-url\",\"http://127.0.0.1:9000\"]' for aws.")
+    cloud_env: dict[str, Any] = opt(
+        {}, "Environment variables for cloud_tool's process, on top of this one's (JSON; null unsets one), e.g. "
+        "{\"AWS_PROFILE\": \"lab\"}. Values are kept out of recorded configs and messages.")
+    cloud_retries: int = opt(3, "Attempts after the first for each upload that fails.")
+    cloud_timeout_s: float = opt(3600.0, "An upload still running after this many seconds is killed and counts "
+                                 "as a failed attempt.")
     force: bool = opt(False, "Start over: delete what flowdc wrote in this output (never other files).")
     run_id: str | None = opt(None, "Name of this run in the output's lock or lease; a rerun with the same run_id "
                              "(a resubmitted task) takes over that lease at once. Default: a new id per run.")
@@ -263,6 +272,11 @@ class DownloadConfig(PolitenessOptions, NetworkOptions, RedactOptions, PaarcOpti
         if self.cloud_tool == "custom" and not self.cloud_command:
             example = '["mc", "cp", "{file}", "{destination}/"]'
             raise ConfigError(f"cloud_tool custom needs cloud_command, e.g. {example}")
+        if self.cloud_retries < 0 or not self.cloud_timeout_s > 0:
+            raise ConfigError("cloud_retries must be >= 0 and cloud_timeout_s > 0")
+        bad_env = [k for k, v in self.cloud_env.items() if not (v is None or isinstance(v, str))]
+        if bad_env:
+            raise ConfigError(f"cloud_env values must be text (or null to unset): {', '.join(bad_env)}")
         check_host_budget(self.host_budget)
         check_prefix(self.shard_prefix)
         self.check_paarc()
@@ -514,7 +528,7 @@ def public_dict(cfg: Any) -> dict[str, Any]:
     """The config as recorded in outputs: storage option values are dropped and URLs redacted
     (unless --no_redact_urls), since either may hold secrets."""
     d = dataclasses.asdict(cfg)
-    for name in ("storage_options", "input_storage_options"):
+    for name in ("storage_options", "input_storage_options", "cloud_env"):
         if name in d:
             d[name] = sorted(d[name])  # keys only
     if d.get("proxy"):

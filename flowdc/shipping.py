@@ -14,7 +14,7 @@ import os
 from flowdc.config import DownloadConfig
 from flowdc.errors import UserError
 from flowdc.storage import Destination
-from flowdc.uploaders import CommandUploader, UploadError, UploadSpec, upload_async
+from flowdc.uploaders import CommandUploader, UploadError, spec_of, upload_async
 from flowdc.writers.shardnames import ShardNames
 
 log = logging.getLogger(__name__)
@@ -24,9 +24,7 @@ def uploader_for(cfg: DownloadConfig) -> CommandUploader | None:
     """The run's uploader; a tool that is not installed stops the run here, before any fetch."""
     if not cfg.cloud_tool:
         return None
-    spec = UploadSpec(tool=cfg.cloud_tool, destination=cfg.cloud_destination or "",
-                      template=list(cfg.cloud_command) or None)
-    uploader = CommandUploader(spec)
+    uploader = CommandUploader(spec_of(vars(cfg)))
     missing = uploader.missing_tool()
     if missing:
         raise UserError(missing)
@@ -55,9 +53,10 @@ class Shipper:
         task.add_done_callback(self._tasks.discard)
 
     def ship_leftovers(self, committed: set[int]) -> int:
-        """Shards a previous run committed but did not ship (their tar is still here)."""
+        """Shards a previous run committed but did not ship whole (any of their files is still here:
+        each file ships on its own, and the metadata's upload may fail where the tar's did not)."""
         names = set(self.dest.list())
-        leftovers = [s for s in sorted(committed) if self.names.name(s, "tar") in names]
+        leftovers = [s for s in sorted(committed) if any(name in names for name in self.names.files(s))]
         for shard in leftovers:
             for name in self.names.files(shard):
                 if name in names:

@@ -28,7 +28,7 @@ import threading
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 from flowdc.errors import ConfigError
 from flowdc.urls import MASK, redact_urls_in
@@ -75,6 +75,15 @@ class UploadSpec:
             raise ConfigError(f"cloud_tool {self.tool} needs a cloud_destination")
         if self.retries < 0 or self.backoff_s < 0 or self.timeout_s <= 0:
             raise ConfigError("upload retries and backoff must be >= 0 and timeout > 0")
+
+
+def spec_of(options: Mapping[str, Any]) -> UploadSpec:
+    """The upload a download's cloud_* options ask for: a DownloadConfig's fields, or a task's JSON."""
+    return UploadSpec(tool=options["cloud_tool"], destination=options.get("cloud_destination") or "",
+                      template=list(options.get("cloud_command") or []) or None,
+                      extra_args=tuple(options.get("cloud_args") or ()), env=dict(options.get("cloud_env") or {}),
+                      retries=int(options.get("cloud_retries", 3)),
+                      timeout_s=float(options.get("cloud_timeout_s", 3600)))
 
 
 def _check_template(template: list[str] | None) -> None:

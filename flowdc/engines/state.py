@@ -30,8 +30,8 @@ def state_names(folder: str) -> list[str]:
 
 
 def unshipped_shards(folder: str) -> list[str]:
-    """Shard tars still in the staging folder: their upload failed."""
-    return [n for n in state_names(folder) if n.endswith(".tar")]
+    """Shard files still in the staging folder: their upload failed."""
+    return [n for n in state_names(folder) if n.endswith(SHARD_SUFFIXES)]
 
 
 def pack_state(folder: str, tar_path: str) -> None:

@@ -92,7 +92,7 @@ def _download(config: str) -> int:
 def _staged(config: str, doc: dict[str, Any], state: str, over_time: threading.Event) -> int:
     """A download staged in the sandbox (cloud_tool): resume from the returned state, return it again."""
     from flowdc.engines.state import STATE_FILE, pack_state, unpack_state, unshipped_shards
-    from flowdc.uploaders import CommandUploader, UploadError, UploadSpec
+    from flowdc.uploaders import CommandUploader, UploadError, spec_of
 
     folder = os.path.abspath(str(doc["output"]))
     unpack_state(state, folder)
@@ -101,9 +101,7 @@ def _staged(config: str, doc: dict[str, Any], state: str, over_time: threading.E
     finally:
         pack_state(folder, state)
     try:  # the ledger and overview go with the shards too, as the one state file
-        spec = UploadSpec(tool=doc["cloud_tool"], destination=doc.get("cloud_destination") or "",
-                          template=list(doc.get("cloud_command") or []) or None)
-        CommandUploader(spec).upload(state, STATE_FILE)
+        CommandUploader(spec_of(doc)).upload(state, STATE_FILE)
     except (UploadError, FlowdcError) as exc:
         print(f"flowdc: {exc}", file=sys.stderr)
         code = code or EXIT_LOCK_TIMEOUT

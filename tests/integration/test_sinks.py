@@ -537,6 +537,37 @@ def test_gocmd_standin_ships_shards(farm: FakeHostFarm, tmp_path: Path) -> None:
     assert sum(samples_in_shards(Destination(str(landed))).values()) == 20
 
 
+def test_cloud_args_env_and_retries_reach_the_tool(farm: FakeHostFarm, tmp_path: Path) -> None:
+    """cloud_args go before the local file, cloud_env reaches the tool (here the stand-in's PATH and
+    settings, none of them in this process's environment) and stays out of overview.json, and
+    cloud_retries 0 makes one failure final: the file stays, exit 1, and the next run ships it."""
+    make_manifest(tmp_path / "m.parquet", farm, "cloud-options", 10)
+    irods, staging = tmp_path / "irods", tmp_path / "staging"
+    irods.mkdir()
+    tool_env = {"PATH": f"{STAND_INS}{os.pathsep}{os.environ['PATH']}", "GOCMD_STANDIN_ROOT": str(irods),
+                "GOCMD_STANDIN_LOG": str(tmp_path / "argv.jsonl"), "GOCMD_STANDIN_FAIL_FIRST": "1",
+                "IRODS_USER_PASSWORD": "s3cr3t-pw"}
+    argv = ["--input", str(tmp_path / "m.parquet"), "--output", str(staging), "--output_format", "webdataset",
+            "--samples_per_shard", "10", "--quiet", "--no_create_tar", "--no_create_overview", "--cloud_tool",
+            "gocmd", "--cloud_destination", "/zone/home/alice/run", "--cloud_args=-R,fastResc",
+            "--cloud_env", json.dumps(tool_env)]
+    env = child_env(GOCMD_STANDIN_ROOT=None, GOCMD_STANDIN_LOG=None, GOCMD_STANDIN_FAIL_FIRST=None)
+    first = run_cli([*argv, "--cloud_retries", "0"], env=env)
+    assert first.returncode == 1, first.stderr
+    (kept,) = staged_shards(staging)  # the shard's first file failed once, for good; the others shipped
+    assert kept in shard_file_names(1)
+    second = run_cli([*argv, "--cloud_retries", "2", "--create_overview"], env=env)
+    assert second.returncode == 0, second.stderr
+    assert staged_shards(staging) == []
+    assert sorted(p.name for p in (irods / "zone/home/alice/run").iterdir()) == sorted(
+        [*shard_file_names(1), "overview.json"])
+    calls = [json.loads(line) for line in (tmp_path / "argv.jsonl").read_text().splitlines()]
+    assert calls[-1] == ["put", "-f", "-R", "fastResc", str(staging / "overview.json"),
+                         "/zone/home/alice/run/overview.json"]
+    overview = (staging / "overview.json").read_text()
+    assert "s3cr3t-pw" not in overview and json.loads(overview)["config"]["cloud_env"] == sorted(tool_env)
+
+
 def test_image_key_auto_is_kept_when_the_shards_were_shipped(farm: FakeHostFarm, tmp_path: Path) -> None:
     """One image key per dataset: auto reads it back from the first shard on a rerun. With
     cloud_tool the shards were shipped and are gone from the output, so the ledger says it: a
