@@ -152,7 +152,8 @@ class DownloadConfig(PolitenessOptions, NetworkOptions, RedactOptions, PaarcOpti
     output: str = opt("", "Output directory or fsspec URL (s3://bucket/prefix, gs://bucket/prefix).")
     input_format: str = opt("auto", INPUT_FORMAT_HELP, choices=INPUT_FORMATS)
     url: str = opt("url", "Column holding the URLs.", aliases=("url_col",))
-    label: str | None = opt(None, "Column holding class labels (optional).", aliases=("label_col",))
+    label: str | None = opt(None, "Column holding class labels (optional; \"\" for none, over a config file's).",
+                            aliases=("label_col",))
     output_format: str = opt("imagefolder", "Output layout.", choices=("imagefolder", "webdataset"))
     naming_mode: str = opt(
         "sequential",
@@ -243,6 +244,8 @@ class DownloadConfig(PolitenessOptions, NetworkOptions, RedactOptions, PaarcOpti
         "distribute sets it from plan.json's budget_share for hosts split over partitions.")
 
     def check(self) -> None:
+        if self.label == "":
+            self.label = None  # `--label ""` unsets a config file's label: no class folders
         if not self.input:
             raise ConfigError("no input manifest given (--input or \"input\" in the config)")
         if not self.output:
@@ -323,6 +326,9 @@ class DistributeConfig(DownloadConfig):
     dry_run: bool = opt(False, "Print the tasks and exit.")
 
     def check(self) -> None:
+        if not self.output:
+            raise ConfigError("no output given (--output, or \"output_directory\" in the config): the folder each "
+                              "partition writes to; with cloud_tool, where their ledgers and overviews come back")
         super().check()
         # Download options distribute sets for each task itself: silently overwritten, they would mislead.
         for name, why in (("telemetry", "every task's telemetry goes to DEST/_flowdc/telemetry.jsonl"),

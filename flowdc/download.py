@@ -38,7 +38,7 @@ from flowdc.ledger import Ledger, Record, meta_json, url_hash
 from flowdc.loops import run_sync
 from flowdc.manifest import ROW_COLUMN, Manifest, as_text
 from flowdc.overview import build_overview, write_overview
-from flowdc.ownership import OutputClaim, claim_output
+from flowdc.ownership import LAYOUT_OPTIONS, OutputClaim, claim_output
 from flowdc.progress import ProgressBar, RunCounters
 from flowdc.requestloop import RequestLoop
 from flowdc.resize import ResizeSettings
@@ -252,7 +252,7 @@ class DownloadJob:
         # From here on the output is this run's (mark, lock or lease, --force) until run() ends.
         self.claim = claim_output(self.dest, run_id=self.run_id, force=cfg.force, lease_ttl_s=cfg.lease_ttl_s,
                                   on_lost=lambda _message: self.stop(),
-                                  layout={"output_format": cfg.output_format, "key_col": cfg.key_col})
+                                  layout={name: getattr(cfg, name) for name in LAYOUT_OPTIONS})
         if cfg.telemetry or cfg.telemetry_push:  # after the claim: the telemetry file may be inside the output
             try:
                 self._own_telemetry = Telemetry(cfg.telemetry, push_url=cfg.telemetry_push,

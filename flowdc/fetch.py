@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import hashlib
+import json
 import re
 import socket
 import time
@@ -411,12 +412,16 @@ async def download_single(
     session: aiohttp.ClientSession | None = None,
     timeout: float | None = None,
 ) -> dict[str, Any]:
-    """The seed's single-URL API: fetch one URL and store it like a one-row imagefolder download.
-    Settings not given are `flowdc download`'s defaults."""
+    """The seed's single-URL API: fetch one URL and store it as the original FLOW-DC did. imagefolder:
+    `output_folder/LABEL/KEY.ext` (no folder without a class_name); webdataset: the flat
+    `output_folder/KEY.ext` and `KEY.json` holding {"key", "url", "class_name"}. Settings not given
+    are `flowdc download`'s defaults."""
     from flowdc.config import DownloadConfig
     from flowdc.storage import Destination
     from flowdc.writers.naming import extension_for, label_folder, sample_path
 
+    if output_format not in ("imagefolder", "webdataset"):
+        raise ValueError(f"output_format must be imagefolder or webdataset, got {output_format!r}")
     own = session is None
     session = session or make_session(4)
     try:
@@ -433,5 +438,8 @@ async def download_single(
         labelled = output_format == "imagefolder" and class_name is not None
         rel = sample_path(key, label_folder(class_name) if labelled else None, ext)
         await asyncio.to_thread(dest.write_bytes, rel, outcome.body)
+        if output_format == "webdataset":
+            meta = json.dumps({"key": key, "url": url, "class_name": class_name}).encode()
+            await asyncio.to_thread(dest.write_bytes, sample_path(key, None, ".json"), meta)
         result.update(path=dest.url(rel), sha256=outcome.sha256 or digest(outcome.body), bytes=len(outcome.body))
     return result

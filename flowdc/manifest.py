@@ -94,6 +94,7 @@ def detect_format(path: str, input_format: str = "auto") -> str:
 
 
 MAGIC = {"gzip": b"\x1f\x8b", "bz2": b"BZh", "zstd": b"\x28\xb5\x2f\xfd"}
+OLE2_MAGIC = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"  # a legacy .xls workbook (an OLE2 compound file)
 
 
 class _Prefixed(io.RawIOBase):
@@ -641,8 +642,9 @@ def _text(value: Any) -> str | None:
 
 def _excel_rows(src: Any, path: str, url_column: str = "") -> Iterator[dict[str, Any]]:
     """The rows of the workbook's first sheet whose header names `url_column` (a workbook often
-    opens on a sheet of notes), else of its first sheet."""
-    if _path_part(path).lower().endswith(".xls"):
+    opens on a sheet of notes), else of its first sheet. Legacy .xls is told by its name or, for a
+    local file, by its first bytes, so `--input_format excel` reads a workbook under any name."""
+    if _path_part(path).lower().endswith(".xls") or _starts_with(src, OLE2_MAGIC):
         import xlrd
 
         book = (xlrd.open_workbook(src, on_demand=True) if isinstance(src, str)
@@ -658,8 +660,11 @@ def _excel_rows(src: Any, path: str, url_column: str = "") -> Iterator[dict[str,
         return
     import openpyxl
 
-    book = openpyxl.load_workbook(src, read_only=True, data_only=True)
-    try:
+    with contextlib.ExitStack() as stack:
+        # A file object: openpyxl refuses a path whose suffix is not one of its own.
+        fh = stack.enter_context(open(src, "rb")) if isinstance(src, str) else src
+        book = openpyxl.load_workbook(fh, read_only=True, data_only=True)
+        stack.callback(book.close)
         headers = [[str(v) if v is not None else f"column_{i}" for i, v in enumerate(next(sheet.iter_rows(
             max_row=1, values_only=True), ()))] for sheet in book.worksheets]
         at = _sheet_with(headers, url_column, [sheet.title for sheet in book.worksheets], path)
@@ -668,8 +673,14 @@ def _excel_rows(src: Any, path: str, url_column: str = "") -> Iterator[dict[str,
         for values in rows:
             if any(v is not None for v in values):
                 yield dict(zip(header, values, strict=False))
-    finally:
-        book.close()
+
+
+def _starts_with(src: Any, magic: bytes) -> bool:
+    """Whether a local file (`src` a path) starts with `magic`; False for a stream."""
+    if not isinstance(src, str):
+        return False
+    with open(src, "rb") as fh:
+        return fh.read(len(magic)) == magic
 
 
 def _sheet_with(headers: list[list[str]], url_column: str, names: list[str], path: str) -> int:

@@ -41,6 +41,8 @@ LITTER = frozenset({".DS_Store", "Thumbs.db", "desktop.ini", "lost+found"})
 UNMAKEABLE = frozenset({errno.ENAMETOOLONG, errno.ENOENT, errno.ENOTDIR})
 DELETE_BATCH = 1000
 Layout = dict[str, Any]  # option name -> value, as the owner mark records it
+# The options every run of an output keeps (check_layout).
+LAYOUT_OPTIONS = ("output_format", "key_col", "label", "naming_mode")
 
 
 @dataclass
@@ -124,18 +126,24 @@ def write_mark(dest: Destination, run_id: str, layout: Layout | None = None) -> 
 
 def check_layout(dest: Destination, run_id: str, layout: Layout) -> None:
     """Refuse a run whose layout differs from the one the output was written with: another
-    --output_format would put samples the ledger holds as stored where the output has none, and
-    another --key_col gives every row a new identity, so each would be stored a second time. A
-    mark without a layout (an older flowdc) takes this run's."""
-    recorded = dest.read_json(MARK).get("layout")
+    --output_format would put samples the ledger holds as stored where the output has none;
+    another --key_col or --naming_mode gives every row a new identity or name, so each would be
+    stored a second time; another --label would file new rows in another class tree than the
+    stored ones (which the overview would then describe). A mark without some of these (an older
+    flowdc) takes this run's for them."""
+    mark = dest.read_json(MARK)
+    recorded = mark.get("layout")
     if not isinstance(recorded, dict):
         write_mark(dest, run_id, layout)
         return
     for name, value in layout.items():
         if name in recorded and recorded[name] != value:
             raise UserError(f"--output {dest.display} was written with {_setting(name, recorded[name])} and this run "
-                            f"asks for {_setting(name, value)}; every run of an output keeps its --output_format and "
-                            "--key_col: give the same, another --output, or --force to start over")
+                            f"asks for {_setting(name, value)}; every run of an output keeps its "
+                            f"{', '.join('--' + n for n in LAYOUT_OPTIONS)}: give the same, another --output, or "
+                            "--force to start over")
+    if not layout.keys() <= recorded.keys():
+        dest.write_bytes(MARK, json.dumps({**mark, "layout": {**layout, **recorded}}, indent=1).encode())
 
 
 def _setting(name: str, value: Any) -> str:

@@ -3,9 +3,9 @@
 Tools written for img2dataset read `status == "success"`, `error_message`, `width`, `height`,
 `original_width`, `original_height`, `caption` and `sha256` from each sample's .json and each
 shard's parquet; flowdc writes those names with the same meanings and keeps its own beside them
-(`http_status`, `label`, `size`, `row`, `image_format`, the manifest's other columns). A manifest
-column with one of these names is not overwritten: it is kept under `manifest`. The mapping is
-written down in docs/outputs.md.
+(`http_status`, `label`, `size`, `row`, `image_format`, the manifest's other columns), and the
+original FLOW-DC's `class_name`. A manifest column with one of these names is not overwritten: it
+is kept under `manifest`. The mapping is written down in docs/outputs.md.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ def sample_meta(rec: Record, extra: dict[str, Any]) -> dict[str, Any]:
     A manifest column named like one of our fields keeps its value under MANIFEST (kept_apart())."""
     doc = {
         **extra,
-        "key": rec.key, "url": rec.url, "caption": rec.label, "label": rec.label,
+        "key": rec.key, "url": rec.url, "caption": rec.label, "label": rec.label, "class_name": rec.label,
         "status": img2dataset_status(rec), "error_message": rec.reason,
         "width": rec.width, "height": rec.height,
         # Not resized: the original size is the size.
@@ -61,7 +61,8 @@ FIELDS = frozenset(sample_meta(Record(0, "", "", "ok"), {}))
 # a shard with no failure had a null-typed error_message and the next one a string: readers of every
 # shard at once (pyarrow, pandas, polars, datasets) refuse that mix.
 FIELD_TYPES: dict[str, pa.DataType] = {
-    "key": pa.string(), "url": pa.string(), "caption": pa.string(), "label": pa.string(), "status": pa.string(),
+    "key": pa.string(), "url": pa.string(), "caption": pa.string(), "label": pa.string(), "class_name": pa.string(),
+    "status": pa.string(),
     "error_message": pa.string(), "width": pa.int64(), "height": pa.int64(), "original_width": pa.int64(),
     "original_height": pa.int64(), "exif": pa.string(), "sha256": pa.string(), "http_status": pa.int64(),
     "size": pa.int64(), "row": pa.int64(), "image_format": pa.string(), "duplicate_of": pa.string(),

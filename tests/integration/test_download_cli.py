@@ -267,35 +267,44 @@ def test_bad_rerun_loses_nothing(tmp_path: Path, two_hosts: FakeHostFarm) -> Non
         assert snapshot_tree(tmp_path) == before, args
 
 
-def test_a_rerun_must_keep_the_outputs_format_and_row_identity(tmp_path: Path, two_hosts: FakeHostFarm) -> None:
+def test_a_rerun_must_keep_the_outputs_format_row_identity_names_and_labels(
+        tmp_path: Path, two_hosts: FakeHostFarm) -> None:
     """Another --output_format would leave the rows the ledger holds as stored out of the new
-    layout, and another --key_col gives every row a new identity (each would be stored twice): both
-    are refused (one line, exit 2, nothing touched). --force starts over with the new settings; a
-    mark from before layouts were recorded takes the next run's."""
+    layout, another --key_col or --naming_mode gives every row a new identity or name (each would be
+    stored twice), and another --label files new rows in another class tree (and was taken
+    silently, the overview then describing labels the files do not have): each is refused (one
+    line, exit 2, nothing touched). `--label ""` is no label. --force starts over with the new
+    settings; a mark from before layouts, or some of them, were recorded takes the next run's."""
     manifest = tmp_path / "m.csv"
-    manifest.write_text("url,id\n" + "".join(f"{u},id{i}\n" for i, u in enumerate(urls_on(two_hosts, 6))))
+    manifest.write_text("url,id,kind\n" + "".join(f"{u},id{i},k{i % 2}\n" for i, u in enumerate(urls_on(two_hosts, 6))))
     out = tmp_path / "out"
     first = run_flowdc("download", "--input", str(manifest), "--output", str(out), "--quiet")
     assert first.returncode == 0, first.stderr
     before = snapshot_tree(tmp_path)
     for change, expected in ((["--output_format", "webdataset"], "--output_format imagefolder"),
-                             (["--key_col", "id"], "no --key_col")):
+                             (["--key_col", "id"], "no --key_col"), (["--label", "kind"], "no --label"),
+                             (["--naming_mode", "url_based"], "--naming_mode sequential")):
         proc = run_flowdc("download", "--input", str(manifest), "--output", str(out), "--quiet", *change)
         assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
         assert len(proc.stderr.strip().splitlines()) == 1 and expected in proc.stderr, proc.stderr
         assert snapshot_tree(tmp_path) == before, change
+    unlabelled = run_flowdc("download", "--input", str(manifest), "--output", str(out), "--quiet", "--label", "")
+    assert unlabelled.returncode == 0 and "6 already done" in unlabelled.stdout, unlabelled.stderr
     forced = run_flowdc("download", "--input", str(manifest), "--output", str(out), "--quiet", "--force",
                         "--key_col", "id", "--output_format", "webdataset")
     assert forced.returncode == 0, forced.stderr
     assert sorted(p.name for p in out.glob("*.tar")) == ["000000.tar"] and not list(out.rglob("*.png"))
     mark = out / "_flowdc" / "owner.json"
     record = json.loads(mark.read_text())
-    assert record["layout"] == {"output_format": "webdataset", "key_col": "id"}
-    mark.write_text(json.dumps({k: v for k, v in record.items() if k != "layout"}))  # an older flowdc's mark
-    again = run_flowdc("download", "--input", str(manifest), "--output", str(out), "--quiet",
-                       "--output_format", "webdataset", "--key_col", "id")
-    assert again.returncode == 0 and "6 already done" in again.stdout, again.stdout + again.stderr
-    assert json.loads(mark.read_text())["layout"] == {"output_format": "webdataset", "key_col": "id"}
+    layout = {"output_format": "webdataset", "key_col": "id", "label": None, "naming_mode": "sequential"}
+    assert record["layout"] == layout
+    for older in ({k: v for k, v in record.items() if k != "layout"},  # an older flowdc's marks
+                  {**record, "layout": {"output_format": "webdataset", "key_col": "id"}}):
+        mark.write_text(json.dumps(older))
+        again = run_flowdc("download", "--input", str(manifest), "--output", str(out), "--quiet",
+                           "--output_format", "webdataset", "--key_col", "id")
+        assert again.returncode == 0 and "6 already done" in again.stdout, again.stdout + again.stderr
+        assert json.loads(mark.read_text())["layout"] == layout
 
 
 def test_force_never_deletes_the_input_manifest(tmp_path: Path, two_hosts: FakeHostFarm) -> None:
@@ -557,6 +566,16 @@ def test_python_api(tmp_path: Path, two_hosts: FakeHostFarm) -> None:
         asyncio.run(download_single(url=url, key="../escape", class_name=None, output_folder=str(tmp_path / "s2"),
                                     output_format="webdataset"))
     assert not (tmp_path / "escape.png").exists()
+    # The original FLOW-DC's webdataset: flat files, and a .json of key, url and class_name.
+    flat = asyncio.run(download_single(url=url, key="row_003", class_name="species_a",
+                                       output_folder=str(tmp_path / "wds"), output_format="webdataset"))
+    assert flat["ok"] and sorted(p.name for p in (tmp_path / "wds").iterdir()) == ["row_003.json", "row_003.png"]
+    assert json.loads((tmp_path / "wds" / "row_003.json").read_text()) == {
+        "key": "row_003", "url": url, "class_name": "species_a"}
+    with pytest.raises(ValueError, match="output_format must be imagefolder or webdataset"):
+        asyncio.run(download_single(url=url, key="row_004", class_name=None, output_folder=str(tmp_path / "s3"),
+                                    output_format="bogus"))
+    assert not (tmp_path / "s3").exists()
 
 
 def test_demo_runs(tmp_path: Path) -> None:

@@ -95,6 +95,7 @@ def test_img2dataset_fields_in_json_parquet_and_stats(tmp_path: Path, two_hosts:
         assert meta["status"] == "success" and meta["error_message"] is None and meta["http_status"] == 200
         assert (meta["width"], meta["height"]) == (meta["original_width"], meta["original_height"])
         assert meta["width"] == 40 + int(meta["key"]) - 1 and meta["caption"] == f"cap {int(meta['key']) - 1}"
+        assert meta["class_name"] == meta["caption"]  # the original FLOW-DC's name for the label
     table = pq.read_table(out / "000000.parquet")
     assert set(IMG2DATASET_SAMPLE_FIELDS) <= set(table.column_names)
     rows = {r["key"]: r for r in table.to_pylist()}

@@ -113,6 +113,10 @@ def test_distribute_options_have_the_seed_names_and_checks() -> None:
     for bad in ({"engine": "slurm"}, {"task_memory_mb": -1}, {"port_number": 70000}, {"host_budget": {"h": 1.5}}):
         with pytest.raises(ConfigError):
             build_config(DistributeConfig, None, {"input": "p", "output": "o", **bad})
+    # The seed's cloud config has no output_directory: the message names the seed's key too.
+    with pytest.raises(ConfigError, match='"output_directory" in the config.*with cloud_tool, where their ledgers'):
+        build_config(DistributeConfig, None, {"parquets_directory": "p", "cloud_tool": "gocmd",
+                                              "cloud_destination": "AIIRA_Dataset"})
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:

@@ -156,6 +156,11 @@ def test_a_workbook_is_read_from_the_sheet_naming_the_url_column(tmp_path: Path,
     assert [r["id"] for r in got] == ["1", "2"]
     with pytest.raises(ConfigError, match=r"URL column 'photo' not in .*columns are: About, this file"):
         Manifest(str(path), "photo")
+    # Under any name, with the format given: openpyxl refused a suffix not its own, and xlrd was
+    # chosen by the name alone.
+    renamed = path.rename(tmp_path / "sheet.dat")
+    got = read_all(renamed, input_format="excel")
+    assert [(r["url"], r["label"]) for r in got] == [("http://a/1.png", "cat"), ("http://a/2.png", "dog")]
 
 
 def test_xml_namespaces_attributes_only_and_missing_fields(tmp_path: Path) -> None:
