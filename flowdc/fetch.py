@@ -33,6 +33,7 @@ from flowdc.network import make_connector, watch_of
 from flowdc.politeness import DEFAULT_DISALLOWED, disallowed_directive, user_agent
 from flowdc.quota import MAX_HOLD_S, announced_quota
 from flowdc.signals import Signal
+from flowdc.urls import scheme_error
 
 MAX_RETRY_AFTER_S = MAX_HOLD_S
 FINAL_STATUSES = frozenset({400, 401, 403, 404, 405, 406, 410, 414, 451})
@@ -283,8 +284,9 @@ def failure_of(exc: BaseException, headers_arrived: bool) -> Failure:
     """How a request that raised is named: the one mapping every command uses."""
     if isinstance(exc, aiohttp.TooManyRedirects):
         return Failure(Signal.OBJECT_ERROR, "too_many_redirects", False)
-    if isinstance(exc, (aiohttp.InvalidURL, aiohttp.NonHttpUrlRedirectClientError,
-                        aiohttp.InvalidUrlRedirectClientError)):
+    if isinstance(exc, aiohttp.NonHttpUrlRedirectClientError):  # as the same URL in the manifest fails
+        return Failure(Signal.OBJECT_ERROR, scheme_error(str(exc.args[0] if exc.args else "")) or "invalid_url", False)
+    if isinstance(exc, (aiohttp.InvalidURL, aiohttp.InvalidUrlRedirectClientError)):
         return Failure(Signal.OBJECT_ERROR, "invalid_url", False)
     if isinstance(exc, TimeoutError):
         # Headers arrived but the body did not: the object is slow or huge, not the host overloaded.

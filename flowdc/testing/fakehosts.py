@@ -20,6 +20,7 @@ X-RateLimit-* headers). Faults come either at random (seeded) or scripted per UR
     ?body=html            an HTML page instead of the image (with ctype=image/jpeg: an error page
                           served as an image, as soft-blocking hosts do)
     ?redirect=N           N chained 302 redirects before the image
+    ?redirect_to=URL      a 302 to URL (any scheme)
     ?nolength=1           chunked transfer, no Content-Length
     ?slowbody=S           headers at once, body trickles over S seconds
     ?head=405             HEAD answers 405 (GET still works)
@@ -469,6 +470,8 @@ class FakeHost:
             fault = self._pick_fault(query.get("fail"), attempt)
             if fault is not None and fault != "truncate":
                 return await self._fault(fault, request)
+            if "redirect_to" in query:
+                return web.Response(status=302, headers={"Location": query["redirect_to"]})
             redirects = int(query.get("redirect", "0") or 0)
             if redirects > 0:
                 return self._redirect(request, redirects)

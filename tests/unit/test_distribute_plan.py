@@ -114,7 +114,7 @@ def test_distribute_options_have_the_seed_names_and_checks() -> None:
         with pytest.raises(ConfigError):
             build_config(DistributeConfig, None, {"input": "p", "output": "o", **bad})
     # The seed's cloud config has no output_directory: the message names the seed's key too.
-    with pytest.raises(ConfigError, match='"output_directory" in the config.*with cloud_tool, where their ledgers'):
+    with pytest.raises(ConfigError, match=r'"output_directory" in the config.*with cloud_tool, where their ledgers'):
         build_config(DistributeConfig, None, {"parquets_directory": "p", "cloud_tool": "gocmd",
                                               "cloud_destination": "AIIRA_Dataset"})
 

@@ -15,7 +15,7 @@ import time
 from collections.abc import Iterator
 from email.utils import formatdate
 from typing import Any
-from urllib.parse import unquote
+from urllib.parse import quote, unquote
 
 import pytest
 from yarl import URL
@@ -205,6 +205,14 @@ def test_redirect_limit_counts_redirects_followed(farm: FakeHostFarm, hops: int,
     assert out.ok is ok
     if not ok:
         assert out.reason == "too_many_redirects" and not out.retryable
+
+
+@pytest.mark.parametrize(("target", "reason"), [("ftp://files.example/a.png", "unsupported_scheme:ftp"),
+                                                ("data:image/png;base64,AAAA", "unsupported_scheme:data"),
+                                                ("http://[not-an-ip/a.png", "invalid_url")])
+def test_a_redirect_fails_as_its_target_would_in_the_manifest(farm: FakeHostFarm, target: str, reason: str) -> None:
+    out = fetch(farm.url(0, f"/u/to-{reason}.png?redirect_to={quote(target, safe='')}"))
+    assert out.reason == reason and not out.retryable
 
 
 def test_content_type_is_checked(farm: FakeHostFarm) -> None:
