@@ -426,6 +426,9 @@ def _check_exists(path: str, storage_options: dict[str, Any]) -> None:
         local = Path(path.removeprefix("file://"))
         if local.is_dir():
             raise ConfigError(f"--input {path} is a folder: give the manifest file (for partitions, flowdc distribute)")
+        if local.exists() and not local.is_file():
+            raise ConfigError(f"--input {path} is not a regular file (a device or a pipe): the manifest is read "
+                              "more than once, so save it to a file first")
         if not local.is_file():
             raise ConfigError(f"input file not found: {path}")
         return

@@ -200,6 +200,7 @@ BAD_INPUTS: list[tuple[str, Callable[[Path], list[str]], str]] = [
     ("output_name_too_long", _cli_case("--output", "/tmp/" + "x" * 300), "cannot be made (File name too long)"),
     ("output_under_proc", _cli_case("--output", "/proc/flowdc-out"), "cannot be made (No such file or directory)"),
     ("input_is_a_folder", lambda tmp: ["--input", str(tmp)], "is a folder: give the manifest file"),
+    ("input_is_a_device", lambda tmp: ["--input", "/dev/null"], "is not a regular file (a device or a pipe)"),
     ("url_column_of_numbers", lambda tmp: ["--input", str(_numbers_as_urls(tmp))], "holds int64, not text"),
     ("row_column_repeated", _row_column_case("1", "1", "2", "2"), "near row 0 they repeat"),
     ("row_column_repeated_across_batches", _row_column_case("0", "1", "1", "2", batch_rows=2),
