@@ -167,10 +167,24 @@ def cmd_consolidate(args: argparse.Namespace) -> int:
     overview = consolidate(args.output, args.storage_options)
     t = overview["totals"]
     where = args.output.rstrip("/")  # `dataset/` as typed, without a doubled slash ("/" gives "")
-    print(f"flowdc: {t['ok']}/{t['rows']} rows stored ({overview['success_rate']:.1%}) in "
-          f"{len(overview['partitions'])} outputs, {t['removed']} removed from the manifest\n"
-          f"  index:   {where}/{INDEX_FILE}\n  dataset: {where}/{DATASET_FILE}")
+    # Of the plan when there is one: the rows of partitions never started have no record to count.
+    rows, what = (t["planned"], "planned rows") if t.get("planned") else (t["rows"], "rows")
+    print(f"flowdc: {t['ok']}/{rows} {what} stored ({t['ok'] / rows if rows else 0.0:.1%}) in "
+          f"{len(overview['partitions'])} outputs, {t['removed']} removed from the manifest")
+    if t["not_recorded"]:
+        print(f"  {t['not_recorded']} planned rows have no record yet{unfinished_words(overview['unfinished'])}: "
+              "run the same flowdc distribute (or flow) again to fetch them")
+    print(f"  index:   {where}/{INDEX_FILE}\n  dataset: {where}/{DATASET_FILE}")
     return 0
+
+
+def unfinished_words(unfinished: list[dict[str, Any]], shown: int = 3) -> str:
+    """' (part-00001, part-00002 not started; part-00000 partial)', or '' for none."""
+    groups = {"not started": [u["folder"] for u in unfinished if not u["recorded"]],
+              "partial": [u["folder"] for u in unfinished if u["recorded"]]}
+    words = [f"{', '.join(names[:shown])}{f' and {len(names) - shown} more' if len(names) > shown else ''} {state}"
+             for state, names in groups.items() if names]
+    return f" ({'; '.join(words)})" if words else ""
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

@@ -26,6 +26,7 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from flowdc.engines.dest import PLAN_RECORD
 from flowdc.errors import DestinationError, UserError
 from flowdc.identity import base_hashes, number_repeats
 from flowdc.ledger import LEDGER_DIR, Ledger
@@ -257,10 +258,44 @@ def _clean(row: dict[str, Any]) -> dict[str, Any]:
     return {k: round(v, 2) if isinstance(v, float) else v for k, v in row.items()}
 
 
+def planned_partitions(dest: Destination) -> dict[str, int]:
+    """Partition folder -> rows, of the distribute plan recorded in DEST (empty when none is)."""
+    recorded = dest.read_json(PLAN_RECORD).get("partitions")
+    if not isinstance(recorded, dict):
+        return {}
+    return {name: entry["rows"] for name, entry in sorted(recorded.items())
+            if PART_DIR.match(name) and isinstance(entry, dict) and isinstance(entry.get("rows"), int)}
+
+
+def unfinished_partitions(planned: dict[str, int], records: pl.DataFrame) -> list[dict[str, Any]]:
+    """The planned partitions whose ledgers hold fewer rows than the plan gave them (none at all:
+    never started, or their folder is gone)."""
+    mine = records.filter(pl.col("run_id").is_null() & pl.col("partition").is_not_null()) if records.height else records
+    recorded = dict(mine.group_by("partition").len().iter_rows()) if mine.height else {}
+    unfinished = []
+    for name, rows in planned.items():
+        have = recorded.get(int(name.removeprefix("part-")), 0)
+        if have < rows:
+            unfinished.append({"folder": name, "planned": rows, "recorded": have})
+    return unfinished
+
+
+def unrecorded_run_rows(dest: Destination, index: pl.DataFrame) -> int:
+    """Rows the collect-dataset runs planned (their rows files) that no ledger records: a run
+    stopped before it fetched them. The next run fetches them."""
+    planned = planned_rows(dest)
+    return planned.height - planned.join(index.select("ident"), on="ident", how="semi").height
+
+
 def dataset_overview(dest: Destination, parts: list[PartOutput], index: pl.DataFrame,
                      records: pl.DataFrame) -> dict[str, Any]:
     present = index.filter(~pl.col("removed")) if index.height else index
     totals = _counts(present)
+    planned = planned_partitions(dest)
+    unfinished = unfinished_partitions(planned, records)
+    if planned:
+        totals["planned"] = sum(planned.values())
+    not_recorded = sum(p["planned"] - p["recorded"] for p in unfinished) + unrecorded_run_rows(dest, index)
     errors = (present.filter(pl.col("status") != "ok").with_columns(pl.col("reason").fill_null("unknown"))
               .group_by("reason").len().sort(["len", "reason"], descending=[True, False]))
     runs = sorted({p.run_id for p in parts if p.run_id})
@@ -271,8 +306,10 @@ def dataset_overview(dest: Destination, parts: list[PartOutput], index: pl.DataF
         "generated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "index": dest.url(INDEX_FILE),
         "runs": runs,
-        "totals": {**totals, "removed": index.height - present.height, "entries": index.height},
+        "totals": {**totals, "removed": index.height - present.height, "entries": index.height,
+                   "not_recorded": not_recorded},
         "success_rate": round(totals["ok"] / totals["rows"], 6) if totals["rows"] else 0.0,
+        "unfinished": unfinished,
         "bytes": int(present.filter(pl.col("status") == "ok")["bytes"].sum() or 0),
         "errors": dict(errors.iter_rows()),
         "partitions": _partition_table(dest, parts, records),

@@ -4,6 +4,7 @@ both runs' samples and marks the removed rows, whose data stays."""
 
 from __future__ import annotations
 
+import json
 import random
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -11,7 +12,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from flowdc.consolidate import INDEX_FILE
+from flowdc.consolidate import INDEX_FILE, consolidate
 from flowdc.testing.fakehosts import FakeHostFarm, HostSpec
 from tests.integration.conftest import requested_urls, snapshot_tree, tar_samples, write_manifest
 
@@ -104,6 +105,7 @@ def test_a_run_stopped_before_its_consolidate_is_taken_up_by_the_next(tmp_path: 
                             label="label", create_tar=False, quiet=True, **OPTIONS))
     before = requested_urls(farm)
     assert set(before) == set(stored.column("url").to_pylist())
+    assert consolidate(str(out))["totals"]["not_recorded"] == 35  # planned by the run, in no ledger
 
     state = collect_dataset(str(manifest), str(out), label_col="label", partitions=2, workers=2,
                             download_options=OPTIONS, return_state=True)
@@ -120,3 +122,4 @@ def test_a_run_stopped_before_its_consolidate_is_taken_up_by_the_next(tmp_path: 
     assert all(r["row"] == planned_row[r["url"]] for r in index)  # every row under the number first planned
     images = [p for p in out.rglob("*.png")]
     assert len(images) == 60, len(images)
+    assert json.loads((out / "dataset.json").read_text())["totals"]["not_recorded"] == 0

@@ -449,3 +449,36 @@ def test_three_partitions_have_unique_shard_names_and_telemetry_per_partition(
     assert view.totals.ok == rows and view.totals.finished
     per_partition = {(r["partition"], r["host"]) for r in view.rows}
     assert {p for p, _ in per_partition} == set(view.partitions) and len(per_partition) == len(view.rows)
+
+
+def test_consolidate_counts_the_rows_of_partitions_that_have_no_output(
+        tmp_path: Path, farm_factory: Callable[[list[HostSpec]], FakeHostFarm]) -> None:
+    """A partition never started (its folder gone here) or cut short has fewer ledger rows than
+    the plan gave it. consolidate counted only rows with a record: '57/59 rows stored (96.6%)'
+    for a distribute killed 57 rows into 3,000. It now counts the plan's rows and names them."""
+    farm = farm_factory([HostSpec("127.0.0.2", latency_s=0.01)])
+    urls = [farm.url(0, f"/img/{i:05d}.png") for i in range(90)]
+    run_partition(PartitionConfig(input=str(write_manifest(tmp_path / "m.parquet", urls)),
+                                  output_folder=str(tmp_path / "parts"), groups=3, method="simple", quiet=True),
+                  progress=False)
+    out = tmp_path / "out"
+    Manager(["--input", str(tmp_path / "parts"), "--output", str(out), "--workers", "2", "--quiet"],
+            subprocess_env()).finish()
+    whole = consolidate(str(out))
+    assert (whole["totals"]["planned"], whole["totals"]["not_recorded"], whole["unfinished"]) == (90, 0, [])
+
+    shutil.rmtree(out / "part-00001")  # never started, as far as the ledgers tell
+    shutil.rmtree(out / "part-00002")  # cut short: a third of its rows recorded
+    third = pq.read_table(tmp_path / "parts" / "part-00002.parquet").slice(0, 10)
+    pq.write_table(third, tmp_path / "third.parquet")
+    done = subprocess.run([sys.executable, "-m", "flowdc", "download", "--input", str(tmp_path / "third.parquet"),
+                           "--output", str(out / "part-00002"), "--quiet"], env=subprocess_env(), timeout=60)
+    assert done.returncode == 0
+    proc = subprocess.run([sys.executable, "-m", "flowdc", "consolidate", str(out)], capture_output=True, text=True,
+                          env=subprocess_env(), timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert "flowdc: 40/90 planned rows stored (44.4%) in 2 outputs" in proc.stdout, proc.stdout
+    assert "50 planned rows have no record yet (part-00001 not started; part-00002 partial)" in proc.stdout
+    overview = json.loads((out / "dataset.json").read_text())
+    assert overview["unfinished"] == [{"folder": "part-00001", "planned": 30, "recorded": 0},
+                                      {"folder": "part-00002", "planned": 30, "recorded": 10}]
