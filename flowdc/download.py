@@ -316,6 +316,7 @@ class DownloadJob:
         try:
             recovery = await asyncio.to_thread(self.writer.recover)
             done = await asyncio.to_thread(self.ledger.done_index)
+            done.on_move = self.ledger.remember_moves
             if cfg.dedupe == "sha256":
                 self._kept_by_hash = await asyncio.to_thread(stored_hashes, self.ledger)
         except Exception as exc:

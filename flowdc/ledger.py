@@ -39,6 +39,7 @@ from flowdc.jsonenc import encode_json
 from flowdc.storage import Destination
 
 LEDGER_DIR = "_flowdc/ledger"
+MOVES_DIR = "_flowdc/moves"  # row numbers given to rows whose manifest number was taken (Ledger.remember_moves)
 STARTED = ".started"  # a shard begun and not yet committed: Ledger.start_shard
 JOURNAL_EXT = ".journal"
 JOURNAL_SECONDS = 0.5  # how often pending records reach the journal: the bound on what a kill -9 loses
@@ -147,7 +148,10 @@ class DoneIndex:
     when its state is final (ok, a non-retryable failure, skipped). A new identity takes its
     manifest row number unless the ledger holds another identity there (rows moved, were removed
     or replaced): then it gets a number past every row of the ledger and of the manifest, so no
-    key is reused and no file is renamed.
+    key is reused and no file is renamed. Such numbers are handed to `on_move` before the rows
+    are fetched (the download keeps them, Ledger.remember_moves), and an index built again holds
+    them: a rerun after a kill gives those rows the same numbers, so the files the killed run
+    wrote under them are written again, not left beside copies under new keys.
     """
 
     idents: np.ndarray  # sorted int64: every identity the ledger holds
@@ -156,6 +160,7 @@ class DoneIndex:
     taken: np.ndarray  # sorted int64: every row number the ledger holds
     stored: np.ndarray | None = None  # bool per entry of idents: recorded ok (its key holds the bytes)
     next_row: int | None = None  # first spare row number, found when first needed
+    on_move: Callable[[np.ndarray, np.ndarray], None] | None = None  # (idents, rows) given new numbers
 
     @classmethod
     def empty(cls) -> DoneIndex:
@@ -192,6 +197,8 @@ class DoneIndex:
                     self.next_row = max(int(self.taken[-1]) + 1, manifest_end())
                 rows[moved] = self.next_row + np.arange(moved.size, dtype=np.int64)
                 self.next_row += int(moved.size)
+                if self.on_move is not None:
+                    self.on_move(idents[moved], rows[moved])
         return rows, done
 
 
@@ -217,6 +224,7 @@ class Ledger:
         # (this run writes a row once), and latest() can skip its sort, which copies the table.
         self.fresh = False
         self._seq = 1
+        self._moves_written = 0
 
     # -- writing --------------------------------------------------------------------------------
     def add(self, record: Record) -> None:
@@ -429,7 +437,8 @@ class Ledger:
     def done_index(self) -> DoneIndex:
         latest = self.latest(["row", "status", "retryable", "ident"])
         self.fresh = latest.num_rows == 0
-        if latest.num_rows == 0:
+        moved_idents, moved_rows = self.moves()
+        if latest.num_rows == 0 and moved_idents.size == 0:
             return DoneIndex.empty()
         status = latest["status"]
         final = pc.or_(pc.not_equal(status, "failed"), pc.invert(pc.fill_null(latest["retryable"], False)))
@@ -437,10 +446,39 @@ class Ledger:
         idents = latest["ident"].to_numpy(zero_copy_only=False)
         if latest["ident"].null_count:
             idents = self._idents_from_urls(rows, latest["ident"])
+        final_of, stored = final.to_numpy(zero_copy_only=False), pc.equal(status, "ok").to_numpy(zero_copy_only=False)
+        unrecorded = ~np.isin(moved_idents, idents)  # a moved row the ledger holds has its number already
+        if unrecorded.any():
+            none = np.zeros(int(unrecorded.sum()), dtype=bool)
+            idents = np.concatenate([idents, moved_idents[unrecorded]])
+            rows = np.concatenate([rows, moved_rows[unrecorded]])
+            final_of, stored = np.concatenate([final_of, none]), np.concatenate([stored, none])
         order = np.argsort(idents)
-        stored = pc.equal(status, "ok").to_numpy(zero_copy_only=False)
-        return DoneIndex(idents[order], rows[order], final.to_numpy(zero_copy_only=False)[order], np.sort(rows),
-                         stored[order])
+        return DoneIndex(idents[order], rows[order], final_of[order], np.sort(rows), stored[order])
+
+    def remember_moves(self, idents: np.ndarray, rows: np.ndarray) -> None:
+        """Keep the row numbers DoneIndex.place gave moved rows, before any of them is fetched."""
+        sink = pa.BufferOutputStream()
+        pq.write_table(pa.table({"ident": idents.astype(np.int64), "row": rows.astype(np.int64)}), sink)
+        name = f"{MOVES_DIR}/{self._run}-{self._moves_written:06d}.parquet"
+        self.dest.write_bytes(name, sink.getvalue().to_pybytes())
+        self._moves_written += 1
+
+    def moves(self) -> tuple[np.ndarray, np.ndarray]:
+        """(idents, rows) of every move kept by remember_moves, the latest per identity. A file cut
+        short by a kill is skipped: it was written before its rows were fetched, so none was."""
+        tables = []
+        for name in sorted(self.dest.list(MOVES_DIR)):
+            if name.endswith(".parquet") and not name.startswith("."):
+                with contextlib.suppress(pa.ArrowInvalid, OSError):
+                    tables.append(pq.read_table(pa.BufferReader(self.dest.read_bytes(f"{MOVES_DIR}/{name}"))))
+        if not tables:
+            nothing = np.empty(0, np.int64)
+            return nothing, nothing
+        table = pa.concat_tables(tables)
+        idents, rows = table["ident"].to_numpy(), table["row"].to_numpy()
+        last = idents.size - 1 - np.unique(idents[::-1], return_index=True)[1]
+        return idents[last], rows[last]
 
     def _idents_from_urls(self, rows: np.ndarray, recorded: pa.ChunkedArray) -> np.ndarray:
         """Identities of records written before the ledger kept them: from their URLs, repeats

@@ -76,6 +76,31 @@ def test_rows_are_placed_by_identity_not_position(tmp_path: Path) -> None:
     assert more.tolist() == [8] and asked == [1]
 
 
+def test_a_rerun_after_a_kill_gives_moved_rows_the_numbers_the_killed_run_gave_them(tmp_path: Path) -> None:
+    """Moved rows are numbered past the highest row the ledger holds. The killed run recorded some
+    of its moved rows, which raised that highest, so a rerun numbered the others anew: the files
+    the killed run wrote under their first keys (written, not yet recorded) were left beside the
+    rerun's copies, 244 of them in QA. The numbers given are kept before any fetch, and a rerun
+    reads them back; a file of them cut short by the kill is skipped (its rows were never fetched)."""
+    led = make_ledger(tmp_path)
+    old = [f"http://a/{i}" for i in range(5)]
+    for row, url in enumerate(old):
+        led.add(Record(row, str(row + 1), url, "ok", ident=int(idents(old)[row])))
+    led.flush()
+    now = [f"http://a/new{i}" for i in range(3)] + old  # three rows put first: they move
+    killed = led.done_index()
+    killed.on_move = led.remember_moves
+    first, _ = killed.place(np.arange(8), idents(now), lambda: 8)
+    assert first.tolist()[:3] == [8, 9, 10]
+    led.add(Record(10, "11", now[2], "ok", ident=int(idents(now)[2])))  # recorded before the kill: 8 and 9 were not
+    led.flush()
+    (Path(led.dest.path("_flowdc/moves")) / "torn.parquet").write_bytes(b"PAR1\x00")
+
+    rerun = Ledger(led.dest).done_index()
+    again, finished = rerun.place(np.arange(8), idents(now), lambda: 8)
+    assert again.tolist() == first.tolist() and finished.tolist() == [False, False, True, *[True] * 5]
+
+
 def test_parts_appear_whole_and_temporaries_are_ignored(tmp_path: Path) -> None:
     """Parts are written under a hidden temporary name and renamed; stray temporaries are not read."""
     led = make_ledger(tmp_path)
