@@ -319,7 +319,7 @@ class DistributeConfig(DownloadConfig):
     task_disk_mb: int = opt(1024, "Sandbox disk (MB) each task asks of a worker.")
     timeout_minutes: float = opt(60.0, "Wall-time limit of one task (0 = none); a task over it is retried.")
     task_retries: int = opt(3, "Retries of a partition whose task failed (lost workers are always resubmitted).")
-    worker_python: str = opt("", "Python on the workers that has flowdc installed (default: this interpreter).")
+    worker_python: str = opt("", "Python on the workers that has flowdc installed; empty: this interpreter.")
     telemetry_host: str = opt("127.0.0.1", "Address of the manager's telemetry collector (0.0.0.0 for remote "
                               "workers).")
     telemetry_port: int = opt(0, "Port of the telemetry collector (0 = any free port).")

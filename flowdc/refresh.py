@@ -76,11 +76,13 @@ def manifest_identities(manifest: Manifest, key_col: str | None) -> np.ndarray:
 def plan_run(manifest_url: str, output: str, work_dir: str, *, url_col: str = "url", key_col: str | None = None,
              input_format: str = "auto", storage_options: dict[str, Any] | None = None,
              input_storage_options: dict[str, Any] | None = None, run_id: str | None = None,
-             batch_rows: int = 65536) -> RunPlan:
-    """Compare the manifest with DEST's index and write this run's manifest into `work_dir`."""
+             batch_rows: int = 65536, label_col: str | None = None) -> RunPlan:
+    """Compare the manifest with DEST's index and write this run's manifest into `work_dir`. The
+    columns are checked here, against the user's manifest: later steps read the run's copy."""
     manifest = Manifest(manifest_url, url_col, input_format, batch_rows, input_storage_options)
-    if key_col:
-        manifest.require_column(key_col, "key")
+    for column, what in ((key_col, "key"), (label_col, "label")):
+        if column:
+            manifest.require_column(column, what)
     run_id = run_id or new_run_id()
     dest = Destination(output, storage_options)
     current = manifest_identities(manifest, key_col)

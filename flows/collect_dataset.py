@@ -72,10 +72,12 @@ def _worth_retrying(task: Any, task_run: Any, state: Any) -> bool:
 # -- tasks: each wraps one library call ---------------------------------------------------------
 @task(name="plan-run", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE, retry_condition_fn=_worth_retrying)
 def plan_task(manifest: str, output: str, work_dir: str, url_col: str, key_col: str | None, input_format: str,
-              storage_options: dict[str, Any], input_storage_options: dict[str, Any]) -> RunPlan:
+              storage_options: dict[str, Any], input_storage_options: dict[str, Any],
+              label_col: str | None = None) -> RunPlan:
     log = get_run_logger()
     plan = plan_run(manifest, output, work_dir, url_col=url_col, key_col=key_col, input_format=input_format,
-                    storage_options=storage_options, input_storage_options=input_storage_options)
+                    storage_options=storage_options, input_storage_options=input_storage_options,
+                    label_col=label_col)
     log.info("run %s: %d rows in the manifest; %d new, %d to retry, %d already in the dataset, %d removed",
              plan.run_id, plan.rows_total, plan.rows_new, plan.rows_retry, plan.rows_done, plan.rows_removed)
     return plan
@@ -106,7 +108,7 @@ def size_task(folder: str, url_col: str, sample: int) -> dict[str, Any]:
     return report
 
 
-@task(name="distribute", retries=1, retry_delay_seconds=5, cache_policy=NO_CACHE)
+@task(name="distribute", retries=1, retry_delay_seconds=5, cache_policy=NO_CACHE, retry_condition_fn=_worth_retrying)
 def distribute_task(folder: str, run_dir: str, engine: str, workers: int, port_number: int,
                     options: dict[str, Any], partitions: int, stage: Stage) -> dict[str, Any]:
     """Every partition downloaded into run_dir/part-NNNNN/; a task retry resumes from the ledgers."""
@@ -178,7 +180,7 @@ def collect_dataset(
     with _work_dir(output) as work, _sample_hosts(sample_hosts, sample_rows, work) as sample_manifest:
         manifest = manifest or sample_manifest
         plan = plan_task(manifest, output, os.path.join(work, "manifest"), url_col, key_col, input_format,
-                         storage_options or {}, input_storage_options or {})
+                         storage_options or {}, input_storage_options or {}, label_col)
         stage.at(10)
         if plan.rows_to_fetch:
             folder = os.path.join(work, "partitions")

@@ -106,12 +106,14 @@ def test_a_deployments_defaults_with_a_manifest_of_ones_own(tmp_path: Path, farm
     assert state.result()["run"]["rows_new"] == 12
     assert len([p for p in out.glob("run-*/part-*/*.png")]) == 12  # no label column: no label folders
 
-    state = collect_dataset(str(manifest), str(tmp_path / "keyed"), key_col="photo_id", return_state=True)
-    assert state.is_failed() and "key column 'photo_id' not in" in str(state.message)
-    with get_client(sync_client=True) as client:
-        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(
-            any_=[state.state_details.flow_run_id])))
-    assert [(r.name.rsplit("-", 1)[0], r.run_count) for r in runs] == [("plan-run", 1)]
+    # The label column too: it failed in distribute, retried, and named the run's temporary copy.
+    for column, value in (("key_col", "photo_id"), ("label_col", "species")):
+        state = collect_dataset(str(manifest), str(tmp_path / column), **{column: value}, return_state=True)
+        assert state.is_failed() and f"column '{value}' not in {manifest}" in str(state.message), state.message
+        with get_client(sync_client=True) as client:
+            runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(
+                any_=[state.state_details.flow_run_id])))
+        assert [(r.name.rsplit("-", 1)[0], r.run_count) for r in runs] == [("plan-run", 1)]
 
 
 FARM_PROCESS = """
