@@ -27,11 +27,11 @@ import os
 import posixpath
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import IO
 
 from flowdc.storage import TMP_MARK, Destination, link_or_replace, temporary_name
-from flowdc.write_child import ArchiveLoan
+from flowdc.write_child import ArchiveLoan, WriteFailure
 from flowdc.writers.tarstream import TarStream
 
 SKIP_TOP = ("_flowdc",)
@@ -51,34 +51,50 @@ def archive_names(dest: Destination, fmt: str = "tar") -> Iterator[str]:
         yield f"{base}.flowdc-{n}{suffix}"
 
 
+def our_archives(dest: Destination) -> list[str]:
+    """The archives flowdc wrote for this output that are still as written: the one recorded, and
+    the one it was naming when a kill cut it short (recorded as `pending` before the name was
+    given), that one first."""
+    record = dest.read_json(RECORD)
+    pending = record.get("pending")
+    ours = []
+    for entry in (pending if isinstance(pending, dict) else {}, record):
+        name = entry.get("name")
+        # A copied output carries the original's record: that archive, beside the original, is not ours.
+        if isinstance(name, str) and any(name in archive_names(dest, fmt) for fmt in FORMATS) \
+                and dest.parent().version(name) == entry.get("fingerprint") and name not in ours:
+            ours.append(name)
+    return ours
+
+
 def our_archive(dest: Destination) -> str | None:
     """The name of the archive flowdc last wrote for this output, if it is still as written."""
-    record = dest.read_json(RECORD)
-    name = record.get("name")
-    # A copied output carries the original's record: that archive, beside the original, is not ours.
-    if not isinstance(name, str) or not any(name in archive_names(dest, fmt) for fmt in FORMATS):
-        return None
-    return name if dest.parent().version(name) == record.get("fingerprint") else None
+    return next(iter(our_archives(dest)), None)
 
 
 def free_names(dest: Destination, fmt: str = "tar") -> Iterator[tuple[str, bool]]:
     """(name, exclusive) for each name the archive may take now: our own archive's name (to be
     replaced) or a name nobody uses (to be created only if it is still free when written)."""
-    parent, ours = dest.parent(), our_archive(dest)
+    parent, ours = dest.parent(), our_archives(dest)
     for name in archive_names(dest, fmt):
-        if name == ours:
+        if name in ours:
             yield name, False
         elif not parent.exists(name):
             yield name, True
 
 
 def remove_our_archive(dest: Destination) -> bool:
-    """For --force: delete the archive flowdc wrote (and only if it is still as written)."""
-    name = our_archive(dest)
-    if name is not None:
+    """For --force: delete the archives flowdc wrote (and only those still as written)."""
+    ours = our_archives(dest)
+    for name in ours:
         dest.parent().remove(name)
     dest.remove(RECORD)
-    return name is not None
+    return bool(ours)
+
+
+class ArchiveStopped(Exception):
+    """The run was asked to stop while the archive packed the files it had not added yet: the
+    archive is left to the next run (its temporary is removed)."""
 
 
 class _Packer:
@@ -115,9 +131,12 @@ class _Packer:
         if name is not None:
             self._tar.add(name, data, self._mtime)
 
-    def add_the_rest(self) -> None:
-        """Every file under the output not added yet (not the ledger, not temporaries), read from the store."""
+    def add_the_rest(self, stopped: Callable[[], bool] = lambda: False) -> None:
+        """Every file under the output not added yet (not the ledger, not temporaries), read from the
+        store: on a resumed output, every earlier run's. `stopped()` is asked before each file."""
         for rel in stored_files(self.dest):
+            if stopped():
+                raise ArchiveStopped
             if rel not in self.added:
                 with self.dest.open_read(rel) as src:
                     self.add(rel, src.read())
@@ -191,7 +210,7 @@ class ArchiveBuilder:
             if self._packer is not None:
                 self._packer.unclaim(rel)
 
-    def take_back(self, offset: int | None, failure: str | None = None) -> None:
+    def take_back(self, offset: int | None, failure: WriteFailure | None = None) -> None:
         """The borrower stopped with the stream `offset` bytes long; or it failed: pack at the end."""
         with self._lock:
             if self._packer is None:
@@ -204,25 +223,29 @@ class ArchiveBuilder:
             self._file.seek(offset)
             self._packer.resume_at(offset)
 
-    def finish(self) -> str | None:
+    def finish(self, stopped: Callable[[], bool] = lambda: False) -> str | None:
         """Add what the run did not store itself, give the archive its name; returns where it went,
-        or None when the output holds nothing to pack or no name is free."""
+        or None when the output holds nothing to pack or no name is free. ArchiveStopped when
+        `stopped()` turns true on the way."""
         with self._lock:
             packer, self._packer = self._packer, None
         if packer is None:  # broken on the way: one pass at the end
             self.discard()
-            return create_archive(self.dest, self.fmt)
+            return create_archive(self.dest, self.fmt, stopped)
         try:
-            packer.add_the_rest()
+            packer.add_the_rest(stopped)
             if not packer.stored:
                 return None
             packer.finish()
             assert self._file is not None
             self._file.close()
             self._file = None
+            parent, tmp = self.dest.parent(), posixpath.basename(self._tmp)
             for name, exclusive in free_names(self.dest, self.fmt):
+                # Recorded as pending first: a kill right after the link leaves an archive that is ours.
+                _pending(self.dest, name, parent.version(tmp))
                 try:
-                    link_or_replace(self._tmp, self.dest.parent().path(name), exclusive=exclusive)
+                    link_or_replace(self._tmp, parent.path(name), exclusive=exclusive)
                 except FileExistsError:
                     continue  # a file of that name appeared meanwhile: it is not ours
                 return _recorded(self.dest, name, self.fmt)
@@ -250,17 +273,21 @@ def start_archive(dest: Destination, fmt: str = "tar") -> ArchiveBuilder | None:
         return None
 
 
-def create_archive(dest: Destination, fmt: str = "tar") -> str | None:
+def create_archive(dest: Destination, fmt: str = "tar", stopped: Callable[[], bool] = lambda: False) -> str | None:
     """Pack every stored file (not the ledger) into an archive beside the output in one pass;
-    returns where it went, or None when the output holds nothing to pack or no name is free."""
+    returns where it went, or None when the output holds nothing to pack or no name is free.
+    ArchiveStopped when `stopped()` turns true on the way."""
     if all(rel in BOOKKEEPING for rel in stored_files(dest)):
         return None
+    builder = start_archive(dest, fmt) if dest.local else None
+    if builder is not None:  # packed into a temporary, and named as a builder names it (never unrecorded by a kill)
+        return builder.finish(stopped)
     parent = dest.parent()
     for name, exclusive in free_names(dest, fmt):
         try:
             with parent.open_atomic(name, exclusive=exclusive) as fh:
                 packer = _Packer(dest, fh, fmt)
-                packer.add_the_rest()
+                packer.add_the_rest(stopped)
                 packer.finish()
         except FileExistsError:
             continue  # a file of that name appeared while we packed: it is not ours
@@ -268,13 +295,20 @@ def create_archive(dest: Destination, fmt: str = "tar") -> str | None:
     return _no_name(dest)
 
 
+def _pending(dest: Destination, name: str, fingerprint: str | None) -> None:
+    """Record the archive about to take `name` (its temporary's fingerprint, which the name keeps)."""
+    record = dest.read_json(RECORD)
+    dest.write_bytes(RECORD, json.dumps({**record, "pending": {"name": name, "fingerprint": fingerprint}}).encode())
+
+
 def _recorded(dest: Destination, name: str, fmt: str) -> str:
     """Record the archive as ours; an earlier archive of ours under another name (another format,
     or a name taken meanwhile) is stale now and goes."""
-    parent, earlier = dest.parent(), our_archive(dest)
+    parent, earlier = dest.parent(), our_archives(dest)
     dest.write_bytes(RECORD, json.dumps({"name": name, "fingerprint": parent.version(name)}).encode())
-    if earlier is not None and earlier != name:
-        parent.remove(earlier)
+    for stale in earlier:
+        if stale != name:
+            parent.remove(stale)
     first = next(archive_names(dest, fmt))
     if name != first:
         log.warning("%s exists and flowdc did not write it; the archive is %s", first, name)

@@ -13,8 +13,9 @@ import gc
 import importlib
 import json
 import os
+import signal
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, NoReturn
 
 from flowdc.config import DistributeConfig, DownloadConfig, PartitionConfig, SizeConfig, build_config
@@ -313,7 +314,8 @@ def console_main() -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     try:
-        code = _run(argv)
+        with _sigterm_as_ctrl_c():
+            code = _run(argv)
         sys.stdout.flush()  # a pipe is block-buffered: flush while a closed one can still be handled
         return code
     except BrokenPipeError:
@@ -324,6 +326,26 @@ def main(argv: Sequence[str] | None = None) -> int:
             with contextlib.suppress(OSError, ValueError):
                 os.dup2(devnull, stream.fileno())
         return EXIT_BROKEN_PIPE
+
+
+@contextlib.contextmanager
+def _sigterm_as_ctrl_c() -> Iterator[None]:
+    """SIGTERM stops a command as Ctrl-C does, also before the command installs its own handlers (a
+    download's event loop does): in its first second (imports, the manifest, the output's claim)
+    it killed the process, without the summary or exit code 130 a stopped run gives."""
+    try:
+        previous = signal.signal(signal.SIGTERM, _interrupt)
+    except ValueError:  # not the main thread: the signal is not ours to take
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
 
 
 def _run(argv: Sequence[str] | None) -> int:

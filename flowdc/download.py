@@ -27,9 +27,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from flowdc import child_process, write_process
-from flowdc.archive import ArchiveBuilder, create_archive, start_archive
+from flowdc.archive import ArchiveBuilder, ArchiveStopped, create_archive, start_archive
 from flowdc.config import DownloadConfig, check_host_budget
-from flowdc.errors import NO_SPACE, REFUSED, ConfigError, DestinationError, failure_words
+from flowdc.errors import NO_SPACE, REFUSED, ConfigError, DestinationError, failure_words, then_again
 from flowdc.fetch import FetchSettings, Outcome, digest, fetch_one
 from flowdc.identity import RepeatNumbering, base_hashes
 from flowdc.images import check_sample, resize_batch, start_resize
@@ -355,13 +355,18 @@ class DownloadJob:
             if not is_destination_error(exc):
                 raise
             raise DestinationError(f"cannot write the overview to {self.dest.display}: {failure_words(exc)}; the "
-                                   "samples are stored, run the same command again when it is reachable") from None
+                                   f"samples are stored, {then_again(exc)}") from None
         if self._archiving and not self.interrupted:
-            overview["archive"] = await asyncio.to_thread(
-                self.archive.finish if self.archive is not None else partial(create_archive, self.dest,
-                                                                             cfg.archive_format))
-            if self.cfg.create_overview and overview["archive"]:
-                # Again, now naming the archive: the archive holds the overview as it was before.
+            stopped = partial(getattr, self, "_stop_requested")  # the earlier runs' files can take long to pack
+            try:
+                overview["archive"] = await asyncio.to_thread(
+                    partial(self.archive.finish, stopped) if self.archive is not None
+                    else partial(create_archive, self.dest, cfg.archive_format, stopped))
+            except ArchiveStopped:
+                self.interrupted = overview["interrupted"] = True  # the archive is the next run's to make
+                overview["archive"] = None
+            if self.cfg.create_overview and (overview["archive"] or self.interrupted):
+                # Again, now naming the archive (the archive holds the overview as it was before), or the stop.
                 await asyncio.to_thread(write_overview, self.dest, overview)
         if self.shipper is not None:
             await self._ship_the_rest(overview)
@@ -386,7 +391,7 @@ class DownloadJob:
             with contextlib.suppress(DestinationError):
                 await asyncio.to_thread(self._final_flush)  # keep the records that can still be kept
             raise DestinationError(f"cannot finish writing to {self.dest.display}: {failure_words(exc)}; "
-                                   "run the same command again when it is reachable") from None
+                                   f"{then_again(exc)}") from None
         finally:
             self.write_queue.abort()  # a failed run's write process stops here (a good run's has)
             if self._shard_lane is not None:  # after the writer's close (on its thread), which used it
@@ -586,7 +591,7 @@ class DownloadJob:
             self.ledger.flush()
         except Exception as exc:
             raise DestinationError(f"cannot write the ledger to {self.dest.display}: {failure_words(exc)}; "
-                                   "run the same command again when it is reachable") from None
+                                   f"{then_again(exc)}") from None
 
     def _final(self, rec: Record) -> None:
         """A row that ends without a stored sample: into the ledger, the open shard's list and the counters."""

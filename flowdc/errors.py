@@ -64,6 +64,13 @@ REFUSED = {errno.EROFS: "a read-only file system", errno.EACCES: "permission den
            errno.EPERM: "operation not permitted"}
 
 
+def then_again(exc: BaseException) -> str:
+    """What to do after a destination failed with `exc`, for the end of a one-line error."""
+    if getattr(exc, "errno", None) in NO_SPACE:
+        return "free space, then run the same command again"
+    return "run the same command again when it is reachable"
+
+
 def failure_words(exc: BaseException) -> str:
     """What went wrong, for a one-line error: the system's words for an OS error ("No space left
     on device"), else the error's type."""

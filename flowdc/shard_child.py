@@ -8,7 +8,7 @@ from __future__ import annotations
 from multiprocessing.connection import Connection
 from typing import Any
 
-from flowdc.write_child import BorrowedTar, Written, check_body
+from flowdc.write_child import BorrowedTar, WriteFailure, Written, check_body
 
 # A member's data: the index of a body in the last checked batch, or the bytes themselves.
 MemberData = int | bytes
@@ -55,14 +55,14 @@ class _OpenShard:
 
     def __init__(self) -> None:
         self._tar: BorrowedTar | None = None
-        self._failure: str | None = None  # why the shard could not be opened
+        self._failure: WriteFailure | None = None  # why the shard could not be opened
 
     def open(self, path: str, offset: int) -> None:
         self.close()
         try:
             self._tar = BorrowedTar(path, offset)
         except OSError as exc:
-            self._failure = f"{type(exc).__name__}: {exc}"
+            self._failure = WriteFailure.of(exc)
 
     def add(self, name: str, data: Any, mtime: int) -> None:
         if self._tar is not None:

@@ -162,7 +162,7 @@ class ShardProcess:
         answer: Written = self._child.ask((request,))
         offset, failure = answer
         if failure is not None:
-            raise OSError(f"the write process could not write the shard: {failure}")
+            raise failure.as_error("the write process could not write the shard")
         return offset or 0
 
     def drop(self) -> None:

@@ -18,7 +18,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from flowdc.imagecheck import NotDecodable, inspect_image
 from flowdc.localfiles import write_local
@@ -170,8 +170,27 @@ def note_result(rec: Record, result: Result) -> bool:
     return True
 
 
+class WriteFailure(NamedTuple):
+    """Why the child could not write, as it crosses the pipe: the OS error's number goes along,
+    since the parent tells a full disk (which stops the run) from other failures by it."""
+
+    errno: int | None
+    words: str
+
+    @classmethod
+    def of(cls, exc: OSError) -> WriteFailure:
+        return cls(exc.errno, f"{type(exc).__name__}: {exc}")
+
+    def as_error(self, what: str) -> OSError:
+        text = f"{what}: {self.words}"
+        return OSError(self.errno, text) if self.errno is not None else OSError(text)
+
+    def __str__(self) -> str:
+        return self.words
+
+
 # What a borrowed tar answers once written out: (the archive's length so far, None) or (None, why writing failed)
-Written = tuple[int | None, str | None]
+Written = tuple[int | None, WriteFailure | None]
 
 
 class BorrowedTar:
@@ -182,7 +201,7 @@ class BorrowedTar:
     def __init__(self, path: str, offset: int):
         self._file = _WholeWrites(os.open(path, os.O_WRONLY), offset)
         self._tar: TarStream | None = TarStream(self._file, offset=offset)
-        self.failure: str | None = None
+        self.failure: WriteFailure | None = None
 
     def add(self, name: str, data: Any, mtime: int) -> None:
         self._write(lambda tar: tar.add(name, data, mtime))
@@ -207,7 +226,7 @@ class BorrowedTar:
         try:
             step(self._tar)
         except OSError as exc:
-            self.failure, self._tar = f"{type(exc).__name__}: {exc}", None
+            self.failure, self._tar = WriteFailure.of(exc), None
 
     def _answer(self) -> Written:
         if self.failure is not None:

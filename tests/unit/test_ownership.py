@@ -108,6 +108,47 @@ def test_the_archive_built_meanwhile_holds_each_file_once_and_a_discarded_one_le
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "out.tar"]
 
 
+# A run killed while it names its archive: os._exit in place of the step that follows the link
+# (the record), or in place of the link itself.
+_KILLED_WHILE_NAMING = textwrap.dedent("""
+    import os, sys
+    import flowdc.archive as archive
+    from flowdc.storage import Destination
+    out, window = sys.argv[1], sys.argv[2]
+    if window == "after the link":
+        archive._recorded = lambda *args: os._exit(9)
+    else:
+        archive.link_or_replace = lambda *args, **kwargs: os._exit(9)
+    archive.create_archive(Destination(out))
+""")
+
+
+@pytest.mark.parametrize("window", ["after the link", "before the link"])
+@pytest.mark.parametrize("earlier", [False, True])
+def test_an_archive_named_by_a_run_killed_at_that_moment_stays_ours(tmp_path: Path, window: str,
+                                                                    earlier: bool) -> None:
+    """A kill between naming the archive and recording it left OUTPUT.tar unrecorded: every later
+    run took it for a user's file, wrote OUTPUT.flowdc-2.tar beside it, and --force kept it. The
+    name is recorded as pending, with the temporary's fingerprint, before it is given."""
+    out = tmp_path / "out"
+    (out / "a").mkdir(parents=True)
+    (out / "a" / "1.png").write_bytes(b"png")
+    dest = Destination(str(out))
+    if earlier:
+        assert create_archive(dest) == str(tmp_path / "out.tar")
+        (out / "a" / "2.png").write_bytes(b"png 2")
+    killed = subprocess.run([sys.executable, "-c", _KILLED_WHILE_NAMING, str(out), window], capture_output=True,
+                            text=True, timeout=60, env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[2])})
+    assert killed.returncode == 9, killed.stderr
+    assert our_archive(dest) == ("out.tar" if earlier or window == "after the link" else None)
+    assert create_archive(dest) == str(tmp_path / "out.tar")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "out.tar"]
+    with tarfile.open(tmp_path / "out.tar") as tar:
+        assert sorted(tar.getnames()) == sorted(["out/a/1.png", *(["out/a/2.png"] if earlier else [])])
+    clear_ours(dest)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
 # Run in a process of its own: it lowers the file size limit (RLIMIT_FSIZE) and ignores SIGXFSZ,
 # so writes past the limit fail for real (EFBIG), as on a full disk.
 _ARCHIVE_UNDER_A_SIZE_LIMIT = textwrap.dedent("""
