@@ -74,6 +74,23 @@ def wait_until_idle(farm: FakeHostFarm, timeout: float = 5.0) -> None:
         time.sleep(0.02)
 
 
+def kill_when(cmd: list[str], farm: FakeHostFarm, ready: Callable[[], bool]) -> None:
+    """Start `cmd`, kill -9 it once `ready()` holds (the run must not end first), and wait until the
+    hosts have let go of its requests."""
+    proc = subprocess.Popen(cmd, cwd=REPO, env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 60
+        while not ready():
+            assert proc.poll() is None, f"the run ended before the kill: {proc.stderr.read()!r}"  # type: ignore[union-attr]
+            assert time.monotonic() < deadline
+            time.sleep(0.005)
+        proc.kill()
+    finally:
+        proc.wait(10)
+    assert proc.returncode == -9
+    wait_until_idle(farm)
+
+
 def ledger_parts(out: Path) -> list[str]:
     folder = out / LEDGER_DIR
     return [p.name for p in folder.glob("*.parquet") if not p.name.startswith(".")] if folder.is_dir() else []
@@ -143,18 +160,8 @@ def test_sigkill_and_rerun_loses_and_duplicates_nothing(tmp_path: Path, farm_fac
            "--label", "label", "--output_format", fmt, "--samples_per_shard", "40", "--concurrent_downloads", "32",
            "--disable_paarc", "--C_init", "4", "--timeout", "5", "--retry_backoff_sec", "0.05", "--quiet",
            "--no_create_tar"]
-    proc = subprocess.Popen(cmd, cwd=REPO, env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        deadline = time.monotonic() + 60
-        while farm.totals()["requests"] < KILL_AT[moment] or (moment == "late" and not ledger_parts(out)):
-            assert proc.poll() is None, f"the run ended before the kill: {proc.stderr.read()!r}"  # type: ignore[union-attr]
-            assert time.monotonic() < deadline
-            time.sleep(0.01)
-        proc.kill()
-    finally:
-        proc.wait(10)
-    assert proc.returncode == -9
-    wait_until_idle(farm)
+    kill_when(cmd, farm, lambda: farm.totals()["requests"] >= KILL_AT[moment] and (moment != "late"
+                                                                                    or bool(ledger_parts(out))))
 
     check_visible_files_are_whole(out, fmt)
     held = latest(out) if (out / LEDGER_DIR).is_dir() else []
@@ -293,17 +300,7 @@ def test_a_kill_during_a_changed_manifests_run_leaves_no_copies(tmp_path: Path, 
     manifest = write_manifest(tmp_path / "now.parquet", now)
     cmd = [sys.executable, "-m", "flowdc", "download", "--input", str(manifest), "--output", str(out),
            "--disable_paarc", "--C_init", "4", "--retry_backoff_sec", "0.3", "--quiet", "--no_create_tar"]
-    proc = subprocess.Popen(cmd, cwd=REPO, env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        deadline = time.monotonic() + 60
-        while farm.totals()["requests"] < 400 + 200:
-            assert proc.poll() is None, f"the run ended before the kill: {proc.stderr.read()!r}"  # type: ignore[union-attr]
-            assert time.monotonic() < deadline
-            time.sleep(0.005)
-        proc.kill()
-    finally:
-        proc.wait(10)
-    wait_until_idle(farm)
+    kill_when(cmd, farm, lambda: farm.totals()["requests"] >= 400 + 200)
     speed_up(farm)
     rerun = subprocess.run(cmd, cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=120)
     assert rerun.returncode == 0, rerun.stderr
