@@ -12,9 +12,8 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +22,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from flowdc.consolidate import INDEX_FILE
+from tests.waiting import wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -40,21 +40,6 @@ def api(base: str, path: str, body: dict[str, Any] | None = None) -> Any:
                                  method="GET" if body is None else "POST")
     with urllib.request.urlopen(req, timeout=10) as resp:
         return json.loads(resp.read() or b"null")
-
-
-def wait_for(what: str, check: Callable[[], Any], timeout: float, procs: list[subprocess.Popen[bytes]]) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for proc in procs:
-            assert proc.poll() is None, f"{proc.args} exited with {proc.returncode} while waiting for {what}"
-        try:
-            found = check()
-        except OSError:
-            found = None
-        if found:
-            return found
-        time.sleep(0.5)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
 
 
 class Processes:
@@ -120,7 +105,7 @@ def test_serve_and_run_the_demo_deployment(tmp_path: Path, processes: Processes)
            "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     server = processes.start("server", [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1",
                                         "--port", str(port)], env)
-    wait_for("the Prefect server", lambda: api(base, "/health"), 120, [server])
+    wait_for("the Prefect server", lambda: api(base, "/health"), 120, alive=[server], tolerate=(OSError,), every_s=0.5)
     serve = processes.start("serve", [sys.executable, "deployments/serve.py", "--sample_rows", "150",
                                       "--output", str(tmp_path / "default")], env)
 
@@ -128,7 +113,7 @@ def test_serve_and_run_the_demo_deployment(tmp_path: Path, processes: Processes)
         found = {d["name"]: d for d in api(base, "/deployments/filter", {})}
         return found if {"demo", "weekly-refresh"} <= set(found) else {}
 
-    found = wait_for("both deployments", deployments, 90, [server, serve])
+    found = wait_for("both deployments", deployments, 90, alive=[server, serve], tolerate=(OSError,), every_s=0.5)
     weekly = found["weekly-refresh"]
     assert [s["schedule"]["cron"] for s in weekly["schedules"]] == ["0 3 * * 1"]
     assert all(s["active"] for s in weekly["schedules"]) and not weekly["paused"]

@@ -38,6 +38,7 @@ from flowdc.storage import TMP_MARK, Destination
 from flowdc.testing.fakehosts import FakeHostFarm, HostSpec
 from flowdc.ui.live import LiveState
 from tests.integration.conftest import expected_png, requested_urls, sha256, subprocess_env, write_manifest
+from tests.waiting import wait_for
 
 ROWS = 360
 GROUPS = 4
@@ -151,16 +152,6 @@ def task_processes(root: psutil.Process) -> list[psutil.Process]:
                 if any(TASK_MARK in part for part in child.cmdline()):
                     found.append(child)
     return found
-
-
-def wait_for(what: str, check: Callable[[], Any], timeout_s: float = 60.0, state: Callable[[], Any] = str) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}: {state()}")
 
 
 def stored_rows(out: Path) -> set[int]:

@@ -39,6 +39,7 @@ from tests.integration.conftest import (
     write_manifest,
 )
 from tests.integration.sinks_helpers import all_files, gcs_options, ledger_latest, s3_options, samples_in_shards
+from tests.waiting import wait_for
 
 FarmFactory = Callable[[Sequence[HostSpec]], FakeHostFarm]
 # Literal names, not imports: this file must also run (and fail) against a flowdc without them.
@@ -71,13 +72,6 @@ def one_error_line(proc: subprocess.CompletedProcess[str], code: int = 2) -> str
 def start_flowdc(*args: str) -> subprocess.Popen[str]:
     return subprocess.Popen([sys.executable, "-m", "flowdc", "download", *args], cwd=REPO, env=subprocess_env(),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
-def wait_for(check: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
 
 
 @pytest.fixture
@@ -170,7 +164,7 @@ def test_an_older_flowdc_output_and_a_run_killed_before_its_first_flush_resume(t
     manifest = write_manifest(tmp_path / "m.parquet", urls)
     out = tmp_path / "out"
     proc = start_flowdc("--input", str(manifest), "--output", str(out), *QUICK)
-    wait_for(lambda: len(list(out.glob("*.png"))) >= 3, "the first samples")
+    wait_for("the first samples", lambda: len(list(out.glob("*.png"))) >= 3, 30)
     proc.send_signal(signal.SIGKILL)
     proc.wait(10)
     assert not list((out / "_flowdc").glob("ledger/*.parquet"))  # killed before any flush
@@ -237,8 +231,8 @@ def test_two_runs_on_one_local_output(tmp_path: Path, slow_host: FakeHostFarm) -
     args2 = [a if a != str(out) else str(out2) for a in args]
     stalling = with_a_stall(tmp_path / "stall.parquet", slow_host, urls)
     holder = start_flowdc(*[a if a != str(manifest) else str(stalling) for a in args2])
-    wait_for(lambda: (out2 / "_flowdc" / "lock").is_file() and (out2 / "_flowdc" / "lock").stat().st_size > 0,
-             "the lock")
+    wait_for("the lock", lambda: (out2 / "_flowdc" / "lock").is_file()
+             and (out2 / "_flowdc" / "lock").stat().st_size > 0, 30)
     busy = run_flowdc("download", *args2)
     assert f"pid {holder.pid}" in one_error_line(busy)
     holder.send_signal(signal.SIGKILL)
@@ -276,7 +270,7 @@ def test_two_runs_on_one_s3_prefix_and_a_killed_holders_lease(tmp_path: Path, sl
     dest2 = Destination("s3://lease-bkt/ds2", options)
     stalling = with_a_stall(tmp_path / "stall.parquet", slow_host, urls)
     holder = start_flowdc(*[a if a != str(manifest) else str(stalling) for a in args2])
-    wait_for(lambda: dest2.exists(LEASE_FILE) and dest2.exists("000000.tar"), "the lease and a first shard")
+    wait_for("the lease and a first shard", lambda: dest2.exists(LEASE_FILE) and dest2.exists("000000.tar"), 30)
     holder.send_signal(signal.SIGKILL)
     holder.wait(10)
     killed_at = time.monotonic()
@@ -312,7 +306,7 @@ def test_lease_takeover_rules(store: str, s3_endpoint: str, gcs_endpoint: str) -
     with pytest.raises(OutputInUseError, match="run task-7"):
         StoreLease(part0, "task-9", ttl_s=0.6)
     resubmitted = StoreLease(part0, "task-7", ttl_s=0.6)  # same run id: at once
-    wait_for(lambda: bool(lost), "the first holder to notice", timeout=5)
+    wait_for("the first holder to notice", lambda: bool(lost), 5)
     assert "lost the lease" in lost[0]
     resubmitted._stop.set()  # its heartbeat stops, as in a killed process
     resubmitted._thread.join()
@@ -361,7 +355,7 @@ def test_a_heartbeat_whose_answer_was_lost_keeps_the_lease(s3_endpoint: str) -> 
     slot = AnswerLost(slot_for(dest, LEASE_FILE))
     lost: list[str] = []
     lease = StoreLease(dest, "run-1", ttl_s=0.3, on_lost=lost.append, slot=slot)
-    wait_for(lambda: slot.replaces >= 7, "seven heartbeats", timeout=10)
+    wait_for("seven heartbeats", lambda: slot.replaces >= 7, 10)
     assert not lost, lost
     beat = Holder.parse(dest.read_bytes(LEASE_FILE))
     assert beat is not None and beat.run_id == "run-1" and time.time() - beat.heartbeat < 0.3
@@ -387,7 +381,7 @@ def test_a_holder_whose_lease_was_taken_over_stops(tmp_path: Path, slow_host: Fa
     runner = threading.Thread(target=lambda: results.append(download_partition(cfg, run_id="first")))
     runner.start()
     try:
-        wait_for(lambda: dest.exists(LEASE_FILE), "the lease")
+        wait_for("the lease", lambda: dest.exists(LEASE_FILE), 30)
         dest.write_bytes(LEASE_FILE, Holder.me("thief", 60.0).to_bytes())  # as a run that took it over
         stolen_at = time.monotonic()
     finally:
