@@ -140,6 +140,13 @@ def _column(values: Sequence[Any], kind: pa.DataType) -> pa.Array:
     return pa.array(values, type=kind)
 
 
+def locate(sorted_keys: np.ndarray, wanted: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(where each wanted value is, or would be, in `sorted_keys`, whether it is there); the keys
+    must not be empty."""
+    at = np.minimum(np.searchsorted(sorted_keys, wanted), sorted_keys.size - 1)
+    return at, sorted_keys[at] == wanted
+
+
 @dataclass
 class DoneIndex:
     """What earlier runs recorded, to place this run's manifest rows by identity, never by position.
@@ -175,9 +182,7 @@ class DoneIndex:
         return found & self.stored[at]
 
     def _find(self, idents: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(where each identity is or would be in `self.idents`, whether it is there); not empty."""
-        at = np.minimum(np.searchsorted(self.idents, idents), self.idents.size - 1)
-        return at, self.idents[at] == idents
+        return locate(self.idents, idents)
 
     def place(self, positions: np.ndarray, idents: np.ndarray,
               manifest_end: Callable[[], int]) -> tuple[np.ndarray, np.ndarray]:

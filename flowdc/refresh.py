@@ -32,6 +32,7 @@ import pyarrow.parquet as pq
 from flowdc.consolidate import ROWS_FILE, current_index, planned_rows
 from flowdc.errors import ConfigError
 from flowdc.identity import base_hashes, number_repeats
+from flowdc.ledger import locate
 from flowdc.manifest import ROW_COLUMN, Manifest, as_text
 from flowdc.storage import Destination
 
@@ -140,9 +141,9 @@ def _look_up(current: np.ndarray, keys: np.ndarray, columns: list[np.ndarray]) -
     if keys.size == 0:
         return np.zeros(current.size, bool), [np.zeros(current.size, c.dtype) for c in columns]
     order = np.argsort(keys)
-    pos = np.minimum(np.searchsorted(keys[order], current), keys.size - 1)
+    pos, found = locate(keys[order], current)
     at = order[pos]
-    return keys[at] == current, [c[at] for c in columns]
+    return found, [c[at] for c in columns]
 
 
 def _write_run_manifest(manifest: Manifest, fetch: np.ndarray, rows: np.ndarray, first_new: int, path: str) -> None:
