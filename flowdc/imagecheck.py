@@ -17,6 +17,9 @@ from flowdc.imageheader import header_size
 from flowdc.imagesig import NOT_DECODABLE
 
 VERIFY_MODES = ("header", "full", "none")
+# Pillow's Image.open refuses an image of more pixels than this (twice its MAX_IMAGE_PIXELS):
+# every loader that opens it with Pillow fails on it (DecompressionBombError).
+BOMB_PIXELS = 2 * (1024 * 1024 * 1024 // 4 // 3)
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +42,9 @@ def inspect_image(body: bytes, verify: str = "header") -> ImageInfo | None:
     if verify == "header":
         known = header_size(body)
         if known is not None:
+            width, height, _ = known
+            if width * height > BOMB_PIXELS:  # as Pillow refuses it, which this walk spares us calling
+                raise NotDecodable(f"decompression bomb: {width}x{height} pixels, over Pillow's limit of {BOMB_PIXELS}")
             return ImageInfo(*known)
     from PIL import Image  # imported on first use: a run with --verify none never loads Pillow
 

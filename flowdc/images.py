@@ -48,6 +48,7 @@ def resize_batch(batch: list[StoredSample], pool: Executor, settings: ResizeSett
             sample.refused = f"{type(exc).__name__}: {exc}"[:200]
             continue
         rec = sample.record
-        sample.body, sample.ext, rec.bytes = out.body, out.ext, len(out.body)
+        if not out.as_served:
+            sample.body, sample.ext, rec.bytes = out.body, out.ext, len(out.body)
         rec.width, rec.height, rec.image_format = out.width, out.height, out.format
         rec.original_width, rec.original_height = out.original_width, out.original_height

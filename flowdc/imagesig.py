@@ -23,11 +23,12 @@ _RASTER_EXTENSIONS = (
     (b"GIF87a", ".gif"), (b"GIF89a", ".gif"),
     (b"BM", ".bmp"),
     (b"II*\x00", ".tif"), (b"MM\x00*", ".tif"),  # TIFF (and raw formats built on it)
+    (b"\x00\x00\x01\x00", ".ico"),  # ICO
 )
 _PREFIXES = (
     *(prefix for prefix, _ in _RASTER_EXTENSIONS),
     b"II+\x00", b"MM\x00+",  # BigTIFF
-    b"\x00\x00\x01\x00", b"\x00\x00\x02\x00",  # ICO, CUR
+    b"\x00\x00\x02\x00",  # CUR
     b"\xff\x0a",  # JPEG XL codestream
     b"\x00\x00\x00\x0cJXL \r\n\x87\n",  # JPEG XL container
     b"\x00\x00\x00\x0cjP  \r\n\x87\n",  # JPEG 2000 container
@@ -54,7 +55,7 @@ def image_format_ok(head: bytes, content_type: str | None = None) -> bool:
 
 def raster_extension(head: bytes) -> str | None:
     """The file extension of the raster format `head` starts with (JPEG, PNG, GIF, BMP, TIFF,
-    WebP), or None."""
+    ICO, WebP), or None."""
     for prefix, ext in _RASTER_EXTENSIONS:
         if head.startswith(prefix):
             return ext

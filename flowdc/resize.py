@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import io
 from dataclasses import dataclass
+from typing import Any
 
 RESIZE_MODES = ("no", "keep_ratio", "keep_ratio_largest", "center_crop", "border")
 ENCODE_FORMATS = ("keep", "jpg", "png", "webp")
@@ -44,6 +45,13 @@ class Resized:
     original_width: int
     original_height: int
     format: str
+    as_served: bool = False  # nothing to change (keep, and not resized): the served body stays (`body` is empty)
+
+
+# Modes of more than 8 bits a channel: RGB conversion clips them (a 16-bit grey of mean 32,000
+# came out nearly white), so they are scaled to 8 bits first.
+_WIDE_MODES = frozenset({"I;16", "I;16B", "I;16L", "I;16N", "I", "F"})
+_TRANSPOSED = frozenset({5, 6, 7, 8})  # EXIF orientations that swap width and height
 
 
 def _scale(w: int, h: int, side: int, by_larger: bool, only_if_bigger: bool) -> tuple[int, int]:
@@ -54,26 +62,51 @@ def _scale(w: int, h: int, side: int, by_larger: bool, only_if_bigger: bool) -> 
     return max(1, round(w * factor)), max(1, round(h * factor))
 
 
+def _eight_bits(img: Any) -> Any:
+    """A grey image of more than 8 bits as 8-bit grey ("L"), its values scaled down."""
+    import numpy as np
+    from PIL import Image
+
+    values = np.asarray(img)
+    if values.dtype.kind == "f":
+        eight = np.clip(values, 0, 255)
+    else:
+        values = np.clip(values, 0, None)  # mode I is signed
+        top = int(values.max(initial=0))
+        eight = values >> max(0, top.bit_length() - 8) if top > 255 else values
+    out = Image.fromarray(np.asarray(eight, dtype=np.uint8), "L")
+    out.info = dict(img.info)
+    return out
+
+
 def resize_body(body: bytes, s: ResizeSettings) -> Resized:
     """The re-encoded image; raises what Pillow raises for a body it cannot decode."""
-    from PIL import Image
+    from PIL import Image, ImageOps
 
     mode, side = s.resize_mode, s.image_size
     with Image.open(io.BytesIO(body)) as src:
         src_format = src.format or "PNG"
-        ow, oh = src.size
+        orientation = src.getexif().get(0x0112, 1)
+        # Sizes as the image is shown: a photo taken upright is stored sideways with an EXIF
+        # orientation, which loaders (and datasets) apply; it is applied here, and left out after.
+        ow, oh = src.size[::-1] if orientation in _TRANSPOSED else src.size
         if mode in ("keep_ratio", "center_crop"):
             size = _scale(ow, oh, side, False, s.only_if_bigger)
         elif mode in ("keep_ratio_largest", "border"):
             size = _scale(ow, oh, side, True, s.only_if_bigger)
         else:
             size = (ow, oh)
+        unchanged = size == (ow, oh) and orientation == 1 and mode in ("no", "keep_ratio", "keep_ratio_largest")
+        if unchanged and s.encode_format == "keep":
+            return Resized(b"", "", ow, oh, ow, oh, src_format, as_served=True)  # not sent back: the caller has it
         if size[0] < ow:
             # A JPEG shrunk to half or less is decoded at 1/2, 1/4 or 1/8 scale by libjpeg (never
             # below `size`): most of the decoding work is skipped. Other formats ignore it.
-            src.draft(src.mode, size)
-        img = src.convert("RGBA" if (src.mode in ("RGBA", "LA", "P") and "transparency" in src.info)
-                          or src.mode in ("RGBA", "LA") else "RGB")
+            src.draft(src.mode, size[::-1] if orientation in _TRANSPOSED else size)
+        img = _eight_bits(src) if src.mode in _WIDE_MODES else src
+        img = ImageOps.exif_transpose(img) if orientation != 1 else img
+        img = img.convert("RGBA" if (img.mode in ("RGBA", "LA", "P") and "transparency" in img.info)
+                          or img.mode in ("RGBA", "LA") else "RGB")
     if size != img.size:
         # img2dataset's defaults: area averaging to shrink (Pillow's BOX), Lanczos to enlarge.
         shrink = size[0] < img.size[0]

@@ -37,11 +37,13 @@ _EXT_BY_TYPE = {
     "image/webp": ".webp",
     "image/bmp": ".bmp",
     "image/tiff": ".tif",
+    "image/x-icon": ".ico",
+    "image/vnd.microsoft.icon": ".ico",
     "image/svg+xml": ".svg",
     "image/avif": ".avif",
     "image/heic": ".heic",
 }
-_KNOWN_EXTS = {".jpg", ".jpeg", ".png", ".gif", ".webp", ".bmp", ".tif", ".tiff", ".svg", ".avif", ".heic"}
+_KNOWN_EXTS = {".jpg", ".jpeg", ".png", ".gif", ".webp", ".bmp", ".tif", ".tiff", ".ico", ".svg", ".avif", ".heic"}
 
 
 def sequential_key(row: int) -> str:

@@ -8,6 +8,7 @@ import hashlib
 import io
 import json
 import tarfile
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -267,3 +268,17 @@ def test_each_resize_mode_on_served_images(tmp_path: Path, two_hosts: FakeHostFa
         assert (rec["original_width"], rec["original_height"]) == src
         with Image.open(out / f"{rec['key']}.png") as img:
             assert img.format == "PNG" and img.size == size
+
+
+def test_keep_stores_an_image_it_does_not_resize_as_served(tmp_path: Path, two_hosts: FakeHostFarm) -> None:
+    """--resize_only_if_bigger with encode_format keep: the big WebP is resized (as WebP), the small
+    one is stored byte for byte as served, under its own extension."""
+    urls = [two_hosts.url(0, "/k/big.webp?fmt=webp&w=64&h=32"), two_hosts.url(1, "/k/small.webp?fmt=webp&w=10&h=6")]
+    out = tmp_path / "out"
+    download(_manifest(tmp_path, urls), out, resize_mode="keep_ratio", image_size=16, resize_only_if_bigger=True,
+             processes_count=1)
+    big, small = latest(out)
+    served = [urllib.request.urlopen(url, timeout=10).read() for url in urls]
+    assert (big["width"], big["height"], small["width"], small["height"]) == (32, 16, 10, 6)
+    assert big["bytes"] < len(served[0]) and small["path"].endswith(".webp")
+    assert (out / small["path"]).read_bytes() == served[1] and small["bytes"] == len(served[1])

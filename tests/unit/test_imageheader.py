@@ -80,3 +80,23 @@ def test_not_decodable_still_named_by_pillow() -> None:
         inspect_image(b"\xff\xd8\xff\xe0" + b"\x00" * 40)
     with pytest.raises(NotDecodable):
         inspect_image(SAMPLES["png_rgb"][:30])
+
+
+def test_a_decompression_bomb_is_refused_as_pillow_refuses_it() -> None:
+    """The header walk read a 20000x20000 PNG's size and stored it; every loader that opens it with
+    Pillow (torchvision, datasets) then raised DecompressionBombError."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    side = 20000  # 400 M pixels; the rows are never needed: the header says it all
+    bomb = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b""))
+    assert header_size(bomb) == (side, side, "PNG")
+    assert pillow_header(bomb) is None  # Pillow's own open refuses it
+    with pytest.raises(NotDecodable, match="decompression bomb"):
+        inspect_image(bomb, "header")
+    small = encode("PNG", "L", (30, 20))
+    assert inspect_image(small, "header") is not None

@@ -205,6 +205,9 @@ def test_extension_from_the_bodys_format_first() -> None:
     assert extension_for(None, "http://a/x", b"RIFF\x00\x00\x00\x00WEBPVP8 ") == ".webp"
     assert extension_for(None, "http://a/x", b"GIF89a") == ".gif"
     assert extension_for("image/svg+xml", "http://a/x", b"<svg xmlns='...'>") == ".svg"  # not a raster
+    # An icon was stored as .bin, which every loader that goes by extension skipped.
+    assert extension_for("image/x-icon", "http://a/favicon", b"\x00\x00\x01\x00\x01\x00") == ".ico"
+    assert extension_for("image/vnd.microsoft.icon", "http://a/x") == ".ico"
 
 
 def test_extension_from_content_type_then_url() -> None:

@@ -66,3 +66,40 @@ def test_a_jpeg_shrunk_to_an_eighth_is_decoded_small_and_sized_exactly(mode: str
         assert img.size == size
         r, g, b = img.getpixel((size[0] // 2, size[1] // 2))
         assert abs(r - 200) < 8 and abs(g - 30) < 8 and abs(b - 90) < 8
+
+
+def test_an_image_not_resized_under_keep_is_the_served_body() -> None:
+    """`keep` re-encodes only what it resizes: an image --resize_only_if_bigger leaves alone was
+    re-encoded all the same (an LA PNG grew 2.5x as RGBA, a WebP was compressed again)."""
+    out = resize_body(_image(40, 20, "WEBP"), ResizeSettings(64, "keep_ratio", True, "keep"))
+    assert out.as_served and out.body == b"" and (out.width, out.height, out.format) == (40, 20, "WEBP")
+    assert not resize_body(_image(40, 20, "WEBP"), ResizeSettings(64, "keep_ratio", True, "png")).as_served
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "TIFF"])
+def test_a_16_bit_grey_image_keeps_its_tones(fmt: str) -> None:
+    """RGB conversion clipped 16-bit values: a grey of mean 32,768 came out nearly white."""
+    import numpy as np
+
+    ramp = np.tile(np.linspace(0, 65535, 64).astype(np.uint16), (32, 1))
+    buf = io.BytesIO()
+    Image.fromarray(ramp).save(buf, format=fmt)
+    with Image.open(io.BytesIO(buf.getvalue())) as served:
+        assert served.mode in ("I;16", "I")  # as Pillow reads a 16-bit grey
+    out = resize_body(buf.getvalue(), ResizeSettings(16, "keep_ratio", False, "png"))
+    with Image.open(io.BytesIO(out.body)) as img:
+        grey = np.asarray(img.convert("L"), dtype=float)
+    assert 100 < grey.mean() < 155 and grey[:, 0].max() < 20 and grey[:, -1].min() > 235
+
+
+def test_an_exif_rotated_photo_is_stored_as_it_is_shown() -> None:
+    """A photo stored 600x200 with EXIF orientation 6 is shown 200x600 (loaders apply it); resized,
+    it kept its stored orientation and lost the tag, so it came out on its side."""
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    buf = io.BytesIO()
+    Image.new("RGB", (600, 200), (200, 30, 90)).save(buf, format="JPEG", exif=exif.tobytes())
+    out = resize_body(buf.getvalue(), ResizeSettings(100, "keep_ratio", False, "jpg"))
+    assert (out.width, out.height, out.original_width, out.original_height) == (100, 300, 200, 600)
+    with Image.open(io.BytesIO(out.body)) as img:
+        assert img.size == (100, 300) and img.getexif().get(0x0112, 1) == 1
