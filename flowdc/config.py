@@ -133,6 +133,12 @@ class PolitenessOptions:
         "X-Robots-Tag directives that opt a response out: the row is skipped with reason x_robots_tag:DIRECTIVE. "
         "An empty list honours none.")
 
+    def check_politeness(self) -> None:
+        for name in ("user_agent_token", "contact_url"):
+            value = getattr(self, name) or ""
+            if any(ord(c) < 32 or ord(c) == 127 for c in value):  # every request would refuse such a header
+                raise ConfigError(f"{name} may not hold control characters (a line break, a tab): {value!r}")
+
 
 # Values past these are typos or wishes the machine cannot grant; each is memory (or processes)
 # taken up front, and a huge concurrent_downloads ran the machine out of memory.
@@ -241,7 +247,8 @@ class DownloadConfig(PolitenessOptions, NetworkOptions, RedactOptions, PaarcOpti
                                    "(distribute sets part-NNNNN; the run_id names the distribute run).")
     host_budget: dict[str, float] = opt(
         {}, "Share in (0,1] of each named host's concurrency budget (C_init, C_max, a paced rate) this run gets; "
-        "distribute sets it from plan.json's budget_share for hosts split over partitions.")
+        "keys are host:port, or a host name for every port; distribute sets it from plan.json's budget_share for hosts "
+        "split over partitions.")
 
     def check(self) -> None:
         if self.label == "":
@@ -284,6 +291,7 @@ class DownloadConfig(PolitenessOptions, NetworkOptions, RedactOptions, PaarcOpti
         check_prefix(self.shard_prefix)
         self.check_paarc()
         self.check_network()
+        self.check_politeness()
 
 
 ENGINES = ("local", "workqueue", "taskvine")
@@ -430,6 +438,7 @@ class SizeConfig(PolitenessOptions, NetworkOptions, RedactOptions, PaarcOptions)
             raise ConfigError(f"max_redirects must be >= 0, got {self.max_redirects}")
         self.check_paarc()
         self.check_network()
+        self.check_politeness()
 
 
 C = TypeVar("C")

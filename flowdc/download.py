@@ -498,9 +498,10 @@ class DownloadJob:
             self.scheduler.done(job)
 
     def _retry_delay(self, job: Job, outcome: Outcome) -> float:
-        if outcome.retry_after is not None:
+        if outcome.retry_after:
             # The server named the time. Growing it per attempt on top would only add a tail:
-            # the host's own pushback is paced and held by PAARC, not by per-URL delays.
+            # the host's own pushback is paced and held by PAARC, not by per-URL delays. (A
+            # Retry-After of 0, or a date past by a slow clock, names none: the backoff holds.)
             return outcome.retry_after
         return self.cfg.retry_backoff_sec * 2 ** (job.attempts - 1) * random.uniform(0.5, 1.5)
 

@@ -51,10 +51,12 @@ def _structured_fields(value: str) -> tuple[str, str] | None:
     """(remaining, reset) from a `RateLimit` field: of the policy with the fewest requests left
     (`"name";r=N;t=S, ...`), or of the older draft's one dictionary (`limit=N, remaining=N, reset=S`)."""
     members = [_params(member.split(";")) for member in value.split(",")]
-    candidates = [(left, p["r"], p["t"]) for p in members if "r" in p and "t" in p
+    # Of the fewest left, the longest reset: two spent policies hold until both start over (their
+    # texts compared as strings held "10" over "50" and asked while the longer one was spent).
+    candidates = [(left, -(_number(p["t"]) or 0.0), p["r"], p["t"]) for p in members if "r" in p and "t" in p
                   and (left := _number(p["r"])) is not None]
     if candidates:
-        _, remaining, reset = min(candidates)
+        *_, remaining, reset = min(candidates)
         return remaining, reset
     whole = _params(value.split(","))
     return (whole["remaining"], whole["reset"]) if "remaining" in whole and "reset" in whole else None

@@ -42,6 +42,7 @@ from flowdc.fetch import Outcome, exchange, status_outcome
 from flowdc.localfiles import write_local
 from flowdc.loops import run_sync
 from flowdc.manifest import FORMATS_HELP, Manifest, as_text, is_manifest_name
+from flowdc.politeness import disallowed_directive
 from flowdc.requestloop import RequestLoop
 from flowdc.scheduler import Job
 from flowdc.signals import Signal
@@ -82,13 +83,24 @@ class Probe(Outcome):
 
 
 async def probe_size(session: aiohttp.ClientSession, url: str, timeout: float, max_redirects: int, *,
-                     skip_head: bool = False) -> Probe:
-    """The size of one URL's object: HEAD, then a Range GET when HEAD cannot tell."""
+                     skip_head: bool = False, opted_out: Callable[[aiohttp.ClientResponse], str | None] | None = None,
+                     ) -> Probe:
+    """The size of one URL's object: HEAD, then a Range GET when HEAD cannot tell. `opted_out(resp)`:
+    the X-Robots-Tag directive that keeps a reply out of the dataset, as the download skips it."""
+    def read(reader: Callable[[aiohttp.ClientResponse], Awaitable[Probe]]) -> Callable[..., Awaitable[Probe]]:
+        async def checked(resp: aiohttp.ClientResponse) -> Probe:
+            directive = opted_out(resp) if opted_out is not None and 200 <= resp.status < 300 else None
+            if directive is not None:
+                resp.close()
+                return Probe(Signal.OK, reason=f"x_robots_tag:{directive}", status=resp.status)
+            return await reader(resp)
+        return checked
+
     if not skip_head:
-        head = await exchange(session, "HEAD", url, timeout, max_redirects, _read_head, Probe, IDENTITY)
+        head = await exchange(session, "HEAD", url, timeout, max_redirects, read(_read_head), Probe, IDENTITY)
         if not head.fallback:
             return head
-    ranged = await exchange(session, "GET", url, timeout, max_redirects, _read_range, Probe, RANGE_HEADERS)
+    ranged = await exchange(session, "GET", url, timeout, max_redirects, read(_read_range), Probe, RANGE_HEADERS)
     ranged.requests += 0 if skip_head else 1
     ranged.head_refused = True
     return ranged
@@ -329,6 +341,7 @@ class SizeJob:
         self.tally = Tally(cfg.seed, url_redactor(cfg.redact_urls, cfg.redact_params))
         self.rows_total = 0
         self.bar: tqdm[Any] | None = None
+        self._disallowed = frozenset(d.lower() for d in cfg.disallowed_header_directives)
 
     async def run(self) -> dict[str, Any]:
         started = time.monotonic()
@@ -400,7 +413,11 @@ class SizeJob:
     # -- requests ------------------------------------------------------------------------------
     def _probe(self, session: aiohttp.ClientSession, job: Job) -> Awaitable[Probe]:
         return probe_size(session, job.url, self.cfg.timeout, self.cfg.max_redirects,
-                          skip_head=job.meta.get("skip_head", False))
+                          skip_head=job.meta.get("skip_head", False), opted_out=self._opted_out)
+
+    def _opted_out(self, resp: aiohttp.ClientResponse) -> str | None:
+        return disallowed_directive(resp.headers.getall("X-Robots-Tag", ()), self._disallowed,
+                                    self.cfg.user_agent_token)
 
     async def _settle(self, job: Job, probe: Probe) -> None:
         # A question this run cannot answer (retry_now False: a bad certificate, no such name) is not asked again.

@@ -26,12 +26,21 @@ def make_host_limit(opts: Any, host: str, now: float, *, share: float = 1.0,
     return FixedLimit(params.C_init)
 
 
+def host_name(netloc: str) -> str:
+    """The host of a `host:port` netloc (an IPv6 literal keeps its brackets)."""
+    if netloc.startswith("["):
+        return netloc[:netloc.find("]") + 1] or netloc
+    return netloc.rpartition(":")[0] or netloc
+
+
 def policy_factory(opts: Any, *, budget: Mapping[str, float] | None = None,
                    client: ClientLoad | None = None) -> Callable[[str, float], HostLimit]:
     """The scheduler's `make_policy(host, now)`: each host gets its share from `budget` (1 if absent)."""
     shares = dict(budget or {})
 
     def make_policy(host: str, now: float) -> HostLimit:
-        return make_host_limit(opts, host, now, share=shares.get(host, 1.0), client=client)
+        # A name without a port stands for every port of that host (plan.json gives netlocs).
+        share = shares.get(host, shares.get(host_name(host), 1.0))
+        return make_host_limit(opts, host, now, share=share, client=client)
 
     return make_policy

@@ -125,6 +125,17 @@ def test_a_retry_after_replaces_the_backoff(tmp_path: Path, farm_factory: FarmFa
     assert 0.9 <= second[0] - first[1] <= 3.0, f"retried after {second[0] - first[1]:.2f}s"
 
 
+def test_a_retry_after_of_zero_keeps_the_backoff(tmp_path: Path, farm_factory: FarmFactory) -> None:
+    """`Retry-After: 0` (or a date a slow clock put in the past) names no time: the backoff holds.
+    Taken as the time, it sent a URL's three attempts within 10 ms."""
+    farm = farm_factory([HostSpec("127.0.0.2", keep_events=10)])
+    path_qs = "/ra/zero.png?fail=503x2&retry_after=0"
+    records = run(tmp_path, [farm.url(0, path_qs)], retry_backoff_sec=0.4, max_retry_attempts=3)
+    assert all(r["status"] == "ok" for r in records.values())
+    first, second, third = events_for(farm, 0, path_qs)
+    assert second[0] - first[1] >= 0.19 and third[0] - second[1] >= 0.39, (first, second, third)
+
+
 def test_retry_after_holds_the_host(tmp_path: Path, farm_factory: FarmFactory) -> None:
     """Retry-After, in seconds or as an HTTP-date, holds that host: no request reaches it before the
     time the header named, while another host keeps working."""

@@ -180,6 +180,16 @@ def test_404_is_unresolved_with_reason_not_zero(farm: FakeHostFarm, tmp_path: Pa
     assert {e["reason"] for e in report["unresolved_examples"]} == {"http_404", "no_url", "unsupported_scheme:ftp"}
 
 
+def test_rows_a_download_skips_for_x_robots_tag_are_not_counted(farm: FakeHostFarm, tmp_path: Path) -> None:
+    """Rows whose replies opt out (X-Robots-Tag: noai) are skipped by the download, so the estimate
+    leaves them out: it counted them, whatever --disallowed_header_directives said."""
+    urls = [farm.url(0, f"/robots-{i}.png?size=3000") for i in range(4)]
+    urls += [farm.url(0, f"/robots-no-{i}.png?size=3000&robots=noai") for i in range(2)]
+    report = size(tmp_path, urls)
+    assert report["resolved"] == 4 and report["unresolved_reasons"] == {"x_robots_tag:noai": 2}
+    assert size(tmp_path, urls, disallowed_header_directives=[])["resolved"] == 6  # honouring none
+
+
 def test_redirects_followed_up_to_five(farm: FakeHostFarm, tmp_path: Path) -> None:
     urls = [farm.url(0, "/r1.png?size=4100&redirect=1"), farm.url(0, "/r5.png?size=4200&redirect=5"),
             farm.url(0, "/r6.png?size=4300&redirect=6"), farm.url(0, "/r5h.png?size=4400&redirect=5&head=405")]

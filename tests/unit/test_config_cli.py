@@ -146,6 +146,8 @@ def test_json_null_leaves_an_optional_choice_unset(tmp_path: Path) -> None:
         ({"concurrent_downloads": 10**23}, "concurrent_downloads must be <= 20,000, got 100,000,000,000,000,"),
         ({"batch_rows": 10**9}, "batch_rows must be <= 1,000,000"),
         ({"processes_count": 10_000}, "processes_count must be <= 256"),
+        # A header holding a line break: every request refused it, each row failed as error:ValueError.
+        ({"user_agent_token": "qa\r\nX-Evil: 1"}, "user_agent_token may not hold control characters"),
     ],
 )
 def test_bad_config_values_are_config_errors(tmp_path: Path, data: dict[str, Any], match: str) -> None:

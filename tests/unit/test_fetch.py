@@ -55,7 +55,7 @@ def test_retry_after_seconds_and_http_date() -> None:
     assert parse_retry_after(formatdate(now - 30, usegmt=True), now=now) == 0.0  # a past date: go now
     assert parse_retry_after("999999") == MAX_RETRY_AFTER_S
     assert parse_retry_after(formatdate(now + 10**6, usegmt=True), now=now) == MAX_RETRY_AFTER_S
-    for junk in (None, "", "soon", "-5", "1.5e3"):
+    for junk in (None, "", "soon", "-5", "1.5e3", "²", "٣"):  # digits to isdigit(), not to float(): it raised
         assert parse_retry_after(junk) is None
 
 

@@ -150,6 +150,10 @@ def test_the_policy_factory_gives_each_host_its_share() -> None:
     assert isinstance(shared, PaarcController) and isinstance(whole, PaarcController)
     assert (shared.p.C_max, whole.p.C_max) == (500, 2000)
     assert shared.p is make_policy("a.example", 1.0).p  # interned like any params
+    # A name without a port stands for every port of it (it matched none: the host got its whole budget).
+    by_name = policy_factory(PaarcOptions(), budget={"127.0.0.2": 0.25, "[::1]": 0.5, "b.example:8443": 0.5})
+    assert [by_name(host, 0.0).p.C_max for host in ("127.0.0.2:8080", "[::1]:8080", "b.example:8443", "b.example:9")] \
+        == [500, 1000, 1000, 2000]
 
 
 def test_partitions_of_a_rate_limited_host_are_paced_to_its_rate_together() -> None:

@@ -17,6 +17,9 @@ NOW = 1_767_225_000.0  # a Unix time
     ({"X-RateLimit-Remaining": "1", "X-RateLimit-Reset": "7"}, (1, 7.0)),  # an X- header counting seconds
     ({"RateLimit": '"default";r=0;t=30'}, (0, 30.0)),  # drafts 08 on: a structured field
     ({"RateLimit": '"burst";r=40;t=1, "daily";r=2;t=300'}, (2, 300.0)),  # the policy with the fewest left
+    # Two spent: the later reset (texts compared as strings held "10" over "50").
+    ({"RateLimit": '"a";r=0;t=10, "b";r=0;t=50'}, (0, 50.0)),
+    ({"RateLimit": '"a";r=0;t=9, "b";r=0;t=10'}, (0, 10.0)),
     ({"RateLimit": "limit=100, remaining=0, reset=9"}, (0, 9.0)),  # draft 07's dictionary
     ({"X-RateLimit-Remaining": "0", "X-RateLimit-Reset": str(int(NOW) - 5)}, (0, 0.0)),  # a reset past
 ])
