@@ -33,7 +33,7 @@ from flowdc.network import make_connector, watch_of
 from flowdc.politeness import DEFAULT_DISALLOWED, disallowed_directive, user_agent
 from flowdc.quota import MAX_HOLD_S, announced_quota
 from flowdc.signals import Signal
-from flowdc.urls import scheme_error
+from flowdc.urls import host_key, scheme_error
 
 MAX_RETRY_AFTER_S = MAX_HOLD_S
 FINAL_STATUSES = frozenset({400, 401, 403, 404, 405, 406, 410, 414, 451})
@@ -93,6 +93,7 @@ class Outcome:
     retry_now: bool = True
     skipped: bool = False  # the site opted out (X-Robots-Tag): recorded as skipped, not failed
     quota: tuple[int, float] | None = None  # the host's announced (requests left, seconds to its reset)
+    via: str | None = None  # the host that answered, where redirects led away from the one asked
 
     @property
     def ok(self) -> bool:
@@ -242,6 +243,8 @@ async def exchange(session: aiohttp.ClientSession, method: str, url: str, timeou
             outcome.ttfb = ttfb
             outcome.fresh_connection = fresh
             outcome.quota = announced_quota(resp.headers)  # any command's request counts against it
+            if resp.history and (answered := host_key(str(resp.url))) != host_key(url):
+                outcome.via = answered
     except (Exception, asyncio.CancelledError) as exc:  # every client failure becomes a reason
         timed_out = isinstance(exc, asyncio.CancelledError)  # by the deadline, or from outside
         if timed_out and not deadline.absorbs():

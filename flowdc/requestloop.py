@@ -98,7 +98,7 @@ class RequestLoop(Generic[OutcomeT]):
                     outcome = self._host_down()
                 job.worker = None
             sched.finished(job, outcome.signal, outcome.ttfb, outcome.retry_after, outcome.fresh_connection,
-                           outcome.quota)
+                           outcome.quota, outcome.via)
             await settle(job, outcome)
 
     def _host_down(self) -> OutcomeT:

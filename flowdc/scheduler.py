@@ -110,6 +110,11 @@ class Scheduler:
         self._down: dict[str, HostState] = {}
         self._reader_waiting = False  # the reader waits for room: only finished jobs make it
         self.hosts: dict[str, HostState] = {}
+        # Hosts that answer for others (a redirect from the manifest's host to a CDN, an object
+        # store): where each host's requests were last sent on to, and until when a host that
+        # answered so named a hold (Retry-After). Every host that leads to it is held with it.
+        self._leads_to: dict[str, str] = {}
+        self._answering_hold: dict[str, float] = {}
         self._ready: collections.deque[HostState] = collections.deque()
         self._idle: collections.OrderedDict[str, HostState] = collections.OrderedDict()
         self._gone_idle: dict[str, HostState] = {}  # idle since the last snapshot: owed their final figures
@@ -195,10 +200,16 @@ class Scheduler:
         return None
 
     def finished(self, job: Job, signal: Signal, ttfb: float | None, retry_after: float | None,
-                 fresh_connection: bool = False, quota: tuple[int, float] | None = None) -> None:
+                 fresh_connection: bool = False, quota: tuple[int, float] | None = None,
+                 via: str | None = None) -> None:
         """A request ended; the caller then either retries the job or records it as final. `quota`
-        is what the host announced is left of its count, and when that starts over (flowdc.quota)."""
+        is what the host announced is left of its count, and when that starts over (flowdc.quota);
+        `via`, the host that answered when redirects led away from the one asked."""
         host = self.hosts[job.host]
+        if via is not None:
+            self._note_answering_host(job.host, via, retry_after)
+        elif signal is not Signal.NOT_SENT and self._leads_to:
+            self._leads_to.pop(job.host, None)  # answered itself, this time
         if quota is not None:
             # The requests still out take their share of what is left; with nothing over, anything
             # sent now would be refused: the host waits for its count to start over.
@@ -368,12 +379,27 @@ class Scheduler:
                     job.abandoned = True
                     job.worker.cancel()
 
+    def _note_answering_host(self, asked: str, answered: str, retry_after: float | None) -> None:
+        self._leads_to[asked] = answered
+        if retry_after:
+            until = self.loop.time() + retry_after
+            if until > self._answering_hold.get(answered, 0.0):
+                self._answering_hold[answered] = until
+
+    def _answering_hold_of(self, host: HostState) -> float:
+        """Until when the host that answers for `host` (or `host` itself, when others lead to it) is held."""
+        if not self._answering_hold:
+            return 0.0
+        answered = self._leads_to.get(host.name, host.name)
+        return self._answering_hold.get(answered, 0.0)
+
     def _eligible(self, host: HostState) -> bool:
         if host.release:  # its rows fail unsent: no limit, hold or pace applies
             return bool(host.queue)
         if not host.queue or (host.probing if host.down else host.inflight >= host.policy.limit()):
             return False
-        hold = host.next_send if host.down else max(host.policy.hold_until(), host.next_send)  # down: the probe timer
+        hold = host.next_send if host.down else max(host.policy.hold_until(), host.next_send,
+                                                    self._answering_hold_of(host))  # down: the probe timer
         if host.quota_left is not None and host.quota_left <= 0 and not host.down:
             if host.quota_reset == math.inf:
                 return False  # spent: its requests' replies say when the count starts over
