@@ -165,7 +165,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_consolidate(args: argparse.Namespace) -> int:
     from flowdc.consolidate import DATASET_FILE, INDEX_FILE, consolidate
 
-    overview = consolidate(args.output, args.storage_options)
+    overview = consolidate(args.output, args.storage_options, progress=True)
     t = overview["totals"]
     where = args.output.rstrip("/")  # `dataset/` as typed, without a doubled slash ("/" gives "")
     # Of the plan when there is one: the rows of partitions never started have no record to count.

@@ -17,6 +17,7 @@ from __future__ import annotations
 import io
 import json
 import re
+import sys
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -121,9 +122,19 @@ def _idents(dest: Destination, records: pl.DataFrame, run_ids: list[str]) -> pl.
 
 
 def build_index(dest: Destination, parts: list[PartOutput], current: np.ndarray | None, run_label: str | None,
-                storage_options: dict[str, Any] | None = None) -> tuple[pl.DataFrame, pl.DataFrame]:
+                storage_options: dict[str, Any] | None = None,
+                progress: bool = False) -> tuple[pl.DataFrame, pl.DataFrame]:
     """(index, every partition's latest records): the index keeps each identity's latest state."""
-    frames = [read_part(dest, p, storage_options) for p in parts]
+    from tqdm import tqdm
+
+    frames = []
+    # On a terminal only, and gone before anything else is said (an error is one line).
+    shown = progress and len(parts) > 1 and sys.stderr.isatty()
+    with tqdm(total=len(parts), desc="reading ledgers", unit="output", disable=not shown, file=sys.stderr,
+              leave=False) as bar:
+        for part in parts:
+            frames.append(read_part(dest, part, storage_options))
+            bar.update()
     frames = [f for f in frames if f.height]
     if not frames:
         empty = pl.from_arrow(INDEX_SCHEMA.empty_table())
@@ -318,7 +329,7 @@ def dataset_overview(dest: Destination, parts: list[PartOutput], index: pl.DataF
 
 
 def consolidate(output: str, storage_options: dict[str, Any] | None = None, *, current: np.ndarray | None = None,
-                run_label: str | None = None) -> dict[str, Any]:
+                run_label: str | None = None, progress: bool = False) -> dict[str, Any]:
     """Rebuild DEST's index and dataset.json from its ledgers; returns the dataset overview.
 
     `current`: the identities of the manifest as it is now; index entries outside it are marked
@@ -333,7 +344,7 @@ def consolidate(output: str, storage_options: dict[str, Any] | None = None, *, c
         if not parts and not dest.exists(INDEX_FILE):
             raise UserError(f"no flowdc output under {dest.display} (no _flowdc/ledger in it, its part-NNNNN/ "
                             "or run-ID/part-NNNNN/ folders)")
-        index, records = build_index(dest, parts, current, run_label, storage_options)
+        index, records = build_index(dest, parts, current, run_label, storage_options, progress)
         write_index(dest, index)
         overview = dataset_overview(dest, parts, index, records)
         dest.write_bytes(DATASET_FILE, json.dumps(overview, indent=2, default=str).encode())
