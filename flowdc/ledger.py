@@ -178,11 +178,8 @@ class DoneIndex:
         """Per identity: whether the ledger holds it as stored."""
         if self.idents.size == 0 or self.stored is None:
             return np.zeros(idents.shape, dtype=bool)
-        at, found = self._find(idents)
+        at, found = locate(self.idents, idents)
         return found & self.stored[at]
-
-    def _find(self, idents: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        return locate(self.idents, idents)
 
     def place(self, positions: np.ndarray, idents: np.ndarray,
               manifest_end: Callable[[], int]) -> tuple[np.ndarray, np.ndarray]:
@@ -190,7 +187,7 @@ class DoneIndex:
         largest row number of the manifest (asked only when a row must move)."""
         if self.idents.size == 0:
             return positions, np.zeros(positions.shape, dtype=bool)
-        at, found = self._find(idents)
+        at, found = locate(self.idents, idents)
         rows = np.where(found, self.rows[at], positions).astype(np.int64)
         done = found & self.final[at]
         new = np.flatnonzero(~found)

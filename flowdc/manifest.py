@@ -647,7 +647,8 @@ def _excel_rows(src: Any, path: str, url_column: str = "") -> Iterator[dict[str,
     """The rows of the workbook's first sheet whose header names `url_column` (a workbook often
     opens on a sheet of notes), else of its first sheet. Legacy .xls is told by its name or, for a
     local file, by its first bytes, so `--input_format excel` reads a workbook under any name."""
-    if _path_part(path).lower().endswith(".xls") or _starts_with(src, OLE2_MAGIC):
+    if _path_part(path).lower().endswith(".xls") or (isinstance(src, str)
+                                                      and _peek(src, len(OLE2_MAGIC))[0] == OLE2_MAGIC):
         import xlrd
 
         book = (xlrd.open_workbook(src, on_demand=True) if isinstance(src, str)
@@ -676,14 +677,6 @@ def _excel_rows(src: Any, path: str, url_column: str = "") -> Iterator[dict[str,
         for values in rows:
             if any(v is not None for v in values):
                 yield dict(zip(header, values, strict=False))
-
-
-def _starts_with(src: Any, magic: bytes) -> bool:
-    """Whether a local file (`src` a path) starts with `magic`; False for a stream."""
-    if not isinstance(src, str):
-        return False
-    with open(src, "rb") as fh:
-        return fh.read(len(magic)) == magic
 
 
 def _sheet_with(headers: list[list[str]], url_column: str, names: list[str], path: str) -> int:
